@@ -7,8 +7,10 @@ Either way the broker is a real MQTT server in its own OS process on a loopback 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,20 @@ async def main(port):
 
 asyncio.run(main(int(sys.argv[1])))
 """
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGTERM this child when its parent dies, so no child outlives
+    a killed ``treeline up`` (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 @dataclass
@@ -94,7 +110,9 @@ def start_broker(
         cmd = [binary, "-c", str(conf)]
     else:
         cmd = [sys.executable, "-c", AMQTT_RUNNER, str(port)]
-    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
     broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir)
 
     def accepting() -> bool:

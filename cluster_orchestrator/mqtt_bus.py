@@ -1,0 +1,146 @@
+"""The cluster's MQTT edge: the only module of the cluster orchestrator that imports paho.
+
+It subscribes to every node's information / status / job / jobs/resources topic, decodes
+payloads with :mod:`treeline_common.messages` (a payload that does not decode is logged
+and dropped, never fatal) and hands typed messages to a :class:`BusHandler`. Commands go
+out with QoS 1. paho's network loop reconnects by itself; subscriptions are renewed in
+``on_connect`` so a broker restart does not leave the cluster deaf.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from treeline_common import messages, topics
+from treeline_common.messages import NodeStatus, NodeTelemetry, StageState, StageStats
+
+log = logging.getLogger(__name__)
+
+
+class BusHandler(Protocol):
+    """What the orchestrator core receives; ``node_id`` comes from the topic."""
+
+    def on_node_status(self, node_id: str, status: NodeStatus) -> None: ...
+
+    def on_telemetry(self, node_id: str, telemetry: NodeTelemetry) -> None: ...
+
+    def on_stage_state(self, node_id: str, state: StageState) -> None: ...
+
+    def on_stage_stats(self, node_id: str, stats: StageStats) -> None: ...
+
+
+class MessageBus(Protocol):
+    """What the core sends through: publish one payload dataclass to one topic."""
+
+    def publish(self, topic: str, message: Any) -> None: ...
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` -> (host, port); port 1883 by default."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"unsupported MQTT URL scheme {parsed.scheme!r} in {url!r}; use mqtt://host:port")
+    return parsed.hostname or "127.0.0.1", parsed.port or 1883
+
+
+_SUBSCRIPTIONS = (
+    (topics.ALL_INFORMATION, NodeTelemetry, "on_telemetry"),
+    (topics.ALL_STATUS, NodeStatus, "on_node_status"),
+    (topics.ALL_JOB, StageState, "on_stage_state"),
+    (topics.ALL_JOB_RESOURCES, StageStats, "on_stage_stats"),
+)
+
+
+def _route(topic: str) -> tuple[type, str] | None:
+    parts = topic.split("/")
+    suffix = "/".join(parts[2:])
+    for pattern, cls, method in _SUBSCRIPTIONS:
+        if "/".join(pattern.split("/")[2:]) == suffix:
+            return cls, method
+    return None
+
+
+class MqttBus:
+    """paho client bound to one handler. ``start`` connects in the background (no I/O in __init__)."""
+
+    def __init__(self, url: str, handler: BusHandler, client_id: str | None = None) -> None:
+        self.host, self.port = parse_mqtt_url(url)
+        self._handler = handler
+        self._connected = threading.Event()
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"treeline-cluster-{uuid.uuid4().hex[:8]}",
+            clean_session=True,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect asynchronously; paho's loop thread keeps reconnecting until :meth:`stop`."""
+        self._client.connect_async(self.host, self.port, keepalive=10)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def stop(self) -> None:
+        """Disconnect and stop the network loop; idempotent."""
+        try:
+            self._client.disconnect()
+        except Exception:  # noqa: BLE001 - already disconnected is fine at shutdown
+            log.debug("disconnect failed", exc_info=True)
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def publish(self, topic: str, message: Any) -> None:
+        """Publish a payload dataclass with QoS 1 (paho queues it while reconnecting)."""
+        info = self._client.publish(topic, messages.encode(message), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("publish to %s queued with rc=%s (broker unreachable?)", topic, info.rc)
+
+    # ---------------------------------------------------------------- paho callbacks
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any = None) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT connect to %s:%s refused: %s", self.host, self.port, reason_code)
+            return
+        client.subscribe([(pattern, 1) for pattern, _, _ in _SUBSCRIPTIONS])
+        self._connected.set()
+        log.info("MQTT connected to %s:%s, subscribed to node topics", self.host, self.port)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any = None) -> None:
+        self._connected.clear()
+        log.info("MQTT disconnected (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return  # a cleared retained message
+        route = _route(msg.topic)
+        if route is None:
+            log.debug("ignoring message on %s", msg.topic)
+            return
+        cls, method = route
+        try:
+            node_id = topics.node_id_of(msg.topic)
+            payload = messages.decode(cls, msg.payload)
+        except (ValueError, messages.PayloadError) as exc:
+            log.warning("dropping bad payload on %s: %s", msg.topic, exc)
+            return
+        try:
+            getattr(self._handler, method)(node_id, payload)
+        except Exception:  # noqa: BLE001 - one bad message must not kill paho's loop thread
+            log.exception("handler %s failed for %s", method, msg.topic)

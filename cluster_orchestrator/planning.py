@@ -1,0 +1,236 @@
+"""From stored nodes and a job to a placement document and deploy commands (pure).
+
+The deployer does the I/O; this module holds the decisions in between, so they are
+unit-testable without a broker or a root: which nodes the scheduler sees (a frozen
+snapshot of the online nodes, telemetry over registration), what the job asks for
+(input spec, max partitions), and the exact placement dict of docs/contracts.md with the
+DeployCommand of every stage (stage i forwards to stage i+1; the last replies).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from treeline_common.messages import DeployCommand, NextStage, stage_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PARTITIONS = 3
+
+
+def deployment_id_of(service_id: str, instance: Any) -> str:
+    """The deployment id of a service instance: ``<service_id>-<instance>``."""
+    return f"{service_id}-{instance}"
+
+
+def artifact_url(root_url: str, sha256: str) -> str:
+    """Where nodes fetch a partition: the root's content-addressed artifact store."""
+    return f"{root_url.rstrip('/')}/api/artifacts/{sha256}"
+
+
+def _accelerator_kinds(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = (doc.get("telemetry") or {}).get("accelerators") or doc.get("accelerators") or []
+    kinds = []
+    for acc in raw:
+        kinds.append(str(acc.get("kind") or acc.get("name") or "")
+                     if isinstance(acc, Mapping) else str(acc))
+    return tuple(k for k in kinds if k)
+
+
+def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The NodeView fields of a node document; telemetry (fresher) wins over registration."""
+    telemetry = doc.get("telemetry") or {}
+    battery = telemetry.get("battery") if "battery" in telemetry else doc.get("battery")
+    battery_percent = None
+    if isinstance(battery, Mapping) and battery.get("percent") is not None:
+        battery_percent = float(battery["percent"])
+    return {
+        "node_id": str(doc["node_id"]),
+        "name": str(doc["name"]),
+        "profile": str(telemetry.get("profile") or doc.get("profile") or "native"),
+        "online": bool(doc.get("online")),
+        "speed_factor": float(telemetry.get("speed_factor") or doc.get("speed_factor") or 1.0),
+        "memory_limit_mb": int(telemetry.get("memory_limit_mb") or doc.get("memory_limit_mb") or 0),
+        "arch": str(doc.get("arch") or "x86_64"),
+        "accelerators": _accelerator_kinds(doc),
+        "battery_percent": battery_percent,
+        "labels": tuple(str(label) for label in doc.get("labels") or ()),
+    }
+
+
+def build_snapshot(nodes: Iterable[Mapping[str, Any]]) -> Any:
+    """A frozen ``ClusterSnapshot`` of the online nodes (offline ones are left out)."""
+    from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+
+    views = tuple(NodeView(**node_view_fields(doc)) for doc in nodes if doc.get("online"))
+    return ClusterSnapshot(nodes=views)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the planner needs from the root's job body (validated by the API)."""
+
+    service_id: str
+    instance: Any
+    model_sha256: str
+    model_url: str
+    max_partitions: int
+    input_spec: dict[str, Any] | None
+    output_names: tuple[str, ...]
+
+    @property
+    def deployment_id(self) -> str:
+        return deployment_id_of(self.service_id, self.instance)
+
+
+def job_request(job: Mapping[str, Any]) -> JobRequest:
+    """Read a job body (see contracts.md, root -> cluster) into a :class:`JobRequest`.
+
+    The SLA model block is read from the raw microservice dict: ``max_partitions`` (default
+    3) and ``input {name, shape, dtype}``; the registry signature fills what the SLA omits.
+    """
+    microservice = job.get("microservice") or {}
+    sla_model = microservice.get("model") or {}
+    model = job["model"]
+    signature = model.get("signature") or {}
+    input_spec = sla_model.get("input")
+    if not isinstance(input_spec, Mapping):
+        sig_inputs = signature.get("inputs") or []
+        input_spec = sig_inputs[0] if sig_inputs and isinstance(sig_inputs[0], Mapping) else None
+    outputs = tuple(str(o.get("name")) for o in signature.get("outputs") or [] if isinstance(o, Mapping))
+    return JobRequest(
+        service_id=str(job["service_id"]),
+        instance=job["instance"],
+        model_sha256=str(model["sha256"]).lower(),
+        model_url=str(model["artifact_url"]),
+        max_partitions=int(sla_model.get("max_partitions") or DEFAULT_MAX_PARTITIONS),
+        input_spec=dict(input_spec) if input_spec else None,
+        output_names=outputs,
+    )
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """A placement decision: partitions with their nodes, or the reasons nothing fits."""
+
+    schedulable: bool
+    strategy: str
+    partitions: list[Any] = field(default_factory=list)  # ml_scheduler Partition, stage order
+    node_ids: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+
+def plan(model: Any, nodes: Sequence[Mapping[str, Any]], max_partitions: int) -> PlanOutcome:
+    """Analyse ``model``, place it over the online ``nodes`` and cut it (decide; nothing applied).
+
+    Offline nodes are not offered to the scheduler; they appear in ``reasons`` as offline.
+    """
+    from ml_scheduler.extract import extract_partitions
+    from ml_scheduler.graph import analyze_model
+    from ml_scheduler.simple import SimpleScheduler
+
+    graph = analyze_model(model)
+    snapshot = build_snapshot(nodes)
+    result = SimpleScheduler().place(graph, snapshot, max_partitions)
+    reasons = {str(k): str(v) for k, v in (result.reasons or {}).items()}
+    for doc in nodes:
+        if not doc.get("online"):
+            reasons.setdefault(str(doc["node_id"]), "offline")
+    io = {"input_names": tuple(graph.input_names), "output_names": tuple(graph.output_names)}
+    if not result.schedulable:
+        return PlanOutcome(False, str(result.strategy), reasons=reasons, **io)
+    partitions = list(extract_partitions(model, graph, list(result.positions)))
+    if len(partitions) != len(result.node_ids):
+        raise ValueError(f"scheduler gave {len(result.node_ids)} nodes for {len(partitions)} partitions")
+    return PlanOutcome(True, str(result.strategy), partitions, [str(n) for n in result.node_ids],
+                       reasons, **io)
+
+
+def input_spec_for(request: JobRequest, input_names: Sequence[str]) -> dict[str, Any]:
+    """The placement's ``input``: the SLA/registry spec, else the graph's first input name."""
+    if request.input_spec:
+        spec = request.input_spec
+        return {"name": str(spec.get("name") or (input_names[0] if input_names else "input")),
+                "shape": list(spec.get("shape") or []), "dtype": str(spec.get("dtype") or "float32")}
+    return {"name": input_names[0] if input_names else "input", "shape": [], "dtype": "float32"}
+
+
+def build_placement(
+    deployment_id: str,
+    generation: int,
+    strategy: str,
+    input_spec: Mapping[str, Any],
+    outputs: Sequence[str],
+    partitions: Sequence[Any],
+    node_ids: Sequence[str],
+    nodes_by_id: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """The placement document exactly as in docs/contracts.md (all stages start PENDING)."""
+    stages = []
+    for part, node_id in zip(partitions, node_ids):
+        node = nodes_by_id[node_id]
+        index = int(part.index)
+        stages.append({
+            "index": index,
+            "node_id": node_id,
+            "node_name": node.get("name"),
+            "profile": (node.get("telemetry") or {}).get("profile") or node.get("profile"),
+            "endpoint": node.get("data_endpoint"),
+            "stage_key": stage_key(deployment_id, index),
+            "inputs": list(part.inputs),
+            "outputs": list(part.outputs),
+            "flops": int(part.flops),
+            "param_bytes": int(part.param_bytes),
+            "cut_bytes": int(part.cut_bytes),
+            "sha256": part.sha256,
+            "state": "PENDING",
+        })
+    entry = stages[0] if stages else None
+    return {
+        "deployment_id": deployment_id,
+        "generation": generation,
+        "strategy": strategy,
+        "input": dict(input_spec),
+        "outputs": list(outputs),
+        "entry": {"node_id": entry["node_id"], "endpoint": entry["endpoint"], "stage_key": entry["stage_key"]}
+        if entry else None,
+        "stages": stages,
+    }
+
+
+def deploy_commands(placement: Mapping[str, Any], root_url: str) -> list[tuple[str, DeployCommand]]:
+    """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none."""
+    stages = sorted(placement["stages"], key=lambda s: s["index"])
+    commands = []
+    for i, stage in enumerate(stages):
+        following = stages[i + 1] if i + 1 < len(stages) else None
+        nxt = NextStage(following["node_id"], following["endpoint"], following["stage_key"]) if following else None
+        commands.append((stage["node_id"], DeployCommand(
+            deployment_id=placement["deployment_id"],
+            stage=int(stage["index"]),
+            artifact_url=artifact_url(root_url, stage["sha256"]),
+            sha256=stage["sha256"],
+            inputs=list(stage["inputs"]),
+            outputs=list(stage["outputs"]),
+            next=nxt,
+            generation=int(placement["generation"]),
+        )))
+    return commands
+
+
+def stale_stages(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(node_id, stage) of an old placement not reused by the new one, to delete after a re-plan.
+
+    Stage keys carry no generation, so a stage index that lands on the same node again was
+    replaced in place by its new DeployCommand and must not be deleted.
+    """
+    if not old:
+        return []
+    kept = {(s["node_id"], int(s["index"])) for s in new.get("stages", [])}
+    return [(s["node_id"], int(s["index"])) for s in old.get("stages", [])
+            if (s["node_id"], int(s["index"])) not in kept]

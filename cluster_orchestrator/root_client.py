@@ -1,0 +1,64 @@
+"""The cluster's calls to the root orchestrator, all through one wrapper (treeline_common.http).
+
+Why one class: every outbound call (register, push, artifact upload, model download)
+shares the base URL, the timeout and the error mapping, and tests replace the root with
+a small Flask app speaking the same paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import requests
+
+from treeline_common.errors import IntegrityError, Unavailable
+from treeline_common.http import call_json
+
+log = logging.getLogger(__name__)
+
+
+class RootClient:
+    def __init__(self, root_url: str, timeout: float = 30.0) -> None:
+        self.root_url = root_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+
+    def register_cluster(self, name: str, location: str, url: str) -> str:
+        """``POST /api/clusters/register``; the root answers the same id for the same name."""
+        body = call_json("POST", f"{self.root_url}/api/clusters/register",
+                         json={"cluster_name": name, "cluster_location": location, "url": url},
+                         timeout=self.timeout, session=self._session)
+        cluster_id = (body or {}).get("cluster_id")
+        if not cluster_id:
+            raise Unavailable(f"root answered registration without cluster_id: {body!r}")
+        return str(cluster_id)
+
+    def push_information(self, cluster_id: str, body: dict[str, Any]) -> None:
+        """``POST /api/information/<cluster_id>`` with ``{aggregate, jobs}``."""
+        call_json("POST", f"{self.root_url}/api/information/{cluster_id}", json=body,
+                  timeout=self.timeout, session=self._session)
+
+    def put_artifact(self, sha256: str, data: bytes) -> None:
+        """``PUT /api/artifacts/<sha256>``; the root checks the digest (422 when it differs)."""
+        call_json("PUT", f"{self.root_url}/api/artifacts/{sha256}", data=data,
+                  headers={"Content-Type": "application/octet-stream"},
+                  timeout=self.timeout, session=self._session)
+
+    def download(self, url: str, expected_sha256: str) -> bytes:
+        """GET ``url`` and return the bytes, raising IntegrityError when the digest differs."""
+        try:
+            response = self._session.get(url, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise Unavailable(f"GET {url}: {exc}") from None
+        if response.status_code >= 400:
+            raise Unavailable(f"GET {url}: HTTP {response.status_code}")
+        data = response.content
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected_sha256.lower():
+            raise IntegrityError(f"model artifact sha256 {digest} != expected {expected_sha256}")
+        return data
+
+    def close(self) -> None:
+        self._session.close()

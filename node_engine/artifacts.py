@@ -1,0 +1,84 @@
+"""Download partitions by URL into the data dir and verify them against their sha256.
+
+The deploy command names the digest the cluster computed; a node MUST refuse bytes that
+do not match (a truncated transfer or a wrong artifact would otherwise be served as if
+it were the planned partition). Files are content-addressed (``<sha256>.onnx``), so a
+partition already on disk is verified and reused instead of downloaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class ArtifactError(Exception):
+    """A partition that could not be fetched or does not match its digest."""
+
+
+class DownloadCancelled(ArtifactError):
+    """The node is shutting down; the download stopped half-way."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_artifact(
+    url: str,
+    expected_sha256: str,
+    data_dir: Path,
+    *,
+    stop: threading.Event | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Return the local path of the verified artifact, downloading it when needed.
+
+    The body is streamed to a temporary file while hashing in chunks; on a mismatch the
+    file is deleted and :class:`ArtifactError` says ``sha256 mismatch: expected X got Y``.
+    """
+    import requests
+
+    expected = expected_sha256.lower()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    final = data_dir / f"{expected}.onnx"
+    if final.exists():
+        if sha256_file(final) == expected:
+            log.info("artifact %s already on disk", expected[:12])
+            return final
+        final.unlink(missing_ok=True)
+    partial = data_dir / f"{expected}.{os.getpid()}.{threading.get_ident()}.part"
+    digest = hashlib.sha256()
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as response:
+            if response.status_code >= 400:
+                raise ArtifactError(f"download failed: HTTP {response.status_code} from {url}")
+            with partial.open("wb") as fh:
+                for chunk in response.iter_content(chunk_size=CHUNK):
+                    if stop is not None and stop.is_set():
+                        raise DownloadCancelled("download cancelled: node is stopping")
+                    digest.update(chunk)
+                    fh.write(chunk)
+    except requests.RequestException as exc:
+        partial.unlink(missing_ok=True)
+        raise ArtifactError(f"download failed: {exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    got = digest.hexdigest()
+    if got != expected:
+        partial.unlink(missing_ok=True)
+        raise ArtifactError(f"sha256 mismatch: expected {expected} got {got}")
+    partial.replace(final)
+    return final

@@ -1,0 +1,69 @@
+"""Command line of the node engine, parsed into one frozen :class:`NodeConfig`.
+
+Parsing is separate from the daemon so the configuration can be built in tests without a
+command line, and so unknown profiles fail at start-up with the list of known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the daemon needs to start; ``data_dir=None`` means a private temp dir."""
+
+    cluster_url: str
+    profile: DeviceProfile
+    name: str
+    host: str = "127.0.0.1"
+    data_port: int = 0
+    telemetry_interval: float | None = None  # None: the cluster's answer, else 2.0 s
+    data_dir: str | None = None
+    threads: int = 0
+    log_level: str = "INFO"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m node_engine",
+        description="Treeline node engine: serves model partitions on this (emulated) device.",
+    )
+    parser.add_argument("--cluster-url", required=True, help="base URL of the cluster orchestrator")
+    parser.add_argument("--profile", default="native", choices=sorted(PROFILES),
+                        help="device emulation profile (native = this host as it is)")
+    parser.add_argument("--name", default=socket.gethostname(), help="node name (unique in the cluster)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind and advertise the data plane on")
+    parser.add_argument("--data-port", type=int, default=0, help="data plane port (0: pick a free one)")
+    parser.add_argument("--telemetry-interval", type=float, default=None,
+                        help="seconds between telemetry messages (default: the cluster's, else 2.0)")
+    parser.add_argument("--data-dir", default=None, help="directory for downloaded partitions (default: temp)")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: ORT default)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
+    """Parse ``argv`` (default ``sys.argv[1:]``); exits with status 2 on a bad command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.telemetry_interval is not None and args.telemetry_interval <= 0:
+        parser.error("--telemetry-interval must be positive")
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    return NodeConfig(
+        cluster_url=args.cluster_url.rstrip("/"),
+        profile=get_profile(args.profile),
+        name=args.name,
+        host=args.host,
+        data_port=args.data_port,
+        telemetry_interval=args.telemetry_interval,
+        data_dir=args.data_dir,
+        threads=args.threads,
+        log_level=args.log_level.upper(),
+    )

@@ -1,0 +1,149 @@
+"""Client of the tensor data plane: send inputs to a pipeline's entry stage, get outputs back.
+
+One DEALER socket per client, connected to the entry node's ROUTER. Requests carry a
+fresh random id and replies are matched by it, so a reply that arrives after its request
+timed out is recognised and dropped. A client is NOT thread-safe (zmq sockets are not);
+use one per thread. Arrays in the results are read-only views over the received frames
+(no copy); copy one before writing to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+
+from treeline_common.clock import Clock, SystemClock
+from treeline_common.tensor_wire import FramingError, TensorHeader, pack, unpack
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+Timings = dict[str, float]
+
+
+class TensorClient:
+    """Talks to one data-plane endpoint (``tcp://host:port``). Use as a context manager."""
+
+    def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
+                 clock: Clock | None = None) -> None:
+        self.endpoint = endpoint
+        self._own_context = context is None
+        self._ctx: zmq.Context[Any] = context or zmq.Context()
+        self._clock = clock or SystemClock()
+        self._socket: zmq.Socket[Any] | None = self._ctx.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(endpoint)
+
+    def __enter__(self) -> TensorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (and the context if this client made it); idempotent."""
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+            if self._own_context:
+                self._ctx.term()
+
+    # ------------------------------------------------------------------ API
+
+    def infer(self, stage_key: str, inputs: Mapping[str, np.ndarray],
+              timeout: float = 10.0) -> tuple[Outputs, Timings]:
+        """Run one request through the pipeline starting at ``stage_key``.
+
+        Returns ``(outputs by name, {stage_key: compute_ms} for every stage passed)``.
+        Raises RuntimeError for an error reply and TimeoutError when none comes in time.
+        """
+        request_id = self._send(stage_key, inputs)
+        deadline = self._clock.monotonic() + timeout
+        while True:
+            header, outputs = self._receive(deadline, stage_key, timeout)
+            if header.request_id == request_id:
+                return _result(header, outputs)
+            log.debug("dropping stale reply %s", header.request_id)
+
+    def infer_many(
+        self,
+        stage_key: str,
+        inputs_iter: Iterable[Mapping[str, np.ndarray]],
+        max_in_flight: int = 8,
+        timeout: float = 30.0,
+    ) -> list[tuple[Outputs, Timings, float]]:
+        """Pipelined requests: keep up to ``max_in_flight`` outstanding, results in input order.
+
+        Each result is ``(outputs, timings, latency_s)`` with the latency measured from send
+        to reply. ``timeout`` bounds the wait for any single reply; a request that errors
+        raises RuntimeError naming its index.
+        """
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        iterator = iter(inputs_iter)
+        in_flight: dict[str, tuple[int, float]] = {}
+        results: dict[int, tuple[Outputs, Timings, float]] = {}
+        sent = 0
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < max_in_flight:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                in_flight[self._send(stage_key, item)] = (sent, self._clock.monotonic())
+                sent += 1
+            if not in_flight:
+                return [results[i] for i in range(sent)]
+            header, outputs = self._receive(self._clock.monotonic() + timeout, stage_key, timeout)
+            entry = in_flight.pop(header.request_id, None)
+            if entry is None:
+                log.debug("dropping stale reply %s", header.request_id)
+                continue
+            index, sent_at = entry
+            try:
+                out, timings = _result(header, outputs)
+            except RuntimeError as exc:
+                raise RuntimeError(f"request {index}: {exc}") from None
+            results[index] = (out, timings, self._clock.monotonic() - sent_at)
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_socket(self) -> zmq.Socket[Any]:
+        if self._socket is None:
+            raise RuntimeError("TensorClient is closed")
+        return self._socket
+
+    def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray]) -> str:
+        request_id = uuid.uuid4().hex
+        frames = pack("request", request_id, inputs, stage=stage_key)
+        self._require_socket().send_multipart(frames, copy=False)
+        return request_id
+
+    def _receive(self, deadline: float, stage_key: str, timeout: float) -> tuple[TensorHeader, Outputs]:
+        sock = self._require_socket()
+        while True:
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if self._clock.monotonic() >= deadline:
+                    raise TimeoutError(f"no reply from {self.endpoint} (stage {stage_key}) within {timeout:.1f}s")
+                continue
+            frames = sock.recv_multipart(copy=False)
+            try:
+                return unpack(frames)
+            except FramingError as exc:
+                log.warning("dropping malformed reply from %s: %s", self.endpoint, exc)
+
+
+def _result(header: TensorHeader, outputs: Outputs) -> tuple[Outputs, Timings]:
+    if header.kind == "error":
+        raise RuntimeError(header.error or "error reply without a message")
+    if header.kind != "reply":
+        raise RuntimeError(f"unexpected {header.kind!r} message from the data plane")
+    return outputs, dict(header.timings)

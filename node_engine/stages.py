@@ -1,0 +1,134 @@
+"""The stages a node serves: a thread-safe table from stage key to loaded partition.
+
+The command handler writes the table (deploy/delete, on its worker thread) and the data
+plane reads it (on its poll and worker threads), so every access goes through one lock
+and entries are immutable: a re-deploy with a new ``next`` replaces the entry while the
+per-stage counters carry over. :class:`StageRunner` runs one stage with timing, emulated
+slowdown and statistics, the single place where a partition is executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from treeline_common.clock import Clock, SystemClock
+from treeline_common.messages import NextStage
+
+from node_engine.emulation import Emulator
+
+
+class Session(Protocol):
+    """What the data plane needs from a loaded partition (see :mod:`node_engine.runtime`)."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class StageCounters:
+    """Requests served and compute time of one stage; shared across re-deploys."""
+
+    requests: int = 0
+    compute_ms_total: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, compute_ms: float) -> None:
+        with self.lock:
+            self.requests += 1
+            self.compute_ms_total += compute_ms
+
+    def snapshot(self) -> tuple[int, float]:
+        """``(requests, mean compute ms)``."""
+        with self.lock:
+            mean = self.compute_ms_total / self.requests if self.requests else 0.0
+            return self.requests, mean
+
+
+@dataclass(frozen=True)
+class LoadedStage:
+    key: str
+    deployment_id: str
+    index: int
+    sha256: str
+    generation: int
+    session: Session
+    next: NextStage | None
+    path: Path | None = None
+    load_ms: float = 0.0
+    counters: StageCounters = field(default_factory=StageCounters)
+
+    def with_route(self, next_stage: NextStage | None, generation: int) -> LoadedStage:
+        return dataclasses.replace(self, next=next_stage, generation=generation)
+
+
+class StageTable:
+    """Stage key -> :class:`LoadedStage`. All methods are thread-safe."""
+
+    def __init__(self) -> None:
+        self._stages: dict[str, LoadedStage] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> LoadedStage | None:
+        with self._lock:
+            return self._stages.get(key)
+
+    def put(self, stage: LoadedStage) -> LoadedStage | None:
+        """Insert or replace; return the entry it replaced (the caller closes its session)."""
+        with self._lock:
+            previous = self._stages.get(stage.key)
+            self._stages[stage.key] = stage
+            return previous
+
+    def remove(self, key: str) -> LoadedStage | None:
+        with self._lock:
+            return self._stages.pop(key, None)
+
+    def remove_deployment(self, deployment_id: str) -> list[LoadedStage]:
+        with self._lock:
+            keys = [k for k, s in self._stages.items() if s.deployment_id == deployment_id]
+            return [self._stages.pop(k) for k in keys]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return sorted(self._stages)
+
+    def all(self) -> list[LoadedStage]:
+        with self._lock:
+            return [self._stages[k] for k in sorted(self._stages)]
+
+    def clear(self) -> list[LoadedStage]:
+        with self._lock:
+            stages = list(self._stages.values())
+            self._stages.clear()
+            return stages
+
+
+class StageRunner:
+    """Runs one stage: real compute, then the profile's emulated slowdown, then counters.
+
+    ``compute_ms`` is what the (emulated) device took: the real compute plus the wait, so
+    the timings a caller sees are those of the device being emulated.
+    """
+
+    def __init__(self, emulator: Emulator | None = None, clock: Clock | None = None) -> None:
+        self._emulator = emulator or Emulator(1.0)
+        self._clock = clock or SystemClock()
+
+    def run(self, stage: LoadedStage, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        start = self._clock.monotonic()
+        outputs = stage.session.run(inputs)
+        self._emulator.slow_down(self._clock.monotonic() - start)
+        compute_ms = (self._clock.monotonic() - start) * 1000.0
+        stage.counters.add(compute_ms)
+        return outputs, compute_ms

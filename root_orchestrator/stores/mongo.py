@@ -1,0 +1,268 @@
+"""The production backend: pymongo collections, artifacts in GridFS.
+
+Written only with what mongomock also supports (see design/pitfalls.md): legacy
+``gridfs.GridFS`` (never ``GridFSBucket``), no sessions/transactions, no bulk updates.
+Atomicity comes from single-document operations instead: version numbers from a counter
+(``find_one_and_update`` + ``$inc`` + upsert) backed by a unique ``(name, version)`` index,
+aliases as one ``$set`` on the model document, optimistic service updates filtered on
+``revision``. GridFS files use the sha256 as ``_id``, so a duplicate put is detected by the
+database itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from typing import IO, Any
+
+import gridfs
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from treeline_common.errors import Conflict, IntegrityError
+
+from root_orchestrator.stores.base import (
+    ApplicationStore,
+    ArtifactStore,
+    ClusterStore,
+    Data,
+    ModelRegistry,
+    PutResult,
+    check_alias,
+    check_sha256,
+    iter_chunks,
+    new_cluster_doc,
+    new_id,
+    not_found,
+    parse_ref,
+    resolve_version,
+    with_aliases,
+)
+
+log = logging.getLogger(__name__)
+
+_NO_ID = {"_id": False}
+
+
+def ensure_indexes(db: Database) -> None:
+    """Idempotent; called by the factory, not by constructors (which do no I/O)."""
+    db.model_versions.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
+    db.services.create_index([("application_id", ASCENDING)])
+    db.clusters.create_index([("cluster_name", ASCENDING)], unique=True)
+
+
+class MongoArtifactStore(ArtifactStore):
+    def __init__(self, db: Database, collection: str = "artifacts") -> None:
+        self.fs = gridfs.GridFS(db, collection=collection)
+
+    def put(self, data: Data, expected_sha256: str | None = None) -> PutResult:
+        if expected_sha256 is not None:
+            check_sha256(expected_sha256)
+        # Hash first (GridFS needs the _id up front); spool to disk past 8 MiB.
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in iter_chunks(data):
+                digest.update(chunk)
+                size += len(chunk)
+                spool.write(chunk)
+            sha256 = digest.hexdigest()
+            if expected_sha256 is not None and sha256 != expected_sha256:
+                raise IntegrityError("artifact bytes do not match their sha256",
+                                     [{"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+            if self.fs.exists(sha256):
+                return PutResult(sha256, size, created=False)
+            spool.seek(0)
+            try:
+                self.fs.put(spool, _id=sha256, filename=sha256)
+            except (gridfs.errors.FileExists, DuplicateKeyError):
+                return PutResult(sha256, size, created=False)
+        log.debug("stored artifact %s (%d bytes) in GridFS", sha256, size)
+        return PutResult(sha256, size, created=True)
+
+    def open(self, sha256: str) -> IO[bytes]:
+        check_sha256(sha256)
+        try:
+            return self.fs.get(sha256)  # type: ignore[return-value]  # GridOut is a readable file object
+        except gridfs.errors.NoFile:
+            raise not_found("artifact", sha256, "sha256") from None
+
+    def exists(self, sha256: str) -> bool:
+        check_sha256(sha256)
+        return bool(self.fs.exists(sha256))
+
+    def size(self, sha256: str) -> int:
+        with self.open(sha256) as grid_out:
+            return int(grid_out.length)  # type: ignore[attr-defined]
+
+    def delete(self, sha256: str) -> bool:
+        if not self.exists(sha256):
+            return False
+        self.fs.delete(sha256)
+        return True
+
+
+class MongoModelRegistry(ModelRegistry):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
+                       description: str = "", *, fmt: str = "onnx", created_at: float = 0.0) -> dict[str, Any]:
+        counter = self.db.counters.find_one_and_update(
+            {"_id": f"model:{name}"}, {"$inc": {"v": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+        version = int(counter["v"])
+        doc = {"name": name, "version": version, "sha256": sha256, "size": size, "format": fmt,
+               "signature": signature, "created_at": created_at, "description": description}
+        self.db.model_versions.insert_one(dict(doc))
+        # last_version only moves forward even if two creates finish out of order.
+        self.db.models.update_one({"_id": name}, {"$max": {"last_version": version},
+                                                  "$setOnInsert": {"aliases": {}}}, upsert=True)
+        return with_aliases(doc, self._model(name)[1])
+
+    def _model(self, name: str) -> tuple[int, dict[str, int]]:
+        model = self.db.models.find_one({"_id": name})
+        if model is None:
+            raise not_found("model", name, "model.name")
+        return int(model["last_version"]), dict(model.get("aliases") or {})
+
+    def get_version(self, name: str, ref: int | str) -> dict[str, Any]:
+        ref = parse_ref(ref)
+        last, aliases = self._model(name)
+        version = resolve_version(name, ref, last, aliases)
+        doc = self.db.model_versions.find_one({"name": name, "version": version}, _NO_ID)
+        if doc is None:
+            raise not_found("version", f"{name}:{ref}", "model.version")
+        return with_aliases(doc, aliases)
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        _, aliases = self._model(name)
+        docs = self.db.model_versions.find({"name": name}, _NO_ID).sort("version", ASCENDING)
+        return [with_aliases(d, aliases) for d in docs]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [{"name": m["_id"], "latest_version": int(m["last_version"]), "aliases": dict(m.get("aliases") or {})}
+                for m in self.db.models.find().sort("_id", ASCENDING)]
+
+    def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
+        check_alias(alias)  # also guarantees no '.'/'$' in the field path below
+        self._model(name)
+        doc = self.db.model_versions.find_one({"name": name, "version": version}, _NO_ID)
+        if doc is None:
+            raise not_found("version", f"{name}:{version}", "model.version")
+        self.db.models.update_one({"_id": name}, {"$set": {f"aliases.{alias}": version}})
+        return with_aliases(doc, self._model(name)[1])
+
+
+def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is not None:
+        doc.pop("_id", None)
+    return doc
+
+
+class MongoApplicationStore(ApplicationStore):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_application(self, app: dict[str, Any], services: list[dict[str, Any]],
+                           user: str) -> dict[str, Any]:
+        app_id = new_id()
+        service_ids = [new_id() for _ in services]
+        app_doc = {**app, "applicationID": app_id, "userId": user, "microservices": service_ids}
+        # Services first: an application never lists a service id that does not exist.
+        for sid, svc in zip(service_ids, services, strict=True):
+            self.db.services.insert_one({**svc, "_id": sid, "service_id": sid, "application_id": app_id,
+                                         "revision": 1})
+        self.db.applications.insert_one({**app_doc, "_id": app_id})
+        return app_doc
+
+    def get_application(self, application_id: str) -> dict[str, Any]:
+        doc = _strip(self.db.applications.find_one({"_id": application_id}))
+        if doc is None:
+            raise not_found("application", application_id, "application_id")
+        return doc
+
+    def list_applications(self, user: str | None = None) -> list[dict[str, Any]]:
+        query = {} if user is None else {"userId": user}
+        return [d for d in (_strip(x) for x in self.db.applications.find(query)) if d is not None]
+
+    def delete_application(self, application_id: str) -> list[dict[str, Any]]:
+        self.get_application(application_id)
+        services = self.list_services(application_id)
+        self.db.applications.delete_one({"_id": application_id})
+        self.db.services.delete_many({"application_id": application_id})
+        return services
+
+    def get_service(self, service_id: str) -> dict[str, Any]:
+        doc = _strip(self.db.services.find_one({"_id": service_id}))
+        if doc is None:
+            raise not_found("service", service_id, "service_id")
+        return doc
+
+    def list_services(self, application_id: str | None = None) -> list[dict[str, Any]]:
+        query = {} if application_id is None else {"application_id": application_id}
+        return [d for d in (_strip(x) for x in self.db.services.find(query)) if d is not None]
+
+    def update_service(self, service_id: str, fields: dict[str, Any],
+                       expected_revision: int | None = None) -> dict[str, Any]:
+        clean = {k: v for k, v in fields.items()
+                 if k not in ("_id", "service_id", "revision", "application_id")}
+        query: dict[str, Any] = {"_id": service_id}
+        if expected_revision is not None:
+            query["revision"] = expected_revision
+        update: dict[str, Any] = {"$inc": {"revision": 1}}
+        if clean:
+            update["$set"] = clean
+        doc = self.db.services.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
+        if doc is None:
+            current = self.get_service(service_id)  # NotFound if it is gone
+            raise Conflict("service changed concurrently",
+                           [{"path": "revision", "message": f"expected {expected_revision}, "
+                                                            f"stored {current['revision']}"}])
+        return _strip(doc) or {}
+
+    def delete_service(self, service_id: str) -> dict[str, Any]:
+        doc = self.get_service(service_id)
+        self.db.services.delete_one({"_id": service_id})
+        self.db.applications.update_one({"_id": doc["application_id"]}, {"$pull": {"microservices": service_id}})
+        return doc
+
+
+class MongoClusterStore(ClusterStore):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def register(self, name: str, location: str, url: str, now: float) -> tuple[dict[str, Any], bool]:
+        for _ in range(2):  # a concurrent first registration loses the upsert race once, then finds it
+            existing = self.db.clusters.find_one_and_update(
+                {"cluster_name": name},
+                {"$set": {"cluster_location": location, "url": url, "registered_at": now}},
+                return_document=ReturnDocument.AFTER)
+            if existing is not None:
+                return _strip(existing) or {}, False
+            doc = new_cluster_doc(new_id(), name, location, url, now)
+            try:
+                self.db.clusters.insert_one({**doc, "_id": doc["cluster_id"]})
+            except DuplicateKeyError:
+                continue
+            return doc, True
+        raise Conflict(f"cluster {name!r} registration raced", [{"path": "cluster_name", "message": "retry"}])
+
+    def update_aggregate(self, cluster_id: str, aggregate: dict[str, Any], now: float) -> dict[str, Any]:
+        doc = self.db.clusters.find_one_and_update(
+            {"_id": cluster_id}, {"$set": {"aggregate": aggregate, "last_push": now}},
+            return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise not_found("cluster", cluster_id, "cluster_id")
+        return _strip(doc) or {}
+
+    def get(self, cluster_id: str) -> dict[str, Any]:
+        doc = _strip(self.db.clusters.find_one({"_id": cluster_id}))
+        if doc is None:
+            raise not_found("cluster", cluster_id, "cluster_id")
+        return doc
+
+    def list(self) -> list[dict[str, Any]]:
+        return [d for d in (_strip(x) for x in self.db.clusters.find().sort("cluster_name", ASCENDING))
+                if d is not None]

@@ -1,0 +1,5 @@
+import sys
+
+from treeline_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,190 @@
+"""``treeline`` console script: up, deploy, infer, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from treeline_common.errors import TreelineError
+from treeline_common.profiles import PROFILES
+
+DEFAULT_ROOT_URL = os.environ.get("TREELINE_ROOT_URL", "http://127.0.0.1:10000")
+
+
+def _stack_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", type=int, default=3, help="number of node engines (default 3)")
+    parser.add_argument("--profiles", default="server,jetson-nano,rpi4",
+                        help=f"comma-separated emulation profiles, cycled over the nodes; known: {', '.join(PROFILES)}")
+    parser.add_argument("--mqtt-url", default=None, help="use this broker instead of starting one")
+    parser.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
+                        help="broker to start when --mqtt-url is not given (auto: mosquitto if installed)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="state directory (default ./.treeline)")
+    parser.add_argument("--root-port", type=int, default=10000)
+    parser.add_argument("--cluster-port", type=int, default=10100)
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per node (0 = default)")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from treeline_cli.stack import StackConfig, default_data_dir
+
+    profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
+    return StackConfig(
+        data_dir=(args.data_dir or default_data_dir()).resolve(),
+        nodes=args.nodes,
+        profiles=profiles,
+        mqtt_url=args.mqtt_url,
+        broker_kind=args.broker,
+        root_port=args.root_port,
+        cluster_port=args.cluster_port,
+        node_threads=args.threads,
+        log_level="DEBUG" if args.verbose else "INFO",
+    )
+
+
+def _wait_for_signal(stack: Any) -> None:
+    """Block until SIGINT/SIGTERM; report children that die meanwhile."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    reported: set[str] = set()
+    while not stop.wait(1.0):
+        for managed in stack.processes:
+            if not managed.alive() and managed.name not in reported:
+                reported.add(managed.name)
+                print(f"warning: {managed.name} exited with {managed.process.returncode}; "
+                      f"see {managed.log_path}", file=sys.stderr)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from treeline_cli.stack import start_stack
+
+    config = _config(args)
+    print(f"Starting Treeline: broker, root, cluster and {config.nodes} node engines (state in {config.data_dir})")
+    stack = start_stack(config)
+    try:
+        stack.wait_ready(timeout=args.timeout)
+        print(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
+        print(f"Cluster API   {stack.cluster_url}")
+        print(f"MQTT broker   {stack.mqtt_url}")
+        print(f"Logs          {config.data_dir / 'logs'}")
+        print("Ready. Ctrl-C stops every process.")
+        _wait_for_signal(stack)
+    finally:
+        print("Stopping ...")
+        stack.stop()
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from treeline_cli.demo import deploy_file
+    from treeline_cli.root_client import RootClient
+
+    services = deploy_file(RootClient(args.root_url), Path(args.file), sys.stdout, timeout=args.timeout)
+    for service in services:
+        print(f"\n{service.get('microservice_name')} ({service['service_id']}) RUNNING")
+        print(json.dumps(service.get("placement"), indent=2))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from treeline_cli.inference import run_requests
+    from treeline_cli.root_client import RootClient
+
+    service = RootClient(args.root_url).find_service(args.app, args.service)
+    if service.get("status") != "RUNNING":
+        print(f"error: service {service['service_id']} is {service.get('status')}, not RUNNING", file=sys.stderr)
+        return 1
+    report = run_requests(service["placement"], args.n, in_flight=args.in_flight)
+    print(f"{report.requests} requests to {service.get('microservice_name')} "
+          f"({len(service['placement']['stages'])} stages, {report.in_flight} in flight)")
+    print(f"p50 {report.p50_ms:.2f} ms   p99 {report.p99_ms:.2f} ms   throughput {report.throughput_rps:.1f} req/s")
+    for key, ms in report.stage_ms.items():
+        print(f"  stage {key}: {ms:.2f} ms compute")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from treeline_cli.demo import run_demo
+    from treeline_cli.stack import start_stack
+
+    config = _config(args)
+    print(f"Starting Treeline: broker, root, cluster and {config.nodes} node engines (state in {config.data_dir})")
+    stack = start_stack(config)
+    try:
+        stack.wait_ready(timeout=args.timeout)
+        print(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
+        run_demo(stack, sys.stdout, requests=args.requests)
+        if args.keep:
+            print("--keep: the stack keeps running. Ctrl-C stops every process.")
+            _wait_for_signal(stack)
+    finally:
+        stack.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="treeline", description="Treeline edge-ML orchestrator")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start broker, root, cluster and node engines; Ctrl-C stops them")
+    _stack_args(up)
+    up.add_argument("--timeout", type=float, default=90.0)
+    up.set_defaults(func=cmd_up)
+
+    deploy = sub.add_parser("deploy", help="submit an SLA file and wait until it runs")
+    deploy.add_argument("file")
+    deploy.add_argument("--root-url", default=DEFAULT_ROOT_URL)
+    deploy.add_argument("--timeout", type=float, default=180.0)
+    deploy.set_defaults(func=cmd_deploy)
+
+    infer = sub.add_parser("infer", help="send random requests to a deployed model and print latency")
+    infer.add_argument("app", help="application name or id, or a service id")
+    infer.add_argument("--service", default=None, help="microservice name when the application has several")
+    infer.add_argument("--n", type=int, default=100)
+    infer.add_argument("--in-flight", type=int, default=1)
+    infer.add_argument("--root-url", default=DEFAULT_ROOT_URL)
+    infer.set_defaults(func=cmd_infer)
+
+    demo = sub.add_parser("demo", help="up + register MobileNetV2 + deploy + 200 requests + table")
+    _stack_args(demo)
+    demo.add_argument("--requests", type=int, default=200)
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument("--timeout", type=float, default=90.0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _sigterm_as_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every ``finally: stack.stop()`` runs.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except TreelineError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        for detail in exc.details:
+            print(f"  {detail.get('path', '')}: {detail.get('message', detail)}", file=sys.stderr)
+        return 1
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
