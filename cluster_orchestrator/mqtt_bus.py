@@ -124,7 +124,7 @@ class MqttBus:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any = None) -> None:
         self._connected.clear()
-        log.info("MQTT disconnected (%s); paho reconnects", reason_code)
+        log.info("MQTT disconnected (%s)", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:

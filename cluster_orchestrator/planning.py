@@ -14,12 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from treeline_common.errors import InvalidInput
 from treeline_common.messages import DeployCommand, NextStage, stage_key
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_PARTITIONS = 3
-
 
 def deployment_id_of(service_id: str, instance: Any) -> str:
     """The deployment id of a service instance: ``<service_id>-<instance>``."""
@@ -40,6 +38,15 @@ def _accelerator_kinds(doc: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(k for k in kinds if k)
 
 
+def _memory_limit(telemetry: Mapping[str, Any], doc: Mapping[str, Any]) -> int | None:
+    """Memory the node offers; None (unknown, the scheduler treats it as unlimited) if never declared."""
+    for source in (telemetry, doc):
+        value = source.get("memory_limit_mb")
+        if value:
+            return int(value)
+    return None
+
+
 def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The NodeView fields of a node document; telemetry (fresher) wins over registration."""
     telemetry = doc.get("telemetry") or {}
@@ -53,7 +60,7 @@ def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         "profile": str(telemetry.get("profile") or doc.get("profile") or "native"),
         "online": bool(doc.get("online")),
         "speed_factor": float(telemetry.get("speed_factor") or doc.get("speed_factor") or 1.0),
-        "memory_limit_mb": int(telemetry.get("memory_limit_mb") or doc.get("memory_limit_mb") or 0),
+        "memory_limit_mb": _memory_limit(telemetry, doc),
         "arch": str(doc.get("arch") or "x86_64"),
         "accelerators": _accelerator_kinds(doc),
         "battery_percent": battery_percent,
@@ -62,10 +69,11 @@ def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_snapshot(nodes: Iterable[Mapping[str, Any]]) -> Any:
-    """A frozen ``ClusterSnapshot`` of the online nodes (offline ones are left out)."""
+    """A frozen ``ClusterSnapshot`` of the nodes; offline ones stay in it with ``online=False``
+    so the scheduler filters them with its own named reason."""
     from ml_scheduler.snapshot import ClusterSnapshot, NodeView
 
-    views = tuple(NodeView(**node_view_fields(doc)) for doc in nodes if doc.get("online"))
+    views = tuple(NodeView(**node_view_fields(doc)) for doc in nodes)
     return ClusterSnapshot(nodes=views)
 
 
@@ -86,18 +94,35 @@ class JobRequest:
         return deployment_id_of(self.service_id, self.instance)
 
 
+def parse_job_microservice(microservice: Any) -> Any:
+    """The SLA microservice view (deployment_descriptors), or InvalidInput with ``microservice.``
+    paths; an ML job must carry a ``model`` block."""
+    from deployment_descriptors import parse_microservice
+
+    try:
+        view = parse_microservice(microservice)
+    except InvalidInput as exc:
+        raise InvalidInput("invalid job: bad microservice", [
+            dict(d, path=f"microservice.{d.get('path', '')}".rstrip(".")) for d in exc.details]) from None
+    if view.model is None:
+        raise InvalidInput("invalid job: not an ML microservice", [
+            {"path": "microservice.model", "message": "is required (virtualization ml-model)"}])
+    return view
+
+
 def job_request(job: Mapping[str, Any]) -> JobRequest:
     """Read a job body (see contracts.md, root -> cluster) into a :class:`JobRequest`.
 
-    The SLA model block is read from the raw microservice dict: ``max_partitions`` (default
-    3) and ``input {name, shape, dtype}``; the registry signature fills what the SLA omits.
+    The SLA model block comes through deployment_descriptors' ``ModelSpec`` (defaults
+    applied there, once); the registry signature fills the input the SLA leaves open.
     """
-    microservice = job.get("microservice") or {}
-    sla_model = microservice.get("model") or {}
+    spec = parse_job_microservice(job.get("microservice")).model
     model = job["model"]
     signature = model.get("signature") or {}
-    input_spec = sla_model.get("input")
-    if not isinstance(input_spec, Mapping):
+    input_spec: Mapping[str, Any] | None = None
+    if spec.input_name is not None:
+        input_spec = {"name": spec.input_name, "shape": list(spec.input_shape or ()), "dtype": spec.input_dtype}
+    else:
         sig_inputs = signature.get("inputs") or []
         input_spec = sig_inputs[0] if sig_inputs and isinstance(sig_inputs[0], Mapping) else None
     outputs = tuple(str(o.get("name")) for o in signature.get("outputs") or [] if isinstance(o, Mapping))
@@ -106,7 +131,7 @@ def job_request(job: Mapping[str, Any]) -> JobRequest:
         instance=job["instance"],
         model_sha256=str(model["sha256"]).lower(),
         model_url=str(model["artifact_url"]),
-        max_partitions=int(sla_model.get("max_partitions") or DEFAULT_MAX_PARTITIONS),
+        max_partitions=int(spec.max_partitions),
         input_spec=dict(input_spec) if input_spec else None,
         output_names=outputs,
     )
@@ -128,7 +153,7 @@ class PlanOutcome:
 def plan(model: Any, nodes: Sequence[Mapping[str, Any]], max_partitions: int) -> PlanOutcome:
     """Analyse ``model``, place it over the online ``nodes`` and cut it (decide; nothing applied).
 
-    Offline nodes are not offered to the scheduler; they appear in ``reasons`` as offline.
+    Offline nodes are filtered by the scheduler and appear in ``reasons``.
     """
     from ml_scheduler.extract import extract_partitions
     from ml_scheduler.graph import analyze_model
@@ -138,9 +163,8 @@ def plan(model: Any, nodes: Sequence[Mapping[str, Any]], max_partitions: int) ->
     snapshot = build_snapshot(nodes)
     result = SimpleScheduler().place(graph, snapshot, max_partitions)
     reasons = {str(k): str(v) for k, v in (result.reasons or {}).items()}
-    for doc in nodes:
-        if not doc.get("online"):
-            reasons.setdefault(str(doc["node_id"]), "offline")
+    if not result.schedulable and getattr(result, "message", ""):
+        reasons.setdefault("*", str(result.message))
     io = {"input_names": tuple(graph.input_names), "output_names": tuple(graph.output_names)}
     if not result.schedulable:
         return PlanOutcome(False, str(result.strategy), reasons=reasons, **io)

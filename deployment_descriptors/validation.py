@@ -98,7 +98,8 @@ def _describe(error: ValidationError) -> tuple[list[PathPart], str]:
     if kind == "const":
         return path, f"must be {_show(expected)}, got {_show(got)}"
     if kind == "pattern":
-        return path, f"must match {expected}, got {_show(got)}"
+        hint = error.schema.get("x-hint") if isinstance(error.schema, Mapping) else None
+        return path, f"must be {hint}, got {_show(got)}" if hint else f"must match {expected}, got {_show(got)}"
     if kind == "minLength":
         return path, "must not be empty" if expected == 1 else f"must have at least {expected} characters"
     if kind == "maxLength":
@@ -118,6 +119,15 @@ def _sort_key(item: tuple[list[PathPart], str]) -> tuple[tuple[tuple[int, int, s
     """Order by path with numeric indices (so [2] sorts before [10]), then by message."""
     parts = tuple((1, p, "") if isinstance(p, int) else (0, 0, p) for p in item[0])
     return parts, item[1]
+
+
+def _schema_problems(validator: Draft202012Validator, doc: Any) -> list[tuple[list[PathPart], str]]:
+    """Schema errors, minus noise: when a value has the wrong type, its other complaints
+    (enum, const, range) only repeat the same mistake, so only the type error is kept."""
+    errors = list(validator.iter_errors(doc))
+    wrong_type = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    return [_describe(e) for e in errors
+            if e.validator in ("type", "required") or tuple(e.absolute_path) not in wrong_type]
 
 
 def _finish(found: list[tuple[list[PathPart], str]]) -> list[Problem]:
@@ -206,7 +216,7 @@ def validate_sla(doc: Any) -> list[Problem]:
 
     Never raises for bad input (any JSON value, including a non-object, is answered with a list).
     """
-    found = [_describe(err) for err in _validator(None).iter_errors(doc)]
+    found = _schema_problems(_validator(None), doc)
     found.extend(_semantic_problems(doc))
     return _finish(found)
 
@@ -216,6 +226,6 @@ def validate_microservice(doc: Any) -> list[Problem]:
 
     Paths are relative to the microservice (``model.max_partitions``).
     """
-    found = [_describe(err) for err in _validator("microservice").iter_errors(doc)]
+    found = _schema_problems(_validator("microservice"), doc)
     found.extend(_microservice_problems(doc, []))
     return _finish(found)

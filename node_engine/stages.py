@@ -67,6 +67,27 @@ class LoadedStage:
     path: Path | None = None
     load_ms: float = 0.0
     counters: StageCounters = field(default_factory=StageCounters)
+    outputs: tuple[str, ...] = ()  # what the plan says this stage sends on; () = the session's outputs
+
+    def select_outputs(self, inputs: Mapping[str, np.ndarray],
+                       produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The tensors this stage sends on: the declared outputs, in declared order.
+
+        A declared name the partition does not produce is passed through from the stage's
+        inputs: a skip connection that crosses this stage (produced before it, consumed
+        after it) must travel on with the activations. ValueError if it is in neither.
+        """
+        if not self.outputs:
+            return dict(produced)
+        selected: dict[str, np.ndarray] = {}
+        for name in self.outputs:
+            if name in produced:
+                selected[name] = produced[name]
+            elif name in inputs:
+                selected[name] = inputs[name]
+            else:
+                raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor receives it")
+        return selected
 
     def with_route(self, next_stage: NextStage | None, generation: int) -> LoadedStage:
         return dataclasses.replace(self, next=next_stage, generation=generation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ class RootClient:
         """Upload ONNX bytes as a new version of ``name``; returns the version document."""
         return call_json(
             "POST",
-            self._url(f"/api/models/{name}/versions?description={description}"),
+            self._url(f"/api/models/{name}/versions?{urllib.parse.urlencode({'description': description})}"),
             data=onnx_bytes,
             headers={"Content-Type": "application/octet-stream"},
             timeout=60,

@@ -87,7 +87,8 @@ def pack(
     Tensor frames are the arrays themselves (made C-contiguous only if they are not), so
     ``send_multipart(frames, copy=False)`` sends their memory as it is.
     """
-    arrays = [np.ascontiguousarray(a) for a in tensors.values()]
+    # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d scalars into shape (1,)
+    arrays = [np.asarray(a, order="C") for a in tensors.values()]
     header = TensorHeader(
         kind=kind,
         request_id=request_id,

@@ -325,8 +325,9 @@ class DataPlaneServer:
             stage = self._stages.get(key)
             if stage is None:
                 return _Result(job, "error", {}, error=self._unknown_stage(key))
-            outputs, compute_ms = self._runner.run(stage, inputs)
+            produced, compute_ms = self._runner.run(stage, inputs)
             job.timings[key] = compute_ms
+            outputs = stage.select_outputs(inputs, produced)
             if stage.next is None:
                 return _Result(job, "reply", outputs)
             if stage.next.endpoint != self.endpoint:

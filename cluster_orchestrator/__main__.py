@@ -1,0 +1,62 @@
+"""``python -m cluster_orchestrator``: run one cluster orchestrator until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from cluster_orchestrator.app import ClusterRuntime, build_config
+
+log = logging.getLogger("cluster_orchestrator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cluster_orchestrator", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=10100)
+    p.add_argument("--root-url", required=True)
+    p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--name", default="cluster-1")
+    p.add_argument("--location", default="")
+    p.add_argument("--public-url", default=None, help="URL the root uses to reach this cluster")
+    p.add_argument("--push-interval", type=float, default=15.0)
+    p.add_argument("--telemetry-interval", type=float, default=2.0)
+    p.add_argument("--heartbeat-misses", type=int, default=3)
+    p.add_argument("--stage-timeout", type=float, default=60.0)
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = build_config(
+        args.name, args.root_url, args.mqtt_url, args.public_url or f"http://{args.host}:{args.port}",
+        location=args.location, push_interval=args.push_interval, telemetry_interval=args.telemetry_interval,
+        heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout)
+    runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runtime.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        runtime.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Deployment descriptors: the SLA v2.0 schema (Oakestra's plus Treeline's ML extension),
+its validation, typed read-only views, shipped examples and scheduler profiles.
+
+One definition of the SLA for every part: the root validates submissions with
+:func:`validate_sla` / :func:`parse_sla`, the cluster views forwarded microservices with
+:func:`parse_microservice`; nobody else re-reads raw SLA dicts. Field reference: README.md here.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from .profiles import SchedulerProfile, load_profile, profile_from_dict
+from .validation import format_path, sla_schema, validate_microservice, validate_sla
+from .views import (
+    Application,
+    Microservice,
+    MlConstraints,
+    ModelSpec,
+    NodeSelector,
+    Sla,
+    parse_microservice,
+    parse_sla,
+)
+
+
+def example_path(name: str) -> Path:
+    """Path of a shipped example SLA, e.g. ``example_path("mobilenet_v2")``."""
+    path = Path(str(resources.files(__package__).joinpath("examples", f"{name}.json")))
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+__all__ = [
+    "Application",
+    "Microservice",
+    "MlConstraints",
+    "ModelSpec",
+    "NodeSelector",
+    "SchedulerProfile",
+    "Sla",
+    "example_path",
+    "format_path",
+    "load_profile",
+    "parse_microservice",
+    "parse_sla",
+    "profile_from_dict",
+    "sla_schema",
+    "validate_microservice",
+    "validate_sla",
+]

@@ -1,0 +1,57 @@
+"""Scheduler profiles: the plugin weights the placement scorer combines, kept as data.
+
+A profile is configuration, not code, so operators can tune placement without a release and
+the weights are never magic numbers inside a scorer. The contract checked here: ``weights``
+maps plugin names to non-negative numbers that sum to 1 (within 1e-6), so a combined score
+stays on the plugins' own 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+from typing import Any
+
+from treeline_common.errors import InvalidInput, NotFound
+
+
+@dataclass(frozen=True)
+class SchedulerProfile:
+    name: str
+    weights: Mapping[str, float]
+    comment: str = ""
+
+
+def profile_from_dict(doc: Any) -> SchedulerProfile:
+    """Check and view a profile document; ``InvalidInput`` with ``{path, message}`` details."""
+    problems: list[dict[str, str]] = []
+    if not isinstance(doc, Mapping):
+        raise InvalidInput("invalid scheduler profile", [{"path": "", "message": "must be an object"}])
+    if not isinstance(doc.get("name"), str) or not doc["name"]:
+        problems.append({"path": "name", "message": "must be a non-empty string"})
+    weights = doc.get("weights")
+    if not isinstance(weights, Mapping) or not weights:
+        problems.append({"path": "weights", "message": "must be a non-empty object of plugin: weight"})
+    else:
+        for plugin, weight in sorted(weights.items()):
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                problems.append({"path": f"weights.{plugin}", "message": f"must be a number >= 0, got {weight!r}"})
+        if not problems and not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+            problems.append({"path": "weights", "message": f"must sum to 1, got {sum(weights.values()):g}"})
+    if problems:
+        raise InvalidInput("invalid scheduler profile", problems)
+    return SchedulerProfile(name=doc["name"], comment=str(doc.get("comment", "")),
+                            weights=MappingProxyType({k: float(v) for k, v in weights.items()}))
+
+
+def load_profile(name: str = "default") -> SchedulerProfile:
+    """A profile shipped in ``deployment_descriptors/profiles/<name>.json``; ``NotFound`` lists the known ones."""
+    folder = resources.files(__package__).joinpath("profiles")
+    known = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    if name not in known:
+        raise NotFound(f"unknown scheduler profile {name!r}; known: {', '.join(known)}")
+    return profile_from_dict(json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8")))

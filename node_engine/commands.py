@@ -1,0 +1,178 @@
+"""Deploy and delete commands from the cluster, executed in order on one worker thread.
+
+MQTT handlers only decode and enqueue (paho's network thread must stay free so telemetry
+and liveness keep flowing while a partition downloads). One worker applies commands in
+arrival order, so a delete that follows a deploy of the same stage always wins.
+
+Contract (see :class:`treeline_common.messages.DeployCommand`):
+
+- deploy: DOWNLOADING -> LOADING -> READY (with ``load_ms``), or FAILED with the reason;
+  bytes whose sha256 differs from the command are refused ("sha256 mismatch: expected X
+  got Y") and deleted;
+- a repeated deploy of a loaded stage with the same sha256 only updates its route
+  (``next``/generation) and re-reports READY; a new sha256 replaces the stage;
+- delete: unload the stage (or every stage of the deployment) and report REMOVED;
+  deleting what is not loaded still reports REMOVED for a named stage (idempotent);
+- a payload that does not decode is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from treeline_common.clock import Clock
+from treeline_common.messages import (
+    DeleteCommand,
+    DeployCommand,
+    PayloadError,
+    StageState,
+    decode,
+    stage_key,
+)
+
+from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.stages import LoadedStage, Session, StageCounters, StageTable
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[Path], Session]
+Reporter = Callable[[StageState], None]
+
+
+class CommandHandler:
+    """Decodes commands and applies them to the stage table on its own worker thread."""
+
+    def __init__(
+        self,
+        node_id: str,
+        stages: StageTable,
+        data_dir: Path,
+        loader: Loader,
+        report: Reporter,
+        clock: Clock,
+        stop: threading.Event,
+    ) -> None:
+        self._node_id = node_id
+        self._stages = stages
+        self._data_dir = data_dir
+        self._loader = loader
+        self._report = report
+        self._clock = clock
+        self._stop = stop
+        self._queue: queue.Queue[DeployCommand | DeleteCommand | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        # daemon: a download in progress must not hold up the process exit on SIGTERM
+        self._thread = threading.Thread(target=self._run, name="commands", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.5) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ MQTT handlers
+
+    def on_deploy(self, payload: bytes) -> None:
+        self._enqueue(DeployCommand, payload)
+
+    def on_delete(self, payload: bytes) -> None:
+        self._enqueue(DeleteCommand, payload)
+
+    def _enqueue(self, cls: type[Any], payload: bytes) -> None:
+        try:
+            command = decode(cls, payload)
+        except PayloadError as exc:
+            log.warning("dropping bad %s payload: %s", cls.__name__, exc)
+            return
+        self._queue.put(command)
+
+    # ------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            command = self._queue.get()
+            if command is None:
+                return
+            try:
+                if isinstance(command, DeployCommand):
+                    self.deploy(command)
+                else:
+                    self.delete(command)
+            except Exception:  # noqa: BLE001 - one bad command must not stop the worker
+                log.exception("command %s failed", command)
+
+    def deploy(self, cmd: DeployCommand) -> None:
+        """Apply one deploy command synchronously (the worker calls this)."""
+        key = stage_key(cmd.deployment_id, cmd.stage)
+        current = self._stages.get(key)
+        if current is not None and current.sha256 == cmd.sha256.lower():
+            self._stages.put(current.with_route(cmd.next, cmd.generation))
+            log.info("stage %s already loaded; re-reporting READY", key)
+            self._state(cmd, "READY", load_ms=current.load_ms)
+            return
+        self._state(cmd, "DOWNLOADING")
+        try:
+            path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop)
+        except DownloadCancelled:
+            log.info("deploy of %s cancelled by shutdown", key)
+            return
+        except ArtifactError as exc:
+            log.warning("stage %s: %s", key, exc)
+            self._state(cmd, "FAILED", reason=str(exc))
+            return
+        self._state(cmd, "LOADING")
+        start = self._clock.monotonic()
+        try:
+            session = self._loader(path)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+            log.warning("stage %s: load failed: %s", key, exc)
+            self._state(cmd, "FAILED", reason=f"load failed: {exc}")
+            return
+        load_ms = (self._clock.monotonic() - start) * 1000.0
+        stage = LoadedStage(
+            key=key,
+            deployment_id=cmd.deployment_id,
+            index=cmd.stage,
+            sha256=cmd.sha256.lower(),
+            generation=cmd.generation,
+            session=session,
+            next=cmd.next,
+            path=path,
+            load_ms=load_ms,
+            counters=current.counters if current is not None else StageCounters(),
+            outputs=tuple(cmd.outputs),
+        )
+        previous = self._stages.put(stage)
+        if previous is not None:
+            previous.session.close()
+        log.info("stage %s READY in %.1f ms (next=%s)", key, load_ms, cmd.next.stage_key if cmd.next else None)
+        self._state(cmd, "READY", load_ms=load_ms)
+
+    def delete(self, cmd: DeleteCommand) -> None:
+        """Apply one delete command synchronously (the worker calls this)."""
+        if cmd.stage is None:
+            removed = self._stages.remove_deployment(cmd.deployment_id)
+        else:
+            one = self._stages.remove(stage_key(cmd.deployment_id, cmd.stage))
+            removed = [one] if one is not None else []
+        for stage in removed:
+            stage.session.close()
+            self._report(self._make_state(cmd.deployment_id, stage.index, "REMOVED", stage.generation))
+        if cmd.stage is not None and not removed:
+            self._report(self._make_state(cmd.deployment_id, cmd.stage, "REMOVED", 0))
+        log.info("deleted %s stage(s) of %s", len(removed), cmd.deployment_id)
+
+    def _state(self, cmd: DeployCommand, state: str, *, reason: str = "", load_ms: float = 0.0) -> None:
+        self._report(self._make_state(cmd.deployment_id, cmd.stage, state, cmd.generation, reason, load_ms))
+
+    def _make_state(self, deployment_id: str, stage: int, state: str, generation: int,
+                    reason: str = "", load_ms: float = 0.0) -> StageState:
+        return StageState(node_id=self._node_id, deployment_id=deployment_id, stage=stage, state=state,
+                          generation=generation, reason=reason, ts=self._clock.now(), load_ms=load_ms)

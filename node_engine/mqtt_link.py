@@ -1,0 +1,135 @@
+"""The MQTT adapter: the one module of the node engine that imports paho-mqtt.
+
+:class:`MqttLink` hides paho's callback API behind three needs of the daemon: a last will
+that is (re)armed before every connection attempt, a hook run on every (re)connect (to
+publish the birth and resubscribe — a broker that restarted has forgotten both), and
+topic handlers. paho's network thread (``loop_start``) reconnects on its own with a
+bounded backoff; handlers run on that thread, so they MUST return quickly and hand long
+work to a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[bytes], None]
+
+
+class MqttLink:
+    """One MQTT session to a broker. The constructor does no I/O; :meth:`start` connects."""
+
+    def __init__(
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        *,
+        will: Callable[[], tuple[str, bytes]] | None = None,
+        on_connected: Callable[[], None] | None = None,
+        keepalive: int = 10,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._keepalive = keepalive
+        self._will = will
+        self._on_connected = on_connected
+        self._handlers: dict[str, Handler] = {}
+        self._connected = threading.Event()
+        self._stopping = False
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
+        self._client.on_pre_connect = self._handle_pre_connect
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    @property
+    def connected(self) -> threading.Event:
+        return self._connected
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Route ``topic`` to ``handler``; (re)subscribed on every connect."""
+        self._handlers[topic] = handler
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos=1)
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps retrying until the broker answers."""
+        if self._will is not None:
+            self._arm_will()
+        self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> Any:
+        """Queue a message; returns paho's MQTTMessageInfo (``wait_for_publish`` on it)."""
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_and_wait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                         timeout: float = 1.0) -> bool:
+        """Publish and wait up to ``timeout`` for the broker's acknowledgement."""
+        if not self._connected.is_set():
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("publish on %s failed: %s", topic, exc)
+            return False
+        return bool(info.is_published())
+
+    def stop(self) -> None:
+        """Disconnect cleanly (the broker does NOT send the will) and stop the network thread."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _arm_will(self) -> None:
+        assert self._will is not None
+        topic, payload = self._will()
+        self._client.will_set(topic, payload, qos=1, retain=True)
+
+    def _handle_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        if self._will is not None:
+            self._arm_will()
+
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                        properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT connect to %s:%s refused: %s", self._host, self._port, reason_code)
+            return
+        log.info("MQTT connected to %s:%s", self._host, self._port)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        if self._on_connected is not None:
+            try:
+                self._on_connected()
+            except Exception:  # noqa: BLE001 - a failing hook must not kill paho's thread
+                log.exception("on_connected hook failed")
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
+                           properties: Any) -> None:
+        self._connected.clear()
+        if self._stopping:
+            log.info("MQTT disconnected from %s:%s", self._host, self._port)
+            return
+        log.warning("MQTT disconnected from %s:%s (%s); reconnecting", self._host, self._port, reason_code)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        handler = self._handlers.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(bytes(message.payload))
+        except Exception:  # noqa: BLE001 - a bad message must never kill paho's thread
+            log.exception("handler for %s failed", message.topic)

@@ -1,0 +1,71 @@
+"""Registration with the cluster orchestrator, retried until the cluster answers.
+
+A node may well start before its cluster (start order is not guaranteed, and a cluster
+may restart), so an unreachable or failing cluster is retried with a capped exponential
+backoff; only an answer that says our request is wrong (4xx) is given up on. The wait
+between attempts is on the stop event, so SIGTERM during registration exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from treeline_common.errors import TreelineError, Unavailable
+from treeline_common.http import call_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Registration:
+    node_id: str
+    cluster_id: str
+    mqtt_host: str
+    mqtt_port: int
+    telemetry_interval: float | None
+
+
+def backoff_delay(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.2, 0.4, 0.8, ... 5.0."""
+    return min(cap, base * (2 ** min(attempt, 16)))
+
+
+def parse_answer(answer: Any) -> Registration:
+    if not isinstance(answer, dict) or "node_id" not in answer or "mqtt_port" not in answer:
+        raise TreelineError(f"registration answer lacks node_id/mqtt_port: {answer!r}")
+    interval = answer.get("telemetry_interval")
+    return Registration(
+        node_id=str(answer["node_id"]),
+        cluster_id=str(answer.get("cluster_id", "")),
+        mqtt_host=str(answer.get("mqtt_host") or "127.0.0.1"),
+        mqtt_port=int(answer["mqtt_port"]),
+        telemetry_interval=float(interval) if interval else None,
+    )
+
+
+def register(cluster_url: str, body: dict[str, Any], stop: threading.Event,
+             timeout: float = 5.0) -> Registration | None:
+    """POST the body until the cluster accepts it; None if ``stop`` was set first.
+
+    Raises the cluster's error for a rejection that retrying cannot fix (4xx).
+    """
+    url = f"{cluster_url}/api/node/register"
+    attempt = 0
+    while not stop.is_set():
+        try:
+            return parse_answer(call_json("POST", url, json=body, timeout=timeout))
+        except Unavailable as exc:
+            reason = str(exc)
+        except TreelineError as exc:
+            if exc.code != TreelineError.code:  # a typed 4xx: our request is wrong
+                raise
+            reason = str(exc)
+        delay = backoff_delay(attempt)
+        if attempt == 0 or attempt % 10 == 0:
+            log.warning("cluster at %s not ready (%s); retrying in %.1fs", cluster_url, reason, delay)
+        attempt += 1
+        stop.wait(delay)
+    return None

@@ -1,0 +1,50 @@
+"""Every call from the root to a cluster orchestrator goes through one small interface.
+
+The REST layer depends on :class:`ClusterClient` only, so tests inject a fake and the HTTP
+details (timeouts, error decoding) live in :class:`HttpClusterClient` alone. Failures surface as
+Treeline errors: :class:`~treeline_common.errors.Unavailable` when the cluster cannot be reached,
+the cluster's own error class when it answered with one.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+from urllib.parse import quote
+
+from treeline_common.http import call_json
+
+log = logging.getLogger(__name__)
+
+
+class ClusterClient(ABC):
+    @abstractmethod
+    def deploy(self, cluster_url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
+        """Hand the job to the cluster (``POST {url}/api/service/<service_id>/<instance>``)."""
+
+    @abstractmethod
+    def undeploy(self, cluster_url: str, service_id: str, instance: int) -> None:
+        """``DELETE {url}/api/service/<service_id>/<instance>``."""
+
+
+def _job_url(cluster_url: str, service_id: str, instance: int) -> str:
+    return f"{cluster_url.rstrip('/')}/api/service/{quote(service_id, safe='')}/{int(instance)}"
+
+
+class HttpClusterClient(ClusterClient):
+    """requests-based; constructing it does no I/O."""
+
+    def __init__(self, timeout: float = 10.0, session: Any = None) -> None:
+        self.timeout = timeout
+        self.session = session
+
+    def deploy(self, cluster_url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
+        url = _job_url(cluster_url, service_id, instance)
+        log.info("forwarding job %s/%s to %s", service_id, instance, cluster_url)
+        call_json("POST", url, json=job, timeout=self.timeout, session=self.session)
+
+    def undeploy(self, cluster_url: str, service_id: str, instance: int) -> None:
+        url = _job_url(cluster_url, service_id, instance)
+        log.info("deleting job %s/%s on %s", service_id, instance, cluster_url)
+        call_json("DELETE", url, timeout=self.timeout, session=self.session)

@@ -1,0 +1,242 @@
+"""Service instances: resolve the model, pick a cluster, forward the job, and fold cluster pushes back in.
+
+This is the root's only orchestration logic, kept out of the Flask views so it reads as one
+flow. Writes to a service go through the store's optimistic ``revision`` check and are retried
+on Conflict, because a cluster's push (from its own thread) can land between our read and write.
+
+Ordering: the instance is reserved (status REQUESTED, no cluster) *before* the job is forwarded,
+so a cluster that pushes DEPLOYING before the forward returns finds its instance; the root then
+only moves REQUESTED -> SCHEDULED and never regresses a status the cluster already reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from treeline_common.clock import Clock
+from treeline_common.errors import Conflict, InvalidInput, NotFound, TreelineError, Unavailable, Unschedulable
+
+from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.ranking import last_seen, rank_clusters
+from root_orchestrator.stores import Stores
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("REQUESTED", "SCHEDULED", "DEPLOYING", "RUNNING", "FAILED")
+ML_VIRTUALIZATION = "ml-model"
+_RETRIES = 8
+
+Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
+    """Service-level status fields follow the most recently changed instance."""
+    if inst is None:
+        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None)
+    else:
+        fields.update(status=inst["status"], status_detail=inst.get("status_detail", ""),
+                      cluster_id=inst.get("cluster_id"), placement=inst.get("placement"))
+    return fields
+
+
+def _find(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
+    return next((i for i in instances if i.get("instance") == instance), None)
+
+
+class InstanceManager:
+    def __init__(self, stores: Stores, clock: Clock, client: ClusterClient, public_url: str,
+                 active_window_s: float) -> None:
+        self.stores = stores
+        self.clock = clock
+        self.client = client
+        self.public_url = public_url.rstrip("/")
+        self.active_window_s = active_window_s
+
+    def _update(self, service_id: str, mutate: Mutator) -> dict[str, Any]:
+        """Read, compute fields with ``mutate`` (None = nothing to write), write under the revision check."""
+        for _ in range(_RETRIES):
+            doc = self.stores.applications.get_service(service_id)
+            fields = mutate(doc)
+            if fields is None:
+                return doc
+            try:
+                return self.stores.applications.update_service(service_id, fields, expected_revision=doc["revision"])
+            except Conflict:
+                log.debug("service %s changed concurrently; retrying", service_id)
+        raise Conflict(f"service {service_id} keeps changing; try again", [{"path": "service_id", "message": "busy"}])
+
+    # -- create ---------------------------------------------------------------------------------------
+
+    def resolve_model(self, service: dict[str, Any]) -> dict[str, Any]:
+        model = service.get("model")
+        if service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
+            raise InvalidInput("only ml-model microservices can be deployed by Treeline",
+                               [{"path": "virtualization", "message": f"is {service.get('virtualization')!r}, "
+                                                                      f"expected {ML_VIRTUALIZATION!r}"}])
+        version = self.stores.models.get_version(str(model.get("name")), model.get("version", "latest"))
+        if not self.stores.artifacts.exists(version["sha256"]):
+            raise NotFound(f"artifact of model {version['name']} v{version['version']} is missing",
+                           [{"path": "model.version", "message": f"no artifact {version['sha256']}"}])
+        return version
+
+    def create_instance(self, service_id: str) -> dict[str, Any]:
+        service = self.stores.applications.get_service(service_id)
+        version = self.resolve_model(service)
+        now = self.clock.now()
+        clusters = self.stores.clusters.list()
+        ranked = rank_clusters(clusters, now, self.active_window_s)
+        if not ranked:
+            raise Unschedulable("no active cluster", [
+                {"path": f"clusters.{c['cluster_name']}", "message": f"last seen {now - last_seen(c):.0f} s ago"}
+                for c in clusters] or [{"path": "clusters", "message": "no cluster registered"}])
+        resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
+        reserved: dict[str, int] = {}
+
+        def reserve(doc: dict[str, Any]) -> dict[str, Any]:
+            instances = list(doc.get("instances") or [])
+            number = max((int(i["instance"]) for i in instances), default=-1) + 1
+            inst = {"instance": number, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
+                    "placement": None, "model": resolved}
+            reserved["n"] = number
+            return _mirror({"instances": instances + [inst], "model": {**doc["model"], "resolved": resolved}}, inst)
+
+        service = self._update(service_id, reserve)
+        number = reserved["n"]
+        job = {"service_id": service_id, "instance": number, "microservice": service.get("microservice") or {},
+               "model": {**resolved, "artifact_url": f"{self.public_url}/api/artifacts/{version['sha256']}",
+                         "signature": version["signature"]},
+               "root_url": self.public_url}
+        failures: list[dict[str, Any]] = []
+        for cluster in ranked:
+            try:
+                self.client.deploy(cluster["url"], service_id, number, job)
+            except TreelineError as exc:
+                log.warning("cluster %s refused job %s/%s: %s", cluster["cluster_name"], service_id, number, exc)
+                failures.append({"path": f"clusters.{cluster['cluster_name']}", "message": f"{exc.code}: {exc}"})
+                continue
+            self._set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True)
+            log.info("service %s instance %s scheduled on cluster %s", service_id, number, cluster["cluster_name"])
+            return {"service_id": service_id, "instance": number, "cluster_id": cluster["cluster_id"]}
+        detail = "no cluster accepted the job: " + "; ".join(f["message"] for f in failures)
+        self._set_instance(service_id, number, status="FAILED", status_detail=detail)
+        raise Unavailable("no cluster accepted the job", failures)
+
+    def _set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None, scheduled: bool = False,
+                      status: str | None = None, status_detail: str | None = None) -> None:
+        def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
+            instances = [dict(i) for i in doc.get("instances") or []]
+            inst = _find(instances, number)
+            if inst is None:  # deleted meanwhile
+                return None
+            if cluster_id is not None and inst.get("cluster_id") is None:
+                inst["cluster_id"] = cluster_id
+            if scheduled and inst["status"] == "REQUESTED":
+                inst["status"] = "SCHEDULED"
+            if status is not None:
+                inst["status"] = status
+            if status_detail is not None:
+                inst["status_detail"] = status_detail
+            return _mirror({"instances": instances}, inst)
+
+        self._update(service_id, mutate)
+
+    # -- delete ---------------------------------------------------------------------------------------
+
+    def _undeploy(self, inst: dict[str, Any], service_id: str) -> None:
+        cluster_id = inst.get("cluster_id")
+        if not cluster_id:
+            return
+        try:
+            cluster = self.stores.clusters.get(cluster_id)
+        except NotFound:
+            log.warning("instance %s/%s names unknown cluster %s", service_id, inst["instance"], cluster_id)
+            return
+        try:
+            self.client.undeploy(cluster["url"], service_id, int(inst["instance"]))
+        except NotFound:
+            log.info("cluster %s no longer knows %s/%s", cluster_id, service_id, inst["instance"])
+
+    def delete_instance(self, service_id: str, number: int) -> dict[str, Any]:
+        service = self.stores.applications.get_service(service_id)
+        inst = _find(service.get("instances") or [], number)
+        if inst is None:
+            raise NotFound(f"service {service_id} has no instance {number}",
+                           [{"path": "instance", "message": f"no instance {number}"}])
+        self._undeploy(inst, service_id)  # Unavailable propagates: keep the record so the operator can retry
+
+        def remove(doc: dict[str, Any]) -> dict[str, Any]:
+            remaining = [i for i in doc.get("instances") or [] if i.get("instance") != number]
+            return _mirror({"instances": remaining}, remaining[-1] if remaining else None)
+
+        self._update(service_id, remove)
+        return {"service_id": service_id, "instance": number, "deleted": True}
+
+    def undeploy_all(self, service: dict[str, Any]) -> list[dict[str, Any]]:
+        """Best effort before a service is deleted; returns the failures as ``{path, message}``."""
+        failures = []
+        for inst in service.get("instances") or []:
+            try:
+                self._undeploy(inst, service["service_id"])
+            except TreelineError as exc:
+                log.warning("could not undeploy %s/%s: %s", service["service_id"], inst["instance"], exc)
+                failures.append({"path": f"{service['service_id']}/{inst['instance']}", "message": str(exc)})
+        return failures
+
+    # -- cluster push ---------------------------------------------------------------------------------
+
+    def apply_push(self, cluster_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        aggregate = body.get("aggregate", {})
+        jobs = body.get("jobs", [])
+        problems = []
+        if not isinstance(aggregate, dict):
+            problems.append({"path": "aggregate", "message": "must be an object"})
+        if not isinstance(jobs, list):
+            problems.append({"path": "jobs", "message": "must be a list"})
+        if problems:
+            raise InvalidInput("invalid cluster information", problems)
+        self.stores.clusters.update_aggregate(cluster_id, aggregate, self.clock.now())
+        updated = 0
+        ignored: list[dict[str, Any]] = []
+        for index, job in enumerate(jobs):
+            reason = self._apply_job(cluster_id, job)
+            if reason is None:
+                updated += 1
+            else:
+                log.warning("cluster %s push: jobs[%d] ignored: %s", cluster_id, index, reason)
+                ignored.append({"path": f"jobs[{index}]", "message": reason})
+        return {"updated": updated, "ignored": ignored}
+
+    def _apply_job(self, cluster_id: str, job: Any) -> str | None:
+        """Fold one job report into its service; returns why it was ignored, or None."""
+        if not isinstance(job, dict) or not isinstance(job.get("service_id"), str):
+            return "not an object with a string service_id"
+        try:
+            number = int(job.get("instance"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return "instance is not an integer"
+        status = job.get("status")
+        if status not in STATUSES:
+            return f"status {status!r} not one of {list(STATUSES)}"
+        outcome: list[str] = []
+
+        def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
+            instances = [dict(i) for i in doc.get("instances") or []]
+            inst = _find(instances, number)
+            if inst is None:
+                outcome.append("unknown instance")
+                return None
+            if inst.get("cluster_id") not in (None, cluster_id):
+                outcome.append(f"instance belongs to cluster {inst['cluster_id']}")
+                return None
+            inst.update(cluster_id=cluster_id, status=status, status_detail=str(job.get("status_detail") or ""))
+            if "placement" in job:
+                inst["placement"] = job["placement"]
+            return _mirror({"instances": instances}, inst)
+
+        try:
+            self._update(job["service_id"], mutate)
+        except NotFound:
+            return "unknown service"
+        return outcome[0] if outcome else None

@@ -1,0 +1,95 @@
+"""The root's route table and the OpenAPI 3 document generated from it.
+
+One table, one source of truth: a unit test checks that the Flask app serves exactly these
+(method, path) pairs, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from root_orchestrator import __doc__ as _pkg_doc
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    rule: str  # Flask rule, e.g. /api/service/<service_id>
+    summary: str
+    request: str | None = None  # "json" | "bytes" | None
+    responses: tuple[int, ...] = (200,)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/health", "Liveness: {status: ok}"),
+    Route("GET", "/api/openapi.json", "This document"),
+    Route("POST", "/api/models/<name>/versions",
+          "Register a new version from raw ONNX bytes (query: description, alias) -> version doc",
+          "bytes", (201, 400)),
+    Route("GET", "/api/models/", "{models: [{name, latest_version, aliases}]}"),
+    Route("GET", "/api/models/<name>/versions", "{versions: [version doc]}", None, (200, 404)),
+    Route("GET", "/api/models/<name>/versions/<ref>", "Version doc; ref = int, latest or an alias", None, (200, 404)),
+    Route("GET", "/api/models/<name>/versions/<ref>/artifact", "The version's ONNX bytes", None, (200, 404)),
+    Route("PUT", "/api/models/<name>/aliases/<alias>", "Point an alias at {version}", "json", (200, 400, 404)),
+    Route("GET", "/api/artifacts/<sha256>", "Artifact bytes (streamed)", None, (200, 404)),
+    Route("PUT", "/api/artifacts/<sha256>", "Store bytes under their sha256 (422 if they differ)",
+          "bytes", (200, 201, 422)),
+    Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400)),
+    Route("GET", "/api/applications/", "{applications: [application doc]}"),
+    Route("GET", "/api/application/<application_id>", "Application doc", None, (200, 404)),
+    Route("DELETE", "/api/application/<application_id>", "Delete the application, its services and instances",
+          None, (200, 404)),
+    Route("GET", "/api/services/", "{services: [service doc]} (query: application_id)"),
+    Route("GET", "/api/service/<service_id>", "Service doc", None, (200, 404)),
+    Route("DELETE", "/api/service/<service_id>", "Delete the service and its instances", None, (200, 404)),
+    Route("POST", "/api/service/<service_id>/instance",
+          "Resolve the model, pick a cluster, forward the job -> {service_id, instance, cluster_id}",
+          None, (202, 400, 404, 422, 503)),
+    Route("DELETE", "/api/service/<service_id>/instance/<int:instance>", "Undeploy one instance",
+          None, (200, 404, 503)),
+    Route("POST", "/api/clusters/register", "{cluster_name, cluster_location, url} -> {cluster_id}",
+          "json", (200, 201, 400)),
+    Route("GET", "/api/clusters/", "{clusters: [{cluster_id, cluster_name, url, active, aggregate, ...}]}"),
+    Route("GET", "/api/clusters/<cluster_id>", "One cluster", None, (200, 404)),
+    Route("POST", "/api/information/<cluster_id>", "Cluster push: {aggregate, jobs: [...]}",
+          "json", (200, 400, 404)),
+)
+
+_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
+    "code": {"type": "string"}, "message": {"type": "string"},
+    "details": {"type": "array", "items": {"type": "object"}}}}}}
+
+
+def openapi_path(rule: str) -> str:
+    return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
+
+
+def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        params = [{"name": name, "in": "path", "required": True,
+                   "schema": {"type": "integer" if conv == "int" else "string"}}
+                  for conv, name in _PARAM.findall(route.rule)]
+        op: dict[str, Any] = {"summary": route.summary, "parameters": params, "responses": {}}
+        for status in route.responses:
+            if status < 400:
+                op["responses"][str(status)] = {"description": "OK"}
+            else:
+                op["responses"][str(status)] = {"description": "Error",
+                                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        if route.request == "json":
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        elif route.request == "bytes":
+            op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}}
+        paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = op
+    doc: dict[str, Any] = {"openapi": "3.0.3",
+                           "info": {"title": "Treeline root orchestrator", "version": "0.1.0",
+                                    "description": (_pkg_doc or "").strip()},
+                           "paths": paths}
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

@@ -1,0 +1,121 @@
+"""Stores chosen by URI (MLflow-style): ``open_stores(url) -> Stores``.
+
+Known schemes:
+
+- ``sqlite:///abs/dir`` (or ``sqlite://rel/dir``): a directory holding ``root.db`` and ``artifacts/``;
+  the zero-setup default, persistent across restarts.
+- ``mongodb://host:port/dbname`` / ``mongodb+srv://...``: MongoDB, artifacts in GridFS (db default
+  ``treeline``).
+- ``mongomock://[dbname]``: the MongoDB backend's code on an in-memory mongomock client (tests).
+
+An unknown scheme fails at start-up with the list of known ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from treeline_common.errors import InvalidInput
+
+from root_orchestrator.stores.base import ApplicationStore, ArtifactStore, ClusterStore, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Stores", "open_stores", "known_schemes", "ArtifactStore", "ModelRegistry", "ApplicationStore",
+           "ClusterStore"]
+
+
+@dataclass
+class Stores:
+    artifacts: ArtifactStore
+    models: ModelRegistry
+    applications: ApplicationStore
+    clusters: ClusterStore
+    url: str
+    _close: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def close(self) -> None:
+        self._close()
+
+
+def _open_sqlite(url: str) -> Stores:
+    from root_orchestrator.stores.sqlite import (
+        SqliteApplicationStore,
+        SqliteArtifactStore,
+        SqliteClusterStore,
+        SqliteDatabase,
+        SqliteModelRegistry,
+    )
+
+    parsed = urlparse(url)
+    raw = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
+    if not raw:
+        raise InvalidInput("sqlite store URL needs a directory", [{"path": "store_url", "message": url}])
+    root = Path(raw)
+    root.mkdir(parents=True, exist_ok=True)
+    db = SqliteDatabase(root / "root.db")
+    return Stores(SqliteArtifactStore(root / "artifacts"), SqliteModelRegistry(db), SqliteApplicationStore(db),
+                  SqliteClusterStore(db), url, db.close)
+
+
+def _mongo_stores(client: object, db_name: str, url: str) -> Stores:
+    from root_orchestrator.stores.mongo import (
+        MongoApplicationStore,
+        MongoArtifactStore,
+        MongoClusterStore,
+        MongoModelRegistry,
+        ensure_indexes,
+    )
+
+    db = client[db_name]  # type: ignore[index]
+    ensure_indexes(db)
+    return Stores(MongoArtifactStore(db), MongoModelRegistry(db), MongoApplicationStore(db),
+                  MongoClusterStore(db), url, client.close)  # type: ignore[attr-defined]
+
+
+def _db_name(url: str) -> str:
+    return urlparse(url).path.lstrip("/").split("?")[0] or "treeline"
+
+
+def _open_mongodb(url: str) -> Stores:
+    import pymongo
+
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    return _mongo_stores(client, _db_name(url), url)
+
+
+def _open_mongomock(url: str) -> Stores:
+    import mongomock
+    import mongomock.gridfs
+
+    mongomock.gridfs.enable_gridfs_integration()
+    name = urlparse(url).netloc or _db_name(url)
+    return _mongo_stores(mongomock.MongoClient(), name or "treeline", url)
+
+
+_OPENERS: dict[str, Callable[[str], Stores]] = {
+    "sqlite": _open_sqlite,
+    "mongodb": _open_mongodb,
+    "mongodb+srv": _open_mongodb,
+    "mongomock": _open_mongomock,
+}
+
+
+def known_schemes() -> list[str]:
+    return sorted(_OPENERS)
+
+
+def open_stores(url: str) -> Stores:
+    """Open every root store on the backend ``url`` names (creates tables/indexes as needed)."""
+    scheme = urlparse(url).scheme
+    opener = _OPENERS.get(scheme)
+    if opener is None:
+        raise InvalidInput(f"unknown store URL scheme {scheme!r}; known: {', '.join(known_schemes())}",
+                           [{"path": "store_url", "message": f"known schemes: {known_schemes()}"}])
+    stores = opener(url)
+    log.info("stores opened on %s backend", scheme)
+    return stores

@@ -1,0 +1,276 @@
+"""One contract suite for the root's stores, run on every backend.
+
+sqlite and mongomock always run; real MongoDB runs when TREELINE_MONGO_URL is set (each test
+gets a fresh database, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from root_orchestrator.stores import Stores, known_schemes, open_stores
+from treeline_common.errors import Conflict, IntegrityError, InvalidInput, NotFound
+
+SIG = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, "N"]}], "outputs": []}
+
+
+def _mongodb_url() -> str | None:
+    return os.environ.get("TREELINE_MONGO_URL")
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Stores]]:
+    """A function that (re)opens the same backend, so persistence can be checked by re-opening."""
+    opened: list[Stores] = []
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/root"
+    elif request.param == "mongomock":
+        url = f"mongomock://t{uuid.uuid4().hex[:8]}"
+    else:
+        base = _mongodb_url()
+        if not base:
+            pytest.skip("TREELINE_MONGO_URL not set")
+        url = base.rstrip("/") + f"/treeline_test_{uuid.uuid4().hex[:8]}"
+
+    def _open() -> Stores:
+        stores = open_stores(url)
+        opened.append(stores)
+        return stores
+
+    yield _open
+    if request.param == "mongodb":
+        import pymongo
+
+        client = pymongo.MongoClient(url)
+        client.drop_database(url.rsplit("/", 1)[1])
+        client.close()
+    for stores in opened:
+        stores.close()
+
+
+@pytest.fixture
+def stores(opener: Callable[[], Stores]) -> Stores:
+    return opener()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- artifacts -----------------------------------------------------------------------------------------
+
+def test_artifact_round_trip_bytes_and_stream(stores: Stores) -> None:
+    data = os.urandom(200_000)
+    result = stores.artifacts.put(data)
+    assert (result.sha256, result.size, result.created) == (_sha(data), len(data), True)
+    assert stores.artifacts.exists(result.sha256)
+    assert stores.artifacts.size(result.sha256) == len(data)
+    assert stores.artifacts.get(result.sha256) == data
+    assert b"".join(stores.artifacts.iter_bytes(result.sha256)) == data
+    streamed = stores.artifacts.put(io.BytesIO(b"streamed bytes"))
+    assert stores.artifacts.get(streamed.sha256) == b"streamed bytes"
+
+
+def test_artifact_put_is_idempotent(stores: Stores) -> None:
+    first = stores.artifacts.put(b"same")
+    second = stores.artifacts.put(b"same", expected_sha256=_sha(b"same"))
+    assert first.created and not second.created
+    assert second.sha256 == first.sha256
+    assert stores.artifacts.get(first.sha256) == b"same"
+
+
+def test_artifact_sha_mismatch_stores_nothing(stores: Stores) -> None:
+    wrong = _sha(b"other")
+    with pytest.raises(IntegrityError):
+        stores.artifacts.put(b"payload", expected_sha256=wrong)
+    assert not stores.artifacts.exists(wrong)
+    assert not stores.artifacts.exists(_sha(b"payload"))
+
+
+def test_artifact_missing_and_delete(stores: Stores) -> None:
+    missing = _sha(b"missing")
+    assert not stores.artifacts.exists(missing)
+    with pytest.raises(NotFound):
+        stores.artifacts.open(missing)
+    with pytest.raises(NotFound):
+        stores.artifacts.size(missing)
+    sha = stores.artifacts.put(b"gone soon").sha256
+    assert stores.artifacts.delete(sha) is True
+    assert stores.artifacts.delete(sha) is False
+    assert not stores.artifacts.exists(sha)
+
+
+def test_artifact_rejects_malformed_digest(stores: Stores) -> None:
+    with pytest.raises(InvalidInput):
+        stores.artifacts.exists("../../etc/passwd")
+
+
+# -- model registry ------------------------------------------------------------------------------------
+
+def test_versions_are_monotonic_per_model(stores: Stores) -> None:
+    reg = stores.models
+    versions = [reg.create_version("m", _sha(bytes([i])), i, SIG, created_at=float(i))["version"] for i in range(3)]
+    other = reg.create_version("other", _sha(b"o"), 1, SIG)
+    assert versions == [1, 2, 3]
+    assert other["version"] == 1
+    doc = reg.get_version("m", 2)
+    assert doc["sha256"] == _sha(bytes([1])) and doc["signature"] == SIG and doc["format"] == "onnx"
+    assert reg.get_version("m", "2")["version"] == 2
+    assert reg.get_version("m", "latest")["version"] == 3
+    assert [v["version"] for v in reg.list_versions("m")] == [1, 2, 3]
+
+
+def test_concurrent_creates_never_reuse_a_version(stores: Stores) -> None:
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        v = stores.models.create_version("race", _sha(str(i).encode()), 1, SIG)["version"]
+        with lock:
+            got.append(v)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 9))
+    assert stores.models.get_version("race", "latest")["version"] == 8
+
+
+def test_aliases_resolve_and_move(stores: Stores) -> None:
+    reg = stores.models
+    for i in range(2):
+        reg.create_version("m", _sha(bytes([i])), 1, SIG)
+    assert reg.set_alias("m", "champion", 1)["aliases"] == ["champion"]
+    assert reg.get_version("m", "champion")["version"] == 1
+    assert reg.get_version("m", 1)["aliases"] == ["champion"]
+    reg.set_alias("m", "champion", 2)
+    assert reg.get_version("m", "champion")["version"] == 2
+    assert reg.get_version("m", 1)["aliases"] == []
+    assert reg.list_models() == [{"name": "m", "latest_version": 2, "aliases": {"champion": 2}}]
+
+
+def test_registry_errors_name_the_field(stores: Stores) -> None:
+    reg = stores.models
+    with pytest.raises(NotFound) as missing_model:
+        reg.get_version("nope", "latest")
+    assert missing_model.value.details[0]["path"] == "model.name"
+    reg.create_version("m", _sha(b"x"), 1, SIG)
+    for ref in (7, "no-such-alias"):
+        with pytest.raises(NotFound) as missing_version:
+            reg.get_version("m", ref)
+        assert missing_version.value.details[0]["path"] == "model.version"
+    with pytest.raises(NotFound):
+        reg.set_alias("m", "prod", 9)
+    for bad in ("latest", "3", "a.b", "$x"):
+        with pytest.raises(InvalidInput):
+            reg.set_alias("m", bad, 1)
+
+
+# -- applications and services -------------------------------------------------------------------------
+
+def _create_app(stores: Stores, user: str = "Admin") -> dict:
+    services = [{"microservice_name": "a", "status": "REQUESTED", "instances": []},
+                {"microservice_name": "b", "status": "REQUESTED", "instances": []}]
+    return stores.applications.create_application({"application_name": "app", "applicationID": ""},
+                                                  services, user)
+
+
+def test_application_create_get_list_delete(stores: Stores) -> None:
+    app = _create_app(stores)
+    other = _create_app(stores, user="bob")
+    apps = stores.applications
+    assert len(app["applicationID"]) == 24 and len(app["microservices"]) == 2
+    assert apps.get_application(app["applicationID"]) == app
+    assert [a["applicationID"] for a in apps.list_applications()] == [app["applicationID"], other["applicationID"]]
+    assert [a["applicationID"] for a in apps.list_applications(user="bob")] == [other["applicationID"]]
+    svc = apps.get_service(app["microservices"][0])
+    assert (svc["microservice_name"], svc["application_id"], svc["revision"]) == ("a", app["applicationID"], 1)
+    assert [s["service_id"] for s in apps.list_services(app["applicationID"])] == app["microservices"]
+    deleted = apps.delete_application(app["applicationID"])
+    assert sorted(s["service_id"] for s in deleted) == sorted(app["microservices"])
+    with pytest.raises(NotFound):
+        apps.get_application(app["applicationID"])
+    with pytest.raises(NotFound):
+        apps.get_service(app["microservices"][0])
+    assert len(apps.list_services()) == 2  # the other application's
+
+
+def test_service_update_with_revision_check(stores: Stores) -> None:
+    sid = _create_app(stores)["microservices"][0]
+    apps = stores.applications
+    updated = apps.update_service(sid, {"status": "SCHEDULED", "cluster_id": "c1"}, expected_revision=1)
+    assert (updated["status"], updated["cluster_id"], updated["revision"]) == ("SCHEDULED", "c1", 2)
+    with pytest.raises(Conflict):
+        apps.update_service(sid, {"status": "RUNNING"}, expected_revision=1)
+    assert apps.get_service(sid)["status"] == "SCHEDULED"
+    unconditional = apps.update_service(sid, {"status": "RUNNING", "service_id": "hijack"})
+    assert (unconditional["status"], unconditional["service_id"], unconditional["revision"]) == ("RUNNING", sid, 3)
+    with pytest.raises(NotFound):
+        apps.update_service("0" * 24, {"status": "RUNNING"})
+
+
+def test_delete_service_unlinks_it(stores: Stores) -> None:
+    app = _create_app(stores)
+    gone, kept = app["microservices"]
+    assert stores.applications.delete_service(gone)["service_id"] == gone
+    assert stores.applications.get_application(app["applicationID"])["microservices"] == [kept]
+    with pytest.raises(NotFound):
+        stores.applications.delete_service(gone)
+
+
+# -- clusters ------------------------------------------------------------------------------------------
+
+def test_cluster_register_is_idempotent_by_name(stores: Stores) -> None:
+    first, created = stores.clusters.register("c1", "eu", "http://a:1", now=10.0)
+    again, created_again = stores.clusters.register("c1", "eu", "http://a:2", now=20.0)
+    assert created and not created_again
+    assert again["cluster_id"] == first["cluster_id"]
+    assert (again["url"], again["registered_at"]) == ("http://a:2", 20.0)
+    stores.clusters.register("c0", "us", "http://b:1", now=5.0)
+    assert [c["cluster_name"] for c in stores.clusters.list()] == ["c0", "c1"]
+
+
+def test_cluster_aggregate_update(stores: Stores) -> None:
+    cid = stores.clusters.register("c1", "", "http://a:1", now=1.0)[0]["cluster_id"]
+    doc = stores.clusters.update_aggregate(cid, {"active_nodes": 3}, now=5.0)
+    assert (doc["aggregate"], doc["last_push"]) == ({"active_nodes": 3}, 5.0)
+    assert stores.clusters.get(cid)["aggregate"] == {"active_nodes": 3}
+    with pytest.raises(NotFound):
+        stores.clusters.update_aggregate("nope", {}, now=1.0)
+
+
+# -- persistence ---------------------------------------------------------------------------------------
+
+def test_state_survives_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["opener"] == "mongomock":
+        pytest.skip("mongomock is in-memory per client")
+    first = opener()
+    sha = first.artifacts.put(b"model bytes").sha256
+    first.models.create_version("m", sha, 11, SIG)
+    first.models.set_alias("m", "prod", 1)
+    cid = first.clusters.register("c1", "", "http://a:1", now=1.0)[0]["cluster_id"]
+    app = _create_app(first)
+    first.close()
+    second = opener()
+    assert second.artifacts.get(sha) == b"model bytes"
+    assert second.models.get_version("m", "prod")["sha256"] == sha
+    assert second.models.create_version("m", sha, 11, SIG)["version"] == 2
+    assert second.clusters.register("c1", "", "http://a:1", now=2.0)[0]["cluster_id"] == cid
+    assert second.applications.get_application(app["applicationID"])["microservices"] == app["microservices"]
+
+
+def test_unknown_scheme_lists_known_ones() -> None:
+    with pytest.raises(InvalidInput) as exc:
+        open_stores("redis://localhost")
+    for scheme in known_schemes():
+        assert scheme in exc.value.message

@@ -1,0 +1,253 @@
+"""Data plane in one process: real onnxruntime partitions behind real zmq sockets on loopback.
+
+A tiny two-partition model (MatMul-Relu | MatMul-Add) is built with onnx.helper; chaining
+the parts through the servers must match the whole model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from treeline_common.clock import FakeClock
+from treeline_common.messages import NextStage
+
+from node_engine.data_plane.client import TensorClient
+from node_engine.data_plane.server import DataPlaneServer
+from node_engine.emulation import Emulator, slowdown_seconds
+from node_engine.runtime import load_partition
+from node_engine.stages import LoadedStage, StageRunner, StageTable
+
+RNG = np.random.default_rng(42)
+W1 = RNG.standard_normal((8, 16)).astype(np.float32)
+W2 = RNG.standard_normal((16, 4)).astype(np.float32)
+B = RNG.standard_normal((4,)).astype(np.float32)
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def build_models() -> dict[str, bytes]:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w1, w2, b = numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2"), numpy_helper.from_array(B, "B")
+    first = [helper.make_node("MatMul", ["x", "W1"], ["m"]), helper.make_node("Relu", ["m"], ["h"])]
+    second = [helper.make_node("MatMul", ["h", "W2"], ["n"]), helper.make_node("Add", ["n", "B"], ["y"])]
+    return {
+        "whole": _model(first + second, [x], [y], [w1, w2, b]),
+        "part0": _model(first, [x], [h], [w1]),
+        "part1": _model(second, [h], [y], [w2, b]),
+    }
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name, data in build_models().items():
+        paths[name] = root / f"{name}.onnx"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def _stage(key: str, path: Path, next_stage: NextStage | None = None) -> LoadedStage:
+    deployment, index = key.rsplit("/", 1)
+    return LoadedStage(key=key, deployment_id=deployment, index=int(index), sha256="x", generation=1,
+                       session=load_partition(path), next=next_stage)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[DataPlaneServer]]:
+    made: list[DataPlaneServer] = []
+    yield made
+    for server in made:
+        server.close()
+
+
+def _server(servers: list[DataPlaneServer], table: StageTable, name: str, **kwargs: object) -> DataPlaneServer:
+    server = DataPlaneServer(table, StageRunner(), name=name, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    servers.append(server)
+    return server
+
+
+def _reference(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+
+
+def test_two_nodes_forward_and_relay(model_paths: dict[str, Path], servers: list[DataPlaneServer]) -> None:
+    table_a, table_b = StageTable(), StageTable()
+    server_b = _server(servers, table_b, "b")
+    table_b.put(_stage("d/1", model_paths["part1"]))
+    server_a = _server(servers, table_a, "a")
+    table_a.put(_stage("d/0", model_paths["part0"], NextStage("b", server_b.endpoint, "d/1")))
+    with TensorClient(server_a.endpoint) as client:
+        for _ in range(5):
+            x = RNG.standard_normal((1, 8)).astype(np.float32)
+            outputs, timings = client.infer("d/0", {"x": x})
+            np.testing.assert_allclose(outputs["y"], _reference(model_paths["whole"], x), atol=1e-5)
+            assert set(timings) == {"d/0", "d/1"}
+        inputs = [{"x": RNG.standard_normal((1, 8)).astype(np.float32)} for _ in range(20)]
+        results = client.infer_many("d/0", inputs, max_in_flight=6)
+    assert len(results) == 20
+    for item, (outputs, timings, latency) in zip(inputs, results):
+        np.testing.assert_allclose(outputs["y"], _reference(model_paths["whole"], item["x"]), atol=1e-5)
+        assert latency > 0 and set(timings) == {"d/0", "d/1"}
+    assert table_a.get("d/0").counters.snapshot()[0] == 25  # type: ignore[union-attr]
+
+
+def test_co_located_stages_run_in_process(model_paths: dict[str, Path], servers: list[DataPlaneServer]) -> None:
+    table = StageTable()
+    server = _server(servers, table, "solo")
+    table.put(_stage("d/1", model_paths["part1"]))
+    table.put(_stage("d/0", model_paths["part0"], NextStage("solo", server.endpoint, "d/1")))
+    x = RNG.standard_normal((1, 8)).astype(np.float32)
+    with TensorClient(server.endpoint) as client:
+        outputs, timings = client.infer("d/0", {"x": x})
+    np.testing.assert_allclose(outputs["y"], _reference(model_paths["whole"], x), atol=1e-5)
+    assert set(timings) == {"d/0", "d/1"}
+
+
+def test_errors_come_back_as_runtime_errors(model_paths: dict[str, Path], servers: list[DataPlaneServer]) -> None:
+    table = StageTable()
+    server = _server(servers, table, "n")
+    table.put(_stage("d/0", model_paths["part0"]))
+    with TensorClient(server.endpoint) as client:
+        with pytest.raises(RuntimeError, match="unknown stage 'nope/0'.*d/0"):
+            client.infer("nope/0", {"x": np.zeros((1, 8), np.float32)})
+        with pytest.raises(RuntimeError, match="missing inputs"):
+            client.infer("d/0", {"wrong": np.zeros((1, 8), np.float32)})
+        with pytest.raises(RuntimeError, match="request 1: .*missing inputs"):
+            client.infer_many("d/0", [{"x": np.zeros((1, 8), np.float32)}, {"z": np.zeros(1, np.float32)}])
+        # the server keeps serving after errors
+        outputs, _ = client.infer("d/0", {"x": np.ones((1, 8), np.float32)})
+    assert outputs["h"].shape == (1, 16)
+
+
+def test_unreachable_downstream_times_out_with_error(model_paths: dict[str, Path],
+                                                     servers: list[DataPlaneServer]) -> None:
+    from treeline_common.netutil import free_port
+
+    table = StageTable()
+    server = _server(servers, table, "a", forward_timeout=0.3)
+    table.put(_stage("d/0", model_paths["part0"], NextStage("gone", f"tcp://127.0.0.1:{free_port()}", "d/1")))
+    with TensorClient(server.endpoint) as client:
+        with pytest.raises(RuntimeError, match="did not answer"):
+            client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=5.0)
+
+
+def test_client_times_out_without_server() -> None:
+    from treeline_common.netutil import free_port
+
+    with TensorClient(f"tcp://127.0.0.1:{free_port()}") as client:
+        with pytest.raises(TimeoutError):
+            client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=0.2)
+
+
+def test_slowdown_math() -> None:
+    assert slowdown_seconds(0.01, 1.0) == 0.0
+    assert slowdown_seconds(0.01, 0.25) == pytest.approx(0.03)
+    assert slowdown_seconds(0.02, 0.5) == pytest.approx(0.02)
+    assert slowdown_seconds(0.0, 0.1) == 0.0
+
+
+def test_emulated_runner_reports_device_time_and_stop_interrupts() -> None:
+    clock = FakeClock()
+
+    class Session:
+        input_names = ("x",)
+        output_names = ("y",)
+
+        def run(self, inputs: dict) -> dict:
+            clock.advance(0.010)  # "real" compute of 10 ms on the fake clock
+            return {"y": inputs["x"]}
+
+        def close(self) -> None:
+            pass
+
+    stop = threading.Event()
+    waits: list[float] = []
+
+    class RecordingEmulator(Emulator):
+        def slow_down(self, elapsed_s: float) -> float:
+            extra = super().slow_down(elapsed_s)
+            waits.append(extra)
+            clock.advance(extra)
+            return extra
+
+    stop.set()  # the real wait returns at once; the fake clock models the device time
+    runner = StageRunner(RecordingEmulator(0.25, stop), clock)
+    stage = LoadedStage("d/0", "d", 0, "x", 0, Session(), None)
+    _, compute_ms = runner.run(stage, {"x": np.ones(1)})
+    assert waits == [pytest.approx(0.030)]
+    assert compute_ms == pytest.approx(40.0)
+    assert stage.counters.snapshot() == (1, pytest.approx(40.0))
+
+
+@pytest.mark.parametrize("bound, expected_peak", [(1, 1), (3, 3)])
+def test_in_flight_is_bounded(servers: list[DataPlaneServer], bound: int, expected_peak: int) -> None:
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+    gate = threading.Event()
+
+    class SlowSession:
+        input_names = ("x",)
+        output_names = ("x",)
+
+        def run(self, inputs: dict) -> dict:
+            with lock:
+                state["now"] += 1
+                state["peak"] = max(state["peak"], state["now"])
+            gate.wait(0.05)  # hold the request in flight long enough for others to pile up
+            with lock:
+                state["now"] -= 1
+            return {"x": np.array(inputs["x"])}
+
+        def close(self) -> None:
+            pass
+
+    table = StageTable()
+    table.put(LoadedStage("s/0", "s", 0, "x", 0, SlowSession(), None))
+    server = _server(servers, table, "bounded", max_in_flight=bound, workers=4)
+    with TensorClient(server.endpoint) as client:
+        results = client.infer_many("s/0", [{"x": np.full(2, i, np.float32)} for i in range(8)], max_in_flight=8)
+    assert [float(r[0]["x"][0]) for r in results] == [float(i) for i in range(8)]
+    assert state["peak"] == expected_peak
+
+
+def test_skip_connection_crossing_a_stage_is_passed_through(tmp_path: Path, servers: list[DataPlaneServer]) -> None:
+    """x -> a=Relu(x) | b=Neg(a) | y=Add(a, b): stage 1 must carry ``a`` on to stage 2."""
+    def vi(name: str) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4])
+
+    parts = [
+        _model([helper.make_node("Relu", ["x"], ["a"])], [vi("x")], [vi("a")], []),
+        _model([helper.make_node("Neg", ["a"], ["b"])], [vi("a")], [vi("b")], []),
+        _model([helper.make_node("Add", ["a", "b"], ["y"])], [vi("a"), vi("b")], [vi("y")], []),
+    ]
+    tables = [StageTable() for _ in parts]
+    endpoints = [_server(servers, table, f"n{i}").endpoint for i, table in enumerate(tables)]
+    declared = [("a",), ("b", "a"), ("y",)]
+    for i, data in enumerate(parts):
+        path = tmp_path / f"p{i}.onnx"
+        path.write_bytes(data)
+        nxt = NextStage(f"n{i + 1}", endpoints[i + 1], f"s/{i + 1}") if i < 2 else None
+        tables[i].put(LoadedStage(f"s/{i}", "s", i, "x", 1, load_partition(path), nxt, outputs=declared[i]))
+    x = np.array([[1.0, -2.0, 3.0, -4.0]], np.float32)
+    with TensorClient(endpoints[0]) as client:
+        outputs, timings = client.infer("s/0", {"x": x})
+    np.testing.assert_array_equal(outputs["y"], np.zeros((1, 4), np.float32))
+    assert list(outputs) == ["y"] and set(timings) == {"s/0", "s/1", "s/2"}

@@ -1,0 +1,438 @@
+"""The root's REST API through Flask's test client, on both store backends, with a fake cluster client."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+from flask.testing import FlaskClient
+from onnx import TensorProto, helper
+
+from root_orchestrator.app import create_app
+from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.openapi import ROUTES, openapi_path
+from root_orchestrator.stores import Stores, open_stores
+from treeline_common.clock import FakeClock
+from treeline_common.errors import NotFound, TreelineError, Unavailable
+
+PUBLIC = "http://root.test:10000"
+
+
+def tiny_onnx(scale: float = 2.0) -> bytes:
+    """y = relu(x) * scale with a symbolic batch dim, as real exporters produce."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    s = helper.make_tensor("s", TensorProto.FLOAT, [1], [scale])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "s"], ["y"])],
+                              "tiny", [x], [y], initializer=[s])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
+
+
+def ml_sla(model_ref: Any = "latest", name: str = "tiny") -> dict[str, Any]:
+    return {
+        "sla_version": "v2.0", "customerID": "Admin",
+        "applications": [{
+            "applicationID": "", "application_name": "vision", "application_namespace": "demo",
+            "application_desc": "test", "microservices": [{
+                "microserviceID": "", "microservice_name": "classifier", "microservice_namespace": "demo",
+                "virtualization": "ml-model", "memory": 256, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "state": "", "added_files": [],
+                "model": {"name": name, "version": model_ref,
+                          "input": {"name": "x", "shape": [1, 4], "dtype": "float32"},
+                          "objective": "latency", "max_partitions": 2},
+                "constraints": [], "connectivity": []}]}]}
+
+
+class FakeClusterClient(ClusterClient):
+    """Records calls; ``fail`` maps a cluster URL to the error its deploy raises."""
+
+    def __init__(self) -> None:
+        self.deployed: list[tuple[str, str, int, dict[str, Any]]] = []
+        self.undeployed: list[tuple[str, str, int]] = []
+        self.fail: dict[str, TreelineError] = {}
+
+    def deploy(self, cluster_url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
+        if cluster_url in self.fail:
+            raise self.fail[cluster_url]
+        self.deployed.append((cluster_url, service_id, instance, copy.deepcopy(job)))
+
+    def undeploy(self, cluster_url: str, service_id: str, instance: int) -> None:
+        if cluster_url in self.fail:
+            raise self.fail[cluster_url]
+        self.undeployed.append((cluster_url, service_id, instance))
+
+
+class Root:
+    def __init__(self, stores: Stores) -> None:
+        self.stores = stores
+        self.clock = FakeClock()
+        self.clusters = FakeClusterClient()
+        self.app = create_app(stores, self.clock, self.clusters, public_url=PUBLIC)
+        self.http: FlaskClient = self.app.test_client()
+
+    def register_model(self, name: str = "tiny", data: bytes | None = None, **query: str) -> dict[str, Any]:
+        r = self.http.post(f"/api/models/{name}/versions", data=data or tiny_onnx(), query_string=query,
+                           content_type="application/octet-stream")
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+
+    def register_cluster(self, name: str, url: str, **aggregate: Any) -> str:
+        r = self.http.post("/api/clusters/register", json={"cluster_name": name, "cluster_location": "lab", "url": url})
+        assert r.status_code in (200, 201), r.get_json()
+        cid = r.get_json()["cluster_id"]
+        if aggregate:
+            assert self.http.post(f"/api/information/{cid}", json={"aggregate": aggregate, "jobs": []}).status_code == 200
+        return cid
+
+    def submit(self, sla: dict[str, Any] | None = None) -> str:
+        r = self.http.post("/api/application/", json=sla or ml_sla())
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()["applications"][0]["microservices"][0]
+
+
+@pytest.fixture(params=["sqlite", "mongomock"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
+    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://api"
+    stores = open_stores(url)
+    yield Root(stores)
+    stores.close()
+
+
+def _error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+# -- registry ------------------------------------------------------------------------------------------
+
+def test_health(root: Root) -> None:
+    assert root.http.get("/api/health").get_json() == {"status": "ok"}
+
+
+def test_register_model_returns_version_doc_with_signature(root: Root) -> None:
+    data = tiny_onnx()
+    doc = root.register_model(data=data, description="first", alias="champion")
+    assert doc["name"] == "tiny" and doc["version"] == 1 and doc["format"] == "onnx"
+    assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size"] == len(data)
+    assert doc["description"] == "first" and doc["aliases"] == ["champion"]
+    assert doc["created_at"] == root.clock.now()
+    assert doc["signature"]["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]  # no initializer
+    assert doc["signature"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}]
+
+
+def test_versions_latest_alias_and_listing(root: Root) -> None:
+    root.register_model(data=tiny_onnx(1.0), alias="prod")
+    second = root.register_model(data=tiny_onnx(3.0))
+    assert second["version"] == 2
+    get = root.http.get
+    assert get("/api/models/tiny/versions/latest").get_json()["version"] == 2
+    assert get("/api/models/tiny/versions/1").get_json()["aliases"] == ["prod"]
+    assert get("/api/models/tiny/versions/prod").get_json()["version"] == 1
+    moved = root.http.put("/api/models/tiny/aliases/prod", json={"version": 2})
+    assert moved.status_code == 200 and moved.get_json()["version"] == 2
+    assert get("/api/models/").get_json() == {"models": [{"name": "tiny", "latest_version": 2,
+                                                          "aliases": {"prod": 2}}]}
+    assert [v["version"] for v in get("/api/models/tiny/versions").get_json()["versions"]] == [1, 2]
+    _error(get("/api/models/tiny/versions/9"), 404, "NOT_FOUND")
+    _error(get("/api/models/nope/versions/latest"), 404, "NOT_FOUND")
+
+
+def test_artifact_download_matches_sha(root: Root) -> None:
+    data = tiny_onnx(5.0)
+    doc = root.register_model(data=data)
+    by_version = root.http.get("/api/models/tiny/versions/latest/artifact")
+    assert by_version.status_code == 200 and by_version.data == data
+    by_sha = root.http.get(f"/api/artifacts/{doc['sha256']}")
+    assert by_sha.data == data and by_sha.headers["Content-Length"] == str(len(data))
+    assert hashlib.sha256(by_sha.data).hexdigest() == doc["sha256"]
+    _error(root.http.get(f"/api/artifacts/{hashlib.sha256(b'absent').hexdigest()}"), 404, "NOT_FOUND")
+    _error(root.http.get("/api/artifacts/not-a-sha"), 400, "INVALID_INPUT")
+
+
+def test_artifact_put_checks_digest_and_is_idempotent(root: Root) -> None:
+    data = b"partition bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    assert root.http.put(f"/api/artifacts/{sha}", data=data).status_code == 201
+    again = root.http.put(f"/api/artifacts/{sha}", data=data)
+    assert again.status_code == 200 and again.get_json() == {"sha256": sha, "size": len(data)}
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    _error(root.http.put(f"/api/artifacts/{wrong}", data=data), 422, "INTEGRITY_ERROR")
+    assert root.http.get(f"/api/artifacts/{wrong}").status_code == 404
+
+
+@pytest.mark.parametrize("body", [b"", b"definitely not onnx \x00\xff\x13", b"\x08\x07"])
+def test_bad_onnx_is_400_naming_body(root: Root, body: bytes) -> None:
+    r = root.http.post("/api/models/tiny/versions", data=body, content_type="application/octet-stream")
+    err = _error(r, 400, "INVALID_INPUT")
+    assert err["details"][0]["path"] == "body"
+    assert root.http.get("/api/models/").get_json() == {"models": []}
+
+
+def test_external_data_model_is_refused(root: Root) -> None:
+    model = onnx.load_model_from_string(tiny_onnx())
+    init = model.graph.initializer[0]
+    init.data_location = TensorProto.EXTERNAL
+    init.ClearField("float_data")
+    init.external_data.add(key="location", value="weights.bin")
+    err = _error(root.http.post("/api/models/tiny/versions", data=model.SerializeToString()), 400, "INVALID_INPUT")
+    assert "external data" in err["details"][0]["message"]
+
+
+def test_bad_model_name_and_alias(root: Root) -> None:
+    _error(root.http.post("/api/models/bad name!/versions", data=tiny_onnx()), 400, "INVALID_INPUT")
+    _error(root.http.post("/api/models/tiny/versions", data=tiny_onnx(), query_string={"alias": "latest"}),
+           400, "INVALID_INPUT")
+
+
+# -- applications and services -------------------------------------------------------------------------
+
+def test_submit_sla_creates_application_and_requested_services(root: Root) -> None:
+    r = root.http.post("/api/application/", json=ml_sla())
+    assert r.status_code == 201
+    [app] = r.get_json()["applications"]
+    assert app["application_name"] == "vision" and len(app["applicationID"]) == 24
+    [sid] = app["microservices"]
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert svc["service_id"] == sid and svc["application_id"] == app["applicationID"]
+    assert (svc["microservice_name"], svc["virtualization"], svc["status"]) == ("classifier", "ml-model", "REQUESTED")
+    assert svc["model"]["name"] == "tiny" and svc["model"]["resolved"] is None
+    assert svc["instances"] == [] and svc["cluster_id"] is None and svc["placement"] is None
+    assert root.http.get("/api/applications/").get_json()["applications"][0]["applicationID"] == app["applicationID"]
+    assert root.http.get(f"/api/application/{app['applicationID']}").get_json()["microservices"] == [sid]
+
+
+def test_oakestra_container_sla_is_accepted_unchanged(root: Root) -> None:
+    sla = {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "applicationID": "", "application_name": "clientserver", "application_namespace": "test",
+        "application_desc": "curl", "microservices": [{
+            "microserviceID": "", "microservice_name": "curl", "microservice_namespace": "test",
+            "virtualization": "container", "cmd": ["sh"], "memory": 100, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+            "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "code": "docker.io/curlimages/curl:7.82.0",
+            "state": "", "port": "9080", "added_files": []}]}]}
+    sid = root.submit(sla)
+    assert root.http.get(f"/api/service/{sid}").get_json()["model"] is None
+    err = _error(root.http.post(f"/api/service/{sid}/instance"), 400, "INVALID_INPUT")
+    assert err["details"][0]["path"] == "virtualization"
+
+
+def test_bad_sla_is_400_with_path_details(root: Root) -> None:
+    sla = ml_sla()
+    sla["applications"][0]["microservices"][0]["model"]["max_partitions"] = 0
+    err = _error(root.http.post("/api/application/", json=sla), 400, "INVALID_INPUT")
+    assert err["details"] and all(set(d) >= {"path", "message"} for d in err["details"])
+    assert any("max_partitions" in d["path"] for d in err["details"])
+    assert root.http.get("/api/applications/").get_json() == {"applications": []}
+    not_json = root.http.post("/api/application/", data=b"{nope", content_type="application/json")
+    _error(not_json, 400, "INVALID_INPUT")
+
+
+def test_unknown_ids_are_404_json(root: Root) -> None:
+    for method, path in [("get", "/api/service/abc"), ("delete", "/api/service/abc"),
+                         ("post", "/api/service/abc/instance"), ("get", "/api/application/abc"),
+                         ("delete", "/api/application/abc"), ("get", "/api/clusters/abc"),
+                         ("get", "/api/no/such/route")]:
+        _error(getattr(root.http, method)(path), 404, "NOT_FOUND")
+    _error(root.http.post("/api/information/abc", json={"aggregate": {}, "jobs": []}), 404, "NOT_FOUND")
+
+
+# -- instances and clusters ----------------------------------------------------------------------------
+
+def test_instance_forwards_job_to_best_cluster_and_schedules(root: Root) -> None:
+    model = root.register_model()
+    root.register_cluster("small", "http://small:1", active_nodes=1, memory=1000)
+    big = root.register_cluster("big", "http://big:1", active_nodes=3, memory=500)
+    sid = root.submit()
+    r = root.http.post(f"/api/service/{sid}/instance")
+    assert r.status_code == 202
+    assert r.get_json() == {"service_id": sid, "instance": 0, "cluster_id": big}
+    [(url, job_sid, instance, job)] = root.clusters.deployed
+    assert (url, job_sid, instance) == ("http://big:1", sid, 0)
+    assert job["service_id"] == sid and job["instance"] == 0 and job["root_url"] == PUBLIC
+    assert job["microservice"]["microservice_name"] == "classifier" and job["microservice"]["model"]["name"] == "tiny"
+    assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"],
+                            "artifact_url": f"{PUBLIC}/api/artifacts/{model['sha256']}",
+                            "signature": model["signature"]}
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", big)
+    assert svc["model"]["resolved"] == {"name": "tiny", "version": 1, "sha256": model["sha256"]}
+    assert [(i["instance"], i["status"]) for i in svc["instances"]] == [(0, "SCHEDULED")]
+    second = root.http.post(f"/api/service/{sid}/instance").get_json()
+    assert second["instance"] == 1
+
+
+def test_fallback_to_next_cluster_when_first_fails(root: Root) -> None:
+    root.register_model()
+    root.register_cluster("a", "http://a:1", active_nodes=5)
+    b = root.register_cluster("b", "http://b:1", active_nodes=1)
+    root.clusters.fail["http://a:1"] = Unavailable("connection refused")
+    sid = root.submit()
+    r = root.http.post(f"/api/service/{sid}/instance")
+    assert r.status_code == 202 and r.get_json()["cluster_id"] == b
+    assert [d[0] for d in root.clusters.deployed] == ["http://b:1"]
+
+
+def test_all_clusters_failing_is_503_and_instance_failed(root: Root) -> None:
+    root.register_model()
+    root.register_cluster("a", "http://a:1")
+    root.clusters.fail["http://a:1"] = Unavailable("down")
+    sid = root.submit()
+    err = _error(root.http.post(f"/api/service/{sid}/instance"), 503, "UNAVAILABLE")
+    assert err["details"][0]["path"] == "clusters.a"
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert svc["status"] == "FAILED" and "down" in svc["status_detail"]
+
+
+def test_inactive_clusters_are_skipped(root: Root) -> None:
+    root.register_model()
+    root.register_cluster("stale", "http://stale:1", active_nodes=9)
+    root.clock.advance(31)
+    sid = root.submit()
+    err = _error(root.http.post(f"/api/service/{sid}/instance"), 422, "UNSCHEDULABLE")
+    assert err["details"][0]["path"] == "clusters.stale"
+    assert root.http.get("/api/clusters/").get_json()["clusters"][0]["active"] is False
+    fresh = root.register_cluster("fresh", "http://fresh:1")
+    assert root.http.post(f"/api/service/{sid}/instance").get_json()["cluster_id"] == fresh
+
+
+def test_missing_model_or_version_names_the_field(root: Root) -> None:
+    root.register_cluster("a", "http://a:1")
+    sid = root.submit(ml_sla(name="ghost"))
+    err = _error(root.http.post(f"/api/service/{sid}/instance"), 404, "NOT_FOUND")
+    assert err["details"][0]["path"] == "model.name"
+    root.register_model()
+    sid = root.submit(ml_sla(model_ref=7))
+    err = _error(root.http.post(f"/api/service/{sid}/instance"), 404, "NOT_FOUND")
+    assert err["details"][0]["path"] == "model.version"
+    assert root.clusters.deployed == []
+
+
+def test_cluster_push_updates_status_and_placement(root: Root) -> None:
+    root.register_model()
+    cid = root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")
+    placement = {"deployment_id": f"{sid}-0", "generation": 1, "strategy": "flops-balanced", "stages": []}
+    push = {"aggregate": {"active_nodes": 2, "memory": 2048},
+            "jobs": [{"service_id": sid, "instance": 0, "status": "RUNNING", "status_detail": "2 stages",
+                      "placement": placement}]}
+    root.clock.advance(5)
+    r = root.http.post(f"/api/information/{cid}", json=push)
+    assert r.status_code == 200 and r.get_json() == {"updated": 1, "ignored": []}
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", placement)
+    assert svc["instances"][0]["placement"] == placement
+    [cluster] = root.http.get("/api/clusters/").get_json()["clusters"]
+    assert cluster["aggregate"] == {"active_nodes": 2, "memory": 2048} and cluster["last_push"] == root.clock.now()
+    assert cluster["active"] is True
+
+
+def test_push_ignores_foreign_unknown_and_malformed_jobs(root: Root) -> None:
+    root.register_model()
+    a = root.register_cluster("a", "http://a:1", active_nodes=2)
+    b = root.register_cluster("b", "http://b:1", active_nodes=1)
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")  # lands on a
+    jobs = [{"service_id": sid, "instance": 0, "status": "FAILED"},  # b does not own it
+            {"service_id": "nope", "instance": 0, "status": "RUNNING"},
+            {"service_id": sid, "instance": 0, "status": "BOGUS"},
+            "garbage"]
+    body = root.http.post(f"/api/information/{b}", json={"aggregate": {}, "jobs": jobs}).get_json()
+    assert body["updated"] == 0 and [i["path"] for i in body["ignored"]] == [f"jobs[{i}]" for i in range(4)]
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", a)
+    _error(root.http.post(f"/api/information/{a}", json={"aggregate": [], "jobs": {}}), 400, "INVALID_INPUT")
+
+
+def test_delete_instance_forwards_and_resets(root: Root) -> None:
+    root.register_model()
+    root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")
+    r = root.http.delete(f"/api/service/{sid}/instance/0")
+    assert r.status_code == 200 and root.clusters.undeployed == [("http://a:1", sid, 0)]
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert svc["instances"] == [] and svc["status"] == "REQUESTED" and svc["cluster_id"] is None
+    _error(root.http.delete(f"/api/service/{sid}/instance/0"), 404, "NOT_FOUND")
+
+
+def test_delete_application_undeploys_its_instances(root: Root) -> None:
+    root.register_model()
+    root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")
+    app_id = root.http.get(f"/api/service/{sid}").get_json()["application_id"]
+    root.clusters.fail["http://a:1"] = NotFound("already gone")  # a cluster that forgot it is fine
+    r = root.http.delete(f"/api/application/{app_id}")
+    assert r.status_code == 200 and r.get_json()["services"] == [sid] and r.get_json()["undeploy_failures"] == []
+    _error(root.http.get(f"/api/service/{sid}"), 404, "NOT_FOUND")
+
+
+def test_register_cluster_validation_and_idempotency(root: Root) -> None:
+    err = _error(root.http.post("/api/clusters/register", json={"cluster_name": "", "url": "ftp://x"}),
+                 400, "INVALID_INPUT")
+    assert {d["path"] for d in err["details"]} == {"cluster_name", "url"}
+    first = root.http.post("/api/clusters/register", json={"cluster_name": "c", "url": "http://c:1"})
+    again = root.http.post("/api/clusters/register", json={"cluster_name": "c", "url": "http://c:2/"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json() == again.get_json()
+    assert root.http.get("/api/clusters/").get_json()["clusters"][0]["url"] == "http://c:2"
+
+
+def test_openapi_lists_exactly_the_served_routes(root: Root) -> None:
+    served = {(m, rule.rule) for rule in root.app.url_map.iter_rules()
+              for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert served == {(r.method, r.rule) for r in ROUTES}
+    doc = root.http.get("/api/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    for r in ROUTES:
+        assert r.method.lower() in doc["paths"][openapi_path(r.rule)]
+    json.dumps(doc)
+
+
+# -- persistence ---------------------------------------------------------------------------------------
+
+def test_sqlite_data_survives_reopen(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/root"
+    first = Root(open_stores(url))
+    doc = first.register_model(alias="prod")
+    cid = first.register_cluster("a", "http://a:1")
+    sid = first.submit()
+    first.stores.close()
+    second = Root(open_stores(url))
+    try:
+        assert second.http.get("/api/models/tiny/versions/prod").get_json()["sha256"] == doc["sha256"]
+        assert second.http.get(f"/api/artifacts/{doc['sha256']}").data == tiny_onnx()
+        assert second.http.get(f"/api/service/{sid}").get_json()["status"] == "REQUESTED"
+        assert second.http.get(f"/api/clusters/{cid}").get_json()["cluster_name"] == "a"
+        assert second.register_model()["version"] == 2
+    finally:
+        second.stores.close()
+
+
+def test_push_racing_the_forward_is_not_regressed(root: Root) -> None:
+    """A cluster that reports DEPLOYING before its 202 reaches us keeps DEPLOYING, and owns the instance."""
+    root.register_model()
+    cid = root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    http = root.http
+    real_deploy = root.clusters.deploy
+
+    def deploy_and_push(url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
+        real_deploy(url, service_id, instance, job)
+        push = {"jobs": [{"service_id": service_id, "instance": instance, "status": "DEPLOYING",
+                          "status_detail": "downloading"}]}
+        assert http.post(f"/api/information/{cid}", json=push).get_json()["updated"] == 1
+
+    root.clusters.deploy = deploy_and_push  # type: ignore[method-assign]
+    assert http.post(f"/api/service/{sid}/instance").status_code == 202
+    svc = http.get(f"/api/service/{sid}").get_json()
+    assert (svc["status"], svc["status_detail"], svc["cluster_id"]) == ("DEPLOYING", "downloading", cid)

@@ -1,0 +1,90 @@
+"""Tensor framing: round trips over every dtype the data plane carries, and framing errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from treeline_common.tensor_wire import FramingError, TensorHeader, pack, payload_bytes, unpack
+
+DTYPES = ["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_round_trip_each_dtype(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((2, 3, 4)) * 10).astype(dtype)
+    header, arrays = unpack(pack("request", "r1", {"x": array}, stage="d/0"))
+    assert header.kind == "request" and header.request_id == "r1" and header.stage == "d/0"
+    assert arrays["x"].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(arrays["x"], array)
+
+
+def test_round_trip_several_tensors_keeps_order_timings_and_error() -> None:
+    tensors = {
+        "b": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "a": np.ones((1, 4), dtype=np.float32),
+        "scalar": np.array(3.5, dtype=np.float64),
+        "empty": np.zeros((0, 5), dtype=np.float32),
+    }
+    frames = pack("reply", "r2", tensors, timings={"d/0": 1.5, "d/1": 2.0}, error="")
+    header, arrays = unpack(frames)
+    assert list(arrays) == ["b", "a", "scalar", "empty"]
+    for name, array in tensors.items():
+        assert arrays[name].shape == array.shape
+        np.testing.assert_array_equal(arrays[name], array)
+    assert header.timings == {"d/0": 1.5, "d/1": 2.0}
+    assert payload_bytes(tensors) == sum(a.nbytes for a in tensors.values())
+
+
+def test_non_contiguous_input_is_sent_correctly() -> None:
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    view = base[:, ::2]
+    assert not view.flags.c_contiguous
+    _, arrays = unpack(pack("request", "r", {"v": view}))
+    np.testing.assert_array_equal(arrays["v"], view)
+
+
+def test_unpacked_arrays_are_read_only_views_over_received_bytes() -> None:
+    frames = pack("request", "r", {"x": np.ones(4, dtype=np.float32)})
+    received = [bytes(memoryview(f)) for f in frames]
+    _, arrays = unpack(received)
+    assert not arrays["x"].flags.writeable
+
+
+def test_error_message_round_trip() -> None:
+    header, arrays = unpack(pack("error", "r3", {}, stage="s", error="boom"))
+    assert header.kind == "error" and header.error == "boom" and arrays == {}
+
+
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        ([], "empty"),
+        ([b"not json"], "not JSON"),
+        ([json.dumps({"v": 99, "kind": "request"}).encode()], "version"),
+        ([json.dumps({"v": 1, "kind": "bogus"}).encode()], "kind"),
+    ],
+)
+def test_bad_headers_raise_framing_error(frames: list[bytes], message: str) -> None:
+    with pytest.raises(FramingError, match=message):
+        unpack(frames)
+
+
+def test_tensor_count_mismatch_raises() -> None:
+    frames = pack("request", "r", {"x": np.ones(2, dtype=np.float32)})
+    with pytest.raises(FramingError, match="lists 1 tensors, message has 0"):
+        unpack(frames[:1])
+
+
+def test_wrong_byte_count_raises() -> None:
+    frames = pack("request", "r", {"x": np.ones((2, 2), dtype=np.float32)})
+    with pytest.raises(FramingError, match="tensor"):
+        unpack([frames[0], b"\x00" * 12])
+
+
+def test_header_bytes_round_trip() -> None:
+    header = TensorHeader(kind="reply", request_id="x", stage="s", timings={"s": 1.0})
+    assert TensorHeader.from_bytes(header.to_bytes()) == header
