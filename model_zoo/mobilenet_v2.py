@@ -11,8 +11,10 @@ torch is imported lazily inside the functions so that ``import model_zoo`` works
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -149,16 +151,27 @@ def export_onnx(path: str | os.PathLike[str] | None = None, seed: int = 0) -> by
 
     model = build_model(seed)
     dummy = example_input(seed)
-    program = torch.onnx.export(
-        model,
-        (dummy,),
-        dynamo=True,
-        opset_version=OPSET,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        external_data=False,
-        verbose=False,
-    )
+    # The exporter logs one warning per torchvision op it cannot register; torchvision is
+    # absent on purpose (see pitfalls.md), so that noise says nothing about this model.
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    previous_level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            # torch's own exporter internals emit deprecation noise that callers cannot act on.
+            warnings.simplefilter("ignore", FutureWarning)
+            program = torch.onnx.export(
+                model,
+                (dummy,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        exporter_log.setLevel(previous_level)
     proto: Any = program.model_proto  # type: ignore[union-attr]
     data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
@@ -167,6 +180,12 @@ def export_onnx(path: str | os.PathLike[str] | None = None, seed: int = 0) -> by
             handle.write(data)
     logger.info("exported mobilenet_v2 seed=%d: %d bytes, %d nodes", seed, len(data), len(proto.graph.node))
     return data
+
+
+@functools.lru_cache(maxsize=2)
+def exported_onnx(seed: int = 0) -> bytes:
+    """``export_onnx(None, seed)`` memoised per process, so test modules share one ~10 s export."""
+    return export_onnx(None, seed)
 
 
 def torch_reference_output(seed: int = 0, input_seed: int = 0) -> Any:
@@ -179,4 +198,4 @@ def torch_reference_output(seed: int = 0, input_seed: int = 0) -> Any:
 
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "INPUT_SHAPE", "build_model", "example_input", "export_onnx",
-           "torch_reference_output"]
+           "exported_onnx", "torch_reference_output"]

@@ -24,7 +24,7 @@ from root_orchestrator.stores import Stores
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("REQUESTED", "SCHEDULED", "DEPLOYING", "RUNNING", "FAILED")
+STATUSES = ("REQUESTED", "SCHEDULED", "DEPLOYING", "RUNNING", "DEGRADED", "FAILED", "DELETED")
 ML_VIRTUALIZATION = "ml-model"
 _RETRIES = 8
 
@@ -219,13 +219,18 @@ class InstanceManager:
         status = job.get("status")
         if status not in STATUSES:
             return f"status {status!r} not one of {list(STATUSES)}"
+        if status == "REQUESTED":
+            # The cluster's REQUESTED means "accepted by this cluster": from the root's point of
+            # view the instance is SCHEDULED (to that cluster), and must not move back.
+            status = "SCHEDULED"
         outcome: list[str] = []
 
         def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
             instances = [dict(i) for i in doc.get("instances") or []]
             inst = _find(instances, number)
             if inst is None:
-                outcome.append("unknown instance")
+                if status != "DELETED":  # a deleted instance's last reports are expected
+                    outcome.append("unknown instance")
                 return None
             if inst.get("cluster_id") not in (None, cluster_id):
                 outcome.append(f"instance belongs to cluster {inst['cluster_id']}")
@@ -238,5 +243,5 @@ class InstanceManager:
         try:
             self._update(job["service_id"], mutate)
         except NotFound:
-            return "unknown service"
+            return None if status == "DELETED" else "unknown service"
         return outcome[0] if outcome else None

@@ -436,3 +436,19 @@ def test_push_racing_the_forward_is_not_regressed(root: Root) -> None:
     assert http.post(f"/api/service/{sid}/instance").status_code == 202
     svc = http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["status_detail"], svc["cluster_id"]) == ("DEPLOYING", "downloading", cid)
+
+
+def test_cluster_requested_push_does_not_move_status_back(root: Root) -> None:
+    root.register_model()
+    cid = root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")
+    assert root.http.get(f"/api/service/{sid}").get_json()["status"] == "SCHEDULED"
+    push = {"aggregate": {}, "jobs": [{"service_id": sid, "instance": 0, "status": "REQUESTED",
+                                       "status_detail": "accepted"}]}
+    assert root.http.post(f"/api/information/{cid}", json=push).get_json()["updated"] == 1
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert (svc["status"], svc["status_detail"]) == ("SCHEDULED", "accepted")
+    push["jobs"][0]["status"] = "DEGRADED"
+    assert root.http.post(f"/api/information/{cid}", json=push).get_json()["updated"] == 1
+    assert root.http.get(f"/api/service/{sid}").get_json()["status"] == "DEGRADED"
