@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
-from types import FrameType
+
+from treeline_common.shutdown import ShutdownSignal
 
 from cluster_orchestrator.app import ClusterRuntime, build_config
 
@@ -41,18 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         location=args.location, push_interval=args.push_interval, telemetry_interval=args.telemetry_interval,
         heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout)
     runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    shutdown = ShutdownSignal()
     runtime.start()
     try:
-        while not stop.wait(1.0):
-            pass
+        shutdown.wait()
+        log.info("signal %s: shutting down", shutdown.received)
     finally:
         runtime.stop()
     return 0

@@ -23,12 +23,12 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
 from treeline_common.messages import NodeStatus, StageState, StageStats, encode
+from treeline_common.shutdown import ShutdownSignal
 
 from node_engine.commands import CommandHandler
 from node_engine.config import NodeConfig, parse_args
@@ -172,12 +172,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     logging.basicConfig(level=getattr(logging, config.log_level, logging.INFO), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s [{config.name}] %(name)s: %(message)s")
+    shutdown = ShutdownSignal()
     stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    return NodeEngine(config, stop=stop).run()
+    exit_code: list[int] = []
+    engine = NodeEngine(config, stop=stop)
+    # The engine runs on a worker thread; the main thread only waits for a signal, so the
+    # signal handler never has to touch a lock (see treeline_common.shutdown).
+    worker = threading.Thread(target=lambda: exit_code.append(engine.run()), name="node-engine")
+    worker.start()
+    while worker.is_alive() and not shutdown.wait(0.2):
+        pass
+    if shutdown:
+        log.info("signal %s: stopping", signal.Signals(shutdown.received).name if shutdown.received else "request")
+    stop.set()
+    worker.join()
+    return exit_code[0] if exit_code else 1

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 
 from werkzeug.serving import make_server
 
 from treeline_common.clock import SystemClock
+from treeline_common.shutdown import ShutdownSignal
 
 from root_orchestrator.app import create_app
 from root_orchestrator.cluster_client import HttpClusterClient
@@ -54,19 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(stores, SystemClock(), HttpClusterClient(timeout=args.cluster_timeout),
                      public_url=public_url, active_window_s=args.active_window)
     server = make_server(args.host, args.port, app, threaded=True)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d received; shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    shutdown = ShutdownSignal()
     thread = threading.Thread(target=server.serve_forever, name="root-http", daemon=True)
     thread.start()
     log.info("root orchestrator listening on %s:%d (public %s, store %s)", args.host, server.port,
              public_url, store_url.split("://")[0])
-    stop.wait()
+    shutdown.wait()
+    log.info("signal %s received; shutting down", shutdown.received)
     server.shutdown()
     thread.join(timeout=10)
     stores.close()

@@ -8,12 +8,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from treeline_common.errors import TreelineError
 from treeline_common.profiles import PROFILES
+from treeline_common.shutdown import ShutdownSignal
 
 DEFAULT_ROOT_URL = os.environ.get("TREELINE_ROOT_URL", "http://127.0.0.1:10000")
 
@@ -50,11 +50,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _wait_for_signal(stack: Any) -> None:
     """Block until SIGINT/SIGTERM; report children that die meanwhile."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    shutdown = ShutdownSignal()
     reported: set[str] = set()
-    while not stop.wait(1.0):
+    while not shutdown.wait(1.0):
         for managed in stack.processes:
             if not managed.alive() and managed.name not in reported:
                 reported.add(managed.name)

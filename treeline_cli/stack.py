@@ -105,18 +105,25 @@ class Stack:
                 )
 
     def stop(self, timeout: float = 8.0) -> None:
-        """SIGTERM every child (nodes first, broker last), SIGKILL stragglers; idempotent."""
-        for managed in reversed(self.processes):
-            if managed.alive():
-                managed.process.send_signal(signal.SIGTERM)
-        for managed in reversed(self.processes):
-            try:
-                managed.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", managed.name, timeout)
-                managed.process.kill()
-                managed.process.wait(timeout=timeout)
-            managed.log_file.close()
+        """Stop orchestrators first, then nodes, then the broker; SIGKILL stragglers. Idempotent.
+
+        Orchestrators go first so that nodes leaving at shutdown are not mistaken for node
+        failures (which would re-plan, then fail, every deployment on the way down).
+        """
+        orchestrators = [m for m in self.processes if not m.name.startswith("node-")]
+        nodes = [m for m in self.processes if m.name.startswith("node-")]
+        for group in (orchestrators, nodes):
+            for managed in group:
+                if managed.alive():
+                    managed.process.send_signal(signal.SIGTERM)
+            for managed in group:
+                try:
+                    managed.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0fs; killing it", managed.name, timeout)
+                    managed.process.kill()
+                    managed.process.wait(timeout=timeout)
+                managed.log_file.close()
         if self.broker is not None:
             self.broker.stop()
 
