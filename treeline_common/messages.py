@@ -130,7 +130,9 @@ class DeployCommand:
     it otherwise, with state FAILED), load it in onnxruntime and serve it under
     ``stage_key(deployment_id, stage)``. The last stage has ``next=None`` and replies to
     the caller; other stages forward their outputs to ``next``. Idempotent: a repeated
-    command with the same key and sha256 only re-reports the state.
+    command with the same key and sha256 only re-reports the state. A ``relay`` stage has no
+    artifact (``artifact_url`` and ``sha256`` empty): it forwards its inputs as they are, which
+    is how requests enter on the node where the data is when the first partition runs elsewhere.
     """
 
     deployment_id: str
@@ -141,6 +143,7 @@ class DeployCommand:
     outputs: list[str]
     next: NextStage | None = None
     generation: int = 0
+    relay: bool = False  # no model: pass ``inputs`` on unchanged (entry on the data's source node)
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,43 @@ class DeleteCommand:
 
     deployment_id: str
     stage: int | None = None
+
+
+@dataclass(frozen=True)
+class ProfileCommand:
+    """``nodes/<id>/control/profile``: time every op of a model on this node.
+
+    The node downloads ``artifact_url`` (checking ``sha256``), runs the whole model ``runs``
+    times after ``warmup`` runs with onnxruntime's profiler on, and answers with a
+    :class:`ProfileResult` carrying ``request_id``. Emulated nodes scale measured times by
+    their speed factor (the same slowdown their stages get).
+    """
+
+    request_id: str
+    artifact_url: str
+    sha256: str
+    runs: int = 20
+    warmup: int = 3
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """``nodes/<id>/profile``: median ms per ONNX node name, for one model on one device class.
+
+    ``op_ms`` is keyed by the ONNX node name; ``total_ms`` is the median end-to-end run time
+    measured around ``session.run`` (the per-op times need not add up to it exactly).
+    ``error`` is non-empty when profiling failed (then ``op_ms`` is empty).
+    """
+
+    node_id: str
+    request_id: str
+    sha256: str
+    device_class: str
+    op_ms: dict[str, float] = field(default_factory=dict)
+    total_ms: float = 0.0
+    runs: int = 0
+    error: str = ""
+    ts: float = 0.0
 
 
 def stage_key(deployment_id: str, stage: int) -> str:

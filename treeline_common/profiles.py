@@ -24,11 +24,23 @@ class DeviceProfile:
     battery: Battery | None = None
     emulated: bool = True
     labels: tuple[str, ...] = ()
+    # Declared, not measured: what a device of this class draws while computing, and its
+    # network uplink. The energy model and the emulated links use them.
+    power_w: float = 10.0
+    radio_nj_per_byte: float = 20.0
+    uplink_mbps: float = 1000.0
+    link_rtt_ms: float = 0.5
+
+    @property
+    def device_class(self) -> str:
+        """Profiles of op times are stored per device class (the profile name; arch for native)."""
+        return self.name if self.emulated else f"native-{self.arch}"
 
 
 PROFILES: dict[str, DeviceProfile] = {
     "native": DeviceProfile("native", 1.0, None, emulated=False),
-    "server": DeviceProfile("server", 1.0, 16384, labels=("server",)),
+    "server": DeviceProfile("server", 1.0, 16384, labels=("server",), power_w=65.0, radio_nj_per_byte=5.0,
+                            uplink_mbps=1000.0, link_rtt_ms=0.5),
     "jetson-nano": DeviceProfile(
         "jetson-nano",
         0.5,
@@ -36,10 +48,16 @@ PROFILES: dict[str, DeviceProfile] = {
         arch="aarch64",
         accelerators=(Accelerator(kind="gpu", name="maxwell-128", memory_mb=4096, emulated=True),),
         labels=("jetson",),
+        power_w=10.0,
+        radio_nj_per_byte=30.0,
+        uplink_mbps=100.0,
+        link_rtt_ms=2.0,
     ),
-    "rpi4": DeviceProfile("rpi4", 0.25, 4096, arch="aarch64", battery=Battery(percent=80.0), labels=("rpi",)),
+    "rpi4": DeviceProfile("rpi4", 0.25, 4096, arch="aarch64", battery=Battery(percent=80.0), labels=("rpi",),
+                          power_w=6.0, radio_nj_per_byte=50.0, uplink_mbps=50.0, link_rtt_ms=5.0),
     "rpi-zero": DeviceProfile(
-        "rpi-zero", 0.05, 512, arch="armv6l", battery=Battery(percent=60.0), labels=("rpi",)
+        "rpi-zero", 0.05, 512, arch="armv6l", battery=Battery(percent=60.0), labels=("rpi",),
+        power_w=1.2, radio_nj_per_byte=80.0, uplink_mbps=10.0, link_rtt_ms=10.0,
     ),
 }
 

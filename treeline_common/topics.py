@@ -40,11 +40,22 @@ def control_delete(node_id: str) -> str:
     return f"{PREFIX}/{node_id}/control/delete"
 
 
+def control_profile(node_id: str) -> str:
+    """Cluster -> node: measure a model's per-op times with the node's real runtime."""
+    return f"{PREFIX}/{node_id}/control/profile"
+
+
+def profile_result(node_id: str) -> str:
+    """Node -> cluster: the measured per-op times (answer to ``control/profile``)."""
+    return f"{PREFIX}/{node_id}/profile"
+
+
 # Wildcard subscriptions used by the cluster orchestrator.
 ALL_INFORMATION = f"{PREFIX}/+/information"
 ALL_STATUS = f"{PREFIX}/+/status"
 ALL_JOB = f"{PREFIX}/+/job"
 ALL_JOB_RESOURCES = f"{PREFIX}/+/jobs/resources"
+ALL_PROFILE_RESULTS = f"{PREFIX}/+/profile"
 
 
 def node_id_of(topic: str) -> str:
