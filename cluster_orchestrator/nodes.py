@@ -35,7 +35,10 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "emulated": (bool,),
     "accelerators": (list,),
     "labels": (list,),
+    "device_class": (str,),
 }
+# Declared device figures (see treeline_common.profiles): the energy model and link costs.
+_DEVICE_FIGURES = ("power_w", "radio_nj_per_byte", "uplink_mbps", "link_rtt_ms")
 
 
 def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,12 +66,18 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
     endpoint = body.get("data_endpoint")
     if isinstance(endpoint, str) and "://" not in endpoint:
         details.append({"path": "data_endpoint", "message": "must be a URL like tcp://host:port"})
+    for name in _DEVICE_FIGURES:
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            details.append({"path": name, "message": "must be a number >= 0"})
+    if body.get("uplink_mbps") == 0:
+        details.append({"path": "uplink_mbps", "message": "must be > 0"})
     battery = body.get("battery")
     if battery is not None and not (isinstance(battery, Mapping) and isinstance(battery.get("percent"), (int, float))):
         details.append({"path": "battery", "message": "must be null or {percent, charging}"})
     if details:
         raise InvalidInput("invalid node registration", details)
-    fields = {k: body[k] for k in (*_REQUIRED, *_OPTIONAL) if body.get(k) is not None}
+    fields = {k: body[k] for k in (*_REQUIRED, *_OPTIONAL, *_DEVICE_FIGURES) if body.get(k) is not None}
     fields["battery"] = dict(battery) if battery is not None else None
     fields.setdefault("emulated", False)
     fields.setdefault("accelerators", [])

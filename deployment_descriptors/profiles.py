@@ -19,11 +19,24 @@ from typing import Any
 from treeline_common.errors import InvalidInput, NotFound
 
 
+STRATEGIES = ("optimal", "flops-balanced", "amp4ec-greedy")
+
+
 @dataclass(frozen=True)
 class SchedulerProfile:
+    """Plugin weights plus the partitioning strategy.
+
+    ``strategy``: ``optimal`` (the exact planner, the default), or one of the baselines it is
+    measured against: ``flops-balanced`` (the walking skeleton's splitter) and
+    ``amp4ec-greedy``. ``shortlist_size``: how many top-scored nodes the exact planner
+    considers.
+    """
+
     name: str
     weights: Mapping[str, float]
     comment: str = ""
+    strategy: str = "optimal"
+    shortlist_size: int = 8
 
 
 def profile_from_dict(doc: Any) -> SchedulerProfile:
@@ -42,10 +55,17 @@ def profile_from_dict(doc: Any) -> SchedulerProfile:
                 problems.append({"path": f"weights.{plugin}", "message": f"must be a number >= 0, got {weight!r}"})
         if not problems and not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
             problems.append({"path": "weights", "message": f"must sum to 1, got {sum(weights.values()):g}"})
+    strategy = doc.get("strategy", "optimal")
+    if strategy not in STRATEGIES:
+        problems.append({"path": "strategy", "message": f"must be one of {list(STRATEGIES)}, got {strategy!r}"})
+    shortlist = doc.get("shortlist_size", 8)
+    if isinstance(shortlist, bool) or not isinstance(shortlist, int) or not 1 <= shortlist <= 16:
+        problems.append({"path": "shortlist_size", "message": f"must be an integer in 1..16, got {shortlist!r}"})
     if problems:
         raise InvalidInput("invalid scheduler profile", problems)
     return SchedulerProfile(name=doc["name"], comment=str(doc.get("comment", "")),
-                            weights=MappingProxyType({k: float(v) for k, v in weights.items()}))
+                            weights=MappingProxyType({k: float(v) for k, v in weights.items()}),
+                            strategy=strategy, shortlist_size=shortlist)
 
 
 def load_profile(name: str = "default") -> SchedulerProfile:

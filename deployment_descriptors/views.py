@@ -65,6 +65,7 @@ class ModelSpec:
     accuracy_floor: float = DEFAULT_ACCURACY_FLOOR
     source: NodeSelector | None = None
     sink: NodeSelector | None = None
+    scheduler_profile: str = "default"
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ModelSpec:
@@ -81,6 +82,7 @@ class ModelSpec:
             accuracy_floor=float(doc.get("accuracy_floor", DEFAULT_ACCURACY_FLOOR)),
             source=NodeSelector.from_dict(doc.get("source")),
             sink=NodeSelector.from_dict(doc.get("sink")),
+            scheduler_profile=str(doc.get("scheduler_profile", "default")),
         )
 
 
