@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--telemetry-interval", type=float, default=2.0)
     p.add_argument("--heartbeat-misses", type=int, default=3)
     p.add_argument("--stage-timeout", type=float, default=60.0)
+    p.add_argument("--profile-timeout", type=float, default=30.0,
+                   help="seconds to wait for nodes to profile a new model (then: regression estimates)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(
         args.name, args.root_url, args.mqtt_url, args.public_url or f"http://{args.host}:{args.port}",
         location=args.location, push_interval=args.push_interval, telemetry_interval=args.telemetry_interval,
-        heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout)
+        heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout,
+        profile_timeout=args.profile_timeout)
     runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url)
     shutdown = ShutdownSignal()
     runtime.start()

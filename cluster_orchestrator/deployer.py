@@ -10,6 +10,7 @@ and the worker blocks on its condition with a deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster_orchestrator import planning
+from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
 from cluster_orchestrator.deployments import (
     DEPLOYING, FAILED, RUNNING, SCHEDULED, DeploymentBook, Superseded,
 )
@@ -111,6 +113,7 @@ class StageTracker:
 class DeployerSettings:
     root_url: str
     stage_timeout: float = 60.0
+    profile_timeout: float = 30.0
 
 
 class Deployer:
@@ -118,7 +121,9 @@ class Deployer:
 
     def __init__(self, book: DeploymentBook, bus: MessageBus, root: RootClient, tracker: StageTracker,
                  nodes: Callable[[], list[dict[str, Any]]], on_change: Callable[[str], None],
-                 settings: DeployerSettings, stop: threading.Event) -> None:
+                 settings: DeployerSettings, stop: threading.Event,
+                 profiles: ProfileCollector | None = None) -> None:
+        self._profiles = profiles
         self._book = book
         self._bus = bus
         self._root = root
@@ -162,13 +167,23 @@ class Deployer:
         except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
             self._commit(deployment_id, epoch, status=FAILED, status_detail=f"model is not valid ONNX: {exc}")
             return
-        # 2. decide
+        # 2. decide: the graph, op profiles per device class, the ML scheduler
+        from deployment_descriptors import load_profile
+        from ml_scheduler.graph import analyze_model
+
+        graph = analyze_model(model)
         nodes = self._nodes()
-        outcome = planning.plan(model, nodes, request.max_partitions)
+        try:
+            profile = load_profile(request.microservice.model.scheduler_profile)
+        except TreelineError as exc:
+            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"scheduler profile: {exc.message}")
+            return
+        cost_model = self._cost_model(request, graph, nodes)
+        outcome = planning.plan(model, graph, nodes, request.microservice, profile, cost_model)
         if not outcome.schedulable:
             detail = "; ".join(f"{n}: {r}" for n, r in sorted(outcome.reasons.items())) or "no online nodes"
             self._commit(deployment_id, epoch, status=FAILED, status_detail=f"unschedulable: {detail}",
-                         reasons=outcome.reasons)
+                         reasons=outcome.reasons, explanation=outcome.explanation)
             return
         generation = int(doc.get("generation", 0)) + 1
         nodes_by_id = {n["node_id"]: n for n in nodes}
@@ -176,8 +191,9 @@ class Deployer:
         placement = planning.build_placement(
             deployment_id, generation, outcome.strategy,
             planning.input_spec_for(request, outcome.input_names), outputs,
-            outcome.partitions, outcome.node_ids, nodes_by_id)
+            outcome.partitions, outcome.node_ids, nodes_by_id, outcome.predicted, outcome.relay_node_id)
         self._commit(deployment_id, epoch, status=SCHEDULED, generation=generation, reasons=outcome.reasons,
+                     explanation=outcome.explanation,
                      status_detail=f"{len(placement['stages'])} stages on "
                                    f"{', '.join(s['node_name'] for s in placement['stages'])}")
         # 3. partitions to the root's artifact store
@@ -201,7 +217,7 @@ class Deployer:
             self._tracker.forget(deployment_id, generation)
         # 5. observe the result
         if outcome_state == "READY":
-            for stage in placement["stages"]:
+            for stage in [*placement["stages"], *([placement["relay"]] if placement.get("relay") else [])]:
                 stage["state"] = "READY"
             self._commit(deployment_id, epoch, status=RUNNING, status_detail="all stages ready",
                          placement=placement)
@@ -212,5 +228,29 @@ class Deployer:
         else:
             detail = detail if outcome_state == "FAILED" else f"timed out waiting for stages: {detail}"
             self._commit(deployment_id, epoch, status=FAILED, status_detail=detail)
-            for node_id in {s["node_id"] for s in placement["stages"]}:
+            for node_id in {node for node, _ in commands}:
                 self._bus.publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
+
+    def _cost_model(self, request: planning.JobRequest, graph: Any, nodes: list[dict[str, Any]]) -> Any:
+        """Op-time profiles for the model: those the root keeps, plus fresh ones for device
+        classes that have none (one node per class measures; they are stored at the root)."""
+        from ml_scheduler.costmodel import CostModel
+
+        stored: dict[str, dict[str, Any]] = {}
+        try:
+            stored = self._root.model_profiles(request.model_name, request.model_version)
+        except TreelineError as exc:
+            log.warning("could not read stored profiles of %s v%s: %s", request.model_name, request.model_version,
+                        exc)
+        missing = classes_to_profile(nodes, set(stored))
+        if missing and self._profiles is not None:
+            results = self._profiles.collect(self._bus.publish, missing, request.model_url, request.model_sha256,
+                                             self._settings.profile_timeout, self._stop)
+            for device_class, result in results.items():
+                body = dataclasses.asdict(result)
+                stored[device_class] = body
+                try:
+                    self._root.put_model_profile(request.model_name, request.model_version, device_class, body)
+                except TreelineError as exc:
+                    log.warning("could not store the %s profile at the root: %s", device_class, exc)
+        return CostModel.from_profiles(graph, stored)

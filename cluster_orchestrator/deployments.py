@@ -125,6 +125,7 @@ def job_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "status": doc.get("status"),
         "status_detail": doc.get("status_detail") or "",
         "placement": doc.get("placement"),
+        "explanation": doc.get("explanation"),
     }
 
 
@@ -139,5 +140,6 @@ def deployment_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "instance": doc.get("instance"),
         "generation": doc.get("generation", 0),
         "reasons": doc.get("reasons") or {},
+        "explanation": doc.get("explanation"),
         "updated_at": doc.get("updated_at"),
     }

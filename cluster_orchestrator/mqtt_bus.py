@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from treeline_common import messages, topics
-from treeline_common.messages import NodeStatus, NodeTelemetry, StageState, StageStats
+from treeline_common.messages import NodeStatus, NodeTelemetry, ProfileResult, StageState, StageStats
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class BusHandler(Protocol):
     def on_stage_state(self, node_id: str, state: StageState) -> None: ...
 
     def on_stage_stats(self, node_id: str, stats: StageStats) -> None: ...
+
+    def on_profile_result(self, node_id: str, result: ProfileResult) -> None: ...
 
 
 class MessageBus(Protocol):
@@ -55,6 +57,7 @@ _SUBSCRIPTIONS = (
     (topics.ALL_STATUS, NodeStatus, "on_node_status"),
     (topics.ALL_JOB, StageState, "on_stage_state"),
     (topics.ALL_JOB_RESOURCES, StageStats, "on_stage_stats"),
+    (topics.ALL_PROFILE_RESULTS, ProfileResult, "on_profile_result"),
 )
 
 

@@ -31,12 +31,20 @@ from cluster_orchestrator.deployments import (
 from cluster_orchestrator.liveness import backoff_delay, heartbeat_timeout
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
+from cluster_orchestrator.profiler import ProfileCollector
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import InvalidInput, TreelineError
-from treeline_common.messages import DeleteCommand, NodeStatus, NodeTelemetry, StageState, StageStats
+from treeline_common.messages import (
+    DeleteCommand,
+    NodeStatus,
+    NodeTelemetry,
+    ProfileResult,
+    StageState,
+    StageStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ class ClusterConfig:
     push_interval: float = 15.0
     stage_timeout: float = 60.0
     liveness_period: float = 0.5
+    profile_timeout: float = 30.0
 
 
 def validate_job(service_id: str, instance: str, body: Mapping[str, Any]) -> None:
@@ -95,6 +104,7 @@ class ClusterOrchestrator:
                                   heartbeat_timeout(config.telemetry_interval, config.heartbeat_misses))
         self.book = DeploymentBook(store, self.clock)
         self.tracker = StageTracker()
+        self.profiles = ProfileCollector()
         self._bus = bus
         self._stop = threading.Event()
         self._push_wanted = threading.Event()
@@ -118,7 +128,9 @@ class ClusterOrchestrator:
         if self._bus is None:
             raise TreelineError("no message bus configured")
         return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list, self._changed,
-                        DeployerSettings(self.config.root_url, self.config.stage_timeout), self._stop)
+                        DeployerSettings(self.config.root_url, self.config.stage_timeout,
+                                         self.config.profile_timeout), self._stop,
+                        profiles=self.profiles)
 
     def start(self) -> None:
         """Start the background loops and resume unfinished deployments from the store."""
@@ -223,6 +235,9 @@ class ClusterOrchestrator:
     def on_stage_stats(self, node_id: str, stats: StageStats) -> None:
         log.debug("stage stats %s/%s on %s: %s requests, %.2f ms", stats.deployment_id, stats.stage, node_id,
                   stats.requests, stats.compute_ms_mean)
+
+    def on_profile_result(self, node_id: str, result: ProfileResult) -> None:
+        self.profiles.report(result)
 
     # ---------------------------------------------------------------- liveness and re-planning
     def check_liveness(self) -> list[tuple[str, bool]]:

@@ -19,6 +19,9 @@ from treeline_common.messages import DeployCommand, NextStage, stage_key
 
 log = logging.getLogger(__name__)
 
+RELAY_STAGE = -1  # stage index of the relay entry on the data's source node
+
+
 def deployment_id_of(service_id: str, instance: Any) -> str:
     """The deployment id of a service instance: ``<service_id>-<instance>``."""
     return f"{service_id}-{instance}"
@@ -65,7 +68,22 @@ def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         "accelerators": _accelerator_kinds(doc),
         "battery_percent": battery_percent,
         "labels": tuple(str(label) for label in doc.get("labels") or ()),
+        **_device_figures(doc, telemetry),
     }
+
+
+def _device_figures(doc: Mapping[str, Any], telemetry: Mapping[str, Any]) -> dict[str, Any]:
+    """Declared power and link figures, device class, load and emulation flag (NodeView extras)."""
+    fields: dict[str, Any] = {
+        key: float(doc[key]) for key in ("power_w", "radio_nj_per_byte", "uplink_mbps", "link_rtt_ms")
+        if doc.get(key) is not None
+    }
+    fields["device_class"] = str(doc.get("device_class") or doc.get("profile") or "")
+    fields["cpu_percent"] = float(telemetry.get("cpu_percent") or 0.0)
+    if telemetry.get("memory_available_mb") is not None:
+        fields["memory_available_mb"] = float(telemetry["memory_available_mb"])
+    fields["emulated"] = bool(telemetry.get("emulated", doc.get("emulated", False)))
+    return fields
 
 
 def build_snapshot(nodes: Iterable[Mapping[str, Any]]) -> Any:
@@ -88,6 +106,9 @@ class JobRequest:
     max_partitions: int
     input_spec: dict[str, Any] | None
     output_names: tuple[str, ...]
+    microservice: Any = None  # deployment_descriptors.Microservice view
+    model_name: str = ""
+    model_version: Any = None
 
     @property
     def deployment_id(self) -> str:
@@ -116,7 +137,8 @@ def job_request(job: Mapping[str, Any]) -> JobRequest:
     The SLA model block comes through deployment_descriptors' ``ModelSpec`` (defaults
     applied there, once); the registry signature fills the input the SLA leaves open.
     """
-    spec = parse_job_microservice(job.get("microservice")).model
+    view = parse_job_microservice(job.get("microservice"))
+    spec = view.model
     model = job["model"]
     signature = model.get("signature") or {}
     input_spec: Mapping[str, Any] | None = None
@@ -134,12 +156,19 @@ def job_request(job: Mapping[str, Any]) -> JobRequest:
         max_partitions=int(spec.max_partitions),
         input_spec=dict(input_spec) if input_spec else None,
         output_names=outputs,
+        microservice=view,
+        model_name=str(model.get("name") or spec.name),
+        model_version=model.get("version"),
     )
 
 
 @dataclass(frozen=True)
 class PlanOutcome:
-    """A placement decision: partitions with their nodes, or the reasons nothing fits."""
+    """A placement decision: partitions with their nodes, or the reasons nothing fits.
+
+    ``relay_node_id``: the node where inputs arrive, when it is not stage 0's node; the
+    deployer puts a relay stage there so requests really enter at the data's source.
+    """
 
     schedulable: bool
     strategy: str
@@ -148,31 +177,35 @@ class PlanOutcome:
     reasons: dict[str, str] = field(default_factory=dict)
     input_names: tuple[str, ...] = ()
     output_names: tuple[str, ...] = ()
+    predicted: dict[str, Any] = field(default_factory=dict)
+    explanation: dict[str, Any] = field(default_factory=dict)
+    relay_node_id: str | None = None
+    message: str = ""
 
 
-def plan(model: Any, nodes: Sequence[Mapping[str, Any]], max_partitions: int) -> PlanOutcome:
-    """Analyse ``model``, place it over the online ``nodes`` and cut it (decide; nothing applied).
+def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservice: Any, profile: Any,
+         cost_model: Any) -> PlanOutcome:
+    """Schedule ``model`` over ``nodes`` with the ML scheduler and cut it (decide; nothing applied).
 
-    Offline nodes are filtered by the scheduler and appear in ``reasons``.
+    Offline and filtered nodes appear in ``reasons`` with the plugin's reason.
     """
     from ml_scheduler.extract import extract_partitions
-    from ml_scheduler.graph import analyze_model
-    from ml_scheduler.simple import SimpleScheduler
+    from ml_scheduler.scheduler import MlScheduler
 
-    graph = analyze_model(model)
-    snapshot = build_snapshot(nodes)
-    result = SimpleScheduler().place(graph, snapshot, max_partitions)
+    result = MlScheduler(profile).schedule(graph, build_snapshot(nodes), microservice, cost_model)
     reasons = {str(k): str(v) for k, v in (result.reasons or {}).items()}
-    if not result.schedulable and getattr(result, "message", ""):
-        reasons.setdefault("*", str(result.message))
-    io = {"input_names": tuple(graph.input_names), "output_names": tuple(graph.output_names)}
+    if not result.schedulable and result.message:
+        reasons.setdefault("*", result.message)
+    common = {"input_names": tuple(graph.input_names), "output_names": tuple(graph.output_names),
+              "predicted": result.predicted, "explanation": result.explanation, "message": result.message}
     if not result.schedulable:
-        return PlanOutcome(False, str(result.strategy), reasons=reasons, **io)
+        return PlanOutcome(False, result.strategy, reasons=reasons, **common)
     partitions = list(extract_partitions(model, graph, list(result.positions)))
     if len(partitions) != len(result.node_ids):
         raise ValueError(f"scheduler gave {len(result.node_ids)} nodes for {len(partitions)} partitions")
-    return PlanOutcome(True, str(result.strategy), partitions, [str(n) for n in result.node_ids],
-                       reasons, **io)
+    relay = result.source_node_id if result.source_node_id not in (None, result.node_ids[0]) else None
+    return PlanOutcome(True, result.strategy, partitions, [str(n) for n in result.node_ids], reasons,
+                       relay_node_id=relay, **common)
 
 
 def input_spec_for(request: JobRequest, input_names: Sequence[str]) -> dict[str, Any]:
@@ -193,13 +226,21 @@ def build_placement(
     partitions: Sequence[Any],
     node_ids: Sequence[str],
     nodes_by_id: Mapping[str, Mapping[str, Any]],
+    predicted: Mapping[str, Any] | None = None,
+    relay_node_id: str | None = None,
 ) -> dict[str, Any]:
-    """The placement document exactly as in docs/contracts.md (all stages start PENDING)."""
+    """The placement document of docs/contracts.md (all stages start PENDING).
+
+    With ``predicted`` (the scheduler's plan summary) each stage carries its predicted
+    compute and inbound transfer ms, and the placement its predicted latency, throughput
+    and energy. With ``relay_node_id``, ``relay`` describes the entry stage on that node.
+    """
+    predicted_stages = {int(s["index"]): s for s in (predicted or {}).get("stages", [])}
     stages = []
     for part, node_id in zip(partitions, node_ids):
         node = nodes_by_id[node_id]
         index = int(part.index)
-        stages.append({
+        stage = {
             "index": index,
             "node_id": node_id,
             "node_name": node.get("name"),
@@ -213,9 +254,19 @@ def build_placement(
             "cut_bytes": int(part.cut_bytes),
             "sha256": part.sha256,
             "state": "PENDING",
-        })
-    entry = stages[0] if stages else None
-    return {
+        }
+        if index in predicted_stages:
+            stage["predicted_compute_ms"] = predicted_stages[index]["compute_ms"]
+            stage["predicted_transfer_in_ms"] = predicted_stages[index]["transfer_in_ms"]
+        stages.append(stage)
+    relay = None
+    if relay_node_id is not None and stages:
+        node = nodes_by_id[relay_node_id]
+        relay = {"index": RELAY_STAGE, "node_id": relay_node_id, "node_name": node.get("name"),
+                 "endpoint": node.get("data_endpoint"), "stage_key": stage_key(deployment_id, RELAY_STAGE),
+                 "inputs": list(stages[0]["inputs"]), "state": "PENDING"}
+    entry = relay or (stages[0] if stages else None)
+    placement = {
         "deployment_id": deployment_id,
         "generation": generation,
         "strategy": strategy,
@@ -224,11 +275,16 @@ def build_placement(
         "entry": {"node_id": entry["node_id"], "endpoint": entry["endpoint"], "stage_key": entry["stage_key"]}
         if entry else None,
         "stages": stages,
+        "relay": relay,
     }
+    if predicted:
+        placement["predicted"] = {k: v for k, v in predicted.items() if k != "stages"}
+    return placement
 
 
 def deploy_commands(placement: Mapping[str, Any], root_url: str) -> list[tuple[str, DeployCommand]]:
-    """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none."""
+    """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none.
+    A relay entry stage (no artifact) forwards the raw inputs to stage 0."""
     stages = sorted(placement["stages"], key=lambda s: s["index"])
     commands = []
     for i, stage in enumerate(stages):
@@ -244,6 +300,14 @@ def deploy_commands(placement: Mapping[str, Any], root_url: str) -> list[tuple[s
             next=nxt,
             generation=int(placement["generation"]),
         )))
+    relay = placement.get("relay")
+    if relay and stages:
+        first = stages[0]
+        commands.insert(0, (relay["node_id"], DeployCommand(
+            deployment_id=placement["deployment_id"], stage=RELAY_STAGE, artifact_url="", sha256="",
+            inputs=list(relay["inputs"]), outputs=list(relay["inputs"]),
+            next=NextStage(first["node_id"], first["endpoint"], first["stage_key"]),
+            generation=int(placement["generation"]), relay=True)))
     return commands
 
 
@@ -255,6 +319,9 @@ def stale_stages(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[
     """
     if not old:
         return []
-    kept = {(s["node_id"], int(s["index"])) for s in new.get("stages", [])}
-    return [(s["node_id"], int(s["index"])) for s in old.get("stages", [])
+    def all_stages(placement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        return [*placement.get("stages", []), *([placement["relay"]] if placement.get("relay") else [])]
+
+    kept = {(s["node_id"], int(s["index"])) for s in all_stages(new)}
+    return [(s["node_id"], int(s["index"])) for s in all_stages(old)
             if (s["node_id"], int(s["index"])) not in kept]

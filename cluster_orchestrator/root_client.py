@@ -60,5 +60,16 @@ class RootClient:
             raise IntegrityError(f"model artifact sha256 {digest} != expected {expected_sha256}")
         return data
 
+    def model_profiles(self, name: str, version: Any) -> dict[str, dict[str, Any]]:
+        """Stored per-device-class op profiles of a model version (``{}`` when none)."""
+        body = call_json("GET", f"{self.root_url}/api/models/{name}/versions/{version}/profiles",
+                         timeout=self.timeout, session=self._session)
+        return dict((body or {}).get("profiles") or {})
+
+    def put_model_profile(self, name: str, version: Any, device_class: str, profile: dict[str, Any]) -> None:
+        """Keep a measured profile with the model version at the root, for later deployments."""
+        call_json("PUT", f"{self.root_url}/api/models/{name}/versions/{version}/profiles/{device_class}",
+                  json=profile, timeout=self.timeout, session=self._session)
+
     def close(self) -> None:
         self._session.close()

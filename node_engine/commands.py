@@ -36,7 +36,7 @@ from treeline_common.messages import (
 )
 
 from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
-from node_engine.stages import LoadedStage, Session, StageCounters, StageTable
+from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,13 @@ class CommandHandler:
             self._stages.put(current.with_route(cmd.next, cmd.generation))
             log.info("stage %s already loaded; re-reporting READY", key)
             self._state(cmd, "READY", load_ms=current.load_ms)
+            return
+        if cmd.relay:  # relay stage: no artifact to download or load (node_engine.stages.relay_stage)
+            previous = self._stages.put(relay_stage(cmd, current.counters if current is not None else None))
+            if previous is not None:
+                previous.session.close()
+            log.info("relay stage %s READY (next=%s)", key, cmd.next.stage_key if cmd.next else None)
+            self._state(cmd, "READY")
             return
         self._state(cmd, "DOWNLOADING")
         try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
-from treeline_common.messages import NodeStatus, StageState, StageStats, encode
+from treeline_common.messages import NodeStatus, ProfileResult, StageState, StageStats, encode
 from treeline_common.shutdown import ShutdownSignal
 
 from node_engine.commands import CommandHandler
@@ -35,6 +35,7 @@ from node_engine.config import NodeConfig, parse_args
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import Emulator
 from node_engine.mqtt_link import MqttLink
+from node_engine.profiling import ProfileWorker
 from node_engine.registration import register
 from node_engine.runtime import load_partition
 from node_engine.stages import Session, StageRunner, StageTable
@@ -64,7 +65,7 @@ class NodeEngine:
     def run(self) -> int:
         own_dir = self.config.data_dir is None
         data_dir = Path(self.config.data_dir or tempfile.mkdtemp(prefix="treeline-node-"))
-        runner = StageRunner(Emulator(self.config.profile.speed_factor, self.stop), self.clock)
+        runner = StageRunner(Emulator.from_profile(self.config.profile, self.stop), self.clock)
         # An emulated device computes one request at a time (a second worker would double its
         # emulated throughput); a real host overlaps two. Either way, requests waiting on a
         # downstream stage do not hold a worker, so the pipeline still has many in flight.
@@ -72,6 +73,7 @@ class NodeEngine:
         server = DataPlaneServer(self.stages, runner, host=self.config.host, port=self.config.data_port,
                                  workers=workers, clock=self.clock, name=self.config.name)
         commands: CommandHandler | None = None
+        profiler: ProfileWorker | None = None
         try:
             endpoint = server.start()
             body = registration_body(self.config.name, self.config.profile, endpoint)
@@ -91,8 +93,14 @@ class NodeEngine:
                             will=self._next_will, on_connected=self._on_connected)
             link.subscribe(topics.control_deploy(self.node_id), commands.on_deploy)
             link.subscribe(topics.control_delete(self.node_id), commands.on_delete)
+            profile = self.config.profile
+            profiler = ProfileWorker(self.node_id, profile.device_class, data_dir, self._publish_profile, self.clock,
+                                     self.stop, threads=self.config.threads,
+                                     speed_factor=profile.speed_factor if profile.emulated else 1.0)
+            link.subscribe(topics.control_profile(self.node_id), profiler.on_profile)
             self._link = link
             commands.start()
+            profiler.start()
             link.start()
             interval = (self.config.telemetry_interval or registration.telemetry_interval
                         or DEFAULT_TELEMETRY_INTERVAL)
@@ -102,6 +110,8 @@ class NodeEngine:
         finally:
             if commands is not None:
                 commands.stop()
+            if profiler is not None:
+                profiler.stop()
             server.close()
             for stage in self.stages.clear():
                 stage.session.close()
@@ -158,6 +168,10 @@ class NodeEngine:
         birth = NodeStatus(node_id=self.node_id, state="online", seq=self._current_seq(), ts=self.clock.now())
         self._link.publish(topics.status(self.node_id), encode(birth), qos=1, retain=True)
         log.info("online (seq %s)", birth.seq)
+
+    def _publish_profile(self, result: ProfileResult) -> None:
+        if self._link is not None:
+            self._link.publish(topics.profile_result(self.node_id), encode(result), qos=1)
 
     def _report_state(self, state: StageState) -> None:
         if self._link is None:

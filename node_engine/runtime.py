@@ -8,9 +8,15 @@ the GIL), which is what lets a node keep several requests in flight per stage.
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -52,3 +58,69 @@ def load_partition(path: str | Path, threads: int = 0) -> PartitionSession:
     """Load ``path`` into a new session; onnxruntime errors propagate to the caller."""
     log.debug("loading partition %s (threads=%s)", path, threads)
     return PartitionSession(path, threads)
+
+
+# ---------------------------------------------------------------- profiling (see node_engine.profiling)
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class ProfileTrace:
+    """What one profiling session produced: ORT's trace events and the wall time of each run."""
+
+    events: list[dict[str, Any]]
+    run_ms: list[float]  # every run, warmup included, in order
+
+
+def random_inputs(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random feed matching the declared inputs (symbolic dimensions taken as 1)."""
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for spec in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        dtype = _ORT_DTYPES.get(spec.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def profile_model(path: str | Path, *, runs: int, warmup: int, threads: int = 0,
+                  trace_dir: str | Path | None = None) -> ProfileTrace:
+    """Run the model ``warmup + runs`` times with ORT's profiler on; return and delete its trace.
+
+    The session is configured exactly like a serving :class:`PartitionSession` (same threads,
+    same default graph optimisations), so the kernels timed are the kernels that serve.
+    """
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    directory = Path(trace_dir) if trace_dir is not None else Path(tempfile.mkdtemp(prefix="treeline-profile-"))
+    options.profile_file_prefix = str(directory / "ort_profile")
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    trace_file = ""
+    try:
+        feed = random_inputs(session)
+        run_ms: list[float] = []
+        for _ in range(max(0, warmup) + max(1, runs)):
+            start = time.perf_counter()
+            session.run(None, feed)
+            run_ms.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        trace_file = session.end_profiling()
+    try:
+        with open(trace_file, encoding="utf-8") as fh:
+            events = json.load(fh)
+    finally:
+        Path(trace_file).unlink(missing_ok=True)
+        if trace_dir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return ProfileTrace(events if isinstance(events, list) else [], run_ms)

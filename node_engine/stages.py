@@ -5,6 +5,11 @@ plane reads it (on its poll and worker threads), so every access goes through on
 and entries are immutable: a re-deploy with a new ``next`` replaces the entry while the
 per-stage counters carry over. :class:`StageRunner` runs one stage with timing, emulated
 slowdown and statistics, the single place where a partition is executed.
+
+A *relay* stage (``DeployCommand.relay``) has no model: it hands its inputs on unchanged.
+It exists so a request can enter on the node where the data is when the first partition
+runs elsewhere; shipping the raw input then costs that node's (emulated) uplink, which is
+exactly what the planner charged for the placement.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from treeline_common.clock import Clock, SystemClock
-from treeline_common.messages import NextStage
+from treeline_common.messages import DeployCommand, NextStage, stage_key
 
 from node_engine.emulation import Emulator
 
@@ -68,6 +73,7 @@ class LoadedStage:
     load_ms: float = 0.0
     counters: StageCounters = field(default_factory=StageCounters)
     outputs: tuple[str, ...] = ()  # what the plan says this stage sends on; () = the session's outputs
+    relay: bool = False  # no model: the inputs are the outputs (session is RELAY_SESSION)
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -91,6 +97,47 @@ class LoadedStage:
 
     def with_route(self, next_stage: NextStage | None, generation: int) -> LoadedStage:
         return dataclasses.replace(self, next=next_stage, generation=generation)
+
+
+class _RelaySession:
+    """The session of a relay stage: nothing to load, nothing to free, inputs pass through.
+
+    A null object rather than ``session=None`` so every holder of a :class:`LoadedStage`
+    (unload on delete, shutdown) can keep calling ``session.close()`` without a special case.
+    """
+
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(inputs)
+
+    def close(self) -> None:
+        pass
+
+
+RELAY_SESSION: Session = _RelaySession()
+
+
+def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> LoadedStage:
+    """The stage a ``relay=True`` deploy command asks for (no artifact, no session).
+
+    It sends on the declared outputs (or, when none are declared, the declared inputs), so
+    a request carrying extra tensors does not leak them downstream; with neither declared
+    it forwards everything it received.
+    """
+    return LoadedStage(
+        key=stage_key(cmd.deployment_id, cmd.stage),
+        deployment_id=cmd.deployment_id,
+        index=cmd.stage,
+        sha256=cmd.sha256.lower(),
+        generation=cmd.generation,
+        session=RELAY_SESSION,
+        next=cmd.next,
+        counters=counters if counters is not None else StageCounters(),
+        outputs=tuple(cmd.outputs or cmd.inputs),
+        relay=True,
+    )
 
 
 class StageTable:
@@ -140,13 +187,23 @@ class StageRunner:
 
     ``compute_ms`` is what the (emulated) device took: the real compute plus the wait, so
     the timings a caller sees are those of the device being emulated.
+
+    A relay stage computes nothing, so it is neither timed nor slowed down: it reports
+    0 ms and only counts the request.
     """
 
     def __init__(self, emulator: Emulator | None = None, clock: Clock | None = None) -> None:
         self._emulator = emulator or Emulator(1.0)
         self._clock = clock or SystemClock()
 
+    def link_delay_ms(self, payload_bytes: int) -> float:
+        """Emulated uplink ms before ``payload_bytes`` may leave for another node (0 if native)."""
+        return self._emulator.link_delay_ms(payload_bytes)
+
     def run(self, stage: LoadedStage, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        if stage.relay:
+            stage.counters.add(0.0)
+            return dict(inputs), 0.0
         start = self._clock.monotonic()
         outputs = stage.session.run(inputs)
         self._emulator.slow_down(self._clock.monotonic() - start)

@@ -43,6 +43,13 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str) -> 
         "battery": dataclasses.asdict(profile.battery) if profile.battery else None,
         "labels": list(profile.labels),
         "data_endpoint": data_endpoint,
+        # Declared device figures for the planner's energy and link costs (docs/contracts.md,
+        # "Scheduler v2 additions"); emulated links charge the same uplink figures.
+        "power_w": profile.power_w,
+        "radio_nj_per_byte": profile.radio_nj_per_byte,
+        "uplink_mbps": profile.uplink_mbps,
+        "link_rtt_ms": profile.link_rtt_ms,
+        "device_class": profile.device_class,
     }
 
 

@@ -46,6 +46,7 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
     from root_orchestrator.api.applications import bp as applications_bp
     from root_orchestrator.api.clusters import bp as clusters_bp
     from root_orchestrator.api.models import bp as models_bp
+    from root_orchestrator.api.profiles import bp as profiles_bp
     from root_orchestrator.api.system import bp as system_bp
 
     app = Flask("root_orchestrator", static_folder=None)
@@ -54,7 +55,7 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
     manager = InstanceManager(stores, clock, cluster_client, public_url, active_window_s)
     app.extensions[EXTENSION] = RootContext(stores, clock, cluster_client, public_url.rstrip("/"),
                                             active_window_s, manager)
-    for bp in (system_bp, models_bp, applications_bp, clusters_bp):
+    for bp in (system_bp, models_bp, profiles_bp, applications_bp, clusters_bp):
         app.register_blueprint(bp)
     install_error_handlers(app)
     return app

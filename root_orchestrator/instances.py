@@ -34,10 +34,11 @@ Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
 def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
     """Service-level status fields follow the most recently changed instance."""
     if inst is None:
-        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None)
+        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None, explanation=None)
     else:
         fields.update(status=inst["status"], status_detail=inst.get("status_detail", ""),
-                      cluster_id=inst.get("cluster_id"), placement=inst.get("placement"))
+                      cluster_id=inst.get("cluster_id"), placement=inst.get("placement"),
+                      explanation=inst.get("explanation"))
     return fields
 
 
@@ -238,6 +239,8 @@ class InstanceManager:
             inst.update(cluster_id=cluster_id, status=status, status_detail=str(job.get("status_detail") or ""))
             if "placement" in job:
                 inst["placement"] = job["placement"]
+            if isinstance(job.get("explanation"), dict):
+                inst["explanation"] = job["explanation"]  # the scheduler's reasons and scores
             return _mirror({"instances": instances}, inst)
 
         try:

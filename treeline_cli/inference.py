@@ -17,6 +17,9 @@ import numpy as np
 from node_engine.data_plane.client import TensorClient
 
 
+LINK_SUFFIX = "->link"  # timing keys "<stage_key>->link": emulated transfer time to the next stage
+
+
 @dataclass
 class InferenceReport:
     requests: int
@@ -26,6 +29,7 @@ class InferenceReport:
     throughput_rps: float
     in_flight: int
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean compute ms per stage key
+    link_ms: dict[str, float] = field(default_factory=dict)  # mean emulated transfer ms after a stage
 
 
 def random_inputs(input_spec: dict[str, Any], n: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -63,5 +67,7 @@ def run_requests(
         mean_ms=float(latencies_ms.mean()),
         throughput_rps=n / wall_s if wall_s > 0 else 0.0,
         in_flight=in_flight,
-        stage_ms={key: float(np.mean(v)) for key, v in stage_totals.items()},
+        stage_ms={key: float(np.mean(v)) for key, v in stage_totals.items() if not key.endswith(LINK_SUFFIX)},
+        link_ms={key[: -len(LINK_SUFFIX)]: float(np.mean(v)) for key, v in stage_totals.items()
+                 if key.endswith(LINK_SUFFIX)},
     )

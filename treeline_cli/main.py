@@ -104,7 +104,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
           f"({len(service['placement']['stages'])} stages, {report.in_flight} in flight)")
     print(f"p50 {report.p50_ms:.2f} ms   p99 {report.p99_ms:.2f} ms   throughput {report.throughput_rps:.1f} req/s")
     for key, ms in report.stage_ms.items():
-        print(f"  stage {key}: {ms:.2f} ms compute")
+        link = report.link_ms.get(key)
+        print(f"  stage {key}: {ms:.2f} ms compute" + (f", {link:.2f} ms link to the next stage" if link else ""))
     return 0
 
 

@@ -4,26 +4,30 @@ Threading model (zmq sockets are not thread-safe, so exactly one thread touches 
 
 - the **poll thread** owns the ROUTER, one DEALER per downstream endpoint and the wake
   socket; it reads requests, hands them to workers, sends replies and forwards, and relays
-  downstream replies back to the original caller;
+  downstream replies back to the original caller (:mod:`.forwarding`);
 - **worker threads** run partitions (onnxruntime releases the GIL; the emulated slowdown
   waits there, never in the poll thread) and hand results back through a queue plus a
   one-frame wake message on an inproc PUSH/PULL pair.
 
 Requests in flight (computing or waiting for a downstream reply) are bounded by
 ``max_in_flight``; while the bound is reached the ROUTER is not read, so zmq's high-water
-marks push back on the callers. Forwarded requests get a node-local request id (two
-callers may pick the same id) mapped back to the caller's routing envelope and id; a
-downstream that does not answer within ``forward_timeout`` yields an ``error`` reply.
-A next stage on this same node (same endpoint) is run in-process: the arrays are handed
-over without touching a socket.
+marks push back on the callers. A downstream that does not answer within
+``forward_timeout`` yields an ``error`` reply. A next stage on this same node (same
+endpoint) is run in-process: the arrays are handed over without touching a socket.
+
+An emulated node charges its uplink before a forward leaves (``runner.link_delay_ms``):
+the forward waits in a :class:`~.forwarding.LinkQueue` that the poll loop drains on time,
+so the workers go on computing meanwhile; the wait shows up in the request's timings as
+``"<stage_key>->link"``. Relay stages (no model) are passed on straight from the poll
+thread when their next stage is remote, so they never queue behind a busy worker.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +36,15 @@ import numpy as np
 import zmq
 
 from treeline_common.clock import Clock, SystemClock
-from treeline_common.tensor_wire import FramingError, TensorHeader, pack, unpack
+from treeline_common.tensor_wire import FramingError, pack, payload_bytes, unpack
 
+from node_engine.data_plane.forwarding import Forward, Forwarder, LinkQueue, link_timing_key
 from node_engine.stages import StageRunner, StageTable
 
 log = logging.getLogger(__name__)
 
 MAX_LOCAL_HOPS = 64  # guards against a stage routed to itself in a loop
+POLL_MS = 100  # longest the poll loop blocks (stop flag, deadlines); link due times cut it shorter
 
 
 @dataclass
@@ -57,17 +63,18 @@ class _Result:
     job: _Job
     kind: str  # "reply" | "error" | "forward"
     outputs: dict[str, np.ndarray]
-    stage: str = ""
-    endpoint: str = ""
+    stage: str = ""  # forward: the downstream stage key
+    endpoint: str = ""  # forward: the downstream node's endpoint
     error: str = ""
+    source: str = ""  # forward: the last stage run here (names the link timing)
 
 
 @dataclass
-class _Pending:
-    envelope: list[Any]
-    request_id: str
-    endpoint: str
-    deadline: float
+class _Delayed:
+    """A forward waiting out the emulated uplink, and when it started waiting."""
+
+    forward: Forward
+    queued_at: float
 
 
 class DataPlaneServer:
@@ -109,7 +116,6 @@ class DataPlaneServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
-        self._ids = itertools.count(1)
         self.endpoint = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -171,11 +177,11 @@ class DataPlaneServer:
     def _loop(self) -> None:
         assert self._router is not None and self._wake_pull is not None and self._ctx is not None
         router, wake = self._router, self._wake_pull
-        dealers: dict[str, zmq.Socket[Any]] = {}
-        pending: dict[str, _Pending] = {}
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
+        forwarder = Forwarder(self._ctx, poller, name=self._name, timeout=self._forward_timeout)
+        links: LinkQueue[_Delayed] = LinkQueue()
         reading = True
         in_flight = 0
         try:
@@ -186,28 +192,30 @@ class DataPlaneServer:
                 elif not reading and in_flight < self._max_in_flight:
                     poller.modify(router, zmq.POLLIN)
                     reading = True
-                events = dict(poller.poll(100))
+                events = dict(poller.poll(links.poll_timeout_ms(self._clock.monotonic(), POLL_MS)))
                 if wake in events:
                     while wake.poll(0):
                         wake.recv()
-                    in_flight -= self._drain_results(router, dealers, pending, poller)
-                for dealer in list(dealers.values()):
+                    in_flight -= self._drain_results(router, forwarder, links)
+                for dealer in forwarder.sockets():
                     if dealer in events:
-                        in_flight -= self._relay_downstream(dealer, router, pending)
+                        in_flight -= forwarder.relay_back(dealer, self._sender(router))
                 if router in events:
-                    in_flight += self._accept(router)
-                in_flight -= self._expire(router, pending)
+                    in_flight += self._accept(router, forwarder, links)
+                in_flight -= self._send_due(router, forwarder, links)
+                in_flight -= forwarder.expire(self._clock.monotonic(), self._sender(router))
         except zmq.ContextTerminated:
             pass
         except Exception:  # noqa: BLE001 - log and stop rather than die silently
             log.exception("data plane poll loop failed")
         finally:
-            for dealer in dealers.values():
-                dealer.close(0)
+            if links:
+                log.info("dropping %d forward(s) still waiting on the emulated link", len(links))
+            forwarder.close()
             router.close(0)
             wake.close(0)
 
-    def _accept(self, router: zmq.Socket[Any]) -> int:
+    def _accept(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed]) -> int:
         """Read one request; return 1 if it was taken into flight, else 0."""
         frames = router.recv_multipart(copy=False)
         envelope, body = _split_envelope(frames)
@@ -221,82 +229,69 @@ class DataPlaneServer:
             self._send(router, envelope, pack("error", header.request_id, {}, stage=header.stage,
                                               error=f"expected a request, got {header.kind!r}"))
             return 0
-        if self._stages.get(header.stage) is None:
+        stage = self._stages.get(header.stage)
+        if stage is None:
             self._send(router, envelope, pack("error", header.request_id, {}, stage=header.stage,
                                               error=self._unknown_stage(header.stage)))
             return 0
         job = _Job(envelope, header.request_id, header.stage, arrays, dict(header.timings))
+        if stage.relay and (stage.next is None or stage.next.endpoint != self.endpoint):
+            # nothing to compute: pass it on here rather than queue behind a busy worker
+            return 1 - self._dispatch(router, forwarder, links, self._chain_or_error(job))
         assert self._pool is not None
         self._pool.submit(self._work, job)
         return 1
 
-    def _drain_results(self, router: zmq.Socket[Any], dealers: dict[str, zmq.Socket[Any]],
-                       pending: dict[str, _Pending], poller: zmq.Poller) -> int:
-        """Send what workers finished; return how many requests left flight."""
+    def _drain_results(self, router: zmq.Socket[Any], forwarder: Forwarder,
+                       links: LinkQueue[_Delayed]) -> int:
+        """Dispatch what workers finished; return how many requests left flight."""
         done = 0
         while True:
             try:
                 result = self._results.get_nowait()
             except queue.Empty:
                 return done
-            job = result.job
-            if result.kind == "forward":
-                if self._forward(result, dealers, pending, poller):
-                    continue
-                result = _Result(job, "error", {}, error=f"downstream {result.endpoint} is not accepting requests")
-            frames = pack(result.kind, job.request_id, result.outputs, stage=job.stage,
-                          timings=job.timings, error=result.error)
-            self._send(router, job.envelope, frames)
-            done += 1
+            done += self._dispatch(router, forwarder, links, result)
 
-    def _forward(self, result: _Result, dealers: dict[str, zmq.Socket[Any]],
-                 pending: dict[str, _Pending], poller: zmq.Poller) -> bool:
-        dealer = dealers.get(result.endpoint)
-        if dealer is None:
-            assert self._ctx is not None
-            dealer = self._ctx.socket(zmq.DEALER)
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.connect(result.endpoint)
-            dealers[result.endpoint] = dealer
-            poller.register(dealer, zmq.POLLIN)
+    def _dispatch(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed],
+                  result: _Result) -> int:
+        """Answer the caller, or forward (after the emulated link, if any); 1 if the request left flight."""
         job = result.job
-        local_id = f"{self._name}-{next(self._ids)}"
-        frames = pack("request", local_id, result.outputs, stage=result.stage, timings=job.timings)
-        try:
-            dealer.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        pending[local_id] = _Pending(job.envelope, job.request_id, result.endpoint,
-                                     self._clock.monotonic() + self._forward_timeout)
-        return True
-
-    def _relay_downstream(self, dealer: zmq.Socket[Any], router: zmq.Socket[Any],
-                          pending: dict[str, _Pending]) -> int:
-        """Relay one downstream reply/error to its original caller, tensors untouched."""
-        frames = dealer.recv_multipart(copy=False)
-        try:
-            header = TensorHeader.from_bytes(frames[0].buffer)
-        except FramingError as exc:
-            log.warning("dropping malformed downstream message: %s", exc)
-            return 0
-        entry = pending.pop(header.request_id, None)
-        if entry is None:
-            log.debug("late downstream reply %s dropped", header.request_id)
-            return 0
-        header.request_id = entry.request_id
-        self._send(router, entry.envelope, [header.to_bytes(), *frames[1:]])
+        if result.kind == "forward":
+            forward = Forward(job.envelope, job.request_id, result.source, result.stage, result.endpoint,
+                              result.outputs, job.timings)
+            now = self._clock.monotonic()
+            delay_ms = self._runner.link_delay_ms(payload_bytes(result.outputs))
+            if delay_ms > 0.0:
+                links.push(now + delay_ms / 1000.0, _Delayed(forward, now))
+                return 0
+            if forwarder.send(forward, now):
+                return 0
+            result = _Result(job, "error", {}, error=f"downstream {result.endpoint} is not accepting requests")
+        frames = pack(result.kind, job.request_id, result.outputs, stage=job.stage,
+                      timings=job.timings, error=result.error)
+        self._send(router, job.envelope, frames)
         return 1
 
-    def _expire(self, router: zmq.Socket[Any], pending: dict[str, _Pending]) -> int:
-        if not pending:
+    def _send_due(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed]) -> int:
+        """Send the forwards whose emulated transfer is over; return how many left flight (failed)."""
+        if not links:
             return 0
         now = self._clock.monotonic()
-        expired = [key for key, entry in pending.items() if entry.deadline <= now]
-        for key in expired:
-            entry = pending.pop(key)
-            message = f"downstream {entry.endpoint} did not answer within {self._forward_timeout:.1f}s"
-            self._send(router, entry.envelope, pack("error", entry.request_id, {}, error=message))
-        return len(expired)
+        failed = 0
+        for delayed in links.pop_due(now):
+            forward = delayed.forward
+            forward.timings[link_timing_key(forward.source)] = (now - delayed.queued_at) * 1000.0
+            if forwarder.send(forward, now):
+                continue
+            message = f"downstream {forward.endpoint} is not accepting requests"
+            self._send(router, forward.envelope,
+                       pack("error", forward.request_id, {}, stage=forward.source, error=message))
+            failed += 1
+        return failed
+
+    def _sender(self, router: zmq.Socket[Any]) -> Callable[[list[Any], list[Any]], None]:
+        return lambda envelope, frames: self._send(router, envelope, frames)
 
     def _send(self, router: zmq.Socket[Any], envelope: list[Any], frames: list[Any]) -> None:
         try:
@@ -311,13 +306,15 @@ class DataPlaneServer:
 
     def _work(self, job: _Job) -> None:
         """Run the job's stage and any following stages on this node; queue the result."""
+        self._results.put(self._chain_or_error(job))
+        self._wake()
+
+    def _chain_or_error(self, job: _Job) -> _Result:
         try:
-            result = self._run_chain(job)
+            return self._run_chain(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             log.warning("stage %s failed: %s", job.stage, exc)
-            result = _Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}")
-        self._results.put(result)
-        self._wake()
+            return _Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}")
 
     def _run_chain(self, job: _Job) -> _Result:
         key, inputs = job.stage, job.inputs
@@ -331,7 +328,8 @@ class DataPlaneServer:
             if stage.next is None:
                 return _Result(job, "reply", outputs)
             if stage.next.endpoint != self.endpoint:
-                return _Result(job, "forward", outputs, stage=stage.next.stage_key, endpoint=stage.next.endpoint)
+                return _Result(job, "forward", outputs, stage=stage.next.stage_key,
+                               endpoint=stage.next.endpoint, source=key)
             key, inputs = stage.next.stage_key, outputs  # co-located: hand the arrays over in-process
         return _Result(job, "error", {}, error=f"stage {job.stage}: more than {MAX_LOCAL_HOPS} local hops")
 

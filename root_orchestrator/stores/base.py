@@ -155,6 +155,21 @@ class ModelRegistry(ABC):
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         """Point ``alias`` at an existing version (moving it if set); returns that version doc."""
 
+    # Op-time profiles (docs/contracts.md, "Scheduler v2 additions"): one document per
+    # (model, version, device class); a put replaces the previous one (last write wins).
+
+    @abstractmethod
+    def put_profile(self, name: str, version: int, device_class: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Store ``doc`` for an existing version; NotFound names the model or version. Returns it."""
+
+    @abstractmethod
+    def get_profile(self, name: str, version: int, device_class: str) -> dict[str, Any]:
+        """The stored profile; NotFound (path ``device_class``) if that class has none."""
+
+    @abstractmethod
+    def list_profiles(self, name: str, version: int) -> dict[str, dict[str, Any]]:
+        """``{device_class: profile doc}`` of one version (empty when none)."""
+
 
 class ApplicationStore(ABC):
     """Applications and their services (one per SLA microservice).

@@ -12,6 +12,7 @@ database itself.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 from typing import IO, Any
@@ -51,6 +52,7 @@ def ensure_indexes(db: Database) -> None:
     db.model_versions.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
     db.services.create_index([("application_id", ASCENDING)])
     db.clusters.create_index([("cluster_name", ASCENDING)], unique=True)
+    db.model_profiles.create_index([("name", ASCENDING), ("version", ASCENDING)])
 
 
 class MongoArtifactStore(ArtifactStore):
@@ -153,6 +155,33 @@ class MongoModelRegistry(ModelRegistry):
             raise not_found("version", f"{name}:{version}", "model.version")
         self.db.models.update_one({"_id": name}, {"$set": {f"aliases.{alias}": version}})
         return with_aliases(doc, self._model(name)[1])
+
+    def _check_version(self, name: str, version: int) -> None:
+        self._model(name)
+        if self.db.model_versions.find_one({"name": name, "version": version}, {"_id": True}) is None:
+            raise not_found("version", f"{name}:{version}", "model.version")
+
+    def put_profile(self, name: str, version: int, device_class: str, doc: dict[str, Any]) -> dict[str, Any]:
+        self._check_version(name, version)
+        # One document per key, replaced whole: last write wins, atomically. The profile is kept as
+        # JSON text: its op_ms keys are ONNX node names, which may contain '.' or start with '$'.
+        self.db.model_profiles.replace_one(
+            {"_id": f"{name}:{version}:{device_class}"},
+            {"name": name, "version": version, "device_class": device_class,
+             "json": json.dumps(doc, separators=(",", ":"))}, upsert=True)
+        return doc
+
+    def get_profile(self, name: str, version: int, device_class: str) -> dict[str, Any]:
+        self._check_version(name, version)
+        found = self.db.model_profiles.find_one({"_id": f"{name}:{version}:{device_class}"})
+        if found is None:
+            raise not_found("profile", f"{name}:{version}:{device_class}", "device_class")
+        return dict(json.loads(found["json"]))
+
+    def list_profiles(self, name: str, version: int) -> dict[str, dict[str, Any]]:
+        self._check_version(name, version)
+        found = self.db.model_profiles.find({"name": name, "version": version}).sort("device_class", ASCENDING)
+        return {f["device_class"]: dict(json.loads(f["json"])) for f in found}
 
 
 def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS model_versions (name TEXT NOT NULL, version INTEGER N
 CREATE TABLE IF NOT EXISTS applications (id TEXT PRIMARY KEY, user TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS services (id TEXT PRIMARY KEY, application_id TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS model_profiles (name TEXT NOT NULL, version INTEGER NOT NULL,
+                                           device_class TEXT NOT NULL, doc TEXT NOT NULL,
+                                           PRIMARY KEY (name, version, device_class));
 """
 
 
@@ -219,6 +222,34 @@ class SqliteModelRegistry(ModelRegistry):
             aliases[alias] = version
             conn.execute("UPDATE models SET aliases=? WHERE name=?", (_dump(aliases), name))
         return with_aliases(json.loads(row[0]), aliases)
+
+    def _check_version(self, conn: sqlite3.Connection, name: str, version: int) -> None:
+        self._model_row(conn, name)
+        if conn.execute("SELECT 1 FROM model_versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
+            raise not_found("version", f"{name}:{version}", "model.version")
+
+    def put_profile(self, name: str, version: int, device_class: str, doc: dict[str, Any]) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            self._check_version(conn, name, version)
+            conn.execute("INSERT OR REPLACE INTO model_profiles (name, version, device_class, doc) VALUES (?, ?, ?, ?)",
+                         (name, version, device_class, _dump(doc)))
+        return doc
+
+    def get_profile(self, name: str, version: int, device_class: str) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            self._check_version(conn, name, version)
+            row = conn.execute("SELECT doc FROM model_profiles WHERE name=? AND version=? AND device_class=?",
+                               (name, version, device_class)).fetchone()
+        if row is None:
+            raise not_found("profile", f"{name}:{version}:{device_class}", "device_class")
+        return json.loads(row[0])
+
+    def list_profiles(self, name: str, version: int) -> dict[str, dict[str, Any]]:
+        with self.db.tx() as conn:
+            self._check_version(conn, name, version)
+            rows = conn.execute("SELECT device_class, doc FROM model_profiles WHERE name=? AND version=? "
+                                "ORDER BY device_class", (name, version)).fetchall()
+        return {c: json.loads(d) for c, d in rows}
 
 
 class SqliteApplicationStore(ApplicationStore):

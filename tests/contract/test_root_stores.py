@@ -176,6 +176,30 @@ def test_registry_errors_name_the_field(stores: Stores) -> None:
             reg.set_alias("m", bad, 1)
 
 
+# -- op-time profiles (on the model registry) ------------------------------------------------------------
+
+def test_profiles_per_version_and_class_last_write_wins(stores: Stores) -> None:
+    reg = stores.models
+    for i in range(2):
+        reg.create_version("m", _sha(bytes([i])), 1, SIG)
+    assert reg.list_profiles("m", 1) == {}
+    with pytest.raises(NotFound) as exc:
+        reg.get_profile("m", 1, "server")
+    assert exc.value.details[0]["path"] == "device_class"
+    doc = {"op_ms": {"a.b": 1.5, "$c": 0.5}, "total_ms": 2.0, "device_class": "server"}
+    assert reg.put_profile("m", 1, "server", doc) == doc
+    reg.put_profile("m", 1, "rpi4", {**doc, "device_class": "rpi4"})
+    reg.put_profile("m", 1, "server", {**doc, "total_ms": 3.0})
+    assert reg.get_profile("m", 1, "server")["total_ms"] == 3.0
+    assert reg.get_profile("m", 1, "server")["op_ms"] == {"a.b": 1.5, "$c": 0.5}
+    assert sorted(reg.list_profiles("m", 1)) == ["rpi4", "server"]
+    assert reg.list_profiles("m", 2) == {}
+    with pytest.raises(NotFound):
+        reg.put_profile("m", 3, "server", doc)
+    with pytest.raises(NotFound):
+        reg.list_profiles("nope", 1)
+
+
 # -- applications and services -------------------------------------------------------------------------
 
 def _create_app(stores: Stores, user: str = "Admin") -> dict:
@@ -274,3 +298,13 @@ def test_unknown_scheme_lists_known_ones() -> None:
         open_stores("redis://localhost")
     for scheme in known_schemes():
         assert scheme in exc.value.message
+
+
+def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["opener"] == "mongomock":
+        pytest.skip("mongomock is in-memory per client")
+    first = opener()
+    first.models.create_version("m", _sha(b"m"), 1, SIG)
+    first.models.put_profile("m", 1, "server", {"op_ms": {"x": 1.0}})
+    first.close()
+    assert opener().models.get_profile("m", 1, "server") == {"op_ms": {"x": 1.0}}

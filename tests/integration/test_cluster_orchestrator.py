@@ -27,7 +27,15 @@ from werkzeug.serving import make_server
 
 from cluster_orchestrator.app import ClusterRuntime, build_config
 from treeline_common import messages, topics
-from treeline_common.messages import DeleteCommand, DeployCommand, NodeStatus, NodeTelemetry, StageState
+from treeline_common.messages import (
+    DeleteCommand,
+    DeployCommand,
+    NodeStatus,
+    NodeTelemetry,
+    ProfileCommand,
+    ProfileResult,
+    StageState,
+)
 from treeline_common.netutil import poll_until
 
 pytestmark = pytest.mark.integration
@@ -67,8 +75,20 @@ class FakeRoot:
         self.artifacts: dict[str, bytes] = {}
         self.pushes: list[dict[str, Any]] = []
         self.registrations: list[dict[str, Any]] = []
+        self.profiles: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         app = Flask("fake-root")
+
+        @app.get("/api/models/tiny/versions/1/profiles")
+        def list_profiles() -> Any:
+            with self._lock:
+                return jsonify({"profiles": dict(self.profiles)})
+
+        @app.put("/api/models/tiny/versions/1/profiles/<device_class>")
+        def put_profile(device_class: str) -> Any:
+            with self._lock:
+                self.profiles[device_class] = request.get_json()
+            return jsonify(request.get_json())
 
         @app.post("/api/clusters/register")
         def register() -> Any:
@@ -100,12 +120,16 @@ class FakeRoot:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def job(self, service_id: str, instance: int = 0, max_partitions: int = 2, sha: str | None = None) -> dict:
+    def job(self, service_id: str, instance: int = 0, max_partitions: int = 2, sha: str | None = None,
+            scheduler_profile: str = "flops-balanced") -> dict:
+        """A root job; the default profile is the FLOPs-balanced baseline, which spreads even this
+        tiny model over every node (the optimal planner would rightly keep it on one)."""
         return {
             "service_id": service_id, "instance": instance, "root_url": self.url,
             "microservice": {"microservice_name": "tiny", "microservice_namespace": "test",
                              "virtualization": "ml-model",
                              "model": {"name": "tiny", "version": 1, "max_partitions": max_partitions,
+                                       "scheduler_profile": scheduler_profile,
                                        "input": {"name": "input", "shape": [1, 8], "dtype": "float32"}}},
             "model": {"name": "tiny", "version": 1, "sha256": sha or hashlib.sha256(self.model).hexdigest(),
                       "artifact_url": f"{self.url}/models/tiny",
@@ -132,12 +156,16 @@ class FakeRoot:
 class FakeNode:
     """A node engine reduced to its MQTT behaviour: birth, telemetry, answers to commands."""
 
-    def __init__(self, broker: Any, node_id: str, answer: str = "READY", reason: str = "") -> None:
+    def __init__(self, broker: Any, node_id: str, answer: str = "READY", reason: str = "",
+                 speed: float = 1.0, device_class: str = "server") -> None:
         self.node_id = node_id
+        self.speed = speed
+        self.device_class = device_class
         self.answer = answer
         self.reason = reason
         self.deploys: list[DeployCommand] = []
         self.deletes: list[DeleteCommand] = []
+        self.profiled: list[ProfileCommand] = []
         self.ready = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fake-{node_id}")
         self._client.will_set(topics.status(node_id),
@@ -149,7 +177,8 @@ class FakeNode:
         self._client.loop_start()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        client.subscribe([(topics.control_deploy(self.node_id), 1), (topics.control_delete(self.node_id), 1)])
+        client.subscribe([(topics.control_deploy(self.node_id), 1), (topics.control_delete(self.node_id), 1),
+                          (topics.control_profile(self.node_id), 1)])
         client.publish(topics.status(self.node_id),
                        messages.encode(NodeStatus(self.node_id, "online", seq=1, ts=time.time())),
                        qos=1, retain=True)
@@ -167,6 +196,14 @@ class FakeNode:
                 generation=cmd.generation, reason=self.reason, ts=time.time())), qos=1)
         elif msg.topic.endswith("/control/delete"):
             self.deletes.append(messages.decode(DeleteCommand, msg.payload))
+        elif msg.topic.endswith("/control/profile"):
+            cmd = messages.decode(ProfileCommand, msg.payload)
+            self.profiled.append(cmd)
+            base = {"mm1": 0.02, "relu1": 0.005, "mm2": 0.03, "relu2": 0.005, "mm3": 0.01}
+            op_ms = {name: ms / self.speed for name, ms in base.items()}
+            client.publish(topics.profile_result(self.node_id), messages.encode(ProfileResult(
+                node_id=self.node_id, request_id=cmd.request_id, sha256=cmd.sha256, device_class=self.device_class,
+                op_ms=op_ms, total_ms=sum(op_ms.values()), runs=cmd.runs, ts=time.time())), qos=1)
 
     def crash(self) -> None:
         """Drop the TCP connection without DISCONNECT, so the broker sends the last will."""
@@ -207,16 +244,17 @@ class Env:
         assert self.runtime is not None
         return self.runtime.url
 
-    def register(self, name: str, speed: float = 1.0) -> str:
-        body = {"name": name, "profile": "server", "emulated": True, "arch": "x86_64", "cpu_count": 4,
+    def register(self, name: str, speed: float = 1.0, profile: str = "server") -> str:
+        body = {"name": name, "profile": profile, "device_class": profile, "emulated": True, "arch": "x86_64", "cpu_count": 4,
                 "memory_limit_mb": 4096, "speed_factor": speed, "accelerators": [], "battery": None,
                 "labels": ["server"], "data_endpoint": f"tcp://127.0.0.1:{7000 + len(self.nodes)}"}
         answer = requests.post(f"{self.url}/api/node/register", json=body, timeout=5)
         assert answer.status_code == 200, answer.text
         return answer.json()["node_id"]
 
-    def add_node(self, name: str, speed: float = 1.0, answer: str = "READY", reason: str = "") -> FakeNode:
-        node = FakeNode(self.broker, self.register(name, speed), answer, reason)
+    def add_node(self, name: str, speed: float = 1.0, answer: str = "READY", reason: str = "",
+                 profile: str = "server") -> FakeNode:
+        node = FakeNode(self.broker, self.register(name, speed, profile), answer, reason, speed, profile)
         self.nodes.append(node)
         assert node.ready.wait(DEADLINE)
         poll_until(lambda: self.node(node.node_id)["online"], DEADLINE, what=f"{name} online")
@@ -248,7 +286,7 @@ def env(mqtt_broker: Any, tmp_path: Path) -> Iterator[Env]:
 
 def test_job_runs_on_two_nodes_and_root_sees_running(env: Env) -> None:
     fast = env.add_node("fast-1", speed=1.0)
-    slow = env.add_node("slow-1", speed=0.5)
+    slow = env.add_node("slow-1", speed=0.5, profile="jetson-nano")
     poll_until(lambda: env.root.registrations, DEADLINE, what="cluster registration")
     answer = requests.post(f"{env.url}/api/service/svc-a/0", json=env.root.job("svc-a"), timeout=5)
     assert answer.status_code == 202, answer.text
@@ -279,6 +317,23 @@ def test_job_runs_on_two_nodes_and_root_sees_running(env: Env) -> None:
     assert env.deployment("svc-a")["status"] == "RUNNING"
     push = env.root.pushes[-1]
     assert push["cluster_id"] == "cluster-abc" and push["aggregate"]["active_nodes"] == 2
+    # one node per device class measured the model, and the root keeps the profiles
+    assert (len(fast.profiled), len(slow.profiled)) == (1, 1)
+    assert env.root.profiles["server"]["op_ms"]["mm2"] == 0.03
+    assert env.root.profiles["jetson-nano"]["op_ms"]["mm2"] == 0.06
+    assert job["explanation"]["plan"]["latency_ms"] > 0 and placement["predicted"]["latency_ms"] > 0
+
+
+def test_optimal_plan_keeps_a_tiny_model_on_the_fastest_node(env: Env) -> None:
+    fast = env.add_node("fast-1", speed=1.0)
+    slow = env.add_node("slow-1", speed=0.5, profile="jetson-nano")
+    job = env.root.job("svc-o", scheduler_profile="default")
+    assert requests.post(f"{env.url}/api/service/svc-o/0", json=job, timeout=5).status_code == 202
+    pushed = poll_until(lambda: env.root.job_push("svc-o", "RUNNING"), DEADLINE, what="RUNNING pushed")
+    assert [s["node_id"] for s in pushed["placement"]["stages"]] == [fast.node_id]
+    explanation = env.deployment("svc-o")["explanation"]
+    assert explanation["filtered_or_unused"][slow.node_id].startswith("not_selected")
+    assert set(explanation["scores"]) == {fast.node_id, slow.node_id}
 
 
 def test_node_failure_answer_fails_the_deployment(env: Env) -> None:

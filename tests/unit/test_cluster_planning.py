@@ -43,7 +43,9 @@ def test_placement_has_the_contract_shape() -> None:
     placement = planning.build_placement("svc-0", 3, "flops-balanced",
                                          {"name": "input", "shape": [1, 8], "dtype": "float32"}, ["output"],
                                          two_parts(), ["n-a", "n-b"], NODES)
-    assert set(placement) == {"deployment_id", "generation", "strategy", "input", "outputs", "entry", "stages"}
+    assert set(placement) == {"deployment_id", "generation", "strategy", "input", "outputs", "entry", "stages",
+                              "relay"}
+    assert placement["relay"] is None
     assert placement["entry"] == {"node_id": "n-a", "endpoint": "tcp://127.0.0.1:7001", "stage_key": "svc-0/0"}
     first, second = placement["stages"]
     assert set(first) == {"index", "node_id", "node_name", "profile", "endpoint", "stage_key", "inputs",
@@ -90,17 +92,51 @@ def tiny_model() -> onnx.ModelProto:
     return model
 
 
+def microservice(max_partitions: int, **model: object) -> object:
+    return planning.parse_job_microservice({
+        "microservice_name": "m", "microservice_namespace": "test", "virtualization": "ml-model",
+        "model": {"name": "tiny", "max_partitions": max_partitions, **model}})
+
+
+def plan(nodes: list[dict], max_partitions: int, **model: object) -> planning.PlanOutcome:
+    from deployment_descriptors import load_profile
+    from ml_scheduler.costmodel import CostModel
+    from ml_scheduler.graph import analyze_model
+
+    graph = analyze_model(tiny_model())
+    return planning.plan(tiny_model(), graph, nodes, microservice(max_partitions, **model), load_profile(),
+                         CostModel.from_profiles(graph, {}))
+
+
 def test_plan_places_over_online_nodes_only() -> None:
     nodes = [dict(NODES["n-a"]), dict(NODES["n-b"], online=False)]
-    outcome = planning.plan(tiny_model(), nodes, max_partitions=3)
+    outcome = plan(nodes, max_partitions=3)
     assert outcome.schedulable and outcome.node_ids == ["n-a"]
-    assert "n-b" in outcome.reasons and outcome.output_names == ("output",)
+    assert outcome.reasons["n-b"].startswith("offline") and outcome.output_names == ("output",)
     assert all(hashlib.sha256(p.model_bytes).hexdigest() == p.sha256 for p in outcome.partitions)
+    assert outcome.predicted["latency_ms"] > 0 and outcome.explanation["shortlist"] == ["n-a"]
 
 
 def test_plan_without_online_nodes_is_unschedulable_with_reasons() -> None:
-    outcome = planning.plan(tiny_model(), [dict(NODES["n-a"], online=False)], max_partitions=2)
+    outcome = plan([dict(NODES["n-a"], online=False)], max_partitions=2)
     assert not outcome.schedulable and outcome.reasons["n-a"].startswith("offline")
+
+
+def test_input_on_another_node_gets_a_relay_entry() -> None:
+    # The source (rpi4-1) is slow and the tiny model's input is small: the plan runs on the
+    # server, so requests must enter through a relay on the rpi.
+    nodes = [dict(NODES["n-a"]), dict(NODES["n-b"], telemetry=None, speed_factor=0.01)]
+    outcome = plan(nodes, max_partitions=2, source={"node": "rpi4-1"})
+    assert outcome.schedulable and outcome.node_ids == ["n-a"] and outcome.relay_node_id == "n-b"
+    placement = planning.build_placement("svc-0", 1, outcome.strategy, {"name": "input"}, ["output"],
+                                         outcome.partitions, outcome.node_ids, NODES, outcome.predicted,
+                                         outcome.relay_node_id)
+    assert placement["entry"] == {"node_id": "n-b", "endpoint": "tcp://127.0.0.1:7002", "stage_key": "svc-0/-1"}
+    assert placement["predicted"]["latency_ms"] == outcome.predicted["latency_ms"]
+    assert placement["stages"][0]["predicted_transfer_in_ms"] > 0  # the input crosses the rpi's uplink
+    (relay_node, relay), (node0, _) = planning.deploy_commands(placement, "http://root")
+    assert (relay_node, relay.relay, relay.stage, relay.sha256) == ("n-b", True, -1, "")
+    assert relay.next is not None and relay.next.stage_key == "svc-0/0" and node0 == "n-a"
 
 
 def test_stage_tracker_reports_ready_failed_and_timeout() -> None:

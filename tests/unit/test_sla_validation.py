@@ -242,7 +242,7 @@ def test_ml_constraint_views() -> None:
     sla = parse_sla(load(example_path("mobilenet_v2_private_camera")))
     ms = sla.applications[0].microservices[0]
     c = ms.ml_constraints
-    assert (c.latency_ms, c.energy_mj, c.min_battery_percent) == (200.0, 50.0, 30.0)
+    assert (c.latency_ms, c.energy_mj, c.min_battery_percent) == (200.0, 150.0, 30.0)
     assert (c.privacy_pin_node, c.privacy_pin_label) == (None, "camera")
     assert c.privacy_pin == NodeSelector(label="camera")
     assert c.privacy_pin.matches("cam-1", ["camera"]) and not c.privacy_pin.matches("server-1", ["server"])

@@ -1,0 +1,1 @@
+"""Benchmarks for Treeline's planners (run ``python -m benchmarks``)."""
