@@ -11,13 +11,17 @@ Run ``python -m benchmarks.planner [--quick] [--json PATH]``. Prints a table and
 - ``plan_ms_p50_1000ops_16dev`` / ``..._throughput``: 1000 ops, 16 devices of 4 types
   (class-count DP), max_partitions 16.
 Each timing is ``time.perf_counter`` around ``plan`` on a different seeded instance.
-The lead extends the report from other modules via :func:`run` and :func:`print_table`.
+
+Unless ``--planner-only``, the report also carries the other suites' keys:
+``place_ms_p50_10000nodes`` (benchmarks.placement), ``prediction_error_p50`` (benchmarks.costmodel)
+and ``latency_ratio_vs_greedy`` / ``..._predicted`` (benchmarks.greedy, on a real stack).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,8 +88,23 @@ def run(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+def run_all(quick: bool = False, planner_only: bool = False) -> dict[str, Any]:
+    """Every metric issue 3 asks for: planner optimality and speed, placement speed over 10,000
+    nodes, cost-model prediction error, and the greedy comparison on a real stack."""
+    result = run(quick)
+    if planner_only:
+        return result
+    from benchmarks import costmodel, greedy, placement
+
+    for name, suite in (("placement", placement), ("costmodel", costmodel), ("greedy", greedy)):
+        logging.getLogger(__name__).info("running the %s benchmark", name)
+        result.update(suite.run(quick))
+    return result
+
+
 def print_table(rows: Sequence[tuple[str, Any]]) -> None:
-    """Two-column table of (metric, value) rows on stdout."""
+    """Two-column table of (metric, value) rows on stdout; lists and dicts stay in the JSON only."""
+    rows = [(name, value) for name, value in rows if not isinstance(value, (list, dict))]
     width = max((len(name) for name, _ in rows), default=10)
     for name, value in rows:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -96,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer instances and repetitions")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    parser.add_argument("--planner-only", action="store_true",
+                        help="only the planner's optimality and speed (no stack, no profiling)")
     args = parser.parse_args(argv)
-    result = run(args.quick)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run_all(args.quick, args.planner_only)
     print_table(sorted(result.items()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -44,26 +44,32 @@ class ProfileCollector:
         stop: threading.Event,
         runs: int = 20,
     ) -> dict[str, ProfileResult]:
-        """Send one ProfileCommand per device class (``{device_class: (node_id, ...)}``) and
-        return the results that arrived within ``timeout`` seconds, keyed by device class.
+        """Send one ProfileCommand per device class (``{device_class: (node_id, ...)}``), one
+        after the other, and return the results, keyed by device class, that arrived within
+        ``timeout`` seconds each.
 
         Results with an ``error`` are logged and left out.
         """
+        # One class at a time: nodes of one host (emulation, or co-located devices) would
+        # otherwise measure each other's load, and every profile would come out inflated.
         ids = {uuid.uuid4().hex: (device_class, node_id) for device_class, (node_id, *_) in requests.items()}
-        with self._cond:
-            self._pending.update(ids)
-        try:
-            for request_id, (device_class, node_id) in ids.items():
+        arrived: dict[str, ProfileResult] = {}
+        for request_id, (device_class, node_id) in ids.items():
+            if stop.is_set():
+                break
+            with self._cond:
+                self._pending.add(request_id)
+            try:
                 log.info("asking %s to profile model %s for device class %s", node_id, sha256[:12], device_class)
                 publish(topics.control_profile(node_id),
                         ProfileCommand(request_id=request_id, artifact_url=artifact_url, sha256=sha256, runs=runs))
-            with self._cond:
-                self._cond.wait_for(lambda: stop.is_set() or all(i in self._results for i in ids), timeout)
-                arrived = {i: self._results.pop(i) for i in ids if i in self._results}
-        finally:
-            with self._cond:
-                self._pending.difference_update(ids)
-                for request_id in ids:
+                with self._cond:
+                    self._cond.wait_for(lambda: stop.is_set() or request_id in self._results, timeout)
+                    if request_id in self._results:
+                        arrived[request_id] = self._results.pop(request_id)
+            finally:
+                with self._cond:
+                    self._pending.discard(request_id)
                     self._results.pop(request_id, None)
         profiles: dict[str, ProfileResult] = {}
         for request_id, (device_class, node_id) in ids.items():

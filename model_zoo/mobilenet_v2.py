@@ -12,6 +12,8 @@ torch is imported lazily inside the functions so that ``import model_zoo`` works
 from __future__ import annotations
 
 import functools
+import contextlib
+import io
 import logging
 import os
 import warnings
@@ -157,7 +159,8 @@ def export_onnx(path: str | os.PathLike[str] | None = None, seed: int = 0) -> by
     previous_level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        # onnxscript's optimiser prints one line per de-duplicated initializer to stdout.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             # torch's own exporter internals emit deprecation noise that callers cannot act on.
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.onnx.export(

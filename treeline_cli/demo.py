@@ -31,7 +31,11 @@ THROUGHPUT_IN_FLIGHT = 4
 
 def deploy_file(client: RootClient, path: Path, out: TextIO, timeout: float = 180.0) -> list[dict[str, Any]]:
     """Submit an SLA file, deploy each of its services and wait until all are RUNNING."""
-    sla = json.loads(path.read_text())
+    return deploy_sla(client, json.loads(path.read_text()), out, timeout)
+
+
+def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO, timeout: float = 180.0) -> list[dict[str, Any]]:
+    """Submit an SLA document, deploy each of its services and wait until all are RUNNING."""
     services = []
     for application in client.submit_sla(sla):
         for service_id in application["microservices"]:
