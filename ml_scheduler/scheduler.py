@@ -135,6 +135,7 @@ class MlScheduler:
                 reasons[node.node_id] = (f"{REASON_NOT_SELECTED}: the {problem.objective}-optimal plan does "
                                          "not need it")
         explanation["filtered_or_unused"] = reasons
+        explanation["node_names"] = {node_id: by_id[node_id].name for node_id in reasons if node_id in by_id}
         return ScheduleResult(
             True, strategy, positions=chosen.positions,
             node_ids=[problem.device_ids[d] for d in chosen.devices], reasons=reasons,

@@ -1,12 +1,15 @@
 """``treeline demo``: the whole path, end to end, with figures measured in this run.
 
-Starts the stack, registers the built-in MobileNetV2, deploys it partitioned (the
-example SLA, 3 partitions) and, as the baseline, whole on the strongest node (the
-single-partition SLA), sends the same random requests through both, and prints one table.
+Starts the stack, registers the built-in MobileNetV2 and deploys it three ways, each over
+the same emulated devices: as the example SLA asks (the exact planner decides), split into
+three FLOPs-balanced partitions (the walking skeleton's splitter, kept as a baseline), and
+whole on the strongest node (the single-node baseline). The same random requests go through
+each; one table shows the stages, the predicted and measured latency and the throughput.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import asdict
@@ -52,6 +55,15 @@ def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO, timeout: fl
     return services
 
 
+def with_profile(path: Path, application_name: str, scheduler_profile: str) -> dict[str, Any]:
+    """An example SLA under another application name, placed by another scheduler profile."""
+    sla = copy.deepcopy(json.loads(path.read_text()))
+    application = sla["applications"][0]
+    application["application_name"] = application_name
+    application["microservices"][0]["model"]["scheduler_profile"] = scheduler_profile
+    return sla
+
+
 def measure(placement: dict[str, Any], n: int) -> dict[str, InferenceReport]:
     return {
         "latency": run_requests(placement, n, in_flight=1, seed=1),
@@ -59,77 +71,91 @@ def measure(placement: dict[str, Any], n: int) -> dict[str, InferenceReport]:
     }
 
 
-def output_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Max |a - b| over the outputs of the two pipelines for one shared random input."""
-    sample = next(random_inputs(a["input"], 1, seed=7))
+def output_difference(placements: list[dict[str, Any]]) -> float:
+    """Max |a - b| between every deployment's outputs and the first's, for one shared input."""
+    sample = next(random_inputs(placements[0]["input"], 1, seed=7))
     outs = []
-    for placement in (a, b):
+    for placement in placements:
         with TensorClient(placement["entry"]["endpoint"]) as client:
             outputs, _ = client.infer(placement["entry"]["stage_key"], sample, timeout=30)
         outs.append(outputs)
-    return max(float(np.max(np.abs(outs[0][k] - outs[1][k]))) for k in outs[0])
+    return max(float(np.max(np.abs(o[k] - outs[0][k]))) for o in outs[1:] for k in o)
 
 
 def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
     client = RootClient(stack.root_url)
-    cache = stack.config.data_dir / "models"
     out.write("Exporting MobileNetV2 to ONNX (cached after the first run)...\n")
-    onnx_bytes = model_zoo.cached_onnx("mobilenet_v2", cache)
+    onnx_bytes = model_zoo.cached_onnx("mobilenet_v2", stack.config.data_dir / "models")
     version = client.register_model("mobilenet_v2", onnx_bytes, description="built-in MobileNetV2")
     out.write(f"Registered mobilenet_v2 v{version['version']} ({version['size'] / 1e6:.1f} MB, "
               f"sha256 {version['sha256'][:12]})\n")
-    out.write(f"Deploying {PARTITIONED_SLA.name} ...\n")
-    partitioned = deploy_file(client, PARTITIONED_SLA, out)[0]
-    out.write(f"Deploying {SINGLE_SLA.name} (baseline: whole model on the strongest node) ...\n")
-    single = deploy_file(client, SINGLE_SLA, out)[0]
-    out.write(f"Sending {requests} requests one at a time and {requests} with "
-              f"{THROUGHPUT_IN_FLIGHT} in flight to each ...\n")
-    results = {
-        "partitioned": measure(partitioned["placement"], requests),
-        "single": measure(single["placement"], requests),
-    }
-    diff = output_difference(partitioned["placement"], single["placement"])
-    out.write(render_table(partitioned["placement"], single["placement"], results, diff))
+    plans = [
+        ("ours: exact planner", PARTITIONED_SLA.name, json.loads(PARTITIONED_SLA.read_text())),
+        ("FLOPs-balanced split", "the same SLA, flops-balanced profile",
+         with_profile(PARTITIONED_SLA, "vision-flops-balanced", "flops-balanced")),
+        ("single strongest node", SINGLE_SLA.name, json.loads(SINGLE_SLA.read_text())),
+    ]
+    services = {}
+    for label, source, sla in plans:
+        out.write(f"Deploying {label} ({source}) ... the first deployment also profiles the model on "
+                  "each device class\n" if not services else f"Deploying {label} ({source}) ...\n")
+        services[label] = deploy_sla(client, sla, out)[0]
+    out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} in flight "
+              "to each ...\n")
+    results = {label: measure(service["placement"], requests) for label, service in services.items()}
+    diff = output_difference([s["placement"] for s in services.values()])
+    out.write(render_table(services, results, diff))
     record = {
         "requests": requests,
         "max_abs_output_difference": diff,
-        "partitioned": {"placement": partitioned["placement"],
-                        **{k: asdict(v) for k, v in results["partitioned"].items()}},
-        "single": {"placement": single["placement"], **{k: asdict(v) for k, v in results["single"].items()}},
+        "deployments": {label: {"placement": services[label]["placement"],
+                                "explanation": services[label].get("explanation"),
+                                **{k: asdict(v) for k, v in results[label].items()}} for label in services},
     }
     (stack.config.data_dir / "demo_results.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-def render_table(
-    partitioned: dict[str, Any], single: dict[str, Any], results: dict[str, dict[str, InferenceReport]], diff: float
-) -> str:
-    lines = ["", f"Partitioned MobileNetV2: {len(partitioned['stages'])} partitions "
-             f"(strategy {partitioned.get('strategy', '?')})", ""]
-    header = f"{'stage':>5}  {'node':<14} {'profile':<12} {'MFLOPs':>8} {'cut tensor KB':>14} {'stage ms':>9}"
-    lines += [header, "-" * len(header)]
-    stage_ms = results["partitioned"]["latency"].stage_ms
-    for stage in partitioned["stages"]:
+def _stage_rows(label: str, service: dict[str, Any], report: InferenceReport) -> list[str]:
+    placement = service["placement"]
+    lines = [f"{label}: {len(placement['stages'])} partition(s), strategy {placement.get('strategy', '?')}"]
+    for stage in placement["stages"]:
+        measured = report.stage_ms.get(stage["stage_key"], float("nan"))
         lines.append(
-            f"{stage['index']:>5}  {stage.get('node_name', stage['node_id'])[:14]:<14} "
-            f"{stage.get('profile', '?'):<12} {stage.get('flops', 0) / 1e6:>8.1f} "
-            f"{stage.get('cut_bytes', 0) / 1024:>14.1f} {stage_ms.get(stage['stage_key'], float('nan')):>9.2f}"
+            f"  stage {stage['index']}  {str(stage.get('node_name', stage['node_id']))[:14]:<14} "
+            f"{str(stage.get('profile', '?')):<12} {stage.get('flops', 0) / 1e6:>7.1f} MFLOPs  "
+            f"cut {stage.get('cut_bytes', 0) / 1024:>6.1f} KB  compute {measured:>6.2f} ms measured, "
+            f"{stage.get('predicted_compute_ms', float('nan')):>6.2f} predicted"
         )
-    base = single["stages"][0]
-    lines += ["", f"{'end to end':<30} {'partitioned':>12} {'single node':>12}",
-              f"{'':<30} {'(3 nodes)':>12} {base.get('node_name', base['node_id'])[:12]:>12}", "-" * 56]
-    rows = [
-        ("p50 latency ms (1 in flight)", "latency", "p50_ms"),
-        ("p99 latency ms (1 in flight)", "latency", "p99_ms"),
-        ("throughput req/s (1 in flight)", "latency", "throughput_rps"),
-        (f"throughput req/s ({THROUGHPUT_IN_FLIGHT} in flight)", "throughput", "throughput_rps"),
-        (f"p50 latency ms ({THROUGHPUT_IN_FLIGHT} in flight)", "throughput", "p50_ms"),
-    ]
-    for label, run, attr in rows:
-        a = getattr(results["partitioned"][run], attr)
-        b = getattr(results["single"][run], attr)
-        lines.append(f"{label:<30} {a:>12.2f} {b:>12.2f}")
-    single_ms = results["single"]["latency"].stage_ms
-    lines += ["", f"single-node compute ms per request: {next(iter(single_ms.values()), float('nan')):.2f}",
-              f"max |partitioned - single| output difference: {diff:.2e}", ""]
+    explanation = service.get("explanation") or {}
+    used = {s["node_id"] for s in placement["stages"]}
+    names = explanation.get("node_names") or {}
+    for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
+        if node_id not in used:
+            lines.append(f"  not used: {names.get(node_id, node_id)}: {reason}")
+    return lines
+
+
+def render_table(services: dict[str, dict[str, Any]], results: dict[str, dict[str, InferenceReport]],
+                 diff: float) -> str:
+    lines = [""]
+    for label, service in services.items():
+        lines += _stage_rows(label, service, results[label]["latency"]) + [""]
+    labels = list(services)
+    width = 24
+    lines.append(f"{'end to end':<32}" + "".join(f"{label[:width]:>{width}}" for label in labels))
+    lines.append("-" * (32 + width * len(labels)))
+
+    def row(name: str, values: list[float]) -> None:
+        lines.append(f"{name:<32}" + "".join(f"{v:>{width}.2f}" for v in values))
+
+    row("predicted latency ms", [float((services[k]["placement"].get("predicted") or {}).get("latency_ms", np.nan))
+                                 for k in labels])
+    row("p50 latency ms (1 in flight)", [results[k]["latency"].p50_ms for k in labels])
+    row("p99 latency ms (1 in flight)", [results[k]["latency"].p99_ms for k in labels])
+    row("throughput req/s (1 in flight)", [results[k]["latency"].throughput_rps for k in labels])
+    row(f"throughput req/s ({THROUGHPUT_IN_FLIGHT} in flight)", [results[k]["throughput"].throughput_rps
+                                                                 for k in labels])
+    row(f"p50 latency ms ({THROUGHPUT_IN_FLIGHT} in flight)", [results[k]["throughput"].p50_ms for k in labels])
+    lines += ["", f"max output difference between the deployments: {diff:.2e}", ""]
     return "\n".join(lines) + "\n"
