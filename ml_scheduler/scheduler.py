@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ml_scheduler.baselines.amp4ec import amp4ec_greedy
+from ml_scheduler.energy import plan_within_energy
 from ml_scheduler.costmodel import CostModel, build_problem
 from ml_scheduler.framework import PlacementRequest, explain, run_filters_and_scores
 from ml_scheduler.graph import ModelGraph
@@ -114,6 +115,10 @@ class MlScheduler:
                                 max_partitions=int(spec.max_partitions), first_device=pin,
                                 objective=spec.objective)
         chosen = self._plan(strategy, graph, problem, devices)
+        budget = microservice.ml_constraints.energy_mj
+        if (strategy == "optimal" and budget is not None and problem.objective == "latency"
+                and chosen is not None and chosen.energy_mj > budget):
+            chosen = plan_within_energy(problem, budget, exact_plan) or chosen
         if chosen is None:
             for node in devices:
                 reasons.setdefault(node.node_id, f"{REASON_NO_FEASIBLE_PLAN}: no partitioning fits the "

@@ -173,9 +173,9 @@ def export_onnx(path: str | os.PathLike[str] | None = None, seed: int = 0) -> by
                 external_data=False,
                 verbose=False,
             )
+            proto: Any = program.model_proto  # type: ignore[union-attr]  # optimised lazily, and noisily
     finally:
         exporter_log.setLevel(previous_level)
-    proto: Any = program.model_proto  # type: ignore[union-attr]
     data = proto.SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(data))
     if path is not None:

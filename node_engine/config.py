@@ -27,6 +27,7 @@ class NodeConfig:
     data_dir: str | None = None
     threads: int = 0
     log_level: str = "INFO"
+    labels: tuple[str, ...] = ()  # this node's own labels, added to its profile's (e.g. "camera")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="directory for downloaded partitions (default: temp)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: ORT default)")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
+    parser.add_argument("--labels", default="",
+                        help="comma-separated labels of this node, added to its profile's (SLA constraints "
+                             "such as privacy_pin and source may name them)")
     return parser
 
 
@@ -66,4 +70,5 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         data_dir=args.data_dir,
         threads=args.threads,
         log_level=args.log_level.upper(),
+        labels=tuple(label.strip() for label in args.labels.split(",") if label.strip()),
     )

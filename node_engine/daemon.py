@@ -76,7 +76,7 @@ class NodeEngine:
         profiler: ProfileWorker | None = None
         try:
             endpoint = server.start()
-            body = registration_body(self.config.name, self.config.profile, endpoint)
+            body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels)
             try:
                 registration = register(self.config.cluster_url, body, self.stop)
             except TreelineError as exc:

@@ -29,7 +29,8 @@ def arch_of(profile: DeviceProfile) -> str:
     return profile.arch if profile.emulated else platform.machine()
 
 
-def registration_body(name: str, profile: DeviceProfile, data_endpoint: str) -> dict[str, Any]:
+def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
+                      labels: tuple[str, ...] = ()) -> dict[str, Any]:
     """Body of ``POST /api/node/register`` (docs/contracts.md, Cluster REST)."""
     return {
         "name": name,
@@ -41,7 +42,7 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str) -> 
         "speed_factor": profile.speed_factor,
         "accelerators": [dataclasses.asdict(a) for a in profile.accelerators],
         "battery": dataclasses.asdict(profile.battery) if profile.battery else None,
-        "labels": list(profile.labels),
+        "labels": list(dict.fromkeys([*profile.labels, *labels])),
         "data_endpoint": data_endpoint,
         # Declared device figures for the planner's energy and link costs (docs/contracts.md,
         # "Scheduler v2 additions"); emulated links charge the same uplink figures.

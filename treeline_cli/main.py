@@ -29,12 +29,20 @@ def _stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root-port", type=int, default=10000)
     parser.add_argument("--cluster-port", type=int, default=10100)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads per node (0 = default)")
+    parser.add_argument("--node-label", action="append", default=None, metavar="NAME=LABEL[,LABEL]",
+                        help="extra labels of a node, e.g. rpi4-1=camera (the default); repeatable")
 
 
 def _config(args: argparse.Namespace) -> Any:
     from treeline_cli.stack import StackConfig, default_data_dir
 
     profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
+    extra: dict[str, Any] = {}
+    if args.node_label is not None:
+        pairs = [item.split("=", 1) for item in args.node_label]
+        if any(len(pair) != 2 or not pair[0] for pair in pairs):
+            raise SystemExit("error: --node-label takes NAME=LABEL[,LABEL]")
+        extra["node_labels"] = {name: labels for name, labels in pairs}
     return StackConfig(
         data_dir=(args.data_dir or default_data_dir()).resolve(),
         nodes=args.nodes,
@@ -45,6 +53,7 @@ def _config(args: argparse.Namespace) -> Any:
         cluster_port=args.cluster_port,
         node_threads=args.threads,
         log_level="DEBUG" if args.verbose else "INFO",
+        **extra,
     )
 
 
@@ -86,9 +95,37 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     services = deploy_file(RootClient(args.root_url), Path(args.file), sys.stdout, timeout=args.timeout)
     for service in services:
+        if args.json:
+            print(json.dumps({"placement": service.get("placement"), "explanation": service.get("explanation")},
+                             indent=2))
+            continue
         print(f"\n{service.get('microservice_name')} ({service['service_id']}) RUNNING")
-        print(json.dumps(service.get("placement"), indent=2))
+        print(placement_summary(service))
     return 0
+
+
+def placement_summary(service: dict[str, Any]) -> str:
+    """Stages, nodes, predictions and the reasons for unused nodes, as a few readable lines."""
+    placement = service.get("placement") or {}
+    lines = []
+    if placement.get("relay"):
+        lines.append(f"  entry: relay on {placement['relay'].get('node_name')} (where the input arrives)")
+    for stage in placement.get("stages", []):
+        lines.append(f"  stage {stage['index']}: {stage.get('node_name')} ({stage.get('profile')}), "
+                     f"{stage.get('flops', 0) / 1e6:.0f} MFLOPs, sends {stage.get('cut_bytes', 0) / 1024:.1f} KB, "
+                     f"predicted {stage.get('predicted_compute_ms', float('nan')):.2f} ms compute")
+    predicted = placement.get("predicted") or {}
+    if predicted:
+        lines.append(f"  predicted: {predicted.get('latency_ms', 0):.2f} ms end to end, "
+                     f"{predicted.get('throughput_rps', 0):.0f} req/s pipelined, "
+                     f"{predicted.get('energy_mj', 0):.1f} mJ per inference")
+    explanation = service.get("explanation") or {}
+    names = explanation.get("node_names") or {}
+    used = {s["node_id"] for s in placement.get("stages", [])}
+    for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
+        if node_id not in used:
+            lines.append(f"  not used: {names.get(node_id, node_id)}: {reason}")
+    return "\n".join(lines)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -142,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("file")
     deploy.add_argument("--root-url", default=DEFAULT_ROOT_URL)
     deploy.add_argument("--timeout", type=float, default=180.0)
+    deploy.add_argument("--json", action="store_true", help="print the placement and explanation as JSON")
     deploy.set_defaults(func=cmd_deploy)
 
     infer = sub.add_parser("infer", help="send random requests to a deployed model and print latency")

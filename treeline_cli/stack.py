@@ -50,6 +50,9 @@ class StackConfig:
     push_interval: float = 15.0
     node_threads: int = 0
     log_level: str = "INFO"
+    # Extra labels per node name; by default the first rpi4 is the "camera" the example SLAs
+    # pin private inputs to.
+    node_labels: dict[str, str] = field(default_factory=lambda: {"rpi4-1": "camera"})
 
     def node_profile(self, index: int) -> str:
         return self.profiles[index % len(self.profiles)]
@@ -181,7 +184,7 @@ def start_stack(config: StackConfig) -> Stack:
                 ["node_engine", "--cluster-url", stack.cluster_url, "--profile", profile, "--name", name,
                  "--host", config.host, "--telemetry-interval", str(config.telemetry_interval),
                  "--data-dir", str(config.data_dir / "nodes" / name),
-                 "--threads", str(config.node_threads), *level],
+                 "--threads", str(config.node_threads), "--labels", config.node_labels.get(name, ""), *level],
             )
     except BaseException:
         stack.stop()
