@@ -6,23 +6,17 @@ partition artifacts; the test plays the cluster's MQTT side with its own paho cl
 
 from __future__ import annotations
 
-import hashlib
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from treeline_common import topics
 from treeline_common.messages import (
@@ -31,173 +25,35 @@ from treeline_common.messages import (
     NextStage,
     NodeStatus,
     NodeTelemetry,
-    PayloadError,
     StageState,
     StageStats,
     decode,
     encode,
 )
 from treeline_common.netutil import free_port, poll_until
+from treeline_test_helpers import (
+    DEADLINE,
+    FakeCluster,
+    NodeProcess,
+    Observer,
+    chain_models,
+    mqtt_client,
+    running_nodes,
+    serve_cluster,
+    start_node,
+)
 
 from node_engine.data_plane.client import TensorClient
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-DEADLINE = 20.0
-
-
-# ---------------------------------------------------------------- models
-
-
-def _model(nodes: list, inputs: list, outputs: list, inits: list) -> bytes:
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def build_models(seed: int = 7) -> dict[str, bytes]:
-    """A 4-op chain split by hand: part0 = MatMul+Relu (x -> h), part1 = MatMul+Add (h -> y)."""
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "W1")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "W2")
-    b = numpy_helper.from_array(rng.standard_normal((4,)).astype(np.float32), "B")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    first = [helper.make_node("MatMul", ["x", "W1"], ["m"]), helper.make_node("Relu", ["m"], ["h"])]
-    second = [helper.make_node("MatMul", ["h", "W2"], ["n"]), helper.make_node("Add", ["n", "B"], ["y"])]
-    return {"whole": _model(first + second, [x], [y], [w1, w2, b]),
-            "part0": _model(first, [x], [h], [w1]), "part1": _model(second, [h], [y], [w2, b])}
-
-
-# ---------------------------------------------------------------- stand-in cluster (REST + artifacts)
-
-
-@dataclass
-class FakeCluster:
-    url: str
-    registrations: dict[str, dict[str, Any]]
-    artifacts: dict[str, bytes]
-
-    def sha(self, name: str) -> str:
-        return hashlib.sha256(self.artifacts[name]).hexdigest()
-
-
-def _serve_cluster(port: int, mqtt_host: str, mqtt_port: int, artifacts: dict[str, bytes],
-                   registrations: dict[str, dict[str, Any]]) -> Any:
-    from flask import Flask, Response, jsonify, request
-    from werkzeug.serving import make_server
-
-    app = Flask("fake-cluster")
-
-    @app.post("/api/node/register")
-    def _register() -> Any:
-        body = request.get_json()
-        registrations[body["name"]] = body
-        return jsonify({"node_id": f"node-{body['name']}", "cluster_id": "cluster-test",
-                        "mqtt_host": mqtt_host, "mqtt_port": mqtt_port, "telemetry_interval": 0.5})
-
-    @app.get("/artifacts/<name>")
-    def _artifact(name: str) -> Any:
-        data = artifacts.get(name)
-        return Response(data, mimetype="application/octet-stream") if data else ("", 404)
-
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+TELEMETRY_INTERVAL = 0.3
 
 
 @pytest.fixture(scope="module")
 def cluster(mqtt_broker: Any) -> Iterator[FakeCluster]:
-    port = free_port()
-    artifacts, registrations = build_models(), {}
-    server = _serve_cluster(port, mqtt_broker.host, mqtt_broker.port, artifacts, registrations)
-    yield FakeCluster(f"http://127.0.0.1:{port}", registrations, artifacts)
-    server.shutdown()
-
-
-# ---------------------------------------------------------------- MQTT observer
-
-
-@dataclass
-class Observer:
-    """The cluster's side of MQTT: records every message per topic; waits with a deadline."""
-
-    client: mqtt.Client
-    messages: dict[str, list[bytes]] = field(default_factory=dict)
-    cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.cond:
-            self.messages.setdefault(msg.topic, []).append(bytes(msg.payload))
-            self.cond.notify_all()
-
-    def wait_for(self, topic: str, cls: type, predicate: Callable[[Any], bool], timeout: float = DEADLINE) -> Any:
-        def match() -> Any:
-            for raw in self.messages.get(topic, []):
-                try:
-                    message = decode(cls, raw)
-                except PayloadError:
-                    continue
-                if predicate(message):
-                    return message
-            return None
-
-        with self.cond:
-            found = self.cond.wait_for(match, timeout)
-        assert found, f"no matching {cls.__name__} on {topic} within {timeout}s: {self.messages.get(topic)}"
-        return found
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
-
-
-def _mqtt_client(broker: Any, on_message: Callable[..., None] | None = None) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    connected = threading.Event()
-    client.on_connect = lambda *args: (client.subscribe("nodes/#", qos=1), connected.set())
-    if on_message is not None:
-        client.on_message = on_message
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    assert connected.wait(10), "observer could not connect"
-    return client
-
-
-@pytest.fixture(scope="module")
-def observer(mqtt_broker: Any) -> Iterator[Observer]:
-    obs = Observer(client=None)  # type: ignore[arg-type]
-    obs.client = _mqtt_client(mqtt_broker, obs.on_message)
-    yield obs
-    obs.client.disconnect()
-    obs.client.loop_stop()
-
-
-# ---------------------------------------------------------------- node processes
-
-
-@dataclass
-class NodeProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def node_id(self) -> str:
-        return f"node-{self.name}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
-def _start_node(cluster_url: str, name: str, tmp: Path, profile: str = "native") -> NodeProcess:
-    log = (tmp / f"{name}.log").open("wb")
-    cmd = [sys.executable, "-m", "node_engine", "--cluster-url", cluster_url, "--name", name, "--profile", profile,
-           "--telemetry-interval", "0.3", "--data-dir", str(tmp / name), "--threads", "1"]
-    return NodeProcess(name, subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    fake = FakeCluster.start(mqtt_broker, chain_models(seed=7))
+    yield fake
+    fake.shutdown()
 
 
 @pytest.fixture
@@ -206,7 +62,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     started: list[NodeProcess] = []
 
     def _spawn(cluster_url: str, name: str, profile: str = "native") -> NodeProcess:
-        node = _start_node(cluster_url, name, tmp_path, profile)
+        node = start_node(cluster_url, name, tmp_path, profile, TELEMETRY_INTERVAL)
         started.append(node)
         return node
 
@@ -218,15 +74,9 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 @pytest.fixture(scope="module")
 def pair(cluster: FakeCluster, observer: Observer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    tmp = tmp_path_factory.mktemp("pair")
-    nodes = (_start_node(cluster.url, "alpha", tmp), _start_node(cluster.url, "beta", tmp, profile="rpi4"))
-    try:
-        for node in nodes:
-            observer.wait_for(topics.status(node.node_id), NodeStatus, lambda s: s.state == "online")
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
+    specs = (("alpha", "native"), ("beta", "rpi4"))
+    with running_nodes(cluster.url, specs, tmp_path_factory.mktemp("pair"), observer, TELEMETRY_INTERVAL) as nodes:
+        yield nodes[0], nodes[1]
 
 
 def _deploy(cluster: FakeCluster, dep: str, stage: int, part: str, sha: str | None = None,
@@ -263,7 +113,7 @@ def test_registration_telemetry_and_retained_birth(pair: tuple[NodeProcess, Node
             late.append(bytes(msg.payload))
             got.set()
 
-    client = _mqtt_client(mqtt_broker, on_message)
+    client = mqtt_client(mqtt_broker, on_message)
     try:
         assert got.wait(10)
     finally:
@@ -363,7 +213,7 @@ def test_node_started_before_its_cluster_registers_once_it_is_up(mqtt_broker: An
     node = spawn(f"http://127.0.0.1:{port}", "early")
     registrations: dict[str, dict[str, Any]] = {}
     poll_until(lambda: node.process.poll() is None, 2.0, what="node running")
-    server = _serve_cluster(port, mqtt_broker.host, mqtt_broker.port, {}, registrations)
+    server = serve_cluster(port, mqtt_broker.host, mqtt_broker.port, {}, registrations)
     try:
         poll_until(lambda: "early" in registrations, DEADLINE, what="late registration")
         observer.wait_for(topics.status(node.node_id), NodeStatus, lambda s: s.state == "online")
@@ -377,26 +227,22 @@ def test_reconnects_with_a_new_birth_after_the_broker_restarts(tmp_path: Path,
 
     broker = start_broker("auto", workdir=tmp_path / "b1")
     port, registrations = free_port(), {}
-    server = _serve_cluster(port, broker.host, broker.port, {}, registrations)
+    server = serve_cluster(port, broker.host, broker.port, {}, registrations)
     watcher: Observer | None = None
     try:
         node = spawn(f"http://127.0.0.1:{port}", "phoenix")
-        watcher = Observer(client=None)  # type: ignore[arg-type]
-        watcher.client = _mqtt_client(broker, watcher.on_message)
+        watcher = Observer.connect(broker)
         first = watcher.wait_for(topics.status(node.node_id), NodeStatus, lambda s: s.state == "online")
-        watcher.client.disconnect()
-        watcher.client.loop_stop()
+        watcher.close()
         broker.stop()
         broker = start_broker("auto", port=broker.port, workdir=tmp_path / "b2")
-        watcher = Observer(client=None)  # type: ignore[arg-type]
-        watcher.client = _mqtt_client(broker, watcher.on_message)
+        watcher = Observer.connect(broker)
         second = watcher.wait_for(topics.status(node.node_id), NodeStatus,
                                   lambda s: s.state == "online" and s.seq > first.seq)
         assert second.seq > first.seq
         watcher.wait_for(topics.information(node.node_id), NodeTelemetry, lambda t: True)
     finally:
         if watcher is not None:
-            watcher.client.disconnect()
-            watcher.client.loop_stop()
+            watcher.close()
         server.shutdown()
         broker.stop()

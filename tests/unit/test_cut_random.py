@@ -10,15 +10,9 @@ from hypothesis import strategies as st
 from ml_scheduler.extract import extract_partitions
 from ml_scheduler.graph import analyze_model
 from model_zoo.synthetic import WIDTH, random_dag_model
+from treeline_test_helpers import ort_run
 
-ort = pytest.importorskip("onnxruntime")
-
-
-def _run(data: bytes, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return dict(zip(outputs, session.run(list(outputs), feed)))
+pytest.importorskip("onnxruntime")
 
 
 @settings(max_examples=30, deadline=None)
@@ -30,11 +24,11 @@ def test_random_cuts_chain_to_whole_model(n_ops: int, seed: int, skip: float, da
     n = len(graph.ops)
     positions = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=min(5, n - 1)), label="positions"))
     x = np.random.RandomState(seed).standard_normal((1, WIDTH)).astype(np.float32)
-    whole = _run(model.SerializeToString(), {"input": x}, graph.output_names)
+    whole = ort_run(model.SerializeToString(), {"input": x}, graph.output_names)
     parts = extract_partitions(model, graph, positions)
     values = {"input": x}
     for part in parts:
-        values = _run(part.model_bytes, {name: values[name] for name in part.inputs}, part.outputs)
+        values = ort_run(part.model_bytes, {name: values[name] for name in part.inputs}, part.outputs)
     assert set(values) == set(graph.output_names)
     for name in graph.output_names:
         np.testing.assert_allclose(values[name], whole[name], atol=1e-5, rtol=0)

@@ -10,15 +10,9 @@ from ml_scheduler.extract import extract_partitions
 from ml_scheduler.graph import analyze_model
 from ml_scheduler.partition import balanced_cuts
 from model_zoo.tiny import example_input, tiny_dag_model
+from treeline_test_helpers import ort_run, reversed_node_order
 
-ort = pytest.importorskip("onnxruntime")
-
-
-def _run(data: bytes, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return dict(zip(outputs, session.run(list(outputs), feed)))
+pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +20,14 @@ def tiny():
     model = tiny_dag_model(seed=0)
     graph = analyze_model(model)
     x = example_input(7)
-    whole = _run(model.SerializeToString(), {"input": x}, ("output",))["output"]
+    whole = ort_run(model.SerializeToString(), {"input": x}, ("output",))["output"]
     return model, graph, x, whole
 
 
 def _chain(parts, x):
     values = {"input": x}
     for part in parts:
-        values = _run(part.model_bytes, {n: values[n] for n in part.inputs}, part.outputs)
+        values = ort_run(part.model_bytes, {n: values[n] for n in part.inputs}, part.outputs)
     return values["output"]
 
 
@@ -113,11 +107,7 @@ def test_model_mismatch_rejected(tiny) -> None:
 
 def test_unsorted_source_model_still_extracts(tiny) -> None:
     model, _, x, whole = tiny
-    shuffled = onnx.ModelProto()
-    shuffled.CopyFrom(model)
-    nodes = list(shuffled.graph.node)
-    del shuffled.graph.node[:]
-    shuffled.graph.node.extend(reversed(nodes))
+    shuffled = reversed_node_order(model)
     graph = analyze_model(shuffled)
     parts = extract_partitions(shuffled, graph, balanced_cuts(graph, 4))
     np.testing.assert_allclose(_chain(parts, x), whole, atol=1e-5, rtol=0)

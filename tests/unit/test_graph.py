@@ -14,13 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ml_scheduler.graph import analyze_model
 from model_zoo.synthetic import random_dag_model
 from model_zoo.tiny import tiny_dag_model
-
-
-def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+from treeline_test_helpers import onnx_model as _model
+from treeline_test_helpers import reversed_node_order
 
 
 def _vi(name: str, shape: list[int], dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
@@ -103,11 +98,7 @@ def test_symbolic_batch_dimension_counts_as_one() -> None:
 
 def test_unsorted_nodes_are_ordered_topologically_and_deterministically() -> None:
     model = tiny_dag_model()
-    shuffled = onnx.ModelProto()
-    shuffled.CopyFrom(model)
-    nodes = list(shuffled.graph.node)
-    del shuffled.graph.node[:]
-    shuffled.graph.node.extend(reversed(nodes))
+    shuffled = reversed_node_order(model)
     graph = analyze_model(shuffled)
     produced = {"input"} | graph.static_tensors
     for op in graph.ops:

@@ -14,13 +14,13 @@ import pytest
 from treeline_common.clock import FakeClock
 from treeline_common.errors import InvalidInput
 from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState, encode
+from treeline_test_helpers import chain_models
 
 from node_engine.commands import CommandHandler
 from node_engine.registration import backoff_delay, register
 from node_engine.runtime import load_partition
 from node_engine.stages import StageTable
 
-from test_node_data_plane import build_models  # tests/unit is on sys.path (rootdir-less test dirs)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -54,7 +54,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_base() -> Iterator[str]:
-    models = build_models()
+    models = chain_models(seed=42)
     _Handler.files = {f"/{name}": data for name, data in models.items()}
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -7,17 +7,18 @@ the parts through the servers must match the whole model.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from treeline_common.clock import FakeClock
 from treeline_common.messages import NextStage
+from treeline_test_helpers import chain_models, chain_weights, onnx_bytes
+from treeline_test_helpers import start_data_plane_server as _server
 
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.server import DataPlaneServer
@@ -25,39 +26,16 @@ from node_engine.emulation import Emulator, slowdown_seconds
 from node_engine.runtime import load_partition
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 
-RNG = np.random.default_rng(42)
-W1 = RNG.standard_normal((8, 16)).astype(np.float32)
-W2 = RNG.standard_normal((16, 4)).astype(np.float32)
-B = RNG.standard_normal((4,)).astype(np.float32)
-
-
-def _model(nodes: list, inputs: list, outputs: list, inits: list) -> bytes:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def build_models() -> dict[str, bytes]:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    h = helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    w1, w2, b = numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2"), numpy_helper.from_array(B, "B")
-    first = [helper.make_node("MatMul", ["x", "W1"], ["m"]), helper.make_node("Relu", ["m"], ["h"])]
-    second = [helper.make_node("MatMul", ["h", "W2"], ["n"]), helper.make_node("Add", ["n", "B"], ["y"])]
-    return {
-        "whole": _model(first + second, [x], [y], [w1, w2, b]),
-        "part0": _model(first, [x], [h], [w1]),
-        "part1": _model(second, [h], [y], [w2, b]),
-    }
+SEED = 42
+RNG = np.random.default_rng(SEED)
+chain_weights(RNG)  # the models' weights (chain_models(SEED)) open this stream; test inputs follow
 
 
 @pytest.fixture(scope="module")
 def model_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     paths = {}
-    for name, data in build_models().items():
+    for name, data in chain_models(SEED).items():
         paths[name] = root / f"{name}.onnx"
         paths[name].write_bytes(data)
     return paths
@@ -67,21 +45,6 @@ def _stage(key: str, path: Path, next_stage: NextStage | None = None) -> LoadedS
     deployment, index = key.rsplit("/", 1)
     return LoadedStage(key=key, deployment_id=deployment, index=int(index), sha256="x", generation=1,
                        session=load_partition(path), next=next_stage)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[DataPlaneServer]]:
-    made: list[DataPlaneServer] = []
-    yield made
-    for server in made:
-        server.close()
-
-
-def _server(servers: list[DataPlaneServer], table: StageTable, name: str, **kwargs: object) -> DataPlaneServer:
-    server = DataPlaneServer(table, StageRunner(), name=name, **kwargs)  # type: ignore[arg-type]
-    server.start()
-    servers.append(server)
-    return server
 
 
 def _reference(path: Path, x: np.ndarray) -> np.ndarray:
@@ -234,9 +197,9 @@ def test_skip_connection_crossing_a_stage_is_passed_through(tmp_path: Path, serv
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4])
 
     parts = [
-        _model([helper.make_node("Relu", ["x"], ["a"])], [vi("x")], [vi("a")], []),
-        _model([helper.make_node("Neg", ["a"], ["b"])], [vi("a")], [vi("b")], []),
-        _model([helper.make_node("Add", ["a", "b"], ["y"])], [vi("a"), vi("b")], [vi("y")], []),
+        onnx_bytes([helper.make_node("Relu", ["x"], ["a"])], [vi("x")], [vi("a")], []),
+        onnx_bytes([helper.make_node("Neg", ["a"], ["b"])], [vi("a")], [vi("b")], []),
+        onnx_bytes([helper.make_node("Add", ["a", "b"], ["y"])], [vi("a"), vi("b")], [vi("y")], []),
     ]
     tables = [StageTable() for _ in parts]
     endpoints = [_server(servers, table, f"n{i}").endpoint for i, table in enumerate(tables)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +17,13 @@ import pytest
 
 from treeline_common.clock import SystemClock
 from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState
+from treeline_test_helpers import start_data_plane_server as _server
 
 from node_engine.commands import CommandHandler
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.server import DataPlaneServer
-from node_engine.emulation import EmulatedLink, Emulator
-from node_engine.stages import RELAY_SESSION, LoadedStage, StageRunner, StageTable
+from node_engine.emulation import EmulatedLink
+from node_engine.stages import RELAY_SESSION, LoadedStage, StageTable
 
 
 class Echo:
@@ -42,23 +43,6 @@ class Echo:
 
     def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def servers() -> Iterator[list[DataPlaneServer]]:
-    made: list[DataPlaneServer] = []
-    yield made
-    for server in made:
-        server.close()
-
-
-def _server(servers: list[DataPlaneServer], table: StageTable, name: str, link: EmulatedLink | None = None,
-            **kwargs: object) -> DataPlaneServer:
-    runner = StageRunner(Emulator(1.0, link=link))
-    server = DataPlaneServer(table, runner, name=name, **kwargs)  # type: ignore[arg-type]
-    server.start()
-    servers.append(server)
-    return server
 
 
 def _pair(servers: list[DataPlaneServer], link: EmulatedLink | None, first: LoadedStage | None = None,

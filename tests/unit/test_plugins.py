@@ -15,18 +15,10 @@ from ml_scheduler.plugins import FILTER_NAMES, PLUGINS, SCORE_NAMES
 from ml_scheduler.plugins import filters as f
 from ml_scheduler.plugins import scores as s
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+from treeline_test_helpers import BASE_REQUEST
+from treeline_test_helpers import node_view as node
 
-MIB = 1024 * 1024
-BASE = PlacementRequest(model_param_bytes=10 * MIB, min_stage_bytes=100 * MIB, model_flops=1e9,
-                        input_bytes=600_000)
-
-
-def node(node_id: str, **kw: object) -> NodeView:
-    fields: dict[str, object] = {"node_id": node_id, "name": f"name-{node_id}", "profile": "server",
-                                 "online": True, "speed_factor": 1.0, "memory_limit_mb": 4096.0,
-                                 "arch": "x86_64"}
-    fields.update(kw)
-    return NodeView(**fields)  # type: ignore[arg-type]
+BASE = BASE_REQUEST
 
 
 # (filter class, request changes, passing node changes, failing node changes, reason code)
