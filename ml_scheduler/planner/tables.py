@@ -95,11 +95,47 @@ def singleton_classes(problem: PlanningProblem) -> tuple[tuple[int, ...], ...]:
     return tuple((d,) for d in range(problem.n_devices))
 
 
-def _window_starts(problem: PlanningProblem, device: int, range_mem: np.ndarray) -> np.ndarray:
+def memory_starts(problem: PlanningProblem, limits: np.ndarray) -> np.ndarray:
+    """(len(limits), n+1): for each end q', the first start q whose range ``[q, q')`` has memory
+    <= the limit (q' when none; column 0 is 0). Same values as counting the entries of
+    :func:`range_memory_matrix` over the limit (memory is non-increasing in q, also after
+    rounding), found by a vectorised binary search with O(1) range maxima: O(n log n)."""
+    n = problem.n_ops
+    limits = np.asarray(limits, dtype=np.float64)
+    params = np.concatenate([[0.0], np.cumsum(problem.param_bytes, dtype=np.float64)])
+    live = np.asarray(problem.live_bytes, dtype=np.float64)
+    out = np.zeros((limits.size, n + 1), dtype=np.int64)
+    if n == 0 or limits.size == 0:
+        return out
+    levels = max(int(n).bit_length(), 1)
+    table = np.empty((levels, n))  # table[j, i] = max(live[i : i + 2^j]) (clipped)
+    table[0] = live
+    for j in range(1, levels):
+        half = 1 << (j - 1)
+        table[j] = table[j - 1]
+        table[j, : n - half] = np.maximum(table[j - 1, : n - half], table[j - 1, half:])
+    log_table = np.zeros(n + 1, dtype=np.int64)
+    log_table[1:] = np.floor(np.log2(np.arange(1, n + 1))).astype(np.int64)
+    end = np.broadcast_to(np.arange(1, n + 1), (limits.size, n))
+    limit = np.broadcast_to(limits[:, None], (limits.size, n))
+    lo, hi = np.zeros((limits.size, n), dtype=np.int64), end.copy()  # answer in [lo, hi]
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = np.where(active, (lo + hi) // 2, np.minimum(lo, end - 1))
+        level = log_table[end - mid]
+        live_max = np.maximum(table[level, mid], table[level, end - (1 << level)])
+        fits = (params[end] - params[mid]) + live_max <= limit
+        hi = np.where(active & fits, mid, hi)
+        lo = np.where(active & ~fits, mid + 1, lo)
+    out[:, 1:] = lo
+    return out
+
+
+def _window_starts(problem: PlanningProblem, device: int, mem_start: np.ndarray) -> np.ndarray:
     """L_d(q') for q' = 0..n: first start whose range fits memory and has no ``inf`` op."""
     n = problem.n_ops
-    over = range_mem > problem.mem_bytes[device]  # (n+1 starts, n+1 ends), monotone in both
-    mem_start = over.sum(axis=0)  # count of infeasible starts q < q' = first feasible start
     bad = ~np.isfinite(problem.op_ms[device])
     last_bad = np.maximum.accumulate(np.where(bad, np.arange(n), -1))  # last bad op index <= i
     inf_start = np.concatenate([[0], last_bad + 1])  # for end q': ops < q' bad -> start after it
@@ -128,13 +164,13 @@ def build_tables(problem: PlanningProblem, classes: tuple[tuple[int, ...], ...])
     n = problem.n_ops
     cut = np.asarray(problem.cut_bytes, dtype=np.float64)
     reps = [c[0] for c in classes]
-    range_mem = range_memory_matrix(problem)
+    mem_starts = memory_starts(problem, problem.mem_bytes[reps])
     prefix = np.zeros((len(classes), n + 1))
     window = np.zeros((len(classes), n + 1), dtype=np.int64)
     for t, rep in enumerate(reps):
         row = np.where(np.isfinite(problem.op_ms[rep]), problem.op_ms[rep], 0.0)
         prefix[t, 1:] = np.cumsum(row)
-        window[t] = _window_starts(problem, rep, range_mem)
+        window[t] = _window_starts(problem, rep, mem_starts[t])
     hop = np.full((len(classes), len(classes), n + 1), np.inf)
     for t, a in enumerate(reps):
         for u, members in enumerate(classes):

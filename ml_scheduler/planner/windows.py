@@ -60,11 +60,13 @@ def window_min(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def window_minmax(a: np.ndarray, p: np.ndarray, starts: np.ndarray, bound: float = np.inf) -> np.ndarray:
+def window_minmax(a: np.ndarray, p: np.ndarray, starts: np.ndarray, bound: float = np.inf,
+                  mask: np.ndarray | None = None) -> np.ndarray:
     """``out[:, q'] = min_{q in [starts[q'], q')} max(a[:, q], p[q'] - p[q])`` (module docstring).
 
     Entries whose value is provably ``>= bound`` (window minimum of ``a`` or the last op alone
     already reaches it) are returned as ``inf`` without searching: callers prune them anyway.
+    With ``mask`` (rows, cols) bool, only entries where it is True are computed (others ``inf``).
     """
     rows, cols = a.shape
     out = np.full((rows, cols), np.inf)
@@ -77,8 +79,10 @@ def window_minmax(a: np.ndarray, p: np.ndarray, starts: np.ndarray, bound: float
     flat = _sparse_table(a, levels).ravel()
     log_table = _floor_log2(np.arange(cols + 1))
     # Only (row, end) pairs that can come out below ``bound`` are searched, as flat 1-D lists.
-    row_of, end = np.nonzero(np.broadcast_to(
-        p[valid][None, :] - p[valid - 1][None, :] < bound, (rows, valid.size)))
+    wanted = np.broadcast_to(p[valid][None, :] - p[valid - 1][None, :] < bound, (rows, valid.size))
+    if mask is not None:
+        wanted = wanted & mask[:, valid]
+    row_of, end = np.nonzero(wanted)
     end = valid[end]
     start = starts[end]
     row_base = row_of * (levels * cols)
