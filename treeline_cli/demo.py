@@ -20,7 +20,7 @@ import numpy as np
 
 import model_zoo
 from node_engine.data_plane.client import TensorClient
-from treeline_cli.inference import InferenceReport, random_inputs, run_requests
+from treeline_cli.inference import InferenceReport, merge, random_inputs, run_requests
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack
 
@@ -64,11 +64,21 @@ def with_profile(path: Path, application_name: str, scheduler_profile: str) -> d
     return sla
 
 
-def measure(placement: dict[str, Any], n: int) -> dict[str, InferenceReport]:
-    return {
-        "latency": run_requests(placement, n, in_flight=1, seed=1),
-        "throughput": run_requests(placement, n, in_flight=THROUGHPUT_IN_FLIGHT, seed=2),
-    }
+ROUNDS = 4
+
+
+def measure_interleaved(placements: dict[str, dict[str, Any]], n: int) -> dict[str, dict[str, InferenceReport]]:
+    """Send ``n`` requests (and ``n`` with several in flight) to each deployment, in ``ROUNDS``
+    round-robin rounds, so a transient slowdown of the shared host hits every deployment alike
+    instead of whichever happened to be measured at that moment."""
+    runs: dict[str, dict[str, list[InferenceReport]]] = {k: {"latency": [], "throughput": []} for k in placements}
+    per_round = max(1, n // ROUNDS)
+    for round_index in range(ROUNDS):
+        for label, placement in placements.items():
+            runs[label]["latency"].append(run_requests(placement, per_round, in_flight=1, seed=round_index))
+            runs[label]["throughput"].append(run_requests(placement, per_round, in_flight=THROUGHPUT_IN_FLIGHT,
+                                                          seed=100 + round_index))
+    return {label: {kind: merge(reports) for kind, reports in kinds.items()} for label, kinds in runs.items()}
 
 
 def output_difference(placements: list[dict[str, Any]]) -> float:
@@ -101,8 +111,8 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
                   "each device class\n" if not services else f"Deploying {label} ({source}) ...\n")
         services[label] = deploy_sla(client, sla, out)[0]
     out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} in flight "
-              "to each ...\n")
-    results = {label: measure(service["placement"], requests) for label, service in services.items()}
+              f"to each, in {ROUNDS} interleaved rounds ...\n")
+    results = measure_interleaved({label: s["placement"] for label, s in services.items()}, requests)
     diff = output_difference([s["placement"] for s in services.values()])
     out.write(render_table(services, results, diff))
     record = {
@@ -110,10 +120,15 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
         "max_abs_output_difference": diff,
         "deployments": {label: {"placement": services[label]["placement"],
                                 "explanation": services[label].get("explanation"),
-                                **{k: asdict(v) for k, v in results[label].items()}} for label in services},
+                                **{k: _summary(v) for k, v in results[label].items()}} for label in services},
     }
     (stack.config.data_dir / "demo_results.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _summary(report: InferenceReport) -> dict[str, Any]:
+    """The report without its raw samples (those stay out of the results file)."""
+    return {k: v for k, v in asdict(report).items() if k not in ("latencies_ms", "samples")}
 
 
 def _stage_rows(label: str, service: dict[str, Any], report: InferenceReport) -> list[str]:

@@ -30,6 +30,9 @@ class InferenceReport:
     in_flight: int
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean compute ms per stage key
     link_ms: dict[str, float] = field(default_factory=dict)  # mean emulated transfer ms after a stage
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    wall_s: float = 0.0
+    samples: dict[str, list[float]] = field(default_factory=dict, repr=False)  # timing key -> ms
 
 
 def random_inputs(input_spec: dict[str, Any], n: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -55,19 +58,38 @@ def run_requests(
         started = time.perf_counter()
         results = client.infer_many(entry["stage_key"], inputs, max_in_flight=in_flight, timeout=timeout)
         wall_s = time.perf_counter() - started
-    latencies_ms = np.array([latency * 1000.0 for _, _, latency in results])
-    stage_totals: dict[str, list[float]] = {}
+    samples: dict[str, list[float]] = {}
     for _, timings, _ in results:
         for key, ms in timings.items():
-            stage_totals.setdefault(key, []).append(float(ms))
+            samples.setdefault(key, []).append(float(ms))
+    return summarize([latency * 1000.0 for _, _, latency in results], wall_s, samples, in_flight)
+
+
+def summarize(latencies_ms: list[float], wall_s: float, samples: dict[str, list[float]],
+              in_flight: int) -> InferenceReport:
+    """Percentiles, throughput and per-stage means of raw measurements."""
+    latencies = np.array(latencies_ms)
     return InferenceReport(
-        requests=n,
-        p50_ms=float(np.percentile(latencies_ms, 50)),
-        p99_ms=float(np.percentile(latencies_ms, 99)),
-        mean_ms=float(latencies_ms.mean()),
-        throughput_rps=n / wall_s if wall_s > 0 else 0.0,
+        requests=len(latencies_ms),
+        p50_ms=float(np.percentile(latencies, 50)),
+        p99_ms=float(np.percentile(latencies, 99)),
+        mean_ms=float(latencies.mean()),
+        throughput_rps=len(latencies_ms) / wall_s if wall_s > 0 else 0.0,
         in_flight=in_flight,
-        stage_ms={key: float(np.mean(v)) for key, v in stage_totals.items() if not key.endswith(LINK_SUFFIX)},
-        link_ms={key[: -len(LINK_SUFFIX)]: float(np.mean(v)) for key, v in stage_totals.items()
+        stage_ms={key: float(np.mean(v)) for key, v in samples.items() if not key.endswith(LINK_SUFFIX)},
+        link_ms={key[: -len(LINK_SUFFIX)]: float(np.mean(v)) for key, v in samples.items()
                  if key.endswith(LINK_SUFFIX)},
+        latencies_ms=list(latencies_ms),
+        wall_s=wall_s,
+        samples=samples,
     )
+
+
+def merge(reports: list[InferenceReport]) -> InferenceReport:
+    """One report over several runs of the same deployment (e.g. interleaved rounds)."""
+    samples: dict[str, list[float]] = {}
+    for report in reports:
+        for key, values in report.samples.items():
+            samples.setdefault(key, []).extend(values)
+    return summarize([ms for r in reports for ms in r.latencies_ms], sum(r.wall_s for r in reports), samples,
+                     reports[0].in_flight)
