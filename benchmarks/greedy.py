@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -23,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import model_zoo
-from treeline_cli.demo import PARTITIONED_SLA, deploy_sla, measure_interleaved
+from treeline_cli.demo import PARTITIONED_SLA, deploy_sla, example_sla, measure_interleaved
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import StackConfig, pick_ports, start_stack
 
 SCENARIOS: dict[str, dict[str, Any]] = {"": {}, "_source_rpi4": {"source": {"node": "rpi4-1"}}}
-
-
-def _sla(name: str, **model: Any) -> dict[str, Any]:
-    sla = json.loads(PARTITIONED_SLA.read_text())
-    application = sla["applications"][0]
-    application["application_name"] = name
-    application["microservices"][0]["model"].update(model)
-    return sla
 
 
 def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -50,8 +41,10 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
             client.register_model("mobilenet_v2", onnx_bytes)
             log = io.StringIO()
             for suffix, extra in SCENARIOS.items():
-                ours = deploy_sla(client, _sla(f"ours{suffix}", **extra), log)[0]["placement"]
-                greedy = deploy_sla(client, _sla(f"greedy{suffix}", scheduler_profile="amp4ec-baseline", **extra),
+                ours = deploy_sla(client, example_sla(PARTITIONED_SLA, f"ours{suffix}", **extra),
+                                  log)[0]["placement"]
+                greedy = deploy_sla(client, example_sla(PARTITIONED_SLA, f"greedy{suffix}",
+                                                        scheduler_profile="amp4ec-baseline", **extra),
                                     log)[0]["placement"]
                 # interleaved rounds: host noise hits both deployments alike
                 measured = {name: reports["latency"] for name, reports in

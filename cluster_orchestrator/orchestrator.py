@@ -25,8 +25,7 @@ from cluster_orchestrator import planning
 from cluster_orchestrator.aggregate import compute_aggregate
 from cluster_orchestrator.deployer import Deployer, DeployerSettings, StageTracker
 from cluster_orchestrator.deployments import (
-    ACTIVE, DEGRADED, DELETED, IN_PROGRESS, REQUESTED, RUNNING, DeploymentBook, Superseded,
-    deployment_view, job_view,
+    ACTIVE, DEGRADED, DELETED, IN_PROGRESS, REQUESTED, RUNNING, DeploymentBook, deployment_view, job_view,
 )
 from cluster_orchestrator.liveness import backoff_delay, heartbeat_timeout
 from cluster_orchestrator.mqtt_bus import MessageBus

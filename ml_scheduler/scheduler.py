@@ -56,16 +56,13 @@ class ScheduleResult:
     source_node_id: str | None = None
 
 
-def _matching(nodes: tuple[NodeView, ...], selector: Any) -> int | None:
-    """Index of the first node a NodeSelector matches (by name or node id, or label)."""
+def _matching(devices: ClusterSnapshot, selector: Any) -> int | None:
+    """Index of the first device a NodeSelector matches, with the same rule the filters use
+    (``NodeColumns.selector_mask``: node by name or id, else label)."""
     if selector is None:
         return None
-    for index, node in enumerate(nodes):
-        if selector.node is not None and selector.node in (node.name, node.node_id):
-            return index
-        if selector.label is not None and selector.label in node.labels:
-            return index
-    return None
+    hits = np.flatnonzero(devices.columns().selector_mask(selector.node, selector.label))
+    return int(hits[0]) if hits.size else None
 
 
 def plan_summary(plan: Plan, problem: PlanningProblem) -> dict[str, Any]:
@@ -106,11 +103,12 @@ class MlScheduler:
         by_id = {node.node_id: node for node in snapshot.nodes}
         devices = tuple(by_id[node_id] for node_id in shortlist.shortlist)
         constraints = microservice.ml_constraints
-        pin = _matching(devices, constraints.privacy_pin)
-        source = _matching(devices, spec.source)
+        shortlisted = ClusterSnapshot(devices)
+        pin = _matching(shortlisted, constraints.privacy_pin)
+        source = _matching(shortlisted, spec.source)
         if source is None and pin is not None:
             source = pin  # pinned data is, by definition, where the input arrives
-        sink = _matching(devices, spec.sink)
+        sink = _matching(shortlisted, spec.sink)
         problem = build_problem(graph, devices, cost_model, source_idx=source, sink_idx=sink,
                                 max_partitions=int(spec.max_partitions), first_device=pin,
                                 objective=spec.objective)

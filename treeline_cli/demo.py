@@ -9,7 +9,6 @@ each; one table shows the stages, the predicted and measured latency and the thr
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import asdict
@@ -55,12 +54,13 @@ def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO, timeout: fl
     return services
 
 
-def with_profile(path: Path, application_name: str, scheduler_profile: str) -> dict[str, Any]:
-    """An example SLA under another application name, placed by another scheduler profile."""
-    sla = copy.deepcopy(json.loads(path.read_text()))
+def example_sla(path: Path, application_name: str, **model: Any) -> dict[str, Any]:
+    """An example SLA file under another application name, with overrides of its (first)
+    microservice's model block, e.g. ``scheduler_profile`` or ``source``."""
+    sla = json.loads(path.read_text())
     application = sla["applications"][0]
     application["application_name"] = application_name
-    application["microservices"][0]["model"]["scheduler_profile"] = scheduler_profile
+    application["microservices"][0]["model"].update(model)
     return sla
 
 
@@ -102,7 +102,7 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
     plans = [
         ("ours: exact planner", PARTITIONED_SLA.name, json.loads(PARTITIONED_SLA.read_text())),
         ("FLOPs-balanced split", "the same SLA, flops-balanced profile",
-         with_profile(PARTITIONED_SLA, "vision-flops-balanced", "flops-balanced")),
+         example_sla(PARTITIONED_SLA, "vision-flops-balanced", scheduler_profile="flops-balanced")),
         ("single strongest node", SINGLE_SLA.name, json.loads(SINGLE_SLA.read_text())),
     ]
     services = {}
@@ -142,13 +142,19 @@ def _stage_rows(label: str, service: dict[str, Any], report: InferenceReport) ->
             f"cut {stage.get('cut_bytes', 0) / 1024:>6.1f} KB  compute {measured:>6.2f} ms measured, "
             f"{stage.get('predicted_compute_ms', float('nan')):>6.2f} predicted"
         )
-    explanation = service.get("explanation") or {}
-    used = {s["node_id"] for s in placement["stages"]}
-    names = explanation.get("node_names") or {}
-    for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
-        if node_id not in used:
-            lines.append(f"  not used: {names.get(node_id, node_id)}: {reason}")
+    lines += [f"  not used: {name}: {reason}" for name, reason in unused_nodes(service)]
     return lines
+
+
+def unused_nodes(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(node name, scheduler's reason) for every node the service's plan does not use."""
+    placement = service.get("placement") or {}
+    explanation = service.get("explanation") or {}
+    used = {s["node_id"] for s in placement.get("stages", [])}
+    names = explanation.get("node_names") or {}
+    return [(names.get(node_id, node_id), reason)
+            for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items())
+            if node_id not in used]
 
 
 def render_table(services: dict[str, dict[str, Any]], results: dict[str, dict[str, InferenceReport]],

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,9 @@ def _wait_for_signal(stack: Any) -> None:
                       f"see {managed.log_path}", file=sys.stderr)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _ready_stack(args: argparse.Namespace) -> Iterator[Any]:
+    """Start the stack from the command line's options, wait until it is ready, stop it after."""
     from treeline_cli.stack import start_stack
 
     config = _config(args)
@@ -77,15 +81,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     stack = start_stack(config)
     try:
         stack.wait_ready(timeout=args.timeout)
-        print(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
-        print(f"Cluster API   {stack.cluster_url}")
-        print(f"MQTT broker   {stack.mqtt_url}")
-        print(f"Logs          {config.data_dir / 'logs'}")
-        print("Ready. Ctrl-C stops every process.")
-        _wait_for_signal(stack)
+        yield stack
     finally:
         print("Stopping ...")
         stack.stop()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    with _ready_stack(args) as stack:
+        print(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
+        print(f"Cluster API   {stack.cluster_url}")
+        print(f"MQTT broker   {stack.mqtt_url}")
+        print(f"Logs          {stack.config.data_dir / 'logs'}")
+        print("Ready. Ctrl-C stops every process.")
+        _wait_for_signal(stack)
     return 0
 
 
@@ -106,6 +115,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def placement_summary(service: dict[str, Any]) -> str:
     """Stages, nodes, predictions and the reasons for unused nodes, as a few readable lines."""
+    from treeline_cli.demo import unused_nodes
+
     placement = service.get("placement") or {}
     lines = []
     if placement.get("relay"):
@@ -119,12 +130,7 @@ def placement_summary(service: dict[str, Any]) -> str:
         lines.append(f"  predicted: {predicted.get('latency_ms', 0):.2f} ms end to end, "
                      f"{predicted.get('throughput_rps', 0):.0f} req/s pipelined, "
                      f"{predicted.get('energy_mj', 0):.1f} mJ per inference")
-    explanation = service.get("explanation") or {}
-    names = explanation.get("node_names") or {}
-    used = {s["node_id"] for s in placement.get("stages", [])}
-    for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
-        if node_id not in used:
-            lines.append(f"  not used: {names.get(node_id, node_id)}: {reason}")
+    lines += [f"  not used: {name}: {reason}" for name, reason in unused_nodes(service)]
     return "\n".join(lines)
 
 
@@ -148,20 +154,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from treeline_cli.demo import run_demo
-    from treeline_cli.stack import start_stack
 
-    config = _config(args)
-    print(f"Starting Treeline: broker, root, cluster and {config.nodes} node engines (state in {config.data_dir})")
-    stack = start_stack(config)
-    try:
-        stack.wait_ready(timeout=args.timeout)
+    with _ready_stack(args) as stack:
         print(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
         run_demo(stack, sys.stdout, requests=args.requests)
         if args.keep:
             print("--keep: the stack keeps running. Ctrl-C stops every process.")
             _wait_for_signal(stack)
-    finally:
-        stack.stop()
     return 0
 
 

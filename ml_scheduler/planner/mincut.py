@@ -77,8 +77,8 @@ class _Dinic:
         """Run max-flow; return the nodes reachable from ``s`` in the residual graph."""
         while (level := self._bfs(s, t)) is not None:
             it = [0] * len(self.adj)
-            while (pushed := self._dfs(s, t, float("inf"), level, it)) > 0.0:
-                pass
+            while self._dfs(s, t, float("inf"), level, it) > 0.0:
+                pass  # each call pushes one blocking-flow path
         seen, queue = {s}, deque([s])
         while queue:
             u = queue.popleft()

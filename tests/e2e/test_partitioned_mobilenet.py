@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from treeline_cli.broker import BrokerProcess
+from treeline_cli.demo import example_sla
 from treeline_cli.inference import LINK_SUFFIX, random_inputs
 from treeline_cli.root_client import DeploymentFailed, RootClient
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
@@ -49,12 +50,7 @@ def client(stack: Stack, mobilenet_onnx: bytes) -> RootClient:
 
 
 def sla_with(name: str, **model: object) -> dict:
-    """The example SLA under another application name, with model-block overrides."""
-    sla = json.loads(EXAMPLE.read_text())
-    application = sla["applications"][0]
-    application["application_name"] = name
-    application["microservices"][0]["model"].update(model)
-    return sla
+    return example_sla(EXAMPLE, name, **model)
 
 
 def test_three_partitions_match_whole_model(client: RootClient, mobilenet_onnx: bytes) -> None:

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.deployer import StageTracker
+from ml_scheduler.extract import Partition
 from treeline_common.messages import StageState
-
-
-@dataclass(frozen=True)
-class Part:
-    index: int
-    sha256: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    flops: int
-    param_bytes: int
-    cut_bytes: int
 
 
 NODES = {
@@ -35,8 +23,9 @@ NODES = {
 }
 
 
-def two_parts() -> list[Part]:
-    return [Part(0, "a" * 64, ("input",), ("h",), 100, 10, 64), Part(1, "b" * 64, ("h",), ("output",), 50, 5, 0)]
+def two_parts() -> list[Partition]:
+    return [Partition(0, b"", "a" * 64, ("input",), ("h",), 100, 10, 64),
+            Partition(1, b"", "b" * 64, ("h",), ("output",), 50, 5, 0)]
 
 
 def test_placement_has_the_contract_shape() -> None:
