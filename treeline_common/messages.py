@@ -8,18 +8,22 @@ fatal). Adding an optional field keeps ``v``; changing or removing one bumps it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+from treeline_common import wire
 
 SCHEMA_VERSION = 1
 
 T = TypeVar("T")
 
+_PCT = {"min": 0.0, "max": 100.0}
+_NONNEG = {"min": 0}
 
-class PayloadError(ValueError):
-    """A message payload that cannot be decoded into its schema."""
+
+class PayloadError(wire.WireError):
+    """A message payload that cannot be decoded into its schema (types, ranges, version)."""
 
 
 # ---------------------------------------------------------------- node -> cluster
@@ -35,13 +39,17 @@ class NodeStatus:
 
     node_id: str
     state: str  # "online" | "offline"
-    seq: int = 0
+    seq: int = field(default=0, metadata=_NONNEG)
     ts: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.state not in ("online", "offline"):
+            raise ValueError(f"state must be 'online' or 'offline', not {self.state!r}")
 
 
 @dataclass(frozen=True)
 class Battery:
-    percent: float
+    percent: float = field(metadata=_PCT)
     charging: bool = False
 
 
@@ -49,7 +57,7 @@ class Battery:
 class Accelerator:
     kind: str  # "gpu" | "tpu" | "npu"
     name: str
-    memory_mb: int = 0
+    memory_mb: int = field(default=0, metadata=_NONNEG)
     emulated: bool = False
 
 
@@ -58,23 +66,29 @@ class NodeTelemetry:
     """Periodic telemetry on ``nodes/<id>/information`` (default every 2 s).
 
     CPU and memory are psutil readings of the host; ``memory_limit_mb`` is the memory the
-    node offers (an emulation profile may declare less than the host has).
+    node offers (an emulation profile may declare less than the host has). ``seq`` is the
+    birth sequence number of the MQTT session that sent it (see :class:`NodeStatus`): the
+    cluster lets telemetry of a newer birth override an ``offline`` it holds, so a retained
+    ``offline`` published by somebody else cannot pin a live node offline. ``stages`` lists
+    the stage keys (:func:`stage_key`) the node serves right now: the observed state the
+    cluster's reconcile loop compares with its desired placements.
     """
 
     node_id: str
     ts: float
-    cpu_percent: float
-    cpu_count: int
-    memory_percent: float
-    memory_total_mb: int
-    memory_available_mb: int
-    memory_limit_mb: int
+    cpu_percent: float = field(metadata=_PCT)
+    cpu_count: int = field(metadata={"min": 1})
+    memory_percent: float = field(metadata=_PCT)
+    memory_total_mb: int = field(metadata=_NONNEG)
+    memory_available_mb: int = field(metadata=_NONNEG)
+    memory_limit_mb: int = field(metadata=_NONNEG)
     profile: str = "native"
     emulated: bool = False
-    speed_factor: float = 1.0
+    speed_factor: float = field(default=1.0, metadata={"min": 1e-6})
     accelerators: list[Accelerator] = field(default_factory=list)
     battery: Battery | None = None
     stages: list[str] = field(default_factory=list)
+    seq: int = field(default=0, metadata=_NONNEG)
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,11 @@ class StageState:
     generation: int = 0
     reason: str = ""
     ts: float = 0.0
-    load_ms: float = 0.0
+    load_ms: float = field(default=0.0, metadata=_NONNEG)
+
+    def __post_init__(self) -> None:
+        if self.state not in STAGE_STATES:
+            raise ValueError(f"state must be one of {', '.join(STAGE_STATES)}, not {self.state!r}")
 
 
 STAGE_STATES = ("DOWNLOADING", "LOADING", "READY", "FAILED", "REMOVED")
@@ -105,9 +123,10 @@ class StageStats:
     node_id: str
     deployment_id: str
     stage: int
-    requests: int
-    compute_ms_mean: float
+    requests: int = field(metadata=_NONNEG)
+    compute_ms_mean: float = field(metadata=_NONNEG)
     ts: float = 0.0
+    generation: int = 0
 
 
 # ---------------------------------------------------------------- cluster -> node
@@ -148,11 +167,17 @@ class DeployCommand:
 
 @dataclass(frozen=True)
 class DeleteCommand:
-    """``nodes/<id>/control/delete``: stop a stage, or all stages of a deployment when
-    ``stage`` is None. Idempotent."""
+    """``nodes/<id>/control/delete``: stop stages of a deployment. Idempotent.
+
+    ``generation`` None and ``stage`` None: every stage of the deployment; ``generation``
+    set: only that generation's stages (``stage`` narrows it to one). ``stage`` set without
+    ``generation``: that stage index in every generation. Make-before-break relies on
+    deleting one generation while the next one serves.
+    """
 
     deployment_id: str
     stage: int | None = None
+    generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,9 +217,21 @@ class ProfileResult:
     ts: float = 0.0
 
 
-def stage_key(deployment_id: str, stage: int) -> str:
-    """The data-plane address of one stage on a node: ``<deployment_id>/<stage>``."""
-    return f"{deployment_id}/{stage}"
+def stage_key(deployment_id: str, stage: int, generation: int = 0) -> str:
+    """The data-plane address of one stage on a node: ``<deployment_id>/<generation>/<stage>``.
+
+    The generation is part of the key so two plans of one deployment can be served side by
+    side on a node while traffic moves from the old to the new (make-before-break).
+    """
+    return f"{deployment_id}/{generation}/{stage}"
+
+
+def parse_stage_key(key: str) -> tuple[str, int, int]:
+    """``(deployment_id, generation, stage)`` of a :func:`stage_key`; ValueError otherwise."""
+    deployment_id, generation, stage = key.rsplit("/", 2)
+    if not deployment_id:
+        raise ValueError(f"not a stage key: {key!r}")
+    return deployment_id, int(generation), int(stage)
 
 
 # ---------------------------------------------------------------- encoding
@@ -202,17 +239,21 @@ def stage_key(deployment_id: str, stage: int) -> str:
 
 def encode(message: Any) -> bytes:
     """Encode a payload dataclass as JSON bytes, adding the schema version."""
-    body = dataclasses.asdict(message)
+    body = wire.to_dict(message)
     body["v"] = SCHEMA_VERSION
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode(cls: type[T], payload: bytes | str) -> T:
-    """Decode ``payload`` into ``cls``; raise :class:`PayloadError` if it does not fit."""
+    """Decode ``payload`` into ``cls``; raise :class:`PayloadError` if it does not fit.
+
+    Whatever goes wrong (not JSON, NaN, nesting too deep, wrong types, out of range,
+    wrong schema version) surfaces as PayloadError, never as another exception type.
+    """
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"{cls.__name__}: not JSON: {exc}") from None
+        body = wire.loads(payload, cls.__name__)
+    except wire.WireError as exc:
+        raise PayloadError(str(exc), exc.details) from None
     if not isinstance(body, dict):
         raise PayloadError(f"{cls.__name__}: payload is not an object")
     version = body.pop("v", None)
@@ -221,37 +262,9 @@ def decode(cls: type[T], payload: bytes | str) -> T:
     return from_dict(cls, body)
 
 
-
 def from_dict(cls: type[T], body: dict[str, Any]) -> T:
-    """Build ``cls`` from a plain dict, recursing into the nested payload types above."""
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in body.items():
-        if key not in names:
-            continue  # tolerate fields added by newer senders
-        kwargs[key] = _nested_value(cls, key, value)
+    """Build ``cls`` from a plain dict, validating types and ranges (see :mod:`.wire`)."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise PayloadError(f"{cls.__name__}: {exc}") from None
-
-
-def _nested_value(cls: type, key: str, value: Any) -> Any:
-    nested = _NESTED_FIELDS.get((cls.__name__, key))
-    if nested is None or value is None:
-        return value
-    target, many = nested
-    if many:
-        if not isinstance(value, list):
-            raise PayloadError(f"{cls.__name__}.{key}: expected a list")
-        return [from_dict(target, item) if isinstance(item, dict) else item for item in value]
-    if not isinstance(value, dict):
-        raise PayloadError(f"{cls.__name__}.{key}: expected an object")
-    return from_dict(target, value)
-
-
-_NESTED_FIELDS: dict[tuple[str, str], tuple[type, bool]] = {
-    ("NodeTelemetry", "accelerators"): (Accelerator, True),
-    ("NodeTelemetry", "battery"): (Battery, False),
-    ("DeployCommand", "next"): (NextStage, False),
-}
+        return wire.from_dict(cls, body)
+    except wire.WireError as exc:
+        raise PayloadError(str(exc), exc.details) from None

@@ -19,6 +19,7 @@ from treeline_common.messages import (
     StageStats,
     decode,
     encode,
+    parse_stage_key,
     stage_key,
 )
 
@@ -67,8 +68,8 @@ def test_encode_adds_schema_version_and_unknown_fields_are_tolerated() -> None:
 @pytest.mark.parametrize(
     "payload, match",
     [
-        (b"\xff\xfe", "not JSON"),
-        (b"{nope", "not JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"{nope", "not valid JSON"),
         (b"[1, 2]", "not an object"),
         (json.dumps({"node_id": "n", "state": "online"}).encode(), "schema version"),
         (json.dumps({"v": 2, "node_id": "n", "state": "online"}).encode(), "schema version"),
@@ -84,15 +85,15 @@ def test_bad_status_payloads_raise_payload_error(payload: bytes, match: str) -> 
     "cls, body, match",
     [
         (DeployCommand, {"deployment_id": "d", "stage": 0, "artifact_url": "u", "sha256": "s", "inputs": [],
-                         "outputs": [], "next": "tcp://nowhere"}, "next: expected an object"),
+                         "outputs": [], "next": "tcp://nowhere"}, "next must be an object"),
         (DeployCommand, {"deployment_id": "d", "stage": 0, "artifact_url": "u", "sha256": "s", "inputs": [],
-                         "outputs": [], "next": {"node_id": "n"}}, "NextStage"),
+                         "outputs": [], "next": {"node_id": "n"}}, "next.endpoint is required"),
         (NodeTelemetry, {"node_id": "n", "ts": 0, "cpu_percent": 0, "cpu_count": 1, "memory_percent": 0,
                          "memory_total_mb": 1, "memory_available_mb": 1, "memory_limit_mb": 1,
-                         "accelerators": {"kind": "gpu"}}, "accelerators: expected a list"),
+                         "accelerators": {"kind": "gpu"}}, "accelerators must be a list"),
         (NodeTelemetry, {"node_id": "n", "ts": 0, "cpu_percent": 0, "cpu_count": 1, "memory_percent": 0,
                          "memory_total_mb": 1, "memory_available_mb": 1, "memory_limit_mb": 1,
-                         "battery": 50}, "battery: expected an object"),
+                         "battery": 50}, "battery must be an object"),
     ],
 )
 def test_bad_nested_payloads_raise_payload_error(cls: type, body: dict, match: str) -> None:
@@ -101,4 +102,5 @@ def test_bad_nested_payloads_raise_payload_error(cls: type, body: dict, match: s
 
 
 def test_stage_key() -> None:
-    assert stage_key("svc-0", 2) == "svc-0/2"
+    assert stage_key("svc-0", 2, 3) == "svc-0/3/2"
+    assert parse_stage_key(stage_key("svc-0", 2, 3)) == ("svc-0", 3, 2)
