@@ -1,29 +1,40 @@
 # Two commands do the whole set-up on a fresh machine:
 #   make demo   -> .venv + install + broker check + `treeline demo`
-#   make test   -> .venv + install + broker check + the whole test suite
+#   make test   -> .venv + install + broker check + lint (ruff, mypy) + the whole test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# every package we ship or run; ruff and mypy must be clean on all of them
+PACKAGES := treeline_common ml_scheduler node_engine cluster_orchestrator root_orchestrator \
+            deployment_descriptors model_zoo treeline_cli benchmarks
 
-.PHONY: demo test install broker clean benchmarks
+.PHONY: demo test install broker lint clean benchmarks
 
 demo: install broker
 	$(VENV)/bin/treeline demo $(DEMO_ARGS)
 
-test: install broker
+test: install broker lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 install: $(STAMP)
+
+# ruff (rules in pyproject.toml, [tool.ruff]) and mypy ([tool.mypy]); `make test` runs this first
+lint: install
+	@echo "lint: ruff check"
+	$(VENV)/bin/ruff check $(PACKAGES)
+	@echo "lint: mypy"
+	$(VENV)/bin/mypy $(PACKAGES)
 
 # torch is pinned to the CPU wheel (2.13.0) through the [export] extra; it is only used to
 # export models. The node engine runs without it.
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { echo "install: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "install: pip install -e .[export,dev] (several minutes)"
 	$(PY) -m pip install --quiet -e ".[export,dev]"
-	touch $(STAMP)
+	@touch $(STAMP)
 
 # Mosquitto is the broker for tests and production; install it where apt-get can.
 # Without it, the demo and tests fall back to the embedded amqtt broker.
