@@ -16,12 +16,11 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from treeline_common.clock import SystemClock
-from treeline_common.shutdown import ShutdownSignal
-
 from root_orchestrator.app import create_app
 from root_orchestrator.cluster_client import HttpClusterClient
 from root_orchestrator.stores import open_stores
+from treeline_common.clock import SystemClock
+from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger("root_orchestrator")
 

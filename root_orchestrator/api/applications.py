@@ -11,12 +11,11 @@ import copy
 import logging
 from typing import Any
 
-from deployment_descriptors import parse_sla
 from flask import Blueprint, jsonify, request
 
+from deployment_descriptors import parse_sla
+from root_orchestrator.api.context import ctx
 from treeline_common.http import json_body
-
-from root_orchestrator.app import ctx
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,10 @@ from urllib.parse import urlparse
 
 from flask import Blueprint, jsonify, request
 
+from root_orchestrator.api.context import ctx
+from root_orchestrator.ranking import is_active
 from treeline_common.errors import InvalidInput
 from treeline_common.http import json_body
-
-from root_orchestrator.app import ctx
-from root_orchestrator.ranking import is_active
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +22,9 @@ def _view(cluster: dict[str, Any], now: float, window_s: float) -> dict[str, Any
     return {**cluster, "active": is_active(cluster, now, window_s)}
 
 
-@bp.post("/api/clusters/register")
-def register() -> Any:
-    body = json_body(request)
+def _registration(body: dict[str, Any]) -> tuple[str, str, str]:
+    """(name, location, url without a trailing slash) of a registration body, or InvalidInput
+    listing every field that is wrong."""
     name, location, url = body.get("cluster_name"), body.get("cluster_location", ""), body.get("url")
     problems = []
     if not isinstance(name, str) or not name.strip():
@@ -34,11 +33,18 @@ def register() -> Any:
         problems.append({"path": "cluster_location", "message": "must be a string"})
     if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
         problems.append({"path": "url", "message": "must be an http(s) URL"})
-    if problems:
+    if problems or not (isinstance(name, str) and isinstance(location, str) and isinstance(url, str)):
         raise InvalidInput("invalid cluster registration", problems)
+    return name, location, url.rstrip("/")
+
+
+@bp.post("/api/clusters/register")
+def register() -> Any:
+    name, location, url = _registration(json_body(request))
     c = ctx()
-    doc, created = c.stores.clusters.register(name, location, url.rstrip("/"), c.clock.now())
-    log.info("cluster %s %s as %s (%s)", name, "registered" if created else "re-registered", doc["cluster_id"], url)
+    doc, created = c.stores.clusters.register(name, location, url, c.clock.now())
+    log.info("cluster %s %s as %s (%s)", name, "registered" if created else "re-registered",
+             doc["cluster_id"], url)
     return jsonify({"cluster_id": doc["cluster_id"]}), (201 if created else 200)
 
 

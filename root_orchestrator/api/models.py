@@ -12,12 +12,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from treeline_common.errors import InvalidInput
-from treeline_common.http import json_body
-
-from root_orchestrator.app import ctx
+from root_orchestrator.api.context import ctx
 from root_orchestrator.onnx_signature import extract_signature, load_onnx
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
+from treeline_common.errors import InvalidInput
+from treeline_common.http import json_body
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from root_orchestrator.api.context import ctx
 from treeline_common.errors import InvalidInput
 from treeline_common.http import json_body
-
-from root_orchestrator.app import ctx
 
 log = logging.getLogger(__name__)
 

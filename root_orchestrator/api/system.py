@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from root_orchestrator.app import ctx
+from root_orchestrator.api.context import ctx
 from root_orchestrator.openapi import openapi_document
 
 bp = Blueprint("system", __name__)

@@ -19,14 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from treeline_common.errors import InvalidInput
-
 from root_orchestrator.stores.base import ApplicationStore, ArtifactStore, ClusterStore, ModelRegistry
+from treeline_common.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Stores", "open_stores", "known_schemes", "ArtifactStore", "ModelRegistry", "ApplicationStore",
-           "ClusterStore"]
+__all__ = [
+    "ApplicationStore",
+    "ArtifactStore",
+    "ClusterStore",
+    "ModelRegistry",
+    "Stores",
+    "known_schemes",
+    "open_stores",
+]
 
 
 @dataclass

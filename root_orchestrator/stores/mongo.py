@@ -22,8 +22,6 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from treeline_common.errors import Conflict, IntegrityError
-
 from root_orchestrator.stores.base import (
     ApplicationStore,
     ArtifactStore,
@@ -41,6 +39,7 @@ from root_orchestrator.stores.base import (
     resolve_version,
     with_aliases,
 )
+from treeline_common.errors import Conflict, IntegrityError
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from treeline_common.errors import Conflict, IntegrityError
-
 from root_orchestrator.stores.base import (
     ApplicationStore,
     ArtifactStore,
@@ -40,6 +38,7 @@ from root_orchestrator.stores.base import (
     resolve_version,
     with_aliases,
 )
+from treeline_common.errors import Conflict, IntegrityError
 
 log = logging.getLogger(__name__)
 
