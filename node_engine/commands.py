@@ -9,10 +9,16 @@ Contract (see :class:`treeline_common.messages.DeployCommand`):
 - deploy: DOWNLOADING -> LOADING -> READY (with ``load_ms``), or FAILED with the reason;
   bytes whose sha256 differs from the command are refused ("sha256 mismatch: expected X
   got Y") and deleted;
-- a repeated deploy of a loaded stage with the same sha256 only updates its route
-  (``next``/generation) and re-reports READY; a new sha256 replaces the stage;
-- delete: unload the stage (or every stage of the deployment) and report REMOVED;
-  deleting what is not loaded still reports REMOVED for a named stage (idempotent);
+- stages are keyed by ``stage_key(deployment_id, stage, generation)``: a deploy for a new
+  generation ADDS a stage beside the old generation's one (make-before-break: both serve
+  until the cluster deletes the old generation);
+- a repeated deploy of a loaded key with the same sha256 only updates its route
+  (``next``) and re-reports READY; a new sha256 for the same key replaces the stage (its
+  counters carry over); a new generation starts with fresh counters;
+- delete (see :class:`~treeline_common.messages.DeleteCommand`): unload every stage the
+  command selects and report REMOVED for each, with that stage's own generation; deleting
+  a named stage that is not loaded still reports REMOVED for it (idempotent), with the
+  command's generation (0 when it names none);
 - a payload that does not decode is logged and dropped.
 """
 
@@ -25,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
 from treeline_common.clock import Clock
 from treeline_common.messages import (
     DeleteCommand,
@@ -34,9 +42,6 @@ from treeline_common.messages import (
     decode,
     stage_key,
 )
-
-from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
-from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +110,12 @@ class CommandHandler:
                     self.deploy(command)
                 else:
                     self.delete(command)
-            except Exception:  # noqa: BLE001 - one bad command must not stop the worker
+            except Exception:
                 log.exception("command %s failed", command)
 
     def deploy(self, cmd: DeployCommand) -> None:
         """Apply one deploy command synchronously (the worker calls this)."""
-        key = stage_key(cmd.deployment_id, cmd.stage)
+        key = stage_key(cmd.deployment_id, cmd.stage, cmd.generation)
         current = self._stages.get(key)
         if current is not None and current.sha256 == cmd.sha256.lower():
             self._stages.put(current.with_route(cmd.next, cmd.generation))
@@ -159,22 +164,25 @@ class CommandHandler:
         previous = self._stages.put(stage)
         if previous is not None:
             previous.session.close()
-        log.info("stage %s READY in %.1f ms (next=%s)", key, load_ms, cmd.next.stage_key if cmd.next else None)
+        log.info("stage %s READY in %.1f ms (next=%s)", key, load_ms,
+                 cmd.next.stage_key if cmd.next else None)
         self._state(cmd, "READY", load_ms=load_ms)
 
     def delete(self, cmd: DeleteCommand) -> None:
-        """Apply one delete command synchronously (the worker calls this)."""
-        if cmd.stage is None:
-            removed = self._stages.remove_deployment(cmd.deployment_id)
-        else:
-            one = self._stages.remove(stage_key(cmd.deployment_id, cmd.stage))
-            removed = [one] if one is not None else []
+        """Apply one delete command synchronously (the worker calls this).
+
+        Selection by ``generation`` and ``stage`` as :class:`DeleteCommand` states it; every
+        unloaded stage is reported REMOVED with its own index and generation.
+        """
+        removed = self._stages.remove_matching(cmd.deployment_id, stage=cmd.stage, generation=cmd.generation)
         for stage in removed:
             stage.session.close()
             self._report(self._make_state(cmd.deployment_id, stage.index, "REMOVED", stage.generation))
         if cmd.stage is not None and not removed:
-            self._report(self._make_state(cmd.deployment_id, cmd.stage, "REMOVED", 0))
-        log.info("deleted %s stage(s) of %s", len(removed), cmd.deployment_id)
+            generation = cmd.generation if cmd.generation is not None else 0
+            self._report(self._make_state(cmd.deployment_id, cmd.stage, "REMOVED", generation))
+        log.info("deleted %s stage(s) of %s (stage %s, generation %s)", len(removed), cmd.deployment_id,
+                 "*" if cmd.stage is None else cmd.stage, "*" if cmd.generation is None else cmd.generation)
 
     def _state(self, cmd: DeployCommand, state: str, *, reason: str = "", load_ms: float = 0.0) -> None:
         self._report(self._make_state(cmd.deployment_id, cmd.stage, state, cmd.generation, reason, load_ms))

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-port", type=int, default=0, help="data plane port (0: pick a free one)")
     parser.add_argument("--telemetry-interval", type=float, default=None,
                         help="seconds between telemetry messages (default: the cluster's, else 2.0)")
-    parser.add_argument("--data-dir", default=None, help="directory for downloaded partitions (default: temp)")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: ORT default)")
+    parser.add_argument("--data-dir", default=None,
+                        help="directory for downloaded partitions (default: temp)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime intra-op threads (0: ORT default)")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
     parser.add_argument("--labels", default="",
                         help="comma-separated labels of this node, added to its profile's (SLA constraints "

@@ -5,8 +5,15 @@ registration body), then the node registers with the cluster (retrying until it 
 then it connects to the broker the cluster named. The MQTT session carries a retained last
 will ``offline`` and, on every (re)connect, a retained birth ``online`` whose ``seq`` grows
 with every connection attempt. The sequence starts from the wall clock in milliseconds, so
-it also grows across restarts of the process and the cluster can always tell a stale
-status from a newer one.
+it also grows across restarts of the process (a restarted node registers again under its
+name, gets its node id back and is born with a larger seq) and the cluster can always tell
+a stale status from a newer one. Telemetry carries the seq of the session it goes out on.
+
+Rebirth: the node listens on its own status topic. A status it did not publish that would
+make it look dead or outrank its birth (see :func:`status_reaction`) is answered, at most
+once per :data:`REBIRTH_INTERVAL`, by :class:`Liveness`: republishing the birth, or, when
+the received seq is not below its own, a new session with a seq above it (new will, new
+retained birth).
 
 Shutdown (SIGTERM/SIGINT) publishes ``offline``, disconnects without the will, unloads
 the stages and closes the sockets; it takes well under two seconds. All state lives in a
@@ -21,14 +28,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from treeline_common import topics
-from treeline_common.clock import Clock, SystemClock
-from treeline_common.errors import TreelineError
-from treeline_common.messages import NodeStatus, ProfileResult, StageState, StageStats, encode
-from treeline_common.shutdown import ShutdownSignal
 
 from node_engine.commands import CommandHandler
 from node_engine.config import NodeConfig, parse_args
@@ -40,10 +41,151 @@ from node_engine.registration import register
 from node_engine.runtime import load_partition
 from node_engine.stages import Session, StageRunner, StageTable
 from node_engine.telemetry import read_telemetry, registration_body
+from treeline_common import topics
+from treeline_common.clock import Clock, SystemClock
+from treeline_common.errors import TreelineError
+from treeline_common.messages import (
+    NodeStatus,
+    PayloadError,
+    ProfileResult,
+    StageState,
+    StageStats,
+    decode,
+    encode,
+)
+from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TELEMETRY_INTERVAL = 2.0
+REBIRTH_INTERVAL = 1.0  # seconds: at most one reaction to foreign statuses per interval (no loops)
+
+IGNORE, REPUBLISH, REBIRTH = "ignore", "republish", "rebirth"
+
+
+def status_reaction(received: NodeStatus, node_id: str, seq: int, leaving: bool) -> str:
+    """What a connected node does about ``received`` on its own status topic (pure).
+
+    ``seq`` is the node's current birth seq (also the seq of its armed will).
+
+    - :data:`IGNORE`: another node's id; anything while ``leaving`` (our own shutdown
+      ``offline``); our own birth echoed back (``online`` with our seq); an ``online``
+      with a lower seq (stale, harmless);
+    - :data:`REPUBLISH`: ``offline`` with a lower seq — our previous session's will replayed
+      on subscribe, or a stale spoof that replaced the retained birth. Our armed will still
+      outranks it, so republishing the birth restores the retained ``online``;
+    - :data:`REBIRTH`: anything else with a seq at or above ours that we did not publish.
+      An ``offline`` with our own seq is never ours while we are connected (the broker
+      publishes a session's will only once that session is gone, and every session gets a
+      new seq), so it is as foreign as a higher one; an ``online`` above ours would make the
+      cluster dismiss our real will as stale. The node needs a seq above it: a new session.
+    """
+    if leaving or received.node_id != node_id:
+        return IGNORE
+    if received.seq < seq:
+        return REPUBLISH if received.state == "offline" else IGNORE
+    if received.state == "online" and received.seq == seq:
+        return IGNORE
+    return REBIRTH
+
+
+class Liveness:
+    """The node's birth seq and its answers to foreign statuses. Thread-safe.
+
+    ``republish`` publishes the current birth; ``renew`` replaces the MQTT session (its
+    pre-connect hook calls :meth:`next_will`, its connect hook publishes :meth:`birth`).
+    Reactions run on a worker thread (never paho's: renewing joins that thread), at most
+    one per ``interval``; reactions asked for meanwhile merge into the next one, which
+    is never dropped, so a spoof that lands during the pause is still answered.
+    """
+
+    def __init__(self, node_id: str, seq: int, clock: Clock, *, republish: Callable[[], object],
+                 renew: Callable[[], object], interval: float = REBIRTH_INTERVAL) -> None:
+        self.node_id = node_id
+        self._seq = seq
+        self._clock = clock
+        self._republish = republish
+        self._renew = renew
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._pending = IGNORE
+        self._above = 0  # highest foreign seq asking for a rebirth
+        self._thread: threading.Thread | None = None
+
+    @property
+    def seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def next_will(self) -> NodeStatus:
+        """The will for the next connection attempt; each attempt gets a new, larger seq."""
+        with self._lock:
+            self._seq += 1
+            return NodeStatus(node_id=self.node_id, state="offline", seq=self._seq, ts=self._clock.now())
+
+    def birth(self) -> NodeStatus:
+        return NodeStatus(node_id=self.node_id, state="online", seq=self.seq, ts=self._clock.now())
+
+    def leave(self) -> NodeStatus:
+        """Stop reacting (we are going offline ourselves) and return the ``offline`` to publish."""
+        self.close()
+        return NodeStatus(node_id=self.node_id, state="offline", seq=self.seq, ts=self._clock.now())
+
+    def on_status(self, payload: bytes) -> None:
+        """MQTT handler of our own status topic: classify and hand over to the worker."""
+        try:
+            received = decode(NodeStatus, payload)
+        except PayloadError as exc:
+            log.warning("dropping bad status payload on our own topic: %s", exc)
+            return
+        with self._lock:
+            reaction = status_reaction(received, self.node_id, self._seq, self._closed.is_set())
+            if reaction == IGNORE:
+                return
+            if reaction == REBIRTH:
+                self._above = max(self._above, received.seq)
+                self._pending = REBIRTH
+            elif self._pending == IGNORE:
+                self._pending = REPUBLISH
+        log.warning("status %s seq %s for us on our topic (our seq %s): %s", received.state, received.seq,
+                    self.seq, reaction)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 0.5) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        last = float("-inf")
+        while True:
+            self._wake.wait()
+            if self._closed.is_set():
+                return
+            pause = last + self._interval - self._clock.monotonic()
+            if pause > 0 and self._closed.wait(pause):
+                return
+            with self._lock:
+                self._wake.clear()
+                reaction, self._pending = self._pending, IGNORE
+                if reaction == REBIRTH:
+                    self._seq = max(self._seq, self._above)  # the next will adds one: above both
+            last = self._clock.monotonic()
+            try:
+                if reaction == REBIRTH:
+                    log.warning("rebirth: renewing the session above seq %s", self.seq)
+                    self._renew()
+                elif reaction == REPUBLISH:
+                    self._republish()
+            except Exception:
+                log.exception("liveness %s failed", reaction)
 
 
 class NodeEngine:
@@ -56,8 +198,8 @@ class NodeEngine:
         self.stop = stop or threading.Event()
         self.stages = StageTable()
         self.node_id = ""
-        self._seq = int(self.clock.now() * 1000)
-        self._seq_lock = threading.Lock()
+        self._first_seq = int(self.clock.now() * 1000)
+        self._liveness: Liveness | None = None
         self._link: MqttLink | None = None
 
     # ------------------------------------------------------------------ main flow
@@ -91,23 +233,30 @@ class NodeEngine:
                                       self.clock, self.stop)
             link = MqttLink(f"treeline-node-{self.node_id}", registration.mqtt_host, registration.mqtt_port,
                             will=self._next_will, on_connected=self._on_connected)
+            liveness = Liveness(self.node_id, self._first_seq, self.clock, republish=self._on_connected,
+                                renew=link.renew_session)
+            self._liveness = liveness
+            link.subscribe(topics.status(self.node_id), liveness.on_status)
             link.subscribe(topics.control_deploy(self.node_id), commands.on_deploy)
             link.subscribe(topics.control_delete(self.node_id), commands.on_delete)
             profile = self.config.profile
-            profiler = ProfileWorker(self.node_id, profile.device_class, data_dir, self._publish_profile, self.clock,
-                                     self.stop, threads=self.config.threads,
+            profiler = ProfileWorker(self.node_id, profile.device_class, data_dir, self._publish_profile,
+                                     self.clock, self.stop, threads=self.config.threads,
                                      speed_factor=profile.speed_factor if profile.emulated else 1.0)
             link.subscribe(topics.control_profile(self.node_id), profiler.on_profile)
             self._link = link
             commands.start()
             profiler.start()
+            liveness.start()
             link.start()
             interval = (self.config.telemetry_interval or registration.telemetry_interval
                         or DEFAULT_TELEMETRY_INTERVAL)
             self._publish_loop(interval)
-            self._go_offline(link)
+            self._go_offline(link, liveness)
             return 0
         finally:
+            if self._liveness is not None:
+                self._liveness.close()
             if commands is not None:
                 commands.stop()
             if profiler is not None:
@@ -128,44 +277,39 @@ class NodeEngine:
             if self._link is not None and self._link.connected.is_set():
                 try:
                     self._publish_telemetry(self._link)
-                except Exception:  # noqa: BLE001 - a failed sample must not stop the loop
+                except Exception:
                     log.exception("telemetry failed")
             if self.stop.wait(interval):
                 return
 
     def _publish_telemetry(self, link: MqttLink) -> None:
-        sample = read_telemetry(self.node_id, self.config.profile, self.stages.keys(), self.clock)
+        seq = self._liveness.seq if self._liveness is not None else 0
+        sample = read_telemetry(self.node_id, self.config.profile, self.stages.keys(), self.clock, seq)
         link.publish(topics.information(self.node_id), encode(sample))
         for stage in self.stages.all():
             requests, mean_ms = stage.counters.snapshot()
             stats = StageStats(node_id=self.node_id, deployment_id=stage.deployment_id, stage=stage.index,
-                               requests=requests, compute_ms_mean=mean_ms, ts=self.clock.now())
+                               requests=requests, compute_ms_mean=mean_ms, ts=self.clock.now(),
+                               generation=stage.generation)
             link.publish(topics.job_resources(self.node_id), encode(stats))
 
-    def _go_offline(self, link: MqttLink) -> None:
-        status = NodeStatus(node_id=self.node_id, state="offline", seq=self._current_seq(), ts=self.clock.now())
+    def _go_offline(self, link: MqttLink, liveness: Liveness) -> None:
+        status = liveness.leave()  # first: our own offline must not read as a spoof
         if not link.publish_and_wait(topics.status(self.node_id), encode(status), qos=1, retain=True):
             log.warning("could not publish the offline status before exiting")
         link.stop()
 
     # ------------------------------------------------------------------ MQTT hooks
 
-    def _current_seq(self) -> int:
-        with self._seq_lock:
-            return self._seq
-
     def _next_will(self) -> tuple[str, bytes]:
         """Arm the will for the next connection attempt; each attempt gets a new seq."""
-        with self._seq_lock:
-            self._seq += 1
-            seq = self._seq
-        will = NodeStatus(node_id=self.node_id, state="offline", seq=seq, ts=self.clock.now())
-        return topics.status(self.node_id), encode(will)
+        assert self._liveness is not None
+        return topics.status(self.node_id), encode(self._liveness.next_will())
 
     def _on_connected(self) -> None:
         """Birth on every (re)connect: a restarted broker has lost the retained status."""
-        assert self._link is not None
-        birth = NodeStatus(node_id=self.node_id, state="online", seq=self._current_seq(), ts=self.clock.now())
+        assert self._link is not None and self._liveness is not None
+        birth = self._liveness.birth()
         self._link.publish(topics.status(self.node_id), encode(birth), qos=1, retain=True)
         log.info("online (seq %s)", birth.seq)
 
@@ -197,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     while worker.is_alive() and not shutdown.wait(0.2):
         pass
     if shutdown:
-        log.info("signal %s: stopping", signal.Signals(shutdown.received).name if shutdown.received else "request")
+        name = signal.Signals(shutdown.received).name if shutdown.received else "request"
+        log.info("signal %s: stopping", name)
     stop.set()
     worker.join()
     return exit_code[0] if exit_code else 1

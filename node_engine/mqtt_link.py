@@ -1,11 +1,18 @@
 """The MQTT adapter: the one module of the node engine that imports paho-mqtt.
 
-:class:`MqttLink` hides paho's callback API behind three needs of the daemon: a last will
+:class:`MqttLink` hides paho's callback API behind the needs of the daemon: a last will
 that is (re)armed before every connection attempt, a hook run on every (re)connect (to
-publish the birth and resubscribe — a broker that restarted has forgotten both), and
-topic handlers. paho's network thread (``loop_start``) reconnects on its own with a
-bounded backoff; handlers run on that thread, so they MUST return quickly and hand long
+publish the birth and resubscribe — a broker that restarted has forgotten both), topic
+handlers, and :meth:`MqttLink.renew_session` to replace the session on demand (a new will
+needs a new connection). paho's network thread (``loop_start``) reconnects on its own with
+a bounded backoff; handlers run on that thread, so they MUST return quickly and hand long
 work to a worker.
+
+Failure contract: nothing a handler or hook raises can reach paho. paho-mqtt 2.x re-raises
+callback exceptions, which kills its network thread while ``is_connected()`` still reads
+True (a silently deaf node), so the client runs with ``suppress_exceptions = True`` AND
+every callback we register is wrapped in a catch-all that logs; either alone would do,
+both together survive a future paho changing one of them.
 """
 
 from __future__ import annotations
@@ -22,8 +29,25 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes], None]
 
 
+def _guarded(name: str, callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` wrapped so that no exception escapes into paho's network thread."""
+
+    def call(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("MQTT %s callback failed", name)
+
+    return call
+
+
 class MqttLink:
-    """One MQTT session to a broker. The constructor does no I/O; :meth:`start` connects."""
+    """One MQTT session to a broker. The constructor does no I/O; :meth:`start` connects.
+
+    Thread-safety: :meth:`publish` and :meth:`subscribe` may be called from any thread;
+    :meth:`renew_session` and :meth:`stop` are serialized with each other and MUST NOT be
+    called from a handler (they join paho's network thread, the one running handlers).
+    """
 
     def __init__(
         self,
@@ -42,13 +66,16 @@ class MqttLink:
         self._on_connected = on_connected
         self._handlers: dict[str, Handler] = {}
         self._connected = threading.Event()
-        self._stopping = False
+        self._session_lock = threading.Lock()  # renew_session vs stop
+        self._stopping = False  # a disconnect we asked for (log it quietly)
+        self._closed = False
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        self._client.suppress_exceptions = True
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
-        self._client.on_pre_connect = self._handle_pre_connect
-        self._client.on_connect = self._handle_connect
-        self._client.on_disconnect = self._handle_disconnect
-        self._client.on_message = self._handle_message
+        self._client.on_pre_connect = _guarded("pre-connect", self._handle_pre_connect)
+        self._client.on_connect = _guarded("connect", self._handle_connect)
+        self._client.on_disconnect = _guarded("disconnect", self._handle_disconnect)
+        self._client.on_message = _guarded("message", self._handle_message)
 
     @property
     def connected(self) -> threading.Event:
@@ -61,11 +88,33 @@ class MqttLink:
             self._client.subscribe(topic, qos=1)
 
     def start(self) -> None:
-        """Connect in the background; paho keeps retrying until the broker answers."""
-        if self._will is not None:
-            self._arm_will()
+        """Connect in the background; paho keeps retrying until the broker answers.
+
+        The will is armed by the pre-connect hook before every attempt (this one included).
+        """
         self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
         self._client.loop_start()
+
+    def renew_session(self) -> bool:
+        """Close the session cleanly and open a new one; False if the link is stopped.
+
+        The clean DISCONNECT discards the old will (the broker does not publish it); the
+        new connection arms a fresh will (pre-connect hook), resubscribes and runs the
+        ``on_connected`` hook, exactly as a first connect does. Messages published while
+        the session is down are not guaranteed to be delivered.
+        """
+        with self._session_lock:
+            if self._closed:
+                return False
+            log.info("renewing the MQTT session to %s:%s", self._host, self._port)
+            self._stopping = True
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._connected.clear()
+            self._stopping = False
+            self._client.connect_async(self._host, self._port, keepalive=self._keepalive)
+            self._client.loop_start()
+            return True
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> Any:
         """Queue a message; returns paho's MQTTMessageInfo (``wait_for_publish`` on it)."""
@@ -85,22 +134,23 @@ class MqttLink:
         return bool(info.is_published())
 
     def stop(self) -> None:
-        """Disconnect cleanly (the broker does NOT send the will) and stop the network thread."""
-        self._stopping = True
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._connected.clear()
+        """Disconnect cleanly (the broker does NOT send the will) and stop the network thread.
+
+        Final: a later :meth:`renew_session` does nothing.
+        """
+        with self._session_lock:
+            self._closed = True
+            self._stopping = True
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._connected.clear()
 
     # ------------------------------------------------------------------ paho callbacks
 
-    def _arm_will(self) -> None:
-        assert self._will is not None
-        topic, payload = self._will()
-        self._client.will_set(topic, payload, qos=1, retain=True)
-
     def _handle_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         if self._will is not None:
-            self._arm_will()
+            topic, payload = self._will()
+            client.will_set(topic, payload, qos=1, retain=True)
 
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                         properties: Any) -> None:
@@ -108,13 +158,13 @@ class MqttLink:
             log.warning("MQTT connect to %s:%s refused: %s", self._host, self._port, reason_code)
             return
         log.info("MQTT connected to %s:%s", self._host, self._port)
-        for topic in self._handlers:
+        for topic in list(self._handlers):
             client.subscribe(topic, qos=1)
         self._connected.set()
         if self._on_connected is not None:
             try:
                 self._on_connected()
-            except Exception:  # noqa: BLE001 - a failing hook must not kill paho's thread
+            except Exception:
                 log.exception("on_connected hook failed")
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -131,5 +181,5 @@ class MqttLink:
             return
         try:
             handler(bytes(message.payload))
-        except Exception:  # noqa: BLE001 - a bad message must never kill paho's thread
+        except Exception:
             log.exception("handler for %s failed", message.topic)

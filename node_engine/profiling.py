@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.runtime import profile_model
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, ProfileCommand, ProfileResult, decode
-
-from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
 
 log = logging.getLogger(__name__)
 
@@ -203,16 +203,14 @@ class ProfileWorker:
         log.info("profiling model %s (%d runs, %d warmup)", cmd.sha256[:12], cmd.runs, cmd.warmup)
         try:
             path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop)
-            profiler = self._profiler
-            if profiler is None:
-                from node_engine.runtime import profile_model as profiler
-            op_ms, total, runs = profile_file(path, cmd, threads=self._threads, speed_factor=self._speed_factor,
-                                              profiler=profiler)
+            profiler = self._profiler if self._profiler is not None else profile_model
+            op_ms, total, runs = profile_file(path, cmd, threads=self._threads,
+                                              speed_factor=self._speed_factor, profiler=profiler)
         except DownloadCancelled:
             return None
         except ArtifactError as exc:
             return self._result(cmd, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - onnxruntime/onnx raise many types; answer, never crash
+        except Exception as exc:
             log.exception("profiling %s failed", cmd.sha256[:12])
             return self._result(cmd, error=f"profiling failed: {exc}")
         log.info("profiled %s: %d ops, %.2f ms per run", cmd.sha256[:12], len(op_ms), total)

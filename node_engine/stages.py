@@ -23,10 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
+from node_engine.emulation import Emulator
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.messages import DeployCommand, NextStage, stage_key
-
-from node_engine.emulation import Emulator
 
 
 class Session(Protocol):
@@ -96,7 +95,18 @@ class LoadedStage:
         return selected
 
     def with_route(self, next_stage: NextStage | None, generation: int) -> LoadedStage:
+        """A copy routed to ``next_stage``. The key is not recomputed: callers pass the
+        generation the key already names (a new generation is a new stage, not a re-route)."""
         return dataclasses.replace(self, next=next_stage, generation=generation)
+
+    def selected_by(self, deployment_id: str, stage: int | None, generation: int | None) -> bool:
+        """Whether a delete of ``(deployment_id, stage, generation)`` covers this stage.
+
+        ``None`` matches any value: the selection rule of :class:`DeleteCommand`.
+        """
+        return (self.deployment_id == deployment_id
+                and (stage is None or self.index == stage)
+                and (generation is None or self.generation == generation))
 
 
 class _RelaySession:
@@ -127,7 +137,7 @@ def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> Lo
     it forwards everything it received.
     """
     return LoadedStage(
-        key=stage_key(cmd.deployment_id, cmd.stage),
+        key=stage_key(cmd.deployment_id, cmd.stage, cmd.generation),
         deployment_id=cmd.deployment_id,
         index=cmd.stage,
         sha256=cmd.sha256.lower(),
@@ -141,7 +151,12 @@ def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> Lo
 
 
 class StageTable:
-    """Stage key -> :class:`LoadedStage`. All methods are thread-safe."""
+    """Stage key -> :class:`LoadedStage`. All methods are thread-safe.
+
+    The key is ``stage_key(deployment_id, index, generation)``, so several generations of
+    one deployment's stage live side by side; :meth:`keys` is what the node reports as the
+    stages it serves.
+    """
 
     def __init__(self) -> None:
         self._stages: dict[str, LoadedStage] = {}
@@ -163,8 +178,18 @@ class StageTable:
             return self._stages.pop(key, None)
 
     def remove_deployment(self, deployment_id: str) -> list[LoadedStage]:
+        """Remove every stage of ``deployment_id``, in every generation."""
+        return self.remove_matching(deployment_id)
+
+    def remove_matching(self, deployment_id: str, *, stage: int | None = None,
+                        generation: int | None = None) -> list[LoadedStage]:
+        """Remove and return (sorted by key) the stages :meth:`LoadedStage.selected_by` selects.
+
+        Atomic: a stage deployed concurrently is either removed or left whole.
+        """
         with self._lock:
-            keys = [k for k, s in self._stages.items() if s.deployment_id == deployment_id]
+            keys = sorted(key for key, entry in self._stages.items()
+                          if entry.selected_by(deployment_id, stage, generation))
             return [self._stages.pop(k) for k in keys]
 
     def keys(self) -> list[str]:
@@ -200,7 +225,8 @@ class StageRunner:
         """Emulated uplink ms before ``payload_bytes`` may leave for another node (0 if native)."""
         return self._emulator.link_delay_ms(payload_bytes)
 
-    def run(self, stage: LoadedStage, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    def run(self, stage: LoadedStage,
+            inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
         if stage.relay:
             stage.counters.add(0.0)
             return dict(inputs), 0.0

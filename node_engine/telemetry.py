@@ -54,8 +54,14 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
     }
 
 
-def read_telemetry(node_id: str, profile: DeviceProfile, stages: list[str], clock: Clock) -> NodeTelemetry:
-    """One telemetry sample. ``cpu_percent`` is since the previous call (0.0 the first time)."""
+def read_telemetry(node_id: str, profile: DeviceProfile, stages: list[str], clock: Clock,
+                   seq: int = 0) -> NodeTelemetry:
+    """One telemetry sample. ``cpu_percent`` is since the previous call (0.0 the first time).
+
+    ``stages`` MUST be the stage keys (``stage_key``, generation included) served right now and
+    ``seq`` the birth seq of the MQTT session the sample goes out on: the cluster reconciles
+    its placements against the first and trusts the sample over a stale ``offline`` by the second.
+    """
     memory = psutil.virtual_memory()
     return NodeTelemetry(
         node_id=node_id,
@@ -72,4 +78,5 @@ def read_telemetry(node_id: str, profile: DeviceProfile, stages: list[str], cloc
         accelerators=list(profile.accelerators),
         battery=profile.battery,
         stages=stages,
+        seq=seq,
     )

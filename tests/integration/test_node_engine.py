@@ -29,6 +29,7 @@ from treeline_common.messages import (
     StageStats,
     decode,
     encode,
+    stage_key,
 )
 from treeline_common.netutil import free_port, poll_until
 from treeline_test_helpers import (
@@ -80,15 +81,17 @@ def pair(cluster: FakeCluster, observer: Observer,
 
 
 def _deploy(cluster: FakeCluster, dep: str, stage: int, part: str, sha: str | None = None,
-            nxt: NextStage | None = None) -> DeployCommand:
+            nxt: NextStage | None = None, generation: int = 1) -> DeployCommand:
     return DeployCommand(deployment_id=dep, stage=stage, artifact_url=f"{cluster.url}/artifacts/{part}",
                          sha256=sha or cluster.sha(part), inputs=["x"] if stage == 0 else ["h"],
-                         outputs=["h"] if stage == 0 else ["y"], next=nxt, generation=1)
+                         outputs=["h"] if stage == 0 else ["y"], next=nxt, generation=generation)
 
 
-def _wait_state(observer: Observer, node: NodeProcess, dep: str, stage: int, state: str) -> StageState:
+def _wait_state(observer: Observer, node: NodeProcess, dep: str, stage: int, state: str,
+                generation: int = 1) -> StageState:
     return observer.wait_for(topics.job(node.node_id), StageState,
-                             lambda s: s.deployment_id == dep and s.stage == stage and s.state == state)
+                             lambda s: (s.deployment_id == dep and s.stage == stage and s.state == state
+                                        and s.generation == generation))
 
 
 # ---------------------------------------------------------------- tests
@@ -129,7 +132,7 @@ def test_two_stage_pipeline_matches_whole_model(pair: tuple[NodeProcess, NodePro
     endpoint_a = cluster.registrations["alpha"]["data_endpoint"]
     endpoint_b = cluster.registrations["beta"]["data_endpoint"]
     observer.publish(topics.control_deploy(beta.node_id), encode(_deploy(cluster, "pipe", 1, "part1")))
-    nxt = NextStage(beta.node_id, endpoint_b, "pipe/1")
+    nxt = NextStage(beta.node_id, endpoint_b, stage_key("pipe", 1, 1))
     observer.publish(topics.control_deploy(alpha.node_id), encode(_deploy(cluster, "pipe", 0, "part0", nxt=nxt)))
     for node, stage in ((alpha, 0), (beta, 1)):
         _wait_state(observer, node, "pipe", stage, "DOWNLOADING")
@@ -140,22 +143,25 @@ def test_two_stage_pipeline_matches_whole_model(pair: tuple[NodeProcess, NodePro
     inputs = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(10)]
     with TensorClient(endpoint_a) as client:
         for item in inputs:
-            outputs, timings = client.infer("pipe/0", item)
+            outputs, timings = client.infer("pipe/1/0", item)
             np.testing.assert_allclose(outputs["y"], whole.run(["y"], item)[0], atol=1e-5)
-            assert set(timings) == {"pipe/0", "pipe/1"}
-        results = client.infer_many("pipe/0", inputs, max_in_flight=4)
+            assert set(timings) == {"pipe/1/0", "pipe/1/1"}
+        results = client.infer_many("pipe/1/0", inputs, max_in_flight=4)
     for item, (outputs, _, latency) in zip(inputs, results):
         np.testing.assert_allclose(outputs["y"], whole.run(["y"], item)[0], atol=1e-5)
         assert latency > 0
-    observer.wait_for(topics.information(alpha.node_id), NodeTelemetry, lambda t: t.stages == ["pipe/0"])
+    birth = observer.wait_for(topics.status(alpha.node_id), NodeStatus, lambda s: s.state == "online")
+    telemetry = observer.wait_for(topics.information(alpha.node_id), NodeTelemetry,
+                                  lambda t: t.stages == ["pipe/1/0"])
+    assert telemetry.seq == birth.seq
     stats = observer.wait_for(topics.job_resources(beta.node_id), StageStats,
                               lambda s: s.deployment_id == "pipe" and s.requests == 20)
-    assert stats.stage == 1 and stats.compute_ms_mean > 0
+    assert stats.stage == 1 and stats.generation == 1 and stats.compute_ms_mean > 0
     # delete unloads and the stage stops serving
     observer.publish(topics.control_delete(alpha.node_id), encode(DeleteCommand("pipe", None)))
-    _wait_state(observer, alpha, "pipe", 0, "REMOVED")
+    assert _wait_state(observer, alpha, "pipe", 0, "REMOVED").generation == 1
     with TensorClient(endpoint_a) as client, pytest.raises(RuntimeError, match="unknown stage"):
-        client.infer("pipe/0", inputs[0])
+        client.infer("pipe/1/0", inputs[0])
 
 
 def test_same_node_stages_and_bad_payloads(pair: tuple[NodeProcess, NodeProcess], cluster: FakeCluster,
@@ -168,14 +174,46 @@ def test_same_node_stages_and_bad_payloads(pair: tuple[NodeProcess, NodeProcess]
     observer.publish(topics.control_delete(alpha.node_id), b"[]")
     observer.publish(control, encode(_deploy(cluster, "local", 1, "part1")))
     observer.publish(control, encode(_deploy(cluster, "local", 0, "part0",
-                                             nxt=NextStage(alpha.node_id, endpoint_a, "local/1"))))
+                                             nxt=NextStage(alpha.node_id, endpoint_a, "local/1/1"))))
     _wait_state(observer, alpha, "local", 0, "READY")
     _wait_state(observer, alpha, "local", 1, "READY")
     x = {"x": np.ones((1, 8), np.float32)}
     with TensorClient(endpoint_a) as client:
-        _, timings = client.infer("local/0", x)
-    assert set(timings) == {"local/0", "local/1"}
+        _, timings = client.infer("local/1/0", x)
+    assert set(timings) == {"local/1/0", "local/1/1"}
     assert alpha.process.poll() is None
+
+
+def test_make_before_break_serves_two_generations_side_by_side(pair: tuple[NodeProcess, NodeProcess],
+                                                                cluster: FakeCluster, observer: Observer) -> None:
+    alpha, _ = pair
+    endpoint_a = cluster.registrations["alpha"]["data_endpoint"]
+    control = topics.control_deploy(alpha.node_id)
+    observer.publish(control, encode(_deploy(cluster, "mbb", 0, "part0", generation=1)))
+    _wait_state(observer, alpha, "mbb", 0, "READY", generation=1)
+    observer.publish(control, encode(_deploy(cluster, "mbb", 0, "part0", generation=2)))
+    _wait_state(observer, alpha, "mbb", 0, "READY", generation=2)
+    x = {"x": np.ones((1, 8), np.float32)}
+    with TensorClient(endpoint_a) as client:
+        old, _ = client.infer(stage_key("mbb", 0, 1), x)
+        new, _ = client.infer(stage_key("mbb", 0, 2), x)
+    np.testing.assert_array_equal(old["h"], new["h"])
+    observer.wait_for(topics.information(alpha.node_id), NodeTelemetry,
+                      lambda t: {"mbb/1/0", "mbb/2/0"} <= set(t.stages))
+    observer.wait_for(topics.job_resources(alpha.node_id), StageStats,
+                      lambda s: s.deployment_id == "mbb" and s.generation == 2 and s.requests == 1)
+    # break: the old generation goes, the new one keeps serving
+    observer.publish(topics.control_delete(alpha.node_id), encode(DeleteCommand("mbb", generation=1)))
+    _wait_state(observer, alpha, "mbb", 0, "REMOVED", generation=1)
+    with TensorClient(endpoint_a) as client:
+        again, _ = client.infer(stage_key("mbb", 0, 2), x)
+        with pytest.raises(RuntimeError, match="unknown stage"):
+            client.infer(stage_key("mbb", 0, 1), x)
+    np.testing.assert_array_equal(again["h"], new["h"])
+    observer.wait_for(topics.information(alpha.node_id), NodeTelemetry,
+                      lambda t: "mbb/2/0" in t.stages and "mbb/1/0" not in t.stages)
+    assert not [s for s in observer.seen(topics.job(alpha.node_id), StageState)
+                if s.deployment_id == "mbb" and s.generation == 2 and s.state == "REMOVED"]
 
 
 def test_wrong_sha256_reports_failed(pair: tuple[NodeProcess, NodeProcess], cluster: FakeCluster,

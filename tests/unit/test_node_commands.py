@@ -19,8 +19,7 @@ from treeline_test_helpers import chain_models
 from node_engine.commands import CommandHandler
 from node_engine.registration import backoff_delay, register
 from node_engine.runtime import load_partition
-from node_engine.stages import StageTable
-
+from node_engine.stages import LoadedStage, StageTable
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -76,21 +75,22 @@ def handler(tmp_path: Path) -> tuple[CommandHandler, list[StageState], StageTabl
             reports, table)
 
 
-def _deploy(base: str, name: str, sha: str | None = None, stage: int = 0, nxt: NextStage | None = None) -> DeployCommand:
+def _deploy(base: str, name: str, sha: str | None = None, stage: int = 0, nxt: NextStage | None = None,
+            generation: int = 1) -> DeployCommand:
     return DeployCommand(deployment_id="d", stage=stage, artifact_url=f"{base}/{name}", sha256=sha or _sha(name),
-                         inputs=["x"], outputs=["h"], next=nxt, generation=1)
+                         inputs=["x"], outputs=["h"], next=nxt, generation=generation)
 
 
 def test_deploy_reports_states_and_is_idempotent(http_base: str, handler: tuple, tmp_path: Path) -> None:
     commands, reports, table = handler
     commands.deploy(_deploy(http_base, "part0"))
     assert [r.state for r in reports] == ["DOWNLOADING", "LOADING", "READY"]
-    assert table.keys() == ["d/0"] and (tmp_path / f"{_sha('part0')}.onnx").exists()
+    assert table.keys() == ["d/1/0"] and (tmp_path / f"{_sha('part0')}.onnx").exists()
     reports.clear()
-    nxt = NextStage("n2", "tcp://127.0.0.1:9", "d/1")
+    nxt = NextStage("n2", "tcp://127.0.0.1:9", "d/1/1")
     commands.deploy(_deploy(http_base, "part0", nxt=nxt))
-    assert [r.state for r in reports] == ["READY"]
-    assert table.get("d/0").next == nxt  # type: ignore[union-attr]
+    assert [(r.state, r.generation) for r in reports] == [("READY", 1)]
+    assert table.get("d/1/0").next == nxt  # type: ignore[union-attr]
 
 
 def test_sha_mismatch_fails_and_deletes_the_file(http_base: str, handler: tuple, tmp_path: Path) -> None:
@@ -137,7 +137,7 @@ def test_bad_payloads_are_dropped_and_the_worker_keeps_going(http_base: str, han
         assert ready.wait(10)
     finally:
         commands.stop()
-    assert table.keys() == ["d/0"]
+    assert table.keys() == ["d/1/0"]
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -162,3 +162,107 @@ def test_register_gives_up_when_stopped() -> None:
     stop = threading.Event()
     stop.set()
     assert register(f"http://127.0.0.1:{free_port()}", {"name": "a"}, stop) is None
+
+
+# ---------------------------------------------------------------- generations (make-before-break)
+
+
+def test_new_generation_is_served_beside_the_old_one(http_base: str, handler: tuple) -> None:
+    commands, reports, table = handler
+    commands.deploy(_deploy(http_base, "part0", generation=1))
+    old = table.get("d/1/0")
+    assert old is not None
+    old.counters.add(2.0)
+    reports.clear()
+    commands.deploy(_deploy(http_base, "part0", generation=2))
+    assert [(r.state, r.generation) for r in reports] == [("DOWNLOADING", 2), ("LOADING", 2), ("READY", 2)]
+    assert table.keys() == ["d/1/0", "d/2/0"]
+    assert table.get("d/1/0") is old  # untouched: still serving
+    new = table.get("d/2/0")
+    assert new is not None and new.generation == 2 and new.counters.snapshot() == (0, 0.0)
+
+
+def test_new_sha_for_the_same_key_replaces_and_keeps_counters(http_base: str, handler: tuple) -> None:
+    commands, _, table = handler
+    commands.deploy(_deploy(http_base, "part0"))
+    first = table.get("d/1/0")
+    assert first is not None
+    first.counters.add(3.0)
+    commands.deploy(_deploy(http_base, "part1"))
+    second = table.get("d/1/0")
+    assert table.keys() == ["d/1/0"] and second is not None and second.sha256 == _sha("part1")
+    assert second.counters.snapshot() == (1, 3.0)
+
+
+def _relay(generation: int, stage: int = 0) -> DeployCommand:
+    return DeployCommand(deployment_id="d", stage=stage, artifact_url="", sha256="", inputs=["x"], outputs=[],
+                         generation=generation, relay=True)
+
+
+def test_relay_stages_are_keyed_by_generation_and_idempotent(handler: tuple) -> None:
+    commands, reports, table = handler
+    commands.deploy(_relay(3))
+    commands.deploy(_relay(3))
+    commands.deploy(_relay(4))
+    assert [(r.state, r.generation) for r in reports] == [("READY", 3), ("READY", 3), ("READY", 4)]
+    assert table.keys() == ["d/3/0", "d/4/0"]
+
+
+KEYS = ["d/1/0", "d/1/1", "d/2/0", "d/2/1"]
+
+
+@pytest.mark.parametrize(("command", "removed", "kept"), [
+    (DeleteCommand("d"), KEYS, []),
+    (DeleteCommand("d", generation=1), ["d/1/0", "d/1/1"], ["d/2/0", "d/2/1"]),
+    (DeleteCommand("d", stage=1, generation=2), ["d/2/1"], ["d/1/0", "d/1/1", "d/2/0"]),
+    (DeleteCommand("d", stage=0), ["d/1/0", "d/2/0"], ["d/1/1", "d/2/1"]),
+    (DeleteCommand("other"), [], KEYS),
+    (DeleteCommand("d", generation=7), [], KEYS),
+])
+def test_delete_selects_by_generation_and_stage(handler: tuple, command: DeleteCommand, removed: list[str],
+                                                 kept: list[str]) -> None:
+    commands, reports, table = handler
+    for generation in (1, 2):
+        for stage in (0, 1):
+            commands.deploy(_relay(generation, stage))
+    table.put(LoadedStage("other/1/0", "other", 0, "", 1, _Closing(), None))  # another deployment
+    reports.clear()
+    commands.delete(command)
+    assert table.keys() == sorted([*kept, *([] if command.deployment_id == "other" else ["other/1/0"])])
+    got = sorted(f"{r.deployment_id}/{r.generation}/{r.stage}" for r in reports)
+    assert all(r.state == "REMOVED" for r in reports)
+    assert got == (removed if command.deployment_id == "d" else ["other/1/0"])
+
+
+def test_delete_of_a_stage_not_loaded_reports_removed_with_its_generation(handler: tuple) -> None:
+    commands, reports, _ = handler
+    commands.delete(DeleteCommand("d", stage=2, generation=5))
+    commands.delete(DeleteCommand("d", stage=2))
+    commands.delete(DeleteCommand("d", generation=5))  # names no stage: nothing to report
+    assert [(r.stage, r.generation, r.state) for r in reports] == [(2, 5, "REMOVED"), (2, 0, "REMOVED")]
+
+
+def test_delete_closes_the_sessions_it_unloads(handler: tuple) -> None:
+    commands, _, table = handler
+    session = _Closing()
+    table.put(LoadedStage("d/1/0", "d", 0, "", 1, session, None))
+    commands.delete(DeleteCommand("d", generation=2))
+    assert not session.closed
+    commands.delete(DeleteCommand("d", generation=1))
+    assert session.closed and table.keys() == []
+
+
+class _Closing:
+    """A session that records whether it was closed."""
+
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def run(self, inputs: dict) -> dict:
+        return dict(inputs)
+
+    def close(self) -> None:
+        self.closed = True
