@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from treeline_common.netutil import free_port, poll_until
@@ -56,17 +56,33 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
 
 @dataclass
 class BrokerProcess:
-    """A running broker child process and where it listens."""
+    """A running broker child process and where it listens.
+
+    The handle outlives its process: :meth:`kill` (SIGKILL, an unclean crash: no session
+    state is saved, clients' last wills are NOT sent by a dead broker) or :meth:`stop`
+    (SIGTERM) end it, and :meth:`restart` starts the same command line on the same port
+    again, so clients configured with :attr:`url` can reconnect. Fault-injection tests
+    use this to take the broker away for a while.
+    """
 
     kind: str  # "mosquitto" | "amqtt"
     host: str
     port: int
     process: subprocess.Popen[bytes]
     workdir: Path
+    command: list[str] = field(default_factory=list)
+    restarts: int = 0
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.kind}.log"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the broker (SIGTERM, then SIGKILL); idempotent."""
@@ -77,6 +93,25 @@ class BrokerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=timeout)
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL the broker and reap it (a crash, not a shutdown); idempotent."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=timeout)
+
+    def restart(self, timeout: float = 15.0) -> None:
+        """Start the same command on the same port again (stopping a live one first) and wait
+        until it accepts connections. Raises if the port cannot be bound within ``timeout``."""
+        self.stop()
+        self.process = _launch(self.kind, self.command, self.workdir)
+        self.restarts += 1
+        try:
+            _wait_accepting(self, timeout)
+        except Exception:
+            self.stop()
+            raise
+        log.info("%s broker restarted on %s (restart %d)", self.kind, self.url, self.restarts)
 
 
 def mosquitto_binary() -> str | None:
@@ -98,7 +133,6 @@ def start_broker(
     workdir.mkdir(parents=True, exist_ok=True)
     binary = mosquitto_binary()
     kind = "mosquitto" if prefer == "mosquitto" or (prefer == "auto" and binary) else "amqtt"
-    log_file = open(workdir / f"{kind}.log", "ab")  # noqa: SIM115 - owned by the child process
     if kind == "mosquitto":
         if not binary:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -110,21 +144,29 @@ def start_broker(
         cmd = [binary, "-c", str(conf)]
     else:
         cmd = [sys.executable, "-c", AMQTT_RUNNER, str(port)]
-    process = subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-    )
-    broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir)
-
-    def accepting() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited with {process.returncode}; see {workdir}/{kind}.log")
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-
+    process = _launch(kind, cmd, workdir)
+    broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir, command=cmd)
     try:
-        poll_until(accepting, timeout, what=f"{kind} on port {port}")
+        _wait_accepting(broker, timeout)
     except Exception:
         broker.stop()
         raise
     log.info("%s broker listening on %s", kind, broker.url)
     return broker
+
+
+def _launch(kind: str, cmd: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    with open(workdir / f"{kind}.log", "ab") as log_file:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
+
+
+def _wait_accepting(broker: BrokerProcess, timeout: float) -> None:
+    def accepting() -> bool:
+        if broker.process.poll() is not None:
+            raise RuntimeError(f"{broker.kind} exited with {broker.process.returncode}; see {broker.log_path}")
+        with socket.create_connection((broker.host, broker.port), timeout=0.5):
+            return True
+
+    poll_until(accepting, timeout, what=f"{broker.kind} on port {broker.port}")

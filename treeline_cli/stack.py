@@ -5,6 +5,12 @@ a broker (unless an external one is given), the root orchestrator, one cluster
 orchestrator and N node engines, each its own process. Children get a parent-death
 signal, so even a SIGKILLed ``treeline up`` leaves no orphan; :meth:`Stack.stop` sends
 SIGTERM to all and SIGKILL to what has not exited in time.
+
+Fault injection: every child keeps the command line it was started with, so a test can
+``kill`` (SIGKILL), ``freeze`` (SIGSTOP) / ``thaw`` (SIGCONT) and ``restart`` any one of
+them (``root``, ``cluster``, ``node-<name>``) as the same process would be restarted by a
+supervisor: same arguments, same data directory, same ports, log appended. The broker the
+stack started is restarted on its own port (:meth:`Stack.restart_broker`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,63 @@ from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ManagedProcess:
+    """One child process and the ``python -m`` arguments it was started with."""
+
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    args: list[str] = field(default_factory=list)
+    frozen: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL and reap: a crash (no will sent, nothing flushed). Idempotent."""
+        if self.alive():
+            self.process.kill()
+        self.process.wait(timeout=timeout)
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing (a hung device)."""
+        if self.alive():
+            self.process.send_signal(signal.SIGSTOP)
+            self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self.alive():
+            self.process.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def terminate(self, timeout: float = 8.0) -> None:
+        """SIGTERM (thawing a frozen process so it can act on it), SIGKILL after ``timeout``."""
+        self.request_stop()
+        self.wait_or_kill(timeout)
+
+    def request_stop(self) -> None:
+        """Send SIGTERM (and SIGCONT to a frozen process); does not wait."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            if self.frozen:
+                self.thaw()
+
+    def wait_or_kill(self, timeout: float) -> None:
+        """Wait ``timeout`` seconds for the process to exit, then SIGKILL it."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
+            self.kill(timeout)
 
 
 @dataclass
@@ -48,6 +102,11 @@ class StackConfig:
     cluster_port: int = 10100
     telemetry_interval: float = 2.0
     push_interval: float = 15.0
+    heartbeat_misses: int = 3
+    # Extra command-line arguments for each kind of process (tests shorten timeouts with them).
+    root_args: tuple[str, ...] = ()
+    cluster_args: tuple[str, ...] = ()
+    node_args: tuple[str, ...] = ()
     node_threads: int = 0
     log_level: str = "INFO"
     # Extra labels per node name; by default the first rpi4 is the "camera" the example SLAs
@@ -77,6 +136,13 @@ class Stack:
 
     def spawn(self, name: str, args: list[str]) -> ManagedProcess:
         """Start ``python -m <args>`` as a child whose output goes to ``<data_dir>/logs/<name>.log``."""
+        if any(m.name == name for m in self.processes):
+            raise ValueError(f"a process named {name!r} is already part of the stack")
+        managed = self._launch(name, args)
+        self.processes.append(managed)
+        return managed
+
+    def _launch(self, name: str, args: list[str]) -> ManagedProcess:
         log_dir = self.config.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
@@ -88,16 +154,82 @@ class Stack:
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
-        managed = ManagedProcess(name, process, log_path, log_file)
-        self.processes.append(managed)
         log.info("started %s (pid %s), log %s", name, process.pid, log_path)
-        return managed
+        return ManagedProcess(name, process, log_path, log_file, list(args))
 
     def process(self, name: str) -> ManagedProcess:
         for managed in self.processes:
             if managed.name == name:
                 return managed
         raise KeyError(name)
+
+    # ------------------------------------------------------------------ fault injection
+
+    @property
+    def node_names(self) -> list[str]:
+        """Names of the node engines (``server-1``, ...), in start order."""
+        return [m.name.removeprefix("node-") for m in self.processes if m.name.startswith("node-")]
+
+    def node(self, name: str) -> ManagedProcess:
+        """The node engine process of node ``name`` (``server-1``, not ``node-server-1``)."""
+        return self.process(f"node-{name}")
+
+    def kill(self, name: str) -> ManagedProcess:
+        """SIGKILL the child ``name`` (``root``, ``cluster``, ``node-<name>``) and reap it."""
+        managed = self.process(name)
+        managed.kill()
+        log.info("killed %s (pid %s)", name, managed.pid)
+        return managed
+
+    def freeze(self, name: str) -> ManagedProcess:
+        managed = self.process(name)
+        managed.freeze()
+        log.info("froze %s (pid %s)", name, managed.pid)
+        return managed
+
+    def thaw(self, name: str) -> ManagedProcess:
+        managed = self.process(name)
+        managed.thaw()
+        return managed
+
+    def restart(self, name: str, *, graceful: bool = False) -> ManagedProcess:
+        """Start child ``name`` again with its own command line (same data dir and ports).
+
+        A live process is first killed (SIGKILL), or stopped with SIGTERM when ``graceful``.
+        The new process replaces the old in :attr:`processes`; its log is appended to.
+        Call it from a thread that outlives the child (the main thread): the parent-death
+        signal fires when the *thread* that started a child exits.
+        """
+        index, old = next((i, m) for i, m in enumerate(self.processes) if m.name == name)
+        if graceful:
+            old.terminate()
+        else:
+            old.kill()
+        old.log_file.close()
+        managed = self._launch(name, old.args)
+        self.processes[index] = managed
+        return managed
+
+    def add_node(self, profile: str, name: str | None = None, labels: str = "") -> ManagedProcess:
+        """Start one more node engine (a node joining the running cluster)."""
+        get_profile(profile)
+        if name is None:
+            taken = set(self.node_names)
+            name = next(f"{profile}-{i}" for i in range(1, len(taken) + 2) if f"{profile}-{i}" not in taken)
+        return self.spawn(f"node-{name}", node_args(self.config, self.cluster_url, profile, name, labels))
+
+    def kill_broker(self) -> None:
+        """SIGKILL the broker this stack started (an external one cannot be touched)."""
+        self._own_broker().kill()
+
+    def restart_broker(self) -> None:
+        """Start the stack's broker again on the same port (after :meth:`kill_broker`)."""
+        self._own_broker().restart()
+
+    def _own_broker(self) -> BrokerProcess:
+        if self.broker is None:
+            raise RuntimeError("this stack uses an external broker; it did not start one")
+        return self.broker
 
     def check_alive(self) -> None:
         """Raise with the tail of its log if any child has exited."""
@@ -117,15 +249,9 @@ class Stack:
         nodes = [m for m in self.processes if m.name.startswith("node-")]
         for group in (orchestrators, nodes):
             for managed in group:
-                if managed.alive():
-                    managed.process.send_signal(signal.SIGTERM)
+                managed.request_stop()
             for managed in group:
-                try:
-                    managed.process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in %.0fs; killing it", managed.name, timeout)
-                    managed.process.kill()
-                    managed.process.wait(timeout=timeout)
+                managed.wait_or_kill(timeout)
                 managed.log_file.close()
         if self.broker is not None:
             self.broker.stop()
@@ -165,31 +291,37 @@ def start_stack(config: StackConfig) -> Stack:
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
-             "--data-dir", str(config.data_dir / "root"), *level],
+             "--data-dir", str(config.data_dir / "root"), *level, *config.root_args],
         )
         stack.spawn(
             "cluster",
             ["cluster_orchestrator", "--host", config.host, "--port", str(config.cluster_port),
              "--root-url", stack.root_url, "--mqtt-url", stack.mqtt_url,
              "--data-dir", str(config.data_dir / "cluster"), "--name", "cluster-1",
-             "--push-interval", str(config.push_interval), *level],
+             "--push-interval", str(config.push_interval),
+             "--telemetry-interval", str(config.telemetry_interval),
+             "--heartbeat-misses", str(config.heartbeat_misses), *level, *config.cluster_args],
         )
         counts: dict[str, int] = {}
         for index in range(config.nodes):
             profile = config.node_profile(index)
             counts[profile] = counts.get(profile, 0) + 1
             name = f"{profile}-{counts[profile]}"
-            stack.spawn(
-                f"node-{name}",
-                ["node_engine", "--cluster-url", stack.cluster_url, "--profile", profile, "--name", name,
-                 "--host", config.host, "--telemetry-interval", str(config.telemetry_interval),
-                 "--data-dir", str(config.data_dir / "nodes" / name),
-                 "--threads", str(config.node_threads), "--labels", config.node_labels.get(name, ""), *level],
-            )
+            stack.spawn(f"node-{name}", node_args(config, stack.cluster_url, profile, name,
+                                                  config.node_labels.get(name, "")))
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+def node_args(config: StackConfig, cluster_url: str, profile: str, name: str, labels: str = "") -> list[str]:
+    """The ``python -m node_engine`` arguments of node ``name`` (its data dir is named after it)."""
+    return ["node_engine", "--cluster-url", cluster_url, "--profile", profile, "--name", name,
+            "--host", config.host, "--telemetry-interval", str(config.telemetry_interval),
+            "--data-dir", str(config.data_dir / "nodes" / name),
+            "--threads", str(config.node_threads), "--labels", labels,
+            "--log-level", config.log_level, *config.node_args]
 
 
 def tail(path: Path, lines: int = 30) -> str:
