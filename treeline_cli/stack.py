@@ -20,13 +20,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from treeline_cli.broker import BrokerProcess, die_with_parent, start_broker
 from treeline_common.http import call_json
-from treeline_common.netutil import free_port, poll_until
+from treeline_common.netutil import free_port
 from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
 
 log = logging.getLogger(__name__)
@@ -259,20 +261,37 @@ class Stack:
     # ------------------------------------------------------------------ waiting
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the root answers, the cluster is registered and every node is online."""
+        """Wait until the root answers, the cluster is registered and every node is online.
+
+        A child that exits meanwhile fails the wait at once, with the tail of its log.
+        """
         def root_has_cluster() -> bool:
-            self.check_alive()
             clusters = call_json("GET", f"{self.root_url}/api/clusters/", timeout=2)["clusters"]
             return any(c.get("active", True) for c in clusters)
 
-        poll_until(root_has_cluster, timeout, interval=0.2, what="the cluster to register with the root")
+        self._poll_alive(root_has_cluster, timeout, "the cluster to register with the root")
 
         def nodes_online() -> bool:
-            self.check_alive()
             nodes = call_json("GET", f"{self.cluster_url}/api/nodes", timeout=2)["nodes"]
-            return sum(1 for n in nodes if n.get("online")) >= self.config.nodes
+            return sum(1 for n in nodes if n.get("online")) >= len(self.node_names)
 
-        poll_until(nodes_online, timeout, interval=0.2, what=f"{self.config.nodes} nodes to come online")
+        self._poll_alive(nodes_online, timeout, f"{len(self.node_names)} nodes to come online")
+
+    def _poll_alive(self, probe: Callable[[], bool], timeout: float, what: str) -> None:
+        """``poll_until`` that raises at once (with its log) when a child has exited."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while True:
+            self.check_alive()
+            try:
+                if probe():
+                    return
+            except Exception as exc:  # noqa: BLE001 - the peer may not be up yet
+                last_error = exc
+            if time.monotonic() >= deadline:
+                suffix = f" (last error: {last_error})" if last_error else ""
+                raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{suffix}")
+            time.sleep(0.2)
 
 
 def start_stack(config: StackConfig) -> Stack:
