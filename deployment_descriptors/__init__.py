@@ -8,9 +8,7 @@ One definition of the SLA for every part: the root validates submissions with
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
+from .example_slas import example_path, example_sla
 from .profiles import SchedulerProfile, load_profile, profile_from_dict
 from .validation import format_path, sla_schema, validate_microservice, validate_sla
 from .views import (
@@ -24,15 +22,6 @@ from .views import (
     parse_sla,
 )
 
-
-def example_path(name: str) -> Path:
-    """Path of a shipped example SLA, e.g. ``example_path("mobilenet_v2")``."""
-    path = Path(str(resources.files(__package__).joinpath("examples", f"{name}.json")))
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    return path
-
-
 __all__ = [
     "Application",
     "Microservice",
@@ -42,6 +31,7 @@ __all__ = [
     "SchedulerProfile",
     "Sla",
     "example_path",
+    "example_sla",
     "format_path",
     "load_profile",
     "parse_microservice",

@@ -18,7 +18,6 @@ from typing import Any
 
 from treeline_common.errors import InvalidInput, NotFound
 
-
 STRATEGIES = ("optimal", "flops-balanced", "amp4ec-greedy")
 
 
@@ -46,21 +45,25 @@ def profile_from_dict(doc: Any) -> SchedulerProfile:
         raise InvalidInput("invalid scheduler profile", [{"path": "", "message": "must be an object"}])
     if not isinstance(doc.get("name"), str) or not doc["name"]:
         problems.append({"path": "name", "message": "must be a non-empty string"})
-    weights = doc.get("weights")
-    if not isinstance(weights, Mapping) or not weights:
+    raw_weights = doc.get("weights")
+    weights: Mapping[str, Any] = raw_weights if isinstance(raw_weights, Mapping) else {}
+    if not weights:
         problems.append({"path": "weights", "message": "must be a non-empty object of plugin: weight"})
     else:
         for plugin, weight in sorted(weights.items()):
             if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-                problems.append({"path": f"weights.{plugin}", "message": f"must be a number >= 0, got {weight!r}"})
+                problems.append({"path": f"weights.{plugin}",
+                                 "message": f"must be a number >= 0, got {weight!r}"})
         if not problems and not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
             problems.append({"path": "weights", "message": f"must sum to 1, got {sum(weights.values()):g}"})
     strategy = doc.get("strategy", "optimal")
     if strategy not in STRATEGIES:
-        problems.append({"path": "strategy", "message": f"must be one of {list(STRATEGIES)}, got {strategy!r}"})
+        problems.append({"path": "strategy",
+                         "message": f"must be one of {list(STRATEGIES)}, got {strategy!r}"})
     shortlist = doc.get("shortlist_size", 8)
     if isinstance(shortlist, bool) or not isinstance(shortlist, int) or not 1 <= shortlist <= 16:
-        problems.append({"path": "shortlist_size", "message": f"must be an integer in 1..16, got {shortlist!r}"})
+        problems.append({"path": "shortlist_size",
+                         "message": f"must be an integer in 1..16, got {shortlist!r}"})
     if problems:
         raise InvalidInput("invalid scheduler profile", problems)
     return SchedulerProfile(name=doc["name"], comment=str(doc.get("comment", "")),
@@ -69,7 +72,8 @@ def profile_from_dict(doc: Any) -> SchedulerProfile:
 
 
 def load_profile(name: str = "default") -> SchedulerProfile:
-    """A profile shipped in ``deployment_descriptors/profiles/<name>.json``; ``NotFound`` lists the known ones."""
+    """A profile shipped in ``deployment_descriptors/profiles/<name>.json``; ``NotFound`` lists the
+    known ones."""
     folder = resources.files(__package__).joinpath("profiles")
     known = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
     if name not in known:

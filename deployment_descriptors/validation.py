@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -36,7 +36,7 @@ def sla_schema() -> dict[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(definition: str | None) -> Draft202012Validator:
     """A validator for the whole SLA, or for one ``$defs`` entry (e.g. ``microservice``)."""
     schema = sla_schema()
@@ -81,7 +81,10 @@ def _json_type(value: Any) -> str:
 def _describe(error: ValidationError) -> tuple[list[PathPart], str]:
     """Turn one jsonschema error into (path parts, human message)."""
     path: list[PathPart] = list(error.absolute_path)
-    kind, expected, got = error.validator, error.validator_value, error.instance
+    # jsonschema sets these on every error that iter_errors yields (Unset only on errors built by hand)
+    kind: Any = error.validator
+    expected: Any = error.validator_value
+    got: Any = error.instance
     if kind == "required":
         missing = next((p for p in expected if error.message.startswith(repr(p))), None)
         if missing is None:  # pragma: no cover - jsonschema always names the property first
@@ -99,7 +102,8 @@ def _describe(error: ValidationError) -> tuple[list[PathPart], str]:
         return path, f"must be {_show(expected)}, got {_show(got)}"
     if kind == "pattern":
         hint = error.schema.get("x-hint") if isinstance(error.schema, Mapping) else None
-        return path, f"must be {hint}, got {_show(got)}" if hint else f"must match {expected}, got {_show(got)}"
+        return path, (f"must be {hint}, got {_show(got)}" if hint
+                      else f"must match {expected}, got {_show(got)}")
     if kind == "minLength":
         return path, "must not be empty" if expected == 1 else f"must have at least {expected} characters"
     if kind == "maxLength":
@@ -189,8 +193,8 @@ def _duplicate_names(items: Any, key: str, base: list[PathPart],
             continue
         ident = (item.get(key), item.get(ns_key))
         if ident in seen:
-            yield (base + [index, key],
-                   f"duplicate {what} name {_show(item[key])} (also at {format_path(base[-1:] + [seen[ident]])})")
+            first = format_path(base[-1:] + [seen[ident]])
+            yield base + [index, key], f"duplicate {what} name {_show(item[key])} (also at {first})"
         else:
             seen[ident] = index
 

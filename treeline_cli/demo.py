@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 import numpy as np
 
 import model_zoo
+from deployment_descriptors import example_path, example_sla
 from node_engine.data_plane.client import TensorClient
 from treeline_cli.inference import InferenceReport, merge, random_inputs, run_requests
 from treeline_cli.root_client import RootClient
@@ -25,9 +27,8 @@ from treeline_cli.stack import Stack
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "deployment_descriptors" / "examples"
-PARTITIONED_SLA = EXAMPLES / "mobilenet_v2.json"
-SINGLE_SLA = EXAMPLES / "mobilenet_v2_single.json"
+PARTITIONED_SLA = example_path("mobilenet_v2")
+SINGLE_SLA = example_path("mobilenet_v2_single")
 THROUGHPUT_IN_FLIGHT = 4
 
 
@@ -36,48 +37,42 @@ def deploy_file(client: RootClient, path: Path, out: TextIO, timeout: float = 18
     return deploy_sla(client, json.loads(path.read_text()), out, timeout)
 
 
-def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO, timeout: float = 180.0) -> list[dict[str, Any]]:
+def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO,
+               timeout: float = 180.0) -> list[dict[str, Any]]:
     """Submit an SLA document, deploy each of its services and wait until all are RUNNING."""
     services = []
     for application in client.submit_sla(sla):
         for service_id in application["microservices"]:
             client.deploy_service(service_id)
-            doc = client.wait_deployed(
-                service_id,
-                timeout=timeout,
-                on_change=lambda d: out.write(
-                    f"  {d.get('microservice_name', service_id)}: {d.get('status')}"
-                    f"{' - ' + d['status_detail'] if d.get('status_detail') else ''}\n"
-                ),
-            )
+            doc = client.wait_deployed(service_id, timeout=timeout, on_change=_status_writer(out, service_id))
             services.append(doc)
     return services
 
 
-def example_sla(path: Path, application_name: str, **model: Any) -> dict[str, Any]:
-    """An example SLA file under another application name, with overrides of its (first)
-    microservice's model block, e.g. ``scheduler_profile`` or ``source``."""
-    sla = json.loads(path.read_text())
-    application = sla["applications"][0]
-    application["application_name"] = application_name
-    application["microservices"][0]["model"].update(model)
-    return sla
+def _status_writer(out: TextIO, service_id: str) -> Callable[[dict[str, Any]], None]:
+    """Writes one line on ``out`` for each status a service passes through while it deploys."""
+    def write(doc: dict[str, Any]) -> None:
+        detail = f" - {doc['status_detail']}" if doc.get("status_detail") else ""
+        out.write(f"  {doc.get('microservice_name', service_id)}: {doc.get('status')}{detail}\n")
+    return write
 
 
 ROUNDS = 4
 
 
-def measure_interleaved(placements: dict[str, dict[str, Any]], n: int) -> dict[str, dict[str, InferenceReport]]:
+def measure_interleaved(placements: dict[str, dict[str, Any]],
+                        n: int) -> dict[str, dict[str, InferenceReport]]:
     """Send ``n`` requests (and ``n`` with several in flight) to each deployment, in ``ROUNDS``
     round-robin rounds, so a transient slowdown of the shared host hits every deployment alike
     instead of whichever happened to be measured at that moment."""
-    runs: dict[str, dict[str, list[InferenceReport]]] = {k: {"latency": [], "throughput": []} for k in placements}
+    runs: dict[str, dict[str, list[InferenceReport]]] = {
+        k: {"latency": [], "throughput": []} for k in placements}
     per_round = max(1, n // ROUNDS)
     for round_index in range(ROUNDS):
         for label, placement in placements.items():
             runs[label]["latency"].append(run_requests(placement, per_round, in_flight=1, seed=round_index))
-            runs[label]["throughput"].append(run_requests(placement, per_round, in_flight=THROUGHPUT_IN_FLIGHT,
-                                                          seed=100 + round_index))
+            runs[label]["throughput"].append(
+                run_requests(placement, per_round, in_flight=THROUGHPUT_IN_FLIGHT, seed=100 + round_index))
     return {label: {kind: merge(reports) for kind, reports in kinds.items()} for label, kinds in runs.items()}
 
 
@@ -93,6 +88,8 @@ def output_difference(placements: list[dict[str, Any]]) -> float:
 
 
 def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
+    """Run the demo on a started stack, write its table on ``out`` and return (and save in the
+    stack's data directory as ``demo_results.json``) the figures."""
     client = RootClient(stack.root_url)
     out.write("Exporting MobileNetV2 to ONNX (cached after the first run)...\n")
     onnx_bytes = model_zoo.cached_onnx("mobilenet_v2", stack.config.data_dir / "models")
@@ -105,13 +102,13 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
          example_sla(PARTITIONED_SLA, "vision-flops-balanced", scheduler_profile="flops-balanced")),
         ("single strongest node", SINGLE_SLA.name, json.loads(SINGLE_SLA.read_text())),
     ]
-    services = {}
+    services: dict[str, dict[str, Any]] = {}
     for label, source, sla in plans:
         out.write(f"Deploying {label} ({source}) ... the first deployment also profiles the model on "
                   "each device class\n" if not services else f"Deploying {label} ({source}) ...\n")
         services[label] = deploy_sla(client, sla, out)[0]
-    out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} in flight "
-              f"to each, in {ROUNDS} interleaved rounds ...\n")
+    out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} "
+              f"in flight to each, in {ROUNDS} interleaved rounds ...\n")
     results = measure_interleaved({label: s["placement"] for label, s in services.items()}, requests)
     diff = output_difference([s["placement"] for s in services.values()])
     out.write(render_table(services, results, diff))
@@ -138,7 +135,7 @@ def _stage_rows(label: str, service: dict[str, Any], report: InferenceReport) ->
         measured = report.stage_ms.get(stage["stage_key"], float("nan"))
         lines.append(
             f"  stage {stage['index']}  {str(stage.get('node_name', stage['node_id']))[:14]:<14} "
-            f"{str(stage.get('profile', '?')):<12} {stage.get('flops', 0) / 1e6:>7.1f} MFLOPs  "
+            f"{stage.get('profile', '?')!s:<12} {stage.get('flops', 0) / 1e6:>7.1f} MFLOPs  "
             f"cut {stage.get('cut_bytes', 0) / 1024:>6.1f} KB  compute {measured:>6.2f} ms measured, "
             f"{stage.get('predicted_compute_ms', float('nan')):>6.2f} predicted"
         )
@@ -170,13 +167,14 @@ def render_table(services: dict[str, dict[str, Any]], results: dict[str, dict[st
     def row(name: str, values: list[float]) -> None:
         lines.append(f"{name:<32}" + "".join(f"{v:>{width}.2f}" for v in values))
 
-    row("predicted latency ms", [float((services[k]["placement"].get("predicted") or {}).get("latency_ms", np.nan))
-                                 for k in labels])
+    row("predicted latency ms",
+        [float((services[k]["placement"].get("predicted") or {}).get("latency_ms", np.nan)) for k in labels])
     row("p50 latency ms (1 in flight)", [results[k]["latency"].p50_ms for k in labels])
     row("p99 latency ms (1 in flight)", [results[k]["latency"].p99_ms for k in labels])
     row("throughput req/s (1 in flight)", [results[k]["latency"].throughput_rps for k in labels])
     row(f"throughput req/s ({THROUGHPUT_IN_FLIGHT} in flight)", [results[k]["throughput"].throughput_rps
                                                                  for k in labels])
-    row(f"p50 latency ms ({THROUGHPUT_IN_FLIGHT} in flight)", [results[k]["throughput"].p50_ms for k in labels])
+    row(f"p50 latency ms ({THROUGHPUT_IN_FLIGHT} in flight)",
+        [results[k]["throughput"].p50_ms for k in labels])
     lines += ["", f"max output difference between the deployments: {diff:.2e}", ""]
     return "\n".join(lines) + "\n"

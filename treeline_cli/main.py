@@ -23,7 +23,8 @@ DEFAULT_ROOT_URL = os.environ.get("TREELINE_ROOT_URL", "http://127.0.0.1:10000")
 def _stack_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", type=int, default=3, help="number of node engines (default 3)")
     parser.add_argument("--profiles", default="server,jetson-nano,rpi4",
-                        help=f"comma-separated emulation profiles, cycled over the nodes; known: {', '.join(PROFILES)}")
+                        help="comma-separated emulation profiles, cycled over the nodes; "
+                             f"known: {', '.join(PROFILES)}")
     parser.add_argument("--mqtt-url", default=None, help="use this broker instead of starting one")
     parser.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto",
                         help="broker to start when --mqtt-url is not given (auto: mosquitto if installed)")
@@ -41,10 +42,10 @@ def _config(args: argparse.Namespace) -> Any:
     profiles = tuple(p.strip() for p in args.profiles.split(",") if p.strip())
     extra: dict[str, Any] = {}
     if args.node_label is not None:
-        pairs = [item.split("=", 1) for item in args.node_label]
-        if any(len(pair) != 2 or not pair[0] for pair in pairs):
+        pairs = [item.partition("=") for item in args.node_label]
+        if any(not name or not sep for name, sep, _ in pairs):
             raise SystemExit("error: --node-label takes NAME=LABEL[,LABEL]")
-        extra["node_labels"] = {name: labels for name, labels in pairs}
+        extra["node_labels"] = {name: labels for name, _, labels in pairs}
     return StackConfig(
         data_dir=(args.data_dir or default_data_dir()).resolve(),
         nodes=args.nodes,
@@ -77,7 +78,8 @@ def _ready_stack(args: argparse.Namespace) -> Iterator[Any]:
     from treeline_cli.stack import start_stack
 
     config = _config(args)
-    print(f"Starting Treeline: broker, root, cluster and {config.nodes} node engines (state in {config.data_dir})")
+    print(f"Starting Treeline: broker, root, cluster and {config.nodes} node engines "
+          f"(state in {config.data_dir})")
     stack = start_stack(config)
     try:
         stack.wait_ready(timeout=args.timeout)
@@ -105,8 +107,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     services = deploy_file(RootClient(args.root_url), Path(args.file), sys.stdout, timeout=args.timeout)
     for service in services:
         if args.json:
-            print(json.dumps({"placement": service.get("placement"), "explanation": service.get("explanation")},
-                             indent=2))
+            print(json.dumps({"placement": service.get("placement"),
+                              "explanation": service.get("explanation")}, indent=2))
             continue
         print(f"\n{service.get('microservice_name')} ({service['service_id']}) RUNNING")
         print(placement_summary(service))
@@ -123,7 +125,8 @@ def placement_summary(service: dict[str, Any]) -> str:
         lines.append(f"  entry: relay on {placement['relay'].get('node_name')} (where the input arrives)")
     for stage in placement.get("stages", []):
         lines.append(f"  stage {stage['index']}: {stage.get('node_name')} ({stage.get('profile')}), "
-                     f"{stage.get('flops', 0) / 1e6:.0f} MFLOPs, sends {stage.get('cut_bytes', 0) / 1024:.1f} KB, "
+                     f"{stage.get('flops', 0) / 1e6:.0f} MFLOPs, "
+                     f"sends {stage.get('cut_bytes', 0) / 1024:.1f} KB, "
                      f"predicted {stage.get('predicted_compute_ms', float('nan')):.2f} ms compute")
     predicted = placement.get("predicted") or {}
     if predicted:
@@ -140,15 +143,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     service = RootClient(args.root_url).find_service(args.app, args.service)
     if service.get("status") != "RUNNING":
-        print(f"error: service {service['service_id']} is {service.get('status')}, not RUNNING", file=sys.stderr)
+        print(f"error: service {service['service_id']} is {service.get('status')}, not RUNNING",
+              file=sys.stderr)
         return 1
     report = run_requests(service["placement"], args.n, in_flight=args.in_flight)
     print(f"{report.requests} requests to {service.get('microservice_name')} "
           f"({len(service['placement']['stages'])} stages, {report.in_flight} in flight)")
-    print(f"p50 {report.p50_ms:.2f} ms   p99 {report.p99_ms:.2f} ms   throughput {report.throughput_rps:.1f} req/s")
+    print(f"p50 {report.p50_ms:.2f} ms   p99 {report.p99_ms:.2f} ms   "
+          f"throughput {report.throughput_rps:.1f} req/s")
     for key, ms in report.stage_ms.items():
         link = report.link_ms.get(key)
-        print(f"  stage {key}: {ms:.2f} ms compute" + (f", {link:.2f} ms link to the next stage" if link else ""))
+        link_text = f", {link:.2f} ms link to the next stage" if link else ""
+        print(f"  stage {key}: {ms:.2f} ms compute{link_text}")
     return 0
 
 
