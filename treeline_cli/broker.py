@@ -7,6 +7,7 @@ Either way the broker is a real MQTT server in its own OS process on a loopback 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -48,10 +49,8 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child between f
     a killed ``treeline up`` (Linux; elsewhere a no-op)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 @dataclass
@@ -145,7 +144,8 @@ def start_broker(
     else:
         cmd = [sys.executable, "-c", AMQTT_RUNNER, str(port)]
     process = _launch(kind, cmd, workdir)
-    broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir, command=cmd)
+    broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir,
+                           command=cmd)
     try:
         _wait_accepting(broker, timeout)
     except Exception:
@@ -157,15 +157,15 @@ def start_broker(
 
 def _launch(kind: str, cmd: list[str], workdir: Path) -> subprocess.Popen[bytes]:
     with open(workdir / f"{kind}.log", "ab") as log_file:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-        )
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
 
 
 def _wait_accepting(broker: BrokerProcess, timeout: float) -> None:
     def accepting() -> bool:
         if broker.process.poll() is not None:
-            raise RuntimeError(f"{broker.kind} exited with {broker.process.returncode}; see {broker.log_path}")
+            code = broker.process.returncode
+            raise RuntimeError(f"{broker.kind} exited with {code}; see {broker.log_path}")
         with socket.create_connection((broker.host, broker.port), timeout=0.5):
             return True
 
