@@ -8,6 +8,9 @@ senders pass them to ``send_multipart(..., copy=False)`` and receivers wrap the 
 The header carries the request id, the stage key it is addressed to, ``kind``
 (``request`` | ``reply`` | ``error``), per-tensor name/dtype/shape and ``timings``: each
 stage adds ``{stage_key: compute_ms}`` so the caller sees where the time went.
+An ``error`` message also carries ``code``, one of :data:`ERROR_CODES`, so a caller can
+tell what is worth retrying (:data:`RETRYABLE`) without parsing the message; a header
+without a code (an older peer) decodes with ``code=""``, which is treated as not retryable.
 This module imports numpy only; sockets live in the node engine and the client.
 """
 
@@ -22,6 +25,16 @@ import numpy as np
 
 WIRE_VERSION = 1
 KINDS = ("request", "reply", "error")
+
+# Error codes of ``error`` messages: written once here, used by the node and every client.
+UNKNOWN_STAGE = "unknown_stage"  # the addressed stage is not served here (moved, not yet deployed)
+UNREACHABLE = "unreachable"  # a later stage's node could not be reached (connection refused or lost)
+DOWNSTREAM_TIMEOUT = "downstream_timeout"  # a later stage did not answer in time
+OVERLOADED = "overloaded"  # the node already has its bound of requests in flight
+STAGE_FAILED = "stage_failed"  # the partition raised on these inputs (retrying cannot help)
+BAD_REQUEST = "bad_request"  # malformed message or not a request
+ERROR_CODES = (UNKNOWN_STAGE, UNREACHABLE, DOWNSTREAM_TIMEOUT, OVERLOADED, STAGE_FAILED, BAD_REQUEST)
+RETRYABLE = frozenset({UNKNOWN_STAGE, UNREACHABLE, DOWNSTREAM_TIMEOUT, OVERLOADED})
 
 
 class FramingError(ValueError):
@@ -38,6 +51,7 @@ class TensorHeader:
     tensors: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    code: str = ""  # error messages: one of ERROR_CODES
 
     def to_bytes(self) -> bytes:
         return json.dumps(
@@ -49,6 +63,7 @@ class TensorHeader:
                 "tensors": self.tensors,
                 "timings": self.timings,
                 "error": self.error,
+                "code": self.code,
             },
             separators=(",", ":"),
         ).encode()
@@ -70,6 +85,7 @@ class TensorHeader:
             tensors=list(body.get("tensors", [])),
             timings=dict(body.get("timings", {})),
             error=str(body.get("error", "")),
+            code=str(body.get("code", "")),
         )
 
 
@@ -81,6 +97,7 @@ def pack(
     stage: str = "",
     timings: Mapping[str, float] | None = None,
     error: str = "",
+    code: str = "",
 ) -> list[Any]:
     """Frames for one message: ``[header, tensor0, tensor1, ...]``.
 
@@ -95,10 +112,11 @@ def pack(
         stage=stage,
         tensors=[
             {"name": name, "dtype": a.dtype.str, "shape": list(a.shape)}
-            for name, a in zip(tensors.keys(), arrays)
+            for name, a in zip(tensors.keys(), arrays, strict=True)
         ],
         timings=dict(timings or {}),
         error=error,
+        code=code,
     )
     return [header.to_bytes(), *arrays]
 
@@ -114,7 +132,7 @@ def unpack(frames: Sequence[Any]) -> tuple[TensorHeader, dict[str, np.ndarray]]:
     if len(frames) - 1 != len(header.tensors):
         raise FramingError(f"header lists {len(header.tensors)} tensors, message has {len(frames) - 1}")
     arrays: dict[str, np.ndarray] = {}
-    for spec, frame in zip(header.tensors, frames[1:]):
+    for spec, frame in zip(header.tensors, frames[1:], strict=True):
         try:
             dtype = np.dtype(spec["dtype"])
             shape = tuple(int(d) for d in spec["shape"])

@@ -1,17 +1,23 @@
 """Client of the tensor data plane: send inputs to a pipeline's entry stage, get outputs back.
 
-One DEALER socket per client, connected to the entry node's ROUTER. Requests carry a
-fresh random id and replies are matched by it, so a reply that arrives after its request
-timed out is recognised and dropped. A client is NOT thread-safe (zmq sockets are not);
-use one per thread. Arrays in the results are read-only views over the received frames
-(no copy); copy one before writing to it.
+One DEALER socket per client, connected to one node's ROUTER: this is the low-level client
+that addresses a node. Callers that address a *service* (and must survive its entry node
+moving or dying) use :class:`~node_engine.data_plane.service_client.ServiceClient`, which
+retries on top of the same framing.
+
+Requests carry a random id (or the caller's: a retry MUST reuse the id of the request it
+repeats, so the node answers it once) and replies are matched by it, so a reply that
+arrives after its request timed out is recognised and dropped. An error reply raises
+:class:`DataPlaneError`, a RuntimeError carrying the wire's error ``code``. A client is NOT
+thread-safe (zmq sockets are not); use one per thread. Arrays in the results are read-only
+views over the received frames (no copy); copy one before writing to it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,20 @@ log = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
 Timings = dict[str, float]
+
+
+class DataPlaneError(RuntimeError):
+    """An ``error`` reply; ``code`` is one of :data:`~treeline_common.tensor_wire.ERROR_CODES` or ""."""
+
+    def __init__(self, message: str, code: str = "", request_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+def new_request_id() -> str:
+    """A fresh random request id (uuid4 hex): what callers use unless they retry a request."""
+    return uuid.uuid4().hex
 
 
 class TensorClient:
@@ -56,18 +76,20 @@ class TensorClient:
     # ------------------------------------------------------------------ API
 
     def infer(self, stage_key: str, inputs: Mapping[str, np.ndarray],
-              timeout: float = 10.0) -> tuple[Outputs, Timings]:
+              timeout: float = 10.0, request_id: str | None = None) -> tuple[Outputs, Timings]:
         """Run one request through the pipeline starting at ``stage_key``.
 
+        ``request_id``: the id to send (default: a fresh one); reuse it to retry a request.
         Returns ``(outputs by name, {stage_key: compute_ms} for every stage passed)``.
-        Raises RuntimeError for an error reply and TimeoutError when none comes in time.
+        Raises DataPlaneError (a RuntimeError) for an error reply and TimeoutError when none
+        comes in time.
         """
-        request_id = self._send(stage_key, inputs)
+        request_id = self._send(stage_key, inputs, request_id)
         deadline = self._clock.monotonic() + timeout
         while True:
             header, outputs = self._receive(deadline, stage_key, timeout)
             if header.request_id == request_id:
-                return _result(header, outputs)
+                return reply_result(header, outputs)
             log.debug("dropping stale reply %s", header.request_id)
 
     def infer_many(
@@ -76,16 +98,19 @@ class TensorClient:
         inputs_iter: Iterable[Mapping[str, np.ndarray]],
         max_in_flight: int = 8,
         timeout: float = 30.0,
+        request_ids: Sequence[str] | None = None,
     ) -> list[tuple[Outputs, Timings, float]]:
         """Pipelined requests: keep up to ``max_in_flight`` outstanding, results in input order.
 
         Each result is ``(outputs, timings, latency_s)`` with the latency measured from send
         to reply. ``timeout`` bounds the wait for any single reply; a request that errors
-        raises RuntimeError naming its index.
+        raises DataPlaneError naming its index. ``request_ids`` (one per input, distinct)
+        replaces the fresh ids.
         """
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         iterator = iter(inputs_iter)
+        ids = iter(request_ids) if request_ids is not None else None
         in_flight: dict[str, tuple[int, float]] = {}
         results: dict[int, tuple[Outputs, Timings, float]] = {}
         sent = 0
@@ -97,7 +122,8 @@ class TensorClient:
                 except StopIteration:
                     exhausted = True
                     break
-                in_flight[self._send(stage_key, item)] = (sent, self._clock.monotonic())
+                chosen = next(ids, None) if ids is not None else None
+                in_flight[self._send(stage_key, item, chosen)] = (sent, self._clock.monotonic())
                 sent += 1
             if not in_flight:
                 return [results[i] for i in range(sent)]
@@ -108,9 +134,9 @@ class TensorClient:
                 continue
             index, sent_at = entry
             try:
-                out, timings = _result(header, outputs)
-            except RuntimeError as exc:
-                raise RuntimeError(f"request {index}: {exc}") from None
+                out, timings = reply_result(header, outputs)
+            except DataPlaneError as exc:
+                raise DataPlaneError(f"request {index}: {exc}", exc.code, exc.request_id) from None
             results[index] = (out, timings, self._clock.monotonic() - sent_at)
 
     # ------------------------------------------------------------------ internals
@@ -120,8 +146,8 @@ class TensorClient:
             raise RuntimeError("TensorClient is closed")
         return self._socket
 
-    def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray]) -> str:
-        request_id = uuid.uuid4().hex
+    def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> str:
+        request_id = request_id or new_request_id()
         frames = pack("request", request_id, inputs, stage=stage_key)
         self._require_socket().send_multipart(frames, copy=False)
         return request_id
@@ -132,7 +158,8 @@ class TensorClient:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                 if self._clock.monotonic() >= deadline:
-                    raise TimeoutError(f"no reply from {self.endpoint} (stage {stage_key}) within {timeout:.1f}s")
+                    raise TimeoutError(f"no reply from {self.endpoint} (stage {stage_key}) "
+                                       f"within {timeout:.1f}s")
                 continue
             frames = sock.recv_multipart(copy=False)
             try:
@@ -141,9 +168,10 @@ class TensorClient:
                 log.warning("dropping malformed reply from %s: %s", self.endpoint, exc)
 
 
-def _result(header: TensorHeader, outputs: Outputs) -> tuple[Outputs, Timings]:
+def reply_result(header: TensorHeader, outputs: Outputs) -> tuple[Outputs, Timings]:
+    """``(outputs, timings)`` of a reply; DataPlaneError for an error (or unexpected) message."""
     if header.kind == "error":
-        raise RuntimeError(header.error or "error reply without a message")
+        raise DataPlaneError(header.error or "error reply without a message", header.code, header.request_id)
     if header.kind != "reply":
-        raise RuntimeError(f"unexpected {header.kind!r} message from the data plane")
+        raise DataPlaneError(f"unexpected {header.kind!r} message from the data plane", "", header.request_id)
     return outputs, dict(header.timings)

@@ -2,18 +2,30 @@
 
 Threading model (zmq sockets are not thread-safe, so exactly one thread touches them):
 
-- the **poll thread** owns the ROUTER, one DEALER per downstream endpoint and the wake
-  socket; it reads requests, hands them to workers, sends replies and forwards, and relays
-  downstream replies back to the original caller (:mod:`.forwarding`);
+- the **poll thread** owns the ROUTER, the downstream links (:mod:`.downstream`), the
+  request ledger (:mod:`.ledger`) and the wake socket; it reads requests, hands them to
+  workers, sends replies and forwards, and relays downstream replies back to the caller;
 - **worker threads** run partitions (onnxruntime releases the GIL; the emulated slowdown
   waits there, never in the poll thread) and hand results back through a queue plus a
   one-frame wake message on an inproc PUSH/PULL pair.
 
-Requests in flight (computing or waiting for a downstream reply) are bounded by
-``max_in_flight``; while the bound is reached the ROUTER is not read, so zmq's high-water
-marks push back on the callers. A downstream that does not answer within
-``forward_timeout`` yields an ``error`` reply. A next stage on this same node (same
-endpoint) is run in-process: the arrays are handed over without touching a socket.
+Contract with callers (a request is identified by its caller-chosen request id):
+
+- **at most once per id**: an id already in flight here is not computed again, the retry
+  gets the same answer; an id answered in the last ``reply_ttl`` seconds gets the stored
+  reply (bounded: ``reply_cache`` entries);
+- **bounded**: at most ``max_in_flight`` requests (computing, or waiting for the emulated
+  link or a downstream answer) are in flight; beyond that a new request is answered at once
+  with an ``overloaded`` error (code :data:`~treeline_common.tensor_wire.OVERLOADED`)
+  instead of queueing without bound;
+- **fail fast**: a downstream that cannot be reached yields an ``unreachable`` error naming
+  it within about ``connect_timeout`` (at once when its connection is known lost); one that
+  is connected but silent, a ``downstream_timeout`` error after ``forward_timeout``;
+- every error carries a code from :data:`~treeline_common.tensor_wire.ERROR_CODES`;
+- on :meth:`close` every request still in flight is answered with ``unreachable``.
+
+A next stage on this same node (same endpoint) is run in-process: the arrays are handed
+over without touching a socket.
 
 An emulated node charges its uplink before a forward leaves (``runner.link_delay_ms``):
 the forward waits in a :class:`~.forwarding.LinkQueue` that the poll loop drains on time,
@@ -24,10 +36,10 @@ thread when their next stage is remote, so they never queue behind a busy worker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -35,21 +47,33 @@ from typing import Any
 import numpy as np
 import zmq
 
-from treeline_common.clock import Clock, SystemClock
-from treeline_common.tensor_wire import FramingError, pack, payload_bytes, unpack
-
-from node_engine.data_plane.forwarding import Forward, Forwarder, LinkQueue, link_timing_key
+from node_engine.data_plane.downstream import Downstreams
+from node_engine.data_plane.forwarding import Forward, LinkQueue, link_timing_key
+from node_engine.data_plane.ledger import Admission, Ledger
 from node_engine.stages import StageRunner, StageTable
+from treeline_common.clock import Clock, SystemClock
+from treeline_common.tensor_wire import (
+    BAD_REQUEST,
+    OVERLOADED,
+    STAGE_FAILED,
+    UNKNOWN_STAGE,
+    UNREACHABLE,
+    FramingError,
+    pack,
+    payload_bytes,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_LOCAL_HOPS = 64  # guards against a stage routed to itself in a loop
 POLL_MS = 100  # longest the poll loop blocks (stop flag, deadlines); link due times cut it shorter
+ACCEPT_BATCH = 32  # requests read per loop turn before results and downstream replies get their turn
+SHUTDOWN_LINGER_MS = 200  # how long close() lets the last error replies leave
 
 
 @dataclass
 class _Job:
-    envelope: list[Any]
     request_id: str
     stage: str
     inputs: dict[str, np.ndarray]
@@ -66,6 +90,7 @@ class _Result:
     stage: str = ""  # forward: the downstream stage key
     endpoint: str = ""  # forward: the downstream node's endpoint
     error: str = ""
+    code: str = ""  # error: one of tensor_wire.ERROR_CODES
     source: str = ""  # forward: the last stage run here (names the link timing)
 
 
@@ -82,6 +107,7 @@ class DataPlaneServer:
 
     The constructor does no I/O; :meth:`start` binds and starts the poll thread, after
     which :attr:`endpoint` is the address to advertise. :meth:`close` is idempotent.
+    See the module docstring for the contract and the meaning of each bound.
     """
 
     def __init__(
@@ -91,9 +117,12 @@ class DataPlaneServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_in_flight: int = 64,
+        max_in_flight: int = 32,
         workers: int = 2,
-        forward_timeout: float = 30.0,
+        forward_timeout: float = 10.0,
+        connect_timeout: float = 1.0,
+        reply_cache: int = 1024,
+        reply_ttl: float = 30.0,
         clock: Clock | None = None,
         name: str = "node",
     ) -> None:
@@ -104,8 +133,10 @@ class DataPlaneServer:
         self._max_in_flight = max_in_flight
         self._workers = workers
         self._forward_timeout = forward_timeout
+        self._connect_timeout = connect_timeout
         self._clock = clock or SystemClock()
         self._name = name
+        self._ledger = Ledger(max_entries=reply_cache, ttl=reply_ttl)
         self._ctx: zmq.Context[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
         self._wake_pull: zmq.Socket[Any] | None = None
@@ -146,7 +177,7 @@ class DataPlaneServer:
         return self.endpoint
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the poll thread, drop in-flight work and close every socket."""
+        """Stop the poll thread, answer in-flight requests with an error and close every socket."""
         if self._closed:
             return
         self._closed = True
@@ -167,10 +198,8 @@ class DataPlaneServer:
     def _wake(self) -> None:
         with self._wake_lock:
             if self._wake_push is not None:
-                try:
+                with contextlib.suppress(zmq.ZMQError):  # a wake is already queued; that one will do
                     self._wake_push.send(b"", zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass  # a wake is already queued; that one will do
 
     # ------------------------------------------------------------------ poll thread
 
@@ -180,122 +209,141 @@ class DataPlaneServer:
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
         poller.register(router, zmq.POLLIN)
-        forwarder = Forwarder(self._ctx, poller, name=self._name, timeout=self._forward_timeout)
+        downstream = Downstreams(self._ctx, poller, name=self._name, timeout=self._forward_timeout,
+                                 connect_timeout=self._connect_timeout)
         links: LinkQueue[_Delayed] = LinkQueue()
-        reading = True
-        in_flight = 0
         try:
             while not self._stopping.is_set():
-                if reading and in_flight >= self._max_in_flight:
-                    poller.modify(router, 0)
-                    reading = False
-                elif not reading and in_flight < self._max_in_flight:
-                    poller.modify(router, zmq.POLLIN)
-                    reading = True
-                events = dict(poller.poll(links.poll_timeout_ms(self._clock.monotonic(), POLL_MS)))
+                now = self._clock.monotonic()
+                timeout_ms = downstream.poll_timeout_ms(links.poll_timeout_ms(now, POLL_MS))
+                events = dict(poller.poll(timeout_ms))
                 if wake in events:
                     while wake.poll(0):
                         wake.recv()
-                    in_flight -= self._drain_results(router, forwarder, links)
-                for dealer in forwarder.sockets():
-                    if dealer in events:
-                        in_flight -= forwarder.relay_back(dealer, self._sender(router))
+                    self._drain_results(downstream, links)
+                for sock in downstream.sockets():
+                    if sock in events:
+                        downstream.handle(sock, self._clock.monotonic(), self._finish)
                 if router in events:
-                    in_flight += self._accept(router, forwarder, links)
-                in_flight -= self._send_due(router, forwarder, links)
-                in_flight -= forwarder.expire(self._clock.monotonic(), self._sender(router))
+                    for _ in range(ACCEPT_BATCH):
+                        self._accept(router, downstream, links)
+                        if not router.poll(0):
+                            break
+                self._send_due(downstream, links)
+                downstream.tick(self._clock.monotonic(), self._finish)
         except zmq.ContextTerminated:
             pass
-        except Exception:  # noqa: BLE001 - log and stop rather than die silently
+        except Exception:
             log.exception("data plane poll loop failed")
         finally:
             if links:
                 log.info("dropping %d forward(s) still waiting on the emulated link", len(links))
-            forwarder.close()
-            router.close(0)
+            answered = self._answer_all_closing()
+            downstream.close()
+            router.close(SHUTDOWN_LINGER_MS if answered else 0)
             wake.close(0)
 
-    def _accept(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed]) -> int:
-        """Read one request; return 1 if it was taken into flight, else 0."""
+    def _accept(self, router: zmq.Socket[Any], downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
+        """Read one message: answer it at once (error, duplicate, overload) or take it into flight."""
         frames = router.recv_multipart(copy=False)
         envelope, body = _split_envelope(frames)
         try:
             header, arrays = unpack(body)
         except FramingError as exc:
             log.warning("dropping malformed data-plane message: %s", exc)
-            self._send(router, envelope, pack("error", "", {}, error=f"malformed message: {exc}"))
-            return 0
-        if header.kind != "request":
-            self._send(router, envelope, pack("error", header.request_id, {}, stage=header.stage,
-                                              error=f"expected a request, got {header.kind!r}"))
-            return 0
+            self._send(envelope, pack("error", "", {}, error=f"malformed message: {exc}", code=BAD_REQUEST))
+            return
+        rid = header.request_id
+
+        def refuse(message: str, code: str) -> None:
+            self._send(envelope, pack("error", rid, {}, stage=header.stage, error=message, code=code))
+
+        if header.kind != "request" or not rid:
+            refuse(f"expected a request with an id, got {header.kind!r} id {rid!r}", BAD_REQUEST)
+            return
         stage = self._stages.get(header.stage)
         if stage is None:
-            self._send(router, envelope, pack("error", header.request_id, {}, stage=header.stage,
-                                              error=self._unknown_stage(header.stage)))
-            return 0
-        job = _Job(envelope, header.request_id, header.stage, arrays, dict(header.timings))
+            refuse(self._unknown_stage(header.stage), UNKNOWN_STAGE)
+            return
+        admission, stored = self._ledger.admit(rid, envelope, self._clock.monotonic())
+        if admission is Admission.ATTACHED:
+            log.debug("request %s is already in flight here; the retry waits for it", rid)
+            return
+        if admission is Admission.CACHED:
+            log.debug("request %s was answered lately; sending the stored reply", rid)
+            assert stored is not None
+            self._send(envelope, stored)
+            return
+        if len(self._ledger) > self._max_in_flight:
+            self._ledger.reject(rid)
+            refuse(f"overloaded: {len(self._ledger)} requests in flight at {self._name}", OVERLOADED)
+            return
+        job = _Job(rid, header.stage, arrays, dict(header.timings))
         if stage.relay and (stage.next is None or stage.next.endpoint != self.endpoint):
             # nothing to compute: pass it on here rather than queue behind a busy worker
-            return 1 - self._dispatch(router, forwarder, links, self._chain_or_error(job))
+            self._dispatch(downstream, links, self._chain_or_error(job))
+            return
         assert self._pool is not None
         self._pool.submit(self._work, job)
-        return 1
 
-    def _drain_results(self, router: zmq.Socket[Any], forwarder: Forwarder,
-                       links: LinkQueue[_Delayed]) -> int:
-        """Dispatch what workers finished; return how many requests left flight."""
-        done = 0
+    def _drain_results(self, downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
+        """Dispatch what workers finished."""
         while True:
             try:
                 result = self._results.get_nowait()
             except queue.Empty:
-                return done
-            done += self._dispatch(router, forwarder, links, result)
+                return
+            self._dispatch(downstream, links, result)
 
-    def _dispatch(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed],
-                  result: _Result) -> int:
-        """Answer the caller, or forward (after the emulated link, if any); 1 if the request left flight."""
+    def _dispatch(self, downstream: Downstreams, links: LinkQueue[_Delayed], result: _Result) -> None:
+        """Answer the caller, or forward (after the emulated link, if any)."""
         job = result.job
         if result.kind == "forward":
-            forward = Forward(job.envelope, job.request_id, result.source, result.stage, result.endpoint,
+            forward = Forward(job.request_id, result.source, result.stage, result.endpoint,
                               result.outputs, job.timings)
             now = self._clock.monotonic()
             delay_ms = self._runner.link_delay_ms(payload_bytes(result.outputs))
-            if delay_ms > 0.0:
+            if delay_ms > 0.0 and downstream.connect(result.endpoint) != "down":
                 links.push(now + delay_ms / 1000.0, _Delayed(forward, now))
-                return 0
-            if forwarder.send(forward, now):
-                return 0
-            result = _Result(job, "error", {}, error=f"downstream {result.endpoint} is not accepting requests")
+            else:
+                downstream.send(forward, now, self._finish)  # a down link fails it at once
+            return
         frames = pack(result.kind, job.request_id, result.outputs, stage=job.stage,
-                      timings=job.timings, error=result.error)
-        self._send(router, job.envelope, frames)
-        return 1
+                      timings=job.timings, error=result.error, code=result.code)
+        self._finish(job.request_id, frames, result.kind)
 
-    def _send_due(self, router: zmq.Socket[Any], forwarder: Forwarder, links: LinkQueue[_Delayed]) -> int:
-        """Send the forwards whose emulated transfer is over; return how many left flight (failed)."""
+    def _send_due(self, downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
+        """Send the forwards whose emulated transfer is over."""
         if not links:
-            return 0
+            return
         now = self._clock.monotonic()
-        failed = 0
         for delayed in links.pop_due(now):
             forward = delayed.forward
             forward.timings[link_timing_key(forward.source)] = (now - delayed.queued_at) * 1000.0
-            if forwarder.send(forward, now):
-                continue
-            message = f"downstream {forward.endpoint} is not accepting requests"
-            self._send(router, forward.envelope,
-                       pack("error", forward.request_id, {}, stage=forward.source, error=message))
-            failed += 1
-        return failed
+            downstream.send(forward, now, self._finish)
 
-    def _sender(self, router: zmq.Socket[Any]) -> Callable[[list[Any], list[Any]], None]:
-        return lambda envelope, frames: self._send(router, envelope, frames)
+    def _finish(self, request_id: str, frames: list[Any], kind: str) -> None:
+        """The one way a request in flight ends: answer every caller waiting on its id."""
+        now = self._clock.monotonic()
+        envelopes = self._ledger.finish(request_id, frames, store=kind == "reply", now=now)
+        if not envelopes:
+            log.debug("answer for %s has no caller waiting (already answered)", request_id)
+        for envelope in envelopes:
+            self._send(envelope, frames)
 
-    def _send(self, router: zmq.Socket[Any], envelope: list[Any], frames: list[Any]) -> None:
+    def _answer_all_closing(self) -> int:
+        """Answer every request still in flight with ``unreachable`` (the caller may retry elsewhere)."""
+        flights = self._ledger.drain()
+        for rid, envelopes in flights.items():
+            frames = pack("error", rid, {}, error=f"node {self._name} is shutting down", code=UNREACHABLE)
+            for envelope in envelopes:
+                self._send(envelope, frames)
+        return len(flights)
+
+    def _send(self, envelope: list[Any], frames: list[Any]) -> None:
+        assert self._router is not None
         try:
-            router.send_multipart([*envelope, *frames], copy=False, flags=zmq.NOBLOCK)
+            self._router.send_multipart([*envelope, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # caller gone (EHOSTUNREACH) or its queue full
             log.warning("could not reply to a caller: %s", exc)
 
@@ -314,14 +362,14 @@ class DataPlaneServer:
             return self._run_chain(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
             log.warning("stage %s failed: %s", job.stage, exc)
-            return _Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}")
+            return _Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}", code=STAGE_FAILED)
 
     def _run_chain(self, job: _Job) -> _Result:
         key, inputs = job.stage, job.inputs
         for _ in range(MAX_LOCAL_HOPS):
             stage = self._stages.get(key)
             if stage is None:
-                return _Result(job, "error", {}, error=self._unknown_stage(key))
+                return _Result(job, "error", {}, error=self._unknown_stage(key), code=UNKNOWN_STAGE)
             produced, compute_ms = self._runner.run(stage, inputs)
             job.timings[key] = compute_ms
             outputs = stage.select_outputs(inputs, produced)
@@ -331,7 +379,8 @@ class DataPlaneServer:
                 return _Result(job, "forward", outputs, stage=stage.next.stage_key,
                                endpoint=stage.next.endpoint, source=key)
             key, inputs = stage.next.stage_key, outputs  # co-located: hand the arrays over in-process
-        return _Result(job, "error", {}, error=f"stage {job.stage}: more than {MAX_LOCAL_HOPS} local hops")
+        return _Result(job, "error", {}, error=f"stage {job.stage}: more than {MAX_LOCAL_HOPS} local hops",
+                       code=STAGE_FAILED)
 
 
 def _split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:

@@ -7,6 +7,7 @@ the parts through the servers must match the whole model.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,13 @@ from onnx import TensorProto, helper
 
 from treeline_common.clock import FakeClock
 from treeline_common.messages import NextStage
+from treeline_common.tensor_wire import UNREACHABLE
 from treeline_test_helpers import chain_models, chain_weights, onnx_bytes
 from treeline_test_helpers import start_data_plane_server as _server
 
-from node_engine.data_plane.client import TensorClient
+from node_engine.data_plane.client import DataPlaneError, TensorClient
 from node_engine.data_plane.server import DataPlaneServer
+from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
 from node_engine.emulation import Emulator, slowdown_seconds
 from node_engine.runtime import load_partition
 from node_engine.stages import LoadedStage, StageRunner, StageTable
@@ -100,16 +103,23 @@ def test_errors_come_back_as_runtime_errors(model_paths: dict[str, Path], server
     assert outputs["h"].shape == (1, 16)
 
 
-def test_unreachable_downstream_times_out_with_error(model_paths: dict[str, Path],
+def test_unreachable_downstream_fails_fast_naming_it(model_paths: dict[str, Path],
                                                      servers: list[DataPlaneServer]) -> None:
+    """Nothing listens at the next stage's endpoint: the caller hears so at once (not after
+    the forward timeout), and the error names the downstream endpoint and stage."""
     from treeline_common.netutil import free_port
 
     table = StageTable()
-    server = _server(servers, table, "a", forward_timeout=0.3)
-    table.put(_stage("d/0", model_paths["part0"], NextStage("gone", f"tcp://127.0.0.1:{free_port()}", "d/1")))
+    server = _server(servers, table, "a", forward_timeout=30.0)
+    gone = f"tcp://127.0.0.1:{free_port()}"
+    table.put(_stage("d/0", model_paths["part0"], NextStage("gone", gone, "d/1")))
     with TensorClient(server.endpoint) as client:
-        with pytest.raises(RuntimeError, match="did not answer"):
-            client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=5.0)
+        for _ in range(2):  # the first forward opens the link, the second finds it down
+            started = time.monotonic()
+            with pytest.raises(DataPlaneError, match=f"downstream {gone} \\(stage d/1\\) unreachable") as caught:
+                client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=5.0)
+            assert time.monotonic() - started < 2.0
+            assert caught.value.code == UNREACHABLE
 
 
 def test_client_times_out_without_server() -> None:
@@ -162,6 +172,8 @@ def test_emulated_runner_reports_device_time_and_stop_interrupts() -> None:
 
 @pytest.mark.parametrize("bound, expected_peak", [(1, 1), (3, 3)])
 def test_in_flight_is_bounded(servers: list[DataPlaneServer], bound: int, expected_peak: int) -> None:
+    """Never more than ``bound`` requests in flight at the node; the ones refused as overloaded
+    are retried by the ServiceClient, so every request is still answered, in input order."""
     lock = threading.Lock()
     state = {"now": 0, "peak": 0}
     gate = threading.Event()
@@ -185,10 +197,14 @@ def test_in_flight_is_bounded(servers: list[DataPlaneServer], bound: int, expect
     table = StageTable()
     table.put(LoadedStage("s/0", "s", 0, "x", 0, SlowSession(), None))
     server = _server(servers, table, "bounded", max_in_flight=bound, workers=4)
-    with TensorClient(server.endpoint) as client:
-        results = client.infer_many("s/0", [{"x": np.full(2, i, np.float32)} for i in range(8)], max_in_flight=8)
-    assert [float(r[0]["x"][0]) for r in results] == [float(i) for i in range(8)]
+    policy = RetryPolicy(deadline=20.0, backoff_base=0.01, backoff_cap=0.05)
+    with ServiceClient(lambda: (server.endpoint, "s/0"), policy=policy) as client:
+        outcomes = client.infer_many([{"x": np.full(2, i, np.float32)} for i in range(8)], max_in_flight=8)
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
+    assert [float(o.outputs["x"][0]) for o in outcomes] == [float(i) for i in range(8)]
     assert state["peak"] == expected_peak
+    if bound < 8:
+        assert max(o.attempts for o in outcomes) > 1  # some were refused and retried
 
 
 def test_skip_connection_crossing_a_stage_is_passed_through(tmp_path: Path, servers: list[DataPlaneServer]) -> None:

@@ -1,0 +1,270 @@
+"""Forwarding to stages on other nodes: one DEALER per downstream endpoint, failing fast.
+
+Threading model: everything here belongs to the data plane's poll thread (zmq sockets are
+not thread-safe); no locks. The poll loop registers :meth:`Downstreams.sockets` with its
+poller and hands readable ones to :meth:`Downstreams.handle`.
+
+Each forward gets a node-local request id (two callers may pick the same id, and a local
+id never collides with another node's or another run's: it carries a random per-instance
+prefix) mapped back to the caller's request id. Every forward ends in exactly one call of
+the ``answer`` callback with the caller's id: the downstream's reply or error relayed
+(tensors untouched), or an error made here.
+
+Contract, failing fast instead of after ``timeout``:
+
+- DEALERs set ``ZMQ_IMMEDIATE``: a message is only queued to a live connection, so a send
+  to a dead downstream fails at once instead of waiting in a queue for a peer that is gone;
+- a socket monitor tracks each link's state (``connecting`` -> ``up`` on a completed
+  handshake; ``down`` on a refused connect, a lost connection or a failed handshake). A
+  link going down answers every forward waiting on it with an ``unreachable`` error at
+  once; a forward to a link that is down is refused at once;
+- a forward to a link still connecting (a first forward, or a downstream restarting)
+  waits up to ``connect_timeout`` for the handshake, then fails;
+- ZMTP heartbeats (``heartbeat_s``) turn a peer that vanished without closing its
+  connection (power loss, cable) into a lost connection within ``3 * heartbeat_s``;
+- a downstream that is connected but does not answer within ``timeout`` (a hung peer) gets
+  a ``downstream_timeout`` error.
+
+Every error text names the downstream endpoint and stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from node_engine.data_plane.forwarding import Forward
+from treeline_common.tensor_wire import (
+    DOWNSTREAM_TIMEOUT,
+    UNREACHABLE,
+    FramingError,
+    TensorHeader,
+    pack,
+)
+
+log = logging.getLogger(__name__)
+
+# answer(caller's request id, frames for the caller, kind: "reply" | "error")
+Answer = Callable[[str, list[Any], str], None]
+
+_MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_DOWN_REASONS: dict[int, str] = {
+    zmq.EVENT_DISCONNECTED: "connection lost",
+    zmq.EVENT_CONNECT_RETRIED: "connection refused",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed (protocol)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake failed (auth)",
+}
+BACKLOG_POLL_MS = 20  # poll cadence while forwards wait for a connection
+
+
+@dataclass
+class _Pending:
+    request_id: str  # the caller's id
+    endpoint: str
+    stage: str
+    deadline: float
+
+
+@dataclass
+class _Waiting:
+    """A forward not yet sent: its link is connecting (or its queue was full)."""
+
+    local_id: str
+    forward: Forward
+    frames: list[Any]
+    give_up_at: float
+
+
+@dataclass
+class _Link:
+    endpoint: str
+    dealer: zmq.Socket[Any]
+    monitor: zmq.Socket[Any]
+    state: str = "connecting"  # connecting | up | down
+    reason: str = ""
+    backlog: list[_Waiting] = field(default_factory=list)
+
+
+class Downstreams:
+    """Downstream links (one DEALER + monitor per endpoint) and the forwards awaiting answers."""
+
+    def __init__(self, ctx: zmq.Context[Any], poller: zmq.Poller, *, name: str, timeout: float,
+                 connect_timeout: float = 1.0, heartbeat_s: float = 1.0) -> None:
+        self._ctx = ctx
+        self._poller = poller
+        self._name = name
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._heartbeat_ms = int(heartbeat_s * 1000)
+        self._links: dict[str, _Link] = {}
+        self._by_socket: dict[zmq.Socket[Any], _Link] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+
+    def sockets(self) -> list[zmq.Socket[Any]]:
+        """Every socket the poll loop must watch for input (dealers and their monitors)."""
+        return list(self._by_socket)
+
+    def poll_timeout_ms(self, cap_ms: int) -> int:
+        """Poll sooner while forwards wait for a connection or a free queue."""
+        waiting = any(link.backlog for link in self._links.values())
+        return min(cap_ms, BACKLOG_POLL_MS) if waiting else cap_ms
+
+    def connect(self, endpoint: str) -> str:
+        """Open the link to ``endpoint`` if not yet open; its state: ``connecting`` | ``up`` | ``down``.
+
+        Opening early (e.g. while a forward waits out the emulated uplink) lets the
+        handshake overlap the wait.
+        """
+        return (self._links.get(endpoint) or self._open(endpoint)).state
+
+    def send(self, forward: Forward, now: float, answer: Answer) -> None:
+        """Send downstream, or hold it while its link connects, or answer with an error at once."""
+        link = self._links.get(forward.endpoint) or self._open(forward.endpoint)
+        if link.state == "down":
+            self._fail(forward.request_id, forward.endpoint, forward.stage, link.reason, answer)
+            return
+        self._seq += 1
+        local_id = f"{self._prefix}-{self._seq}"
+        frames = pack("request", local_id, forward.outputs, stage=forward.stage, timings=forward.timings)
+        waiting = _Waiting(local_id, forward, frames, now + self._connect_timeout)
+        if link.backlog or not self._try_send(link, waiting, now):
+            link.backlog.append(waiting)  # keep order behind earlier waiting forwards
+
+    def handle(self, sock: zmq.Socket[Any], now: float, answer: Answer) -> None:
+        """Process what is readable on ``sock`` (one of :meth:`sockets`)."""
+        link = self._by_socket.get(sock)
+        if link is None:
+            return
+        if sock is link.monitor:
+            self._on_monitor(link, now, answer)
+        else:
+            self._relay_back(link.dealer, answer)
+
+    def tick(self, now: float, answer: Answer) -> None:
+        """Retry waiting forwards, give up on those past their wait, expire unanswered ones."""
+        for link in self._links.values():
+            if link.backlog:
+                self._flush(link, now, answer)
+        expired = [key for key, entry in self._pending.items() if entry.deadline <= now]
+        for key in expired:
+            entry = self._pending.pop(key)
+            message = (f"downstream {entry.endpoint} (stage {entry.stage}) did not answer within "
+                       f"{self._timeout:.1f}s")
+            frames = pack("error", entry.request_id, {}, error=message, code=DOWNSTREAM_TIMEOUT)
+            answer(entry.request_id, frames, "error")
+
+    def close(self) -> None:
+        for link in self._links.values():
+            with contextlib.suppress(zmq.ZMQError):
+                link.dealer.disable_monitor()
+            link.monitor.close(0)
+            link.dealer.close(0)
+        self._links.clear()
+        self._by_socket.clear()
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ internals
+
+    def _open(self, endpoint: str) -> _Link:
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
+        dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
+        monitor = dealer.get_monitor_socket(_MONITORED)  # before connect: see the first events too
+        dealer.connect(endpoint)
+        link = _Link(endpoint, dealer, monitor)
+        self._links[endpoint] = link
+        self._by_socket[dealer] = link
+        self._by_socket[monitor] = link
+        self._poller.register(dealer, zmq.POLLIN)
+        self._poller.register(monitor, zmq.POLLIN)
+        return link
+
+    def _try_send(self, link: _Link, waiting: _Waiting, now: float) -> bool:
+        try:
+            link.dealer.send_multipart(waiting.frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:  # no live connection yet, or the downstream's queue is full
+            return False
+        forward = waiting.forward
+        self._pending[waiting.local_id] = _Pending(forward.request_id, forward.endpoint, forward.stage,
+                                                   now + self._timeout)
+        return True
+
+    def _flush(self, link: _Link, now: float, answer: Answer) -> None:
+        while link.backlog:
+            waiting = link.backlog[0]
+            if link.state != "down" and self._try_send(link, waiting, now):
+                link.backlog.pop(0)
+                continue
+            if link.state == "down":
+                reason = link.reason
+            elif now >= waiting.give_up_at:
+                reason = ("not accepting requests (queue full)" if link.state == "up"
+                          else f"no connection within {self._connect_timeout:.1f}s")
+            else:
+                return
+            link.backlog.pop(0)
+            forward = waiting.forward
+            self._fail(forward.request_id, link.endpoint, forward.stage, reason, answer)
+
+    def _on_monitor(self, link: _Link, now: float, answer: Answer) -> None:
+        while link.monitor.poll(0):
+            try:
+                event = recv_monitor_message(link.monitor, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            kind = int(event["event"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if link.state != "up":
+                    log.info("downstream %s is up", link.endpoint)
+                link.state, link.reason = "up", ""
+            elif kind in _DOWN_REASONS:
+                if link.state == "down" and kind == zmq.EVENT_CONNECT_RETRIED:
+                    continue  # still down; zmq keeps retrying in the background
+                self._down(link, _DOWN_REASONS[kind], answer)
+        if link.backlog:
+            self._flush(link, now, answer)
+
+    def _down(self, link: _Link, reason: str, answer: Answer) -> None:
+        """The link is down: every forward waiting on it gets an ``unreachable`` error now."""
+        if link.state != "down":
+            log.warning("downstream %s is unreachable: %s", link.endpoint, reason)
+        link.state, link.reason = "down", reason
+        lost = [key for key, entry in self._pending.items() if entry.endpoint == link.endpoint]
+        for key in lost:
+            entry = self._pending.pop(key)
+            self._fail(entry.request_id, entry.endpoint, entry.stage, reason, answer)
+        # the backlog is failed by the caller's _flush (the link is down now)
+
+    def _fail(self, request_id: str, endpoint: str, stage: str, reason: str, answer: Answer) -> None:
+        message = f"downstream {endpoint} (stage {stage}) unreachable from {self._name}: {reason}"
+        answer(request_id, pack("error", request_id, {}, error=message, code=UNREACHABLE), "error")
+
+    def _relay_back(self, dealer: zmq.Socket[Any], answer: Answer) -> None:
+        """Relay one downstream reply/error to its original caller, tensors untouched (and undelayed)."""
+        while dealer.poll(0):
+            frames = dealer.recv_multipart(copy=False)
+            try:
+                header = TensorHeader.from_bytes(frames[0].buffer)
+            except FramingError as exc:
+                log.warning("dropping malformed downstream message: %s", exc)
+                continue
+            entry = self._pending.pop(header.request_id, None)
+            if entry is None:
+                log.debug("late downstream reply %s dropped", header.request_id)
+                continue
+            header.request_id = entry.request_id
+            answer(entry.request_id, [header.to_bytes(), *frames[1:]], header.kind)
