@@ -67,7 +67,7 @@ def _stage_ms(model: onnx.ModelProto, graph: ModelGraph, positions: list[int], s
         path = workdir / f"{part.sha256}.onnx"
         path.write_bytes(part.model_bytes)
         sessions.append(load_partition(path, THREADS))
-    feed = random_inputs(sessions[0]._session)  # noqa: SLF001 - same feed the profiler builds
+    feed = random_inputs(sessions[0]._session)  # the same feed the profiler builds
     values: dict[str, np.ndarray] = dict(feed)
     medians = []
     for session in sessions:
@@ -106,7 +106,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         full = CostModel.from_profiles(graph, profiles, speeds)
         held_out = {c: CostModel.from_profiles(graph, {k: v for k, v in profiles.items() if k != c}, speeds)
                     for c in DEVICE_CLASSES}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for positions in _cut_sets(graph, n_cuts):
             for device_class, speed in speeds.items():
                 measured = _stage_ms(model, graph, positions, speed, reps, workdir)
@@ -115,17 +115,18 @@ def run(quick: bool = False) -> dict[str, Any]:
                 assert source == "profile" and reg_source == "regression"
                 predicted = stage_times(ms, positions)
                 regression = stage_times(reg_ms, positions)
-                for j, meas in enumerate(measured):
+                for j, stage_ms in enumerate(measured):
                     rows.append({"cuts": positions, "device_class": device_class, "stage": j,
-                                 "measured_ms": meas, "predicted_ms": float(predicted[j]),
+                                 "measured_ms": stage_ms, "predicted_ms": float(predicted[j]),
                                  "regression_ms": float(regression[j])})
-    meas = [r["measured_ms"] for r in rows]
-    err = prediction_error([r["predicted_ms"] for r in rows], meas)
-    reg_err = prediction_error([r["regression_ms"] for r in rows], meas)
+    measured_ms = [r["measured_ms"] for r in rows]
+    err = prediction_error([r["predicted_ms"] for r in rows], measured_ms)
+    reg_err = prediction_error([r["regression_ms"] for r in rows], measured_ms)
     result: dict[str, Any] = {
         "model": "mobilenet_v2", "device_classes": list(DEVICE_CLASSES), "threads": THREADS, "quick": quick,
         "stages": len(rows),
-        "prediction_error_p50": float(np.percentile(err, 50)), "prediction_error_p90": float(np.percentile(err, 90)),
+        "prediction_error_p50": float(np.percentile(err, 50)),
+        "prediction_error_p90": float(np.percentile(err, 90)),
         "regression_error_p50": float(np.percentile(reg_err, 50)),
         "regression_error_p90": float(np.percentile(reg_err, 90)),
         "rows": rows,
@@ -137,18 +138,21 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.costmodel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.costmodel",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer runs and cut sets")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = run(args.quick)
-    print(f"{'cuts':<12} {'class':<12} {'stage':>5} {'measured':>9} {'profile':>9} {'err':>6} {'regress':>9} {'err':>6}")
+    print(f"{'cuts':<12} {'class':<12} {'stage':>5} {'measured':>9} {'profile':>9} {'err':>6} "
+          f"{'regress':>9} {'err':>6}")
     for r in result["rows"]:
         e = abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"]
         g = abs(r["regression_ms"] - r["measured_ms"]) / r["measured_ms"]
-        print(f"{str(r['cuts']):<12} {r['device_class']:<12} {r['stage']:>5} {r['measured_ms']:>9.2f} "
+        print(f"{r['cuts']!s:<12} {r['device_class']:<12} {r['stage']:>5} {r['measured_ms']:>9.2f} "
               f"{r['predicted_ms']:>9.2f} {e:>6.1%} {r['regression_ms']:>9.2f} {g:>6.1%}")
-    for key in ("prediction_error_p50", "prediction_error_p90", "regression_error_p50", "regression_error_p90"):
+    for key in ("prediction_error_p50", "prediction_error_p90",
+                "regression_error_p50", "regression_error_p90"):
         print(f"{key}: {result[key]:.3f}")
     return 0
 

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import model_zoo
-from treeline_cli.demo import PARTITIONED_SLA, deploy_sla, example_sla, measure_interleaved
+from benchmarks.report import print_table
+from deployment_descriptors import example_sla
+from treeline_cli.demo import deploy_sla, measure_interleaved
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import StackConfig, pick_ports, start_stack
 
+EXAMPLE = "mobilenet_v2"
 SCENARIOS: dict[str, dict[str, Any]] = {"": {}, "_source_rpi4": {"source": {"node": "rpi4-1"}}}
 
 
@@ -41,9 +44,9 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
             client.register_model("mobilenet_v2", onnx_bytes)
             log = io.StringIO()
             for suffix, extra in SCENARIOS.items():
-                ours = deploy_sla(client, example_sla(PARTITIONED_SLA, f"ours{suffix}", **extra),
+                ours = deploy_sla(client, example_sla(EXAMPLE, f"ours{suffix}", **extra),
                                   log)[0]["placement"]
-                greedy = deploy_sla(client, example_sla(PARTITIONED_SLA, f"greedy{suffix}",
+                greedy = deploy_sla(client, example_sla(EXAMPLE, f"greedy{suffix}",
                                                         scheduler_profile="amp4ec-baseline", **extra),
                                     log)[0]["placement"]
                 # interleaved rounds: host noise hits both deployments alike
@@ -51,7 +54,8 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
                             measure_interleaved({"ours": ours, "greedy": greedy}, requests).items()}
                 result[f"latency_ratio_vs_greedy{suffix}_predicted"] = (
                     greedy["predicted"]["latency_ms"] / ours["predicted"]["latency_ms"])
-                result[f"latency_ratio_vs_greedy{suffix}"] = measured["greedy"].p50_ms / measured["ours"].p50_ms
+                result[f"latency_ratio_vs_greedy{suffix}"] = (
+                    measured["greedy"].p50_ms / measured["ours"].p50_ms)
                 for name, placement in (("ours", ours), ("greedy", greedy)):
                     result[f"{name}{suffix}_predicted_latency_ms"] = placement["predicted"]["latency_ms"]
                     result[f"{name}{suffix}_measured_p50_ms"] = measured[name].p50_ms
@@ -63,8 +67,6 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.planner import print_table
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)

@@ -29,10 +29,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import costmodel, greedy, placement
 from benchmarks.instances import random_problem
+from benchmarks.report import print_table
 from ml_scheduler.planner import plan
 from ml_scheduler.planner.brute_force import brute_force
 from ml_scheduler.problem import PlanningProblem
+
+log = logging.getLogger(__name__)
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "planner.json"
 
@@ -66,7 +70,8 @@ def time_plans(make: Callable[[np.random.Generator], PlanningProblem], reps: int
     return times
 
 
-def _scale(n_ops: int, n_devices: int, n_types: int | None, objective: str):  # type: ignore[no-untyped-def]
+def _scale(n_ops: int, n_devices: int, n_types: int | None,
+           objective: str) -> Callable[[np.random.Generator], PlanningProblem]:
     def make(rng: np.random.Generator) -> PlanningProblem:
         return random_problem(rng, n_ops, n_devices, n_types, objective, max_partitions=n_devices,
                               shape="chain", with_pin=False)
@@ -94,21 +99,10 @@ def run_all(quick: bool = False, planner_only: bool = False) -> dict[str, Any]:
     result = run(quick)
     if planner_only:
         return result
-    from benchmarks import costmodel, greedy, placement
-
     for name, suite in (("placement", placement), ("costmodel", costmodel), ("greedy", greedy)):
-        logging.getLogger(__name__).info("running the %s benchmark", name)
+        log.info("running the %s benchmark", name)
         result.update(suite.run(quick))
     return result
-
-
-def print_table(rows: Sequence[tuple[str, Any]]) -> None:
-    """Two-column table of (metric, value) rows on stdout; lists and dicts stay in the JSON only."""
-    rows = [(name, value) for name, value in rows if not isinstance(value, (list, dict))]
-    width = max((len(name) for name, _ in rows), default=10)
-    for name, value in rows:
-        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        print(f"{name:<{width}}  {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
