@@ -1,11 +1,24 @@
-"""The deployment worker: download, plan, upload partitions, command nodes, wait for READY.
+"""The deployment worker: one attempt to bring a deployment to a new, live plan.
 
-One run of :meth:`Deployer.run` brings one deployment (one epoch of it) from its current
-status to RUNNING or FAILED. Decide, then commit: the plan is computed from a snapshot,
-then written under the epoch guard of :class:`DeploymentBook` before any command goes
-out, so a deleted or re-requested deployment is never deployed by a stale worker.
-Waiting is event-driven: node reports (``StageState``) are fed into :class:`StageTracker`,
-and the worker blocks on its condition with a deadline.
+The reconcile loop (:mod:`.reconcile`) decides *when* a deployment needs a plan; one run
+of :meth:`Deployer.run` is one attempt, in four steps, each its own method:
+
+1. **fetch** the model (verified against the registry digest, cached by digest);
+2. **decide**: snapshot the nodes, build the cost model (stored profiles plus fresh ones
+   for unprofiled or drifted device classes) and run the ML scheduler; for an
+   *improvement* re-plan, keep the serving plan unless the new one is predicted better
+   by the margin;
+3. **publish** the partitions to the root's artifact store;
+4. **command and wait**: commit the new generation as ``pending`` (under the epoch guard:
+   decide, then commit), send the deploy commands, wait for every stage READY, then switch
+   ``placement`` to it (make-before-break: the old generation keeps serving until then;
+   the reconcile loop deletes its stages afterwards, as stages no desired plan holds).
+
+Failure of an attempt is never final by itself: a failed or timed-out stage, a node lost
+mid-deploy or a download error schedules a retry with exponential backoff (``retry_at``),
+up to ``max_attempts``; only "nothing can be scheduled" makes a deployment FAILED, with the
+reason per node and the set of nodes that were online, so the reconcile loop retries it
+when capacity returns. A stale epoch (deleted or re-requested meanwhile) ends a run silently.
 """
 
 from __future__ import annotations
@@ -13,117 +26,87 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import onnx
+
 from cluster_orchestrator import planning
-from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
-from cluster_orchestrator.deployments import (
-    DEPLOYING, FAILED, RUNNING, SCHEDULED, DeploymentBook, Superseded,
-)
+from cluster_orchestrator.deployments import DeploymentBook, Superseded, placement_of, status_of
+from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.mqtt_bus import MessageBus
+from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
 from cluster_orchestrator.root_client import RootClient
+from cluster_orchestrator.tracker import StageTracker
+from deployment_descriptors import load_profile
+from ml_scheduler.costmodel import CostModel
+from ml_scheduler.graph import ModelGraph, analyze_model
 from treeline_common import topics
+from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError
-from treeline_common.messages import DeleteCommand, StageState
+from treeline_common.jobs import JobRequest, JobStatus, Placement, event
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Expectation:
-    generation: int
-    node_of: dict[int, str]
-    states: dict[int, str] = field(default_factory=dict)
-    reasons: dict[int, str] = field(default_factory=dict)
-
-
-class StageTracker:
-    """What each deployment's current generation is waiting for, fed by node reports."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._expected: dict[str, _Expectation] = {}
-
-    def expect(self, deployment_id: str, generation: int, node_of: Mapping[int, str]) -> None:
-        """Start tracking ``generation`` (replacing any older one) before commands go out."""
-        with self._cond:
-            self._expected[deployment_id] = _Expectation(generation, dict(node_of))
-            self._cond.notify_all()
-
-    def report(self, node_id: str, state: StageState) -> bool:
-        """Record a node's report; False when it is about no tracked generation/stage."""
-        with self._cond:
-            exp = self._expected.get(state.deployment_id)
-            if exp is None or exp.generation != state.generation or exp.node_of.get(state.stage) != node_id:
-                return False
-            exp.states[state.stage] = state.state
-            if state.reason:
-                exp.reasons[state.stage] = state.reason
-            self._cond.notify_all()
-            return True
-
-    def node_lost(self, node_id: str) -> None:
-        """A node went offline: its pending stages fail now instead of at the deadline."""
-        with self._cond:
-            for exp in self._expected.values():
-                for index, owner in exp.node_of.items():
-                    if owner == node_id and exp.states.get(index) != "READY":
-                        exp.states[index] = "FAILED"
-                        exp.reasons[index] = f"node {node_id} went offline"
-            self._cond.notify_all()
-
-    def forget(self, deployment_id: str, generation: int) -> None:
-        with self._cond:
-            exp = self._expected.get(deployment_id)
-            if exp is not None and exp.generation == generation:
-                del self._expected[deployment_id]
-            self._cond.notify_all()
-
-    def wait(self, deployment_id: str, generation: int, timeout: float,
-             stop: threading.Event | None = None) -> tuple[str, str]:
-        """Block until all stages are READY, one FAILED, or the deadline passes.
-
-        Returns ("READY", ""), ("FAILED", reason), ("TIMEOUT", "<pending stages>") or
-        ("SUPERSEDED", "") when another generation (or a stop) took over.
-        """
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                exp = self._expected.get(deployment_id)
-                if exp is None or exp.generation != generation or (stop is not None and stop.is_set()):
-                    return "SUPERSEDED", ""
-                failed = sorted(i for i, s in exp.states.items() if s == "FAILED")
-                if failed:
-                    i = failed[0]
-                    return "FAILED", f"stage {i} on node {exp.node_of[i]} failed: {exp.reasons.get(i, 'no reason')}"
-                pending = sorted(i for i in exp.node_of if exp.states.get(i) != "READY")
-                if not pending:
-                    return "READY", ""
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return "TIMEOUT", ", ".join(
-                        f"{i}@{exp.node_of[i]} ({exp.states.get(i, 'no report')})" for i in pending)
-                self._cond.wait(min(remaining, 1.0))
-
-
 @dataclass(frozen=True)
 class DeployerSettings:
+    """``root_url``: where artifacts live now; ``margin``: how much better (fraction of the
+    serving plan's predicted cost) an improvement must be to be adopted."""
+
     root_url: str
     stage_timeout: float = 60.0
     profile_timeout: float = 30.0
+    max_attempts: int = 5
+    margin: float = 0.25
+    retry_base: float = 0.5
+    retry_cap: float = 15.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Why a worker runs: the reconcile cause, whether it is an improvement, classes to re-profile."""
+
+    cause: str
+    improve: bool = False
+    reprofile: frozenset[str] = frozenset()
+
+
+class AttemptFailed(Exception):
+    """This attempt failed for a reason worth retrying (download, stage, node lost, timeout)."""
+
+
+class ModelCache:
+    """Parsed models and their graphs by digest (a re-plan does not download again). Thread-safe."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[onnx.ModelProto, ModelGraph]] = OrderedDict()
+
+    def get(self, sha256: str, load: Callable[[], bytes]) -> tuple[onnx.ModelProto, ModelGraph]:
+        with self._lock:
+            if sha256 in self._items:
+                self._items.move_to_end(sha256)
+                return self._items[sha256]
+        model = onnx.load_model_from_string(load())
+        item = (model, analyze_model(model))
+        with self._lock:
+            self._items[sha256] = item
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return item
 
 
 class Deployer:
-    """Runs the deployment flow; owns no thread (the orchestrator starts one per run)."""
+    """Runs attempts; owns no thread (the orchestrator starts one per attempt)."""
 
     def __init__(self, book: DeploymentBook, bus: MessageBus, root: RootClient, tracker: StageTracker,
                  nodes: Callable[[], list[dict[str, Any]]], on_change: Callable[[str], None],
-                 settings: DeployerSettings, stop: threading.Event,
-                 profiles: ProfileCollector | None = None) -> None:
-        self._profiles = profiles
+                 settings: DeployerSettings, stop: threading.Event, clock: Clock,
+                 profiles: ProfileCollector | None = None, models: ModelCache | None = None) -> None:
         self._book = book
         self._bus = bus
         self._root = root
@@ -132,125 +115,189 @@ class Deployer:
         self._on_change = on_change
         self._settings = settings
         self._stop = stop
+        self._clock = clock
+        self._profiles = profiles
+        self._models = models or ModelCache()
 
     def _commit(self, deployment_id: str, epoch: int, **fields: Any) -> dict[str, Any]:
         doc = self._book.commit(deployment_id, epoch, **fields)
         self._on_change(deployment_id)
         return doc
 
-    def run(self, deployment_id: str, epoch: int) -> None:
-        """Bring the deployment to RUNNING or FAILED; a stale epoch ends the run silently."""
+    def run(self, deployment_id: str, epoch: int, attempt: Attempt) -> None:
+        """One attempt; every outcome is committed (or the run was superseded)."""
+        started = self._clock.monotonic()
         try:
-            self._run(deployment_id, epoch)
+            self._attempt(deployment_id, epoch, attempt, started)
         except Superseded:
             log.info("deployment %s epoch %s superseded; worker stops", deployment_id, epoch)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes FAILED with a reason
-            log.exception("deployment %s failed", deployment_id)
+        except Exception as exc:  # noqa: BLE001 - anything else is a failed attempt, retried
+            if not isinstance(exc, AttemptFailed | TreelineError):
+                log.exception("deployment %s: attempt failed", deployment_id)
+            message = exc.message if isinstance(exc, TreelineError) else str(exc)
             try:
-                self._commit(deployment_id, epoch, status=FAILED, status_detail=f"internal error: {exc}")
+                self._retry_later(deployment_id, epoch, attempt, message)
             except Superseded:
                 pass
 
-    def _run(self, deployment_id: str, epoch: int) -> None:
+    # ---------------------------------------------------------------- the steps
+    def _attempt(self, deployment_id: str, epoch: int, attempt: Attempt, started: float) -> None:
         doc = self._book.require(deployment_id)
-        request = planning.job_request(doc["job"])
-        old_placement = doc.get("placement")
-        # 1. the model, verified against the registry's digest
-        try:
-            import onnx
-
-            data = self._root.download(request.model_url, request.model_sha256)
-            model = onnx.load_model_from_string(data)
-        except TreelineError as exc:
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"model download: {exc.message}")
-            return
-        except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"model is not valid ONNX: {exc}")
-            return
-        # 2. decide: the graph, op profiles per device class, the ML scheduler
-        from deployment_descriptors import load_profile
-        from ml_scheduler.graph import analyze_model
-
-        graph = analyze_model(model)
+        job = JobRequest.from_dict(doc["job"])
+        spec = planning.job_spec(job, self._settings.root_url)
+        serving = placement_of(doc)
+        model, graph = self._fetch(spec)
         nodes = self._nodes()
-        try:
-            profile = load_profile(request.microservice.model.scheduler_profile)
-        except TreelineError as exc:
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"scheduler profile: {exc.message}")
-            return
-        cost_model = self._cost_model(request, graph, nodes)
-        outcome = planning.plan(model, graph, nodes, request.microservice, profile, cost_model)
+        online = sorted(n["node_id"] for n in nodes if n.get("online"))
+        outcome = self._decide(spec, model, graph, nodes, attempt)
         if not outcome.schedulable:
-            detail = "; ".join(f"{n}: {r}" for n, r in sorted(outcome.reasons.items())) or "no online nodes"
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"unschedulable: {detail}",
-                         reasons=outcome.reasons, explanation=outcome.explanation)
+            self._unschedulable(deployment_id, epoch, attempt, outcome, online, serving)
+            return
+        old_cost = planning.plan_cost(serving.predicted) if serving else None
+        new_cost = planning.plan_cost(outcome.predicted)
+        if attempt.improve and serving is not None and not _better(new_cost, old_cost, self._settings.margin):
+            self._commit(deployment_id, epoch, considered=online, drift_since=None, retry_at=None)
+            self._book.add_event(deployment_id, event(
+                self._clock.now(), "kept", attempt.cause, old_cost_ms=old_cost, new_cost_ms=new_cost,
+                detail=f"new plan not better by {self._settings.margin:.0%}"))
+            self._on_change(deployment_id)
             return
         generation = int(doc.get("generation", 0)) + 1
-        nodes_by_id = {n["node_id"]: n for n in nodes}
-        outputs = request.output_names or outcome.output_names
         placement = planning.build_placement(
-            deployment_id, generation, outcome.strategy,
-            planning.input_spec_for(request, outcome.input_names), outputs,
-            outcome.partitions, outcome.node_ids, nodes_by_id, outcome.predicted, outcome.relay_node_id)
-        self._commit(deployment_id, epoch, status=SCHEDULED, generation=generation, reasons=outcome.reasons,
-                     explanation=outcome.explanation,
-                     status_detail=f"{len(placement['stages'])} stages on "
-                                   f"{', '.join(s['node_name'] for s in placement['stages'])}")
-        # 3. partitions to the root's artifact store
+            deployment_id, generation, outcome.strategy, planning.input_spec_for(spec, outcome.input_names),
+            spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
+            {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
+        self._publish(outcome)
+        self._command_and_wait(deployment_id, epoch, attempt, placement, outcome, online)
+        self._commit(deployment_id, epoch, status=JobStatus.RUNNING, status_detail="all stages ready",
+                     placement=placement.with_states("READY").to_dict(), pending=None,
+                     placed_at=self._clock.now(), considered=online, attempts=0, retry_at=None,
+                     failed_capacity=None, drift_since=None)
+        self._book.add_event(deployment_id, event(
+            self._clock.now(), "replan" if serving else "deployed", attempt.cause, generation=generation,
+            old_cost_ms=old_cost, new_cost_ms=new_cost, duration_s=round(self._clock.monotonic() - started, 3),
+            nodes=[s.node_name for s in placement.stages]))
+        self._on_change(deployment_id)
+
+    def _fetch(self, spec: planning.JobSpec) -> tuple[onnx.ModelProto, ModelGraph]:
+        try:
+            return self._models.get(spec.model_sha256,
+                                    lambda: self._root.download(spec.model_url, spec.model_sha256))
+        except TreelineError as exc:
+            raise AttemptFailed(f"model download: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
+            raise AttemptFailed(f"model is not valid ONNX: {exc}") from None
+
+    def _decide(self, spec: planning.JobSpec, model: onnx.ModelProto, graph: ModelGraph,
+                nodes: list[dict[str, Any]], attempt: Attempt) -> planning.PlanOutcome:
+        profile = load_profile(spec.microservice.model.scheduler_profile)
+        cost_model = self._cost_model(spec, graph, nodes, attempt.reprofile)
+        return planning.plan(model, graph, nodes, spec.microservice, profile, cost_model)
+
+    def _publish(self, outcome: planning.PlanOutcome) -> None:
         try:
             for part in outcome.partitions:
                 self._root.put_artifact(part.sha256, part.model_bytes)
         except TreelineError as exc:
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=f"partition upload: {exc.message}")
-            return
-        # 4. commit the plan, then command the nodes
-        self._commit(deployment_id, epoch, status=DEPLOYING, placement=placement,
-                     status_detail=f"waiting for {len(placement['stages'])} stages")
+            raise AttemptFailed(f"partition upload: {exc.message}") from None
+
+    def _command_and_wait(self, deployment_id: str, epoch: int, attempt: Attempt, placement: Placement,
+                          outcome: planning.PlanOutcome, online: list[str]) -> None:
+        doc = self._book.require(deployment_id)
+        serving = status_of(doc) is JobStatus.RUNNING and doc.get("placement") is not None
+        nodes = ", ".join(s.node_name for s in placement.stages)
+        fields: dict[str, Any] = {"pending": placement.to_dict(), "generation": placement.generation,
+                                  "reasons": outcome.reasons, "explanation": outcome.explanation}
+        if not (attempt.improve and serving):
+            fields.update(status=JobStatus.DEGRADED if doc.get("placement") else JobStatus.DEPLOYING,
+                          status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) on {nodes}")
+        self._commit(deployment_id, epoch, **fields)
         commands = planning.deploy_commands(placement, self._settings.root_url)
-        self._tracker.expect(deployment_id, generation, {cmd.stage: node for node, cmd in commands})
+        self._tracker.expect(deployment_id, placement.generation, {cmd.stage: node for node, cmd in commands})
         try:
             for node_id, command in commands:
                 self._bus.publish(topics.control_deploy(node_id), command)
-            outcome_state, detail = self._tracker.wait(deployment_id, generation,
-                                                       self._settings.stage_timeout, self._stop)
+            state, detail = self._tracker.wait(deployment_id, placement.generation,
+                                               self._settings.stage_timeout, self._stop)
         finally:
-            self._tracker.forget(deployment_id, generation)
-        # 5. observe the result
-        if outcome_state == "READY":
-            for stage in [*placement["stages"], *([placement["relay"]] if placement.get("relay") else [])]:
-                stage["state"] = "READY"
-            self._commit(deployment_id, epoch, status=RUNNING, status_detail="all stages ready",
-                         placement=placement)
-            for node_id, index in planning.stale_stages(old_placement, placement):
-                self._bus.publish(topics.control_delete(node_id), DeleteCommand(deployment_id, index))
-        elif outcome_state == "SUPERSEDED":
+            self._tracker.forget(deployment_id, placement.generation)
+        if state == "SUPERSEDED":
             raise Superseded(deployment_id)
-        else:
-            detail = detail if outcome_state == "FAILED" else f"timed out waiting for stages: {detail}"
-            self._commit(deployment_id, epoch, status=FAILED, status_detail=detail)
-            for node_id in {node for node, _ in commands}:
-                self._bus.publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
+        if state != "READY":
+            raise AttemptFailed(detail if state == "FAILED" else f"timed out waiting for stages: {detail}")
 
-    def _cost_model(self, request: planning.JobRequest, graph: Any, nodes: list[dict[str, Any]]) -> Any:
-        """Op-time profiles for the model: those the root keeps, plus fresh ones for device
-        classes that have none (one node per class measures; they are stored at the root)."""
-        from ml_scheduler.costmodel import CostModel
+    # ---------------------------------------------------------------- outcomes
+    def _unschedulable(self, deployment_id: str, epoch: int, attempt: Attempt, outcome: planning.PlanOutcome,
+                       online: list[str], serving: Placement | None) -> None:
+        detail = "; ".join(f"{n}: {r}" for n, r in sorted(outcome.reasons.items())) or "no online nodes"
+        if attempt.improve and serving is not None:
+            self._commit(deployment_id, epoch, considered=online, drift_since=None)
+            self._book.add_event(deployment_id, event(self._clock.now(), "kept", attempt.cause,
+                                                      detail=f"no other plan fits: {detail}"))
+            return
+        self._commit(deployment_id, epoch, status=JobStatus.FAILED, status_detail=f"unschedulable: {detail}",
+                     reasons=outcome.reasons, explanation=outcome.explanation, pending=None,
+                     failed_capacity=online, retry_at=None)
+        self._book.add_event(deployment_id, event(self._clock.now(), "failed", attempt.cause,
+                                                  detail=f"unschedulable: {detail}"))
 
+    def _retry_later(self, deployment_id: str, epoch: int, attempt: Attempt, reason: str) -> None:
+        doc = self._book.require(deployment_id)
+        attempts = int(doc.get("attempts") or 0) + 1
+        serving = status_of(doc) is JobStatus.RUNNING and not attempt.improve
+        if attempt.improve and status_of(doc) is JobStatus.RUNNING:
+            # an improvement failed: keep serving the current plan, try again later
+            delay = self._settings.retry_cap
+            self._commit(deployment_id, epoch, pending=None, retry_at=self._clock.now() + delay,
+                         considered=sorted(n["node_id"] for n in self._nodes() if n.get("online")))
+            self._book.add_event(deployment_id, event(self._clock.now(), "kept", attempt.cause,
+                                                      detail=f"re-plan failed: {reason}"))
+            return
+        if attempts >= self._settings.max_attempts:
+            online = sorted(n["node_id"] for n in self._nodes() if n.get("online"))
+            self._commit(deployment_id, epoch, status=JobStatus.FAILED, pending=None, attempts=attempts,
+                         status_detail=f"failed after {attempts} attempts: {reason}", failed_capacity=online,
+                         retry_at=None)
+            self._book.add_event(deployment_id, event(self._clock.now(), "failed", attempt.cause, detail=reason))
+            return
+        delay = backoff_delay(attempts - 1, self._settings.retry_base, self._settings.retry_cap)
+        status = JobStatus.DEGRADED if (serving or doc.get("placement")) else JobStatus.REQUESTED
+        self._commit(deployment_id, epoch, status=status, pending=None, attempts=attempts,
+                     retry_at=self._clock.now() + delay,
+                     status_detail=f"attempt {attempts}/{self._settings.max_attempts} failed ({reason}); "
+                                   f"retrying in {delay:.1f} s")
+        self._book.add_event(deployment_id, event(self._clock.now(), "retry", attempt.cause, detail=reason,
+                                                  retry_in_s=delay))
+
+    # ---------------------------------------------------------------- cost model
+    def _cost_model(self, spec: planning.JobSpec, graph: ModelGraph, nodes: list[dict[str, Any]],
+                    reprofile: frozenset[str]) -> CostModel:
+        """Op-time profiles for the model: those the root keeps (minus drifted classes), plus fresh
+        ones for device classes that have none (one node per class measures; stored at the root)."""
         stored: dict[str, dict[str, Any]] = {}
         try:
-            stored = self._root.model_profiles(request.model_name, request.model_version)
+            stored = self._root.model_profiles(spec.model_name, spec.model_version)
         except TreelineError as exc:
-            log.warning("could not read stored profiles of %s v%s: %s", request.model_name, request.model_version,
-                        exc)
+            log.warning("could not read stored profiles of %s v%s: %s", spec.model_name, spec.model_version, exc)
+        stored = {k: v for k, v in stored.items() if k not in reprofile}
         missing = classes_to_profile(nodes, set(stored))
         if missing and self._profiles is not None:
-            results = self._profiles.collect(self._bus.publish, missing, request.model_url, request.model_sha256,
+            results = self._profiles.collect(self._bus.publish, missing, spec.model_url, spec.model_sha256,
                                              self._settings.profile_timeout, self._stop)
             for device_class, result in results.items():
                 body = dataclasses.asdict(result)
                 stored[device_class] = body
                 try:
-                    self._root.put_model_profile(request.model_name, request.model_version, device_class, body)
+                    self._root.put_model_profile(spec.model_name, spec.model_version, device_class, body)
                 except TreelineError as exc:
                     log.warning("could not store the %s profile at the root: %s", device_class, exc)
         return CostModel.from_profiles(graph, stored)
+
+
+def _better(new: float | None, old: float | None, margin: float) -> bool:
+    """Whether a new plan's predicted cost beats the old one's by ``margin`` (a fraction)."""
+    if new is None:
+        return False
+    if old is None:
+        return True
+    return new < old * (1.0 - margin)

@@ -1,9 +1,12 @@
 """Deployment documents and the guarded writes that change them (Nomad-style plan apply).
 
-A deployment document::
+A deployment document (desired state; the observed state is in the node documents)::
 
-    {deployment_id, service_id, instance, job, status, status_detail, placement, generation,
-     epoch, reasons, created_at, updated_at, version}
+    {deployment_id, service_id, instance, job, status, status_detail,
+     placement,        # the serving plan (treeline_common.jobs.Placement as a dict)
+     pending,          # the generation being brought up (make-before-break), or None
+     generation, epoch, attempts, retry_at, placed_at, considered, failed_capacity,
+     drift_since, events, reasons, explanation, created_at, updated_at, version}
 
 ``epoch`` names the current *intent*: it is bumped by every new request (submit, delete,
 re-plan). A worker captures the epoch it was started for and commits through
@@ -18,22 +21,15 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cluster_orchestrator.reconcile import DesiredDeployment
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, NotFound
+from treeline_common.jobs import ACTIVE, JobReport, JobStatus, Placement
 
 log = logging.getLogger(__name__)
 
-REQUESTED = "REQUESTED"
-SCHEDULED = "SCHEDULED"
-DEPLOYING = "DEPLOYING"
-RUNNING = "RUNNING"
-DEGRADED = "DEGRADED"
-FAILED = "FAILED"
-DELETED = "DELETED"
-
-IN_PROGRESS = (REQUESTED, SCHEDULED, DEPLOYING, DEGRADED)
-ACTIVE = (*IN_PROGRESS, RUNNING)
+MAX_EVENTS = 100  # newest events kept per deployment
 
 
 class Superseded(Exception):
@@ -89,9 +85,10 @@ class DeploymentBook:
     def commit(self, deployment_id: str, epoch: int, **fields: Any) -> Doc:
         """Set ``fields`` if the deployment still has ``epoch``; raise Superseded otherwise."""
         def change(current: Doc | None) -> Doc:
-            if current is None or int(current.get("epoch", 0)) != epoch or current.get("status") == DELETED:
+            if current is None or int(current.get("epoch", 0)) != epoch or \
+                    current.get("status") == JobStatus.DELETED.value:
                 raise Superseded(deployment_id)
-            current.update(fields)
+            current.update({k: (v.value if isinstance(v, JobStatus) else v) for k, v in fields.items()})
             return current
         doc = self._write(deployment_id, change)
         assert doc is not None
@@ -100,33 +97,82 @@ class DeploymentBook:
 
     def set_stage_state(self, deployment_id: str, generation: int, index: int, state: str,
                         reason: str = "") -> Doc | None:
-        """Record a node's stage report on the placement of that generation (others are stale)."""
+        """Record a node's stage report on the placement (serving or pending) of that generation."""
         def change(current: Doc | None) -> Doc | None:
-            placement = (current or {}).get("placement") or {}
-            if not current or int(placement.get("generation", -1)) != generation:
+            if not current:
                 return None
-            for stage in placement.get("stages", []):
-                if int(stage["index"]) == index:
-                    if stage.get("state") == state and not reason:
-                        return None
-                    stage["state"] = state
-                    if reason:
-                        stage["reason"] = reason
-                    return current
+            for slot in ("placement", "pending"):
+                placement = current.get(slot) or {}
+                if int(placement.get("generation", -1)) != generation:
+                    continue
+                for stage in [*placement.get("stages", []), *([placement["relay"]] if placement.get("relay") else [])]:
+                    if int(stage["index"]) == index:
+                        if stage.get("state") == state and not reason:
+                            return None
+                        stage["state"] = state
+                        if reason:
+                            stage["reason"] = reason
+                        return current
             return None
         return self._write(deployment_id, change)
 
+    def add_event(self, deployment_id: str, event: Mapping[str, Any]) -> None:
+        """Append an event (re-plan, failure, recovery) to the deployment, newest last, capped."""
+        def change(current: Doc | None) -> Doc | None:
+            if current is None:
+                return None
+            current["events"] = [*(current.get("events") or []), dict(event)][-MAX_EVENTS:]
+            return current
+        self._write(deployment_id, change)
 
-def job_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+
+def status_of(doc: Mapping[str, Any]) -> JobStatus:
+    """The document's status as the enum (unknown words read as FAILED, logged)."""
+    try:
+        return JobStatus(doc.get("status"))
+    except ValueError:
+        log.warning("deployment %s has unknown status %r", doc.get("deployment_id"), doc.get("status"))
+        return JobStatus.FAILED
+
+
+def placement_of(doc: Mapping[str, Any], slot: str = "placement") -> Placement | None:
+    """The typed serving (``placement``) or ``pending`` plan of a document, or None."""
+    body = doc.get(slot)
+    return Placement.from_dict(body) if body else None
+
+
+def desired_of(doc: Mapping[str, Any]) -> DesiredDeployment:
+    """The reconcile rule's view of a deployment document."""
+    capacity = doc.get("failed_capacity")
+    return DesiredDeployment(
+        deployment_id=str(doc["deployment_id"]),
+        status=status_of(doc),
+        placement=placement_of(doc),
+        pending=placement_of(doc, "pending"),
+        retry_at=doc.get("retry_at"),
+        placed_at=float(doc.get("placed_at") or 0.0),
+        considered=frozenset(doc.get("considered") or ()),
+        failed_capacity=frozenset(capacity) if capacity is not None else None,
+        drift_since=doc.get("drift_since"),
+    )
+
+
+def is_active(doc: Mapping[str, Any]) -> bool:
+    return status_of(doc) in ACTIVE
+
+
+def job_report(doc: Mapping[str, Any]) -> JobReport:
     """One entry of the root push's ``jobs`` list."""
-    return {
-        "service_id": doc.get("service_id"),
-        "instance": doc.get("instance"),
-        "status": doc.get("status"),
-        "status_detail": doc.get("status_detail") or "",
-        "placement": doc.get("placement"),
-        "explanation": doc.get("explanation"),
-    }
+    return JobReport(
+        service_id=str(doc.get("service_id")),
+        instance=int(doc.get("instance") or 0),
+        status=status_of(doc),
+        status_detail=str(doc.get("status_detail") or ""),
+        placement=placement_of(doc),
+        explanation=doc.get("explanation"),
+        generation=int(doc.get("generation") or 0),
+        events=tuple(doc.get("events") or ())[-20:],
+    )
 
 
 def deployment_view(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,11 +181,15 @@ def deployment_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "status": doc.get("status"),
         "status_detail": doc.get("status_detail") or "",
         "placement": doc.get("placement"),
+        "pending": doc.get("pending"),
         "deployment_id": doc.get("deployment_id"),
         "service_id": doc.get("service_id"),
         "instance": doc.get("instance"),
         "generation": doc.get("generation", 0),
+        "attempts": doc.get("attempts", 0),
+        "retry_at": doc.get("retry_at"),
         "reasons": doc.get("reasons") or {},
         "explanation": doc.get("explanation"),
+        "events": doc.get("events") or [],
         "updated_at": doc.get("updated_at"),
     }

@@ -37,6 +37,8 @@ class BusHandler(Protocol):
 
     def on_profile_result(self, node_id: str, result: ProfileResult) -> None: ...
 
+    # optional: ``on_bus_state(connected: bool)``, called when the broker connection drops or returns
+
 
 class MessageBus(Protocol):
     """What the core sends through: publish one payload dataclass to one topic."""
@@ -82,7 +84,10 @@ class MqttBus:
             client_id=client_id or f"treeline-cluster-{uuid.uuid4().hex[:8]}",
             clean_session=True,
         )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # paho 2.x re-raises callback exceptions and its network thread dies while
+        # is_connected() still reads True: never let that happen (callbacks are wrapped too).
+        self._client.suppress_exceptions = True
+        self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -123,13 +128,30 @@ class MqttBus:
         client.subscribe([(pattern, 1) for pattern, _, _ in _SUBSCRIPTIONS])
         self._connected.set()
         log.info("MQTT connected to %s:%s, subscribed to node topics", self.host, self.port)
+        self._notify_state(True)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any = None) -> None:
         self._connected.clear()
-        log.info("MQTT disconnected (%s)", reason_code)
+        log.warning("MQTT disconnected (%s); reconnecting", reason_code)
+        self._notify_state(False)
+
+    def _notify_state(self, connected: bool) -> None:
+        hook = getattr(self._handler, "on_bus_state", None)
+        if hook is None:
+            return
+        try:
+            hook(connected)
+        except Exception:  # noqa: BLE001 - never let a handler kill paho's thread
+            log.exception("on_bus_state handler failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._dispatch(msg)
+        except Exception:  # noqa: BLE001 - nothing may escape into paho's network thread
+            log.exception("message on %s could not be handled", msg.topic)
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
             return  # a cleared retained message
         route = _route(msg.topic)
@@ -140,8 +162,8 @@ class MqttBus:
         try:
             node_id = topics.node_id_of(msg.topic)
             payload = messages.decode(cls, msg.payload)
-        except (ValueError, messages.PayloadError) as exc:
-            log.warning("dropping bad payload on %s: %s", msg.topic, exc)
+        except Exception as exc:  # noqa: BLE001 - PayloadError, or anything a decoder raises
+            log.warning("dropping bad payload on %s: %s", msg.topic, str(exc)[:300])
             return
         try:
             getattr(self._handler, method)(node_id, payload)

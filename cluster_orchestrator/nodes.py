@@ -7,6 +7,7 @@ online/offline transitions to its caller, which decides what they mean for deplo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import threading
@@ -86,13 +87,42 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class NodeRegistry:
-    """Node documents in the store plus the rules that change them."""
+    """Node documents plus the rules that change them.
 
-    def __init__(self, store: ClusterStateStore, clock: Clock, heartbeat_timeout: float) -> None:
+    The documents live in memory and in the store: registrations and status changes are
+    written through at once; telemetry (many messages a second in a large cluster, and
+    observed state that the next message replaces anyway) is kept in memory and flushed
+    by :meth:`flush` (the liveness sweep calls it every ``flush_interval``).
+
+    Failure detection (:meth:`sweep`) tells a dead node from a dead broker: while the
+    cluster's own broker connection is down nobody is declared dead by silence, and when
+    more than half of the online nodes (at least two) fall silent in the same sweep, the
+    silence is taken as a broker or network fault and held for ``mass_silence_hold``
+    heartbeat timeouts before anyone is declared dead. Last wills still count at once.
+    """
+
+    def __init__(self, store: ClusterStateStore, clock: Clock, heartbeat_timeout: float,
+                 mass_silence_hold: float = 3.0, flush_interval: float = 5.0) -> None:
         self._store = store
         self._clock = clock
         self.heartbeat_timeout = heartbeat_timeout
+        self._hold = mass_silence_hold * heartbeat_timeout
+        self._flush_interval = flush_interval
         self._lock = threading.RLock()
+        self._docs: dict[str, Doc] | None = None  # loaded on first use (no I/O in the constructor)
+        self._dirty: set[str] = set()
+        self._last_flush = 0.0
+        self._silence_since: float | None = None
+
+    def _all(self) -> dict[str, Doc]:
+        if self._docs is None:
+            self._docs = {d["node_id"]: d for d in self._store.list_nodes()}
+        return self._docs
+
+    def _save(self, doc: Doc) -> None:
+        self._store.put_node(doc)
+        self._all()[doc["node_id"]] = doc
+        self._dirty.discard(doc["node_id"])
 
     def register(self, body: Mapping[str, Any]) -> tuple[Doc, bool]:
         """Register or re-register (same name -> same node_id); returns (doc, created).
@@ -103,33 +133,31 @@ class NodeRegistry:
         fields = validate_registration(body)
         now = self._clock.now()
         with self._lock:
-            existing = self._store.find_node_by_name(fields["name"])
-            doc: Doc = dict(existing) if existing else {"node_id": f"node-{uuid.uuid4().hex[:12]}",
-                                                        "telemetry": None, "last_seen": None}
+            existing = next((d for d in self._all().values() if d["name"] == fields["name"]), None)
+            doc: Doc = copy.deepcopy(existing) if existing else {
+                "node_id": f"node-{uuid.uuid4().hex[:12]}", "telemetry": None, "last_seen": None}
             doc.update(fields)
             doc.update({"registered_at": now, "status_state": None, "status_seq": None, "online": False})
-            self._store.put_node(doc)
+            self._save(doc)
         log.info("node %s (%s) %s", doc["name"], doc["node_id"], "re-registered" if existing else "registered")
-        return doc, existing is None
+        return copy.deepcopy(doc), existing is None
 
     def get(self, node_id: str) -> Doc:
-        doc = self._store.get_node(node_id)
-        if doc is None:
-            raise NotFound(f"node {node_id} is not registered")
-        return doc
+        with self._lock:
+            doc = self._all().get(node_id)
+            if doc is None:
+                raise NotFound(f"node {node_id} is not registered")
+            return copy.deepcopy(doc)
 
     def list(self) -> list[Doc]:
-        """All nodes with ``online`` evaluated at the current time."""
-        now = self._clock.now()
-        nodes = self._store.list_nodes()
-        for doc in nodes:
-            doc["online"] = is_online(doc, now, self.heartbeat_timeout)
-        return nodes
+        """All nodes (copies, by name) with ``online`` as last decided by the sweep and messages."""
+        with self._lock:
+            return [copy.deepcopy(d) for d in sorted(self._all().values(), key=lambda d: d["name"])]
 
-    def _update(self, node_id: str, change: Any) -> tuple[bool, bool] | None:
+    def _update(self, node_id: str, change: Any, persist: bool) -> tuple[bool, bool] | None:
         """Apply ``change(doc)`` under the lock; return (was_online, is_online) or None if unknown."""
         with self._lock:
-            doc = self._store.get_node(node_id)
+            doc = self._all().get(node_id)
             if doc is None:
                 log.debug("message from unregistered node %s dropped", node_id)
                 return None
@@ -137,16 +165,29 @@ class NodeRegistry:
             if change(doc) is False:
                 return was, was
             now_online = is_online(doc, self._clock.now(), self.heartbeat_timeout)
-            doc["online"] = now_online
-            self._store.put_node(doc)
-            return was, now_online
+            # silence alone never flips a node here: only the sweep judges heartbeats
+            doc["online"] = now_online if (now_online or doc.get("status_state") == "offline") else was
+            if persist or doc["online"] != was:
+                self._save(doc)
+            else:
+                self._dirty.add(node_id)
+            return was, bool(doc["online"])
 
     def on_telemetry(self, node_id: str, telemetry: NodeTelemetry) -> tuple[bool, bool] | None:
-        """Store the latest telemetry and mark the node seen now (cluster clock, not the node's)."""
+        """Store the latest telemetry and mark the node seen now (cluster clock, not the node's).
+
+        Telemetry from a birth newer than an ``offline`` the cluster holds proves the node
+        alive: the offline was a stale or foreign status, and the node is online again.
+        """
         def change(doc: Doc) -> None:
             doc["telemetry"] = dataclasses.asdict(telemetry)
             doc["last_seen"] = self._clock.now()
-        return self._update(node_id, change)
+            seen = doc.get("status_seq")
+            if doc.get("status_state") == "offline" and seen is not None and telemetry.seq > int(seen):
+                log.info("node %s: telemetry of birth %s overrides offline seq %s", node_id, telemetry.seq, seen)
+                doc["status_state"] = "online"
+                doc["status_seq"] = telemetry.seq
+        return self._update(node_id, change, persist=False)
 
     def on_status(self, node_id: str, status: NodeStatus) -> tuple[bool, bool] | None:
         """Accept a birth (online) or last will (offline) unless it is a stale retained one."""
@@ -159,27 +200,61 @@ class NodeRegistry:
             if status.state == "online":
                 doc["last_seen"] = self._clock.now()
             return True
-        return self._update(node_id, change)
+        return self._update(node_id, change, persist=True)
 
-    def sweep(self) -> list[tuple[str, bool]]:
-        """Re-evaluate liveness of every node; persist and return the (node_id, online) that flipped."""
-        flipped = []
+    def sweep(self, bus_connected: bool = True) -> list[tuple[str, bool]]:
+        """Re-evaluate liveness; persist and return the (node_id, online) that flipped.
+
+        Silence is not judged while ``bus_connected`` is False, and mass silence is held
+        (see the class docstring). Telemetry is flushed to the store every flush interval.
+        """
         now = self._clock.now()
+        flipped: list[tuple[str, bool]] = []
         with self._lock:
-            for doc in self._store.list_nodes():
-                online = is_online(doc, now, self.heartbeat_timeout)
-                if online != bool(doc.get("online")):
-                    doc["online"] = online
-                    self._store.put_node(doc)
-                    flipped.append((doc["node_id"], online))
+            docs = self._all()
+            verdicts = {nid: is_online(d, now, self.heartbeat_timeout) for nid, d in docs.items()}
+            silent = [nid for nid, d in docs.items() if d.get("online") and not verdicts[nid]
+                      and d.get("status_state") != "offline"]
+            online_before = sum(1 for d in docs.values() if d.get("online"))
+            hold = not bus_connected or (len(silent) >= 2 and len(silent) * 2 > online_before)
+            if hold and silent:
+                if self._silence_since is None:
+                    self._silence_since = now
+                    log.warning("%d of %d online nodes silent at once%s: holding them online", len(silent),
+                                online_before, "" if bus_connected else " while the broker is unreachable")
+                if bus_connected and now - self._silence_since >= self._hold:
+                    hold = False
+            elif not silent:
+                self._silence_since = None
+            for node_id, doc in docs.items():
+                online = verdicts[node_id]
+                if online == bool(doc.get("online")) or (hold and node_id in silent):
+                    continue
+                doc["online"] = online
+                self._save(doc)
+                flipped.append((node_id, online))
+            if now - self._last_flush >= self._flush_interval:
+                self.flush()
         return flipped
 
-    def grant_startup_grace(self) -> None:
-        """After a restart, count nodes that were online as just seen, so the time the cluster
-        itself was down is not mistaken for missed heartbeats; dead nodes still time out."""
+    def flush(self) -> None:
+        """Write the telemetry kept in memory to the store."""
+        with self._lock:
+            for node_id in sorted(self._dirty):
+                doc = self._all().get(node_id)
+                if doc is not None:
+                    self._store.put_node(doc)
+            self._dirty.clear()
+            self._last_flush = self._clock.now()
+
+    def grant_grace(self) -> None:
+        """Count nodes that were online as just seen: after a cluster restart or a broker
+        outage, the time nobody could hear them is not taken for missed heartbeats (dead nodes
+        still time out a heartbeat window later)."""
         now = self._clock.now()
         with self._lock:
-            for doc in self._store.list_nodes():
+            for doc in self._all().values():
                 if doc.get("online"):
                     doc["last_seen"] = max(float(doc.get("last_seen") or 0.0), now)
-                    self._store.put_node(doc)
+                    self._dirty.add(doc["node_id"])
+            self._silence_since = None

@@ -1,14 +1,17 @@
-"""The cluster orchestrator core: wires store, node registry, deployer, bus and root client.
+"""The cluster orchestrator core: wires store, node registry, reconcile loop, workers, root sync.
 
 It receives typed MQTT messages (as a :class:`~cluster_orchestrator.mqtt_bus.BusHandler`),
-serves the REST layer, and runs three background loops, each guarded so one failure never
-stalls the others (Ray Serve's controller lesson):
+serves the REST layer and runs its loops, each guarded so one failure never stalls the
+others (Ray Serve's controller lesson):
 
-- liveness sweep: flips nodes offline after missed heartbeats; a lost node that runs a
-  stage of a RUNNING deployment turns it DEGRADED and starts a re-plan;
-- pusher: sends ``{aggregate, jobs}`` to the root every push interval and at once after
-  any status change (changes in quick succession are coalesced into one push);
-- root registration: retried with backoff until the root answers.
+- **reconcile**: on every relevant event (a node flips, a stage report, a worker ends, a
+  job arrives) and at least every ``reconcile_period``, the pure rule of
+  :mod:`.reconcile` compares the desired deployments (store) with the observed nodes and
+  the actions are carried out here: start a deployment worker (one per deployment at a
+  time, :mod:`.deployer`), re-send a lost stage, delete a stage nobody wants;
+- **liveness**: flips nodes offline after missed heartbeats (held while the broker is
+  unreachable or most nodes go silent together, see :class:`~.nodes.NodeRegistry`);
+- **root sync** (:mod:`.rootsync`): registration and the information push.
 
 The core never sees paho or Flask; constructors do no I/O (``start`` does).
 """
@@ -18,40 +21,42 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.aggregate import compute_aggregate
-from cluster_orchestrator.deployer import Deployer, DeployerSettings, StageTracker
+from cluster_orchestrator.deployer import Attempt, Deployer, DeployerSettings, ModelCache
 from cluster_orchestrator.deployments import (
-    ACTIVE, DEGRADED, DELETED, IN_PROGRESS, REQUESTED, RUNNING, DeploymentBook, deployment_view, job_view,
+    DeploymentBook, deployment_view, desired_of, job_report, placement_of, status_of,
 )
-from cluster_orchestrator.liveness import backoff_delay, heartbeat_timeout
+from cluster_orchestrator.drift import DriftTracker
+from cluster_orchestrator.liveness import heartbeat_timeout
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
 from cluster_orchestrator.profiler import ProfileCollector
+from cluster_orchestrator.reconcile import (
+    Action, Delete, Observed, ObservedNode, Plan, Redeploy, Settings, reconcile,
+)
 from cluster_orchestrator.root_client import RootClient
+from cluster_orchestrator.rootsync import RootSync
 from cluster_orchestrator.store import ClusterStateStore, Doc
+from cluster_orchestrator.tracker import StageTracker
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import InvalidInput, TreelineError
+from treeline_common.jobs import ACTIVE, ClusterPush, JobRequest, JobStatus, deployment_id_of
 from treeline_common.messages import (
-    DeleteCommand,
-    NodeStatus,
-    NodeTelemetry,
-    ProfileResult,
-    StageState,
-    StageStats,
+    DeleteCommand, NodeStatus, NodeTelemetry, ProfileResult, StageState, StageStats,
 )
 
 log = logging.getLogger(__name__)
 
-CLUSTER_ID_KEY = "cluster_id"
-
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """Settings of one cluster orchestrator (seconds unless named otherwise)."""
+
     name: str
     root_url: str
     public_url: str
@@ -64,35 +69,42 @@ class ClusterConfig:
     stage_timeout: float = 60.0
     liveness_period: float = 0.5
     profile_timeout: float = 30.0
+    reconcile_period: float = 1.0
+    max_attempts: int = 5
+    replan_margin: float = 0.25
+    drift_window: float = 30.0
 
 
-def validate_job(service_id: str, instance: str, body: Mapping[str, Any]) -> None:
-    """InvalidInput naming each bad field of a root job body (contracts.md, root -> cluster)."""
+def parse_job(service_id: str, instance: str, body: Any) -> JobRequest:
+    """The job of ``POST /api/service/<service_id>/<instance>``, validated; InvalidInput names
+    each bad field (the path wins over the body for ``service_id`` and ``instance``)."""
+    if not isinstance(body, Mapping):
+        raise InvalidInput("invalid job", [{"path": "", "message": "must be a JSON object"}])
     details: list[dict[str, str]] = []
     if body.get("service_id") is not None and str(body["service_id"]) != service_id:
         details.append({"path": "service_id", "message": f"differs from the path ({service_id})"})
     if body.get("instance") is not None and str(body["instance"]) != instance:
         details.append({"path": "instance", "message": f"differs from the path ({instance})"})
+    if not instance.isdigit():
+        details.append({"path": "instance", "message": "must be a non-negative integer"})
     try:
         planning.parse_job_microservice(body.get("microservice"))
     except InvalidInput as exc:
         details.extend(exc.details)
-    model = body.get("model")
-    if not isinstance(model, Mapping):
-        details.append({"path": "model", "message": "is required (object)"})
-    else:
-        sha = model.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha):
-            details.append({"path": "model.sha256", "message": "must be 64 hex digits"})
-        if not isinstance(model.get("artifact_url"), str) or "://" not in model["artifact_url"]:
-            details.append({"path": "model.artifact_url", "message": "must be an http(s) URL"})
-        if model.get("signature") is not None and not isinstance(model["signature"], Mapping):
-            details.append({"path": "model.signature", "message": "must be an object"})
-    if details:
+    job = None
+    try:
+        job = JobRequest.from_dict({**body, "service_id": service_id,
+                                    "instance": int(instance) if instance.isdigit() else 0})
+    except InvalidInput as exc:
+        details.extend(d for d in exc.details if not d["path"].startswith("microservice"))
+    if details or job is None:
         raise InvalidInput("invalid job", details)
+    return job
 
 
 class ClusterOrchestrator:
+    """The cluster's core; see the module docstring for its loops."""
+
     def __init__(self, config: ClusterConfig, store: ClusterStateStore, root: RootClient,
                  bus: MessageBus | None = None, clock: Clock | None = None) -> None:
         self.config = config
@@ -102,17 +114,23 @@ class ClusterOrchestrator:
         self.nodes = NodeRegistry(store, self.clock,
                                   heartbeat_timeout(config.telemetry_interval, config.heartbeat_misses))
         self.book = DeploymentBook(store, self.clock)
-        self.tracker = StageTracker()
+        self.tracker = StageTracker(self.clock)
         self.profiles = ProfileCollector()
+        self.models = ModelCache()
+        self.drift = DriftTracker(config.replan_margin)
+        self.rules = Settings(drift_window=config.drift_window)
         self._bus = bus
+        self._bus_connected = True
         self._stop = threading.Event()
-        self._push_wanted = threading.Event()
+        self._kick = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._workers: set[threading.Thread] = set()
+        self._workers: dict[str, threading.Thread] = {}
         self._workers_lock = threading.Lock()
-        self.cluster_registered = threading.Event()
-        if store.get_setting(CLUSTER_ID_KEY):
-            self.cluster_registered.set()
+        self._sent_at: dict[tuple[str, str], float] = {}
+        self._reconcile_lock = threading.Lock()
+        self.sync = RootSync(store, root, config.name, config.location, config.public_url, config.push_interval,
+                             self.push_body, self._stop)
+        self.cluster_registered = self.sync.registered
 
     # ---------------------------------------------------------------- wiring
     def set_bus(self, bus: MessageBus) -> None:
@@ -120,38 +138,35 @@ class ClusterOrchestrator:
 
     @property
     def cluster_id(self) -> str | None:
-        value = self.store.get_setting(CLUSTER_ID_KEY)
-        return str(value) if value else None
+        return self.sync.cluster_id
 
     def _deployer(self) -> Deployer:
         if self._bus is None:
             raise TreelineError("no message bus configured")
-        return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list, self._changed,
-                        DeployerSettings(self.config.root_url, self.config.stage_timeout,
-                                         self.config.profile_timeout), self._stop,
-                        profiles=self.profiles)
+        settings = DeployerSettings(self.config.root_url, self.config.stage_timeout, self.config.profile_timeout,
+                                    self.config.max_attempts, self.config.replan_margin)
+        return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list, self._changed, settings,
+                        self._stop, self.clock, profiles=self.profiles, models=self.models)
 
     def start(self) -> None:
-        """Start the background loops and resume unfinished deployments from the store."""
-        self.nodes.grant_startup_grace()
-        for target, name in ((self._register_loop, "root-register"), (self._push_loop, "root-push"),
-                             (self._liveness_loop, "liveness")):
+        """Start the loops; unfinished deployments resume through the reconcile rule."""
+        self.nodes.grant_grace()
+        self.sync.start()
+        for target, name in ((self._liveness_loop, "liveness"), (self._reconcile_loop, "reconcile")):
             thread = threading.Thread(target=target, name=f"cluster-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        for doc in self.book.list():
-            if doc.get("status") in IN_PROGRESS:
-                log.info("resuming deployment %s (was %s)", doc["deployment_id"], doc["status"])
-                self._replan(doc["deployment_id"], f"resumed after restart (was {doc['status']})")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop loops and workers (workers see the stop event within a second)."""
         self._stop.set()
-        self._push_wanted.set()
+        self._kick.set()
+        self.sync.join(timeout)
         with self._workers_lock:
-            threads = [*self._threads, *self._workers]
+            threads = [*self._threads, *self._workers.values()]
         for thread in threads:
             thread.join(timeout)
+        self.nodes.flush()
 
     # ---------------------------------------------------------------- REST-facing operations
     def register_node(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,68 +178,77 @@ class ClusterOrchestrator:
     def list_nodes(self) -> list[Doc]:
         return self.nodes.list()
 
-    def submit_job(self, service_id: str, instance: str, body: Mapping[str, Any]) -> Doc:
-        """Record the job REQUESTED and start its worker; a repeat of an active job is a no-op."""
-        validate_job(service_id, instance, body)
-        job = dict(body, service_id=service_id, instance=body.get("instance", instance))
-        deployment_id = planning.deployment_id_of(service_id, job["instance"])
-        started: list[bool] = []
+    def submit_job(self, service_id: str, instance: str, body: Any) -> Doc:
+        """Record the job as desired state (REQUESTED); the reconcile loop deploys it.
+        A repeat of an active job with the same model is a no-op."""
+        job = parse_job(service_id, instance, body)
+        deployment_id = job.deployment_id
 
         def build(current: Doc | None) -> Doc | None:
-            if current and current.get("status") in ACTIVE and \
-                    (current.get("job") or {}).get("model", {}).get("sha256") == job["model"]["sha256"]:
+            if current and status_of(current) in ACTIVE and \
+                    (current.get("job") or {}).get("model", {}).get("sha256") == job.model.sha256:
                 return None  # idempotent repeat of a job that is being (or was) deployed
-            started.append(True)
             doc = dict(current or {})
-            doc.update({"deployment_id": deployment_id, "service_id": service_id, "instance": job["instance"],
-                        "job": job, "status": REQUESTED, "status_detail": "accepted", "reasons": {}})
+            doc.update({"deployment_id": deployment_id, "service_id": service_id, "instance": job.instance,
+                        "job": job.to_dict(), "status": JobStatus.REQUESTED.value, "status_detail": "accepted",
+                        "reasons": {}, "attempts": 0, "retry_at": None, "failed_capacity": None,
+                        "pending": None})
             doc.setdefault("placement", None)
             doc.setdefault("generation", 0)
             return doc
 
         doc = self.book.request(deployment_id, build)
         assert doc is not None
-        if started:
-            self._changed(deployment_id)
-            self._start_worker(deployment_id, int(doc["epoch"]))
+        self._changed(deployment_id)
         return doc
 
     def delete_job(self, service_id: str, instance: str) -> Doc:
-        """Mark the deployment DELETED (stopping its worker) and tell its nodes to drop it."""
-        deployment_id = planning.deployment_id_of(service_id, instance)
+        """Mark the deployment DELETED (its worker stops) and tell its nodes to drop it."""
+        deployment_id = deployment_id_of(service_id, instance)
         self.book.require(deployment_id)
 
         def build(current: Doc | None) -> Doc | None:
             if current is None:
                 return None
-            return dict(current, status=DELETED, status_detail="deleted on request")
+            return dict(current, status=JobStatus.DELETED.value, status_detail="deleted on request", pending=None)
 
         doc = self.book.request(deployment_id, build)
         assert doc is not None
-        nodes = {s["node_id"] for s in (doc.get("placement") or {}).get("stages", [])}
+        nodes = {s["node_id"] for slot in ("placement", "pending") for s in (doc.get(slot) or {}).get("stages", [])}
         for node_id in sorted(nodes):
             self._publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
         self._changed(deployment_id)
         return doc
 
     def get_deployment(self, service_id: str, instance: str) -> dict[str, Any]:
-        return deployment_view(self.book.require(planning.deployment_id_of(service_id, instance)))
+        return deployment_view(self.book.require(deployment_id_of(service_id, instance)))
 
     def status(self) -> dict[str, Any]:
         nodes = self.nodes.list()
         return {"cluster_name": self.config.name, "cluster_id": self.cluster_id,
                 "registered": self.cluster_id is not None, "aggregate": compute_aggregate(nodes),
-                "deployments": len(self.book.list())}
+                "deployments": len(self.book.list()), "broker_connected": self._bus_connected}
 
     # ---------------------------------------------------------------- bus handler
+    def on_bus_state(self, connected: bool) -> None:
+        """The cluster's own broker connection went down or came back."""
+        was = self._bus_connected
+        self._bus_connected = connected
+        if connected and not was:
+            log.info("broker connection back: silence during the outage does not count as missed heartbeats")
+            self.nodes.grant_grace()
+            self._kick.set()
+
     def on_node_status(self, node_id: str, status: NodeStatus) -> None:
         self._after_node_change(node_id, self.nodes.on_status(node_id, status))
 
     def on_telemetry(self, node_id: str, telemetry: NodeTelemetry) -> None:
-        self._after_node_change(node_id, self.nodes.on_telemetry(node_id, telemetry))
+        change = self.nodes.on_telemetry(node_id, telemetry)
+        self._after_node_change(node_id, change)
 
     def on_stage_state(self, node_id: str, state: StageState) -> None:
-        log.debug("stage %s/%s on %s: %s %s", state.deployment_id, state.stage, node_id, state.state, state.reason)
+        log.debug("stage %s/%s g%s on %s: %s %s", state.deployment_id, state.stage, state.generation, node_id,
+                  state.state, state.reason)
         self.tracker.report(node_id, state)
         try:
             self.book.set_stage_state(state.deployment_id, state.generation, state.stage, state.state, state.reason)
@@ -232,16 +256,15 @@ class ClusterOrchestrator:
             log.warning("could not record stage state of %s", state.deployment_id, exc_info=True)
 
     def on_stage_stats(self, node_id: str, stats: StageStats) -> None:
-        log.debug("stage stats %s/%s on %s: %s requests, %.2f ms", stats.deployment_id, stats.stage, node_id,
-                  stats.requests, stats.compute_ms_mean)
+        self.drift.observe(stats)
 
     def on_profile_result(self, node_id: str, result: ProfileResult) -> None:
         self.profiles.report(result)
 
-    # ---------------------------------------------------------------- liveness and re-planning
+    # ---------------------------------------------------------------- liveness
     def check_liveness(self) -> list[tuple[str, bool]]:
         """One liveness sweep (the background loop calls this; tests may call it directly)."""
-        flipped = self.nodes.sweep()
+        flipped = self.nodes.sweep(self._bus_connected)
         for node_id, online in flipped:
             self._after_node_change(node_id, (not online, online))
         return flipped
@@ -251,109 +274,116 @@ class ClusterOrchestrator:
             return
         online = change[1]
         log.info("node %s is now %s", node_id, "online" if online else "offline")
-        self._changed(None)
         if not online:
             self.tracker.node_lost(node_id)
-            self._degrade_deployments_on(node_id)
+        self._changed(None)
 
-    def _degrade_deployments_on(self, node_id: str) -> None:
-        for doc in self.book.list():
-            stages = (doc.get("placement") or {}).get("stages", [])
-            if doc.get("status") == RUNNING and any(s["node_id"] == node_id for s in stages):
-                self._replan(doc["deployment_id"], f"node {node_id} went offline; re-planning")
+    # ---------------------------------------------------------------- reconcile
+    def observed(self) -> Observed:
+        """The observed state the reconcile rule reads (nodes, running workers, recent sends)."""
+        nodes = {}
+        for doc in self.nodes.list():
+            telemetry = doc.get("telemetry") or {}
+            nodes[doc["node_id"]] = ObservedNode(doc["node_id"], bool(doc.get("online")),
+                                                 frozenset(telemetry.get("stages") or ()), doc.get("last_seen"))
+        with self._workers_lock:
+            workers = frozenset(d for d, t in self._workers.items() if t.is_alive())
+        return Observed(nodes, workers, dict(self._sent_at))
 
-    def _replan(self, deployment_id: str, reason: str) -> None:
-        """Mark DEGRADED under a new epoch and run the deployment flow again (new generation)."""
+    def reconcile_once(self) -> list[Action]:
+        """Run the rule once over the current state and carry out its actions."""
+        with self._reconcile_lock:
+            now = self.clock.now()
+            desired = {}
+            for doc in self.book.list():
+                want = desired_of(doc)
+                if want.status is JobStatus.RUNNING and want.placement is not None:
+                    want = replace(want, drift_since=self.drift.since(want.placement, now))
+                desired[want.deployment_id] = want
+            actions = reconcile(desired, self.observed(), now, self.rules)
+            for action in actions:
+                try:
+                    self._apply(action, desired, now)
+                except Exception:  # noqa: BLE001 - one failing action must not stop the others
+                    log.exception("reconcile action %s failed", action)
+            return actions
+
+    def _apply(self, action: Action, desired: Mapping[str, Any], now: float) -> None:
+        if isinstance(action, Plan):
+            self._start_attempt(action, desired[action.deployment_id])
+        elif isinstance(action, Redeploy):
+            doc = self.book.require(action.deployment_id)
+            placement = placement_of(doc)
+            if placement is None or placement.generation != action.generation:
+                return
+            for node_id, command in planning.deploy_commands(placement, self.config.root_url):
+                if node_id == action.node_id and command.stage == action.stage:
+                    log.info("re-sending stage %s to node %s (not in its telemetry)", action.stage_key, node_id)
+                    self._publish(topics.control_deploy(node_id), command)
+            self._sent_at[(action.node_id, action.stage_key)] = now
+        elif isinstance(action, Delete):
+            key = (action.node_id, f"delete:{action.command}")
+            if now - self._sent_at.get(key, -1e9) < 2.0:
+                return
+            log.info("deleting %s g%s/%s on node %s: %s", action.command.deployment_id, action.command.generation,
+                     action.command.stage, action.node_id, action.reason)
+            self._publish(topics.control_delete(action.node_id), action.command)
+            self._sent_at[key] = now
+
+    def _start_attempt(self, plan: Plan, want: Any) -> None:
+        reprofile: frozenset[str] = frozenset()
+        if plan.improve and want.placement is not None and want.drift_since is not None:
+            drifted = set(self.drift.drifted_stages(want.placement))
+            reprofile = frozenset(s.profile for s in want.placement.stages if s.index in drifted and s.profile)
+            self.drift.handled(want.placement)
+
         def build(current: Doc | None) -> Doc | None:
-            if current is None or current.get("status") in (DELETED,):
+            if current is None:
                 return None
-            return dict(current, status=DEGRADED, status_detail=reason)
+            status = status_of(current)
+            doc = dict(current)
+            if status is JobStatus.RUNNING and not plan.improve:
+                doc.update(status=JobStatus.DEGRADED.value, status_detail=f"{plan.cause}; re-planning")
+            elif status is JobStatus.FAILED:
+                doc.update(status=JobStatus.REQUESTED.value, status_detail=plan.cause, attempts=0,
+                           failed_capacity=None)
+            return doc
 
-        doc = self.book.request(deployment_id, build)
-        if doc is None or doc.get("status") != DEGRADED:
+        doc = self.book.request(plan.deployment_id, build)
+        if doc is None or status_of(doc) is JobStatus.DELETED:
             return
-        log.warning("deployment %s -> DEGRADED: %s", deployment_id, reason)
-        self._changed(deployment_id)
-        self._start_worker(deployment_id, int(doc["epoch"]))
-
-    # ---------------------------------------------------------------- workers
-    def _start_worker(self, deployment_id: str, epoch: int) -> None:
+        log.info("deployment %s: %s (%s)", plan.deployment_id, "improving" if plan.improve else "planning", plan.cause)
+        self._changed(plan.deployment_id)
         if self._stop.is_set():
             return
         deployer = self._deployer()
+        attempt = Attempt(plan.cause, plan.improve, reprofile)
+        epoch = int(doc["epoch"])
 
         def work() -> None:
             try:
-                deployer.run(deployment_id, epoch)
+                deployer.run(plan.deployment_id, epoch, attempt)
             finally:
                 with self._workers_lock:
-                    self._workers.discard(threading.current_thread())
+                    if self._workers.get(plan.deployment_id) is threading.current_thread():
+                        del self._workers[plan.deployment_id]
+                self._kick.set()
 
-        thread = threading.Thread(target=work, name=f"deploy-{deployment_id}-{epoch}", daemon=True)
+        thread = threading.Thread(target=work, name=f"deploy-{plan.deployment_id}-{epoch}", daemon=True)
         with self._workers_lock:
-            self._workers.add(thread)
+            self._workers[plan.deployment_id] = thread
         thread.start()
 
-    def _publish(self, topic: str, message: Any) -> None:
-        if self._bus is None:
-            log.warning("no bus: dropping %s", topic)
-            return
-        self._bus.publish(topic, message)
-
-    # ---------------------------------------------------------------- root push
-    def _changed(self, deployment_id: str | None) -> None:
-        """A status (or node) change: push to the root at once (coalesced by the pusher)."""
-        self._push_wanted.set()
-
-    def push_body(self) -> dict[str, Any]:
-        return {"aggregate": compute_aggregate(self.nodes.list()),
-                "jobs": [job_view(doc) for doc in self.book.list()]}
-
-    def push_once(self) -> bool:
-        """Push ``{aggregate, jobs}`` to the root; False (logged) when it fails or we are unregistered."""
-        cluster_id = self.cluster_id
-        if cluster_id is None:
-            return False
-        try:
-            self.root.push_information(cluster_id, self.push_body())
-            return True
-        except TreelineError as exc:
-            log.warning("push to root failed (retried next tick): %s", exc)
-            return False
-
-    def _push_loop(self) -> None:
+    def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
-            self._push_wanted.wait(self.config.push_interval)
-            self._push_wanted.clear()
+            self._kick.wait(self.config.reconcile_period)
+            self._kick.clear()
             if self._stop.is_set():
                 return
             try:
-                self.push_once()
+                self.reconcile_once()
             except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("push loop error")
-
-    def _register_loop(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                cluster_id = self.root.register_cluster(self.config.name, self.config.location,
-                                                        self.config.public_url)
-            except TreelineError as exc:
-                delay = backoff_delay(attempt)
-                log.warning("root registration failed (retry in %.1fs): %s", delay, exc)
-                attempt += 1
-                self._stop.wait(delay)
-                continue
-            except Exception:  # noqa: BLE001
-                log.exception("root registration error")
-                self._stop.wait(backoff_delay(attempt))
-                attempt += 1
-                continue
-            self.store.set_setting(CLUSTER_ID_KEY, cluster_id)
-            self.cluster_registered.set()
-            log.info("registered with root %s as cluster %s", self.config.root_url, cluster_id)
-            self._push_wanted.set()
-            return
+                log.exception("reconcile error")
 
     def _liveness_loop(self) -> None:
         while not self._stop.wait(self.config.liveness_period):
@@ -361,3 +391,23 @@ class ClusterOrchestrator:
                 self.check_liveness()
             except Exception:  # noqa: BLE001
                 log.exception("liveness sweep error")
+
+    # ---------------------------------------------------------------- outputs
+    def _publish(self, topic: str, message: Any) -> None:
+        if self._bus is None:
+            log.warning("no bus: dropping %s", topic)
+            return
+        self._bus.publish(topic, message)
+
+    def _changed(self, deployment_id: str | None) -> None:
+        """A status or node change: reconcile and push to the root at once (both coalesced)."""
+        self._kick.set()
+        self.sync.changed()
+
+    def push_body(self) -> ClusterPush:
+        return ClusterPush(aggregate=compute_aggregate(self.nodes.list()),
+                           jobs=tuple(job_report(doc) for doc in self.book.list()))
+
+    def push_once(self) -> bool:
+        """Push to the root now; False when it failed or the cluster is not registered."""
+        return self.sync.push_once()

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treeline_common.errors import InvalidInput
+from deployment_descriptors import parse_microservice
+from ml_scheduler.extract import extract_partitions
+from ml_scheduler.scheduler import MlScheduler
+from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+from treeline_common.jobs import Entry, JobRequest, Placement, StagePlacement, deployment_id_of
 from treeline_common.messages import DeployCommand, NextStage, stage_key
 
 log = logging.getLogger(__name__)
 
 RELAY_STAGE = -1  # stage index of the relay entry on the data's source node
-
-
-def deployment_id_of(service_id: str, instance: Any) -> str:
-    """The deployment id of a service instance: ``<service_id>-<instance>``."""
-    return f"{service_id}-{instance}"
 
 
 def artifact_url(root_url: str, sha256: str) -> str:
@@ -86,21 +86,23 @@ def _device_figures(doc: Mapping[str, Any], telemetry: Mapping[str, Any]) -> dic
     return fields
 
 
-def build_snapshot(nodes: Iterable[Mapping[str, Any]]) -> Any:
+def build_snapshot(nodes: Iterable[Mapping[str, Any]]) -> ClusterSnapshot:
     """A frozen ``ClusterSnapshot`` of the nodes; offline ones stay in it with ``online=False``
     so the scheduler filters them with its own named reason."""
-    from ml_scheduler.snapshot import ClusterSnapshot, NodeView
-
     views = tuple(NodeView(**node_view_fields(doc)) for doc in nodes)
     return ClusterSnapshot(nodes=views)
 
 
 @dataclass(frozen=True)
-class JobRequest:
-    """What the planner needs from the root's job body (validated by the API)."""
+class JobSpec:
+    """What the planner needs from a :class:`~treeline_common.jobs.JobRequest`.
+
+    ``model_url`` is where the model's bytes are fetched: the artifact store of the root this
+    cluster is configured with now, by digest (a stored job never pins an old root address).
+    """
 
     service_id: str
-    instance: Any
+    instance: int
     model_sha256: str
     model_url: str
     max_partitions: int
@@ -118,8 +120,6 @@ class JobRequest:
 def parse_job_microservice(microservice: Any) -> Any:
     """The SLA microservice view (deployment_descriptors), or InvalidInput with ``microservice.``
     paths; an ML job must carry a ``model`` block."""
-    from deployment_descriptors import parse_microservice
-
     try:
         view = parse_microservice(microservice)
     except InvalidInput as exc:
@@ -131,16 +131,15 @@ def parse_job_microservice(microservice: Any) -> Any:
     return view
 
 
-def job_request(job: Mapping[str, Any]) -> JobRequest:
-    """Read a job body (see contracts.md, root -> cluster) into a :class:`JobRequest`.
+def job_spec(job: JobRequest, root_url: str) -> JobSpec:
+    """Read a job into a :class:`JobSpec`; artifacts resolve against ``root_url``.
 
     The SLA model block comes through deployment_descriptors' ``ModelSpec`` (defaults
     applied there, once); the registry signature fills the input the SLA leaves open.
     """
-    view = parse_job_microservice(job.get("microservice"))
+    view = parse_job_microservice(job.microservice)
     spec = view.model
-    model = job["model"]
-    signature = model.get("signature") or {}
+    signature = job.model.signature or {}
     input_spec: Mapping[str, Any] | None = None
     if spec.input_name is not None:
         input_spec = {"name": spec.input_name, "shape": list(spec.input_shape or ()), "dtype": spec.input_dtype}
@@ -148,17 +147,17 @@ def job_request(job: Mapping[str, Any]) -> JobRequest:
         sig_inputs = signature.get("inputs") or []
         input_spec = sig_inputs[0] if sig_inputs and isinstance(sig_inputs[0], Mapping) else None
     outputs = tuple(str(o.get("name")) for o in signature.get("outputs") or [] if isinstance(o, Mapping))
-    return JobRequest(
-        service_id=str(job["service_id"]),
-        instance=job["instance"],
-        model_sha256=str(model["sha256"]).lower(),
-        model_url=str(model["artifact_url"]),
+    return JobSpec(
+        service_id=job.service_id,
+        instance=job.instance,
+        model_sha256=job.model.sha256.lower(),
+        model_url=artifact_url(root_url, job.model.sha256.lower()),
         max_partitions=int(spec.max_partitions),
         input_spec=dict(input_spec) if input_spec else None,
         output_names=outputs,
         microservice=view,
-        model_name=str(model.get("name") or spec.name),
-        model_version=model.get("version"),
+        model_name=job.model.name or spec.name,
+        model_version=job.model.version,
     )
 
 
@@ -189,9 +188,6 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
 
     Offline and filtered nodes appear in ``reasons`` with the plugin's reason.
     """
-    from ml_scheduler.extract import extract_partitions
-    from ml_scheduler.scheduler import MlScheduler
-
     result = MlScheduler(profile).schedule(graph, build_snapshot(nodes), microservice, cost_model)
     reasons = {str(k): str(v) for k, v in (result.reasons or {}).items()}
     if not result.schedulable and result.message:
@@ -208,7 +204,7 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
                        relay_node_id=relay, **common)
 
 
-def input_spec_for(request: JobRequest, input_names: Sequence[str]) -> dict[str, Any]:
+def input_spec_for(request: JobSpec, input_names: Sequence[str]) -> dict[str, Any]:
     """The placement's ``input``: the SLA/registry spec, else the graph's first input name."""
     if request.input_spec:
         spec = request.input_spec
@@ -228,100 +224,73 @@ def build_placement(
     nodes_by_id: Mapping[str, Mapping[str, Any]],
     predicted: Mapping[str, Any] | None = None,
     relay_node_id: str | None = None,
-) -> dict[str, Any]:
-    """The placement document of docs/contracts.md (all stages start PENDING).
+) -> Placement:
+    """The :class:`~treeline_common.jobs.Placement` of a plan (all stages start PENDING).
 
     With ``predicted`` (the scheduler's plan summary) each stage carries its predicted
     compute and inbound transfer ms, and the placement its predicted latency, throughput
     and energy. With ``relay_node_id``, ``relay`` describes the entry stage on that node.
+    Stage keys carry the generation, so two generations can be served side by side.
     """
     predicted_stages = {int(s["index"]): s for s in (predicted or {}).get("stages", [])}
     stages = []
-    for part, node_id in zip(partitions, node_ids):
+    for part, node_id in zip(partitions, node_ids, strict=True):
         node = nodes_by_id[node_id]
         index = int(part.index)
-        stage = {
-            "index": index,
-            "node_id": node_id,
-            "node_name": node.get("name"),
-            "profile": (node.get("telemetry") or {}).get("profile") or node.get("profile"),
-            "endpoint": node.get("data_endpoint"),
-            "stage_key": stage_key(deployment_id, index),
-            "inputs": list(part.inputs),
-            "outputs": list(part.outputs),
-            "flops": int(part.flops),
-            "param_bytes": int(part.param_bytes),
-            "cut_bytes": int(part.cut_bytes),
-            "sha256": part.sha256,
-            "state": "PENDING",
-        }
-        if index in predicted_stages:
-            stage["predicted_compute_ms"] = predicted_stages[index]["compute_ms"]
-            stage["predicted_transfer_in_ms"] = predicted_stages[index]["transfer_in_ms"]
-        stages.append(stage)
+        guess = predicted_stages.get(index, {})
+        stages.append(StagePlacement(
+            index=index, node_id=node_id, node_name=str(node.get("name") or ""),
+            profile=str((node.get("telemetry") or {}).get("profile") or node.get("profile") or ""),
+            endpoint=str(node.get("data_endpoint") or ""),
+            stage_key=stage_key(deployment_id, index, generation),
+            inputs=tuple(part.inputs), outputs=tuple(part.outputs), flops=int(part.flops),
+            param_bytes=int(part.param_bytes), cut_bytes=int(part.cut_bytes), sha256=part.sha256,
+            predicted_compute_ms=guess.get("compute_ms"), predicted_transfer_in_ms=guess.get("transfer_in_ms")))
     relay = None
     if relay_node_id is not None and stages:
         node = nodes_by_id[relay_node_id]
-        relay = {"index": RELAY_STAGE, "node_id": relay_node_id, "node_name": node.get("name"),
-                 "endpoint": node.get("data_endpoint"), "stage_key": stage_key(deployment_id, RELAY_STAGE),
-                 "inputs": list(stages[0]["inputs"]), "state": "PENDING"}
-    entry = relay or (stages[0] if stages else None)
-    placement = {
-        "deployment_id": deployment_id,
-        "generation": generation,
-        "strategy": strategy,
-        "input": dict(input_spec),
-        "outputs": list(outputs),
-        "entry": {"node_id": entry["node_id"], "endpoint": entry["endpoint"], "stage_key": entry["stage_key"]}
-        if entry else None,
-        "stages": stages,
-        "relay": relay,
-    }
-    if predicted:
-        placement["predicted"] = {k: v for k, v in predicted.items() if k != "stages"}
-    return placement
+        relay = StagePlacement(index=RELAY_STAGE, node_id=relay_node_id, node_name=str(node.get("name") or ""),
+                               endpoint=str(node.get("data_endpoint") or ""),
+                               stage_key=stage_key(deployment_id, RELAY_STAGE, generation),
+                               inputs=stages[0].inputs, outputs=stages[0].inputs)
+    first = relay or (stages[0] if stages else None)
+    return Placement(
+        deployment_id=deployment_id, generation=generation, strategy=strategy, input=dict(input_spec),
+        outputs=tuple(outputs), stages=tuple(stages), relay=relay,
+        entry=Entry(first.node_id, first.endpoint, first.stage_key) if first else None,
+        predicted={k: v for k, v in predicted.items() if k != "stages"} if predicted else None,
+    )
 
 
-def deploy_commands(placement: Mapping[str, Any], root_url: str) -> list[tuple[str, DeployCommand]]:
+def deploy_commands(placement: Placement, root_url: str) -> list[tuple[str, DeployCommand]]:
     """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none.
-    A relay entry stage (no artifact) forwards the raw inputs to stage 0."""
-    stages = sorted(placement["stages"], key=lambda s: s["index"])
+    A relay entry stage (no artifact) forwards the raw inputs to stage 0; it comes first."""
+    stages = sorted(placement.stages, key=lambda s: s.index)
     commands = []
     for i, stage in enumerate(stages):
         following = stages[i + 1] if i + 1 < len(stages) else None
-        nxt = NextStage(following["node_id"], following["endpoint"], following["stage_key"]) if following else None
-        commands.append((stage["node_id"], DeployCommand(
-            deployment_id=placement["deployment_id"],
-            stage=int(stage["index"]),
-            artifact_url=artifact_url(root_url, stage["sha256"]),
-            sha256=stage["sha256"],
-            inputs=list(stage["inputs"]),
-            outputs=list(stage["outputs"]),
-            next=nxt,
-            generation=int(placement["generation"]),
-        )))
-    relay = placement.get("relay")
-    if relay and stages:
+        nxt = NextStage(following.node_id, following.endpoint, following.stage_key) if following else None
+        commands.append((stage.node_id, DeployCommand(
+            deployment_id=placement.deployment_id, stage=stage.index,
+            artifact_url=artifact_url(root_url, stage.sha256), sha256=stage.sha256,
+            inputs=list(stage.inputs), outputs=list(stage.outputs), next=nxt,
+            generation=placement.generation)))
+    relay = placement.relay
+    if relay is not None and stages:
         first = stages[0]
-        commands.insert(0, (relay["node_id"], DeployCommand(
-            deployment_id=placement["deployment_id"], stage=RELAY_STAGE, artifact_url="", sha256="",
-            inputs=list(relay["inputs"]), outputs=list(relay["inputs"]),
-            next=NextStage(first["node_id"], first["endpoint"], first["stage_key"]),
-            generation=int(placement["generation"]), relay=True)))
+        commands.insert(0, (relay.node_id, DeployCommand(
+            deployment_id=placement.deployment_id, stage=RELAY_STAGE, artifact_url="", sha256="",
+            inputs=list(relay.inputs), outputs=list(relay.inputs),
+            next=NextStage(first.node_id, first.endpoint, first.stage_key),
+            generation=placement.generation, relay=True)))
     return commands
 
 
-def stale_stages(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[str, int]]:
-    """(node_id, stage) of an old placement not reused by the new one, to delete after a re-plan.
-
-    Stage keys carry no generation, so a stage index that lands on the same node again was
-    replaced in place by its new DeployCommand and must not be deleted.
-    """
-    if not old:
-        return []
-    def all_stages(placement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        return [*placement.get("stages", []), *([placement["relay"]] if placement.get("relay") else [])]
-
-    kept = {(s["node_id"], int(s["index"])) for s in all_stages(new)}
-    return [(s["node_id"], int(s["index"])) for s in all_stages(old)
-            if (s["node_id"], int(s["index"])) not in kept]
+def plan_cost(predicted: Mapping[str, Any] | None) -> float | None:
+    """The number a re-plan compares (lower is better): the bottleneck ms for the throughput
+    objective, the end-to-end latency ms otherwise; None when the plan carries no prediction."""
+    if not predicted:
+        return None
+    key = "bottleneck_ms" if predicted.get("objective") == "throughput" else "latency_ms"
+    value = predicted.get(key)
+    return float(value) if isinstance(value, (int, float)) else None

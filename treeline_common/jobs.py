@@ -72,13 +72,9 @@ class ModelRef:
 
     name: str
     version: int = field(metadata={"min": 1})
-    sha256: str
+    sha256: str = field(metadata={"pattern": "[0-9a-fA-F]{64}", "pattern_message": "must be 64 hex digits"})
     artifact_url: str = ""
     signature: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.sha256):
-            raise ValueError("sha256 must be 64 hex digits")
 
 
 @dataclass(frozen=True)
@@ -193,6 +189,17 @@ class JobReport:
     placement: Placement | None = None
     explanation: dict[str, Any] | None = None
     generation: int = 0
+    events: tuple[dict[str, Any], ...] = ()  # newest last; see :func:`event`
+
+
+def event(ts: float, kind: str, cause: str, **details: Any) -> dict[str, Any]:
+    """One deployment event: ``{ts, kind, cause, ...}``.
+
+    Kinds: ``replan`` (a new plan went live: ``old_cost_ms``, ``new_cost_ms``, ``duration_s``,
+    ``generation``), ``kept`` (a re-plan found nothing better by the margin), ``retry`` (an
+    attempt failed; ``retry_in_s``), ``failed`` (nothing can be scheduled), ``deployed``.
+    """
+    return {"ts": ts, "kind": kind, "cause": cause, **details}
 
 
 @dataclass(frozen=True)

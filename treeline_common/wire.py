@@ -8,7 +8,8 @@ one from a decoded JSON object and checks each field against its type hint:
   +-Infinity refused), :class:`enum.Enum` subclasses (by value);
 - ``X | None``, ``list[X]``, ``tuple[X, ...]``, ``dict[str, X]`` and nested dataclasses,
   recursively; ``Any`` (and ``dict[str, Any]``) is taken as it is;
-- ranges declared on the field: ``field(metadata={"min": 0})`` / ``{"max": 100}``.
+- ranges declared on the field: ``field(metadata={"min": 0})`` / ``{"max": 100}``, and
+  string patterns: ``{"pattern": regex, "pattern_message": "must be ..."}``.
 
 Unknown keys are tolerated (a newer sender may add optional fields); a missing required
 field, a wrong type or a value out of range raises :class:`WireError` whose ``details``
@@ -23,6 +24,7 @@ import dataclasses
 import enum
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -99,6 +101,10 @@ def _build(cls: type, body: Any, path: str, details: list[dict[str, str]]) -> An
 
 
 def _check_range(f: dataclasses.Field[Any], value: Any, path: str, details: list[dict[str, str]]) -> None:
+    pattern = f.metadata.get("pattern")
+    if pattern is not None and isinstance(value, str) and not re.fullmatch(pattern, value):
+        details.append({"path": path, "message": f.metadata.get("pattern_message", f"must match {pattern}")})
+        return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     low, high = f.metadata.get("min"), f.metadata.get("max")

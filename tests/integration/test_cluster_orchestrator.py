@@ -95,9 +95,15 @@ class FakeRoot:
                 self.registrations.append(request.get_json())
             return jsonify({"cluster_id": "cluster-abc"})
 
-        @app.get("/models/tiny")
-        def model_artifact() -> Any:
-            return self.model, 200, {"Content-Type": "application/octet-stream"}
+        @app.get("/api/artifacts/<sha>")
+        def get_artifact(sha: str) -> Any:
+            with self._lock:
+                data = self.artifacts.get(sha)
+            if data is None and sha == hashlib.sha256(self.model).hexdigest():
+                data = self.model
+            if data is None:
+                return jsonify({"error": {"code": "NOT_FOUND", "message": "no artifact", "details": []}}), 404
+            return data, 200, {"Content-Type": "application/octet-stream"}
 
         @app.put("/api/artifacts/<sha>")
         def put_artifact(sha: str) -> Any:
@@ -131,7 +137,6 @@ class FakeRoot:
                                        "scheduler_profile": scheduler_profile,
                                        "input": {"name": "input", "shape": [1, 8], "dtype": "float32"}}},
             "model": {"name": "tiny", "version": 1, "sha256": sha or hashlib.sha256(self.model).hexdigest(),
-                      "artifact_url": f"{self.url}/models/tiny",
                       "signature": {"inputs": [{"name": "input", "dtype": "float32", "shape": [1, 8]}],
                                     "outputs": [{"name": "output", "dtype": "float32", "shape": [1, 4]}]}},
         }
@@ -298,11 +303,11 @@ def test_job_runs_on_two_nodes_and_root_sees_running(env: Env) -> None:
     stages = placement["stages"]
     assert [s["index"] for s in stages] == [0, 1]
     assert {s["node_id"] for s in stages} == {fast.node_id, slow.node_id}
-    assert [s["stage_key"] for s in stages] == ["svc-a-0/0", "svc-a-0/1"]
+    assert [s["stage_key"] for s in stages] == ["svc-a-0/1/0", "svc-a-0/1/1"]
     assert all(s["state"] == "READY" and s["endpoint"].startswith("tcp://") for s in stages)
     assert stages[-1]["cut_bytes"] == 0 and stages[0]["cut_bytes"] > 0
     assert placement["entry"] == {"node_id": stages[0]["node_id"], "endpoint": stages[0]["endpoint"],
-                                  "stage_key": "svc-a-0/0"}
+                                  "stage_key": "svc-a-0/1/0"}
     # partitions on the root match what the nodes were told to load, byte for byte
     commands = {c.stage: c for n in (fast, slow) for c in n.deploys}
     assert sorted(commands) == [0, 1]
@@ -311,7 +316,7 @@ def test_job_runs_on_two_nodes_and_root_sees_running(env: Env) -> None:
         assert cmd.sha256 == stage["sha256"]
         assert hashlib.sha256(env.root.artifacts[cmd.sha256]).hexdigest() == cmd.sha256
         assert cmd.artifact_url == f"{env.root.url}/api/artifacts/{cmd.sha256}"
-    assert commands[0].next is not None and commands[0].next.stage_key == "svc-a-0/1"
+    assert commands[0].next is not None and commands[0].next.stage_key == "svc-a-0/1/1"
     assert commands[0].next.endpoint == stages[1]["endpoint"] and commands[1].next is None
     assert env.deployment("svc-a")["status"] == "RUNNING"
     push = env.root.pushes[-1]
@@ -347,7 +352,8 @@ def test_wrong_model_digest_fails_with_reason(env: Env) -> None:
     env.add_node("ok-1")
     requests.post(f"{env.url}/api/service/svc-c/0", json=env.root.job("svc-c", sha="0" * 64), timeout=5)
     doc = env.wait_status("svc-c", "FAILED")
-    assert "sha256" in doc["status_detail"]
+    # the model is fetched by digest from the root; an unknown digest fails every attempt with the reason
+    assert "failed after" in doc["status_detail"] and "0" * 64 in doc["status_detail"]
 
 
 def test_no_online_node_is_unschedulable(env: Env) -> None:

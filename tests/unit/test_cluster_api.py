@@ -71,7 +71,7 @@ def test_job_validation_and_unknown_deployment(client: FlaskClient) -> None:
     answer = client.post("/api/service/s1/0", json={"service_id": "other", "model": {"sha256": "xyz"}})
     assert answer.status_code == 400
     paths = {d["path"] for d in answer.get_json()["error"]["details"]}
-    assert {"service_id", "model.sha256", "model.artifact_url"} <= paths
+    assert {"service_id", "model.sha256", "model.name", "model.version"} <= paths
     assert any(p.startswith("microservice") for p in paths)
     assert client.get("/api/deployments/s1/0").status_code == 404
     assert client.delete("/api/service/s1/0").status_code == 404

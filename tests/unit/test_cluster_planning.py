@@ -8,7 +8,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cluster_orchestrator import planning
-from cluster_orchestrator.deployer import StageTracker
+from cluster_orchestrator.tracker import StageTracker
+from treeline_common.jobs import Entry, Placement
 from ml_scheduler.extract import Partition
 from treeline_common.messages import StageState
 
@@ -32,15 +33,13 @@ def test_placement_has_the_contract_shape() -> None:
     placement = planning.build_placement("svc-0", 3, "flops-balanced",
                                          {"name": "input", "shape": [1, 8], "dtype": "float32"}, ["output"],
                                          two_parts(), ["n-a", "n-b"], NODES)
-    assert set(placement) == {"deployment_id", "generation", "strategy", "input", "outputs", "entry", "stages",
-                              "relay"}
-    assert placement["relay"] is None
-    assert placement["entry"] == {"node_id": "n-a", "endpoint": "tcp://127.0.0.1:7001", "stage_key": "svc-0/0"}
-    first, second = placement["stages"]
-    assert set(first) == {"index", "node_id", "node_name", "profile", "endpoint", "stage_key", "inputs",
-                          "outputs", "flops", "param_bytes", "cut_bytes", "sha256", "state"}
-    assert (second["node_name"], second["profile"], second["stage_key"]) == ("rpi4-1", "rpi4", "svc-0/1")
-    assert (first["cut_bytes"], second["cut_bytes"], second["sha256"]) == (64, 0, "b" * 64)
+    assert Placement.from_dict(placement.to_dict()) == placement  # the wire form round-trips
+    assert placement.relay is None
+    assert placement.entry == Entry("n-a", "tcp://127.0.0.1:7001", "svc-0/3/0")
+    first, second = placement.stages
+    assert (second.node_name, second.profile, second.stage_key) == ("rpi4-1", "rpi4", "svc-0/3/1")
+    assert (first.cut_bytes, second.cut_bytes, second.sha256) == (64, 0, "b" * 64)
+    assert {s.state for s in placement.stages} == {"PENDING"}
 
 
 def test_deploy_commands_chain_stages() -> None:
@@ -49,16 +48,15 @@ def test_deploy_commands_chain_stages() -> None:
     (node0, cmd0), (node1, cmd1) = planning.deploy_commands(placement, "http://root:10000/")
     assert (node0, node1) == ("n-a", "n-b")
     assert cmd0.next is not None and (cmd0.next.node_id, cmd0.next.endpoint, cmd0.next.stage_key) == (
-        "n-b", "tcp://127.0.0.1:7002", "svc-0/1")
+        "n-b", "tcp://127.0.0.1:7002", "svc-0/2/1")
     assert cmd1.next is None and cmd1.generation == 2 and cmd1.inputs == ["h"]
     assert cmd0.artifact_url == "http://root:10000/api/artifacts/" + "a" * 64
 
 
-def test_stale_stages_keep_what_the_new_plan_reuses() -> None:
-    old = {"stages": [{"node_id": "n-a", "index": 0}, {"node_id": "n-b", "index": 1}]}
-    new = {"stages": [{"node_id": "n-a", "index": 0}]}
-    assert planning.stale_stages(old, new) == [("n-b", 1)]
-    assert planning.stale_stages(None, new) == []
+def test_plan_cost_follows_the_objective() -> None:
+    assert planning.plan_cost({"objective": "latency", "latency_ms": 5.0, "bottleneck_ms": 2.0}) == 5.0
+    assert planning.plan_cost({"objective": "throughput", "latency_ms": 5.0, "bottleneck_ms": 2.0}) == 2.0
+    assert planning.plan_cost(None) is None
 
 
 def test_node_view_prefers_fresh_telemetry() -> None:
@@ -120,12 +118,12 @@ def test_input_on_another_node_gets_a_relay_entry() -> None:
     placement = planning.build_placement("svc-0", 1, outcome.strategy, {"name": "input"}, ["output"],
                                          outcome.partitions, outcome.node_ids, NODES, outcome.predicted,
                                          outcome.relay_node_id)
-    assert placement["entry"] == {"node_id": "n-b", "endpoint": "tcp://127.0.0.1:7002", "stage_key": "svc-0/-1"}
-    assert placement["predicted"]["latency_ms"] == outcome.predicted["latency_ms"]
-    assert placement["stages"][0]["predicted_transfer_in_ms"] > 0  # the input crosses the rpi's uplink
+    assert placement.entry == Entry("n-b", "tcp://127.0.0.1:7002", "svc-0/1/-1")
+    assert placement.predicted is not None and placement.predicted["latency_ms"] == outcome.predicted["latency_ms"]
+    assert (placement.stages[0].predicted_transfer_in_ms or 0.0) > 0  # the input crosses the rpi uplink
     (relay_node, relay), (node0, _) = planning.deploy_commands(placement, "http://root")
     assert (relay_node, relay.relay, relay.stage, relay.sha256) == ("n-b", True, -1, "")
-    assert relay.next is not None and relay.next.stage_key == "svc-0/0" and node0 == "n-a"
+    assert relay.next is not None and relay.next.stage_key == "svc-0/1/0" and node0 == "n-a"
 
 
 def test_stage_tracker_reports_ready_failed_and_timeout() -> None:

@@ -1,0 +1,226 @@
+"""The cluster's reconcile rule: desired deployments vs observed nodes -> actions (pure).
+
+Level-triggered, as Kubernetes controllers and Ray Serve's controller are: the function
+looks only at the state it is given, never at the event that woke it, so whatever state
+it finds (after a crash, a restart, a lost or duplicated message) it steers back towards
+the desired state. The orchestrator runs it on every event and on a timer, and carries
+out the actions; the same state always yields the same actions.
+
+Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
+
+1. **Plan** (start a deployment worker) when no worker runs for it and
+   - it is REQUESTED / SCHEDULED / DEPLOYING / DEGRADED and its retry time has come
+     (after a cluster restart this resumes whatever was in progress);
+   - it is RUNNING and a node of its placement is offline (repair);
+   - it is FAILED as unschedulable and a node is online now that was not when it failed
+     (capacity returned: a node joined or came back);
+   - it is RUNNING and a node is online that the last plan did not consider (a join:
+     an *improvement* re-plan, adopted only when predicted better by the margin), or its
+     measured stage times drifted from the plan for longer than the drift window.
+2. **Redeploy** a stage of a RUNNING placement whose node is online but whose telemetry,
+   newer than the placement, does not list the stage (the node restarted and lost it).
+   At most once per ``resend_interval`` per stage.
+3. **Delete** every stage a node reports that no desired placement holds: stages of
+   deleted, failed and unknown deployments, and of superseded generations (this is also
+   how the old pipeline is drained after a make-before-break switch). "FAILED but still
+   serving" cannot persist.
+
+Nothing here does I/O or reads a clock: ``now`` is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from treeline_common.jobs import IN_PROGRESS, JobStatus, Placement
+from treeline_common.messages import DeleteCommand, parse_stage_key
+
+DEFAULT_RESEND_INTERVAL = 5.0  # s between re-sends of one missing stage
+TELEMETRY_GRACE = 1.0  # s after a placement went live before a node's silence about a stage counts
+
+
+@dataclass(frozen=True)
+class DesiredDeployment:
+    """What the cluster wants for one deployment, read from its store document.
+
+    ``placement`` is the serving plan; ``pending`` the generation being brought up (make-
+    before-break). ``considered`` are the node ids the last plan saw online; ``failed_capacity``
+    the online node ids when it went FAILED as unschedulable (None if it failed otherwise).
+    ``drift_since``: since when measured stage times disagree with the plan (None: they agree).
+    """
+
+    deployment_id: str
+    status: JobStatus
+    placement: Placement | None = None
+    pending: Placement | None = None
+    retry_at: float | None = None
+    placed_at: float = 0.0
+    considered: frozenset[str] = frozenset()
+    failed_capacity: frozenset[str] | None = None
+    drift_since: float | None = None
+
+
+@dataclass(frozen=True)
+class ObservedNode:
+    """A node as last observed: liveness, the stage keys its telemetry lists, and when."""
+
+    node_id: str
+    online: bool
+    stages: frozenset[str] = frozenset()
+    telemetry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the rule looks at besides the desired state."""
+
+    nodes: Mapping[str, ObservedNode]
+    workers: frozenset[str] = frozenset()  # deployment ids with a worker running now
+    resent_at: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (node_id, key) -> time
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Start a worker for ``deployment_id``. ``improve``: keep serving unless predicted better."""
+
+    deployment_id: str
+    cause: str
+    improve: bool = False
+
+
+@dataclass(frozen=True)
+class Redeploy:
+    """Re-send the deploy command of one stage (``stage`` index, -1 = relay) to its node."""
+
+    node_id: str
+    deployment_id: str
+    generation: int
+    stage: int
+    stage_key: str
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Send ``command`` to ``node_id`` (a stage no desired placement holds)."""
+
+    node_id: str
+    command: DeleteCommand
+    reason: str
+
+
+Action = Plan | Redeploy | Delete
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunables of the rule (defaults: the issue's 30 s drift window)."""
+
+    resend_interval: float = DEFAULT_RESEND_INTERVAL
+    drift_window: float = 30.0
+    telemetry_grace: float = TELEMETRY_GRACE
+
+
+def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now: float,
+              settings: Settings = Settings()) -> list[Action]:
+    """The actions that move the observed state towards ``desired`` (see the module rules).
+
+    Deterministic: deployments and nodes are visited in sorted order.
+    """
+    actions: list[Action] = []
+    online = frozenset(n.node_id for n in observed.nodes.values() if n.online)
+    for deployment_id in sorted(desired):
+        want = desired[deployment_id]
+        if deployment_id in observed.workers:
+            continue
+        plan = _plan_action(want, online, now, settings)
+        if plan is not None:
+            actions.append(plan)
+        elif want.status is JobStatus.RUNNING and want.placement is not None:
+            actions.extend(_redeploys(want, want.placement, observed, now, settings))
+    actions.extend(_orphans(desired, observed))
+    return actions
+
+
+def _plan_action(want: DesiredDeployment, online: frozenset[str], now: float,
+                 settings: Settings) -> Plan | None:
+    status = want.status
+    if status in IN_PROGRESS:
+        if want.retry_at is None or now >= want.retry_at:
+            return Plan(want.deployment_id, f"resume {status.value}")
+        return None
+    if status is JobStatus.FAILED:
+        if want.failed_capacity is None:
+            return None
+        returned = sorted(online - want.failed_capacity)
+        if returned:
+            return Plan(want.deployment_id, f"capacity returned: {', '.join(returned)} online")
+        return None
+    if status is not JobStatus.RUNNING or want.placement is None:
+        return None
+    lost = sorted(want.placement.node_ids() - online)
+    if lost:
+        return Plan(want.deployment_id, f"node {', '.join(lost)} offline")
+    if want.retry_at is not None and now < want.retry_at:
+        return None  # an improvement attempt failed recently: back off
+    joined = sorted(online - want.considered)
+    if joined:
+        return Plan(want.deployment_id, f"node {', '.join(joined)} joined", improve=True)
+    if want.drift_since is not None and now - want.drift_since >= settings.drift_window:
+        return Plan(want.deployment_id, f"measured stage times drifted from the plan for "
+                                        f"{now - want.drift_since:.0f} s", improve=True)
+    return None
+
+
+def _redeploys(want: DesiredDeployment, placement: Placement, observed: Observed, now: float,
+               settings: Settings) -> list[Redeploy]:
+    actions = []
+    for stage in placement.all_stages():
+        node = observed.nodes.get(stage.node_id)
+        if node is None or not node.online or stage.stage_key in node.stages:
+            continue
+        if node.telemetry_at is None or node.telemetry_at < want.placed_at + settings.telemetry_grace:
+            continue  # no telemetry since the placement went live: nothing is known to be missing
+        last = observed.resent_at.get((stage.node_id, stage.stage_key))
+        if last is not None and now - last < settings.resend_interval:
+            continue
+        actions.append(Redeploy(stage.node_id, want.deployment_id, placement.generation, stage.index,
+                                stage.stage_key))
+    return actions
+
+
+def wanted_keys(want: DesiredDeployment) -> frozenset[tuple[str, str]]:
+    """(node_id, stage key) pairs the deployment's desired placements hold."""
+    if want.status in (JobStatus.FAILED, JobStatus.DELETED):
+        return frozenset()
+    keys = set()
+    for placement in (want.placement, want.pending):
+        if placement is not None:
+            keys.update((s.node_id, s.stage_key) for s in placement.all_stages())
+    return frozenset(keys)
+
+
+def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed) -> list[Delete]:
+    wanted: dict[str, frozenset[tuple[str, str]]] = {d: wanted_keys(w) for d, w in desired.items()}
+    actions = []
+    for node_id in sorted(observed.nodes):
+        node = observed.nodes[node_id]
+        if not node.online:
+            continue
+        for key in sorted(node.stages):
+            try:
+                deployment_id, generation, stage = parse_stage_key(key)
+            except ValueError:
+                continue
+            want = desired.get(deployment_id)
+            if want is not None and deployment_id in observed.workers and want.status is not JobStatus.DELETED:
+                newest = max((p.generation for p in (want.placement, want.pending) if p is not None), default=0)
+                if generation > newest:
+                    continue  # a worker is bringing this generation up right now
+            if (node_id, key) in wanted.get(deployment_id, frozenset()):
+                continue
+            reason = ("unknown deployment" if want is None else
+                      f"deployment is {want.status.value}" if want.status in (JobStatus.FAILED, JobStatus.DELETED)
+                      else f"generation {generation} is not desired")
+            actions.append(Delete(node_id, DeleteCommand(deployment_id, stage, generation), reason))
+    return actions
