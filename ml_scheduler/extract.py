@@ -64,7 +64,7 @@ def _check_same_model(model: onnx.ModelProto, graph: ModelGraph) -> None:
     nodes = model.graph.node
     expected = len(graph.node_indices) + len(graph.static_node_indices)
     if len(nodes) != expected or any(
-        nodes[idx].op_type != op.op_type for idx, op in zip(graph.node_indices, graph.ops)
+        nodes[idx].op_type != op.op_type for idx, op in zip(graph.node_indices, graph.ops, strict=True)
     ):
         raise ValueError("graph was not analysed from this model")
 

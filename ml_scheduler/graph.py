@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 _NONDETERMINISTIC_OPS = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )
-_FALLBACK_DTYPE_SIZES = {onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BOOL: 1}
+_FALLBACK_DTYPE_SIZES: dict[int, int] = {
+    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BOOL: 1}
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,12 @@ class ModelGraph:
     def ranges(self, positions: Sequence[int]) -> list[tuple[int, int]]:
         """``[(start, end), ...]`` for the partitions defined by increasing cut ``positions``."""
         bounds = [0, *positions, len(self.ops)]
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             if not a < b:
                 raise ValueError(
                     f"cut positions must be strictly increasing within 1..n-1: {list(positions)}"
                 )
-        return list(zip(bounds, bounds[1:]))
+        return list(itertools.pairwise(bounds))
 
 
 def _dtype_size(elem_type: int) -> int:
@@ -291,7 +293,7 @@ def analyze_model(model: onnx.ModelProto) -> ModelGraph:
 
     shapes = {name: _shape_of(t) for name, t in types.items()}
     n = len(op_nodes)
-    producer: dict[str, int] = {name: -1 for name in input_names}
+    producer: dict[str, int] = dict.fromkeys(input_names, -1)
     last_use: dict[str, int] = {}
     ops: list[OpInfo] = []
     op_static_inputs: list[tuple[str, ...]] = []

@@ -76,11 +76,11 @@ def min_max_split(flops: Sequence[int], cut_cost: Sequence[int], k: int) -> list
         return []
     bound = _bottleneck(flops, k)
     prefix = [0]
-    for value in flops:
-        prefix.append(prefix[-1] + value)
+    for op_flops in flops:
+        prefix.append(prefix[-1] + op_flops)
     inf = float("inf")
     # best[p]: min total cut cost splitting items[:p] into j runs, each within bound.
-    best: list[float] = [0.0 if 1 <= p and prefix[p] <= bound else inf for p in range(n + 1)]
+    best: list[float] = [0.0 if p >= 1 and prefix[p] <= bound else inf for p in range(n + 1)]
     choice: list[list[int]] = []  # choice[j-2][p] = start of the j-th run ending at p
     for j in range(2, k + 1):
         new_best: list[float] = [inf] * (n + 1)

@@ -25,6 +25,7 @@ Pure: numpy only, no I/O.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -126,17 +127,18 @@ def evaluate(problem: PlanningProblem, positions: Sequence[int], devices: Sequen
     bounds = [0, *positions, n]
     if len(devices) != len(bounds) - 1 or len(devices) > problem.max_partitions:
         return None
-    if len(set(devices)) != len(devices) or any(b <= a for a, b in zip(bounds, bounds[1:])):
+    if len(set(devices)) != len(devices) or any(b <= a for a, b in itertools.pairwise(bounds)):
         return None
     if problem.first_device is not None and devices[0] != problem.first_device:
         return None
     power = problem.power_w if problem.power_w is not None else np.zeros(problem.n_devices)
-    radio = problem.radio_nj_per_byte if problem.radio_nj_per_byte is not None else np.zeros(problem.n_devices)
+    radio = (problem.radio_nj_per_byte if problem.radio_nj_per_byte is not None
+             else np.zeros(problem.n_devices))
     stages: list[StagePlan] = []
     terms: list[float] = []
     energy = 0.0
     previous: int | None = problem.source
-    for j, (start, end, device) in enumerate(zip(bounds, bounds[1:], devices)):
+    for j, ((start, end), device) in enumerate(zip(itertools.pairwise(bounds), devices, strict=True)):
         compute = float(problem.op_ms[device, start:end].sum())
         memory = problem.range_memory(start, end)
         if not np.isfinite(compute) or memory > problem.mem_bytes[device]:

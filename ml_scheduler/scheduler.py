@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ml_scheduler.baselines.amp4ec import amp4ec_greedy
-from ml_scheduler.energy import plan_within_energy
 from ml_scheduler.costmodel import CostModel, build_problem
+from ml_scheduler.energy import plan_within_energy
 from ml_scheduler.framework import PlacementRequest, explain, run_filters_and_scores
 from ml_scheduler.graph import ModelGraph
 from ml_scheduler.planner import plan as exact_plan

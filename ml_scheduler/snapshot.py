@@ -65,7 +65,7 @@ def _index(keys_per_node: Iterable[tuple[str, ...]]) -> Mapping[str, tuple[int, 
 
 def _unique_index(keys: tuple[str, ...]) -> Mapping[str, tuple[int, ...]]:
     """``_index`` for one key per node (ids, names): a fast path when the keys are unique."""
-    table = dict(zip(keys, ((i,) for i in range(len(keys)))))
+    table = {key: (i,) for i, key in enumerate(keys)}
     if len(table) == len(keys):
         return MappingProxyType(table)
     return _index((key,) for key in keys)

@@ -17,6 +17,7 @@ device speeds against each other when choosing cut points and their order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,7 +74,7 @@ def amp4ec_greedy(
         bounds = [0, *positions, problem.n_ops]
         tasks = np.zeros(m)
         devices: list[int] = []
-        for j, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        for j, (start, end) in enumerate(itertools.pairwise(bounds)):
             needed = problem.range_memory(start, end)
             scores = node_scores(speeds, idle, problem.mem_bytes, needed, tasks)
             order = sorted(range(m), key=lambda d: (-scores[d], d))

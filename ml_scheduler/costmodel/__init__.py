@@ -19,7 +19,19 @@ from ml_scheduler.costmodel.optimes import OpTimes, attribute, fusion_heads
 from ml_scheduler.costmodel.regression import RegressionModel, Sample, fit_regression, samples_from_times
 
 __all__ = [
-    "CostModel", "MeasuredProfile", "OpTimes", "RegressionModel", "SOURCE_PROFILE", "SOURCE_REGRESSION",
-    "Sample", "attribute", "build_problem", "device_class_of", "fit_regression", "fusion_heads",
-    "prediction_error", "samples_from_times", "stage_times",
+    "SOURCE_PROFILE",
+    "SOURCE_REGRESSION",
+    "CostModel",
+    "MeasuredProfile",
+    "OpTimes",
+    "RegressionModel",
+    "Sample",
+    "attribute",
+    "build_problem",
+    "device_class_of",
+    "fit_regression",
+    "fusion_heads",
+    "prediction_error",
+    "samples_from_times",
+    "stage_times",
 ]

@@ -11,6 +11,7 @@ with measurements: :func:`stage_times` and :func:`prediction_error`. Pure: numpy
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,11 +61,13 @@ def build_problem(
     n = len(graph.ops)
     classes = [device_class_of(d) for d in devices]
     cost_model = cost_model.with_speed_factors(
-        {c: float(d.speed_factor) for c, d in zip(classes, devices) if c})
-    op_ms = np.vstack([cost_model.op_ms(graph, c, float(d.speed_factor))[0] for c, d in zip(classes, devices)])
+        {c: float(d.speed_factor) for c, d in zip(classes, devices, strict=True) if c})
+    op_ms = np.vstack([cost_model.op_ms(graph, c, float(d.speed_factor))[0]
+                       for c, d in zip(classes, devices, strict=True)])
     param_bytes = np.array([op.param_bytes for op in graph.ops], dtype=float)
     cut_bytes = np.array([graph.cut_bytes(p) for p in range(n + 1)], dtype=float)
-    live_bytes = np.array([graph.cut_bytes(i) + op.output_bytes for i, op in enumerate(graph.ops)], dtype=float)
+    live_bytes = np.array([graph.cut_bytes(i) + op.output_bytes for i, op in enumerate(graph.ops)],
+                          dtype=float)
     mem_bytes = np.array([np.inf if d.memory_limit_mb is None else float(d.memory_limit_mb) * MIB
                           for d in devices])
     rtt = np.array([float(_figure(d, "link_rtt_ms")) for d in devices])
@@ -101,15 +104,17 @@ def stage_times(costs: PlanningProblem | np.ndarray | Sequence[float], positions
         matrix = matrix[None, :]
     n = matrix.shape[1]
     bounds = [0, *positions, n]
-    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
         raise ValueError(f"positions must be strictly increasing within 1..{n - 1}: {list(positions)}")
     rows = list(devices) if devices is not None else [0] * (len(bounds) - 1)
     if len(rows) != len(bounds) - 1:
         raise ValueError(f"{len(bounds) - 1} stages but {len(rows)} devices")
-    return np.array([matrix[d, a:b].sum() for d, a, b in zip(rows, bounds, bounds[1:])])
+    stages = zip(rows, itertools.pairwise(bounds), strict=True)
+    return np.array([matrix[d, a:b].sum() for d, (a, b) in stages])
 
 
-def prediction_error(predicted: Sequence[float] | np.ndarray, measured: Sequence[float] | np.ndarray) -> np.ndarray:
+def prediction_error(predicted: Sequence[float] | np.ndarray,
+                     measured: Sequence[float] | np.ndarray) -> np.ndarray:
     """Relative errors ``|predicted - measured| / measured`` elementwise (inf where measured is 0)."""
     p = np.asarray(predicted, dtype=float)
     m = np.asarray(measured, dtype=float)

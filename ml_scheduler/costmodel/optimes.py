@@ -57,10 +57,10 @@ class OpTimes:
 def fusion_heads(graph: ModelGraph, present: set[str]) -> dict[int, int]:
     """``{missing op index: index of the measured op it was fused into}`` (rule 2)."""
     consumers: dict[str, list[int]] = {}
-    for j, op in enumerate(graph.ops):
+    for index, op in enumerate(graph.ops):
         for tensor in set(op.inputs):
             if tensor and tensor not in graph.static_tensors:
-                consumers.setdefault(tensor, []).append(j)
+                consumers.setdefault(tensor, []).append(index)
     outputs = set(graph.output_names)
 
     def single_consumer(i: int) -> int | None:
@@ -77,11 +77,11 @@ def fusion_heads(graph: ModelGraph, present: set[str]) -> dict[int, int]:
     for i, op in enumerate(graph.ops):
         if op.name in present:
             continue
-        j, hops = single_consumer(i), 0
-        while j is not None and graph.ops[j].name not in present and hops < MAX_FUSED_CHAIN:
-            j, hops = single_consumer(j), hops + 1
-        if j is not None and graph.ops[j].name in present:
-            heads[i] = j
+        head, hops = single_consumer(i), 0
+        while head is not None and graph.ops[head].name not in present and hops < MAX_FUSED_CHAIN:
+            head, hops = single_consumer(head), hops + 1
+        if head is not None and graph.ops[head].name in present:
+            heads[i] = head
     return heads
 
 
@@ -120,4 +120,5 @@ def attribute(graph: ModelGraph, op_ms: Mapping[str, float], weights: np.ndarray
 
 
 def _valid(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)) and value >= 0)

@@ -222,7 +222,7 @@ def run_filters_and_scores(request: PlacementRequest, snapshot: ClusterSnapshot,
                                          plugin.name))
             name = plugin.name
             rejected.update(zip((ids[i] for i in newly.tolist()),
-                                (Rejection(name, code, message) for code, message in reasons)))
+                                (Rejection(name, code, message) for code, message in reasons), strict=True))
             alive &= mask
     codes = {plugin.name: plugin.rejection for plugin in framework.filters}
     pin_problem = _pin_unreachable(request, cols, alive, rejected)

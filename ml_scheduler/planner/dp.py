@@ -140,7 +140,8 @@ class _Engine:
             first[row, u] = np.where((tb.window_start[u] == 0) & (ends > 0), value, np.inf)
         if self.viable is not None:
             first[first >= limit] = np.inf
-            first[~self.viable.mask(1, np.arange(len(self.levels[1])))[:, None, :].repeat(n_classes, 1)] = np.inf
+            viable = self.viable.mask(1, np.arange(len(self.levels[1])))
+            first[~viable[:, None, :].repeat(n_classes, 1)] = np.inf
         self.g.append(first)
         self.bound = np.inf
         for s in range(1, len(self.levels) - 1):
@@ -235,13 +236,12 @@ class _Engine:
         choices: list[tuple[int, tuple[int, ...], tuple[int, ...], float]] = []
         for s, final in finals:
             rows, ts = np.nonzero(final <= best + slack)
-            for row, t in list(zip(rows.tolist(), ts.tolist()))[:64]:
-                classes, positions = self.rebuild(s, row, t)
-                devices = self._devices(classes)
-                choices.append((s, tuple(devices), tuple(positions), float(final[row, t])))
+            for row, t in list(zip(rows.tolist(), ts.tolist(), strict=True))[:64]:
+                classes, cut_at = self.rebuild(s, row, t)
+                choices.append((s, tuple(self._devices(classes)), tuple(cut_at), float(final[row, t])))
             if choices:
                 break  # fewer stages win ties
-        s, devices, positions, cost = min(choices)
+        _, devices, positions, cost = min(choices)
         return Solution(cost, devices, positions)
 
     def _devices(self, classes: list[int]) -> list[int]:
@@ -345,7 +345,7 @@ def _relaxed_feasible(engine: _Engine, limits: np.ndarray) -> np.ndarray:
     for u in range(n_classes):
         if tb.first_classes[u]:
             far[:, vectors[:, u] == 1, u] = np.where(tb.enter[u] <= limits, reach[:, u, 1], -1)[:, None]
-    feasible = ((far >= n) & leave_ok[:, None, :]).any(axis=(1, 2))
+    feasible: np.ndarray = np.asarray(((far >= n) & leave_ok[:, None, :]).any(axis=(1, 2)))
     for s in range(2, len(engine.levels)):
         if feasible.all():
             break

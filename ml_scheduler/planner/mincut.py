@@ -91,7 +91,7 @@ class _Dinic:
 
 def _consumers(graph: ModelGraph) -> dict[str, tuple[int, list[int]]]:
     """Non-static tensor -> (producer op index or -1 for a graph input, consumer op indices)."""
-    producer: dict[str, int] = {name: -1 for name in graph.input_names}
+    producer: dict[str, int] = dict.fromkeys(graph.input_names, -1)
     for i, op in enumerate(graph.ops):
         for out in op.outputs:
             if out:
