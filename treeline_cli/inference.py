@@ -3,18 +3,29 @@
 Latency is measured with one request in flight (what one caller sees); throughput with
 several in flight, so a pipeline of stages on different nodes can overlap them. Every
 figure comes from requests actually sent in this run.
+
+Requests address the *service*: a :class:`~node_engine.data_plane.service_client.ServiceClient`
+sends them to the entry a resolver names and retries a failed one (same request id) on the
+entry the resolver names next, so a run survives a node being killed while the service is
+re-placed. A request that still fails by its deadline is counted in ``failed`` (with its
+reason) instead of aborting the run; latency figures cover answered requests only.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from node_engine.data_plane.client import TensorClient
+from node_engine.data_plane.service_client import Resolver, RetryPolicy, ServiceClient
+from treeline_cli.root_client import RootClient
+
+log = logging.getLogger(__name__)
 
 
 LINK_SUFFIX = "->link"  # timing keys "<stage_key>->link": emulated transfer time to the next stage
@@ -22,6 +33,8 @@ LINK_SUFFIX = "->link"  # timing keys "<stage_key>->link": emulated transfer tim
 
 @dataclass
 class InferenceReport:
+    """What one run measured; latency figures are over answered requests (NaN if none was)."""
+
     requests: int
     p50_ms: float
     p99_ms: float
@@ -33,6 +46,8 @@ class InferenceReport:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     wall_s: float = 0.0
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)  # timing key -> ms
+    failed: int = 0  # requests that got no answer by their deadline (or a non-retryable error)
+    errors: dict[str, int] = field(default_factory=dict)  # failure reason -> how many requests
 
 
 def random_inputs(input_spec: dict[str, Any], n: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -48,33 +63,81 @@ def random_inputs(input_spec: dict[str, Any], n: int, seed: int = 0) -> Iterator
         yield {str(input_spec["name"]): data}
 
 
-def run_requests(
-    placement: dict[str, Any], n: int, in_flight: int = 1, seed: int = 0, timeout: float = 60.0
-) -> InferenceReport:
-    """Send ``n`` random requests to the pipeline's entry stage and measure them."""
+def static_resolver(placement: dict[str, Any]) -> Resolver:
+    """A resolver that always names the entry of ``placement`` (no failover to a new placement)."""
     entry = placement["entry"]
+    endpoint, stage_key = str(entry["endpoint"]), str(entry["stage_key"])
+    return lambda: (endpoint, stage_key)
+
+
+def service_resolver(root_url: str, service_id: str) -> Resolver:
+    """A resolver asking the root API for the entry of ``service_id``'s current placement.
+
+    Each call is one ``GET /api/service/<id>``; it raises (and the ServiceClient retries it)
+    while the service has no placement, e.g. while it is being re-placed.
+    """
+    client = RootClient(root_url)
+
+    def resolve() -> tuple[str, str]:
+        service = client.service(service_id)
+        entry = (service.get("placement") or {}).get("entry") or {}
+        if not entry.get("endpoint") or not entry.get("stage_key"):
+            status = service.get("status")
+            raise RuntimeError(f"service {service_id} has no placement entry (status {status})")
+        return str(entry["endpoint"]), str(entry["stage_key"])
+
+    return resolve
+
+
+def run_requests(
+    placement: dict[str, Any], n: int, in_flight: int = 1, seed: int = 0, timeout: float = 60.0,
+    resolver: Resolver | None = None, policy: RetryPolicy | None = None, service: str = "",
+) -> InferenceReport:
+    """Send ``n`` random requests to the service and measure them.
+
+    ``placement`` gives the input spec, and the entry unless ``resolver`` is given (pass
+    :func:`service_resolver` to follow the service to a new placement). ``timeout`` is each
+    request's deadline, retries included, unless ``policy`` says otherwise.
+    """
+    resolve = resolver or static_resolver(placement)
+    if policy is None:
+        policy = RetryPolicy(deadline=timeout, attempt_timeout=min(RetryPolicy.attempt_timeout, timeout))
     inputs = list(random_inputs(placement["input"], n, seed))  # generated before the clock starts
-    with TensorClient(entry["endpoint"]) as client:
+    name = service or str(placement.get("service_id") or placement["entry"].get("stage_key", "service"))
+    with ServiceClient(resolve, service=name, policy=policy) as client:
         started = time.perf_counter()
-        results = client.infer_many(entry["stage_key"], inputs, max_in_flight=in_flight, timeout=timeout)
+        outcomes = client.infer_many(inputs, max_in_flight=in_flight)
         wall_s = time.perf_counter() - started
     samples: dict[str, list[float]] = {}
-    for _, timings, _ in results:
-        for key, ms in timings.items():
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            errors[outcome.error.reason] += 1
+            continue
+        latencies.append(outcome.latency_s * 1000.0)
+        for key, ms in outcome.timings.items():
             samples.setdefault(key, []).append(float(ms))
-    return summarize([latency * 1000.0 for _, _, latency in results], wall_s, samples, in_flight)
+    if errors:
+        log.warning("%d of %d requests failed: %s", sum(errors.values()), n, dict(errors))
+    return summarize(latencies, wall_s, samples, in_flight, failed=sum(errors.values()), errors=dict(errors))
 
 
 def summarize(latencies_ms: list[float], wall_s: float, samples: dict[str, list[float]],
-              in_flight: int) -> InferenceReport:
-    """Percentiles, throughput and per-stage means of raw measurements."""
-    latencies = np.array(latencies_ms)
+              in_flight: int, failed: int = 0, errors: dict[str, int] | None = None) -> InferenceReport:
+    """Percentiles, throughput and per-stage means of raw measurements (answered requests only)."""
+    latencies = np.array(latencies_ms, dtype=float)
+    answered = len(latencies_ms)
+
+    def pct(q: float) -> float:
+        return float(np.percentile(latencies, q)) if answered else float("nan")
+
     return InferenceReport(
-        requests=len(latencies_ms),
-        p50_ms=float(np.percentile(latencies, 50)),
-        p99_ms=float(np.percentile(latencies, 99)),
-        mean_ms=float(latencies.mean()),
-        throughput_rps=len(latencies_ms) / wall_s if wall_s > 0 else 0.0,
+        requests=answered,
+        p50_ms=pct(50),
+        p99_ms=pct(99),
+        mean_ms=float(latencies.mean()) if answered else float("nan"),
+        throughput_rps=answered / wall_s if wall_s > 0 else 0.0,
         in_flight=in_flight,
         stage_ms={key: float(np.mean(v)) for key, v in samples.items() if not key.endswith(LINK_SUFFIX)},
         link_ms={key[: -len(LINK_SUFFIX)]: float(np.mean(v)) for key, v in samples.items()
@@ -82,6 +145,8 @@ def summarize(latencies_ms: list[float], wall_s: float, samples: dict[str, list[
         latencies_ms=list(latencies_ms),
         wall_s=wall_s,
         samples=samples,
+        failed=failed,
+        errors=dict(errors or {}),
     )
 
 
@@ -91,5 +156,8 @@ def merge(reports: list[InferenceReport]) -> InferenceReport:
     for report in reports:
         for key, values in report.samples.items():
             samples.setdefault(key, []).extend(values)
+    errors: Counter[str] = Counter()
+    for report in reports:
+        errors.update(report.errors)
     return summarize([ms for r in reports for ms in r.latencies_ms], sum(r.wall_s for r in reports), samples,
-                     reports[0].in_flight)
+                     reports[0].in_flight, failed=sum(r.failed for r in reports), errors=dict(errors))

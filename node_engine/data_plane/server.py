@@ -335,7 +335,8 @@ class DataPlaneServer:
         """Answer every request still in flight with ``unreachable`` (the caller may retry elsewhere)."""
         flights = self._ledger.drain()
         for rid, envelopes in flights.items():
-            frames = pack("error", rid, {}, error=f"node {self._name} is shutting down", code=UNREACHABLE)
+            message = f"node {self._name} ({self.endpoint}) is shutting down"
+            frames = pack("error", rid, {}, error=message, code=UNREACHABLE)
             for envelope in envelopes:
                 self._send(envelope, frames)
         return len(flights)
