@@ -11,8 +11,8 @@ torch is imported lazily inside the functions so that ``import model_zoo`` works
 
 from __future__ import annotations
 
-import functools
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -49,7 +49,7 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     return new_value
 
 
-def build_model(seed: int = 0, num_classes: int = 1000) -> "torch.nn.Module":
+def build_model(seed: int = 0, num_classes: int = 1000) -> torch.nn.Module:
     """Return MobileNetV2 in eval mode with weights and BatchNorm statistics drawn from ``seed``.
 
     The BatchNorm running mean/var and affine parameters are set to non-trivial deterministic
@@ -71,7 +71,7 @@ def build_model(seed: int = 0, num_classes: int = 1000) -> "torch.nn.Module":
     class InvertedResidual(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int) -> None:
             super().__init__()
-            hidden = int(round(cin * expand_ratio))
+            hidden = round(cin * expand_ratio)
             self.use_res_connect = stride == 1 and cin == cout
             layers: list[nn.Module] = []
             if expand_ratio != 1:
@@ -123,8 +123,11 @@ def build_model(seed: int = 0, num_classes: int = 1000) -> "torch.nn.Module":
                 channels = module.num_features
                 module.weight.copy_(torch.empty(channels).uniform_(0.5, 1.5))
                 module.bias.copy_(torch.empty(channels).uniform_(-0.2, 0.2))
-                module.running_mean.copy_(torch.empty(channels).uniform_(-0.1, 0.1))
-                module.running_var.copy_(torch.empty(channels).uniform_(0.5, 2.0))
+                mean, var = module.running_mean, module.running_var
+                if mean is None or var is None:  # only without track_running_stats, which we never build
+                    raise RuntimeError("BatchNorm2d without running statistics")
+                mean.copy_(torch.empty(channels).uniform_(-0.1, 0.1))
+                var.copy_(torch.empty(channels).uniform_(0.5, 2.0))
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01)
                 nn.init.zeros_(module.bias)
@@ -132,7 +135,7 @@ def build_model(seed: int = 0, num_classes: int = 1000) -> "torch.nn.Module":
     return model
 
 
-def example_input(seed: int = 0) -> "torch.Tensor":
+def example_input(seed: int = 0) -> torch.Tensor:
     """A deterministic 1x3x224x224 float32 input (standard normal from ``seed``)."""
     import torch
 
@@ -200,5 +203,13 @@ def torch_reference_output(seed: int = 0, input_seed: int = 0) -> Any:
         return model(example_input(input_seed)).numpy()
 
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "INPUT_SHAPE", "build_model", "example_input", "export_onnx",
-           "exported_onnx", "torch_reference_output"]
+__all__ = [
+    "INPUT_NAME",
+    "INPUT_SHAPE",
+    "OUTPUT_NAME",
+    "build_model",
+    "example_input",
+    "export_onnx",
+    "exported_onnx",
+    "torch_reference_output",
+]
