@@ -17,6 +17,7 @@ from typing import Any
 
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, InvalidInput, NotFound, TreelineError, Unavailable, Unschedulable
+from treeline_common.jobs import ClusterPush, JobReport, JobRequest, JobStatus, ModelRef
 
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.ranking import last_seen, rank_clusters
@@ -24,7 +25,7 @@ from root_orchestrator.stores import Stores
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("REQUESTED", "SCHEDULED", "DEPLOYING", "RUNNING", "DEGRADED", "FAILED", "DELETED")
+MAX_EVENTS = 200  # newest events kept per instance
 ML_VIRTUALIZATION = "ml-model"
 _RETRIES = 8
 
@@ -105,10 +106,10 @@ class InstanceManager:
 
         service = self._update(service_id, reserve)
         number = reserved["n"]
-        job = {"service_id": service_id, "instance": number, "microservice": service.get("microservice") or {},
-               "model": {**resolved, "artifact_url": f"{self.public_url}/api/artifacts/{version['sha256']}",
-                         "signature": version["signature"]},
-               "root_url": self.public_url}
+        job = JobRequest(service_id=service_id, instance=number, microservice=service.get("microservice") or {},
+                         model=ModelRef(name=str(version["name"]), version=int(version["version"]),
+                                        sha256=str(version["sha256"]), signature=version.get("signature")),
+                         root_url=self.public_url).to_dict()
         failures: list[dict[str, Any]] = []
         for cluster in ranked:
             try:
@@ -187,20 +188,13 @@ class InstanceManager:
 
     # -- cluster push ---------------------------------------------------------------------------------
 
-    def apply_push(self, cluster_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        aggregate = body.get("aggregate", {})
-        jobs = body.get("jobs", [])
-        problems = []
-        if not isinstance(aggregate, dict):
-            problems.append({"path": "aggregate", "message": "must be an object"})
-        if not isinstance(jobs, list):
-            problems.append({"path": "jobs", "message": "must be a list"})
-        if problems:
-            raise InvalidInput("invalid cluster information", problems)
-        self.stores.clusters.update_aggregate(cluster_id, aggregate, self.clock.now())
+    def apply_push(self, cluster_id: str, body: Any) -> dict[str, Any]:
+        """Fold a cluster's :class:`ClusterPush` in; InvalidInput names every bad field."""
+        push = ClusterPush.from_dict(body)
+        self.stores.clusters.update_aggregate(cluster_id, push.aggregate, self.clock.now())
         updated = 0
         ignored: list[dict[str, Any]] = []
-        for index, job in enumerate(jobs):
+        for index, job in enumerate(push.jobs):
             reason = self._apply_job(cluster_id, job)
             if reason is None:
                 updated += 1
@@ -209,42 +203,50 @@ class InstanceManager:
                 ignored.append({"path": f"jobs[{index}]", "message": reason})
         return {"updated": updated, "ignored": ignored}
 
-    def _apply_job(self, cluster_id: str, job: Any) -> str | None:
+    def _apply_job(self, cluster_id: str, job: JobReport) -> str | None:
         """Fold one job report into its service; returns why it was ignored, or None."""
-        if not isinstance(job, dict) or not isinstance(job.get("service_id"), str):
-            return "not an object with a string service_id"
-        try:
-            number = int(job.get("instance"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return "instance is not an integer"
-        status = job.get("status")
-        if status not in STATUSES:
-            return f"status {status!r} not one of {list(STATUSES)}"
-        if status == "REQUESTED":
+        status = job.status
+        if status is JobStatus.REQUESTED:
             # The cluster's REQUESTED means "accepted by this cluster": from the root's point of
             # view the instance is SCHEDULED (to that cluster), and must not move back.
-            status = "SCHEDULED"
+            status = JobStatus.SCHEDULED
         outcome: list[str] = []
 
         def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
             instances = [dict(i) for i in doc.get("instances") or []]
-            inst = _find(instances, number)
+            inst = _find(instances, job.instance)
             if inst is None:
-                if status != "DELETED":  # a deleted instance's last reports are expected
+                if status is not JobStatus.DELETED:  # a deleted instance's last reports are expected
                     outcome.append("unknown instance")
                 return None
             if inst.get("cluster_id") not in (None, cluster_id):
                 outcome.append(f"instance belongs to cluster {inst['cluster_id']}")
                 return None
-            inst.update(cluster_id=cluster_id, status=status, status_detail=str(job.get("status_detail") or ""))
-            if "placement" in job:
-                inst["placement"] = job["placement"]
-            if isinstance(job.get("explanation"), dict):
-                inst["explanation"] = job["explanation"]  # the scheduler's reasons and scores
+            inst.update(cluster_id=cluster_id, status=status.value, status_detail=job.status_detail)
+            inst["placement"] = job.placement.to_dict() if job.placement else None
+            if job.explanation is not None:
+                inst["explanation"] = job.explanation  # the scheduler's reasons and scores
+            if job.events:
+                inst["events"] = _merge_events(inst.get("events") or [], job.events)
             return _mirror({"instances": instances}, inst)
 
         try:
-            self._update(job["service_id"], mutate)
+            self._update(job.service_id, mutate)
         except NotFound:
-            return None if status == "DELETED" else "unknown service"
+            return None if status is JobStatus.DELETED else "unknown service"
         return outcome[0] if outcome else None
+
+    def events(self, service_id: str) -> list[dict[str, Any]]:
+        """Every instance's events (re-plans with their cause and predicted costs, failures,
+        retries), oldest first, each tagged with its instance."""
+        service = self.stores.applications.get_service(service_id)
+        merged = [dict(e, instance=inst.get("instance")) for inst in service.get("instances") or []
+                  for e in inst.get("events") or []]
+        return sorted(merged, key=lambda e: float(e.get("ts") or 0.0))
+
+
+def _merge_events(known: list[dict[str, Any]], new: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    """Known events plus the new ones not seen yet (a cluster re-sends its recent events)."""
+    seen = {(e.get("ts"), e.get("kind"), e.get("cause")) for e in known}
+    merged = known + [dict(e) for e in new if (e.get("ts"), e.get("kind"), e.get("cause")) not in seen]
+    return merged[-MAX_EVENTS:]

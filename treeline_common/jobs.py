@@ -68,12 +68,13 @@ def _encode(message: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The registry version a job deploys. Nodes fetch artifacts by ``sha256`` from the root."""
+    """The registry version a job deploys, by digest: clusters and nodes fetch the bytes from
+    the root they are configured with now (``/api/artifacts/<sha256>``), so no stored job
+    carries an absolute URL of a service that may have moved."""
 
     name: str
     version: int = field(metadata={"min": 1})
     sha256: str = field(metadata={"pattern": "[0-9a-fA-F]{64}", "pattern_message": "must be 64 hex digits"})
-    artifact_url: str = ""
     signature: dict[str, Any] | None = None
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import onnx
 import pytest
+
+from treeline_common.jobs import Placement
 from flask.testing import FlaskClient
 from onnx import TensorProto, helper
 
@@ -258,9 +260,8 @@ def test_instance_forwards_job_to_best_cluster_and_schedules(root: Root) -> None
     assert (url, job_sid, instance) == ("http://big:1", sid, 0)
     assert job["service_id"] == sid and job["instance"] == 0 and job["root_url"] == PUBLIC
     assert job["microservice"]["microservice_name"] == "classifier" and job["microservice"]["model"]["name"] == "tiny"
-    assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"],
-                            "artifact_url": f"{PUBLIC}/api/artifacts/{model['sha256']}",
-                            "signature": model["signature"]}
+    # the model is referenced by digest only: no absolute URL of the root is stored with the job
+    assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"], "signature": model["signature"]}
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", big)
     assert svc["model"]["resolved"] == {"name": "tiny", "version": 1, "sha256": model["sha256"]}
@@ -328,8 +329,9 @@ def test_cluster_push_updates_status_and_placement(root: Root) -> None:
     r = root.http.post(f"/api/information/{cid}", json=push)
     assert r.status_code == 200 and r.get_json() == {"updated": 1, "ignored": []}
     svc = root.http.get(f"/api/service/{sid}").get_json()
-    assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", placement)
-    assert svc["instances"][0]["placement"] == placement
+    typed = Placement.from_dict(placement).to_dict()  # stored as decoded: defaults filled in
+    assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", typed)
+    assert svc["instances"][0]["placement"] == typed
     [cluster] = root.http.get("/api/clusters/").get_json()["clusters"]
     assert cluster["aggregate"] == {"active_nodes": 2, "memory": 2048} and cluster["last_push"] == root.clock.now()
     assert cluster["active"] is True
@@ -342,13 +344,19 @@ def test_push_ignores_foreign_unknown_and_malformed_jobs(root: Root) -> None:
     sid = root.submit()
     root.http.post(f"/api/service/{sid}/instance")  # lands on a
     jobs = [{"service_id": sid, "instance": 0, "status": "FAILED"},  # b does not own it
-            {"service_id": "nope", "instance": 0, "status": "RUNNING"},
-            {"service_id": sid, "instance": 0, "status": "BOGUS"},
-            "garbage"]
+            {"service_id": "nope", "instance": 0, "status": "RUNNING"}]
     body = root.http.post(f"/api/information/{b}", json={"aggregate": {}, "jobs": jobs}).get_json()
-    assert body["updated"] == 0 and [i["path"] for i in body["ignored"]] == [f"jobs[{i}]" for i in range(4)]
+    assert body["updated"] == 0 and [i["path"] for i in body["ignored"]] == [f"jobs[{i}]" for i in range(2)]
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", a)
+    # a malformed push is refused whole, naming every bad field, and changes nothing
+    bad = [{"service_id": sid, "instance": 0, "status": "BOGUS"}, "garbage", {"service_id": sid, "instance": "x",
+                                                                             "status": "RUNNING"}]
+    answer = root.http.post(f"/api/information/{a}", json={"aggregate": {}, "jobs": bad})
+    _error(answer, 400, "INVALID_INPUT")
+    paths = {d["path"] for d in answer.get_json()["error"]["details"]}
+    assert paths == {"jobs[0].status", "jobs[1]", "jobs[2].instance"}
+    assert root.http.get(f"/api/service/{sid}").get_json()["status"] == "SCHEDULED"
     _error(root.http.post(f"/api/information/{a}", json={"aggregate": [], "jobs": {}}), 400, "INVALID_INPUT")
 
 
