@@ -129,8 +129,12 @@ class Liveness:
         return NodeStatus(node_id=self.node_id, state="online", seq=self.seq, ts=self._clock.now())
 
     def leave(self) -> NodeStatus:
-        """Stop reacting (we are going offline ourselves) and return the ``offline`` to publish."""
-        self.close()
+        """Stop reacting (we are going offline ourselves) and return the ``offline`` to publish.
+
+        Waits (bounded) for a reaction in progress, so a session renewed in the middle of the
+        shutdown cannot leave a fresh ``online`` behind the ``offline``.
+        """
+        self.close(timeout=1.0)
         return NodeStatus(node_id=self.node_id, state="offline", seq=self.seq, ts=self._clock.now())
 
     def on_status(self, payload: bytes) -> None:

@@ -17,7 +17,19 @@ import numpy as np
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 import pytest
+from treeline_test_helpers import (
+    DEADLINE,
+    FakeCluster,
+    NodeProcess,
+    Observer,
+    chain_models,
+    mqtt_client,
+    running_nodes,
+    serve_cluster,
+    start_node,
+)
 
+from node_engine.data_plane.client import TensorClient
 from treeline_common import topics
 from treeline_common.messages import (
     DeleteCommand,
@@ -32,19 +44,6 @@ from treeline_common.messages import (
     stage_key,
 )
 from treeline_common.netutil import free_port, poll_until
-from treeline_test_helpers import (
-    DEADLINE,
-    FakeCluster,
-    NodeProcess,
-    Observer,
-    chain_models,
-    mqtt_client,
-    running_nodes,
-    serve_cluster,
-    start_node,
-)
-
-from node_engine.data_plane.client import TensorClient
 
 pytestmark = pytest.mark.integration
 TELEMETRY_INTERVAL = 0.3
@@ -76,7 +75,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 def pair(cluster: FakeCluster, observer: Observer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     specs = (("alpha", "native"), ("beta", "rpi4"))
-    with running_nodes(cluster.url, specs, tmp_path_factory.mktemp("pair"), observer, TELEMETRY_INTERVAL) as nodes:
+    tmp = tmp_path_factory.mktemp("pair")
+    with running_nodes(cluster.url, specs, tmp, observer, TELEMETRY_INTERVAL) as nodes:
         yield nodes[0], nodes[1]
 
 
@@ -97,8 +97,9 @@ def _wait_state(observer: Observer, node: NodeProcess, dep: str, stage: int, sta
 # ---------------------------------------------------------------- tests
 
 
-def test_registration_telemetry_and_retained_birth(pair: tuple[NodeProcess, NodeProcess], cluster: FakeCluster,
-                                                   observer: Observer, mqtt_broker: Any) -> None:
+def test_registration_telemetry_and_retained_birth(pair: tuple[NodeProcess, NodeProcess],
+                                                   cluster: FakeCluster, observer: Observer,
+                                                   mqtt_broker: Any) -> None:
     alpha, beta = pair
     body = cluster.registrations["beta"]
     assert body["profile"] == "rpi4" and body["emulated"] is True and body["speed_factor"] == 0.25
@@ -133,7 +134,8 @@ def test_two_stage_pipeline_matches_whole_model(pair: tuple[NodeProcess, NodePro
     endpoint_b = cluster.registrations["beta"]["data_endpoint"]
     observer.publish(topics.control_deploy(beta.node_id), encode(_deploy(cluster, "pipe", 1, "part1")))
     nxt = NextStage(beta.node_id, endpoint_b, stage_key("pipe", 1, 1))
-    observer.publish(topics.control_deploy(alpha.node_id), encode(_deploy(cluster, "pipe", 0, "part0", nxt=nxt)))
+    observer.publish(topics.control_deploy(alpha.node_id),
+                     encode(_deploy(cluster, "pipe", 0, "part0", nxt=nxt)))
     for node, stage in ((alpha, 0), (beta, 1)):
         _wait_state(observer, node, "pipe", stage, "DOWNLOADING")
         _wait_state(observer, node, "pipe", stage, "LOADING")
@@ -147,7 +149,7 @@ def test_two_stage_pipeline_matches_whole_model(pair: tuple[NodeProcess, NodePro
             np.testing.assert_allclose(outputs["y"], whole.run(["y"], item)[0], atol=1e-5)
             assert set(timings) == {"pipe/1/0", "pipe/1/1"}
         results = client.infer_many("pipe/1/0", inputs, max_in_flight=4)
-    for item, (outputs, _, latency) in zip(inputs, results):
+    for item, (outputs, _, latency) in zip(inputs, results, strict=True):
         np.testing.assert_allclose(outputs["y"], whole.run(["y"], item)[0], atol=1e-5)
         assert latency > 0
     birth = observer.wait_for(topics.status(alpha.node_id), NodeStatus, lambda s: s.state == "online")
@@ -184,8 +186,8 @@ def test_same_node_stages_and_bad_payloads(pair: tuple[NodeProcess, NodeProcess]
     assert alpha.process.poll() is None
 
 
-def test_make_before_break_serves_two_generations_side_by_side(pair: tuple[NodeProcess, NodeProcess],
-                                                                cluster: FakeCluster, observer: Observer) -> None:
+def test_make_before_break_serves_two_generations_side_by_side(
+        pair: tuple[NodeProcess, NodeProcess], cluster: FakeCluster, observer: Observer) -> None:
     alpha, _ = pair
     endpoint_a = cluster.registrations["alpha"]["data_endpoint"]
     control = topics.control_deploy(alpha.node_id)
@@ -220,7 +222,8 @@ def test_wrong_sha256_reports_failed(pair: tuple[NodeProcess, NodeProcess], clus
                                      observer: Observer) -> None:
     _, beta = pair
     wrong = "ab" * 32
-    observer.publish(topics.control_deploy(beta.node_id), encode(_deploy(cluster, "bad", 0, "part0", sha=wrong)))
+    observer.publish(topics.control_deploy(beta.node_id),
+                     encode(_deploy(cluster, "bad", 0, "part0", sha=wrong)))
     failed = _wait_state(observer, beta, "bad", 0, "FAILED")
     assert failed.reason == f"sha256 mismatch: expected {wrong} got {cluster.sha('part0')}"
 
@@ -264,7 +267,7 @@ def test_reconnects_with_a_new_birth_after_the_broker_restarts(tmp_path: Path,
     from treeline_cli.broker import start_broker
 
     broker = start_broker("auto", workdir=tmp_path / "b1")
-    port, registrations = free_port(), {}
+    port, registrations = free_port(), dict[str, dict[str, Any]]()
     server = serve_cluster(port, broker.host, broker.port, {}, registrations)
     watcher: Observer | None = None
     try:

@@ -6,37 +6,39 @@ import hashlib
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
-
-from treeline_common.clock import FakeClock
-from treeline_common.errors import InvalidInput
-from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState, encode
 from treeline_test_helpers import chain_models
 
 from node_engine.commands import CommandHandler
 from node_engine.registration import backoff_delay, register
 from node_engine.runtime import load_partition
 from node_engine.stages import LoadedStage, StageTable
+from treeline_common.clock import FakeClock
+from treeline_common.errors import InvalidInput
+from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState, encode
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
+    files: ClassVar[dict[str, bytes]] = {}
     register_status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         data = self.files.get(self.path)
         self.send_response(200 if data is not None else 404)
         self.end_headers()
         self.wfile.write(data or b"")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length))
         if self.register_status != 200:
-            answer = {"error": {"code": "INVALID_INPUT", "message": "bad body", "details": []}}
+            error = {"code": "INVALID_INPUT", "message": "bad body", "details": []}
+            answer: dict[str, Any] = {"error": error}
         else:
             answer = {"node_id": f"node-{body['name']}", "cluster_id": "c1", "mqtt_host": "127.0.0.1",
                       "mqtt_port": 1883, "telemetry_interval": 2}
@@ -67,21 +69,26 @@ def _sha(name: str) -> str:
     return hashlib.sha256(_Handler.files[f"/{name}"]).hexdigest()
 
 
+Handled = tuple[CommandHandler, list[StageState], StageTable]
+
+
 @pytest.fixture
-def handler(tmp_path: Path) -> tuple[CommandHandler, list[StageState], StageTable]:
+def handler(tmp_path: Path) -> Handled:
     reports: list[StageState] = []
     table = StageTable()
-    return (CommandHandler("n1", table, tmp_path, load_partition, reports.append, FakeClock(), threading.Event()),
-            reports, table)
+    stop = threading.Event()
+    commands = CommandHandler("n1", table, tmp_path, load_partition, reports.append, FakeClock(), stop)
+    return commands, reports, table
 
 
 def _deploy(base: str, name: str, sha: str | None = None, stage: int = 0, nxt: NextStage | None = None,
             generation: int = 1) -> DeployCommand:
-    return DeployCommand(deployment_id="d", stage=stage, artifact_url=f"{base}/{name}", sha256=sha or _sha(name),
-                         inputs=["x"], outputs=["h"], next=nxt, generation=generation)
+    return DeployCommand(deployment_id="d", stage=stage, artifact_url=f"{base}/{name}",
+                         sha256=sha or _sha(name), inputs=["x"], outputs=["h"], next=nxt,
+                         generation=generation)
 
 
-def test_deploy_reports_states_and_is_idempotent(http_base: str, handler: tuple, tmp_path: Path) -> None:
+def test_deploy_reports_states_and_is_idempotent(http_base: str, handler: Handled, tmp_path: Path) -> None:
     commands, reports, table = handler
     commands.deploy(_deploy(http_base, "part0"))
     assert [r.state for r in reports] == ["DOWNLOADING", "LOADING", "READY"]
@@ -93,7 +100,7 @@ def test_deploy_reports_states_and_is_idempotent(http_base: str, handler: tuple,
     assert table.get("d/1/0").next == nxt  # type: ignore[union-attr]
 
 
-def test_sha_mismatch_fails_and_deletes_the_file(http_base: str, handler: tuple, tmp_path: Path) -> None:
+def test_sha_mismatch_fails_and_deletes_the_file(http_base: str, handler: Handled, tmp_path: Path) -> None:
     commands, reports, table = handler
     wrong = "0" * 64
     commands.deploy(_deploy(http_base, "part0", sha=wrong))
@@ -102,7 +109,7 @@ def test_sha_mismatch_fails_and_deletes_the_file(http_base: str, handler: tuple,
     assert table.keys() == [] and list(tmp_path.iterdir()) == []
 
 
-def test_missing_artifact_and_bad_model_fail_with_reason(http_base: str, handler: tuple) -> None:
+def test_missing_artifact_and_bad_model_fail_with_reason(http_base: str, handler: Handled) -> None:
     commands, reports, _ = handler
     commands.deploy(_deploy(http_base, "absent", sha="1" * 64))
     assert reports[-1].state == "FAILED" and "HTTP 404" in reports[-1].reason
@@ -111,7 +118,7 @@ def test_missing_artifact_and_bad_model_fail_with_reason(http_base: str, handler
     assert reports[-1].state == "FAILED" and reports[-1].reason.startswith("load failed")
 
 
-def test_delete_unloads_and_reports_removed(http_base: str, handler: tuple) -> None:
+def test_delete_unloads_and_reports_removed(http_base: str, handler: Handled) -> None:
     commands, reports, table = handler
     commands.deploy(_deploy(http_base, "part0", stage=0))
     commands.deploy(_deploy(http_base, "part1", stage=1))
@@ -124,10 +131,15 @@ def test_delete_unloads_and_reports_removed(http_base: str, handler: tuple) -> N
     assert [(r.stage, r.state) for r in reports] == [(1, "REMOVED")]
 
 
-def test_bad_payloads_are_dropped_and_the_worker_keeps_going(http_base: str, handler: tuple) -> None:
+def test_bad_payloads_are_dropped_and_the_worker_keeps_going(http_base: str, handler: Handled) -> None:
     commands, reports, table = handler
     ready = threading.Event()
-    commands._report = lambda s: (reports.append(s), s.state == "READY" and ready.set())  # type: ignore[method-assign]
+    def report(state: StageState) -> None:
+        reports.append(state)
+        if state.state == "READY":
+            ready.set()
+
+    commands._report = report
     commands.start()
     try:
         commands.on_deploy(b"garbage")
@@ -167,7 +179,7 @@ def test_register_gives_up_when_stopped() -> None:
 # ---------------------------------------------------------------- generations (make-before-break)
 
 
-def test_new_generation_is_served_beside_the_old_one(http_base: str, handler: tuple) -> None:
+def test_new_generation_is_served_beside_the_old_one(http_base: str, handler: Handled) -> None:
     commands, reports, table = handler
     commands.deploy(_deploy(http_base, "part0", generation=1))
     old = table.get("d/1/0")
@@ -182,7 +194,7 @@ def test_new_generation_is_served_beside_the_old_one(http_base: str, handler: tu
     assert new is not None and new.generation == 2 and new.counters.snapshot() == (0, 0.0)
 
 
-def test_new_sha_for_the_same_key_replaces_and_keeps_counters(http_base: str, handler: tuple) -> None:
+def test_new_sha_for_the_same_key_replaces_and_keeps_counters(http_base: str, handler: Handled) -> None:
     commands, _, table = handler
     commands.deploy(_deploy(http_base, "part0"))
     first = table.get("d/1/0")
@@ -199,7 +211,7 @@ def _relay(generation: int, stage: int = 0) -> DeployCommand:
                          generation=generation, relay=True)
 
 
-def test_relay_stages_are_keyed_by_generation_and_idempotent(handler: tuple) -> None:
+def test_relay_stages_are_keyed_by_generation_and_idempotent(handler: Handled) -> None:
     commands, reports, table = handler
     commands.deploy(_relay(3))
     commands.deploy(_relay(3))
@@ -219,7 +231,7 @@ KEYS = ["d/1/0", "d/1/1", "d/2/0", "d/2/1"]
     (DeleteCommand("other"), [], KEYS),
     (DeleteCommand("d", generation=7), [], KEYS),
 ])
-def test_delete_selects_by_generation_and_stage(handler: tuple, command: DeleteCommand, removed: list[str],
+def test_delete_selects_by_generation_and_stage(handler: Handled, command: DeleteCommand, removed: list[str],
                                                  kept: list[str]) -> None:
     commands, reports, table = handler
     for generation in (1, 2):
@@ -234,7 +246,7 @@ def test_delete_selects_by_generation_and_stage(handler: tuple, command: DeleteC
     assert got == (removed if command.deployment_id == "d" else ["other/1/0"])
 
 
-def test_delete_of_a_stage_not_loaded_reports_removed_with_its_generation(handler: tuple) -> None:
+def test_delete_of_a_stage_not_loaded_reports_removed_with_its_generation(handler: Handled) -> None:
     commands, reports, _ = handler
     commands.delete(DeleteCommand("d", stage=2, generation=5))
     commands.delete(DeleteCommand("d", stage=2))
@@ -242,7 +254,7 @@ def test_delete_of_a_stage_not_loaded_reports_removed_with_its_generation(handle
     assert [(r.stage, r.generation, r.state) for r in reports] == [(2, 5, "REMOVED"), (2, 0, "REMOVED")]
 
 
-def test_delete_closes_the_sessions_it_unloads(handler: tuple) -> None:
+def test_delete_closes_the_sessions_it_unloads(handler: Handled) -> None:
     commands, _, table = handler
     session = _Closing()
     table.put(LoadedStage("d/1/0", "d", 0, "", 1, session, None))
@@ -261,7 +273,7 @@ class _Closing:
     def __init__(self) -> None:
         self.closed = False
 
-    def run(self, inputs: dict) -> dict:
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(inputs)
 
     def close(self) -> None:

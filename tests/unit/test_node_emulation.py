@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from treeline_common.profiles import PROFILES, get_profile
-
 from node_engine.data_plane.forwarding import LinkQueue, link_timing_key
 from node_engine.emulation import EmulatedLink, Emulator, link_delay_ms
 from node_engine.telemetry import registration_body
+from treeline_common.profiles import PROFILES, get_profile
 
 MOBILENET_INPUT_BYTES = 1 * 3 * 224 * 224 * 4  # 602,112 bytes of float32
 
