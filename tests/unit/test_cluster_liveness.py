@@ -91,3 +91,60 @@ def test_messages_from_unregistered_nodes_are_dropped() -> None:
     registry = NodeRegistry(InMemoryClusterStateStore(), FakeClock(), 6.0)
     assert registry.on_telemetry("ghost", telemetry("ghost", 0.0)) is None
     assert registry.list() == []
+
+
+def _fleet(clock: FakeClock, names: list[str]) -> tuple[NodeRegistry, list[str]]:
+    registry = NodeRegistry(InMemoryClusterStateStore(), clock, 6.0, mass_silence_hold=3.0)
+    ids = []
+    for name in names:
+        node_id = registry.register(dict(REG, name=name))[0]["node_id"]
+        registry.on_telemetry(node_id, telemetry(node_id, clock.now()))
+        ids.append(node_id)
+    return registry, ids
+
+
+def test_silence_while_the_broker_is_unreachable_kills_nobody() -> None:
+    clock = FakeClock()
+    registry, ids = _fleet(clock, ["a"])
+    clock.advance(60)
+    assert registry.sweep(bus_connected=False) == []
+    registry.grant_grace()  # the broker came back: the outage is not missed heartbeats
+    assert registry.sweep(bus_connected=True) == []
+    clock.advance(6.1)  # ... but a node that stays silent afterwards is dead
+    assert registry.sweep() == [(ids[0], False)]
+
+
+def test_mass_silence_is_held_then_judged() -> None:
+    clock = FakeClock()
+    registry, ids = _fleet(clock, ["a", "b", "c"])
+    clock.advance(6.1)
+    assert registry.sweep() == []  # all three silent at once: a broker or network fault, held
+    clock.advance(17.0)
+    assert registry.sweep() == []  # still within 3 x the heartbeat timeout of holding
+    clock.advance(1.1)
+    assert sorted(registry.sweep()) == sorted((i, False) for i in ids)
+
+
+def test_one_silent_node_among_many_is_declared_dead_at_once() -> None:
+    clock = FakeClock()
+    registry, ids = _fleet(clock, ["a", "b", "c"])
+    clock.advance(4.0)
+    for node_id in ids[1:]:
+        registry.on_telemetry(node_id, telemetry(node_id, clock.now()))
+    clock.advance(2.1)
+    assert registry.sweep() == [(ids[0], False)]
+
+
+def test_telemetry_of_a_newer_birth_overrides_a_foreign_offline() -> None:
+    clock = FakeClock()
+    registry = NodeRegistry(InMemoryClusterStateStore(), clock, 6.0)
+    node_id = registry.register(REG)[0]["node_id"]
+    registry.on_status(node_id, NodeStatus(node_id, "online", seq=5, ts=clock.now()))
+    # somebody publishes a retained offline with the node's seq (or a stale one): accepted as a will
+    assert registry.on_status(node_id, NodeStatus(node_id, "offline", seq=5, ts=clock.now())) == (True, False)
+    # telemetry of the same birth does not revive it (a straggler sent before a crash) ...
+    from dataclasses import replace
+    assert registry.on_telemetry(node_id, replace(telemetry(node_id, clock.now()), seq=5)) == (False, False)
+    # ... telemetry of a newer birth does
+    assert registry.on_telemetry(node_id, replace(telemetry(node_id, clock.now()), seq=6)) == (False, True)
+    assert registry.list()[0]["online"]
