@@ -9,8 +9,7 @@ from typing import Any
 
 from treeline_common.errors import NotFound, TreelineError
 from treeline_common.http import call_json
-
-TERMINAL_STATES = ("RUNNING", "FAILED")
+from treeline_common.jobs import JobStatus
 
 
 class DeploymentFailed(TreelineError):
@@ -68,9 +67,9 @@ class RootClient:
             if state != last and on_change is not None:
                 on_change(doc)
             last = state
-            if state[0] == "RUNNING":
+            if state[0] == JobStatus.RUNNING.value:
                 return doc
-            if state[0] == "FAILED":
+            if state[0] == JobStatus.FAILED.value:
                 raise DeploymentFailed(f"service {service_id} failed: {state[1] or 'no reason given'}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service {service_id} still {state[0]} after {timeout:.0f}s ({state[1]})")
