@@ -29,7 +29,7 @@ def load_onnx(data: bytes) -> onnx.ModelProto:
         raise _bad("empty body")
     try:
         model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError and, on some inputs, other errors
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and, on some inputs, others
         raise _bad(f"cannot parse as ONNX: {type(exc).__name__}: {exc}") from None
     if model.ir_version <= 0 or not model.opset_import or not model.graph.output:
         raise _bad("missing ir_version, opset_import or graph outputs")
@@ -42,7 +42,7 @@ def load_onnx(data: bytes) -> onnx.ModelProto:
 def _dtype_name(elem_type: int) -> str | None:
     try:
         return str(helper.tensor_dtype_to_np_dtype(elem_type).name)
-    except Exception:  # UNDEFINED or a type numpy has no name for (e.g. bfloat16 in old numpy)
+    except (KeyError, TypeError, ValueError):  # UNDEFINED, an unknown code, or no numpy dtype for it
         return None
 
 

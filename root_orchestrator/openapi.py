@@ -30,9 +30,11 @@ ROUTES: tuple[Route, ...] = (
           "bytes", (201, 400)),
     Route("GET", "/api/models/", "{models: [{name, latest_version, aliases}]}"),
     Route("GET", "/api/models/<name>/versions", "{versions: [version doc]}", None, (200, 404)),
-    Route("GET", "/api/models/<name>/versions/<ref>", "Version doc; ref = int, latest or an alias", None, (200, 404)),
+    Route("GET", "/api/models/<name>/versions/<ref>", "Version doc; ref = int, latest or an alias", None,
+          (200, 404)),
     Route("GET", "/api/models/<name>/versions/<ref>/artifact", "The version's ONNX bytes", None, (200, 404)),
-    Route("PUT", "/api/models/<name>/aliases/<alias>", "Point an alias at {version}", "json", (200, 400, 404)),
+    Route("PUT", "/api/models/<name>/aliases/<alias>", "Point an alias at {version}", "json",
+          (200, 400, 404)),
     Route("PUT", "/api/models/<name>/versions/<ref>/profiles/<device_class>",
           "Store a ProfileResult (op ms per ONNX node) for this version and device class; last write wins",
           "json", (200, 400, 404)),
@@ -88,7 +90,8 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                 op["responses"][str(status)] = {"description": "Error",
                                                 "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
         if route.request == "json":
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+            op["requestBody"] = {"required": True,
+                                 "content": {"application/json": {"schema": {"type": "object"}}}}
         elif route.request == "bytes":
             op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}}

@@ -52,7 +52,8 @@ def create_version(name: str) -> Any:
                                          fmt="onnx", created_at=c.clock.now())
     if alias is not None:
         doc = c.stores.models.set_alias(name, alias, doc["version"])
-    log.info("registered model %s version %s (%s, %d bytes)", name, doc["version"], stored.sha256, stored.size)
+    log.info("registered model %s version %s (%s, %d bytes)", name, doc["version"], stored.sha256,
+             stored.size)
     return jsonify(doc), 201
 
 

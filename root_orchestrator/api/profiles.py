@@ -82,7 +82,8 @@ def put_profile(name: str, ref: str, device_class: str) -> Any:
            "device_class": device_class, "stored_at": c.clock.now()}
     doc["sha256"] = version["sha256"]
     stored = c.stores.models.put_profile(name, int(version["version"]), device_class, doc)
-    log.info("stored %s profile of %s v%s (%d ops)", device_class, name, version["version"], len(doc["op_ms"]))
+    log.info("stored %s profile of %s v%s (%d ops)", device_class, name, version["version"],
+             len(doc["op_ms"]))
     return jsonify(stored)
 
 

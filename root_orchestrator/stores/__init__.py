@@ -17,10 +17,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from root_orchestrator.stores.base import ApplicationStore, ArtifactStore, ClusterStore, ModelRegistry
 from treeline_common.errors import InvalidInput
+
+if TYPE_CHECKING:  # pymongo is only imported when a MongoDB store is opened
+    from pymongo.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,19 @@ def _open_sqlite(url: str) -> Stores:
     root = Path(raw)
     root.mkdir(parents=True, exist_ok=True)
     db = SqliteDatabase(root / "root.db")
-    return Stores(SqliteArtifactStore(root / "artifacts"), SqliteModelRegistry(db), SqliteApplicationStore(db),
-                  SqliteClusterStore(db), url, db.close)
+    return Stores(SqliteArtifactStore(root / "artifacts"), SqliteModelRegistry(db),
+                  SqliteApplicationStore(db), SqliteClusterStore(db), url, db.close)
 
 
-def _mongo_stores(client: object, db_name: str, url: str) -> Stores:
+class _MongoClient(Protocol):
+    """What the MongoDB stores need of a client: pymongo's and mongomock's both have it."""
+
+    def __getitem__(self, name: str) -> Database[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def _mongo_stores(client: _MongoClient, db_name: str, url: str) -> Stores:
     from root_orchestrator.stores.mongo import (
         MongoApplicationStore,
         MongoArtifactStore,
@@ -77,10 +89,10 @@ def _mongo_stores(client: object, db_name: str, url: str) -> Stores:
         ensure_indexes,
     )
 
-    db = client[db_name]  # type: ignore[index]
+    db = client[db_name]
     ensure_indexes(db)
     return Stores(MongoArtifactStore(db), MongoModelRegistry(db), MongoApplicationStore(db),
-                  MongoClusterStore(db), url, client.close)  # type: ignore[attr-defined]
+                  MongoClusterStore(db), url, client.close)
 
 
 def _db_name(url: str) -> str:
@@ -90,7 +102,7 @@ def _db_name(url: str) -> str:
 def _open_mongodb(url: str) -> Stores:
     import pymongo
 
-    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
     return _mongo_stores(client, _db_name(url), url)
 
 

@@ -35,21 +35,23 @@ def new_id() -> str:
 
 def check_sha256(sha256: str, path: str = "sha256") -> str:
     if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
-        raise InvalidInput("not a sha256 digest", [{"path": path, "message": "expected 64 lowercase hex digits"}])
+        raise InvalidInput("not a sha256 digest",
+                           [{"path": path, "message": "expected 64 lowercase hex digits"}])
     return sha256
 
 
 def check_model_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidInput("invalid model name", [{"path": "name", "message": f"must match {NAME_RE.pattern}"}])
+        raise InvalidInput("invalid model name",
+                           [{"path": "name", "message": f"must match {NAME_RE.pattern}"}])
     return name
 
 
 def check_alias(alias: str) -> str:
     """Aliases must not look like a version number or ``latest``, else refs would be ambiguous."""
     if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias in RESERVED_ALIASES:
-        raise InvalidInput("invalid alias", [{"path": "alias",
-                                              "message": f"must match {ALIAS_RE.pattern} and not be 'latest'"}])
+        raise InvalidInput("invalid alias", [
+            {"path": "alias", "message": f"must match {ALIAS_RE.pattern} and not be 'latest'"}])
     return alias
 
 
@@ -138,7 +140,8 @@ class ModelRegistry(ABC):
 
     @abstractmethod
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
-                       description: str = "", *, fmt: str = "onnx", created_at: float = 0.0) -> dict[str, Any]: ...
+                       description: str = "", *, fmt: str = "onnx",
+                       created_at: float = 0.0) -> dict[str, Any]: ...
 
     @abstractmethod
     def get_version(self, name: str, ref: int | str) -> dict[str, Any]:

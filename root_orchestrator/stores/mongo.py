@@ -71,8 +71,8 @@ class MongoArtifactStore(ArtifactStore):
                 spool.write(chunk)
             sha256 = digest.hexdigest()
             if expected_sha256 is not None and sha256 != expected_sha256:
-                raise IntegrityError("artifact bytes do not match their sha256",
-                                     [{"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+                raise IntegrityError("artifact bytes do not match their sha256", [
+                    {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
             if self.fs.exists(sha256):
                 return PutResult(sha256, size, created=False)
             spool.seek(0)
@@ -86,7 +86,7 @@ class MongoArtifactStore(ArtifactStore):
     def open(self, sha256: str) -> IO[bytes]:
         check_sha256(sha256)
         try:
-            return self.fs.get(sha256)  # type: ignore[return-value]  # GridOut is a readable file object
+            return self.fs.get(sha256)
         except gridfs.errors.NoFile:
             raise not_found("artifact", sha256, "sha256") from None
 
@@ -110,9 +110,12 @@ class MongoModelRegistry(ModelRegistry):
         self.db = db
 
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
-                       description: str = "", *, fmt: str = "onnx", created_at: float = 0.0) -> dict[str, Any]:
+                       description: str = "", *, fmt: str = "onnx",
+                       created_at: float = 0.0) -> dict[str, Any]:
         counter = self.db.counters.find_one_and_update(
             {"_id": f"model:{name}"}, {"$inc": {"v": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
+        if counter is None:  # cannot happen: an upsert returning the document AFTER always has one
+            raise RuntimeError(f"version counter of model {name!r} was not created")
         version = int(counter["v"])
         doc = {"name": name, "version": version, "sha256": sha256, "size": size, "format": fmt,
                "signature": signature, "created_at": created_at, "description": description}
@@ -143,7 +146,8 @@ class MongoModelRegistry(ModelRegistry):
         return [with_aliases(d, aliases) for d in docs]
 
     def list_models(self) -> list[dict[str, Any]]:
-        return [{"name": m["_id"], "latest_version": int(m["last_version"]), "aliases": dict(m.get("aliases") or {})}
+        return [{"name": m["_id"], "latest_version": int(m["last_version"]),
+                 "aliases": dict(m.get("aliases") or {})}
                 for m in self.db.models.find().sort("_id", ASCENDING)]
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
@@ -179,7 +183,8 @@ class MongoModelRegistry(ModelRegistry):
 
     def list_profiles(self, name: str, version: int) -> dict[str, dict[str, Any]]:
         self._check_version(name, version)
-        found = self.db.model_profiles.find({"name": name, "version": version}).sort("device_class", ASCENDING)
+        query = {"name": name, "version": version}
+        found = self.db.model_profiles.find(query).sort("device_class", ASCENDING)
         return {f["device_class"]: dict(json.loads(f["json"])) for f in found}
 
 
@@ -253,7 +258,8 @@ class MongoApplicationStore(ApplicationStore):
     def delete_service(self, service_id: str) -> dict[str, Any]:
         doc = self.get_service(service_id)
         self.db.services.delete_one({"_id": service_id})
-        self.db.applications.update_one({"_id": doc["application_id"]}, {"$pull": {"microservices": service_id}})
+        self.db.applications.update_one({"_id": doc["application_id"]},
+                                         {"$pull": {"microservices": service_id}})
         return doc
 
 

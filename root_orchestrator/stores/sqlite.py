@@ -124,8 +124,8 @@ class SqliteArtifactStore(ArtifactStore):
                 os.fsync(out.fileno())
             sha256 = digest.hexdigest()
             if expected_sha256 is not None and sha256 != expected_sha256:
-                raise IntegrityError("artifact bytes do not match their sha256",
-                                     [{"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+                raise IntegrityError("artifact bytes do not match their sha256", [
+                    {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
             final = self._path(sha256)
             if final.exists():
                 return PutResult(sha256, size, created=False)
@@ -166,7 +166,8 @@ class SqliteModelRegistry(ModelRegistry):
         self.db = db
 
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
-                       description: str = "", *, fmt: str = "onnx", created_at: float = 0.0) -> dict[str, Any]:
+                       description: str = "", *, fmt: str = "onnx",
+                       created_at: float = 0.0) -> dict[str, Any]:
         with self.db.tx() as conn:
             row = conn.execute("SELECT last_version FROM models WHERE name=?", (name,)).fetchone()
             version = (row[0] if row else 0) + 1
@@ -179,7 +180,8 @@ class SqliteModelRegistry(ModelRegistry):
                    "signature": signature, "created_at": created_at, "description": description}
             conn.execute("INSERT INTO model_versions (name, version, doc) VALUES (?, ?, ?)",
                          (name, version, _dump(doc)))
-            aliases = json.loads(conn.execute("SELECT aliases FROM models WHERE name=?", (name,)).fetchone()[0])
+            row = conn.execute("SELECT aliases FROM models WHERE name=?", (name,)).fetchone()
+            aliases = json.loads(row[0])
         return with_aliases(doc, aliases)
 
     def _model_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, dict[str, int]]:
@@ -202,7 +204,8 @@ class SqliteModelRegistry(ModelRegistry):
     def list_versions(self, name: str) -> list[dict[str, Any]]:
         with self.db.tx() as conn:
             _, aliases = self._model_row(conn, name)
-            rows = conn.execute("SELECT doc FROM model_versions WHERE name=? ORDER BY version", (name,)).fetchall()
+            rows = conn.execute("SELECT doc FROM model_versions WHERE name=? ORDER BY version",
+                                (name,)).fetchall()
         return [with_aliases(json.loads(r[0]), aliases) for r in rows]
 
     def list_models(self) -> list[dict[str, Any]]:
@@ -224,14 +227,15 @@ class SqliteModelRegistry(ModelRegistry):
 
     def _check_version(self, conn: sqlite3.Connection, name: str, version: int) -> None:
         self._model_row(conn, name)
-        if conn.execute("SELECT 1 FROM model_versions WHERE name=? AND version=?", (name, version)).fetchone() is None:
+        found = conn.execute("SELECT 1 FROM model_versions WHERE name=? AND version=?", (name, version))
+        if found.fetchone() is None:
             raise not_found("version", f"{name}:{version}", "model.version")
 
     def put_profile(self, name: str, version: int, device_class: str, doc: dict[str, Any]) -> dict[str, Any]:
         with self.db.tx() as conn:
             self._check_version(conn, name, version)
-            conn.execute("INSERT OR REPLACE INTO model_profiles (name, version, device_class, doc) VALUES (?, ?, ?, ?)",
-                         (name, version, device_class, _dump(doc)))
+            conn.execute("INSERT OR REPLACE INTO model_profiles (name, version, device_class, doc) "
+                         "VALUES (?, ?, ?, ?)", (name, version, device_class, _dump(doc)))
         return doc
 
     def get_profile(self, name: str, version: int, device_class: str) -> dict[str, Any]:
@@ -261,7 +265,8 @@ class SqliteApplicationStore(ApplicationStore):
         service_ids = [new_id() for _ in services]
         app_doc = {**app, "applicationID": app_id, "userId": user, "microservices": service_ids}
         with self.db.tx() as conn:
-            conn.execute("INSERT INTO applications (id, user, doc) VALUES (?, ?, ?)", (app_id, user, _dump(app_doc)))
+            conn.execute("INSERT INTO applications (id, user, doc) VALUES (?, ?, ?)",
+                         (app_id, user, _dump(app_doc)))
             for sid, svc in zip(service_ids, services, strict=True):
                 doc = {**svc, "service_id": sid, "application_id": app_id, "revision": 1}
                 conn.execute("INSERT INTO services (id, application_id, doc) VALUES (?, ?, ?)",
@@ -280,7 +285,8 @@ class SqliteApplicationStore(ApplicationStore):
             if user is None:
                 rows = conn.execute("SELECT doc FROM applications ORDER BY rowid").fetchall()
             else:
-                rows = conn.execute("SELECT doc FROM applications WHERE user=? ORDER BY rowid", (user,)).fetchall()
+                rows = conn.execute("SELECT doc FROM applications WHERE user=? ORDER BY rowid",
+                                    (user,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def delete_application(self, application_id: str) -> list[dict[str, Any]]:
@@ -320,7 +326,8 @@ class SqliteApplicationStore(ApplicationStore):
                 raise Conflict("service changed concurrently",
                                [{"path": "revision", "message": f"expected {expected_revision}, "
                                                                 f"stored {doc['revision']}"}])
-            doc.update({k: v for k, v in fields.items() if k not in ("service_id", "revision", "application_id")})
+            doc.update({k: v for k, v in fields.items()
+                        if k not in ("service_id", "revision", "application_id")})
             doc["revision"] += 1
             conn.execute("UPDATE services SET doc=? WHERE id=?", (_dump(doc), service_id))
         return doc
