@@ -57,6 +57,7 @@ class EntryConnection:
         """
         events = dict(self._poller.poll(timeout_ms))
         failure = ""
+        was = self.state
         if self._monitor in events:
             while self._monitor.poll(0):
                 try:
@@ -65,11 +66,11 @@ class EntryConnection:
                     break
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.state = "up"
-                elif event == zmq.EVENT_DISCONNECTED:
-                    self.state, failure = "down", "connection lost"
+                elif event == zmq.EVENT_DISCONNECTED:  # a lost connection is followed by retries:
+                    self.state, failure = "down", failure or "connection lost"  # report the first
                 elif event == zmq.EVENT_CONNECT_RETRIED and self.state != "up":
-                    self.state, failure = "down", "connection refused"
-        if failure:
+                    self.state, failure = "down", failure or "connection refused"
+        if failure and was != "down":
             log.info("entry %s: %s", self.endpoint, failure)
         return failure
 
