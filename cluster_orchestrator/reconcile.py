@@ -22,8 +22,9 @@ Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
    At most once per ``resend_interval`` per stage.
 3. **Delete** every stage a node reports that no desired placement holds: stages of
    deleted, failed and unknown deployments, and of superseded generations (this is also
-   how the old pipeline is drained after a make-before-break switch). "FAILED but still
-   serving" cannot persist.
+   how the old pipeline goes after a make-before-break switch, once it has drained for
+   ``drain`` seconds so callers can move to the new entry). "FAILED but still serving"
+   cannot persist.
 
 Nothing here does I/O or reads a clock: ``now`` is an argument.
 """
@@ -119,6 +120,7 @@ class Settings:
     resend_interval: float = DEFAULT_RESEND_INTERVAL
     drift_window: float = 30.0
     telemetry_grace: float = TELEMETRY_GRACE
+    drain: float = 3.0  # s an old generation keeps serving after the switch (callers re-resolve)
 
 
 def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now: float,
@@ -138,7 +140,7 @@ def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now:
             actions.append(plan)
         elif want.status is JobStatus.RUNNING and want.placement is not None:
             actions.extend(_redeploys(want, want.placement, observed, now, settings))
-    actions.extend(_orphans(desired, observed))
+    actions.extend(_orphans(desired, observed, now, settings))
     return actions
 
 
@@ -200,7 +202,8 @@ def wanted_keys(want: DesiredDeployment) -> frozenset[tuple[str, str]]:
     return frozenset(keys)
 
 
-def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed) -> list[Delete]:
+def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed, now: float,
+             settings: Settings) -> list[Delete]:
     wanted: dict[str, frozenset[tuple[str, str]]] = {d: wanted_keys(w) for d, w in desired.items()}
     actions = []
     for node_id in sorted(observed.nodes):
@@ -219,6 +222,9 @@ def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed) -> li
                     continue  # a worker is bringing this generation up right now
             if (node_id, key) in wanted.get(deployment_id, frozenset()):
                 continue
+            if want is not None and want.placement is not None and want.status is JobStatus.RUNNING \
+                    and generation < want.placement.generation and now < want.placed_at + settings.drain:
+                continue  # the old pipeline drains while callers move to the new entry
             reason = ("unknown deployment" if want is None else
                       f"deployment is {want.status.value}" if want.status in (JobStatus.FAILED, JobStatus.DELETED)
                       else f"generation {generation} is not desired")

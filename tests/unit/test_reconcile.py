@@ -121,8 +121,9 @@ def test_make_before_break_keeps_both_generations_until_the_switch() -> None:
     obs = observed(node("a", stages=("d-0/1/0",)), node("b", stages=("d-0/1/1",)), node("c", stages=("d-0/2/0",)))
     bringing_up = running(pending=new, considered=frozenset({"a", "b", "c"}))
     assert reconcile({"d-0": bringing_up}, observed(*obs.nodes.values(), workers=frozenset({"d-0"})), NOW) == []
-    switched = running(placement=new, considered=frozenset({"a", "b", "c"}))
-    deletes = reconcile({"d-0": switched}, obs, NOW)
+    switched = running(placement=new, considered=frozenset({"a", "b", "c"}), placed_at=NOW - 1)
+    assert reconcile({"d-0": switched}, obs, NOW, Settings(drain=3.0)) == []  # the old one drains first
+    deletes = reconcile({"d-0": switched}, obs, NOW + 2.0, Settings(drain=3.0))
     assert [(d.node_id, d.command.generation) for d in deletes if isinstance(d, Delete)] == [("a", 1), ("b", 1)]
 
 
