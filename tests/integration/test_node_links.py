@@ -76,7 +76,7 @@ def test_relay_on_rpi4_pays_its_uplink_for_the_raw_input(nodes: None, cluster: F
         inputs=["x"], outputs=["y"], generation=1)))
     observer.publish(topics.control_deploy("node-cam"), encode(DeployCommand(
         deployment_id="links", stage=0, artifact_url="", sha256="", inputs=["x"], outputs=["x"],
-        next=NextStage("node-big", big_endpoint, "links/1"), generation=1, relay=True)))
+        next=NextStage("node-big", big_endpoint, "links/1/1"), generation=1, relay=True)))
     _ready(observer, "node-big", 1)
     _ready(observer, "node-cam", 0)
     cam_states = [s.state for s in observer.seen(topics.job("node-cam"), StageState)
@@ -90,15 +90,15 @@ def test_relay_on_rpi4_pays_its_uplink_for_the_raw_input(nodes: None, cluster: F
     assert expected_ms == pytest.approx(45.0)
     reference = ort.InferenceSession(cluster.artifacts["model"], providers=["CPUExecutionProvider"])
     with TensorClient(cam_endpoint) as via_cam, TensorClient(big_endpoint) as direct:
-        relayed = via_cam.infer_many("links/0", inputs, max_in_flight=1, timeout=DEADLINE)
-        straight = direct.infer_many("links/1", inputs, max_in_flight=1, timeout=DEADLINE)
+        relayed = via_cam.infer_many("links/1/0", inputs, max_in_flight=1, timeout=DEADLINE)
+        straight = direct.infer_many("links/1/1", inputs, max_in_flight=1, timeout=DEADLINE)
     for item, (outputs, timings, latency_s) in zip(inputs, relayed):
         np.testing.assert_allclose(outputs["y"], reference.run(["y"], item)[0], rtol=1e-4, atol=1e-4)
-        assert set(timings) == {"links/0", "links/0->link", "links/1"}
-        assert expected_ms <= timings["links/0->link"] < expected_ms + 60.0
+        assert set(timings) == {"links/1/0", "links/1/0->link", "links/1/1"}
+        assert expected_ms <= timings["links/1/0->link"] < expected_ms + 60.0
         assert latency_s * 1000.0 >= expected_ms
     for item, (outputs, timings, _) in zip(inputs, straight):
         np.testing.assert_allclose(outputs["y"], reference.run(["y"], item)[0], rtol=1e-4, atol=1e-4)
-        assert set(timings) == {"links/1"}  # the server node is the last stage: nothing to ship
+        assert set(timings) == {"links/1/1"}  # the server node is the last stage: nothing to ship
     extra_ms = (statistics.median(r[2] for r in relayed) - statistics.median(r[2] for r in straight)) * 1000.0
     assert extra_ms >= 0.9 * expected_ms  # the relay path costs the rpi4 uplink on top
