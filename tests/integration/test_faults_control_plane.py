@@ -1,0 +1,158 @@
+"""Control-plane faults under continuous traffic: the cluster orchestrator and the root are
+killed (SIGKILL) and restarted with their own command lines; the MQTT broker is killed and
+restarted on the same port after 3 s and after 30 s.
+
+Expected: the data plane keeps answering throughout (it does not depend on the control
+plane), every deployment is RUNNING again afterwards with none lost or duplicated, no node
+is declared dead because the broker (not the node) went away, and the control plane takes
+new deployments afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from treeline_fault_harness import (
+    Deployment,
+    Traffic,
+    chain_model,
+    check_deployments,
+    deploy,
+    fault_stack,
+    log_tails,
+    model_sla,
+    nodes,
+    record,
+    register_model,
+    wait_until,
+)
+
+from treeline_cli.stack import Stack
+from treeline_common.http import call_json
+
+pytestmark = pytest.mark.integration
+
+MODEL = chain_model()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with fault_stack(tmp_path) as running:
+        register_model(running, "chain", MODEL)
+        yield running
+        print(log_tails(running))  # shown by pytest only when the test fails
+
+
+class OfflineWatch:
+    """Polls the cluster's ``GET /api/nodes`` on a thread; records every node it shows offline."""
+
+    def __init__(self, stack: Stack, interval: float = 0.1) -> None:
+        self.stack = stack
+        self.interval = interval
+        self.offline: dict[str, float] = {}  # node name -> first time seen offline (monotonic)
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> OfflineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                seen = nodes(self.stack, timeout=1.0)
+            except Exception:  # noqa: BLE001 - the cluster may be the process that is down
+                continue
+            self.polls += 1
+            for name, doc in seen.items():
+                if not doc.get("online"):
+                    self.offline.setdefault(name, time.monotonic())
+
+
+def generation(stack: Stack, deployment: Deployment) -> int:
+    return int(deployment.at_cluster(stack).get("generation") or 0)
+
+
+def cluster_answers(stack: Stack) -> bool:
+    return bool(call_json("GET", f"{stack.cluster_url}/api/health", timeout=1).get("status") == "ok")
+
+
+def root_answers(stack: Stack) -> bool:
+    return bool(call_json("GET", f"{stack.root_url}/api/clusters/", timeout=1).get("clusters"))
+
+
+@pytest.mark.parametrize("component", ["cluster", "root"])
+def test_d_orchestrator_killed_and_restarted_keeps_every_deployment(stack: Stack, component: str) -> None:
+    deployment = deploy(stack, model_sla(f"restart-{component}", "chain", [1, 32]))
+    with Traffic(stack.root_url, deployment.service_id, MODEL) as traffic, OfflineWatch(stack) as watch:
+        traffic.wait_answers(20, timeout=10)
+        killed_at = time.monotonic()
+        stack.kill(component)
+        traffic.wait_answers(20, timeout=10)  # the data plane does not need the control plane
+        stack.restart(component)
+        wait_until(lambda: cluster_answers(stack) and root_answers(stack), 20, f"the {component} to answer again")
+        lost = not_running_after([deployment], timeout=20)
+        recover_s = time.monotonic() - killed_at
+        traffic.wait_answers(20, timeout=10)
+    report = traffic.report
+    record(f"d_{component}_restart", recover_s=round(recover_s, 3), nodes_seen_offline=sorted(watch.offline),
+           lost_deployments=len(lost), **report.summary())
+    assert not lost, f"deployments not RUNNING 20 s after the restart: {lost}"
+    assert not watch.offline, f"nodes declared offline although none failed: {watch.offline}"
+    later = deploy(stack, model_sla(f"after-{component}", "chain", [1, 32]), timeout=30)
+    check_deployments(stack, [deployment, later])
+    assert report.failed == 0 and report.wrong == 0, report.summary()
+
+
+@pytest.mark.parametrize("outage_s", [3.0, 30.0], ids=["3s", "30s"])
+def test_d_broker_outage_loses_no_deployment_and_no_node(stack: Stack, outage_s: float) -> None:
+    deployments = [deploy(stack, model_sla(f"broker-{i}", "chain", [1, 32])) for i in range(2)]
+    generations = {d.service_id: generation(stack, d) for d in deployments}
+    with Traffic(stack.root_url, deployments[0].service_id, MODEL) as traffic, OfflineWatch(stack) as watch:
+        traffic.wait_answers(20, timeout=10)
+        killed_at = time.monotonic()
+        stack.kill_broker()
+        time.sleep(outage_s)  # the outage itself, not a wait for a condition
+        stack.restart_broker()
+        restarted_at = time.monotonic()
+
+        def every_node_reports_again() -> bool:
+            # telemetry received after the restart from every node: the MQTT paths are back
+            now = time.time()
+            return all(doc.get("online") and now - float((doc.get("telemetry") or {}).get("ts") or 0) < 1.5
+                       for doc in nodes(stack).values())
+
+        wait_until(every_node_reports_again, 30, "telemetry from every node after the broker restart")
+        reconnect_s = time.monotonic() - restarted_at
+        lost = not_running_after(deployments, timeout=20)
+        traffic.wait_answers(20, timeout=10)
+    report = traffic.report
+    replanned = [d.service_id for d in deployments if generation(stack, d) != generations[d.service_id]]
+    record(f"d_broker_outage_{outage_s:.0f}s", reconnect_s=round(reconnect_s, 3),
+           total_s=round(time.monotonic() - killed_at, 3), lost_deployments=len(lost), replanned=len(replanned),
+           nodes_seen_offline=sorted(watch.offline), **report.summary())
+    assert not watch.offline, f"nodes declared offline because the broker died: {watch.offline}"
+    assert not lost, f"deployments not RUNNING 20 s after the outage: {lost}"
+    later = deploy(stack, model_sla("broker-after", "chain", [1, 32]), timeout=30)
+    check_deployments(stack, [*deployments, later])
+    assert report.failed == 0 and report.wrong == 0, report.summary()
+
+
+def not_running_after(deployments: list[Deployment], timeout: float) -> dict[str, str]:
+    """Service id -> status of every deployment still not RUNNING after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = {d.service_id: f"{doc.get('status')} ({doc.get('status_detail')})"
+                   for d in deployments if (doc := d.doc()).get("status") != "RUNNING"}
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(0.1)
