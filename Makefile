@@ -20,12 +20,13 @@ test: install broker lint
 
 install: $(STAMP)
 
-# ruff (rules in pyproject.toml, [tool.ruff]) and mypy ([tool.mypy]); `make test` runs this first
+# ruff (rules in pyproject.toml, [tool.ruff]) and mypy ([tool.mypy]); `make test` runs this first.
+# Both always run, so one pass shows every finding; either failing fails the target.
 lint: install
-	@echo "lint: ruff check"
-	$(VENV)/bin/ruff check $(PACKAGES)
-	@echo "lint: mypy"
-	$(VENV)/bin/mypy $(PACKAGES)
+	@status=0; \
+	echo "lint: ruff check"; $(VENV)/bin/ruff check $(PACKAGES) || status=1; \
+	echo "lint: mypy"; $(VENV)/bin/mypy $(PACKAGES) || status=1; \
+	exit $$status
 
 # torch is pinned to the CPU wheel (2.13.0) through the [export] extra; it is only used to
 # export models. The node engine runs without it.
