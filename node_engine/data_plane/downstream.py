@@ -65,6 +65,7 @@ _DOWN_REASONS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake failed (auth)",
 }
 BACKLOG_POLL_MS = 20  # poll cadence while forwards wait for a connection
+RECONNECT_MAX_MS = 1000  # zmq reconnects to a lost downstream every 100 ms, backing off to this
 
 
 @dataclass
@@ -183,6 +184,7 @@ class Downstreams:
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)  # a long-dead peer: retry ~1/s
         monitor = dealer.get_monitor_socket(_MONITORED)  # before connect: see the first events too
         dealer.connect(endpoint)
         link = _Link(endpoint, dealer, monitor)
