@@ -261,10 +261,6 @@ class DataPlaneServer:
         if header.kind != "request" or not rid:
             refuse(f"expected a request with an id, got {header.kind!r} id {rid!r}", BAD_REQUEST)
             return
-        stage = self._stages.get(header.stage)
-        if stage is None:
-            refuse(self._unknown_stage(header.stage), UNKNOWN_STAGE)
-            return
         admission, stored = self._ledger.admit(rid, envelope, self._clock.monotonic())
         if admission is Admission.ATTACHED:
             log.debug("request %s is already in flight here; the retry waits for it", rid)
@@ -273,6 +269,11 @@ class DataPlaneServer:
             log.debug("request %s was answered lately; sending the stored reply", rid)
             assert stored is not None
             self._send(envelope, stored)
+            return
+        stage = self._stages.get(header.stage)
+        if stage is None:
+            self._ledger.reject(rid)
+            refuse(self._unknown_stage(header.stage), UNKNOWN_STAGE)
             return
         if len(self._ledger) > self._max_in_flight:
             self._ledger.reject(rid)
