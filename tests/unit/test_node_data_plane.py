@@ -6,6 +6,7 @@ the parts through the servers must match the whole model.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,10 +16,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-
-from treeline_common.clock import FakeClock
-from treeline_common.messages import NextStage
-from treeline_common.tensor_wire import UNREACHABLE
 from treeline_test_helpers import chain_models, chain_weights, onnx_bytes
 from treeline_test_helpers import start_data_plane_server as _server
 
@@ -28,6 +25,9 @@ from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
 from node_engine.emulation import Emulator, slowdown_seconds
 from node_engine.runtime import load_partition
 from node_engine.stages import LoadedStage, StageRunner, StageTable
+from treeline_common.clock import FakeClock
+from treeline_common.messages import NextStage
+from treeline_common.tensor_wire import UNREACHABLE
 
 SEED = 42
 RNG = np.random.default_rng(SEED)
@@ -69,13 +69,14 @@ def test_two_nodes_forward_and_relay(model_paths: dict[str, Path], servers: list
         inputs = [{"x": RNG.standard_normal((1, 8)).astype(np.float32)} for _ in range(20)]
         results = client.infer_many("d/0", inputs, max_in_flight=6)
     assert len(results) == 20
-    for item, (outputs, timings, latency) in zip(inputs, results):
+    for item, (outputs, timings, latency) in zip(inputs, results, strict=True):
         np.testing.assert_allclose(outputs["y"], _reference(model_paths["whole"], item["x"]), atol=1e-5)
         assert latency > 0 and set(timings) == {"d/0", "d/1"}
     assert table_a.get("d/0").counters.snapshot()[0] == 25  # type: ignore[union-attr]
 
 
-def test_co_located_stages_run_in_process(model_paths: dict[str, Path], servers: list[DataPlaneServer]) -> None:
+def test_co_located_stages_run_in_process(model_paths: dict[str, Path],
+                                          servers: list[DataPlaneServer]) -> None:
     table = StageTable()
     server = _server(servers, table, "solo")
     table.put(_stage("d/1", model_paths["part1"]))
@@ -87,16 +88,17 @@ def test_co_located_stages_run_in_process(model_paths: dict[str, Path], servers:
     assert set(timings) == {"d/0", "d/1"}
 
 
-def test_errors_come_back_as_runtime_errors(model_paths: dict[str, Path], servers: list[DataPlaneServer]) -> None:
+def test_errors_come_back_as_runtime_errors(model_paths: dict[str, Path],
+                                            servers: list[DataPlaneServer]) -> None:
     table = StageTable()
     server = _server(servers, table, "n")
     table.put(_stage("d/0", model_paths["part0"]))
     with TensorClient(server.endpoint) as client:
-        with pytest.raises(RuntimeError, match="unknown stage 'nope/0'.*d/0"):
+        with pytest.raises(RuntimeError, match=r"unknown stage 'nope/0'.*d/0"):
             client.infer("nope/0", {"x": np.zeros((1, 8), np.float32)})
         with pytest.raises(RuntimeError, match="missing inputs"):
             client.infer("d/0", {"wrong": np.zeros((1, 8), np.float32)})
-        with pytest.raises(RuntimeError, match="request 1: .*missing inputs"):
+        with pytest.raises(RuntimeError, match=r"request 1: .*missing inputs"):
             client.infer_many("d/0", [{"x": np.zeros((1, 8), np.float32)}, {"z": np.zeros(1, np.float32)}])
         # the server keeps serving after errors
         outputs, _ = client.infer("d/0", {"x": np.ones((1, 8), np.float32)})
@@ -116,7 +118,8 @@ def test_unreachable_downstream_fails_fast_naming_it(model_paths: dict[str, Path
     with TensorClient(server.endpoint) as client:
         for _ in range(2):  # the first forward opens the link, the second finds it down
             started = time.monotonic()
-            with pytest.raises(DataPlaneError, match=f"downstream {gone} \\(stage d/1\\) unreachable") as caught:
+            expected = re.escape(f"downstream {gone} (stage d/1) unreachable")
+            with pytest.raises(DataPlaneError, match=expected) as caught:
                 client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=5.0)
             assert time.monotonic() - started < 2.0
             assert caught.value.code == UNREACHABLE
@@ -125,9 +128,8 @@ def test_unreachable_downstream_fails_fast_naming_it(model_paths: dict[str, Path
 def test_client_times_out_without_server() -> None:
     from treeline_common.netutil import free_port
 
-    with TensorClient(f"tcp://127.0.0.1:{free_port()}") as client:
-        with pytest.raises(TimeoutError):
-            client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=0.2)
+    with TensorClient(f"tcp://127.0.0.1:{free_port()}") as client, pytest.raises(TimeoutError):
+        client.infer("d/0", {"x": np.ones((1, 8), np.float32)}, timeout=0.2)
 
 
 def test_slowdown_math() -> None:
@@ -207,7 +209,8 @@ def test_in_flight_is_bounded(servers: list[DataPlaneServer], bound: int, expect
         assert max(o.attempts for o in outcomes) > 1  # some were refused and retried
 
 
-def test_skip_connection_crossing_a_stage_is_passed_through(tmp_path: Path, servers: list[DataPlaneServer]) -> None:
+def test_skip_connection_crossing_a_stage_is_passed_through(tmp_path: Path,
+                                                            servers: list[DataPlaneServer]) -> None:
     """x -> a=Relu(x) | b=Neg(a) | y=Add(a, b): stage 1 must carry ``a`` on to stage 2."""
     def vi(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4])

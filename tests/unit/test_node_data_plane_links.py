@@ -14,9 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from treeline_common.clock import SystemClock
-from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState
 from treeline_test_helpers import start_data_plane_server as _server
 
 from node_engine.commands import CommandHandler
@@ -24,6 +21,8 @@ from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import EmulatedLink
 from node_engine.stages import RELAY_SESSION, LoadedStage, StageTable
+from treeline_common.clock import SystemClock
+from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState
 
 
 class Echo:
@@ -97,7 +96,7 @@ def test_pending_link_delay_does_not_hold_the_compute_worker(servers: list[DataP
         elapsed_ms = (time.monotonic() - started) * 1000.0
     assert elapsed_ms >= max(delays)
     assert elapsed_ms < sum(delays) - 100.0  # ~600 ms, not ~1000 ms
-    for (_, timings, latency_s), delay in zip(results, delays):
+    for (_, timings, latency_s), delay in zip(results, delays, strict=True):
         assert delay <= timings["d/0->link"] < delay + 150.0
         assert latency_s * 1000.0 >= delay
     computed = first.session.started  # type: ignore[attr-defined]
@@ -140,7 +139,7 @@ def test_relay_is_not_held_up_by_a_busy_worker(servers: list[DataPlaneServer]) -
     relay = LoadedStage("d/0", "d", 0, "", 1, RELAY_SESSION, None, relay=True)
     server_a, _ = _pair(servers, EmulatedLink(uplink_mbps=1000.0, rtt_ms=1.0), first=relay, workers=1)
     # node a also serves a gated model stage that occupies its only worker
-    server_a._stages.put(LoadedStage("g/0", "g", 0, "x", 1, Gated(), None))  # noqa: SLF001 - test owns it
+    server_a._stages.put(LoadedStage("g/0", "g", 0, "x", 1, Gated(), None))
     errors: list[BaseException] = []
 
     def blocked_call() -> None:
