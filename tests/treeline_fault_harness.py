@@ -9,10 +9,10 @@ Used by ``tests/integration/test_faults_*.py`` and ``benchmarks/controlplane.py`
 - :func:`chain_model` / :func:`deploy`: a small ONNX chain registered at the root and deployed
   from an SLA (FLOPs-balanced by default, so every node holds a stage and any node fault hits
   the deployment).
-- :class:`Traffic`: a thread sending requests back to back. Each *logical* request is retried
-  (re-resolving the entry from the root) until it answers or its retry budget runs out, so it
-  counts what a retrying client sees: logical failures, failed attempts, wrong answers, and the
-  longest time without any answer.
+- :class:`Traffic`: a thread sending requests back to back through the data plane's
+  ``ServiceClient``, which retries each request (same request id, re-resolving the entry from
+  the root) until it answers or its budget runs out; it counts what such a client sees: failed
+  requests, failed attempts, wrong answers, and the longest time without any answer.
 - Fault injectors beyond the stack's own: :func:`publish_raw` (poison payloads, spoofed
   statuses from another MQTT client).
 - Waits: every wait polls with a deadline (:func:`wait_until`), none sleeps for a condition.
@@ -39,8 +39,10 @@ from typing import Any, TypeVar
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from node_engine.data_plane import client as data_plane_client
+from node_engine.data_plane.client import TensorClient
+from node_engine.data_plane.service_client import Outcome, RetryPolicy, ServiceClient
 from treeline_cli.broker import mosquitto_binary
+from treeline_cli.inference import service_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
 from treeline_common.http import call_json
@@ -356,36 +358,21 @@ class TrafficReport:
         return out
 
 
-class EntryResolver:
-    """Where requests enter the service: read from the root's service document."""
-
-    def __init__(self, root_url: str, service_id: str) -> None:
-        self.root = RootClient(root_url)
-        self.service_id = service_id
-
-    def __call__(self) -> tuple[str, str] | None:
-        try:
-            placement = self.root.service(self.service_id).get("placement") or {}
-        except Exception:  # noqa: BLE001 - the root may be down; keep the old entry
-            return None
-        entry = placement.get("entry") or {}
-        if entry.get("endpoint") and entry.get("stage_key"):
-            return str(entry["endpoint"]), str(entry["stage_key"])
-        return None
-
-
 class Traffic:
     """Sends requests one after another on a background thread until :meth:`stop`.
 
-    Each logical request is retried on a timeout or error reply (re-resolving the entry from
-    the root) until it answers or ``budget_s`` passes; a logical request that never answers is
-    ``failed``. Answers are compared with the whole model's output (``expected``).
+    The client is the data plane's :class:`ServiceClient`: it resolves the service's entry from
+    the root and retries a request (same request id, re-resolving the entry) until it answers
+    or ``budget_s`` passes; a request that never answers is ``failed``. Answers are compared
+    with the whole model's output (``wrong`` when they differ).
     """
 
     def __init__(self, root_url: str, service_id: str, model: bytes, *, attempt_timeout: float = 1.0,
                  budget_s: float = 10.0, pause_s: float = 0.0, samples: int = 8) -> None:
-        self.resolve = EntryResolver(root_url, service_id)
-        self.attempt_timeout = attempt_timeout
+        self.resolve = service_resolver(root_url, service_id)
+        self.service_id = service_id
+        self.policy = RetryPolicy(deadline=budget_s, attempt_timeout=attempt_timeout, backoff_cap=0.5,
+                                  resolve_interval=0.1)
         self.budget_s = budget_s
         self.pause_s = pause_s
         self.report = TrafficReport()
@@ -414,56 +401,40 @@ class Traffic:
     def wait_answers(self, n: int, timeout: float) -> None:
         """Wait until ``n`` more answers than now have come back."""
         target = self.report.ok + n
-        wait_until(lambda: self.report.ok >= target, timeout, f"{n} answers from the traffic generator")
+        wait_until(lambda: self.report.ok >= target, timeout,
+                   f"{n} answers from the traffic generator (so far: {self.report.summary()})")
 
     def _run(self) -> None:
-        entry = wait_until(self.resolve, 30.0, "an entry for the traffic generator")
-        client = data_plane_client.TensorClient(entry[0])
         index = 0
-        try:
+        with ServiceClient(self.resolve, service=self.service_id, policy=self.policy) as client:
             while not self._stop.is_set():
                 inputs, expected = self._samples[index % len(self._samples)]
                 index += 1
-                entry, client = self._one(entry, client, inputs, expected)
+                [outcome] = client.infer_many([inputs], max_in_flight=1)
+                self._count(outcome, expected)
                 if self.pause_s:
                     self._stop.wait(self.pause_s)
-        finally:
-            client.close()
 
-    def _one(self, entry: tuple[str, str], client: Any, inputs: dict[str, np.ndarray],
-             expected: np.ndarray) -> tuple[tuple[str, str], Any]:
-        deadline = time.monotonic() + self.budget_s
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                outputs, _ = client.infer(entry[1], inputs, timeout=self.attempt_timeout)
-                got = outputs[OUTPUT_NAME]
-                now = time.monotonic()
-                with self._lock:
-                    if got.shape == expected.shape and np.allclose(got, expected, atol=1e-4, rtol=1e-4):
-                        self.report.ok += 1
-                        self.report.successes.append(now)
-                    else:
-                        self.report.wrong += 1
-                        self.report.errors.append((now, "wrong answer"))
-                    if attempts > 1:
-                        self.report.retried += 1
-                return entry, client
-            except Exception as exc:  # noqa: BLE001 - timeouts, error replies, closed sockets
-                now = time.monotonic()
-                with self._lock:
-                    self.report.attempt_errors += 1
-                    self.report.errors.append((now, f"{type(exc).__name__}: {exc}"))
-            if now >= deadline or self._stop.is_set():
-                with self._lock:
-                    self.report.failed += 1
-                return entry, client
-            # a timed-out DEALER may still get the old reply later: start a fresh socket
-            client.close()
-            self._stop.wait(0.05)
-            entry = self.resolve() or entry
-            client = data_plane_client.TensorClient(entry[0])
+    def _count(self, outcome: Outcome, expected: np.ndarray) -> None:
+        now = time.monotonic()
+        with self._lock:
+            report = self.report
+            if outcome.error is not None:
+                report.failed += 1
+                report.attempt_errors += outcome.attempts
+                report.errors.append((now, str(outcome.error)))
+                return
+            report.attempt_errors += outcome.attempts - 1
+            if outcome.attempts > 1:
+                report.retried += 1
+            got = outcome.outputs.get(OUTPUT_NAME)
+            if got is not None and got.shape == expected.shape and np.allclose(got, expected, atol=1e-4,
+                                                                               rtol=1e-4):
+                report.ok += 1
+                report.successes.append(now)
+            else:
+                report.wrong += 1
+                report.errors.append((now, "wrong answer"))
 
 
 def _samples(model: bytes, n: int) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -491,7 +462,7 @@ def probe_answers(deployment: Deployment, model_samples: list[tuple[dict[str, np
     if not entry.get("endpoint"):
         return False
     inputs, expected = model_samples[0]
-    with data_plane_client.TensorClient(str(entry["endpoint"])) as client:
+    with TensorClient(str(entry["endpoint"])) as client:
         outputs, _ = client.infer(str(entry["stage_key"]), inputs, timeout=timeout)
     return bool(np.allclose(outputs[OUTPUT_NAME], expected, atol=1e-4, rtol=1e-4))
 

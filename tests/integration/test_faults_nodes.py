@@ -93,7 +93,8 @@ def test_b_node_dying_while_deploying_is_replanned_onto_the_others(stack: Stack)
         doc = second.at_cluster(stack)
         if not seen or seen[-1] != doc["status"]:
             seen.append(doc["status"])
-        return doc["status"] == "DEPLOYING" and victim_id in stage_nodes(doc.get("placement") or {})
+        planned = doc.get("pending") or doc.get("placement") or {}  # the generation being brought up
+        return doc["status"] == "DEPLOYING" and victim_id in stage_nodes(planned)
 
     try:
         wait_until(deploying_on_victim, 10, f"the second deployment to be DEPLOYING onto frozen {victim}")
@@ -113,27 +114,34 @@ def test_b_node_dying_while_deploying_is_replanned_onto_the_others(stack: Stack)
 
 
 def test_c_restarted_node_gets_its_stages_back_and_new_work(stack: Stack) -> None:
-    deployment = deploy(stack, model_sla("restart", "chain", [1, 32]))
-    victim = name_of(stack, deployment.placement()["stages"][1]["node_id"])
+    # Prepare: a deployment whose first stage is pinned to the victim (privacy pin), so no
+    # other node can take that stage: the victim must get it back when it returns.
+    victim = "server-2"
     victim_id = node_id(stack, victim)
-    with Traffic(stack.root_url, deployment.service_id, MODEL) as traffic:
+    sla = model_sla("restart", "chain", [1, 32])
+    sla["applications"][0]["microservices"][0]["constraints"] = [{"type": "privacy_pin", "node": victim}]
+    deployment = deploy(stack, sla)
+    assert deployment.placement()["stages"][0]["node_id"] == victim_id
+    dep_id = deployment_id_of(deployment)
+    with Traffic(stack.root_url, deployment.service_id, MODEL, budget_s=20) as traffic:
         traffic.wait_answers(20, timeout=10)
+
+        # Execute: kill it, let the cluster see it gone, restart it with its own command line
         killed_at = time.monotonic()
         stack.kill(f"node-{victim}")
+        wait_node_online(stack, victim, False, timeout=10)
         stack.restart(f"node-{victim}")
         online_s = wait_node_online(stack, victim, True, timeout=20)
         assert node_id(stack, victim) == victim_id, "a restarted node keeps its identity"
 
-        # its stages back: a settled, RUNNING placement in which the restarted node serves again
-        dep_id = deployment_id_of(deployment)
-
+        # Assert: its stage back, served, RUNNING and answering
         def serves_again() -> bool:
             doc = deployment.doc()
             wanted = placement_keys(doc.get("placement") or {})
             return (doc.get("status") == "RUNNING" and victim_id in wanted
                     and served_keys(stack, dep_id).get(victim_id) == wanted[victim_id])
 
-        wait_until(serves_again, 20, f"restarted {victim} to serve stages of the deployment again")
+        wait_until(serves_again, 20, f"restarted {victim} to serve its pinned stage again")
         back_s = time.monotonic() - killed_at
         traffic.wait_answers(20, timeout=10)
     report = traffic.report
