@@ -26,6 +26,7 @@ parent-death signal fires when the thread that started it exits.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import threading
@@ -84,7 +85,8 @@ def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interva
 
 
 def start_fault_stack(data_dir: Path, profiles: Sequence[str] = ("server", "server", "server"),
-                      *, telemetry_interval: float = TELEMETRY_INTERVAL, heartbeat_misses: int = HEARTBEAT_MISSES,
+                      *, telemetry_interval: float = TELEMETRY_INTERVAL,
+                      heartbeat_misses: int = HEARTBEAT_MISSES,
                       cluster_args: Sequence[str] = ("--profile-timeout", "5", "--stage-timeout", "15"),
                       timeout: float = 60.0, **config: Any) -> Stack:
     """Start a stack owning its broker (so it can be killed and restarted) and wait until every
@@ -136,7 +138,8 @@ def log_tails(stack: Stack, lines: int = 40) -> str:
     """The last lines of every process log, for a failing test's message."""
     from treeline_cli.stack import tail
 
-    parts = [f"--- {m.name} (pid {m.pid}, alive {m.alive()})\n{tail(m.log_path, lines)}" for m in stack.processes]
+    parts = [f"--- {m.name} (pid {m.pid}, alive {m.alive()})\n{tail(m.log_path, lines)}"
+             for m in stack.processes]
     if stack.broker is not None:
         parts.append(f"--- broker\n{tail(stack.broker.log_path, 10)}")
     return "\n".join(parts)
@@ -152,7 +155,8 @@ def chain_model(width: int = 32, layers: int = 4, seed: int = 0) -> bytes:
     inits: list[Any] = []
     current = INPUT_NAME
     for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) / width, f"w{i}"))
+        weights = rng.standard_normal((width, width)).astype(np.float32) / width
+        inits.append(numpy_helper.from_array(weights, f"w{i}"))
         nodes_ += [helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
                    helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
         current = f"r{i}"
@@ -181,8 +185,9 @@ def model_sla(app_name: str, model_name: str, input_shape: Sequence[int], *, max
                     "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "state": "", "added_files": [],
                     "model": model, "constraints": [], "connectivity": []}
     return {"sla_version": "v2.0", "customerID": "Admin",
-            "applications": [{"applicationID": "", "application_name": app_name, "application_namespace": "faults",
-                              "application_desc": "fault-injection test", "microservices": [microservice]}]}
+            "applications": [{"applicationID": "", "application_name": app_name,
+                              "application_namespace": "faults", "application_desc": "fault-injection test",
+                              "microservices": [microservice]}]}
 
 
 @dataclass
@@ -204,7 +209,8 @@ class Deployment:
 
     def at_cluster(self, stack: Stack) -> dict[str, Any]:
         """The cluster's own view (``GET /api/deployments/<service>/<instance>``)."""
-        return call_json("GET", f"{stack.cluster_url}/api/deployments/{self.service_id}/{self.instance}", timeout=2)
+        url = f"{stack.cluster_url}/api/deployments/{self.service_id}/{self.instance}"
+        return call_json("GET", url, timeout=2)
 
 
 def register_model(stack: Stack, name: str, data: bytes) -> dict[str, Any]:
@@ -308,7 +314,7 @@ def check_deployments(stack: Stack, deployments: Sequence[Deployment], timeout: 
     for deployment in deployments:
         doc = wait_status(deployment, "RUNNING", timeout)
         instances = doc.get("instances") or []
-        assert len(instances) <= 1, f"service {deployment.service_id} has {len(instances)} instances: {instances}"
+        assert len(instances) <= 1, f"service {deployment.service_id} has {len(instances)} instances"
         dep_id = deployment_id_of(deployment)
 
         def settled(deployment: Deployment = deployment, dep_id: str = dep_id) -> bool:
@@ -347,7 +353,7 @@ class TrafficReport:
     def longest_gap(self, since: float = 0.0) -> float:
         """Longest time without an answer after ``since`` (from ``since`` to the last stop)."""
         points = [since] + [t for t in self.successes if t > since] + [self.stopped_at]
-        return max(b - a for a, b in zip(points, points[1:])) if len(points) > 1 else 0.0
+        return max(b - a for a, b in itertools.pairwise(points)) if len(points) > 1 else 0.0
 
     def first_success_after(self, since: float) -> float | None:
         return next((t for t in self.successes if t >= since), None)
@@ -489,7 +495,8 @@ def wait_recovered(deployment: Deployment, since: float, without: Iterable[str] 
         return probe_answers(deployment, model_samples) if model_samples else True
 
     try:
-        wait_until(recovered, timeout, f"service {deployment.service_id} RUNNING again without {sorted(excluded)}")
+        wait_until(recovered, timeout,
+                   f"service {deployment.service_id} RUNNING again without {sorted(excluded)}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; root saw: {' -> '.join(history)}") from None
     return time.monotonic() - since
@@ -548,7 +555,8 @@ def telemetry_body(node: str, **overrides: Any) -> dict[str, Any]:
     """A valid NodeTelemetry body (schema v1) for ``node``; ``overrides`` replace fields."""
     body: dict[str, Any] = {"v": 1, "node_id": node, "ts": time.time(), "cpu_percent": 10.0, "cpu_count": 2,
                             "memory_percent": 20.0, "memory_total_mb": 8192, "memory_available_mb": 4096,
-                            "memory_limit_mb": 4096, "profile": "server", "emulated": True, "speed_factor": 1.0,
+                            "memory_limit_mb": 4096, "profile": "server", "emulated": True,
+                            "speed_factor": 1.0,
                             "accelerators": [], "battery": None, "stages": [], "seq": 0}
     body.update(overrides)
     return body

@@ -99,7 +99,8 @@ def test_d_orchestrator_killed_and_restarted_keeps_every_deployment(stack: Stack
         stack.kill(component)
         traffic.wait_answers(20, timeout=10)  # the data plane does not need the control plane
         stack.restart(component)
-        wait_until(lambda: cluster_answers(stack) and root_answers(stack), 20, f"the {component} to answer again")
+        wait_until(lambda: cluster_answers(stack) and root_answers(stack), 20,
+                   f"the {component} to answer again")
         lost = not_running_after([deployment], timeout=20)
         recover_s = time.monotonic() - killed_at
         traffic.wait_answers(20, timeout=10)
@@ -138,8 +139,8 @@ def test_d_broker_outage_loses_no_deployment_and_no_node(stack: Stack, outage_s:
     report = traffic.report
     replanned = [d.service_id for d in deployments if generation(stack, d) != generations[d.service_id]]
     record(f"d_broker_outage_{outage_s:.0f}s", reconnect_s=round(reconnect_s, 3),
-           total_s=round(time.monotonic() - killed_at, 3), lost_deployments=len(lost), replanned=len(replanned),
-           nodes_seen_offline=sorted(watch.offline), **report.summary())
+           total_s=round(time.monotonic() - killed_at, 3), lost_deployments=len(lost),
+           replanned=len(replanned), nodes_seen_offline=sorted(watch.offline), **report.summary())
     assert not watch.offline, f"nodes declared offline because the broker died: {watch.offline}"
     assert not lost, f"deployments not RUNNING 20 s after the outage: {lost}"
     later = deploy(stack, model_sla("broker-after", "chain", [1, 32]), timeout=30)

@@ -80,12 +80,13 @@ def test_f_spoofed_retained_offline_does_not_pin_a_live_node(stack: Stack) -> No
                 state = retained_state(stack, victim_id)
                 return bool(nodes(stack)[victim]["online"] and state is not None and state.state == "online")
 
-            wait_until(online_again, 10, f"{victim} online again (API and retained status) after a {label} spoof")
+            wait_until(online_again, 10,
+                       f"{victim} online again (API and retained status) after a {label} spoof")
             figures[f"{label}_online_again_s"] = round(time.monotonic() - spoofed_at, 3)
             # and it stays online: no later flip back from the retained spoof
             stable_from = time.monotonic()
             while time.monotonic() - stable_from < 2.0:
-                assert nodes(stack)[victim]["online"], f"{victim} flipped offline again after the {label} spoof"
+                assert nodes(stack)[victim]["online"], f"{victim} flipped offline after the {label} spoof"
                 time.sleep(0.1)
         traffic.wait_answers(20, timeout=10)
     report = traffic.report
@@ -128,8 +129,9 @@ def test_g_poison_payloads_are_dropped_and_the_cluster_keeps_working(stack: Stac
     with Traffic(stack.root_url, deployment.service_id, MODEL) as traffic:
         traffic.wait_answers(20, timeout=10)
         publish_raw(stack, topics.information(probe), good(37.25))
-        wait_until(lambda: telemetry_of("probe").get("cpu_percent") == 37.25, 5, "the probe's first telemetry")
-        for label, make in POISON_TELEMETRY.items():
+        wait_until(lambda: telemetry_of("probe").get("cpu_percent") == 37.25, 5,
+                   "the probe's first telemetry")
+        for make in POISON_TELEMETRY.values():
             for target in (probe, real):
                 publish_raw(stack, topics.information(target), make(target))
         for target in (probe, real):  # the other node -> cluster topics get their share

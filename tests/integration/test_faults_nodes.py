@@ -68,8 +68,8 @@ def test_a_node_killed_mid_traffic_is_replaced_without_failed_requests(stack: St
                                    model_samples=samples(MODEL))
         traffic.wait_answers(20, timeout=10)
     report = traffic.report
-    record("a_node_kill", recover_s=round(recover_s, 3), longest_gap_s=round(report.longest_gap(killed_at), 3),
-           **report.summary())
+    record("a_node_kill", recover_s=round(recover_s, 3),
+           longest_gap_s=round(report.longest_gap(killed_at), 3), **report.summary())
     assert not nodes(stack)[victim]["online"]
     check_deployments(stack, [deployment])
     assert report.wrong == 0, report.summary()
@@ -105,8 +105,10 @@ def test_b_node_dying_while_deploying_is_replanned_onto_the_others(stack: Stack)
 
     # Assert: both re-planned onto the remaining nodes, RUNNING and answering
     model_samples = samples(MODEL)
-    recover_second = wait_recovered(second, killed_at, without={victim_id}, timeout=30, model_samples=model_samples)
-    recover_first = wait_recovered(first, killed_at, without={victim_id}, timeout=30, model_samples=model_samples)
+    recover_second = wait_recovered(second, killed_at, without={victim_id}, timeout=30,
+                                    model_samples=model_samples)
+    recover_first = wait_recovered(first, killed_at, without={victim_id}, timeout=30,
+                                   model_samples=model_samples)
     record("b_dies_while_deploying", recover_deploying_s=round(recover_second, 3),
            recover_running_s=round(recover_first, 3), statuses=seen)
     check_deployments(stack, [first, second])
