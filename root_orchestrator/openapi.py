@@ -52,6 +52,8 @@ ROUTES: tuple[Route, ...] = (
           None, (200, 404)),
     Route("GET", "/api/services/", "{services: [service doc]} (query: application_id)"),
     Route("GET", "/api/service/<service_id>", "Service doc", None, (200, 404)),
+    Route("GET", "/api/service/<service_id>/events",
+          "{service_id, events: [{ts, kind, cause, instance, ...}]}: re-plans, retries, failures", None, (200, 404)),
     Route("DELETE", "/api/service/<service_id>", "Delete the service and its instances", None, (200, 404)),
     Route("POST", "/api/service/<service_id>/instance",
           "Resolve the model, pick a cluster, forward the job -> {service_id, instance, cluster_id}",

@@ -138,7 +138,7 @@ def placement_summary(service: dict[str, Any]) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from treeline_cli.inference import run_requests
+    from treeline_cli.inference import run_requests, service_resolver
     from treeline_cli.root_client import RootClient
 
     service = RootClient(args.root_url).find_service(args.app, args.service)
@@ -146,9 +146,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"error: service {service['service_id']} is {service.get('status')}, not RUNNING",
               file=sys.stderr)
         return 1
-    report = run_requests(service["placement"], args.n, in_flight=args.in_flight)
+    # the client follows the service: on a failure it re-resolves the entry from the root and
+    # retries with the same request id, so a re-plan or a lost node costs no request
+    report = run_requests(service["placement"], args.n, in_flight=args.in_flight,
+                          resolver=service_resolver(args.root_url, service["service_id"]))
     print(f"{report.requests} requests to {service.get('microservice_name')} "
-          f"({len(service['placement']['stages'])} stages, {report.in_flight} in flight)")
+          f"({len(service['placement']['stages'])} stages, {report.in_flight} in flight), "
+          f"{report.failed} failed")
+    for reason, count in sorted(report.errors.items()):
+        print(f"  {count} failed: {reason}", file=sys.stderr)
     print(f"p50 {report.p50_ms:.2f} ms   p99 {report.p99_ms:.2f} ms   "
           f"throughput {report.throughput_rps:.1f} req/s")
     for key, ms in report.stage_ms.items():

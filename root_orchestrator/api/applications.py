@@ -88,6 +88,12 @@ def get_service(service_id: str) -> Any:
     return jsonify(ctx().stores.applications.get_service(service_id))
 
 
+@bp.get("/api/service/<service_id>/events")
+def service_events(service_id: str) -> Any:
+    """Re-plans (cause, old and new predicted cost, duration), retries and failures, oldest first."""
+    return jsonify({"service_id": service_id, "events": ctx().instances.events(service_id)})
+
+
 @bp.delete("/api/service/<service_id>")
 def delete_service(service_id: str) -> Any:
     c = ctx()

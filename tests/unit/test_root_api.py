@@ -460,3 +460,20 @@ def test_cluster_requested_push_does_not_move_status_back(root: Root) -> None:
     push["jobs"][0]["status"] = "DEGRADED"
     assert root.http.post(f"/api/information/{cid}", json=push).get_json()["updated"] == 1
     assert root.http.get(f"/api/service/{sid}").get_json()["status"] == "DEGRADED"
+
+
+def test_pushed_events_are_kept_once_and_listed(root: Root) -> None:
+    root.register_model()
+    cid = root.register_cluster("a", "http://a:1")
+    sid = root.submit()
+    root.http.post(f"/api/service/{sid}/instance")
+    replan = {"ts": 10.0, "kind": "replan", "cause": "node n-2 offline", "old_cost_ms": 9.0, "new_cost_ms": 12.0,
+              "duration_s": 1.2, "generation": 2}
+    job = {"service_id": sid, "instance": 0, "status": "RUNNING", "events": [replan]}
+    for _ in range(2):  # a cluster re-sends its recent events with every push
+        assert root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [job]}).status_code == 200
+    later = {"ts": 20.0, "kind": "kept", "cause": "node n-3 joined"}
+    root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [dict(job, events=[replan, later])]})
+    body = root.http.get(f"/api/service/{sid}/events").get_json()
+    assert body["events"] == [dict(replan, instance=0), dict(later, instance=0)]
+    _error(root.http.get("/api/service/nope/events"), 404, "NOT_FOUND")
