@@ -24,6 +24,8 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 RESERVED_ALIASES = frozenset({"latest"})
+# Fields of an application doc the store owns: ApplicationStore.update_application never sets them.
+APPLICATION_KEPT_FIELDS = frozenset({"applicationID", "userId", "microservices"})
 
 Data = bytes | bytearray | memoryview | IO[bytes]
 
@@ -173,6 +175,18 @@ class ModelRegistry(ABC):
     def list_profiles(self, name: str, version: int) -> dict[str, dict[str, Any]]:
         """``{device_class: profile doc}`` of one version (empty when none)."""
 
+    @abstractmethod
+    def delete_profiles(self, name: str, version: int, device_class: str | None = None) -> list[str]:
+        """Delete the version's profiles (every class, or only ``device_class``); returns the classes
+        deleted, sorted. Idempotent: nothing stored is ``[]``. NotFound names the model or version."""
+
+    @abstractmethod
+    def delete_model(self, name: str) -> list[dict[str, Any]]:
+        """Delete the model with every version, alias and profile; returns the deleted version docs
+        (oldest first). NotFound (path ``model.name``) if there is no such model. The name is free
+        again afterwards: a new upload under it starts at version 1 (as in MLflow). Artifacts are
+        left alone (content-addressed, possibly shared); the caller decides which to drop."""
+
 
 class ApplicationStore(ABC):
     """Applications and their services (one per SLA microservice).
@@ -190,6 +204,22 @@ class ApplicationStore(ABC):
 
     @abstractmethod
     def get_application(self, application_id: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def find_applications(self, user: str, name: str) -> list[dict[str, Any]]:
+        """The applications of ``user`` named ``name`` (``application_name``), oldest first; the key
+        ``POST /api/apply`` is idempotent by. Empty when none."""
+
+    @abstractmethod
+    def update_application(self, application_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set top-level ``fields`` of the application (its ``applicationID``, ``userId`` and
+        ``microservices`` are kept); returns the new doc. NotFound if absent."""
+
+    @abstractmethod
+    def add_service(self, application_id: str, service: dict[str, Any]) -> dict[str, Any]:
+        """Store one more service doc under an existing application (id assigned, ``revision`` 1,
+        appended to the application's ``microservices``); returns it. NotFound if the application
+        is absent, and then nothing is stored."""
 
     @abstractmethod
     def list_applications(self, user: str | None = None) -> list[dict[str, Any]]: ...

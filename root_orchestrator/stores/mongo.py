@@ -23,6 +23,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from root_orchestrator.stores.base import (
+    APPLICATION_KEPT_FIELDS,
     ApplicationStore,
     ArtifactStore,
     ClusterStore,
@@ -50,6 +51,7 @@ def ensure_indexes(db: Database) -> None:
     """Idempotent; called by the factory, not by constructors (which do no I/O)."""
     db.model_versions.create_index([("name", ASCENDING), ("version", ASCENDING)], unique=True)
     db.services.create_index([("application_id", ASCENDING)])
+    db.applications.create_index([("userId", ASCENDING), ("application_name", ASCENDING)])
     db.clusters.create_index([("cluster_name", ASCENDING)], unique=True)
     db.model_profiles.create_index([("name", ASCENDING), ("version", ASCENDING)])
 
@@ -187,6 +189,26 @@ class MongoModelRegistry(ModelRegistry):
         found = self.db.model_profiles.find(query).sort("device_class", ASCENDING)
         return {f["device_class"]: dict(json.loads(f["json"])) for f in found}
 
+    def delete_profiles(self, name: str, version: int, device_class: str | None = None) -> list[str]:
+        self._check_version(name, version)
+        query: dict[str, Any] = {"name": name, "version": version}
+        if device_class is not None:
+            query["device_class"] = device_class
+        found = self.db.model_profiles.find(query, {"device_class": True})
+        classes = sorted(f["device_class"] for f in found)
+        self.db.model_profiles.delete_many(query)
+        return classes
+
+    def delete_model(self, name: str) -> list[dict[str, Any]]:
+        self._model(name)
+        versions = list(self.db.model_versions.find({"name": name}, _NO_ID).sort("version", ASCENDING))
+        # The model document first: from then on the model reads as absent, whatever is left below.
+        self.db.models.delete_one({"_id": name})
+        self.db.model_profiles.delete_many({"name": name})
+        self.db.model_versions.delete_many({"name": name})
+        self.db.counters.delete_one({"_id": f"model:{name}"})
+        return versions
+
 
 def _strip(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     if doc is not None:
@@ -213,6 +235,32 @@ class MongoApplicationStore(ApplicationStore):
     def get_application(self, application_id: str) -> dict[str, Any]:
         doc = _strip(self.db.applications.find_one({"_id": application_id}))
         if doc is None:
+            raise not_found("application", application_id, "application_id")
+        return doc
+
+    def find_applications(self, user: str, name: str) -> list[dict[str, Any]]:
+        found = self.db.applications.find({"userId": user, "application_name": name})
+        return [d for d in (_strip(x) for x in found) if d is not None]
+
+    def update_application(self, application_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        clean = {k: v for k, v in fields.items() if k not in APPLICATION_KEPT_FIELDS and k != "_id"}
+        if not clean:
+            return self.get_application(application_id)
+        doc = self.db.applications.find_one_and_update({"_id": application_id}, {"$set": clean},
+                                                       return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise not_found("application", application_id, "application_id")
+        return _strip(doc) or {}
+
+    def add_service(self, application_id: str, service: dict[str, Any]) -> dict[str, Any]:
+        self.get_application(application_id)  # NotFound before anything is stored
+        sid = new_id()
+        doc = {**service, "service_id": sid, "application_id": application_id, "revision": 1}
+        # Service first: an application never lists a service id that does not exist.
+        self.db.services.insert_one({**doc, "_id": sid})
+        linked = self.db.applications.update_one({"_id": application_id}, {"$push": {"microservices": sid}})
+        if linked.matched_count == 0:  # deleted meanwhile: do not leave an orphan behind
+            self.db.services.delete_one({"_id": sid})
             raise not_found("application", application_id, "application_id")
         return doc
 

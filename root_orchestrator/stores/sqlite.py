@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from root_orchestrator.stores.base import (
+    APPLICATION_KEPT_FIELDS,
     ApplicationStore,
     ArtifactStore,
     ClusterStore,
@@ -254,6 +255,25 @@ class SqliteModelRegistry(ModelRegistry):
                                 "ORDER BY device_class", (name, version)).fetchall()
         return {c: json.loads(d) for c, d in rows}
 
+    def delete_profiles(self, name: str, version: int, device_class: str | None = None) -> list[str]:
+        with self.db.tx() as conn:
+            self._check_version(conn, name, version)
+            where, args = "name=? AND version=?", [name, version]
+            if device_class is not None:
+                where, args = where + " AND device_class=?", [*args, device_class]
+            rows = conn.execute(f"SELECT device_class FROM model_profiles WHERE {where}", args).fetchall()
+            conn.execute(f"DELETE FROM model_profiles WHERE {where}", args)
+        return sorted(r[0] for r in rows)
+
+    def delete_model(self, name: str) -> list[dict[str, Any]]:
+        with self.db.tx() as conn:
+            self._model_row(conn, name)
+            rows = conn.execute("SELECT doc FROM model_versions WHERE name=? ORDER BY version",
+                                (name,)).fetchall()
+            for table in ("model_profiles", "model_versions", "models"):
+                conn.execute(f"DELETE FROM {table} WHERE name=?", (name,))
+        return [json.loads(r[0]) for r in rows]
+
 
 class SqliteApplicationStore(ApplicationStore):
     def __init__(self, db: SqliteDatabase) -> None:
@@ -275,7 +295,35 @@ class SqliteApplicationStore(ApplicationStore):
 
     def get_application(self, application_id: str) -> dict[str, Any]:
         with self.db.tx() as conn:
-            row = conn.execute("SELECT doc FROM applications WHERE id=?", (application_id,)).fetchone()
+            return self._application(conn, application_id)
+
+    def find_applications(self, user: str, name: str) -> list[dict[str, Any]]:
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT doc FROM applications WHERE user=? AND "
+                                "json_extract(doc, '$.application_name')=? ORDER BY rowid",
+                                (user, name)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def update_application(self, application_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            doc = self._application(conn, application_id)
+            doc.update({k: v for k, v in fields.items() if k not in APPLICATION_KEPT_FIELDS})
+            conn.execute("UPDATE applications SET doc=? WHERE id=?", (_dump(doc), application_id))
+        return doc
+
+    def add_service(self, application_id: str, service: dict[str, Any]) -> dict[str, Any]:
+        sid = new_id()
+        with self.db.tx() as conn:
+            app = self._application(conn, application_id)
+            doc = {**service, "service_id": sid, "application_id": application_id, "revision": 1}
+            conn.execute("INSERT INTO services (id, application_id, doc) VALUES (?, ?, ?)",
+                         (sid, application_id, _dump(doc)))
+            app["microservices"] = [*app.get("microservices", []), sid]
+            conn.execute("UPDATE applications SET doc=? WHERE id=?", (_dump(app), application_id))
+        return doc
+
+    def _application(self, conn: sqlite3.Connection, application_id: str) -> dict[str, Any]:
+        row = conn.execute("SELECT doc FROM applications WHERE id=?", (application_id,)).fetchone()
         if row is None:
             raise not_found("application", application_id, "application_id")
         return json.loads(row[0])

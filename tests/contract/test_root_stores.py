@@ -117,7 +117,8 @@ def test_artifact_rejects_malformed_digest(stores: Stores) -> None:
 
 def test_versions_are_monotonic_per_model(stores: Stores) -> None:
     reg = stores.models
-    versions = [reg.create_version("m", _sha(bytes([i])), i, SIG, created_at=float(i))["version"] for i in range(3)]
+    versions = [reg.create_version("m", _sha(bytes([i])), i, SIG, created_at=float(i))["version"]
+                for i in range(3)]
     other = reg.create_version("other", _sha(b"o"), 1, SIG)
     assert versions == [1, 2, 3]
     assert other["version"] == 1
@@ -200,6 +201,46 @@ def test_profiles_per_version_and_class_last_write_wins(stores: Stores) -> None:
         reg.list_profiles("nope", 1)
 
 
+def test_delete_profiles_all_or_one_class(stores: Stores) -> None:
+    reg = stores.models
+    for i in range(2):
+        reg.create_version("m", _sha(bytes([i])), 1, SIG)
+    for device_class in ("server", "rpi4", "jetson"):
+        reg.put_profile("m", 1, device_class, {"op_ms": {"x": 1.0}})
+    reg.put_profile("m", 2, "server", {"op_ms": {"x": 2.0}})
+    assert reg.delete_profiles("m", 1, "rpi4") == ["rpi4"]
+    assert reg.delete_profiles("m", 1, "rpi4") == []  # idempotent
+    assert sorted(reg.list_profiles("m", 1)) == ["jetson", "server"]
+    assert reg.delete_profiles("m", 1) == ["jetson", "server"]
+    assert reg.list_profiles("m", 1) == {}
+    assert reg.get_profile("m", 2, "server")["op_ms"] == {"x": 2.0}  # other versions untouched
+    with pytest.raises(NotFound):
+        reg.delete_profiles("m", 9)
+    with pytest.raises(NotFound):
+        reg.delete_profiles("nope", 1, "server")
+
+
+def test_delete_model_removes_versions_aliases_profiles(stores: Stores) -> None:
+    reg = stores.models
+    for i in range(2):
+        reg.create_version("m", _sha(bytes([i])), 1, SIG)
+    reg.create_version("keep", _sha(b"k"), 1, SIG)
+    reg.set_alias("m", "prod", 2)
+    reg.put_profile("m", 1, "server", {"op_ms": {}})
+    deleted = reg.delete_model("m")
+    assert [(v["name"], v["version"], v["sha256"]) for v in deleted] == [("m", 1, _sha(b"\x00")),
+                                                                         ("m", 2, _sha(b"\x01"))]
+    assert [m["name"] for m in reg.list_models()] == ["keep"]
+    for call in (lambda: reg.get_version("m", "latest"), lambda: reg.list_versions("m"),
+                 lambda: reg.delete_model("m"), lambda: reg.list_profiles("m", 1)):
+        with pytest.raises(NotFound):
+            call()
+    again = reg.create_version("m", _sha(b"new"), 1, SIG)
+    assert (again["version"], again["aliases"]) == (1, [])  # the name is free again, numbering restarts
+    assert reg.list_profiles("m", 1) == {}
+    assert reg.get_version("keep", 1)["sha256"] == _sha(b"k")
+
+
 # -- applications and services -------------------------------------------------------------------------
 
 def _create_app(stores: Stores, user: str = "Admin") -> dict:
@@ -215,10 +256,12 @@ def test_application_create_get_list_delete(stores: Stores) -> None:
     apps = stores.applications
     assert len(app["applicationID"]) == 24 and len(app["microservices"]) == 2
     assert apps.get_application(app["applicationID"]) == app
-    assert [a["applicationID"] for a in apps.list_applications()] == [app["applicationID"], other["applicationID"]]
+    listed = [a["applicationID"] for a in apps.list_applications()]
+    assert listed == [app["applicationID"], other["applicationID"]]
     assert [a["applicationID"] for a in apps.list_applications(user="bob")] == [other["applicationID"]]
     svc = apps.get_service(app["microservices"][0])
-    assert (svc["microservice_name"], svc["application_id"], svc["revision"]) == ("a", app["applicationID"], 1)
+    assert (svc["microservice_name"], svc["application_id"], svc["revision"]) == (
+        "a", app["applicationID"], 1)
     assert [s["service_id"] for s in apps.list_services(app["applicationID"])] == app["microservices"]
     deleted = apps.delete_application(app["applicationID"])
     assert sorted(s["service_id"] for s in deleted) == sorted(app["microservices"])
@@ -238,9 +281,55 @@ def test_service_update_with_revision_check(stores: Stores) -> None:
         apps.update_service(sid, {"status": "RUNNING"}, expected_revision=1)
     assert apps.get_service(sid)["status"] == "SCHEDULED"
     unconditional = apps.update_service(sid, {"status": "RUNNING", "service_id": "hijack"})
-    assert (unconditional["status"], unconditional["service_id"], unconditional["revision"]) == ("RUNNING", sid, 3)
+    assert (unconditional["status"], unconditional["service_id"], unconditional["revision"]) == (
+        "RUNNING", sid, 3)
     with pytest.raises(NotFound):
         apps.update_service("0" * 24, {"status": "RUNNING"})
+
+
+def test_find_applications_by_user_and_name(stores: Stores) -> None:
+    first = _create_app(stores)
+    _create_app(stores, user="bob")
+    second = _create_app(stores)
+    apps = stores.applications
+    other = apps.create_application({"application_name": "other"}, [], "Admin")
+    found = apps.find_applications("Admin", "app")
+    assert [a["applicationID"] for a in found] == [first["applicationID"], second["applicationID"]]
+    assert [a["applicationID"] for a in apps.find_applications("Admin", "other")] == [other["applicationID"]]
+    assert apps.find_applications("carol", "app") == []
+    assert apps.find_applications("Admin", "nope") == []
+
+
+def test_update_application_keeps_owned_fields(stores: Stores) -> None:
+    app = _create_app(stores)
+    apps = stores.applications
+    updated = apps.update_application(app["applicationID"], {
+        "application_desc": "new", "applicationID": "hijack", "userId": "mallory", "microservices": []})
+    assert updated == {**app, "application_desc": "new"}
+    assert apps.get_application(app["applicationID"]) == updated
+    assert apps.find_applications("Admin", "app") == [updated]
+    with pytest.raises(NotFound):
+        apps.update_application("0" * 24, {"application_desc": "x"})
+
+
+def test_add_service_links_it_to_its_application(stores: Stores) -> None:
+    app = _create_app(stores)
+    apps = stores.applications
+    added = apps.add_service(app["applicationID"], {"microservice_name": "c", "status": "REQUESTED",
+                                                    "service_id": "ignored", "revision": 7})
+    sid = added["service_id"]
+    assert sid != "ignored" and len(sid) == 24
+    assert (added["application_id"], added["revision"], added["microservice_name"]) == (
+        app["applicationID"], 1, "c")
+    assert apps.get_service(sid) == added
+    assert apps.get_application(app["applicationID"])["microservices"] == [*app["microservices"], sid]
+    assert [s["microservice_name"] for s in apps.list_services(app["applicationID"])] == ["a", "b", "c"]
+    before = len(apps.list_services())
+    with pytest.raises(NotFound):
+        apps.add_service("0" * 24, {"microservice_name": "d"})
+    assert len(apps.list_services()) == before  # nothing stored
+    deleted = apps.delete_application(app["applicationID"])
+    assert sid in {s["service_id"] for s in deleted}
 
 
 def test_delete_service_unlinks_it(stores: Stores) -> None:
