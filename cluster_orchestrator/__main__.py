@@ -6,9 +6,8 @@ import argparse
 import logging
 import sys
 
-from treeline_common.shutdown import ShutdownSignal
-
 from cluster_orchestrator.app import ClusterRuntime, build_config
+from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger("cluster_orchestrator")
 

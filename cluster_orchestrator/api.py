@@ -22,9 +22,10 @@ def _node_view(doc: dict[str, Any]) -> dict[str, Any]:
         "node_id": doc["node_id"], "name": doc["name"], "profile": doc.get("profile"),
         "online": bool(doc.get("online")), "last_seen": doc.get("last_seen"),
         "telemetry": doc.get("telemetry") or {}, "emulated": doc.get("emulated", False),
-        "arch": doc.get("arch"), "cpu_count": doc.get("cpu_count"), "memory_limit_mb": doc.get("memory_limit_mb"),
-        "speed_factor": doc.get("speed_factor"), "accelerators": doc.get("accelerators") or [],
-        "battery": doc.get("battery"), "labels": doc.get("labels") or [], "data_endpoint": doc.get("data_endpoint"),
+        "arch": doc.get("arch"), "cpu_count": doc.get("cpu_count"),
+        "memory_limit_mb": doc.get("memory_limit_mb"), "speed_factor": doc.get("speed_factor"),
+        "accelerators": doc.get("accelerators") or [], "battery": doc.get("battery"),
+        "labels": doc.get("labels") or [], "data_endpoint": doc.get("data_endpoint"),
         "registered_at": doc.get("registered_at"),
     }
 

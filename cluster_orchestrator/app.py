@@ -23,7 +23,8 @@ from treeline_common.clock import Clock
 log = logging.getLogger(__name__)
 
 
-def build_config(name: str, root_url: str, mqtt_url: str, public_url: str, **options: object) -> ClusterConfig:
+def build_config(name: str, root_url: str, mqtt_url: str, public_url: str,
+                 **options: object) -> ClusterConfig:
     host, port = parse_mqtt_url(mqtt_url)
     return ClusterConfig(name=name, root_url=root_url.rstrip("/"), public_url=public_url.rstrip("/"),
                          mqtt_host=host, mqtt_port=port, **options)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ when capacity returns. A stale epoch (deleted or re-requested meanwhile) ends a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -131,14 +132,12 @@ class Deployer:
             self._attempt(deployment_id, epoch, attempt, started)
         except Superseded:
             log.info("deployment %s epoch %s superseded; worker stops", deployment_id, epoch)
-        except Exception as exc:  # noqa: BLE001 - anything else is a failed attempt, retried
+        except Exception as exc:  # anything else is a failed attempt, retried
             if not isinstance(exc, AttemptFailed | TreelineError):
                 log.exception("deployment %s: attempt failed", deployment_id)
             message = exc.message if isinstance(exc, TreelineError) else str(exc)
-            try:
+            with contextlib.suppress(Superseded):
                 self._retry_later(deployment_id, epoch, attempt, message)
-            except Superseded:
-                pass
 
     # ---------------------------------------------------------------- the steps
     def _attempt(self, deployment_id: str, epoch: int, attempt: Attempt, started: float) -> None:
@@ -175,7 +174,8 @@ class Deployer:
                      failed_capacity=None, drift_since=None)
         self._book.add_event(deployment_id, event(
             self._clock.now(), "replan" if serving else "deployed", attempt.cause, generation=generation,
-            old_cost_ms=old_cost, new_cost_ms=new_cost, duration_s=round(self._clock.monotonic() - started, 3),
+            old_cost_ms=old_cost, new_cost_ms=new_cost,
+            duration_s=round(self._clock.monotonic() - started, 3),
             nodes=[s.node_name for s in placement.stages]))
         self._on_change(deployment_id)
 
@@ -210,7 +210,8 @@ class Deployer:
                                   "reasons": outcome.reasons, "explanation": outcome.explanation}
         if not (attempt.improve and serving):
             fields.update(status=JobStatus.DEGRADED if doc.get("placement") else JobStatus.DEPLOYING,
-                          status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) on {nodes}")
+                          status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) "
+                                        f"on {nodes}")
         self._commit(deployment_id, epoch, **fields)
         commands = planning.deploy_commands(placement, self._settings.root_url)
         self._tracker.expect(deployment_id, placement.generation, {cmd.stage: node for node, cmd in commands})
@@ -258,7 +259,8 @@ class Deployer:
             self._commit(deployment_id, epoch, status=JobStatus.FAILED, pending=None, attempts=attempts,
                          status_detail=f"failed after {attempts} attempts: {reason}", failed_capacity=online,
                          retry_at=None)
-            self._book.add_event(deployment_id, event(self._clock.now(), "failed", attempt.cause, detail=reason))
+            self._book.add_event(deployment_id, event(self._clock.now(), "failed", attempt.cause,
+                                                      detail=reason))
             return
         delay = backoff_delay(attempts - 1, self._settings.retry_base, self._settings.retry_cap)
         status = JobStatus.DEGRADED if (serving or doc.get("placement")) else JobStatus.REQUESTED
@@ -278,7 +280,8 @@ class Deployer:
         try:
             stored = self._root.model_profiles(spec.model_name, spec.model_version)
         except TreelineError as exc:
-            log.warning("could not read stored profiles of %s v%s: %s", spec.model_name, spec.model_version, exc)
+            log.warning("could not read stored profiles of %s v%s: %s",
+                        spec.model_name, spec.model_version, exc)
         stored = {k: v for k, v in stored.items() if k not in reprofile}
         missing = classes_to_profile(nodes, set(stored))
         if missing and self._profiles is not None:

@@ -52,10 +52,12 @@ class DeploymentBook:
             raise NotFound(f"deployment {deployment_id} not found")
         return doc
 
-    def list(self) -> list[Doc]:
+    def list_deployments(self) -> list[Doc]:
+        """All deployment documents, ordered by id."""
         return self._store.list_deployments()
 
-    def _write(self, deployment_id: str, change: Callable[[Doc | None], Doc | None], attempts: int = 20) -> Doc | None:
+    def _write(self, deployment_id: str, change: Callable[[Doc | None], Doc | None],
+               attempts: int = 20) -> Doc | None:
         """Read-modify-write with the store's version check, retried on concurrent writes."""
         for _ in range(attempts):
             current = self._store.get_deployment(deployment_id)
@@ -105,7 +107,8 @@ class DeploymentBook:
                 placement = current.get(slot) or {}
                 if int(placement.get("generation", -1)) != generation:
                     continue
-                for stage in [*placement.get("stages", []), *([placement["relay"]] if placement.get("relay") else [])]:
+                relay = [placement["relay"]] if placement.get("relay") else []
+                for stage in [*placement.get("stages", []), *relay]:
                     if int(stage["index"]) == index:
                         if stage.get("state") == state and not reason:
                             return None
@@ -129,7 +132,7 @@ class DeploymentBook:
 def status_of(doc: Mapping[str, Any]) -> JobStatus:
     """The document's status as the enum (unknown words read as FAILED, logged)."""
     try:
-        return JobStatus(doc.get("status"))
+        return JobStatus(str(doc.get("status")))  # a missing status ("None") is unknown too
     except ValueError:
         log.warning("deployment %s has unknown status %r", doc.get("deployment_id"), doc.get("status"))
         return JobStatus.FAILED

@@ -52,9 +52,9 @@ def accepts_status(node: Mapping[str, Any], status: NodeStatus) -> bool:
         return True
     if status.seq < int(seen_seq):
         return False
-    if status.seq == int(seen_seq) and status.state == "online" and node.get("status_state") == "offline":
-        return False  # the will of this birth already arrived; a replayed birth must not undo it
-    return True
+    # the will of this birth already arrived; a replayed birth must not undo it
+    return not (status.seq == int(seen_seq) and status.state == "online"
+                and node.get("status_state") == "offline")
 
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:

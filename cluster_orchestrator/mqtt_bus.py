@@ -108,7 +108,7 @@ class MqttBus:
         """Disconnect and stop the network loop; idempotent."""
         try:
             self._client.disconnect()
-        except Exception:  # noqa: BLE001 - already disconnected is fine at shutdown
+        except Exception:  # already disconnected is fine at shutdown
             log.debug("disconnect failed", exc_info=True)
         self._client.loop_stop()
         self._connected.clear()
@@ -142,13 +142,13 @@ class MqttBus:
             return
         try:
             hook(connected)
-        except Exception:  # noqa: BLE001 - never let a handler kill paho's thread
+        except Exception:  # never let a handler kill paho's thread
             log.exception("on_bus_state handler failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             self._dispatch(msg)
-        except Exception:  # noqa: BLE001 - nothing may escape into paho's network thread
+        except Exception:  # nothing may escape into paho's network thread
             log.exception("message on %s could not be handled", msg.topic)
 
     def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
@@ -161,11 +161,11 @@ class MqttBus:
         cls, method = route
         try:
             node_id = topics.node_id_of(msg.topic)
-            payload = messages.decode(cls, msg.payload)
+            payload: object = messages.decode(cls, bytes(msg.payload))
         except Exception as exc:  # noqa: BLE001 - PayloadError, or anything a decoder raises
             log.warning("dropping bad payload on %s: %s", msg.topic, str(exc)[:300])
             return
         try:
             getattr(self._handler, method)(node_id, payload)
-        except Exception:  # noqa: BLE001 - one bad message must not kill paho's loop thread
+        except Exception:  # one bad message must not kill paho's loop thread
             log.exception("handler %s failed for %s", method, msg.topic)

@@ -57,7 +57,8 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
             details.append({"path": name, "message": f"must be {types[0].__name__}"})
     if isinstance(body.get("name"), str) and not body["name"].strip():
         details.append({"path": "name", "message": "must not be empty"})
-    if isinstance(body.get("cpu_count"), int) and not isinstance(body["cpu_count"], bool) and body["cpu_count"] < 1:
+    cpu_count = body.get("cpu_count")
+    if isinstance(cpu_count, int) and not isinstance(cpu_count, bool) and cpu_count < 1:
         details.append({"path": "cpu_count", "message": "must be >= 1"})
     if isinstance(body.get("memory_limit_mb"), int) and body["memory_limit_mb"] < 0:
         details.append({"path": "memory_limit_mb", "message": "must be >= 0"})
@@ -69,12 +70,14 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
         details.append({"path": "data_endpoint", "message": "must be a URL like tcp://host:port"})
     for name in _DEVICE_FIGURES:
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < 0):
             details.append({"path": name, "message": "must be a number >= 0"})
     if body.get("uplink_mbps") == 0:
         details.append({"path": "uplink_mbps", "message": "must be > 0"})
     battery = body.get("battery")
-    if battery is not None and not (isinstance(battery, Mapping) and isinstance(battery.get("percent"), (int, float))):
+    if battery is not None and not (isinstance(battery, Mapping)
+                                    and isinstance(battery.get("percent"), (int, float))):
         details.append({"path": "battery", "message": "must be null or {percent, charging}"})
     if details:
         raise InvalidInput("invalid node registration", details)
@@ -139,7 +142,8 @@ class NodeRegistry:
             doc.update(fields)
             doc.update({"registered_at": now, "status_state": None, "status_seq": None, "online": False})
             self._save(doc)
-        log.info("node %s (%s) %s", doc["name"], doc["node_id"], "re-registered" if existing else "registered")
+        log.info("node %s (%s) %s", doc["name"], doc["node_id"],
+                 "re-registered" if existing else "registered")
         return copy.deepcopy(doc), existing is None
 
     def get(self, node_id: str) -> Doc:
@@ -149,7 +153,7 @@ class NodeRegistry:
                 raise NotFound(f"node {node_id} is not registered")
             return copy.deepcopy(doc)
 
-    def list(self) -> list[Doc]:
+    def list_nodes(self) -> list[Doc]:
         """All nodes (copies, by name) with ``online`` as last decided by the sweep and messages."""
         with self._lock:
             return [copy.deepcopy(d) for d in sorted(self._all().values(), key=lambda d: d["name"])]
@@ -184,7 +188,8 @@ class NodeRegistry:
             doc["last_seen"] = self._clock.now()
             seen = doc.get("status_seq")
             if doc.get("status_state") == "offline" and seen is not None and telemetry.seq > int(seen):
-                log.info("node %s: telemetry of birth %s overrides offline seq %s", node_id, telemetry.seq, seen)
+                log.info("node %s: telemetry of birth %s overrides offline seq %s",
+                         node_id, telemetry.seq, seen)
                 doc["status_state"] = "online"
                 doc["status_seq"] = telemetry.seq
         return self._update(node_id, change, persist=False)

@@ -28,7 +28,12 @@ from cluster_orchestrator import planning
 from cluster_orchestrator.aggregate import compute_aggregate
 from cluster_orchestrator.deployer import Attempt, Deployer, DeployerSettings, ModelCache
 from cluster_orchestrator.deployments import (
-    DeploymentBook, deployment_view, desired_of, job_report, placement_of, status_of,
+    DeploymentBook,
+    deployment_view,
+    desired_of,
+    job_report,
+    placement_of,
+    status_of,
 )
 from cluster_orchestrator.drift import DriftTracker
 from cluster_orchestrator.liveness import heartbeat_timeout
@@ -36,7 +41,14 @@ from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
 from cluster_orchestrator.profiler import ProfileCollector
 from cluster_orchestrator.reconcile import (
-    Action, Delete, Observed, ObservedNode, Plan, Redeploy, Settings, reconcile,
+    Action,
+    Delete,
+    Observed,
+    ObservedNode,
+    Plan,
+    Redeploy,
+    Settings,
+    reconcile,
 )
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.rootsync import RootSync
@@ -47,7 +59,12 @@ from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import InvalidInput, TreelineError
 from treeline_common.jobs import ACTIVE, ClusterPush, JobRequest, JobStatus, deployment_id_of
 from treeline_common.messages import (
-    DeleteCommand, NodeStatus, NodeTelemetry, ProfileResult, StageState, StageStats,
+    DeleteCommand,
+    NodeStatus,
+    NodeTelemetry,
+    ProfileResult,
+    StageState,
+    StageStats,
 )
 
 log = logging.getLogger(__name__)
@@ -128,8 +145,8 @@ class ClusterOrchestrator:
         self._workers_lock = threading.Lock()
         self._sent_at: dict[tuple[str, str], float] = {}
         self._reconcile_lock = threading.Lock()
-        self.sync = RootSync(store, root, config.name, config.location, config.public_url, config.push_interval,
-                             self.push_body, self._stop)
+        self.sync = RootSync(store, root, config.name, config.location, config.public_url,
+                             config.push_interval, self.push_body, self._stop)
         self.cluster_registered = self.sync.registered
 
     # ---------------------------------------------------------------- wiring
@@ -143,10 +160,11 @@ class ClusterOrchestrator:
     def _deployer(self) -> Deployer:
         if self._bus is None:
             raise TreelineError("no message bus configured")
-        settings = DeployerSettings(self.config.root_url, self.config.stage_timeout, self.config.profile_timeout,
-                                    self.config.max_attempts, self.config.replan_margin)
-        return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list, self._changed, settings,
-                        self._stop, self.clock, profiles=self.profiles, models=self.models)
+        settings = DeployerSettings(self.config.root_url, self.config.stage_timeout,
+                                    self.config.profile_timeout, self.config.max_attempts,
+                                    self.config.replan_margin)
+        return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list_nodes, self._changed,
+                        settings, self._stop, self.clock, profiles=self.profiles, models=self.models)
 
     def start(self) -> None:
         """Start the loops; unfinished deployments resume through the reconcile rule."""
@@ -176,7 +194,7 @@ class ClusterOrchestrator:
                 "mqtt_port": self.config.mqtt_port, "telemetry_interval": self.config.telemetry_interval}
 
     def list_nodes(self) -> list[Doc]:
-        return self.nodes.list()
+        return self.nodes.list_nodes()
 
     def submit_job(self, service_id: str, instance: str, body: Any) -> Doc:
         """Record the job as desired state (REQUESTED); the reconcile loop deploys it.
@@ -190,9 +208,9 @@ class ClusterOrchestrator:
                 return None  # idempotent repeat of a job that is being (or was) deployed
             doc = dict(current or {})
             doc.update({"deployment_id": deployment_id, "service_id": service_id, "instance": job.instance,
-                        "job": job.to_dict(), "status": JobStatus.REQUESTED.value, "status_detail": "accepted",
-                        "reasons": {}, "attempts": 0, "retry_at": None, "failed_capacity": None,
-                        "pending": None})
+                        "job": job.to_dict(), "status": JobStatus.REQUESTED.value,
+                        "status_detail": "accepted", "reasons": {}, "attempts": 0, "retry_at": None,
+                        "failed_capacity": None, "pending": None})
             doc.setdefault("placement", None)
             doc.setdefault("generation", 0)
             return doc
@@ -210,11 +228,13 @@ class ClusterOrchestrator:
         def build(current: Doc | None) -> Doc | None:
             if current is None:
                 return None
-            return dict(current, status=JobStatus.DELETED.value, status_detail="deleted on request", pending=None)
+            return dict(current, status=JobStatus.DELETED.value, status_detail="deleted on request",
+                        pending=None)
 
         doc = self.book.request(deployment_id, build)
         assert doc is not None
-        nodes = {s["node_id"] for slot in ("placement", "pending") for s in (doc.get(slot) or {}).get("stages", [])}
+        nodes = {s["node_id"] for slot in ("placement", "pending")
+                 for s in (doc.get(slot) or {}).get("stages", [])}
         for node_id in sorted(nodes):
             self._publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
         self._changed(deployment_id)
@@ -224,10 +244,10 @@ class ClusterOrchestrator:
         return deployment_view(self.book.require(deployment_id_of(service_id, instance)))
 
     def status(self) -> dict[str, Any]:
-        nodes = self.nodes.list()
+        nodes = self.nodes.list_nodes()
         return {"cluster_name": self.config.name, "cluster_id": self.cluster_id,
                 "registered": self.cluster_id is not None, "aggregate": compute_aggregate(nodes),
-                "deployments": len(self.book.list()), "broker_connected": self._bus_connected}
+                "deployments": len(self.book.list_deployments()), "broker_connected": self._bus_connected}
 
     # ---------------------------------------------------------------- bus handler
     def on_bus_state(self, connected: bool) -> None:
@@ -251,7 +271,8 @@ class ClusterOrchestrator:
                   state.state, state.reason)
         self.tracker.report(node_id, state)
         try:
-            self.book.set_stage_state(state.deployment_id, state.generation, state.stage, state.state, state.reason)
+            self.book.set_stage_state(state.deployment_id, state.generation, state.stage, state.state,
+                                      state.reason)
         except TreelineError:
             log.warning("could not record stage state of %s", state.deployment_id, exc_info=True)
 
@@ -282,10 +303,11 @@ class ClusterOrchestrator:
     def observed(self) -> Observed:
         """The observed state the reconcile rule reads (nodes, running workers, recent sends)."""
         nodes = {}
-        for doc in self.nodes.list():
+        for doc in self.nodes.list_nodes():
             telemetry = doc.get("telemetry") or {}
             nodes[doc["node_id"]] = ObservedNode(doc["node_id"], bool(doc.get("online")),
-                                                 frozenset(telemetry.get("stages") or ()), doc.get("last_seen"))
+                                                 frozenset(telemetry.get("stages") or ()),
+                                                 doc.get("last_seen"))
         with self._workers_lock:
             workers = frozenset(d for d, t in self._workers.items() if t.is_alive())
         return Observed(nodes, workers, dict(self._sent_at))
@@ -295,7 +317,7 @@ class ClusterOrchestrator:
         with self._reconcile_lock:
             now = self.clock.now()
             desired = {}
-            for doc in self.book.list():
+            for doc in self.book.list_deployments():
                 want = desired_of(doc)
                 if want.status is JobStatus.RUNNING and want.placement is not None:
                     want = replace(want, drift_since=self.drift.since(want.placement, now))
@@ -304,7 +326,7 @@ class ClusterOrchestrator:
             for action in actions:
                 try:
                     self._apply(action, desired, now)
-                except Exception:  # noqa: BLE001 - one failing action must not stop the others
+                except Exception:  # one failing action must not stop the others
                     log.exception("reconcile action %s failed", action)
             return actions
 
@@ -318,15 +340,16 @@ class ClusterOrchestrator:
                 return
             for node_id, command in planning.deploy_commands(placement, self.config.root_url):
                 if node_id == action.node_id and command.stage == action.stage:
-                    log.info("re-sending stage %s to node %s (not in its telemetry)", action.stage_key, node_id)
+                    log.info("re-sending stage %s to node %s (not in its telemetry)",
+                             action.stage_key, node_id)
                     self._publish(topics.control_deploy(node_id), command)
             self._sent_at[(action.node_id, action.stage_key)] = now
         elif isinstance(action, Delete):
             key = (action.node_id, f"delete:{action.command}")
             if now - self._sent_at.get(key, -1e9) < 2.0:
                 return
-            log.info("deleting %s g%s/%s on node %s: %s", action.command.deployment_id, action.command.generation,
-                     action.command.stage, action.node_id, action.reason)
+            log.info("deleting %s g%s/%s on node %s: %s", action.command.deployment_id,
+                     action.command.generation, action.command.stage, action.node_id, action.reason)
             self._publish(topics.control_delete(action.node_id), action.command)
             self._sent_at[key] = now
 
@@ -334,7 +357,8 @@ class ClusterOrchestrator:
         reprofile: frozenset[str] = frozenset()
         if plan.improve and want.placement is not None and want.drift_since is not None:
             drifted = set(self.drift.drifted_stages(want.placement))
-            reprofile = frozenset(s.profile for s in want.placement.stages if s.index in drifted and s.profile)
+            reprofile = frozenset(s.profile for s in want.placement.stages
+                                  if s.index in drifted and s.profile)
             self.drift.handled(want.placement)
 
         def build(current: Doc | None) -> Doc | None:
@@ -352,7 +376,8 @@ class ClusterOrchestrator:
         doc = self.book.request(plan.deployment_id, build)
         if doc is None or status_of(doc) is JobStatus.DELETED:
             return
-        log.info("deployment %s: %s (%s)", plan.deployment_id, "improving" if plan.improve else "planning", plan.cause)
+        log.info("deployment %s: %s (%s)", plan.deployment_id,
+                 "improving" if plan.improve else "planning", plan.cause)
         self._changed(plan.deployment_id)
         if self._stop.is_set():
             return
@@ -382,14 +407,14 @@ class ClusterOrchestrator:
                 return
             try:
                 self.reconcile_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:  # the loop must survive anything
                 log.exception("reconcile error")
 
     def _liveness_loop(self) -> None:
         while not self._stop.wait(self.config.liveness_period):
             try:
                 self.check_liveness()
-            except Exception:  # noqa: BLE001
+            except Exception:  # the loop must survive anything
                 log.exception("liveness sweep error")
 
     # ---------------------------------------------------------------- outputs
@@ -405,8 +430,8 @@ class ClusterOrchestrator:
         self.sync.changed()
 
     def push_body(self) -> ClusterPush:
-        return ClusterPush(aggregate=compute_aggregate(self.nodes.list()),
-                           jobs=tuple(job_report(doc) for doc in self.book.list()))
+        return ClusterPush(aggregate=compute_aggregate(self.nodes.list_nodes()),
+                           jobs=tuple(job_report(doc) for doc in self.book.list_deployments()))
 
     def push_once(self) -> bool:
         """Push to the root now; False when it failed or the cluster is not registered."""

@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from treeline_common.errors import InvalidInput
 from deployment_descriptors import parse_microservice
 from ml_scheduler.extract import extract_partitions
 from ml_scheduler.scheduler import MlScheduler
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+from treeline_common.errors import InvalidInput
 from treeline_common.jobs import Entry, JobRequest, Placement, StagePlacement, deployment_id_of
 from treeline_common.messages import DeployCommand, NextStage, stage_key
 
@@ -142,7 +142,8 @@ def job_spec(job: JobRequest, root_url: str) -> JobSpec:
     signature = job.model.signature or {}
     input_spec: Mapping[str, Any] | None = None
     if spec.input_name is not None:
-        input_spec = {"name": spec.input_name, "shape": list(spec.input_shape or ()), "dtype": spec.input_dtype}
+        input_spec = {"name": spec.input_name, "shape": list(spec.input_shape or ()),
+                      "dtype": spec.input_dtype}
     else:
         sig_inputs = signature.get("inputs") or []
         input_spec = sig_inputs[0] if sig_inputs and isinstance(sig_inputs[0], Mapping) else None
@@ -192,16 +193,20 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
     reasons = {str(k): str(v) for k, v in (result.reasons or {}).items()}
     if not result.schedulable and result.message:
         reasons.setdefault("*", result.message)
-    common = {"input_names": tuple(graph.input_names), "output_names": tuple(graph.output_names),
-              "predicted": result.predicted, "explanation": result.explanation, "message": result.message}
+    input_names = tuple(graph.input_names)
+    output_names = tuple(graph.output_names)
     if not result.schedulable:
-        return PlanOutcome(False, result.strategy, reasons=reasons, **common)
+        return PlanOutcome(schedulable=False, strategy=result.strategy, reasons=reasons,
+                           input_names=input_names, output_names=output_names, predicted=result.predicted,
+                           explanation=result.explanation, message=result.message)
     partitions = list(extract_partitions(model, graph, list(result.positions)))
     if len(partitions) != len(result.node_ids):
         raise ValueError(f"scheduler gave {len(result.node_ids)} nodes for {len(partitions)} partitions")
     relay = result.source_node_id if result.source_node_id not in (None, result.node_ids[0]) else None
-    return PlanOutcome(True, result.strategy, partitions, [str(n) for n in result.node_ids], reasons,
-                       relay_node_id=relay, **common)
+    return PlanOutcome(schedulable=True, strategy=result.strategy, partitions=partitions,
+                       node_ids=[str(n) for n in result.node_ids], reasons=reasons,
+                       input_names=input_names, output_names=output_names, predicted=result.predicted,
+                       explanation=result.explanation, relay_node_id=relay, message=result.message)
 
 
 def input_spec_for(request: JobSpec, input_names: Sequence[str]) -> dict[str, Any]:
@@ -245,11 +250,13 @@ def build_placement(
             stage_key=stage_key(deployment_id, index, generation),
             inputs=tuple(part.inputs), outputs=tuple(part.outputs), flops=int(part.flops),
             param_bytes=int(part.param_bytes), cut_bytes=int(part.cut_bytes), sha256=part.sha256,
-            predicted_compute_ms=guess.get("compute_ms"), predicted_transfer_in_ms=guess.get("transfer_in_ms")))
+            predicted_compute_ms=guess.get("compute_ms"),
+            predicted_transfer_in_ms=guess.get("transfer_in_ms")))
     relay = None
     if relay_node_id is not None and stages:
         node = nodes_by_id[relay_node_id]
-        relay = StagePlacement(index=RELAY_STAGE, node_id=relay_node_id, node_name=str(node.get("name") or ""),
+        relay = StagePlacement(index=RELAY_STAGE, node_id=relay_node_id,
+                               node_name=str(node.get("name") or ""),
                                endpoint=str(node.get("data_endpoint") or ""),
                                stage_key=stage_key(deployment_id, RELAY_STAGE, generation),
                                inputs=stages[0].inputs, outputs=stages[0].inputs)

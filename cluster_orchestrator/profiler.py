@@ -52,7 +52,8 @@ class ProfileCollector:
         """
         # One class at a time: nodes of one host (emulation, or co-located devices) would
         # otherwise measure each other's load, and every profile would come out inflated.
-        ids = {uuid.uuid4().hex: (device_class, node_id) for device_class, (node_id, *_) in requests.items()}
+        ids = {uuid.uuid4().hex: (device_class, node_id)
+               for device_class, (node_id, *_) in requests.items()}
         arrived: dict[str, ProfileResult] = {}
         for request_id, (device_class, node_id) in ids.items():
             if stop.is_set():
@@ -60,11 +61,17 @@ class ProfileCollector:
             with self._cond:
                 self._pending.add(request_id)
             try:
-                log.info("asking %s to profile model %s for device class %s", node_id, sha256[:12], device_class)
+                log.info("asking %s to profile model %s for device class %s",
+                         node_id, sha256[:12], device_class)
                 publish(topics.control_profile(node_id),
-                        ProfileCommand(request_id=request_id, artifact_url=artifact_url, sha256=sha256, runs=runs))
+                        ProfileCommand(request_id=request_id, artifact_url=artifact_url, sha256=sha256,
+                                       runs=runs))
+
+                def answered(rid: str = request_id) -> bool:
+                    return stop.is_set() or rid in self._results
+
                 with self._cond:
-                    self._cond.wait_for(lambda: stop.is_set() or request_id in self._results, timeout)
+                    self._cond.wait_for(answered, timeout)
                     if request_id in self._results:
                         arrived[request_id] = self._results.pop(request_id)
             finally:
@@ -75,8 +82,8 @@ class ProfileCollector:
         for request_id, (device_class, node_id) in ids.items():
             result = arrived.get(request_id)
             if result is None:
-                log.warning("no profile from %s (%s) within %.0fs; using the regression", node_id, device_class,
-                            timeout)
+                log.warning("no profile from %s (%s) within %.0fs; using the regression",
+                            node_id, device_class, timeout)
             elif result.error:
                 log.warning("profiling on %s (%s) failed: %s", node_id, device_class, result.error)
             else:

@@ -195,7 +195,7 @@ def wanted_keys(want: DesiredDeployment) -> frozenset[tuple[str, str]]:
     """(node_id, stage key) pairs the deployment's desired placements hold."""
     if want.status in (JobStatus.FAILED, JobStatus.DELETED):
         return frozenset()
-    keys = set()
+    keys: set[tuple[str, str]] = set()
     for placement in (want.placement, want.pending):
         if placement is not None:
             keys.update((s.node_id, s.stage_key) for s in placement.all_stages())
@@ -216,8 +216,10 @@ def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed, now: 
             except ValueError:
                 continue
             want = desired.get(deployment_id)
-            if want is not None and deployment_id in observed.workers and want.status is not JobStatus.DELETED:
-                newest = max((p.generation for p in (want.placement, want.pending) if p is not None), default=0)
+            if want is not None and deployment_id in observed.workers \
+                    and want.status is not JobStatus.DELETED:
+                newest = max((p.generation for p in (want.placement, want.pending) if p is not None),
+                             default=0)
                 if generation > newest:
                     continue  # a worker is bringing this generation up right now
             if (node_id, key) in wanted.get(deployment_id, frozenset()):
@@ -225,8 +227,11 @@ def _orphans(desired: Mapping[str, DesiredDeployment], observed: Observed, now: 
             if want is not None and want.placement is not None and want.status is JobStatus.RUNNING \
                     and generation < want.placement.generation and now < want.placed_at + settings.drain:
                 continue  # the old pipeline drains while callers move to the new entry
-            reason = ("unknown deployment" if want is None else
-                      f"deployment is {want.status.value}" if want.status in (JobStatus.FAILED, JobStatus.DELETED)
-                      else f"generation {generation} is not desired")
+            if want is None:
+                reason = "unknown deployment"
+            elif want.status in (JobStatus.FAILED, JobStatus.DELETED):
+                reason = f"deployment is {want.status.value}"
+            else:
+                reason = f"generation {generation} is not desired"
             actions.append(Delete(node_id, DeleteCommand(deployment_id, stage, generation), reason))
     return actions

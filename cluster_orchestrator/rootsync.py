@@ -85,7 +85,7 @@ class RootSync:
                 return
             try:
                 self.push_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:  # the loop must survive anything
                 log.exception("push loop error")
 
     def _register_loop(self) -> None:

@@ -82,7 +82,8 @@ class ClusterStateStore(ABC):
         """Remove a deployment; True when it existed."""
 
     def close(self) -> None:
-        """Release resources (a no-op for in-memory stores)."""
+        """Release resources; optional to override, so not abstract (in-memory stores hold none)."""
+        return None
 
 
 def _check_version(deployment_id: str, stored: Doc | None, expected: int | None) -> int:

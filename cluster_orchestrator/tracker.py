@@ -43,8 +43,8 @@ class StageTracker:
             exp = self._expected.get(state.deployment_id)
             if state.state == "REMOVED" and exp is not None and exp.generation == state.generation \
                     and exp.node_of.get(state.stage) == node_id:
-                state = StageState(state.node_id, state.deployment_id, state.stage, "FAILED", state.generation,
-                                   "stage was removed on its node")
+                state = StageState(state.node_id, state.deployment_id, state.stage, "FAILED",
+                                   state.generation, "stage was removed on its node")
             if exp is None or exp.generation != state.generation or exp.node_of.get(state.stage) != node_id:
                 return False
             exp.states[state.stage] = state.state
@@ -86,7 +86,8 @@ class StageTracker:
                 failed = sorted(i for i, s in exp.states.items() if s == "FAILED")
                 if failed:
                     i = failed[0]
-                    return "FAILED", f"stage {i} on node {exp.node_of[i]} failed: {exp.reasons.get(i, 'no reason')}"
+                    reason = exp.reasons.get(i, "no reason")
+                    return "FAILED", f"stage {i} on node {exp.node_of[i]} failed: {reason}"
                 pending = sorted(i for i in exp.node_of if exp.states.get(i) != "READY")
                 if not pending:
                     return "READY", ""

@@ -32,7 +32,8 @@ class PartitionSession:
         if threads > 0:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(path), sess_options=options,
+                                             providers=["CPUExecutionProvider"])
         self.input_names: tuple[str, ...] = tuple(i.name for i in self._session.get_inputs())
         self.output_names: tuple[str, ...] = tuple(o.name for o in self._session.get_outputs())
 
@@ -47,11 +48,11 @@ class PartitionSession:
             raise ValueError(f"missing inputs {missing}; the stage expects {list(self.input_names)}")
         feed = {name: inputs[name] for name in self.input_names}
         results = self._session.run(list(self.output_names), feed)
-        return {name: np.asarray(value) for name, value in zip(self.output_names, results)}
+        return {name: np.asarray(value) for name, value in zip(self.output_names, results, strict=False)}
 
     def close(self) -> None:
         """Drop the session so its memory can be freed (ORT has no explicit close)."""
-        self._session = None  # type: ignore[assignment]
+        self._session = None
 
 
 def load_partition(path: str | Path, threads: int = 0) -> PartitionSession:
@@ -106,7 +107,10 @@ def profile_model(path: str | Path, *, runs: int, warmup: int, threads: int = 0,
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.enable_profiling = True
-    directory = Path(trace_dir) if trace_dir is not None else Path(tempfile.mkdtemp(prefix="treeline-profile-"))
+    if trace_dir is not None:
+        directory = Path(trace_dir)
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="treeline-profile-"))
     options.profile_file_prefix = str(directory / "ort_profile")
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     trace_file = ""

@@ -15,13 +15,19 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from treeline_common.clock import Clock
-from treeline_common.errors import Conflict, InvalidInput, NotFound, TreelineError, Unavailable, Unschedulable
-from treeline_common.jobs import ClusterPush, JobReport, JobRequest, JobStatus, ModelRef
-
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.ranking import last_seen, rank_clusters
 from root_orchestrator.stores import Stores
+from treeline_common.clock import Clock
+from treeline_common.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    TreelineError,
+    Unavailable,
+    Unschedulable,
+)
+from treeline_common.jobs import ClusterPush, JobReport, JobRequest, JobStatus, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,8 @@ Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
 def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
     """Service-level status fields follow the most recently changed instance."""
     if inst is None:
-        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None, explanation=None)
+        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None,
+                      explanation=None)
     else:
         fields.update(status=inst["status"], status_detail=inst.get("status_detail", ""),
                       cluster_id=inst.get("cluster_id"), placement=inst.get("placement"),
@@ -57,17 +64,20 @@ class InstanceManager:
         self.active_window_s = active_window_s
 
     def _update(self, service_id: str, mutate: Mutator) -> dict[str, Any]:
-        """Read, compute fields with ``mutate`` (None = nothing to write), write under the revision check."""
+        """Read, compute fields with ``mutate`` (None = nothing to write), write under the
+        revision check."""
         for _ in range(_RETRIES):
             doc = self.stores.applications.get_service(service_id)
             fields = mutate(doc)
             if fields is None:
                 return doc
             try:
-                return self.stores.applications.update_service(service_id, fields, expected_revision=doc["revision"])
+                return self.stores.applications.update_service(service_id, fields,
+                                                               expected_revision=doc["revision"])
             except Conflict:
                 log.debug("service %s changed concurrently; retrying", service_id)
-        raise Conflict(f"service {service_id} keeps changing; try again", [{"path": "service_id", "message": "busy"}])
+        raise Conflict(f"service {service_id} keeps changing; try again",
+                       [{"path": "service_id", "message": "busy"}])
 
     # -- create ---------------------------------------------------------------------------------------
 
@@ -75,24 +85,31 @@ class InstanceManager:
         model = service.get("model")
         if service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
             raise InvalidInput("only ml-model microservices can be deployed by Treeline",
-                               [{"path": "virtualization", "message": f"is {service.get('virtualization')!r}, "
-                                                                      f"expected {ML_VIRTUALIZATION!r}"}])
+                               [{"path": "virtualization",
+                                 "message": f"is {service.get('virtualization')!r}, "
+                                            f"expected {ML_VIRTUALIZATION!r}"}])
         version = self.stores.models.get_version(str(model.get("name")), model.get("version", "latest"))
         if not self.stores.artifacts.exists(version["sha256"]):
             raise NotFound(f"artifact of model {version['name']} v{version['version']} is missing",
                            [{"path": "model.version", "message": f"no artifact {version['sha256']}"}])
         return version
 
-    def create_instance(self, service_id: str) -> dict[str, Any]:
-        service = self.stores.applications.get_service(service_id)
-        version = self.resolve_model(service)
+    def ranked_clusters(self) -> list[dict[str, Any]]:
+        """The active clusters, best first; Unschedulable naming each inactive one when none is."""
         now = self.clock.now()
         clusters = self.stores.clusters.list()
         ranked = rank_clusters(clusters, now, self.active_window_s)
         if not ranked:
             raise Unschedulable("no active cluster", [
-                {"path": f"clusters.{c['cluster_name']}", "message": f"last seen {now - last_seen(c):.0f} s ago"}
+                {"path": f"clusters.{c['cluster_name']}",
+                 "message": f"last seen {now - last_seen(c):.0f} s ago"}
                 for c in clusters] or [{"path": "clusters", "message": "no cluster registered"}])
+        return ranked
+
+    def create_instance(self, service_id: str) -> dict[str, Any]:
+        service = self.stores.applications.get_service(service_id)
+        version = self.resolve_model(service)
+        ranked = self.ranked_clusters()
         resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
         reserved: dict[str, int] = {}
 
@@ -102,11 +119,13 @@ class InstanceManager:
             inst = {"instance": number, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
                     "placement": None, "model": resolved}
             reserved["n"] = number
-            return _mirror({"instances": instances + [inst], "model": {**doc["model"], "resolved": resolved}}, inst)
+            return _mirror({"instances": instances + [inst],
+                            "model": {**doc["model"], "resolved": resolved}}, inst)
 
         service = self._update(service_id, reserve)
         number = reserved["n"]
-        job = JobRequest(service_id=service_id, instance=number, microservice=service.get("microservice") or {},
+        job = JobRequest(service_id=service_id, instance=number,
+                         microservice=service.get("microservice") or {},
                          model=ModelRef(name=str(version["name"]), version=int(version["version"]),
                                         sha256=str(version["sha256"]), signature=version.get("signature")),
                          root_url=self.public_url).to_dict()
@@ -115,18 +134,22 @@ class InstanceManager:
             try:
                 self.client.deploy(cluster["url"], service_id, number, job)
             except TreelineError as exc:
-                log.warning("cluster %s refused job %s/%s: %s", cluster["cluster_name"], service_id, number, exc)
-                failures.append({"path": f"clusters.{cluster['cluster_name']}", "message": f"{exc.code}: {exc}"})
+                log.warning("cluster %s refused job %s/%s: %s",
+                            cluster["cluster_name"], service_id, number, exc)
+                failures.append({"path": f"clusters.{cluster['cluster_name']}",
+                                 "message": f"{exc.code}: {exc}"})
                 continue
             self._set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True)
-            log.info("service %s instance %s scheduled on cluster %s", service_id, number, cluster["cluster_name"])
+            log.info("service %s instance %s scheduled on cluster %s",
+                     service_id, number, cluster["cluster_name"])
             return {"service_id": service_id, "instance": number, "cluster_id": cluster["cluster_id"]}
         detail = "no cluster accepted the job: " + "; ".join(f["message"] for f in failures)
         self._set_instance(service_id, number, status="FAILED", status_detail=detail)
         raise Unavailable("no cluster accepted the job", failures)
 
-    def _set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None, scheduled: bool = False,
-                      status: str | None = None, status_detail: str | None = None) -> None:
+    def _set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None,
+                      scheduled: bool = False, status: str | None = None,
+                      status_detail: str | None = None) -> None:
         def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
             instances = [dict(i) for i in doc.get("instances") or []]
             inst = _find(instances, number)
@@ -174,6 +197,39 @@ class InstanceManager:
 
         self._update(service_id, remove)
         return {"service_id": service_id, "instance": number, "deleted": True}
+
+    def redeploy(self, service_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Replace every instance of the service by a new one built from its current desired state.
+
+        Deliberately the simplest correct way: each old instance is undeployed and deleted, then a
+        new one is created (a fresh instance number, the model resolved again), so for a moment
+        the service serves nothing. A rolling, make-before-break update is the lifecycle issue's
+        job. Returns ``(replaced, failures)``: ``[{old, new, cluster_id}]`` and ``[{path,
+        message}]``; an instance whose cluster cannot be reached is kept (as delete does) and named.
+        """
+        service = self.stores.applications.get_service(service_id)
+        replaced: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for inst in service.get("instances") or []:
+            number = int(inst["instance"])
+            path = f"{service_id}/{number}"
+            try:
+                self.delete_instance(service_id, number)
+            except NotFound:
+                pass  # deleted meanwhile: still create its replacement
+            except TreelineError as exc:
+                log.warning("could not undeploy %s for a redeploy: %s", path, exc)
+                failures.append({"path": path, "message": f"undeploy: {exc.code}: {exc}"})
+                continue
+            try:
+                created = self.create_instance(service_id)
+            except TreelineError as exc:
+                log.warning("could not create the replacement of %s: %s", path, exc)
+                failures.append({"path": path, "message": f"redeploy: {exc.code}: {exc}"})
+                continue
+            replaced.append({"old": number, "new": created["instance"],
+                             "cluster_id": created["cluster_id"]})
+        return replaced, failures
 
     def undeploy_all(self, service: dict[str, Any]) -> list[dict[str, Any]]:
         """Best effort before a service is deleted; returns the failures as ``{path, message}``."""

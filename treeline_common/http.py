@@ -28,7 +28,8 @@ def install_error_handlers(app: Any) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Any:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}.get(err.code or 0, "HTTP_ERROR")
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
+        code = codes.get(err.code or 0, "HTTP_ERROR")
         if err.code == 400:
             code = InvalidInput.code
         body = {"error": {"code": code, "message": err.description or err.name, "details": []}}

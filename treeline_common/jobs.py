@@ -25,12 +25,15 @@ SCHEMA_VERSION = 1
 T = TypeVar("T")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a deployment (one service instance) stands; the only definition of these words.
 
     REQUESTED -> SCHEDULED -> DEPLOYING -> RUNNING; DEGRADED while a running (or deploying)
     deployment is being re-planned after a fault; FAILED when nothing can be scheduled (it
     is retried by itself when capacity returns); DELETED on request (final).
+
+    A :class:`enum.StrEnum`: members compare equal to their plain-string values, ``str()``
+    and f-strings give the value, and :func:`treeline_common.wire.to_dict` encodes them by value.
     """
 
     REQUESTED = "REQUESTED"
@@ -41,11 +44,9 @@ class JobStatus(str, enum.Enum):
     FAILED = "FAILED"
     DELETED = "DELETED"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-IN_PROGRESS = frozenset({JobStatus.REQUESTED, JobStatus.SCHEDULED, JobStatus.DEPLOYING, JobStatus.DEGRADED})
+IN_PROGRESS = frozenset({JobStatus.REQUESTED, JobStatus.SCHEDULED, JobStatus.DEPLOYING,
+                         JobStatus.DEGRADED})
 ACTIVE = IN_PROGRESS | {JobStatus.RUNNING}
 SETTLED = frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.DELETED})
 

@@ -28,7 +28,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def loads(payload: bytes | str, what: str = "payload") -> Any:
         raise WireError(f"{what}: not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -120,7 +120,7 @@ def _convert(hint: Any, value: Any, path: str, details: list[dict[str, str]]) ->
         return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        args = tuple(a for a in typing.get_args(hint) if a is not type(None))
         if value is None:
             if len(args) < len(typing.get_args(hint)):
                 return None

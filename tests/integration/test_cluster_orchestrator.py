@@ -109,7 +109,8 @@ class FakeRoot:
         def put_artifact(sha: str) -> Any:
             data = request.get_data()
             if hashlib.sha256(data).hexdigest() != sha:
-                return jsonify({"error": {"code": "INTEGRITY_ERROR", "message": "digest", "details": []}}), 422
+                error = {"code": "INTEGRITY_ERROR", "message": "digest", "details": []}
+                return jsonify({"error": error}), 422
             with self._lock:
                 self.artifacts[sha] = data
             return jsonify({"sha256": sha}), 201
@@ -193,21 +194,22 @@ class FakeNode:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("/control/deploy"):
-            cmd = messages.decode(DeployCommand, msg.payload)
-            self.deploys.append(cmd)
+            deploy = messages.decode(DeployCommand, bytes(msg.payload))
+            self.deploys.append(deploy)
             client.publish(topics.job(self.node_id), messages.encode(StageState(
-                node_id=self.node_id, deployment_id=cmd.deployment_id, stage=cmd.stage, state=self.answer,
-                generation=cmd.generation, reason=self.reason, ts=time.time())), qos=1)
+                node_id=self.node_id, deployment_id=deploy.deployment_id, stage=deploy.stage,
+                state=self.answer, generation=deploy.generation, reason=self.reason, ts=time.time())), qos=1)
         elif msg.topic.endswith("/control/delete"):
-            self.deletes.append(messages.decode(DeleteCommand, msg.payload))
+            self.deletes.append(messages.decode(DeleteCommand, bytes(msg.payload)))
         elif msg.topic.endswith("/control/profile"):
-            cmd = messages.decode(ProfileCommand, msg.payload)
-            self.profiled.append(cmd)
+            profile = messages.decode(ProfileCommand, bytes(msg.payload))
+            self.profiled.append(profile)
             base = {"mm1": 0.02, "relu1": 0.005, "mm2": 0.03, "relu2": 0.005, "mm3": 0.01}
             op_ms = {name: ms / self.speed for name, ms in base.items()}
             client.publish(topics.profile_result(self.node_id), messages.encode(ProfileResult(
-                node_id=self.node_id, request_id=cmd.request_id, sha256=cmd.sha256, device_class=self.device_class,
-                op_ms=op_ms, total_ms=sum(op_ms.values()), runs=cmd.runs, ts=time.time())), qos=1)
+                node_id=self.node_id, request_id=profile.request_id, sha256=profile.sha256,
+                device_class=self.device_class, op_ms=op_ms, total_ms=sum(op_ms.values()), runs=profile.runs,
+                ts=time.time())), qos=1)
 
     def crash(self) -> None:
         """Drop the TCP connection without DISCONNECT, so the broker sends the last will."""
@@ -249,9 +251,10 @@ class Env:
         return self.runtime.url
 
     def register(self, name: str, speed: float = 1.0, profile: str = "server") -> str:
-        body = {"name": name, "profile": profile, "device_class": profile, "emulated": True, "arch": "x86_64", "cpu_count": 4,
-                "memory_limit_mb": 4096, "speed_factor": speed, "accelerators": [], "battery": None,
-                "labels": ["server"], "data_endpoint": f"tcp://127.0.0.1:{7000 + len(self.nodes)}"}
+        body = {"name": name, "profile": profile, "device_class": profile, "emulated": True,
+                "arch": "x86_64", "cpu_count": 4, "memory_limit_mb": 4096, "speed_factor": speed,
+                "accelerators": [], "battery": None, "labels": ["server"],
+                "data_endpoint": f"tcp://127.0.0.1:{7000 + len(self.nodes)}"}
         answer = requests.post(f"{self.url}/api/node/register", json=body, timeout=5)
         assert answer.status_code == 200, answer.text
         return answer.json()["node_id"]

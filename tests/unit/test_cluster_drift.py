@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from cluster_orchestrator.drift import DriftTracker
 from treeline_common.jobs import Placement, StagePlacement
 from treeline_common.messages import StageStats
-
-from cluster_orchestrator.drift import DriftTracker
 
 
 def plan(predicted_ms: float = 10.0, generation: int = 1) -> Placement:

@@ -35,7 +35,8 @@ def test_is_online(node: dict, now: float, expected: bool) -> None:
     ({"registered_at": 50.0}, NodeStatus("n", "offline", seq=1, ts=40.0), False),  # retained, previous life
     ({"registered_at": 50.0}, NodeStatus("n", "offline", seq=1, ts=60.0), True),
     ({"status_seq": 3, "status_state": "online"}, NodeStatus("n", "offline", seq=2), False),  # stale will
-    ({"status_seq": 3, "status_state": "online"}, NodeStatus("n", "offline", seq=3), True),  # this birth's will
+    # this birth's will
+    ({"status_seq": 3, "status_state": "online"}, NodeStatus("n", "offline", seq=3), True),
     ({"status_seq": 3, "status_state": "offline"}, NodeStatus("n", "online", seq=3), False),  # replayed birth
     ({"status_seq": 3, "status_state": "offline"}, NodeStatus("n", "online", seq=4), True),  # reconnect
 ])
@@ -51,14 +52,14 @@ def test_registry_online_after_telemetry_offline_after_missed_heartbeats() -> No
     clock = FakeClock()
     registry = NodeRegistry(InMemoryClusterStateStore(), clock, heartbeat_timeout(2.0, 3))
     doc, created = registry.register(REG)
-    assert created and not registry.list()[0]["online"]
+    assert created and not registry.list_nodes()[0]["online"]
     assert registry.on_telemetry(doc["node_id"], telemetry(doc["node_id"], clock.now())) == (False, True)
     clock.advance(5.9)
     assert registry.sweep() == []
     clock.advance(0.2)
     assert registry.sweep() == [(doc["node_id"], False)]
     assert registry.sweep() == []  # a flip is reported once
-    assert not registry.list()[0]["online"]
+    assert not registry.list_nodes()[0]["online"]
 
 
 def test_registry_last_will_then_new_birth() -> None:
@@ -90,7 +91,7 @@ def test_reregistration_is_idempotent_by_name_and_forgets_old_will() -> None:
 def test_messages_from_unregistered_nodes_are_dropped() -> None:
     registry = NodeRegistry(InMemoryClusterStateStore(), FakeClock(), 6.0)
     assert registry.on_telemetry("ghost", telemetry("ghost", 0.0)) is None
-    assert registry.list() == []
+    assert registry.list_nodes() == []
 
 
 def _fleet(clock: FakeClock, names: list[str]) -> tuple[NodeRegistry, list[str]]:
@@ -147,4 +148,4 @@ def test_telemetry_of_a_newer_birth_overrides_a_foreign_offline() -> None:
     assert registry.on_telemetry(node_id, replace(telemetry(node_id, clock.now()), seq=5)) == (False, False)
     # ... telemetry of a newer birth does
     assert registry.on_telemetry(node_id, replace(telemetry(node_id, clock.now()), seq=6)) == (False, True)
-    assert registry.list()[0]["online"]
+    assert registry.list_nodes()[0]["online"]

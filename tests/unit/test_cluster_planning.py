@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.tracker import StageTracker
-from treeline_common.jobs import Entry, Placement
 from ml_scheduler.extract import Partition
+from treeline_common.jobs import Entry, Placement
 from treeline_common.messages import StageState
-
 
 NODES = {
     "n-a": {"node_id": "n-a", "name": "server-1", "profile": "server", "data_endpoint": "tcp://127.0.0.1:7001",
@@ -20,7 +20,8 @@ NODES = {
     "n-b": {"node_id": "n-b", "name": "rpi4-1", "profile": "rpi4", "data_endpoint": "tcp://127.0.0.1:7002",
             "online": True, "speed_factor": 0.25, "memory_limit_mb": 4096, "labels": ["rpi"],
             "battery": {"percent": 80.0, "charging": False},
-            "telemetry": {"speed_factor": 0.2, "battery": {"percent": 55.0}, "accelerators": [{"kind": "npu"}]}},
+            "telemetry": {"speed_factor": 0.2, "battery": {"percent": 55.0},
+                          "accelerators": [{"kind": "npu"}]}},
 }
 
 
@@ -61,7 +62,8 @@ def test_plan_cost_follows_the_objective() -> None:
 
 def test_node_view_prefers_fresh_telemetry() -> None:
     view = planning.node_view_fields(NODES["n-b"])
-    assert view["speed_factor"] == 0.2 and view["battery_percent"] == 55.0 and view["accelerators"] == ("npu",)
+    assert view["speed_factor"] == 0.2 and view["battery_percent"] == 55.0
+    assert view["accelerators"] == ("npu",)
     assert view["labels"] == ("rpi",) and view["memory_limit_mb"] == 4096
     assert planning.node_view_fields({"node_id": "x", "name": "x"})["memory_limit_mb"] is None
 
@@ -119,7 +121,8 @@ def test_input_on_another_node_gets_a_relay_entry() -> None:
                                          outcome.partitions, outcome.node_ids, NODES, outcome.predicted,
                                          outcome.relay_node_id)
     assert placement.entry == Entry("n-b", "tcp://127.0.0.1:7002", "svc-0/1/-1")
-    assert placement.predicted is not None and placement.predicted["latency_ms"] == outcome.predicted["latency_ms"]
+    assert placement.predicted is not None
+    assert placement.predicted["latency_ms"] == outcome.predicted["latency_ms"]
     assert (placement.stages[0].predicted_transfer_in_ms or 0.0) > 0  # the input crosses the rpi uplink
     (relay_node, relay), (node0, _) = planning.deploy_commands(placement, "http://root")
     assert (relay_node, relay.relay, relay.stage, relay.sha256) == ("n-b", True, -1, "")

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster_orchestrator.reconcile import (
-    Delete, DesiredDeployment, Observed, ObservedNode, Plan, Redeploy, Settings, reconcile,
+    Delete,
+    DesiredDeployment,
+    Observed,
+    ObservedNode,
+    Plan,
+    Redeploy,
+    Settings,
+    reconcile,
 )
 from treeline_common.jobs import JobStatus, Placement, StagePlacement
 from treeline_common.messages import DeleteCommand, stage_key
@@ -18,12 +25,14 @@ NOW = 1000.0
 
 
 def placement(dep: str = "d-0", generation: int = 1, nodes: tuple[str, ...] = ("a", "b")) -> Placement:
-    stages = tuple(StagePlacement(index=i, node_id=n, endpoint=f"tcp://{n}", stage_key=stage_key(dep, i, generation))
+    stages = tuple(StagePlacement(index=i, node_id=n, endpoint=f"tcp://{n}",
+                                  stage_key=stage_key(dep, i, generation))
                    for i, n in enumerate(nodes))
     return Placement(deployment_id=dep, generation=generation, stages=stages)
 
 
-def node(node_id: str, online: bool = True, stages: tuple[str, ...] = (), at: float | None = NOW) -> ObservedNode:
+def node(node_id: str, online: bool = True, stages: tuple[str, ...] = (),
+         at: float | None = NOW) -> ObservedNode:
     return ObservedNode(node_id, online, frozenset(stages), at)
 
 
@@ -100,7 +109,8 @@ def test_a_restarted_node_gets_its_stage_back_once_per_interval() -> None:
 
 
 def test_stages_nobody_wants_are_deleted() -> None:
-    obs = observed(node("a", stages=("d-0/1/0", "d-0/0/0", "gone-0/3/0", "junk")), node("b", stages=("d-0/1/1",)))
+    obs = observed(node("a", stages=("d-0/1/0", "d-0/0/0", "gone-0/3/0", "junk")),
+                   node("b", stages=("d-0/1/1",)))
     actions = reconcile({"d-0": running()}, obs, NOW)
     assert actions == [
         Delete("a", DeleteCommand("d-0", 0, 0), "generation 0 is not desired"),
@@ -118,13 +128,16 @@ def test_failed_or_deleted_deployments_never_keep_serving(status: JobStatus) -> 
 
 def test_make_before_break_keeps_both_generations_until_the_switch() -> None:
     new = placement(generation=2, nodes=("c",))
-    obs = observed(node("a", stages=("d-0/1/0",)), node("b", stages=("d-0/1/1",)), node("c", stages=("d-0/2/0",)))
+    obs = observed(node("a", stages=("d-0/1/0",)), node("b", stages=("d-0/1/1",)),
+                   node("c", stages=("d-0/2/0",)))
     bringing_up = running(pending=new, considered=frozenset({"a", "b", "c"}))
-    assert reconcile({"d-0": bringing_up}, observed(*obs.nodes.values(), workers=frozenset({"d-0"})), NOW) == []
+    with_worker = observed(*obs.nodes.values(), workers=frozenset({"d-0"}))
+    assert reconcile({"d-0": bringing_up}, with_worker, NOW) == []
     switched = running(placement=new, considered=frozenset({"a", "b", "c"}), placed_at=NOW - 1)
     assert reconcile({"d-0": switched}, obs, NOW, Settings(drain=3.0)) == []  # the old one drains first
     deletes = reconcile({"d-0": switched}, obs, NOW + 2.0, Settings(drain=3.0))
-    assert [(d.node_id, d.command.generation) for d in deletes if isinstance(d, Delete)] == [("a", 1), ("b", 1)]
+    assert [(d.node_id, d.command.generation) for d in deletes if isinstance(d, Delete)] == [
+        ("a", 1), ("b", 1)]
 
 
 def test_a_worker_bringing_up_a_newer_generation_is_not_undercut() -> None:
@@ -140,7 +153,8 @@ def test_offline_nodes_get_no_commands() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.booleans(),
-                          st.lists(st.sampled_from(["d-0/1/0", "d-0/1/1", "d-0/2/0", "x-0/1/0"]), unique=True)),
+                          st.lists(st.sampled_from(["d-0/1/0", "d-0/1/1", "d-0/2/0", "x-0/1/0"]),
+                                   unique=True)),
                 min_size=1, max_size=3, unique_by=lambda t: t[0]),
        st.sampled_from(list(JobStatus)))
 def test_property_never_deletes_a_desired_stage_and_is_deterministic(nodes: list, status: JobStatus) -> None:
@@ -148,10 +162,13 @@ def test_property_never_deletes_a_desired_stage_and_is_deterministic(nodes: list
     obs = observed(*(node(n, online, tuple(keys)) for n, online, keys in nodes))
     actions = reconcile({"d-0": want}, obs, NOW)
     assert actions == reconcile({"d-0": want}, obs, NOW)
-    desired = {(s.node_id, s.stage_key) for s in want.placement.all_stages()} if status in (
-        JobStatus.RUNNING, JobStatus.DEGRADED, JobStatus.REQUESTED, JobStatus.SCHEDULED, JobStatus.DEPLOYING) else set()
+    assert want.placement is not None
+    serving = (JobStatus.RUNNING, JobStatus.DEGRADED, JobStatus.REQUESTED, JobStatus.SCHEDULED,
+               JobStatus.DEPLOYING)
+    desired = {(s.node_id, s.stage_key) for s in want.placement.all_stages()} if status in serving else set()
     for action in actions:
         if isinstance(action, Delete):
-            key = stage_key(action.command.deployment_id, action.command.stage or 0, action.command.generation or 0)
+            command = action.command
+            key = stage_key(command.deployment_id, command.stage or 0, command.generation or 0)
             assert (action.node_id, key) not in desired
             assert obs.nodes[action.node_id].online
