@@ -10,28 +10,35 @@ from __future__ import annotations
 
 from flask import Flask
 
-from root_orchestrator.api import applications, clusters, models, profiles, system
+from root_orchestrator.api import applications, clusters, declarative, models, profiles, system
 from root_orchestrator.api.context import RootContext, install
+from root_orchestrator.apply import Applier
 from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.dryrun import DryRun
+from root_orchestrator.identity import PROCESS_INSTANCE_ID
 from root_orchestrator.instances import InstanceManager
 from root_orchestrator.ranking import DEFAULT_ACTIVE_WINDOW_S
 from root_orchestrator.stores import Stores
 from treeline_common.clock import Clock
 from treeline_common.http import install_error_handlers
 
-BLUEPRINTS = (system.bp, models.bp, profiles.bp, applications.bp, clusters.bp)
+BLUEPRINTS = (system.bp, models.bp, profiles.bp, applications.bp, declarative.bp, clusters.bp)
 
 
 def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
                public_url: str = "http://127.0.0.1:10000",
                active_window_s: float = DEFAULT_ACTIVE_WINDOW_S,
-               max_upload_mb: int = 2048) -> Flask:
-    """A root app over already-opened ``stores``; ``public_url`` is where clusters reach it."""
+               max_upload_mb: int = 2048, instance_id: str = PROCESS_INSTANCE_ID) -> Flask:
+    """A root app over already-opened ``stores``; ``public_url`` is where clusters reach it;
+    ``instance_id`` is what ``GET /api/health`` reports (the process's, unless a test sets one)."""
     app = Flask("root_orchestrator", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_mb << 20
     app.json.sort_keys = False  # type: ignore[attr-defined]
     manager = InstanceManager(stores, clock, cluster_client, public_url, active_window_s)
-    install(app, RootContext(stores, clock, cluster_client, public_url.rstrip("/"), active_window_s, manager))
+    public_url = public_url.rstrip("/")
+    install(app, RootContext(stores, clock, cluster_client, public_url, active_window_s, manager,
+                             Applier(stores, manager), DryRun(stores, manager, cluster_client, public_url),
+                             instance_id))
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     install_error_handlers(app)

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 from urllib.parse import quote
 
+from treeline_common.errors import Unavailable
 from treeline_common.http import call_json
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,16 @@ class ClusterClient(ABC):
     @abstractmethod
     def undeploy(self, cluster_url: str, service_id: str, instance: int) -> None:
         """``DELETE {url}/api/service/<service_id>/<instance>``."""
+
+    @abstractmethod
+    def plan(self, cluster_url: str, job: dict[str, Any]) -> dict[str, Any]:
+        """Dry run: ``POST {url}/api/plan`` with a JobRequest; the cluster plans it over its nodes
+        and answers the plan summary without deploying anything."""
+
+    @abstractmethod
+    def profile(self, cluster_url: str, request: dict[str, Any]) -> dict[str, Any]:
+        """``POST {url}/api/models/profile`` with ``{name, version, sha256, device_class}``: the
+        cluster re-measures the model's op times in the background (202) and PUTs them back."""
 
 
 def _job_url(cluster_url: str, service_id: str, instance: int) -> str:
@@ -48,3 +59,22 @@ class HttpClusterClient(ClusterClient):
         url = _job_url(cluster_url, service_id, instance)
         log.info("deleting job %s/%s on %s", service_id, instance, cluster_url)
         call_json("DELETE", url, timeout=self.timeout, session=self.session)
+
+    def plan(self, cluster_url: str, job: dict[str, Any]) -> dict[str, Any]:
+        log.info("asking %s to plan %s (dry run)", cluster_url, job.get("service_id"))
+        return _object(call_json("POST", f"{cluster_url.rstrip('/')}/api/plan", json=job,
+                                 timeout=self.timeout, session=self.session), cluster_url)
+
+    def profile(self, cluster_url: str, request: dict[str, Any]) -> dict[str, Any]:
+        log.info("asking %s to profile %s v%s", cluster_url, request.get("name"), request.get("version"))
+        return _object(call_json("POST", f"{cluster_url.rstrip('/')}/api/models/profile", json=request,
+                                 timeout=self.timeout, session=self.session), cluster_url)
+
+
+def _object(body: Any, cluster_url: str) -> dict[str, Any]:
+    """A cluster's JSON answer, which must be an object; anything else is a broken cluster."""
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise Unavailable(f"cluster {cluster_url} answered {type(body).__name__}, expected a JSON object")
+    return body

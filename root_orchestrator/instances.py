@@ -115,11 +115,12 @@ class InstanceManager:
 
         def reserve(doc: dict[str, Any]) -> dict[str, Any]:
             instances = list(doc.get("instances") or [])
-            number = max((int(i["instance"]) for i in instances), default=-1) + 1
+            # Never reuse a number: a late push about a deleted instance must not land on its successor.
+            number = max([int(i["instance"]) + 1 for i in instances] + [int(doc.get("next_instance") or 0)])
             inst = {"instance": number, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
                     "placement": None, "model": resolved}
             reserved["n"] = number
-            return _mirror({"instances": instances + [inst],
+            return _mirror({"instances": instances + [inst], "next_instance": number + 1,
                             "model": {**doc["model"], "resolved": resolved}}, inst)
 
         service = self._update(service_id, reserve)

@@ -23,12 +23,17 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/api/health", "Liveness: {status: ok}"),
+    Route("GET", "/api/health",
+          "Liveness and identity: {status: ok, instance_id (made at process start), name: root, version}"),
     Route("GET", "/api/openapi.json", "This document"),
     Route("POST", "/api/models/<name>/versions",
           "Register a new version from raw ONNX bytes (query: description, alias) -> version doc",
           "bytes", (201, 400)),
     Route("GET", "/api/models/", "{models: [{name, latest_version, aliases}]}"),
+    Route("DELETE", "/api/models/<name>",
+          "Delete the model with its versions, aliases, profiles and unshared artifacts -> "
+          "{deleted, versions, artifacts_deleted}; 409 naming the services that use it",
+          None, (200, 400, 404, 409)),
     Route("GET", "/api/models/<name>/versions", "{versions: [version doc]}", None, (200, 404)),
     Route("GET", "/api/models/<name>/versions/<ref>", "Version doc; ref = int, latest or an alias", None,
           (200, 404)),
@@ -42,10 +47,29 @@ ROUTES: tuple[Route, ...] = (
           None, (200, 404)),
     Route("GET", "/api/models/<name>/versions/<ref>/profiles", "{profiles: {device_class: profile}}",
           None, (200, 404)),
+    Route("DELETE", "/api/models/<name>/versions/<ref>/profiles",
+          "Delete every stored profile of the version -> {name, version, device_classes_cleared}",
+          None, (200, 404)),
+    Route("DELETE", "/api/models/<name>/versions/<ref>/profiles/<device_class>",
+          "Delete one class's profile -> {name, version, device_classes_cleared} (idempotent)",
+          None, (200, 400, 404)),
+    Route("POST", "/api/models/<name>/versions/<ref>/profile",
+          "{device_class?}: clear the stored profiles and have an active cluster re-measure them -> "
+          "{name, version, device_classes_cleared, cluster_id, cluster_name}",
+          "json", (202, 400, 404, 422, 503)),
     Route("GET", "/api/artifacts/<sha256>", "Artifact bytes (streamed)", None, (200, 404)),
     Route("PUT", "/api/artifacts/<sha256>", "Store bytes under their sha256 (422 if they differ)",
           "bytes", (200, 201, 422)),
     Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400)),
+    Route("POST", "/api/apply",
+          "Apply an SLA v2.0 idempotently by (customerID, application_name) -> {applications: "
+          "[{applicationID, application_name, action, changes, microservices, redeployed, failures}]}",
+          "json", (200, 400, 409)),
+    Route("POST", "/api/plan",
+          "Dry run of an SLA: each ML microservice planned by the best active cluster, nothing "
+          "deployed -> {services: [{microservice_name, cluster_id, cluster_name, schedulable, "
+          "strategy, predicted, stages, reasons}]}",
+          "json", (200, 400, 404, 422, 503)),
     Route("GET", "/api/applications/", "{applications: [application doc]}"),
     Route("GET", "/api/application/<application_id>", "Application doc", None, (200, 404)),
     Route("DELETE", "/api/application/<application_id>", "Delete the application, its services and instances",

@@ -15,29 +15,12 @@ from flask import Blueprint, jsonify, request
 
 from deployment_descriptors import parse_sla
 from root_orchestrator.api.context import ctx
+from root_orchestrator.apply import service_doc
 from treeline_common.http import json_body
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("applications", __name__)
-
-
-def service_doc(ms: Any) -> dict[str, Any]:
-    """A new service doc for one ``deployment_descriptors.Microservice`` (ids are added by the store)."""
-    raw = copy.deepcopy(ms.raw)
-    model = raw.get("model")
-    return {
-        "microservice_name": ms.name,
-        "microservice_namespace": ms.namespace,
-        "virtualization": ms.virtualization,
-        "microservice": raw,
-        "model": {**model, "resolved": None} if isinstance(model, dict) else None,
-        "status": "REQUESTED",
-        "status_detail": "",
-        "cluster_id": None,
-        "placement": None,
-        "instances": [],
-    }
 
 
 @bp.post("/api/application/")

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from root_orchestrator.apply import Applier
 from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.dryrun import DryRun
 from root_orchestrator.instances import InstanceManager
 from root_orchestrator.stores import Stores
 from treeline_common.clock import Clock
@@ -22,7 +24,8 @@ EXTENSION = "treeline_root"
 
 @dataclass(frozen=True)
 class RootContext:
-    """The root's injected dependencies; ``public_url`` has no trailing slash."""
+    """The root's injected dependencies; ``public_url`` has no trailing slash; ``instance_id``
+    names this process in ``GET /api/health`` (:mod:`root_orchestrator.identity`)."""
 
     stores: Stores
     clock: Clock
@@ -30,6 +33,9 @@ class RootContext:
     public_url: str
     active_window_s: float
     instances: InstanceManager
+    applier: Applier
+    dryrun: DryRun
+    instance_id: str
 
 
 def install(app: Flask, context: RootContext) -> None:

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from root_orchestrator.api.context import ctx
 from root_orchestrator.onnx_signature import extract_signature, load_onnx
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
-from treeline_common.errors import InvalidInput
+from treeline_common.errors import Conflict, InvalidInput, NotFound
 from treeline_common.http import json_body
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,57 @@ def create_version(name: str) -> Any:
 @bp.get("/api/models/")
 def list_models() -> Any:
     return jsonify({"models": ctx().stores.models.list_models()})
+
+
+@bp.delete("/api/models/<name>")
+def delete_model(name: str) -> Any:
+    """Delete the model, its versions, aliases and profiles; 409 naming every service whose SLA uses
+    it (delete or re-apply those first). Artifacts no remaining version points at are deleted too;
+    partitions cut from it stay until the artifact store is collected."""
+    check_model_name(name)
+    c = ctx()
+    c.stores.models.list_versions(name)  # 404 before anything else
+    users = _services_using(name)
+    if users:
+        raise Conflict(f"model {name!r} is used by {len(users)} service(s)", users)
+    deleted = c.stores.models.delete_model(name)
+    dropped = sorted({v["sha256"] for v in deleted} - _referenced_artifacts())
+    for sha256 in dropped:
+        c.stores.artifacts.delete(sha256)
+    log.info("deleted model %s (%d versions, %d artifacts)", name, len(deleted), len(dropped))
+    return jsonify({"deleted": name, "versions": [v["version"] for v in deleted],
+                    "artifacts_deleted": dropped})
+
+
+def _referenced_artifacts() -> set[str]:
+    """The sha256 of every version of every model still registered."""
+    models = ctx().stores.models
+    found: set[str] = set()
+    for model in models.list_models():
+        try:
+            found.update(v["sha256"] for v in models.list_versions(model["name"]))
+        except NotFound:  # deleted meanwhile
+            continue
+    return found
+
+
+def _services_using(name: str) -> list[dict[str, str]]:
+    """``{path, message}`` per service whose SLA model block names ``name``."""
+    apps = ctx().stores.applications
+    names: dict[str, str] = {}
+    users = []
+    for svc in apps.list_services():
+        if (svc.get("model") or {}).get("name") != name:
+            continue
+        app_id = str(svc.get("application_id"))
+        if app_id not in names:
+            try:
+                names[app_id] = str(apps.get_application(app_id).get("application_name"))
+            except NotFound:
+                names[app_id] = app_id
+        users.append({"path": f"services.{svc['service_id']}",
+                      "message": f"{names[app_id]}/{svc.get('microservice_name')} uses model {name!r}"})
+    return users
 
 
 @bp.get("/api/models/<name>/versions")

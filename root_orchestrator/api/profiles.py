@@ -5,6 +5,9 @@ cluster and is valid for every cluster with that device class, so it lives next 
 version it describes. The body is a ``ProfileResult`` as JSON; the device class in the path is
 the key (it overrides the body's). A profile measured on other bytes than the version's is
 refused (``sha256`` must match when given). Last write wins.
+
+Profiles can be thrown away (``DELETE``) and re-measured on request (``POST .../profile``): a
+cluster is asked to time the ops again on one node per device class and PUTs the results here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from root_orchestrator.api.context import ctx
-from treeline_common.errors import InvalidInput
+from treeline_common.errors import InvalidInput, TreelineError, Unavailable, Unschedulable
 from treeline_common.http import json_body
 
 log = logging.getLogger(__name__)
@@ -99,3 +102,80 @@ def list_profiles(name: str, ref: str) -> Any:
     c = ctx()
     version = c.stores.models.get_version(name, ref)
     return jsonify({"profiles": c.stores.models.list_profiles(name, int(version["version"]))})
+
+
+def _profile_request(body: dict[str, Any]) -> str | None:
+    """The ``device_class`` of a re-measure request (None = every class), or InvalidInput."""
+    unknown = sorted(set(body) - {"device_class"})
+    errors = [{"path": key, "message": "unknown field (expected only device_class)"} for key in unknown]
+    device_class = body.get("device_class")
+    if device_class is not None and (not isinstance(device_class, str)
+                                     or not DEVICE_CLASS_RE.match(device_class)):
+        errors.append({"path": "device_class",
+                       "message": f"must be a string matching {DEVICE_CLASS_RE.pattern}"})
+    if errors:
+        raise InvalidInput("invalid profile request", errors)
+    return device_class
+
+
+@bp.post("/api/models/<name>/versions/<ref>/profile")
+def remeasure(name: str, ref: str) -> Any:
+    """Throw away the version's stored profiles (every class, or ``device_class``) and ask an active
+    cluster to measure them again; 202 ``{name, version, device_classes_cleared, cluster_id,
+    cluster_name}``. The cluster measures in the background and PUTs the results here.
+
+    Nothing is cleared when no cluster is active (422). When every active cluster refuses, the
+    profiles stay cleared (the next deployment measures the missing classes itself) and the
+    answer is 503, or 422 when each one said it has no node of the class.
+    """
+    body = json_body(request) if request.get_data(cache=True) else {}
+    device_class = _profile_request(body)
+    c = ctx()
+    version = c.stores.models.get_version(name, ref)
+    ranked = c.instances.ranked_clusters()
+    number = int(version["version"])
+    cleared = c.stores.models.delete_profiles(name, number, device_class)
+    ask = {"name": name, "version": number, "sha256": version["sha256"], "device_class": device_class}
+    failures: list[TreelineError] = []
+    details: list[dict[str, Any]] = []
+    for cluster in ranked:
+        try:
+            c.cluster_client.profile(cluster["url"], ask)
+        except TreelineError as exc:
+            log.warning("cluster %s will not profile %s v%s: %s", cluster["cluster_name"], name, number,
+                        exc)
+            failures.append(exc)
+            details.append({"path": f"clusters.{cluster['cluster_name']}",
+                            "message": f"{exc.code}: {exc}"})
+            continue
+        log.info("cleared %s profile(s) of %s v%s; cluster %s re-measures %s", cleared, name, number,
+                 cluster["cluster_name"], device_class or "every class")
+        return jsonify({"name": name, "version": number, "device_classes_cleared": cleared,
+                        "cluster_id": cluster["cluster_id"],
+                        "cluster_name": cluster["cluster_name"]}), 202
+    message = f"no cluster will profile {name} v{number}; cleared {cleared or 'nothing'}"
+    if all(isinstance(f, Unschedulable) for f in failures):
+        raise Unschedulable(message, details)
+    raise Unavailable(message, details)
+
+
+def _clear(name: str, ref: str, device_class: str | None) -> Any:
+    c = ctx()
+    version = c.stores.models.get_version(name, ref)
+    cleared = c.stores.models.delete_profiles(name, int(version["version"]), device_class)
+    log.info("deleted profiles %s of %s v%s", cleared, name, version["version"])
+    return jsonify({"name": name, "version": version["version"], "device_classes_cleared": cleared})
+
+
+@bp.delete("/api/models/<name>/versions/<ref>/profiles")
+def delete_profiles(name: str, ref: str) -> Any:
+    """Delete every stored profile of the version; ``device_classes_cleared`` lists them
+    (idempotent)."""
+    return _clear(name, ref, None)
+
+
+@bp.delete("/api/models/<name>/versions/<ref>/profiles/<device_class>")
+def delete_profile(name: str, ref: str, device_class: str) -> Any:
+    """Delete one class's profile; ``device_classes_cleared`` is ``[]`` when it had none
+    (idempotent)."""
+    return _clear(name, ref, _check_device_class(device_class))

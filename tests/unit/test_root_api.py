@@ -11,8 +11,6 @@ from typing import Any
 
 import onnx
 import pytest
-
-from treeline_common.jobs import Placement
 from flask.testing import FlaskClient
 from onnx import TensorProto, helper
 
@@ -22,8 +20,14 @@ from root_orchestrator.openapi import ROUTES, openapi_path
 from root_orchestrator.stores import Stores, open_stores
 from treeline_common.clock import FakeClock
 from treeline_common.errors import NotFound, TreelineError, Unavailable
+from treeline_common.jobs import Placement
 
 PUBLIC = "http://root.test:10000"
+PLAN_SUMMARY = {"schedulable": True, "strategy": "dp-latency", "message": "",
+                "predicted": {"latency_ms": 4.5, "objective": "latency"},
+                "stages": [{"index": 0, "node_name": "n1", "flops": 8, "cut_bytes": 0,
+                            "predicted_compute_ms": 1.5, "node_id": "id-1"}],
+                "reasons": {"n2": "offline"}}
 
 
 def tiny_onnx(scale: float = 2.0) -> bytes:
@@ -53,12 +57,28 @@ def ml_sla(model_ref: Any = "latest", name: str = "tiny") -> dict[str, Any]:
 
 
 class FakeClusterClient(ClusterClient):
-    """Records calls; ``fail`` maps a cluster URL to the error its deploy raises."""
+    """Records calls; ``fail`` maps a cluster URL to the error its calls raise; ``plans`` maps a
+    cluster URL to the plan summary it answers (default: one schedulable stage)."""
 
     def __init__(self) -> None:
         self.deployed: list[tuple[str, str, int, dict[str, Any]]] = []
         self.undeployed: list[tuple[str, str, int]] = []
+        self.planned: list[tuple[str, dict[str, Any]]] = []
+        self.profiled: list[tuple[str, dict[str, Any]]] = []
+        self.plans: dict[str, Any] = {}
         self.fail: dict[str, TreelineError] = {}
+
+    def plan(self, cluster_url: str, job: dict[str, Any]) -> dict[str, Any]:
+        if cluster_url in self.fail:
+            raise self.fail[cluster_url]
+        self.planned.append((cluster_url, copy.deepcopy(job)))
+        return copy.deepcopy(self.plans.get(cluster_url, PLAN_SUMMARY))
+
+    def profile(self, cluster_url: str, request: dict[str, Any]) -> dict[str, Any]:
+        if cluster_url in self.fail:
+            raise self.fail[cluster_url]
+        self.profiled.append((cluster_url, dict(request)))
+        return {"accepted": True}
 
     def deploy(self, cluster_url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
         if cluster_url in self.fail:
@@ -116,8 +136,14 @@ def _error(response: Any, status: int, code: str) -> dict[str, Any]:
 
 # -- registry ------------------------------------------------------------------------------------------
 
-def test_health(root: Root) -> None:
-    assert root.http.get("/api/health").get_json() == {"status": "ok"}
+def test_health_names_this_process(root: Root) -> None:
+    body = root.http.get("/api/health").get_json()
+    assert body == {"status": "ok", "instance_id": body["instance_id"], "name": "root",
+                    "version": body["version"]}
+    assert len(body["instance_id"]) == 36 and body["version"]
+    assert root.http.get("/api/health").get_json()["instance_id"] == body["instance_id"]  # stable
+    other = create_app(root.stores, FakeClock(), FakeClusterClient(), instance_id="another-stack")
+    assert other.test_client().get("/api/health").get_json()["instance_id"] == "another-stack"
 
 
 def test_register_model_returns_version_doc_with_signature(root: Root) -> None:
@@ -370,6 +396,8 @@ def test_delete_instance_forwards_and_resets(root: Root) -> None:
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert svc["instances"] == [] and svc["status"] == "REQUESTED" and svc["cluster_id"] is None
     _error(root.http.delete(f"/api/service/{sid}/instance/0"), 404, "NOT_FOUND")
+    # a number is never reused: a late push about instance 0 must not land on its successor
+    assert root.http.post(f"/api/service/{sid}/instance").get_json()["instance"] == 1
 
 
 def test_delete_application_undeploys_its_instances(root: Root) -> None:

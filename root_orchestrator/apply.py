@@ -1,0 +1,205 @@
+"""Declarative, idempotent apply of an SLA (``POST /api/apply``): make the stored state match it.
+
+Contract:
+
+- An application is identified by ``(customerID, application_name)``, a service within it by
+  ``microservice_name``. Applying the same SLA twice stores one application; the second apply
+  answers ``unchanged`` and touches nothing.
+- A microservice whose SLA block changed keeps its service id; its desired state (the stored
+  SLA block, ``microservice``, and the views derived from it) is replaced in place, and every
+  instance it has is re-deployed from the new state (:meth:`InstanceManager.redeploy`: delete,
+  then create; a rolling update is the lifecycle issue's job). Added microservices become new
+  services (REQUESTED, not deployed, as with ``POST /api/application/``); removed ones are
+  undeployed and deleted, as ``DELETE /api/service/<id>`` does.
+- What an SLA cannot name unambiguously is refused before anything is written: two
+  applications of one SLA with the same name (400), or a stored application or service that
+  the key matches twice (409, naming the ids).
+- Applies are serialized within one root process (a module lock), so two concurrent applies of
+  one file cannot both create the application.
+
+Each answer row is ``{applicationID, application_name, action, changes, microservices,
+redeployed, failures}``; ``changes`` comes from :mod:`.sla_diff` with paths relative to the
+application (``microservices[classifier].model.max_partitions``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from deployment_descriptors import Application, Microservice, Sla
+from root_orchestrator.instances import InstanceManager
+from root_orchestrator.sla_diff import Change, diff
+from root_orchestrator.stores import Stores
+from root_orchestrator.stores.base import APPLICATION_KEPT_FIELDS
+from treeline_common.errors import Conflict, InvalidInput
+
+log = logging.getLogger(__name__)
+
+_APPLY_LOCK = threading.Lock()
+
+CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
+
+
+def service_doc(ms: Microservice) -> dict[str, Any]:
+    """A new service doc for one SLA microservice (ids are added by the store)."""
+    return {**desired_fields(ms), "status": "REQUESTED", "status_detail": "", "cluster_id": None,
+            "placement": None, "instances": []}
+
+
+def desired_fields(ms: Microservice) -> dict[str, Any]:
+    """The fields of a service doc that come from its SLA block (its desired state)."""
+    raw = copy.deepcopy(ms.raw)
+    model = raw.get("model")
+    return {
+        "microservice_name": ms.name,
+        "microservice_namespace": ms.namespace,
+        "virtualization": ms.virtualization,
+        "microservice": raw,
+        "model": {**model, "resolved": None} if isinstance(model, dict) else None,
+    }
+
+
+def application_fields(app: Application) -> dict[str, Any]:
+    """The application-level SLA fields (without its microservices and the ids the store owns)."""
+    return {k: copy.deepcopy(v) for k, v in app.raw.items()
+            if k != "microservices" and k not in APPLICATION_KEPT_FIELDS}
+
+
+def ms_path(name: str) -> str:
+    return f"microservices[{name}]"
+
+
+@dataclass
+class _Target:
+    """One SLA application and what is stored under its key (None: not yet)."""
+
+    index: int
+    app: Application
+    stored: dict[str, Any] | None
+    services: dict[str, dict[str, Any]]
+
+
+class Applier:
+    """Applies SLAs over the stores; instance work goes through the :class:`InstanceManager`."""
+
+    def __init__(self, stores: Stores, instances: InstanceManager) -> None:
+        self.stores = stores
+        self.instances = instances
+
+    def apply(self, sla: Sla) -> list[dict[str, Any]]:
+        """Apply every application of ``sla``; see the module docstring for the contract."""
+        with _APPLY_LOCK:
+            targets = self._targets(sla)
+            return [self._apply(sla.customer_id, t) for t in targets]
+
+    def _targets(self, sla: Sla) -> list[_Target]:
+        """Look every application up by its key, refusing ambiguous keys before any write."""
+        problems: list[dict[str, str]] = []
+        seen: dict[str, int] = {}
+        for index, app in enumerate(sla.applications):
+            if app.name in seen:
+                problems.append({"path": f"applications[{index}].application_name",
+                                 "message": f"{app.name!r} is also applications[{seen[app.name]}]; "
+                                            "apply identifies applications by name"})
+            seen.setdefault(app.name, index)
+            names: dict[str, int] = {}
+            for m_index, ms in enumerate(app.microservices):
+                if ms.name in names:
+                    problems.append({
+                        "path": f"applications[{index}].microservices[{m_index}].microservice_name",
+                        "message": f"{ms.name!r} is also microservices[{names[ms.name]}]; "
+                                   "apply identifies services by name"})
+                names.setdefault(ms.name, m_index)
+        if problems:
+            raise InvalidInput("SLA cannot be applied: names are not unique", problems)
+        targets: list[_Target] = []
+        conflicts: list[dict[str, str]] = []
+        for index, app in enumerate(sla.applications):
+            found = self.stores.applications.find_applications(sla.customer_id, app.name)
+            if len(found) > 1:
+                conflicts.append({"path": f"applications[{index}].application_name",
+                                  "message": f"{len(found)} stored applications of {sla.customer_id!r} "
+                                             f"are named {app.name!r}: "
+                                             + ", ".join(a["applicationID"] for a in found)})
+                continue
+            stored = found[0] if found else None
+            services: dict[str, dict[str, Any]] = {}
+            if stored is not None:
+                for svc in self.stores.applications.list_services(stored["applicationID"]):
+                    name = str(svc.get("microservice_name"))
+                    if name in services:
+                        conflicts.append({"path": f"applications[{index}].{ms_path(name)}",
+                                          "message": f"services {services[name]['service_id']} and "
+                                                     f"{svc['service_id']} share this name"})
+                    services[name] = svc
+            targets.append(_Target(index, app, stored, services))
+        if conflicts:
+            raise Conflict("SLA cannot be applied: stored objects share its names", conflicts)
+        return targets
+
+    def _apply(self, user: str, target: _Target) -> dict[str, Any]:
+        app = target.app
+        if target.stored is None:
+            doc = self.stores.applications.create_application(
+                application_fields(app), [service_doc(ms) for ms in app.microservices], user)
+            log.info("apply: application %s (%s) created with %d services", doc["applicationID"],
+                     app.name, len(doc["microservices"]))
+            return _row(doc, CREATED, [], [], [])
+        app_id = str(target.stored["applicationID"])
+        stored_fields = {k: v for k, v in target.stored.items() if k not in APPLICATION_KEPT_FIELDS}
+        changes = diff(stored_fields, application_fields(app))
+        updated: list[tuple[dict[str, Any], Microservice]] = []
+        added: list[Microservice] = []
+        for ms in app.microservices:
+            svc = target.services.get(ms.name)
+            if svc is None:
+                added.append(ms)
+                changes.append({"path": ms_path(ms.name), "old": None, "new": copy.deepcopy(ms.raw)})
+                continue
+            found = diff(svc.get("microservice") or {}, ms.raw, ms_path(ms.name))
+            if found:
+                updated.append((svc, ms))
+                changes += found
+        wanted = {ms.name for ms in app.microservices}
+        removed = [svc for name, svc in target.services.items() if name not in wanted]
+        changes += [{"path": ms_path(str(svc["microservice_name"])), "old": svc.get("microservice"),
+                     "new": None} for svc in removed]
+        if not changes:
+            return _row(target.stored, UNCHANGED, [], [], [])
+        return self._commit(app_id, app, changes, updated, added, removed)
+
+    def _commit(self, app_id: str, app: Application, changes: list[Change],
+                updated: Iterable[tuple[dict[str, Any], Microservice]], added: Iterable[Microservice],
+                removed: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        apps = self.stores.applications
+        apps.update_application(app_id, application_fields(app))
+        redeployed: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for svc, ms in updated:
+            sid = str(svc["service_id"])
+            apps.update_service(sid, desired_fields(ms))
+            log.info("apply: service %s (%s) updated in place", sid, ms.name)
+            if svc.get("instances"):
+                replaced, failed = self.instances.redeploy(sid)
+                redeployed += [{"service_id": sid, **r} for r in replaced]
+                failures += failed
+        for ms in added:
+            sid = apps.add_service(app_id, service_doc(ms))["service_id"]
+            log.info("apply: service %s (%s) added", sid, ms.name)
+        for svc in removed:
+            failures += self.instances.undeploy_all(svc)
+            apps.delete_service(str(svc["service_id"]))
+            log.info("apply: service %s (%s) removed", svc["service_id"], svc["microservice_name"])
+        return _row(apps.get_application(app_id), UPDATED, changes, redeployed, failures)
+
+
+def _row(doc: dict[str, Any], action: str, changes: list[Change], redeployed: list[dict[str, Any]],
+         failures: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"applicationID": doc["applicationID"], "application_name": doc.get("application_name"),
+            "action": action, "changes": changes, "microservices": list(doc.get("microservices") or []),
+            "redeployed": redeployed, "failures": failures}
