@@ -43,7 +43,15 @@ DEFAULT = "default"
 
 
 class ConfigError(InvalidInput):
-    """A configuration value that cannot be used; the message names the option and its source."""
+    """A configuration value that cannot be used; the message names the option and its source.
+
+    ``source`` is where the bad value came from (``flag --nodes``, ``env TREELINE_NODES``,
+    ``file PATH``), or empty when the file itself is the problem.
+    """
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None, source: str = "") -> None:
+        super().__init__(message, details)
+        self.source = source
 
 
 @dataclass(frozen=True)
@@ -142,8 +150,8 @@ def _profiles(value: Any) -> tuple[str, ...]:
         raise ValueError("must name at least one profile")
     unknown = [p for p in names if p not in PROFILES]
     if unknown:
-        raise ValueError(f"unknown profile {', '.join(repr(p) for p in unknown)}; "
-                         f"known: {', '.join(sorted(PROFILES))}")
+        raise ValueError(f"unknown profile {', '.join(repr(p) for p in unknown)} "
+                         f"(known: {', '.join(sorted(PROFILES))})")
     return names
 
 
@@ -278,8 +286,8 @@ def resolve_settings(flags: Mapping[str, Any], environ: Mapping[str, str],
         try:
             value = option.parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{option.name} {exc} (got {raw!r} from {source})",
-                              [{"path": option.name, "message": str(exc)}]) from None
+            raise ConfigError(f"{option.name}: {exc}, got {raw!r} from {source}",
+                              [{"path": option.name, "message": str(exc)}], source) from None
         if isinstance(value, Path) and not value.is_absolute():
             base = file_path.parent if source.startswith("file") and file_path else cwd
             value = (base / value) if base is not None else value

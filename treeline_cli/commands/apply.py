@@ -1,0 +1,227 @@
+"""``apply``, ``deploy`` and ``delete``: the desired state in, and out.
+
+``apply FILE`` sends the SLA to the root's idempotent ``POST /api/apply`` (the same file twice
+gives one application, ``unchanged`` the second time) and asks for an instance of every
+service that has none yet; ``--dry-run`` asks ``POST /api/plan`` what the scheduler would do
+and changes nothing. ``deploy FILE`` is ``apply --wait``: it follows each service until it is
+RUNNING and prints its placement; on a root without ``/api/apply`` it falls back to creating
+the applications anew (and says so).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from treeline_cli.commands.common import output, output_option, root_client, root_options
+from treeline_cli.describe import placement_lines
+from treeline_cli.errors import Failure, UsageError
+from treeline_cli.output import Output, plural
+from treeline_cli.reasons import reason_lines
+from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
+from treeline_cli.views import World, kind_named
+from treeline_common.jobs import JobStatus
+
+DEFAULT_TIMEOUT = 180.0
+
+
+def read_sla(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; UsageError when it is missing, unreadable or not a JSON object."""
+    if not path.exists():
+        raise UsageError(f"no such file: {path}", "check the path")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a file", "give the path of an SLA JSON file")
+    try:
+        doc = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not JSON (not even text)", "give an SLA v2.0 JSON document") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                         "give an SLA v2.0 JSON document (see deployment_descriptors/examples)") from None
+    except (ValueError, RecursionError):
+        raise UsageError(f"{path} is not JSON", "give an SLA v2.0 JSON document") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path} holds JSON but not an object",
+                         "an SLA is a JSON object with `applications`")
+    return doc
+
+
+def _submit(client: RootClient, sla: dict[str, Any], out: Output, fallback: bool) -> list[dict[str, Any]]:
+    with out.step("submitting the SLA"):
+        try:
+            return client.apply(sla)
+        except UnsupportedByRoot:
+            if not fallback:
+                raise
+    out.warn(f"the root at {client.root_url} has no POST /api/apply; created new applications instead "
+             "(not idempotent: upgrade the root)")
+    return [{**app, "action": "created", "changes": []} for app in client.submit_sla(sla)]
+
+
+def _ensure_instances(client: RootClient, applications: list[dict[str, Any]], out: Output) -> list[str]:
+    """Ask for an instance of every service that has none; returns their ids."""
+    started = []
+    for app in applications:
+        for service_id in app.get("microservices") or []:
+            service = client.service(str(service_id))
+            if service.get("instances") or service.get("status") != JobStatus.REQUESTED.value:
+                continue
+            with out.step(f"deploying {service.get('microservice_name')}"):
+                client.deploy_service(str(service_id))
+            started.append(str(service_id))
+    return started
+
+
+def _print_applied(out: Output, applications: list[dict[str, Any]], started: list[str]) -> None:
+    for app in applications:
+        services = app.get("microservices") or []
+        out.line(f"application {app.get('application_name')} ({app.get('applicationID')}): "
+                 f"{app.get('action', 'created')}, {plural(len(services), 'service')}")
+        for change in app.get("changes") or []:
+            out.line(f"  {change if isinstance(change, str) else json.dumps(change)}")
+    if started:
+        out.line(f"deploying {plural(len(started), 'service')}; follow with `treeline get services`")
+
+
+def _wait_all(client: RootClient, applications: list[dict[str, Any]], out: Output,
+              timeout: float) -> list[dict[str, Any]]:
+    """Wait until every service is RUNNING; a FAILED one raises Failure with its reasons grouped."""
+    services = []
+    for app in applications:
+        for service_id in app.get("microservices") or []:
+            name = client.service(str(service_id)).get("microservice_name") or service_id
+            with out.step(f"{name}: waiting until RUNNING") as update:
+                def show(doc: dict[str, Any], name: str = str(name)) -> None:
+                    status = str(doc.get("status"))
+                    # a FAILED service's reasons are printed once, grouped, by the error below
+                    detail = doc.get("status_detail") if status != "FAILED" else ""
+                    detail = f" - {detail}" if detail else ""
+                    update(f"{name}: {status}{detail}")
+                try:
+                    services.append(client.wait_deployed(str(service_id), timeout=timeout, on_change=show))
+                except DeploymentFailed as exc:
+                    raise _failure(client, str(name), exc) from None
+    return services
+
+
+def _failure(client: RootClient, name: str, exc: DeploymentFailed) -> Failure:
+    service = exc.service
+    names = World(client).node_names()
+    lines = reason_lines(service, names)
+    unschedulable = str(service.get("status_detail", "")).startswith("unschedulable")
+    what = "cannot be scheduled" if unschedulable else "failed"
+    return Failure(f"service {name} ({service.get('service_id')}) {what}"
+                   + (f" ({plural(len(lines), 'reason')} below)" if lines else ""),
+                   f"see `treeline describe service {service.get('service_id')}`", extra=lines)
+
+
+def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool) -> None:
+    sla = read_sla(file)
+    out = output()
+    client = root_client()
+    if dry_run:
+        with out.step("planning (dry run)"):
+            plans = client.plan(sla)
+        out.result({"services": plans}, lambda: _print_plans(out, plans))
+        return
+    applications = _submit(client, sla, out, fallback)
+    started = _ensure_instances(client, applications, out)
+    if not wait:
+        out.result({"applications": applications, "deploying": started},
+                   lambda: _print_applied(out, applications, started))
+        return
+    services = _wait_all(client, applications, out, timeout)
+    doc = {"applications": applications,
+           "services": [{k: s.get(k) for k in ("service_id", "microservice_name", "status", "placement",
+                                               "explanation")} for s in services]}
+
+    def render() -> None:
+        _print_applied(out, applications, [])
+        for service in services:
+            out.line(f"\n{service.get('microservice_name')} ({service['service_id']}) RUNNING")
+            for line in placement_lines(service.get("placement") or {}):
+                out.line(line)
+    out.result(doc, render)
+
+
+def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
+    for plan in plans:
+        stages = plan.get("stages") or []
+        predicted = plan.get("predicted") or {}
+        if plan.get("schedulable"):
+            latency = predicted.get("latency_ms") if isinstance(predicted, dict) else predicted
+            out.line(f"{plan.get('microservice_name')}: schedulable on {plan.get('cluster') or '?'}, "
+                     f"{plural(len(stages), 'stage')}, predicted {latency} ms")
+            for stage in stages:
+                out.line(f"  stage {stage.get('index')}: {stage.get('node_name') or stage.get('node_id')}"
+                         + (f", predicted {stage.get('predicted_compute_ms')} ms compute"
+                            if "predicted_compute_ms" in stage else ""))
+        else:
+            out.line(f"{plan.get('microservice_name')}: NOT schedulable")
+        reasons = plan.get("reasons") or {}
+        if isinstance(reasons, dict):
+            grouped: dict[str, list[str]] = {}
+            for node, reason in reasons.items():
+                grouped.setdefault(str(reason), []).append(str(node))
+            for reason, nodes in grouped.items():
+                out.line(f"  {', '.join(nodes)}: {reason}")
+        else:
+            for reason in reasons:
+                out.line(f"  {reason}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="show what the scheduler would do; change nothing")
+@click.option("--wait", is_flag=True, help="wait until every service is RUNNING and show the placements")
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="seconds to wait for RUNNING (with --wait)")
+@output_option
+@root_options
+def apply(file: Path, dry_run: bool, wait: bool, timeout: float) -> None:
+    """Create or update the applications of an SLA file (idempotent) and deploy new services."""
+    _apply(file, dry_run, wait, timeout, fallback=False)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="seconds to wait for RUNNING")
+@output_option
+@root_options
+def deploy(file: Path, timeout: float) -> None:
+    """`apply FILE --wait`: submit an SLA, show progress until RUNNING, print the placement."""
+    _apply(file, False, True, timeout, fallback=True)
+
+
+@click.command()
+@click.argument("kind")
+@click.argument("name")
+@output_option
+@root_options
+def delete(kind: str, name: str) -> None:
+    """Delete an application (with its services), a service, or a model."""
+    out = output()
+    client = root_client(timeout=60)
+    world = World(client)
+    chosen = kind_named(kind)
+    if chosen.name == "apps":
+        app = chosen.resolve(world, name)
+        with out.step(f"deleting application {name}"):
+            result = client.delete_application(str(app.get("applicationID")))
+    elif chosen.name == "services":
+        service = chosen.resolve(world, name)
+        with out.step(f"deleting service {name}"):
+            result = client.delete_service(str(service.get("service_id")))
+    elif chosen.name == "models":
+        with out.step(f"deleting model {name}"):
+            result = client.delete_model(name)
+    else:
+        raise UsageError(f"cannot delete {chosen.name}", "delete apps, services or models")
+    failures = result.get("undeploy_failures") or []
+    for failure in failures:
+        out.warn(f"could not undeploy: {failure}")
+    out.result(result, lambda: out.line(f"deleted {chosen.singular} {name}"))

@@ -1,0 +1,100 @@
+"""``model register FILE | --builtin NAME`` and ``model profile NAME[:VERSION]``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+import model_zoo
+from treeline_cli.commands.common import output, output_option, root_client, root_options, setting, settings
+from treeline_cli.errors import Failure, UsageError
+from treeline_cli.output import plural
+from treeline_cli.resolve import split_model_ref
+
+
+@click.group()
+def model() -> None:
+    """Register models in the root's registry and measure them."""
+
+
+def _model_name(path: Path) -> str:
+    """A registry name from a file name: ``MobileNet V2.onnx`` -> ``MobileNet_V2``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_") or "model"
+
+
+@model.command()
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option("--builtin", metavar="NAME",
+              help=f"export a built-in model: {', '.join(model_zoo.BUILTIN_MODELS)}")
+@click.option("--name", metavar="NAME",
+              help="registry name (default: the built-in's name or the file's stem)")
+@click.option("--alias", metavar="ALIAS", help="point this alias (e.g. prod) at the new version")
+@click.option("--description", default="", help="free text kept with the version")
+@setting("data_dir", metavar="DIR", help="built-in exports are cached in DIR/models [env TREELINE_DATA_DIR]")
+@output_option
+@root_options
+def register(file: Path | None, builtin: str | None, name: str | None, alias: str | None,
+             description: str) -> None:
+    """Upload an ONNX FILE (or a --builtin model) as a new version; prints the version."""
+    if (file is None) == (builtin is None):
+        raise UsageError("give either an ONNX FILE or --builtin NAME", "see `treeline model register --help`")
+    out = output()
+    client = root_client(timeout=60)
+    if builtin is not None:
+        if builtin not in model_zoo.BUILTIN_MODELS:
+            raise UsageError(f"unknown built-in model {builtin!r}",
+                             f"use one of: {', '.join(model_zoo.BUILTIN_MODELS)}")
+        cache = settings().data_dir / "models"
+        with out.step(f"exporting {builtin} to ONNX (cached in {cache})"):
+            try:
+                data = model_zoo.cached_onnx(builtin, cache)
+            except ImportError as exc:
+                raise Failure(f"exporting {builtin} needs {exc.name or 'torch'}",
+                              "install it with `pip install -e .[export]`") from None
+        name = name or builtin
+        description = description or f"built-in {builtin}"
+    else:
+        assert file is not None
+        if not file.is_file():
+            raise UsageError(f"no such file: {file}", "check the path")
+        data = file.read_bytes()
+        name = name or _model_name(file)
+    with out.step(f"uploading {name} ({len(data) / 1e6:.1f} MB)"):
+        version = client.register_model(name, data, description=description, alias=alias)
+    out.result(version, lambda: out.line(
+        f"registered {version.get('name')} version {version.get('version')} "
+        f"({int(version.get('size') or 0) / 1e6:.2f} MB, sha256 {str(version.get('sha256'))[:12]})"))
+
+
+@model.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option("--device-class", metavar="CLASS", help="measure on this device class only (default: all)")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@output_option
+@root_options
+def profile(ref: str, device_class: str | None, timeout: float) -> None:
+    """Measure a model version again on the cluster's devices (every class, or one)."""
+    name, version = split_model_ref(ref)
+    out = output()
+    client = root_client()
+    target = f"{name}:{version}" + (f" on {device_class}" if device_class else "")
+    with out.step(f"profiling {target}"):
+        result = client.profile_model(name, version, device_class, timeout=timeout)
+    out.result(result, lambda: _print_profiles(out, name, version, result))
+
+
+def _print_profiles(out: Any, name: str, version: str, result: dict[str, Any]) -> None:
+    profiles = result.get("profiles")
+    if isinstance(profiles, dict) and profiles:
+        out.line(f"profiled {name}:{result.get('version', version)} on "
+                 f"{plural(len(profiles), 'device class', 'device classes')}")
+        for device_class, doc in sorted(profiles.items()):
+            total = doc.get("total_ms") if isinstance(doc, dict) else None
+            ops = len(doc.get("op_ms") or {}) if isinstance(doc, dict) else 0
+            total_text = f"{total:.2f} ms total, " if isinstance(total, int | float) else ""
+            out.line(f"  {device_class}: {total_text}{plural(ops, 'op')}")
+    else:
+        out.line(f"profiling of {name}:{version} requested: {result}")

@@ -1,0 +1,145 @@
+"""``up`` (the whole stack as processes until Ctrl-C) and ``demo`` (up + MobileNetV2 + table).
+
+Every setting is checked (``--nodes 0``, an unknown profile) before anything starts. SIGTERM
+unwinds like Ctrl-C, so the stack is always stopped; children also get a parent-death signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from treeline_cli.commands.common import output, setting, settings, verbose_option
+from treeline_cli.errors import Failure, UsageError
+from treeline_cli.output import Output, plural
+from treeline_cli.stack import Stack, StackConfig, start_stack
+from treeline_common.config import Settings
+from treeline_common.profiles import PROFILES
+from treeline_common.shutdown import ShutdownSignal
+
+F = Any
+
+
+def stack_options(f: F) -> F:
+    for decorator in reversed([
+        setting("nodes", metavar="N"),
+        setting("profiles", metavar="P1,P2", help=f"emulation profiles cycled over the nodes; known: "
+                                                  f"{', '.join(PROFILES)} [env TREELINE_PROFILES]"),
+        setting("broker_url", "--mqtt-url", metavar="URL"),
+        setting("broker", type=click.Choice(("auto", "mosquitto", "amqtt"))),
+        setting("data_dir", metavar="DIR"),
+        setting("root_port", metavar="PORT"),
+        setting("cluster_port", metavar="PORT"),
+        setting("threads", metavar="N"),
+        setting("log_level", metavar="LEVEL"),
+        click.option("--node-label", "node_labels", multiple=True, metavar="NAME=LABEL[,LABEL]",
+                     help="extra labels of a node, e.g. rpi4-1=camera (the default); repeatable"),
+        click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True,
+                     help="seconds to wait until every process is ready"),
+        verbose_option,
+    ]):
+        f = decorator(f)
+    return f
+
+
+def stack_config(config: Settings, node_labels: tuple[str, ...], verbose: bool) -> StackConfig:
+    extra: dict[str, Any] = {}
+    if node_labels:
+        pairs = [item.partition("=") for item in node_labels]
+        bad = [item for item, (name, sep, _) in zip(node_labels, pairs, strict=True) if not name or not sep]
+        if bad:
+            raise UsageError(f"--node-label {bad[0]!r} is not NAME=LABEL[,LABEL]",
+                             "e.g. --node-label rpi4-1=camera")
+        extra["node_labels"] = {name: labels for name, _, labels in pairs}
+    return StackConfig(
+        data_dir=config.data_dir.resolve(),
+        nodes=config.nodes,
+        profiles=config.profiles,
+        mqtt_url=config.broker_url,
+        broker_kind=config.broker,
+        root_port=config.root_port,
+        cluster_port=config.cluster_port,
+        node_threads=config.threads,
+        log_level="DEBUG" if verbose else config.log_level,
+        **extra,
+    )
+
+
+def _sigterm_as_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float) -> Iterator[Stack]:
+    """Start the stack from the settings, wait until it is ready, stop it afterwards."""
+    config = stack_config(settings(), node_labels, bool(out.verbose))
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    logs = config.data_dir / "logs"
+    with out.step(f"starting broker, root, cluster and {plural(config.nodes, 'node engine')} "
+                  f"(state in {config.data_dir})"):
+        try:
+            stack = start_stack(config)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise Failure(f"could not start the stack: {str(exc).splitlines()[0]}",
+                          f"see the logs in {logs}") from exc
+    try:
+        with out.step(f"waiting until the cluster and {plural(config.nodes, 'node')} are online"):
+            try:
+                stack.wait_ready(timeout=timeout)
+            except (RuntimeError, TimeoutError) as exc:
+                raise Failure(str(exc).splitlines()[0], f"see the logs in {logs}") from exc
+        yield stack
+    finally:
+        with out.step("stopping every process"):
+            stack.stop()
+
+
+def wait_for_signal(stack: Stack, out: Output) -> None:
+    """Block until SIGINT/SIGTERM; report children that die meanwhile."""
+    shutdown = ShutdownSignal()
+    reported: set[str] = set()
+    while not shutdown.wait(1.0):
+        for managed in stack.processes:
+            if not managed.alive() and managed.name not in reported:
+                reported.add(managed.name)
+                out.warn(f"{managed.name} exited with {managed.process.returncode}; see {managed.log_path}")
+
+
+@click.command()
+@stack_options
+def up(node_labels: tuple[str, ...], timeout: float) -> None:
+    """Start a broker, the root, one cluster and N node engines, each its own process; Ctrl-C or
+    SIGTERM stops all of them."""
+    out = output()
+    with ready_stack(out, node_labels, timeout) as stack:
+        out.line(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
+        out.line(f"Cluster API   {stack.cluster_url}")
+        out.line(f"MQTT broker   {stack.mqtt_url}")
+        out.line(f"Logs          {stack.config.data_dir / 'logs'}  (`treeline logs COMPONENT -f`)")
+        out.line("Ready. Ctrl-C stops every process.")
+        sys.stdout.flush()
+        wait_for_signal(stack, out)
+
+
+@click.command()
+@stack_options
+@click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True,
+              help="requests sent to each deployment")
+@click.option("--keep", is_flag=True, help="leave the stack running afterwards (until Ctrl-C)")
+def demo(node_labels: tuple[str, ...], timeout: float, requests: int, keep: bool) -> None:
+    """up + register MobileNetV2 + deploy it three ways + send requests + print a table."""
+    from treeline_cli.demo import run_demo  # imports torch-free model_zoo and numpy: only here
+
+    out = output()
+    with ready_stack(out, node_labels, timeout) as stack:
+        out.line(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
+        run_demo(stack, sys.stdout, requests=requests)
+        if keep:
+            out.line("--keep: the stack keeps running. Ctrl-C stops every process.")
+            sys.stdout.flush()
+            wait_for_signal(stack, out)
