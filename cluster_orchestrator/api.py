@@ -7,10 +7,13 @@ JSON; errors become ``{"error": {code, message, details}}`` via treeline_common.
 from __future__ import annotations
 
 import logging
+import uuid
+from importlib import metadata
 from typing import Any
 
 from flask import Flask, jsonify, request
 
+from cluster_orchestrator import dryrun
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from treeline_common.http import install_error_handlers, json_body
 
@@ -30,9 +33,21 @@ def _node_view(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_app(core: ClusterOrchestrator) -> Flask:
+def _version() -> str:
+    try:
+        return metadata.version("treeline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Flask:
+    """The REST app over ``core``. ``instance_id`` (default: a new uuid, made once per app, i.e.
+    at process start) is what ``GET /api/health`` reports, so ``treeline up`` can tell its own
+    cluster from another stack's listening on the same port."""
     app = Flask("cluster_orchestrator")
     install_error_handlers(app)
+    identity = {"status": "ok", "instance_id": instance_id or str(uuid.uuid4()), "name": core.config.name,
+                "version": _version()}
 
     @app.get("/status")
     def status() -> Any:
@@ -40,7 +55,7 @@ def create_app(core: ClusterOrchestrator) -> Flask:
 
     @app.get("/api/health")
     def health() -> Any:
-        return jsonify({"status": "ok"})
+        return jsonify(identity)
 
     @app.post("/api/node/register")
     def register_node() -> Any:
@@ -61,8 +76,23 @@ def create_app(core: ClusterOrchestrator) -> Flask:
         doc = core.delete_job(service_id, instance)
         return jsonify({"service_id": service_id, "instance": doc["instance"], "status": doc["status"]})
 
+    @app.get("/api/artifacts/<sha256>")
+    def artifact(sha256: str) -> Any:
+        return core.artifact(sha256), 200, {"Content-Type": "application/octet-stream"}
+
     @app.get("/api/deployments/<service_id>/<instance>")
     def deployment(service_id: str, instance: str) -> Any:
         return jsonify(core.get_deployment(service_id, instance))
+
+    @app.post("/api/plan")
+    def plan() -> Any:
+        """Dry run of a JobRequest: the plan summary, nothing deployed (:mod:`.dryrun`)."""
+        return jsonify(dryrun.plan_summary(core, dryrun.parse_plan_job(json_body(request))))
+
+    @app.post("/api/models/profile")
+    def remeasure() -> Any:
+        """``{name, version, sha256, device_class}``: re-measure op times in the background (202)."""
+        # the core's own publish (it drops messages while no bus is set); core has no public one yet
+        return jsonify(dryrun.start_remeasure(core, json_body(request), core._publish)), 202
 
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +14,11 @@ from cluster_orchestrator.api import create_app
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import InMemoryClusterStateStore
+from model_zoo.tiny import tiny_dag_bytes
+from treeline_common import topics
 from treeline_common.clock import FakeClock
+from treeline_common.jobs import JobRequest, ModelRef
+from treeline_common.messages import NodeTelemetry, ProfileResult
 
 REG = {"name": "n1", "profile": "server", "emulated": True, "arch": "x86_64", "cpu_count": 4,
        "memory_limit_mb": 4096, "speed_factor": 1.0, "accelerators": [], "battery": None, "labels": [],
@@ -78,6 +84,172 @@ def test_job_validation_and_unknown_deployment(client: FlaskClient) -> None:
 
 
 def test_health_and_status(client: FlaskClient) -> None:
-    assert client.get("/api/health").get_json() == {"status": "ok"}
+    assert client.get("/api/health").get_json()["status"] == "ok"
     status = client.get("/status").get_json()
     assert status["cluster_id"] == "cid-1" and status["aggregate"]["active_nodes"] == 0
+
+
+# -- health, dry-run plan and profile re-measure --------------------------------------------------------
+
+class FakeRoot(RootClient):
+    """The root as the cluster sees it: one model's bytes, stored profiles, recorded PUTs."""
+
+    def __init__(self, model: bytes) -> None:
+        super().__init__("http://root.test:10000")
+        self.model = model
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self.put: list[tuple[str, int, str, dict[str, Any]]] = []
+        self.downloads = 0
+
+    def download(self, url: str, expected_sha256: str) -> bytes:
+        self.downloads += 1
+        assert url == f"http://root.test:10000/api/artifacts/{expected_sha256}"
+        return self.model
+
+    def model_profiles(self, name: str, version: Any) -> dict[str, dict[str, Any]]:
+        return dict(self.profiles)
+
+    def put_model_profile(self, name: str, version: Any, device_class: str, profile: dict[str, Any]) -> None:
+        self.put.append((name, version, device_class, profile))
+
+    def put_artifact(self, sha256: str, data: bytes) -> None:
+        raise AssertionError("a dry run publishes no artifact")
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.model = tiny_dag_bytes(0)
+        self.sha256 = hashlib.sha256(self.model).hexdigest()
+        config = ClusterConfig(name="c1", root_url="http://root.test:10000", public_url="http://c1:10100",
+                               mqtt_host="127.0.0.1", mqtt_port=1883, profile_timeout=5.0)
+        store = InMemoryClusterStateStore()
+        store.set_setting("cluster_id", "cid-1")
+        self.clock = FakeClock()
+        self.bus = RecordingBus()
+        self.root = FakeRoot(self.model)
+        self.core = ClusterOrchestrator(config, store, self.root, self.bus, self.clock)
+        self.http = create_app(self.core, instance_id="cluster-instance").test_client()
+
+    def node(self, name: str, profile: str, online: bool = True, memory_limit_mb: int = 4096) -> str:
+        body = {**REG, "name": name, "profile": profile, "device_class": profile,
+                "memory_limit_mb": memory_limit_mb}
+        node_id = self.http.post("/api/node/register", json=body).get_json()["node_id"]
+        if online:
+            self.core.on_telemetry(node_id, NodeTelemetry(
+                node_id=node_id, ts=self.clock.now(), cpu_percent=5.0, cpu_count=4, memory_percent=40.0,
+                memory_total_mb=8000, memory_available_mb=3000, memory_limit_mb=memory_limit_mb,
+                profile=profile))
+        return node_id
+
+    def job(self, **model: Any) -> dict[str, Any]:
+        ms = {"microserviceID": "", "microservice_name": "clf", "microservice_namespace": "demo",
+              "virtualization": "ml-model", "memory": 256, "vcpus": 1, "vgpus": 0, "vtpus": 0,
+              "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "state": "", "added_files": [],
+              "model": {"name": "tiny", "version": 1, "max_partitions": 2, **model},
+              "constraints": [], "connectivity": []}
+        return JobRequest(service_id="s1", instance=0, microservice=ms,
+                          model=ModelRef(name="tiny", version=1, sha256=self.sha256),
+                          root_url="http://root.test:10000").to_dict()
+
+
+@pytest.fixture()
+def cluster() -> Cluster:
+    return Cluster()
+
+
+def test_health_names_the_cluster_instance(cluster: Cluster, client: FlaskClient) -> None:
+    assert cluster.http.get("/api/health").get_json() == {
+        "status": "ok", "instance_id": "cluster-instance", "name": "c1",
+        "version": cluster.http.get("/api/health").get_json()["version"]}
+    first, second = (client.get("/api/health").get_json()["instance_id"] for _ in range(2))
+    assert first == second and len(first) == 36  # one id per started app, stable while it runs
+
+
+def test_plan_decides_without_deploying(cluster: Cluster) -> None:
+    cluster.node("server-1", "server")
+    cluster.node("rpi-1", "rpi4")
+    cluster.node("gone", "server", online=False)
+    cluster.root.profiles = {"server": {"op_ms": {}, "total_ms": 1.0}}
+    r = cluster.http.post("/api/plan", json=cluster.job())
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["schedulable"] is True and body["strategy"]
+    assert body["stages"] and {s["node_name"] for s in body["stages"]} <= {"server-1", "rpi-1"}
+    assert [s["index"] for s in body["stages"]] == list(range(len(body["stages"])))
+    assert all(s["flops"] > 0 for s in body["stages"]) and body["stages"][-1]["cut_bytes"] == 0
+    assert "gone" in body["reasons"]  # keyed by node name, offline filtered with its reason
+    assert body["profiles"] == {"stored": ["server"], "missing": ["rpi4"]}
+    assert "latency_ms" in body["predicted"]
+    # nothing published, committed or measured
+    assert cluster.bus.sent == [] and cluster.core.book.list_deployments() == []
+    cluster.http.post("/api/plan", json=cluster.job())
+    assert cluster.root.downloads == 1  # the model cache serves the second plan
+
+
+def test_plan_unschedulable_is_a_result(cluster: Cluster) -> None:
+    cluster.node("off", "server", online=False)
+    body = cluster.http.post("/api/plan", json=cluster.job()).get_json()
+    assert body["schedulable"] is False and body["stages"] == [] and "off" in body["reasons"]
+
+
+def test_plan_bad_inputs(cluster: Cluster) -> None:
+    for bad, path in [({**cluster.job(), "model": {"sha256": "x"}}, "model.sha256"),
+                      ({**cluster.job(), "instance": -1}, "instance")]:
+        answer = cluster.http.post("/api/plan", json=bad)
+        assert answer.status_code == 400, answer.get_json()
+        assert path in {d["path"] for d in answer.get_json()["error"]["details"]}
+    no_model = cluster.job()
+    del no_model["microservice"]["model"]
+    answer = cluster.http.post("/api/plan", json=no_model)
+    assert answer.status_code == 400
+    assert any(d["path"].startswith("microservice") for d in answer.get_json()["error"]["details"])
+    assert cluster.http.post("/api/plan", data=b"[]", content_type="application/json").status_code == 400
+    cluster.root.model = b"not onnx"
+    answer = cluster.http.post("/api/plan", json=cluster.job())
+    assert answer.status_code == 400 and answer.get_json()["error"]["details"][0]["path"] == "model.sha256"
+
+
+def _profile_body(cluster: Cluster, **extra: Any) -> dict[str, Any]:
+    return {"name": "tiny", "version": 1, "sha256": cluster.sha256, "device_class": None, **extra}
+
+
+def test_remeasure_asks_one_node_per_class_and_puts_results(cluster: Cluster) -> None:
+    server = cluster.node("server-1", "server")
+    cluster.node("server-2", "server")
+    cluster.node("rpi-1", "rpi4")
+    r = cluster.http.post("/api/models/profile", json=_profile_body(cluster, device_class="server"))
+    assert r.status_code == 202, r.get_json()
+    assert r.get_json() == {"name": "tiny", "version": 1, "device_classes": ["server"],
+                            "nodes": {"server": "server-1"}}
+    deadline = time.monotonic() + 5
+    while not cluster.bus.sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [(topic, command)] = cluster.bus.sent
+    assert topic == topics.control_profile(server) and command.sha256 == cluster.sha256
+    assert command.artifact_url == f"http://root.test:10000/api/artifacts/{cluster.sha256}"
+    cluster.core.on_profile_result(server, ProfileResult(
+        node_id=server, request_id=command.request_id, sha256=cluster.sha256, device_class="server",
+        op_ms={"a": 1.0}, total_ms=1.0, runs=20))
+    while not cluster.root.put and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [(name, version, device_class, profile)] = cluster.root.put
+    assert (name, version, device_class, profile["op_ms"]) == ("tiny", 1, "server", {"a": 1.0})
+
+
+def test_remeasure_refuses_without_a_node_of_the_class(cluster: Cluster) -> None:
+    cluster.node("server-1", "server")
+    cluster.node("rpi-off", "rpi4", online=False)
+    answer = cluster.http.post("/api/models/profile", json=_profile_body(cluster, device_class="rpi4"))
+    assert answer.status_code == 422 and answer.get_json()["error"]["code"] == "UNSCHEDULABLE"
+    assert cluster.bus.sent == []
+
+
+@pytest.mark.parametrize("change, paths", [
+    ({"name": ""}, ["name"]),
+    ({"version": 0, "sha256": "abc"}, ["sha256", "version"]),
+    ({"version": True, "device_class": "bad class"}, ["device_class", "version"]),
+])
+def test_remeasure_bad_inputs(cluster: Cluster, change: dict[str, Any], paths: list[str]) -> None:
+    answer = cluster.http.post("/api/models/profile", json=_profile_body(cluster, **change))
+    assert answer.status_code == 400
+    assert sorted(d["path"] for d in answer.get_json()["error"]["details"]) == paths
