@@ -28,6 +28,10 @@ from treeline_fault_harness import (
     nodes,
     record,
     register_model,
+    samples,
+    stage_nodes,
+    wait_node_online,
+    wait_recovered,
     wait_until,
 )
 
@@ -145,6 +149,65 @@ def test_d_broker_outage_loses_no_deployment_and_no_node(stack: Stack, outage_s:
     assert not lost, f"deployments not RUNNING 20 s after the outage: {lost}"
     later = deploy(stack, model_sla("broker-after", "chain", [1, 32]), timeout=30)
     check_deployments(stack, [*deployments, later])
+    assert report.failed == 0 and report.wrong == 0, report.summary()
+
+
+@pytest.mark.parametrize("component", ["cluster", "root"])
+def test_d_node_dies_while_an_orchestrator_is_down(stack: Stack, component: str) -> None:
+    """Level-triggered: a fault the orchestrator did not see happen is found from the state."""
+    deployment = deploy(stack, model_sla(f"missed-{component}", "chain", [1, 32]))
+    placement = deployment.placement()
+    victim_id = str(placement["stages"][1]["node_id"])  # not the entry: clients keep their socket
+    victim = next(name for name, doc in nodes(stack).items() if doc["node_id"] == victim_id)
+    with Traffic(stack.root_url, deployment.service_id, MODEL, budget_s=20) as traffic:
+        traffic.wait_answers(20, timeout=10)
+        down_at = time.monotonic()
+        stack.kill(component)
+        stack.kill(f"node-{victim}")
+        if component == "root":  # the cluster re-plans meanwhile; its pushes cannot reach the root
+            def replanned() -> bool:
+                doc = deployment.at_cluster(stack)
+                return doc["status"] == "RUNNING" and victim_id not in stage_nodes(doc.get("placement") or {})
+
+            wait_until(replanned, 20, "the cluster to re-plan while the root is down")
+        stack.restart(component)
+        recover_s = wait_recovered(deployment, down_at, without={victim_id}, timeout=30,
+                                   model_samples=samples(MODEL))
+        traffic.wait_answers(20, timeout=10)
+    report = traffic.report
+    record(f"d_node_dies_while_{component}_down", recover_s=round(recover_s, 3),
+           longest_gap_s=round(report.longest_gap(down_at), 3), **report.summary())
+    assert not nodes(stack)[victim]["online"]
+    check_deployments(stack, [deployment])
+    assert report.failed == 0 and report.wrong == 0, report.summary()
+
+
+def test_d_node_dying_during_a_broker_outage_is_still_detected(stack: Stack) -> None:
+    """No will can be delivered while the broker is down: the missing heartbeats must tell,
+    once the broker is back, and only for the node that really died."""
+    deployment = deploy(stack, model_sla("broker-node", "chain", [1, 32]))
+    victim_id = str(deployment.placement()["stages"][1]["node_id"])
+    victim = next(name for name, doc in nodes(stack).items() if doc["node_id"] == victim_id)
+    with Traffic(stack.root_url, deployment.service_id, MODEL, budget_s=20) as traffic, \
+            OfflineWatch(stack) as watch:
+        traffic.wait_answers(20, timeout=10)
+        stack.kill_broker()
+        down_at = time.monotonic()
+        stack.kill(f"node-{victim}")
+        time.sleep(3.0)  # the outage itself
+        stack.restart_broker()
+        restarted_at = time.monotonic()
+        detect_s = wait_node_online(stack, victim, False, timeout=30)
+        recover_s = wait_recovered(deployment, down_at, without={victim_id}, timeout=30,
+                                   model_samples=samples(MODEL))
+        traffic.wait_answers(20, timeout=10)
+    report = traffic.report
+    others_offline = sorted(set(watch.offline) - {victim})
+    record("d_node_dies_during_broker_outage", detect_after_restart_s=round(detect_s, 3),
+           recover_s=round(recover_s, 3), restarted_after_s=round(restarted_at - down_at, 3),
+           others_seen_offline=others_offline, **report.summary())
+    assert not others_offline, f"live nodes declared offline because the broker died: {others_offline}"
+    check_deployments(stack, [deployment])
     assert report.failed == 0 and report.wrong == 0, report.summary()
 
 
