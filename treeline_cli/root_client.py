@@ -128,13 +128,14 @@ class RootClient:
         return dict(self.call("GET", f"/api/models/{_q(name)}/versions/{_q(str(ref))}/profiles")
                     .get("profiles") or {})
 
-    def profile_model(self, name: str, ref: str | int, device_class: str | None = None,
-                      timeout: float = 300.0) -> dict[str, Any]:
-        """Ask the root to measure the version again (on every device class, or on one)."""
+    def profile_model(self, name: str, ref: str | int, device_class: str | None = None) -> dict[str, Any]:
+        """Have a cluster measure the version again (every device class, or one); returns at once with
+        ``{name, version, device_classes_cleared, cluster_id, cluster_name}``: the new profiles
+        appear in :meth:`model_profiles` when measured."""
         body = {"device_class": device_class} if device_class else {}
         return dict(self._new_route(
             "POST", f"/api/models/{_q(name)}/versions/{_q(str(ref))}/profile",
-            "/api/models/{name}/versions/{ref}/profile", json=body, timeout=timeout) or {})
+            "/api/models/{name}/versions/{ref}/profile", json=body, timeout=30) or {})
 
     def delete_model(self, name: str) -> dict[str, Any]:
         return dict(self._new_route("DELETE", f"/api/models/{_q(name)}", "/api/models/{name}") or {})

@@ -22,7 +22,7 @@ from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
 from treeline_cli.reasons import reason_lines
 from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
-from treeline_cli.views import World, kind_named
+from treeline_cli.views import World, kind_named, ms
 from treeline_common.jobs import JobStatus
 
 DEFAULT_TIMEOUT = 180.0
@@ -81,9 +81,23 @@ def _print_applied(out: Output, applications: list[dict[str, Any]], started: lis
         out.line(f"application {app.get('application_name')} ({app.get('applicationID')}): "
                  f"{app.get('action', 'created')}, {plural(len(services), 'service')}")
         for change in app.get("changes") or []:
-            out.line(f"  {change if isinstance(change, str) else json.dumps(change)}")
+            out.line(f"  {_change_text(change)}")
+        for redeployed in app.get("redeployed") or []:
+            out.line(f"  re-deploying service {redeployed.get('service_id')}")
+        for failure in app.get("failures") or []:
+            out.warn(f"{app.get('application_name')}: {failure.get('message', failure)}")
     if started:
         out.line(f"deploying {plural(len(started), 'service')}; follow with `treeline get services`")
+
+
+def _change_text(change: Any) -> str:
+    """``path: old -> new`` of one ``{path, old, new}`` change."""
+    if not isinstance(change, dict):
+        return str(change)
+    def short(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"{change.get('path')}: {short(change.get('old'))} -> {short(change.get('new'))}"
 
 
 def _wait_all(client: RootClient, applications: list[dict[str, Any]], out: Output,
@@ -151,26 +165,24 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
     for plan in plans:
         stages = plan.get("stages") or []
         predicted = plan.get("predicted") or {}
+        name = f"{plan.get('application_name', '?')}/{plan.get('microservice_name')}"
+        cluster = plan.get("cluster_name") or plan.get("cluster") or plan.get("cluster_id") or "?"
         if plan.get("schedulable"):
-            latency = predicted.get("latency_ms") if isinstance(predicted, dict) else predicted
-            out.line(f"{plan.get('microservice_name')}: schedulable on {plan.get('cluster') or '?'}, "
-                     f"{plural(len(stages), 'stage')}, predicted {latency} ms")
+            out.line(f"{name}: schedulable on {cluster}, {plural(len(stages), 'stage')}, "
+                     f"strategy {plan.get('strategy') or '?'}, "
+                     f"predicted {ms(predicted.get('latency_ms'))} ms end to end")
             for stage in stages:
-                out.line(f"  stage {stage.get('index')}: {stage.get('node_name') or stage.get('node_id')}"
-                         + (f", predicted {stage.get('predicted_compute_ms')} ms compute"
-                            if "predicted_compute_ms" in stage else ""))
+                out.line(f"  stage {stage.get('index')}: {stage.get('node_name')}, "
+                         f"{float(stage.get('flops') or 0) / 1e6:.1f} MFLOPs, sends "
+                         f"{int(stage.get('cut_bytes') or 0) / 1024:.1f} KB, "
+                         f"predicted {ms(stage.get('predicted_compute_ms'))} ms compute")
         else:
-            out.line(f"{plan.get('microservice_name')}: NOT schedulable")
-        reasons = plan.get("reasons") or {}
-        if isinstance(reasons, dict):
-            grouped: dict[str, list[str]] = {}
-            for node, reason in reasons.items():
-                grouped.setdefault(str(reason), []).append(str(node))
-            for reason, nodes in grouped.items():
-                out.line(f"  {', '.join(nodes)}: {reason}")
-        else:
-            for reason in reasons:
-                out.line(f"  {reason}")
+            out.line(f"{name}: NOT schedulable on {cluster}" + (f": {plan['message']}" if plan.get("message")
+                                                                  else ""))
+        # reasons: {node name or id: "code: message"}, grouped so each reason shows once
+        explanation = {"filtered_or_unused": plan.get("reasons") or {}}
+        for line in reason_lines({"status": "FAILED", "explanation": explanation}):
+            out.line(line)
 
 
 @click.command()

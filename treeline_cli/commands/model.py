@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ import click
 import model_zoo
 from treeline_cli.commands.common import output, output_option, root_client, root_options, setting, settings
 from treeline_cli.errors import Failure, UsageError
-from treeline_cli.output import plural
+from treeline_cli.output import Output, plural
 from treeline_cli.resolve import split_model_ref
+
+PROFILE_POLL_S = 0.5
 
 
 @click.group()
@@ -72,29 +75,44 @@ def register(file: Path | None, builtin: str | None, name: str | None, alias: st
 @model.command()
 @click.argument("ref", metavar="NAME[:VERSION]")
 @click.option("--device-class", metavar="CLASS", help="measure on this device class only (default: all)")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="seconds to wait for the new profiles")
+@click.option("--no-wait", "no_wait", is_flag=True, help="return once a cluster has accepted the request")
 @output_option
 @root_options
-def profile(ref: str, device_class: str | None, timeout: float) -> None:
+def profile(ref: str, device_class: str | None, timeout: float, no_wait: bool) -> None:
     """Measure a model version again on the cluster's devices (every class, or one)."""
     name, version = split_model_ref(ref)
+    wait = not no_wait
     out = output()
     client = root_client()
     target = f"{name}:{version}" + (f" on {device_class}" if device_class else "")
-    with out.step(f"profiling {target}"):
-        result = client.profile_model(name, version, device_class, timeout=timeout)
-    out.result(result, lambda: _print_profiles(out, name, version, result))
+    with out.step(f"asking a cluster to profile {target}"):
+        answer = client.profile_model(name, version, device_class)
+    number = int(answer.get("version") or 0) or version
+    expected = {device_class} if device_class else set(answer.get("device_classes_cleared") or [])
+    if not wait:
+        out.result(answer, lambda: out.line(f"cluster {answer.get('cluster_name')} is profiling {target}"))
+        return
+    deadline = time.monotonic() + timeout
+    with out.step(f"cluster {answer.get('cluster_name')} is profiling {target}"):
+        while True:
+            profiles = client.model_profiles(name, number)
+            if (expected and expected <= set(profiles)) or (not expected and profiles):
+                break
+            if time.monotonic() > deadline:
+                raise Failure(f"no new profile of {target} after {timeout:.0f} s",
+                              "see `treeline logs cluster`, or wait longer with --timeout")
+            time.sleep(PROFILE_POLL_S)
+    shown = {k: v for k, v in profiles.items() if not device_class or k == device_class}
+    doc = {**answer, "profiles": shown}
+    out.result(doc, lambda: _print_profiles(out, name, number, shown))
 
 
-def _print_profiles(out: Any, name: str, version: str, result: dict[str, Any]) -> None:
-    profiles = result.get("profiles")
-    if isinstance(profiles, dict) and profiles:
-        out.line(f"profiled {name}:{result.get('version', version)} on "
-                 f"{plural(len(profiles), 'device class', 'device classes')}")
-        for device_class, doc in sorted(profiles.items()):
-            total = doc.get("total_ms") if isinstance(doc, dict) else None
-            ops = len(doc.get("op_ms") or {}) if isinstance(doc, dict) else 0
-            total_text = f"{total:.2f} ms total, " if isinstance(total, int | float) else ""
-            out.line(f"  {device_class}: {total_text}{plural(ops, 'op')}")
-    else:
-        out.line(f"profiling of {name}:{version} requested: {result}")
+def _print_profiles(out: Output, name: str, version: object, profiles: dict[str, Any]) -> None:
+    out.line(f"profiled {name}:{version} on {plural(len(profiles), 'device class', 'device classes')}")
+    for device_class, doc in sorted(profiles.items()):
+        total = doc.get("total_ms") if isinstance(doc, dict) else None
+        ops = len(doc.get("op_ms") or {}) if isinstance(doc, dict) else 0
+        total_text = f"{total:.2f} ms total, " if isinstance(total, int | float) else ""
+        out.line(f"  {device_class}: {total_text}{plural(ops, 'op')} timed")
