@@ -44,10 +44,12 @@ def _job_url(cluster_url: str, service_id: str, instance: int) -> str:
 
 
 class HttpClusterClient(ClusterClient):
-    """requests-based; constructing it does no I/O."""
+    """requests-based; constructing it does no I/O. ``plan_timeout`` is longer than ``timeout``: a
+    dry run downloads the model (once per cluster) and runs the planner before it answers."""
 
-    def __init__(self, timeout: float = 10.0, session: Any = None) -> None:
+    def __init__(self, timeout: float = 10.0, session: Any = None, plan_timeout: float = 120.0) -> None:
         self.timeout = timeout
+        self.plan_timeout = max(plan_timeout, timeout)
         self.session = session
 
     def deploy(self, cluster_url: str, service_id: str, instance: int, job: dict[str, Any]) -> None:
@@ -63,7 +65,7 @@ class HttpClusterClient(ClusterClient):
     def plan(self, cluster_url: str, job: dict[str, Any]) -> dict[str, Any]:
         log.info("asking %s to plan %s (dry run)", cluster_url, job.get("service_id"))
         return _object(call_json("POST", f"{cluster_url.rstrip('/')}/api/plan", json=job,
-                                 timeout=self.timeout, session=self.session), cluster_url)
+                                 timeout=self.plan_timeout, session=self.session), cluster_url)
 
     def profile(self, cluster_url: str, request: dict[str, Any]) -> dict[str, Any]:
         log.info("asking %s to profile %s v%s", cluster_url, request.get("name"), request.get("version"))

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from test_root_api import PLAN_SUMMARY, Root, _error, ml_sla, tiny_onnx
 
+from root_orchestrator.cluster_client import HttpClusterClient
 from root_orchestrator.stores import open_stores
-from treeline_common.errors import InvalidInput, NotFound, Unavailable, Unschedulable
+from treeline_common.errors import Unavailable, Unschedulable
 
 
 @pytest.fixture(params=["sqlite", "mongomock"])
@@ -353,7 +354,39 @@ def test_delete_model_bad_inputs(root: Root) -> None:
     _error(root.http.delete("/api/models/bad%20name!"), 400, "INVALID_INPUT")
 
 
-def test_error_classes_keep_their_codes() -> None:
-    # the fake client raises these; the root must map them, never answer 500
-    assert {InvalidInput.code, NotFound.code, Unavailable.code, Unschedulable.code} == {
-        "INVALID_INPUT", "NOT_FOUND", "UNAVAILABLE", "UNSCHEDULABLE"}
+# -- the HTTP cluster client ------------------------------------------------------------------------
+
+class _Answer:
+    def __init__(self, status: int, body: Any) -> None:
+        self.status_code = status
+        self._body = body
+        self.content = b"x" if body is not None else b""
+
+    def json(self) -> Any:
+        return self._body
+
+
+class _Session:
+    def __init__(self, *answers: _Answer) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, str, Any, float]] = []
+
+    def request(self, method: str, url: str, *, json: Any = None, timeout: float = 0.0, **_: Any) -> _Answer:
+        self.calls.append((method, url, json, timeout))
+        return self.answers.pop(0)
+
+
+def test_http_client_plan_and_profile_paths() -> None:
+    refusal = {"error": {"code": "UNSCHEDULABLE", "message": "no rpi4", "details": []}}
+    session = _Session(_Answer(200, PLAN_SUMMARY), _Answer(202, {"name": "tiny"}), _Answer(200, [1]),
+                       _Answer(422, refusal))
+    client = HttpClusterClient(timeout=5.0, session=session, plan_timeout=90.0)
+    assert client.plan("http://c:1/", {"service_id": "s"}) == PLAN_SUMMARY
+    assert client.profile("http://c:1", {"name": "tiny"}) == {"name": "tiny"}
+    with pytest.raises(Unavailable):
+        client.plan("http://c:1", {})  # an answer that is not an object
+    with pytest.raises(Unschedulable):
+        client.profile("http://c:1", {})  # the cluster's own error class comes back
+    assert [(m, u, t) for m, u, _, t in session.calls] == [
+        ("POST", "http://c:1/api/plan", 90.0), ("POST", "http://c:1/api/models/profile", 5.0),
+        ("POST", "http://c:1/api/plan", 90.0), ("POST", "http://c:1/api/models/profile", 5.0)]
