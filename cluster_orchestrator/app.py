@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from cluster_orchestrator.api import create_app
+from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.mqtt_bus import MqttBus, parse_mqtt_url
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
@@ -38,7 +40,8 @@ class ClusterRuntime:
         self.port = port
         self.store = SqliteClusterStateStore.in_data_dir(data_dir)
         self.root = RootClient(config.root_url)
-        self.core = ClusterOrchestrator(config, self.store, self.root, clock=clock)
+        self.core = ClusterOrchestrator(config, self.store, self.root, clock=clock,
+                                        artifacts=ArtifactCache(Path(data_dir) / "artifacts"))
         self.bus = MqttBus(mqtt_url, self.core, client_id=f"treeline-cluster-{config.name}")
         self.core.set_bus(self.bus)
         self._server: BaseWSGIServer | None = None
@@ -52,6 +55,10 @@ class ClusterRuntime:
     def start(self) -> None:
         self._server = make_server(self.host, self.port, create_app(self.core), threaded=True)
         self.port = self._server.server_port
+        if not self.config.public_url:  # advertise the address actually bound (port 0 = a free one)
+            self.config = replace(self.config, public_url=self.url)
+            self.core.config = self.config
+            self.core.sync.public_url = self.url
         self._server_thread = threading.Thread(target=self._server.serve_forever, name="cluster-http",
                                                daemon=True)
         self._server_thread.start()

@@ -35,6 +35,7 @@ from typing import Any
 import onnx
 
 from cluster_orchestrator import planning
+from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployments import DeploymentBook, Superseded, placement_of, status_of
 from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.mqtt_bus import MessageBus
@@ -58,6 +59,7 @@ class DeployerSettings:
     serving plan's predicted cost) an improvement must be to be adopted."""
 
     root_url: str
+    artifact_base_url: str = ""  # where nodes fetch models and partitions: this cluster (default: root)
     stage_timeout: float = 60.0
     profile_timeout: float = 30.0
     max_attempts: int = 5
@@ -80,12 +82,23 @@ class AttemptFailed(Exception):
 
 
 class ModelCache:
-    """Parsed models and their graphs by digest (a re-plan does not download again). Thread-safe."""
+    """Parsed models and their graphs by digest (a re-plan does not download again), and the
+    last op-time profiles seen per model (so a re-plan while the root is down still has them).
+    Thread-safe."""
 
     def __init__(self, size: int = 4) -> None:
         self._size = size
         self._lock = threading.Lock()
         self._items: OrderedDict[str, tuple[onnx.ModelProto, ModelGraph]] = OrderedDict()
+        self._profiles: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def profiles(self, sha256: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._profiles.get(sha256, {}))
+
+    def remember_profiles(self, sha256: str, profiles: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self._profiles.setdefault(sha256, {}).update(profiles)
 
     def get(self, sha256: str, load: Callable[[], bytes]) -> tuple[onnx.ModelProto, ModelGraph]:
         with self._lock:
@@ -107,7 +120,8 @@ class Deployer:
     def __init__(self, book: DeploymentBook, bus: MessageBus, root: RootClient, tracker: StageTracker,
                  nodes: Callable[[], list[dict[str, Any]]], on_change: Callable[[str], None],
                  settings: DeployerSettings, stop: threading.Event, clock: Clock,
-                 profiles: ProfileCollector | None = None, models: ModelCache | None = None) -> None:
+                 profiles: ProfileCollector | None = None, models: ModelCache | None = None,
+                 artifacts: ArtifactCache | None = None) -> None:
         self._book = book
         self._bus = bus
         self._root = root
@@ -119,6 +133,7 @@ class Deployer:
         self._clock = clock
         self._profiles = profiles
         self._models = models or ModelCache()
+        self._artifacts = artifacts or ArtifactCache()
 
     def _commit(self, deployment_id: str, epoch: int, **fields: Any) -> dict[str, Any]:
         doc = self._book.commit(deployment_id, epoch, **fields)
@@ -179,10 +194,21 @@ class Deployer:
             nodes=[s.node_name for s in placement.stages]))
         self._on_change(deployment_id)
 
+    def _model_bytes(self, spec: planning.JobSpec) -> bytes:
+        """The model from this cluster's artifact cache, else from the root (then cached)."""
+        data = self._artifacts.get(spec.model_sha256)
+        if data is None:
+            data = self._root.download(spec.model_url, spec.model_sha256)
+            self._artifacts.put(spec.model_sha256, data)
+        return data
+
+    def _node_url(self, sha256: str) -> str:
+        """Where nodes fetch an artifact: this cluster's cache (the root when none is configured)."""
+        return planning.artifact_url(self._settings.artifact_base_url or self._settings.root_url, sha256)
+
     def _fetch(self, spec: planning.JobSpec) -> tuple[onnx.ModelProto, ModelGraph]:
         try:
-            return self._models.get(spec.model_sha256,
-                                    lambda: self._root.download(spec.model_url, spec.model_sha256))
+            return self._models.get(spec.model_sha256, lambda: self._model_bytes(spec))
         except TreelineError as exc:
             raise AttemptFailed(f"model download: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
@@ -195,11 +221,23 @@ class Deployer:
         return planning.plan(model, graph, nodes, spec.microservice, profile, cost_model)
 
     def _publish(self, outcome: planning.PlanOutcome) -> None:
-        try:
-            for part in outcome.partitions:
+        """Partitions into this cluster's cache (nodes fetch them here), and a copy to the root,
+        best effort: a root that is down must not stop a re-plan."""
+        for part in outcome.partitions:
+            self._artifacts.put(part.sha256, part.model_bytes)
+        if not self._settings.artifact_base_url:
+            try:
+                for part in outcome.partitions:
+                    self._root.put_artifact(part.sha256, part.model_bytes)
+            except TreelineError as exc:
+                raise AttemptFailed(f"partition upload: {exc.message}") from None
+            return
+        for part in outcome.partitions:
+            try:
                 self._root.put_artifact(part.sha256, part.model_bytes)
-        except TreelineError as exc:
-            raise AttemptFailed(f"partition upload: {exc.message}") from None
+            except TreelineError as exc:
+                log.info("partition %s not copied to the root (kept here): %s", part.sha256[:12], exc.message)
+                return
 
     def _command_and_wait(self, deployment_id: str, epoch: int, attempt: Attempt, placement: Placement,
                           outcome: planning.PlanOutcome, online: list[str]) -> None:
@@ -213,7 +251,8 @@ class Deployer:
                           status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) "
                                         f"on {nodes}")
         self._commit(deployment_id, epoch, **fields)
-        commands = planning.deploy_commands(placement, self._settings.root_url)
+        base_url = self._settings.artifact_base_url or self._settings.root_url
+        commands = planning.deploy_commands(placement, base_url)
         self._tracker.expect(deployment_id, placement.generation, {cmd.stage: node for node, cmd in commands})
         try:
             for node_id, command in commands:
@@ -276,20 +315,22 @@ class Deployer:
                     reprofile: frozenset[str]) -> CostModel:
         """Op-time profiles for the model: those the root keeps (minus drifted classes), plus fresh
         ones for device classes that have none (one node per class measures; stored at the root)."""
-        stored: dict[str, dict[str, Any]] = {}
+        stored = self._models.profiles(spec.model_sha256)
         try:
-            stored = self._root.model_profiles(spec.model_name, spec.model_version)
+            stored.update(self._root.model_profiles(spec.model_name, spec.model_version))
+            self._models.remember_profiles(spec.model_sha256, stored)
         except TreelineError as exc:
-            log.warning("could not read stored profiles of %s v%s: %s",
-                        spec.model_name, spec.model_version, exc)
+            log.warning("could not read stored profiles of %s v%s (using %d cached): %s",
+                        spec.model_name, spec.model_version, len(stored), exc)
         stored = {k: v for k, v in stored.items() if k not in reprofile}
         missing = classes_to_profile(nodes, set(stored))
         if missing and self._profiles is not None:
-            results = self._profiles.collect(self._bus.publish, missing, spec.model_url, spec.model_sha256,
-                                             self._settings.profile_timeout, self._stop)
+            results = self._profiles.collect(self._bus.publish, missing, self._node_url(spec.model_sha256),
+                                             spec.model_sha256, self._settings.profile_timeout, self._stop)
             for device_class, result in results.items():
                 body = dataclasses.asdict(result)
                 stored[device_class] = body
+                self._models.remember_profiles(spec.model_sha256, {device_class: body})
                 try:
                     self._root.put_model_profile(spec.model_name, spec.model_version, device_class, body)
                 except TreelineError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.aggregate import compute_aggregate
+from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployer import Attempt, Deployer, DeployerSettings, ModelCache
 from cluster_orchestrator.deployments import (
     DeploymentBook,
@@ -56,7 +57,7 @@ from cluster_orchestrator.store import ClusterStateStore, Doc
 from cluster_orchestrator.tracker import StageTracker
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
-from treeline_common.errors import InvalidInput, TreelineError
+from treeline_common.errors import InvalidInput, NotFound, TreelineError
 from treeline_common.jobs import ACTIVE, ClusterPush, JobRequest, JobStatus, deployment_id_of
 from treeline_common.messages import (
     DeleteCommand,
@@ -123,8 +124,10 @@ class ClusterOrchestrator:
     """The cluster's core; see the module docstring for its loops."""
 
     def __init__(self, config: ClusterConfig, store: ClusterStateStore, root: RootClient,
-                 bus: MessageBus | None = None, clock: Clock | None = None) -> None:
+                 bus: MessageBus | None = None, clock: Clock | None = None,
+                 artifacts: ArtifactCache | None = None) -> None:
         self.config = config
+        self.artifacts = artifacts or ArtifactCache()
         self.store = store
         self.root = root
         self.clock = clock or SystemClock()
@@ -160,11 +163,12 @@ class ClusterOrchestrator:
     def _deployer(self) -> Deployer:
         if self._bus is None:
             raise TreelineError("no message bus configured")
-        settings = DeployerSettings(self.config.root_url, self.config.stage_timeout,
+        settings = DeployerSettings(self.config.root_url, self.config.public_url, self.config.stage_timeout,
                                     self.config.profile_timeout, self.config.max_attempts,
                                     self.config.replan_margin)
         return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list_nodes, self._changed,
-                        settings, self._stop, self.clock, profiles=self.profiles, models=self.models)
+                        settings, self._stop, self.clock, profiles=self.profiles, models=self.models,
+                        artifacts=self.artifacts)
 
     def start(self) -> None:
         """Start the loops; unfinished deployments resume through the reconcile rule."""
@@ -239,6 +243,14 @@ class ClusterOrchestrator:
             self._publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
         self._changed(deployment_id)
         return doc
+
+    def artifact(self, sha256: str) -> bytes:
+        """A model or partition this cluster serves to its nodes; NotFound when it has none."""
+        data = self.artifacts.get(sha256)
+        if data is None:
+            raise NotFound(f"artifact {sha256} is not held by this cluster",
+                           [{"path": "sha256", "message": "unknown artifact"}])
+        return data
 
     def get_deployment(self, service_id: str, instance: str) -> dict[str, Any]:
         return deployment_view(self.book.require(deployment_id_of(service_id, instance)))
@@ -338,7 +350,7 @@ class ClusterOrchestrator:
             placement = placement_of(doc)
             if placement is None or placement.generation != action.generation:
                 return
-            for node_id, command in planning.deploy_commands(placement, self.config.root_url):
+            for node_id, command in planning.deploy_commands(placement, self.config.public_url):
                 if node_id == action.node_id and command.stage == action.stage:
                     log.info("re-sending stage %s to node %s (not in its telemetry)",
                              action.stage_key, node_id)

@@ -35,7 +35,7 @@ class RootSync:
         self._root = root
         self._name = name
         self._location = location
-        self._public_url = public_url
+        self.public_url = public_url
         self._push_interval = push_interval
         self._body = body
         self._stop = stop
@@ -92,7 +92,7 @@ class RootSync:
         attempt = 0
         while not self._stop.is_set():
             try:
-                cluster_id = self._root.register_cluster(self._name, self._location, self._public_url)
+                cluster_id = self._root.register_cluster(self._name, self._location, self.public_url)
             except Exception as exc:  # noqa: BLE001 - retried with backoff whatever it was
                 delay = backoff_delay(attempt)
                 level = logging.INFO if attempt == 0 and isinstance(exc, TreelineError) else logging.WARNING

@@ -232,7 +232,7 @@ class Env:
         self.runtime: ClusterRuntime | None = None
 
     def start_cluster(self, stage_timeout: float = 15.0) -> ClusterRuntime:
-        config = build_config("cluster-test", self.root.url, self.broker.url, "http://127.0.0.1:1",
+        config = build_config("cluster-test", self.root.url, self.broker.url, "",
                               push_interval=1.0, telemetry_interval=30.0, heartbeat_misses=3,
                               stage_timeout=stage_timeout, liveness_period=0.2)
         self.runtime = ClusterRuntime(config, self.data_dir, "127.0.0.1", 0, self.broker.url)
@@ -318,7 +318,9 @@ def test_job_runs_on_two_nodes_and_root_sees_running(env: Env) -> None:
         cmd = commands[stage["index"]]
         assert cmd.sha256 == stage["sha256"]
         assert hashlib.sha256(env.root.artifacts[cmd.sha256]).hexdigest() == cmd.sha256
-        assert cmd.artifact_url == f"{env.root.url}/api/artifacts/{cmd.sha256}"
+        # nodes fetch partitions from their cluster (a re-plan must not need the root)
+        assert cmd.artifact_url == f"{env.runtime.url}/api/artifacts/{cmd.sha256}"
+        assert requests.get(cmd.artifact_url, timeout=5).content == env.root.artifacts[cmd.sha256]
     assert commands[0].next is not None and commands[0].next.stage_key == "svc-a-0/1/1"
     assert commands[0].next.endpoint == stages[1]["endpoint"] and commands[1].next is None
     assert env.deployment("svc-a")["status"] == "RUNNING"
