@@ -37,7 +37,7 @@ def placement_lines(placement: Mapping[str, Any], indent: str = "  ") -> list[st
         lines.append(
             f"{indent}stage {stage.get('index')}: {stage.get('node_name') or stage.get('node_id')} "
             f"({stage.get('profile', '?')}), {float(stage.get('flops') or 0) / 1e6:.1f} MFLOPs, "
-            f"sends {_kb(stage.get('cut_bytes'))}, "
+            f"{'sends ' + _kb(stage.get('cut_bytes')) if stage is not stages[-1] else 'replies'}, "
             f"predicted {ms(stage.get('predicted_compute_ms'))} ms compute{transfer_text}, "
             f"{stage.get('state', '?')}")
     predicted = placement.get("predicted") or {}

@@ -104,7 +104,11 @@ class Output:
             table.add_column(column.header, no_wrap=True, overflow="ignore")
         for row in rows:
             table.add_row(*(Text("" if (v := column.cell(row)) is None else str(v)) for column in columns))
-        self.out.print(table, crop=False)
+        with self.out.capture() as captured:
+            self.out.print(table, crop=False)
+        # rich pads every cell to its column's width; trailing blanks only get in a reader's way
+        self._stdout.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        self._stdout.flush()
 
     def result(self, doc: Any, render: Callable[[], None]) -> None:
         """``doc`` as JSON/YAML when asked for, else whatever ``render`` prints."""

@@ -45,8 +45,8 @@ def resolve_one(kind: str, ref: str, objects: Sequence[T], ident: Callable[[T], 
         hint = f"see `{list_command}`" if list_command else ""
         raise Failure(f"no {kind} {ref!r} ({there})", hint)
     describe = label or (lambda o: ident(o))
-    raise UsageError(f"{len(named)} {kind}s are named {ref!r}: {', '.join(describe(o) for o in named)}",
-                     "give the id instead of the name")
+    hint = "give the id, or APP/SERVICE" if kind == "service" else "give the id instead of the name"
+    raise UsageError(f"{len(named)} {kind}s are named {ref!r}: {', '.join(describe(o) for o in named)}", hint)
 
 
 def app_id(app: Doc) -> str:
