@@ -1,0 +1,112 @@
+"""treeline_common.config: precedence flag > env > file > default, with the source of every value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from treeline_common.config import (
+    ConfigError,
+    config_candidates,
+    file_settings,
+    load_settings,
+    read_config_file,
+    resolve_settings,
+)
+
+CWD = Path("/work/here")
+FILE = Path("/etc/treeline/treeline.toml")
+
+
+@pytest.mark.parametrize(("flags", "env", "file", "expected", "source"), [
+    ({}, {}, {}, 3, "default"),
+    ({}, {}, {"nodes": 4}, 4, f"file {FILE}"),
+    ({}, {"TREELINE_NODES": "5"}, {"nodes": 4}, 5, "env TREELINE_NODES"),
+    ({"nodes": 6}, {"TREELINE_NODES": "5"}, {"nodes": 4}, 6, "flag --nodes"),
+    ({"nodes": None}, {"TREELINE_NODES": "5"}, {}, 5, "env TREELINE_NODES"),  # an unset flag is not given
+])
+def test_precedence_flag_env_file_default(flags: dict, env: dict, file: dict, expected: int, source: str) -> None:
+    settings = resolve_settings(flags, env, file, FILE, CWD)
+    assert settings.nodes == expected
+    assert settings.sources["nodes"] == source
+
+
+def test_root_url_defaults_to_root_port_and_says_so() -> None:
+    settings = resolve_settings({}, {"TREELINE_ROOT_PORT": "10005"}, {}, None, CWD)
+    assert settings.root_url == "http://127.0.0.1:10005"
+    assert settings.sources["root_url"] == "default (from root_port)"
+    explicit = resolve_settings({"root_url": "http://h:1/"}, {"TREELINE_ROOT_PORT": "10005"}, {}, None, CWD)
+    assert explicit.root_url == "http://h:1"
+
+
+def test_mqtt_url_is_an_alias_of_broker_url_in_env_and_file() -> None:
+    from_env = resolve_settings({}, {"TREELINE_MQTT_URL": "mqtt://b:1883"}, {}, None, CWD)
+    assert from_env.broker_url == from_env.mqtt_url == "mqtt://b:1883"
+    assert file_settings({"mqtt_url": "mqtt://c:1"}, FILE) == {"broker_url": "mqtt://c:1"}
+
+
+def test_profiles_parse_from_strings_and_lists() -> None:
+    assert resolve_settings({}, {"TREELINE_PROFILES": "server, rpi4"}, {}, None, CWD).profiles == ("server", "rpi4")
+    assert resolve_settings({}, {}, {"profiles": ["rpi4"]}, FILE, CWD).profiles == ("rpi4",)
+
+
+@pytest.mark.parametrize(("flags", "env", "names"), [
+    ({"nodes": 0}, {}, ("nodes", "flag --nodes")),
+    ({}, {"TREELINE_NODES": "two"}, ("nodes", "env TREELINE_NODES")),
+    ({"profiles": "server,gpu9000"}, {}, ("gpu9000", "flag --profiles")),
+    ({}, {"TREELINE_LOG_LEVEL": "chatty"}, ("log_level", "env TREELINE_LOG_LEVEL")),
+    ({"root_url": "localhost"}, {}, ("root_url", "flag --root-url")),
+    ({"root_port": 70000}, {}, ("root_port", "at most 65535")),
+])
+def test_invalid_values_name_the_option_and_where_they_came_from(flags: dict, env: dict, names: tuple) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve_settings(flags, env, {}, None, CWD)
+    for name in names:
+        assert name in raised.value.message
+
+
+def test_relative_data_dir_is_relative_to_cwd_or_to_the_file() -> None:
+    assert resolve_settings({}, {}, {}, None, CWD).data_dir == CWD / ".treeline"
+    assert resolve_settings({"data_dir": "state"}, {}, {}, None, CWD).data_dir == CWD / "state"
+    assert resolve_settings({}, {}, {"data_dir": "state"}, FILE, CWD).data_dir == FILE.parent / "state"
+
+
+def test_unknown_file_keys_are_refused_with_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown option 'node'.*known: .*nodes"):
+        file_settings({"node": 3}, FILE)
+    assert file_settings({"treeline": {"nodes": 2}}, FILE) == {"nodes": 2}
+
+
+def test_load_reads_the_working_directory_file_before_the_home_one(tmp_path: Path) -> None:
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    (home / ".config" / "treeline").mkdir(parents=True)
+    cwd.mkdir()
+    (home / ".config" / "treeline" / "treeline.toml").write_text('nodes = 7\nlog_level = "debug"\n')
+    assert config_candidates(cwd, home)[0] == cwd / "treeline.toml"
+    settings = load_settings({}, {}, cwd, home)
+    assert (settings.nodes, settings.log_level) == (7, "DEBUG")
+    assert settings.config_file == home / ".config" / "treeline" / "treeline.toml"
+    (cwd / "treeline.toml").write_text("nodes = 2\n")
+    settings = load_settings({}, {}, cwd, home)
+    assert (settings.nodes, settings.log_level, settings.config_file) == (2, "INFO", cwd / "treeline.toml")
+
+
+def test_bad_toml_and_a_missing_named_file_are_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "treeline.toml"
+    bad.write_text("nodes = [\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_config_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({}, {"TREELINE_CONFIG": str(tmp_path / "nope.toml")}, tmp_path, tmp_path)
+
+
+def test_settings_are_frozen_and_list_every_option_with_its_source() -> None:
+    settings = resolve_settings({"nodes": 2}, {}, {}, None, CWD)
+    with pytest.raises(AttributeError):
+        settings.nodes = 3  # type: ignore[misc]
+    as_dict = settings.as_dict()
+    assert as_dict["nodes"] == {"value": 2, "source": "flag --nodes"}
+    assert as_dict["profiles"]["value"] == ["server", "jetson-nano", "rpi4"]
+    assert {"root_url", "cluster_url", "broker_url", "data_dir", "root_port", "cluster_port", "nodes",
+            "profiles", "log_level"} <= set(as_dict)
