@@ -107,7 +107,8 @@ def no_stack(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("TREELINE_ROOT_URL", "TREELINE_NODES", "TREELINE_PROFILES", "TREELINE_CONFIG", "FORCE_COLOR"):
+    for name in ("TREELINE_ROOT_URL", "TREELINE_NODES", "TREELINE_PROFILES", "TREELINE_CONFIG",
+                 "FORCE_COLOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # no stray ./treeline.toml
 
@@ -135,8 +136,9 @@ def test_usage_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     assert not no_stack, "up started a stack although its settings were refused"
 
 
-def test_verbose_is_accepted_after_any_command(capsys: pytest.CaptureFixture[str], no_stack: list[Any]) -> None:
-    code, out, err = run(capsys, "up", "-v", "--nodes", "0")
+def test_verbose_is_accepted_after_any_command(capsys: pytest.CaptureFixture[str],
+                                               no_stack: list[Any]) -> None:
+    code, _, err = run(capsys, "up", "-v", "--nodes", "0")
     assert code == 2 and err[-1].startswith("error: invalid setting nodes") and not no_stack
     assert run(capsys, "version", "-v")[0] == 0
 
@@ -146,8 +148,8 @@ def test_unreachable_root_is_one_line_exit_1_and_v_adds_the_traceback(
     url = f"http://127.0.0.1:{free_port()}"
     code, out, err = run(capsys, "get", "apps", "--root-url", url)
     assert (code, out) == (1, "")
-    assert err == [f"error: cannot reach the root at {url} (connection refused); is it running? Start it with "
-                   "`treeline up`, or pass --root-url (or set TREELINE_ROOT_URL)"]
+    assert err == [f"error: cannot reach the root at {url} (connection refused); is it running? "
+                   "Start it with `treeline up`, or pass --root-url (or set TREELINE_ROOT_URL)"]
     code, _, err = run(capsys, "-v", "get", "apps", "--root-url", url)
     assert code == 1 and err[0] == "Traceback (most recent call last):" and err[-1].startswith("error: ")
 
@@ -178,7 +180,8 @@ def test_ambiguous_and_unknown_names_list_the_candidates(capsys: pytest.CaptureF
     assert code == 2 and len(err) == 1
     assert "2 applications are named 'vision': a-run (RUNNING), a-bad (FAILED)" in err[0]
     code, _, err = run(capsys, "get", "services", "nope", "--root-url", root_url)
-    assert code == 1 and err == ["error: no service 'nope' (there are: classifier); see `treeline get services`"]
+    assert code == 1
+    assert err == ["error: no service 'nope' (there are: classifier); see `treeline get services`"]
 
 
 def test_infer_says_which_services_an_application_has(capsys: pytest.CaptureFixture[str],

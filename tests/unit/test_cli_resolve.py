@@ -31,7 +31,7 @@ def test_infer_picks_the_running_service_over_a_failed_application_of_the_same_n
 def test_infer_refuses_two_running_candidates_and_names_missing_services() -> None:
     services = [svc("s1", "a1", "classifier", "RUNNING"), svc("s2", "a2", "classifier", "RUNNING"),
                 svc("s3", "a3", "asr", "RUNNING")]
-    with pytest.raises(UsageError, match="matches 2 services: s1 .*s2"):
+    with pytest.raises(UsageError, match=r"matches 2 services: s1 .*s2"):
         inference_target("vision", None, APPS, services)
     with pytest.raises(Failure, match="there is no service 'nope' in application 'speech' \\(it has: asr\\)"):
         inference_target("speech", "nope", APPS, services)

@@ -26,7 +26,8 @@ FILE = Path("/etc/treeline/treeline.toml")
     ({"nodes": 6}, {"TREELINE_NODES": "5"}, {"nodes": 4}, 6, "flag --nodes"),
     ({"nodes": None}, {"TREELINE_NODES": "5"}, {}, 5, "env TREELINE_NODES"),  # an unset flag is not given
 ])
-def test_precedence_flag_env_file_default(flags: dict, env: dict, file: dict, expected: int, source: str) -> None:
+def test_precedence_flag_env_file_default(flags: dict, env: dict, file: dict, expected: int,
+                                          source: str) -> None:
     settings = resolve_settings(flags, env, file, FILE, CWD)
     assert settings.nodes == expected
     assert settings.sources["nodes"] == source
@@ -47,7 +48,8 @@ def test_mqtt_url_is_an_alias_of_broker_url_in_env_and_file() -> None:
 
 
 def test_profiles_parse_from_strings_and_lists() -> None:
-    assert resolve_settings({}, {"TREELINE_PROFILES": "server, rpi4"}, {}, None, CWD).profiles == ("server", "rpi4")
+    from_env = resolve_settings({}, {"TREELINE_PROFILES": "server, rpi4"}, {}, None, CWD)
+    assert from_env.profiles == ("server", "rpi4")
     assert resolve_settings({}, {}, {"profiles": ["rpi4"]}, FILE, CWD).profiles == ("rpi4",)
 
 
@@ -59,7 +61,8 @@ def test_profiles_parse_from_strings_and_lists() -> None:
     ({"root_url": "localhost"}, {}, ("root_url", "flag --root-url")),
     ({"root_port": 70000}, {}, ("root_port", "at most 65535")),
 ])
-def test_invalid_values_name_the_option_and_where_they_came_from(flags: dict, env: dict, names: tuple) -> None:
+def test_invalid_values_name_the_option_and_where_they_came_from(flags: dict, env: dict,
+                                                                 names: tuple) -> None:
     with pytest.raises(ConfigError) as raised:
         resolve_settings(flags, env, {}, None, CWD)
     for name in names:
@@ -73,7 +76,7 @@ def test_relative_data_dir_is_relative_to_cwd_or_to_the_file() -> None:
 
 
 def test_unknown_file_keys_are_refused_with_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown option 'node'.*known: .*nodes"):
+    with pytest.raises(ConfigError, match=r"unknown option 'node'.*known: .*nodes"):
         file_settings({"node": 3}, FILE)
     assert file_settings({"treeline": {"nodes": 2}}, FILE) == {"nodes": 2}
 
