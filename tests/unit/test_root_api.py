@@ -35,8 +35,8 @@ def tiny_onnx(scale: float = 2.0) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     s = helper.make_tensor("s", TensorProto.FLOAT, [1], [scale])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "s"], ["y"])],
-                              "tiny", [x], [y], initializer=[s])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=[s])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     return model.SerializeToString()
 
@@ -106,11 +106,13 @@ class Root:
         return r.get_json()
 
     def register_cluster(self, name: str, url: str, **aggregate: Any) -> str:
-        r = self.http.post("/api/clusters/register", json={"cluster_name": name, "cluster_location": "lab", "url": url})
+        r = self.http.post("/api/clusters/register",
+                           json={"cluster_name": name, "cluster_location": "lab", "url": url})
         assert r.status_code in (200, 201), r.get_json()
         cid = r.get_json()["cluster_id"]
         if aggregate:
-            assert self.http.post(f"/api/information/{cid}", json={"aggregate": aggregate, "jobs": []}).status_code == 200
+            push = self.http.post(f"/api/information/{cid}", json={"aggregate": aggregate, "jobs": []})
+            assert push.status_code == 200
         return cid
 
     def submit(self, sla: dict[str, Any] | None = None) -> str:
@@ -153,7 +155,8 @@ def test_register_model_returns_version_doc_with_signature(root: Root) -> None:
     assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size"] == len(data)
     assert doc["description"] == "first" and doc["aliases"] == ["champion"]
     assert doc["created_at"] == root.clock.now()
-    assert doc["signature"]["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]  # no initializer
+    # no initializer among the inputs
+    assert doc["signature"]["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}]
     assert doc["signature"]["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["batch", 4]}]
 
 
@@ -211,7 +214,8 @@ def test_external_data_model_is_refused(root: Root) -> None:
     init.data_location = TensorProto.EXTERNAL
     init.ClearField("float_data")
     init.external_data.add(key="location", value="weights.bin")
-    err = _error(root.http.post("/api/models/tiny/versions", data=model.SerializeToString()), 400, "INVALID_INPUT")
+    answer = root.http.post("/api/models/tiny/versions", data=model.SerializeToString())
+    err = _error(answer, 400, "INVALID_INPUT")
     assert "external data" in err["details"][0]["message"]
 
 
@@ -231,10 +235,12 @@ def test_submit_sla_creates_application_and_requested_services(root: Root) -> No
     [sid] = app["microservices"]
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert svc["service_id"] == sid and svc["application_id"] == app["applicationID"]
-    assert (svc["microservice_name"], svc["virtualization"], svc["status"]) == ("classifier", "ml-model", "REQUESTED")
+    assert (svc["microservice_name"], svc["virtualization"], svc["status"]) == (
+        "classifier", "ml-model", "REQUESTED")
     assert svc["model"]["name"] == "tiny" and svc["model"]["resolved"] is None
     assert svc["instances"] == [] and svc["cluster_id"] is None and svc["placement"] is None
-    assert root.http.get("/api/applications/").get_json()["applications"][0]["applicationID"] == app["applicationID"]
+    listed = root.http.get("/api/applications/").get_json()["applications"]
+    assert listed[0]["applicationID"] == app["applicationID"]
     assert root.http.get(f"/api/application/{app['applicationID']}").get_json()["microservices"] == [sid]
 
 
@@ -285,9 +291,11 @@ def test_instance_forwards_job_to_best_cluster_and_schedules(root: Root) -> None
     [(url, job_sid, instance, job)] = root.clusters.deployed
     assert (url, job_sid, instance) == ("http://big:1", sid, 0)
     assert job["service_id"] == sid and job["instance"] == 0 and job["root_url"] == PUBLIC
-    assert job["microservice"]["microservice_name"] == "classifier" and job["microservice"]["model"]["name"] == "tiny"
+    assert job["microservice"]["microservice_name"] == "classifier"
+    assert job["microservice"]["model"]["name"] == "tiny"
     # the model is referenced by digest only: no absolute URL of the root is stored with the job
-    assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"], "signature": model["signature"]}
+    assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"],
+                            "signature": model["signature"]}
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", big)
     assert svc["model"]["resolved"] == {"name": "tiny", "version": 1, "sha256": model["sha256"]}
@@ -359,7 +367,8 @@ def test_cluster_push_updates_status_and_placement(root: Root) -> None:
     assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", typed)
     assert svc["instances"][0]["placement"] == typed
     [cluster] = root.http.get("/api/clusters/").get_json()["clusters"]
-    assert cluster["aggregate"] == {"active_nodes": 2, "memory": 2048} and cluster["last_push"] == root.clock.now()
+    assert cluster["aggregate"] == {"active_nodes": 2, "memory": 2048}
+    assert cluster["last_push"] == root.clock.now()
     assert cluster["active"] is True
 
 
@@ -376,8 +385,8 @@ def test_push_ignores_foreign_unknown_and_malformed_jobs(root: Root) -> None:
     svc = root.http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["cluster_id"]) == ("SCHEDULED", a)
     # a malformed push is refused whole, naming every bad field, and changes nothing
-    bad = [{"service_id": sid, "instance": 0, "status": "BOGUS"}, "garbage", {"service_id": sid, "instance": "x",
-                                                                             "status": "RUNNING"}]
+    bad = [{"service_id": sid, "instance": 0, "status": "BOGUS"}, "garbage",
+           {"service_id": sid, "instance": "x", "status": "RUNNING"}]
     answer = root.http.post(f"/api/information/{a}", json={"aggregate": {}, "jobs": bad})
     _error(answer, 400, "INVALID_INPUT")
     paths = {d["path"] for d in answer.get_json()["error"]["details"]}
@@ -408,7 +417,8 @@ def test_delete_application_undeploys_its_instances(root: Root) -> None:
     app_id = root.http.get(f"/api/service/{sid}").get_json()["application_id"]
     root.clusters.fail["http://a:1"] = NotFound("already gone")  # a cluster that forgot it is fine
     r = root.http.delete(f"/api/application/{app_id}")
-    assert r.status_code == 200 and r.get_json()["services"] == [sid] and r.get_json()["undeploy_failures"] == []
+    assert r.status_code == 200 and r.get_json()["services"] == [sid]
+    assert r.get_json()["undeploy_failures"] == []
     _error(root.http.get(f"/api/service/{sid}"), 404, "NOT_FOUND")
 
 
@@ -495,13 +505,15 @@ def test_pushed_events_are_kept_once_and_listed(root: Root) -> None:
     cid = root.register_cluster("a", "http://a:1")
     sid = root.submit()
     root.http.post(f"/api/service/{sid}/instance")
-    replan = {"ts": 10.0, "kind": "replan", "cause": "node n-2 offline", "old_cost_ms": 9.0, "new_cost_ms": 12.0,
-              "duration_s": 1.2, "generation": 2}
+    replan = {"ts": 10.0, "kind": "replan", "cause": "node n-2 offline", "old_cost_ms": 9.0,
+              "new_cost_ms": 12.0, "duration_s": 1.2, "generation": 2}
     job = {"service_id": sid, "instance": 0, "status": "RUNNING", "events": [replan]}
     for _ in range(2):  # a cluster re-sends its recent events with every push
-        assert root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [job]}).status_code == 200
+        pushed = root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [job]})
+        assert pushed.status_code == 200
     later = {"ts": 20.0, "kind": "kept", "cause": "node n-3 joined"}
-    root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [dict(job, events=[replan, later])]})
+    root.http.post(f"/api/information/{cid}",
+                   json={"aggregate": {}, "jobs": [dict(job, events=[replan, later])]})
     body = root.http.get(f"/api/service/{sid}/events").get_json()
     assert body["events"] == [dict(replan, instance=0), dict(later, instance=0)]
     _error(root.http.get("/api/service/nope/events"), 404, "NOT_FOUND")

@@ -9,7 +9,8 @@ import pytest
 from root_orchestrator.ranking import is_active, rank_clusters
 
 
-def cluster(name: str, registered_at: float = 0.0, last_push: float | None = None, **aggregate: Any) -> dict[str, Any]:
+def cluster(name: str, registered_at: float = 0.0, last_push: float | None = None,
+            **aggregate: Any) -> dict[str, Any]:
     return {"cluster_id": name, "cluster_name": name, "url": f"http://{name}", "registered_at": registered_at,
             "last_push": last_push, "aggregate": aggregate}
 
