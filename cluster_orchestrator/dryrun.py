@@ -3,7 +3,8 @@
 **Plan** (``POST /api/plan``, body a :class:`~treeline_common.jobs.JobRequest`): the decide
 step of a deployment and nothing after it. The model is fetched (through the orchestrator's
 :class:`~cluster_orchestrator.deployer.ModelCache`, so a later real deployment does not download
-it again), the nodes are snapshotted, the cost model is built from the profiles the root keeps
+it again; its bytes land in the cluster's artifact cache as the deployer's would, since nodes
+fetch the model there), the nodes are snapshotted, the cost model is built from the profiles the root keeps
 *only* (a device class without one is predicted by the regression fallback: a dry run sends no
 ProfileCommand) and :func:`cluster_orchestrator.planning.plan` runs the ML scheduler. No
 partition is published, no command is sent, no deployment is recorded. The answer is the plan
@@ -67,9 +68,18 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
     reasons: {node name: reason}, profiles: {stored: [class], missing: [class]}}``.
     """
     spec = planning.job_spec(job, core.config.root_url)
+
+    def model_bytes() -> bytes:
+        # The deployer's loader (Deployer._model_bytes): the parsed-model cache is shared, so a model
+        # first loaded here must land in the cluster's artifact cache too, where nodes fetch it.
+        data = core.artifacts.get(spec.model_sha256)
+        if data is None:
+            data = core.root.download(spec.model_url, spec.model_sha256)
+            core.artifacts.put(spec.model_sha256, data)
+        return data
+
     try:
-        model, graph = core.models.get(spec.model_sha256,
-                                       lambda: core.root.download(spec.model_url, spec.model_sha256))
+        model, graph = core.models.get(spec.model_sha256, model_bytes)
     except TreelineError as exc:
         raise Unavailable(f"model download: {exc.message}", exc.details) from None
     except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base

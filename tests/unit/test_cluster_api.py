@@ -204,7 +204,8 @@ def test_plan_bad_inputs(cluster: Cluster) -> None:
     assert answer.status_code == 400
     assert any(d["path"].startswith("microservice") for d in answer.get_json()["error"]["details"])
     assert cluster.http.post("/api/plan", data=b"[]", content_type="application/json").status_code == 400
-    cluster.root.model = b"not onnx"
+    cluster.root.model = cluster.model = b"not onnx"
+    cluster.sha256 = hashlib.sha256(cluster.model).hexdigest()
     answer = cluster.http.post("/api/plan", json=cluster.job())
     assert answer.status_code == 400 and answer.get_json()["error"]["details"][0]["path"] == "model.sha256"
 
@@ -253,3 +254,13 @@ def test_remeasure_bad_inputs(cluster: Cluster, change: dict[str, Any], paths: l
     answer = cluster.http.post("/api/models/profile", json=_profile_body(cluster, **change))
     assert answer.status_code == 400
     assert sorted(d["path"] for d in answer.get_json()["error"]["details"]) == paths
+
+
+def test_plan_leaves_the_model_where_a_deployment_expects_it(cluster: Cluster) -> None:
+    """The parsed-model cache is shared with the deployer, so the bytes a dry run downloads must
+    land in the cluster's artifact cache too (nodes fetch the model there to profile it)."""
+    cluster.node("server-1", "server")
+    assert cluster.core.artifacts.get(cluster.sha256) is None
+    assert cluster.http.post("/api/plan", json=cluster.job()).status_code == 200
+    assert cluster.core.artifacts.get(cluster.sha256) == cluster.model
+    assert cluster.http.get(f"/api/artifacts/{cluster.sha256}").data == cluster.model
