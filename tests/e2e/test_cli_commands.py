@@ -47,7 +47,8 @@ def tiny_model() -> bytes:
 
 def sla(app: str, constraints: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     model = {"name": "tiny", "version": "latest",
-             "input": {"name": INPUT, "shape": [1, 8], "dtype": "float32"}, "objective": "latency", "max_partitions": 2, "variants": ["fp32"], "accuracy_floor": 0.0}
+             "input": {"name": INPUT, "shape": [1, 8], "dtype": "float32"},
+             "objective": "latency", "max_partitions": 2, "variants": ["fp32"], "accuracy_floor": 0.0}
     service = {"microserviceID": "", "microservice_name": "classifier", "microservice_namespace": "cli",
                "virtualization": "ml-model", "memory": 64, "vcpus": 1, "vgpus": 0, "vtpus": 0,
                "bandwidth_in": 0, "bandwidth_out": 0, "storage": 0, "state": "", "added_files": [],
@@ -63,7 +64,8 @@ UNSCHEDULABLE = [{"type": "battery", "min_percent": 99}, {"type": "e2e_latency",
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = pick_ports(StackConfig(data_dir=tmp_path_factory.mktemp("stack"), nodes=2,
-                                    profiles=("server", "rpi4"), telemetry_interval=1.0, node_threads=1, node_labels={}))
+                                    profiles=("server", "rpi4"), telemetry_interval=1.0, node_threads=1,
+                                    node_labels={}))
     running = start_stack(config)
     try:
         running.wait_ready(timeout=60)
