@@ -45,9 +45,10 @@ def _job_url(cluster_url: str, service_id: str, instance: int) -> str:
 
 class HttpClusterClient(ClusterClient):
     """requests-based; constructing it does no I/O. ``plan_timeout`` is longer than ``timeout``: a
-    dry run downloads the model (once per cluster) and runs the planner before it answers."""
+    dry run downloads the model (once per cluster) and runs the planner before it answers; it
+    stays under the CLI's own 120 s, so the operator gets the root's answer, not a timeout."""
 
-    def __init__(self, timeout: float = 10.0, session: Any = None, plan_timeout: float = 120.0) -> None:
+    def __init__(self, timeout: float = 10.0, session: Any = None, plan_timeout: float = 90.0) -> None:
         self.timeout = timeout
         self.plan_timeout = max(plan_timeout, timeout)
         self.session = session
