@@ -207,3 +207,15 @@ def test_model_profile_remeasures_one_device_class(cli: Any, deployed: dict[str,
                          "json")
     assert code == 0, err
     assert set(json.loads(out)["profiles"]) == {"server"}
+
+
+def test_dry_run_plans_without_creating_anything(cli: Any, files: dict[str, Path],
+                                                 deployed: dict[str, Any]) -> None:
+    before = json.loads(cli("get", "apps", "-o", "json")[1])
+    code, out, err = cli("apply", str(files["bad"]), "--dry-run", "-o", "json")
+    assert code == 0, err
+    [plan] = json.loads(out)["services"]
+    assert plan["microservice_name"] == "classifier" and plan["schedulable"] is False
+    code, out, _ = cli("apply", str(files["sla"]), "--dry-run")
+    assert code == 0 and "schedulable on cluster-1, " in out
+    assert json.loads(cli("get", "apps", "-o", "json")[1]) == before
