@@ -93,6 +93,6 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Fla
     def remeasure() -> Any:
         """``{name, version, sha256, device_class}``: re-measure op times in the background (202)."""
         # the core's own publish (it drops messages while no bus is set); core has no public one yet
-        return jsonify(dryrun.start_remeasure(core, json_body(request), core._publish)), 202
+        return jsonify(dryrun.start_remeasure(core, json_body(request), core.publish)), 202
 
     return app

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from treeline_common.errors import IntegrityError, InvalidInput
@@ -68,6 +69,14 @@ class ArtifactCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    def fetch(self, sha256: str, download: Callable[[], bytes]) -> bytes:
+        """The bytes under ``sha256``, calling ``download`` (and keeping its answer) when absent."""
+        data = self.get(sha256)
+        if data is None:
+            data = download()
+            self.put(sha256, data)
+        return data
 
     def get(self, sha256: str) -> bytes | None:
         """The bytes stored under ``sha256``, or None."""

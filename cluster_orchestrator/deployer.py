@@ -196,11 +196,8 @@ class Deployer:
 
     def _model_bytes(self, spec: planning.JobSpec) -> bytes:
         """The model from this cluster's artifact cache, else from the root (then cached)."""
-        data = self._artifacts.get(spec.model_sha256)
-        if data is None:
-            data = self._root.download(spec.model_url, spec.model_sha256)
-            self._artifacts.put(spec.model_sha256, data)
-        return data
+        return self._artifacts.fetch(spec.model_sha256,
+                                     lambda: self._root.download(spec.model_url, spec.model_sha256))
 
     def _node_url(self, sha256: str) -> str:
         """Where nodes fetch an artifact: this cluster's cache (the root when none is configured)."""

@@ -43,21 +43,7 @@ DRYRUN_DEPLOYMENT = "dryrun"
 
 def parse_plan_job(body: Any) -> JobRequest:
     """The JobRequest of a plan request; InvalidInput names every bad field (as a deploy does)."""
-    if not isinstance(body, Mapping):
-        raise InvalidInput("invalid job", [{"path": "", "message": "must be a JSON object"}])
-    details: list[dict[str, Any]] = []
-    try:
-        planning.parse_job_microservice(body.get("microservice"))
-    except InvalidInput as exc:
-        details.extend(exc.details)
-    job = None
-    try:
-        job = JobRequest.from_dict(dict(body))
-    except InvalidInput as exc:
-        details.extend(d for d in exc.details if not str(d.get("path", "")).startswith("microservice"))
-    if details or job is None:
-        raise InvalidInput("invalid job", details)
-    return job
+    return planning.parse_job_body(body)
 
 
 def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
@@ -70,13 +56,10 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
     spec = planning.job_spec(job, core.config.root_url)
 
     def model_bytes() -> bytes:
-        # The deployer's loader (Deployer._model_bytes): the parsed-model cache is shared, so a model
-        # first loaded here must land in the cluster's artifact cache too, where nodes fetch it.
-        data = core.artifacts.get(spec.model_sha256)
-        if data is None:
-            data = core.root.download(spec.model_url, spec.model_sha256)
-            core.artifacts.put(spec.model_sha256, data)
-        return data
+        # as the deployer loads it: the parsed-model cache is shared, so a model first loaded
+        # here must land in the cluster's artifact cache too, where nodes fetch it
+        return core.artifacts.fetch(spec.model_sha256,
+                                    lambda: core.root.download(spec.model_url, spec.model_sha256))
 
     try:
         model, graph = core.models.get(spec.model_sha256, model_bytes)

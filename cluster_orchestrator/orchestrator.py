@@ -98,26 +98,15 @@ def parse_job(service_id: str, instance: str, body: Any) -> JobRequest:
     each bad field (the path wins over the body for ``service_id`` and ``instance``)."""
     if not isinstance(body, Mapping):
         raise InvalidInput("invalid job", [{"path": "", "message": "must be a JSON object"}])
-    details: list[dict[str, str]] = []
+    details: list[dict[str, Any]] = []
     if body.get("service_id") is not None and str(body["service_id"]) != service_id:
         details.append({"path": "service_id", "message": f"differs from the path ({service_id})"})
     if body.get("instance") is not None and str(body["instance"]) != instance:
         details.append({"path": "instance", "message": f"differs from the path ({instance})"})
     if not instance.isdigit():
         details.append({"path": "instance", "message": "must be a non-negative integer"})
-    try:
-        planning.parse_job_microservice(body.get("microservice"))
-    except InvalidInput as exc:
-        details.extend(exc.details)
-    job = None
-    try:
-        job = JobRequest.from_dict({**body, "service_id": service_id,
-                                    "instance": int(instance) if instance.isdigit() else 0})
-    except InvalidInput as exc:
-        details.extend(d for d in exc.details if not d["path"].startswith("microservice"))
-    if details or job is None:
-        raise InvalidInput("invalid job", details)
-    return job
+    return planning.parse_job_body(
+        {**body, "service_id": service_id, "instance": int(instance) if instance.isdigit() else 0}, details)
 
 
 class ClusterOrchestrator:
@@ -430,6 +419,10 @@ class ClusterOrchestrator:
                 log.exception("liveness sweep error")
 
     # ---------------------------------------------------------------- outputs
+    def publish(self, topic: str, message: Any) -> None:
+        """Send one payload dataclass to one topic (dropped with a warning when no bus is set)."""
+        self._publish(topic, message)
+
     def _publish(self, topic: str, message: Any) -> None:
         if self._bus is None:
             log.warning("no bus: dropping %s", topic)

@@ -131,6 +131,26 @@ def parse_job_microservice(microservice: Any) -> Any:
     return view
 
 
+def parse_job_body(body: Any, details: list[dict[str, Any]] | None = None) -> JobRequest:
+    """A root job body as a validated :class:`JobRequest`; InvalidInput names every bad field
+    (``details`` found by the caller, e.g. path mismatches, are reported with them)."""
+    problems: list[dict[str, Any]] = list(details or [])
+    if not isinstance(body, Mapping):
+        raise InvalidInput("invalid job", [*problems, {"path": "", "message": "must be a JSON object"}])
+    try:
+        parse_job_microservice(body.get("microservice"))
+    except InvalidInput as exc:
+        problems.extend(exc.details)
+    job = None
+    try:
+        job = JobRequest.from_dict(dict(body))
+    except InvalidInput as exc:
+        problems.extend(d for d in exc.details if not str(d.get("path", "")).startswith("microservice"))
+    if problems or job is None:
+        raise InvalidInput("invalid job", problems)
+    return job
+
+
 def job_spec(job: JobRequest, root_url: str) -> JobSpec:
     """Read a job into a :class:`JobSpec`; artifacts resolve against ``root_url``.
 
