@@ -18,7 +18,7 @@ from typing import Any
 from cluster_orchestrator.liveness import accepts_status, is_online
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from treeline_common.clock import Clock
-from treeline_common.errors import InvalidInput, NotFound
+from treeline_common.errors import Conflict, InvalidInput, NotFound
 from treeline_common.messages import NodeStatus, NodeTelemetry
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "accelerators": (list,),
     "labels": (list,),
     "device_class": (str,),
+    "instance_id": (str,),
 }
 # Declared device figures (see treeline_common.profiles): the energy model and link costs.
 _DEVICE_FIGURES = ("power_w", "radio_nj_per_byte", "uplink_mbps", "link_rtt_ms")
@@ -89,6 +90,12 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _held_by_another(existing: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Whether a live node (online, not yet declared dead) with another process identity has the name."""
+    held, asking = existing.get("instance_id"), fields.get("instance_id")
+    return bool(existing.get("online")) and bool(held) and bool(asking) and held != asking
+
+
 class NodeRegistry:
     """Node documents plus the rules that change them.
 
@@ -137,6 +144,11 @@ class NodeRegistry:
         now = self._clock.now()
         with self._lock:
             existing = next((d for d in self._all().values() if d["name"] == fields["name"]), None)
+            if existing is not None and _held_by_another(existing, fields):
+                raise Conflict(
+                    f"node name {fields['name']!r} is held by another live node engine; stop it or start "
+                    f"this one with another --name",
+                    [{"path": "name", "message": "held by a live node with another instance_id"}])
             doc: Doc = copy.deepcopy(existing) if existing else {
                 "node_id": f"node-{uuid.uuid4().hex[:12]}", "telemetry": None, "last_seen": None}
             doc.update(fields)

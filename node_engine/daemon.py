@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -202,6 +203,7 @@ class NodeEngine:
         self.stop = stop or threading.Event()
         self.stages = StageTable()
         self.node_id = ""
+        self.instance_id = uuid.uuid4().hex  # this process; the cluster refuses a second live one
         self._first_seq = int(self.clock.now() * 1000)
         self._liveness: Liveness | None = None
         self._link: MqttLink | None = None
@@ -222,7 +224,8 @@ class NodeEngine:
         profiler: ProfileWorker | None = None
         try:
             endpoint = server.start()
-            body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels)
+            body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
+                                     self.instance_id)
             try:
                 registration = register(self.config.cluster_url, body, self.stop)
             except TreelineError as exc:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from treeline_common.errors import TreelineError, Unavailable
+from treeline_common.errors import Conflict, TreelineError, Unavailable
 from treeline_common.http import call_json
 
 log = logging.getLogger(__name__)
@@ -47,17 +49,28 @@ def parse_answer(answer: Any) -> Registration:
 
 
 def register(cluster_url: str, body: dict[str, Any], stop: threading.Event,
-             timeout: float = 5.0) -> Registration | None:
+             timeout: float = 5.0, conflict_grace: float = 15.0,
+             monotonic: Callable[[], float] = time.monotonic) -> Registration | None:
     """POST the body until the cluster accepts it; None if ``stop`` was set first.
 
-    Raises the cluster's error for a rejection that retrying cannot fix (4xx).
+    Raises the cluster's error for a rejection that retrying cannot fix (4xx). A name held
+    by another live node (409 CONFLICT) is retried for ``conflict_grace`` seconds first: a
+    previous life of this node that froze rather than died is declared dead by then, while
+    a second node started under the same name gives up with the cluster's reason.
     """
     url = f"{cluster_url}/api/node/register"
     attempt = 0
+    conflict_since: float | None = None
     while not stop.is_set():
         try:
             return parse_answer(call_json("POST", url, json=body, timeout=timeout))
         except Unavailable as exc:
+            reason = str(exc)
+        except Conflict as exc:
+            now = monotonic()
+            conflict_since = now if conflict_since is None else conflict_since
+            if now - conflict_since >= conflict_grace:
+                raise
             reason = str(exc)
         except TreelineError as exc:
             if exc.code != TreelineError.code:  # a typed 4xx: our request is wrong

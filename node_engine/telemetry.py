@@ -30,10 +30,15 @@ def arch_of(profile: DeviceProfile) -> str:
 
 
 def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
-                      labels: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Body of ``POST /api/node/register`` (docs/contracts.md, Cluster REST)."""
+                      labels: tuple[str, ...] = (), instance_id: str = "") -> dict[str, Any]:
+    """Body of ``POST /api/node/register`` (docs/contracts.md, Cluster REST).
+
+    ``instance_id`` names this process: the cluster refuses the name while another live
+    process holds it (two stacks, or two nodes started with one name, never share it).
+    """
     return {
         "name": name,
+        "instance_id": instance_id,
         "profile": profile.name,
         "emulated": profile.emulated,
         "arch": arch_of(profile),

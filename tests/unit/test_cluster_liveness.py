@@ -149,3 +149,20 @@ def test_telemetry_of_a_newer_birth_overrides_a_foreign_offline() -> None:
     # ... telemetry of a newer birth does
     assert registry.on_telemetry(node_id, replace(telemetry(node_id, clock.now()), seq=6)) == (False, True)
     assert registry.list_nodes()[0]["online"]
+
+
+def test_a_live_name_is_not_taken_over_by_another_process() -> None:
+    from treeline_common.errors import Conflict
+
+    clock = FakeClock()
+    registry = NodeRegistry(InMemoryClusterStateStore(), clock, 6.0)
+    node_id = registry.register(dict(REG, instance_id="first"))[0]["node_id"]
+    registry.on_telemetry(node_id, telemetry(node_id, clock.now()))
+    with pytest.raises(Conflict, match="held by another live node"):
+        registry.register(dict(REG, instance_id="second"))
+    assert registry.register(dict(REG, instance_id="first"))[0]["node_id"] == node_id  # its own re-registration
+    registry.on_telemetry(node_id, telemetry(node_id, clock.now()))
+    clock.advance(6.1)
+    registry.sweep()  # the first process died: the name is free for a restarted one
+    doc, created = registry.register(dict(REG, instance_id="second"))
+    assert doc["node_id"] == node_id and not created
