@@ -13,7 +13,8 @@ Contract (see :class:`treeline_common.messages.DeployCommand`):
   generation ADDS a stage beside the old generation's one (make-before-break: both serve
   until the cluster deletes the old generation);
 - a repeated deploy of a loaded key with the same sha256 only updates its route
-  (``next``) and re-reports READY; a new sha256 for the same key replaces the stage (its
+  (``next``) and its access rule (keys; :mod:`node_engine.data_plane.security`) and
+  re-reports READY; a new sha256 for the same key replaces the stage (its
   counters carry over); a new generation starts with fresh counters;
 - delete (see :class:`~treeline_common.messages.DeleteCommand`): unload every stage the
   command selects and report REMOVED for each, with that stage's own generation; deleting
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.data_plane.security import StageAccess
 from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
 from treeline_common.clock import Clock
 from treeline_common.messages import (
@@ -111,14 +113,14 @@ class CommandHandler:
                 else:
                     self.delete(command)
             except Exception:
-                log.exception("command %s failed", command)
+                log.exception("command %s failed", command)  # keys are left out of the repr
 
     def deploy(self, cmd: DeployCommand) -> None:
         """Apply one deploy command synchronously (the worker calls this)."""
         key = stage_key(cmd.deployment_id, cmd.stage, cmd.generation)
         current = self._stages.get(key)
         if current is not None and current.sha256 == cmd.sha256.lower():
-            self._stages.put(current.with_route(cmd.next, cmd.generation))
+            self._stages.put(current.with_route(cmd.next, cmd.generation, StageAccess.from_command(cmd)))
             log.info("stage %s already loaded; re-reporting READY", key)
             self._state(cmd, "READY", load_ms=current.load_ms)
             return
@@ -160,6 +162,7 @@ class CommandHandler:
             load_ms=load_ms,
             counters=current.counters if current is not None else StageCounters(),
             outputs=tuple(cmd.outputs),
+            access=StageAccess.from_command(cmd),
         )
         previous = self._stages.put(stage)
         if previous is not None:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from node_engine.data_plane.security import OPEN, StageAccess
 from node_engine.emulation import Emulator
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.messages import DeployCommand, NextStage, stage_key
@@ -73,6 +74,7 @@ class LoadedStage:
     counters: StageCounters = field(default_factory=StageCounters)
     outputs: tuple[str, ...] = ()  # what the plan says this stage sends on; () = the session's outputs
     relay: bool = False  # no model: the inputs are the outputs (session is RELAY_SESSION)
+    access: StageAccess = OPEN  # who may send here, and the key forwards are signed with
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,10 +96,13 @@ class LoadedStage:
                 raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor receives it")
         return selected
 
-    def with_route(self, next_stage: NextStage | None, generation: int) -> LoadedStage:
-        """A copy routed to ``next_stage``. The key is not recomputed: callers pass the
-        generation the key already names (a new generation is a new stage, not a re-route)."""
-        return dataclasses.replace(self, next=next_stage, generation=generation)
+    def with_route(self, next_stage: NextStage | None, generation: int,
+                   access: StageAccess | None = None) -> LoadedStage:
+        """A copy routed to ``next_stage`` (and with ``access``, if given). The key is not
+        recomputed: callers pass the generation the key already names (a new generation is
+        a new stage, not a re-route)."""
+        return dataclasses.replace(self, next=next_stage, generation=generation,
+                                   access=self.access if access is None else access)
 
     def selected_by(self, deployment_id: str, stage: int | None, generation: int | None) -> bool:
         """Whether a delete of ``(deployment_id, stage, generation)`` covers this stage.
@@ -147,6 +152,7 @@ def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> Lo
         counters=counters if counters is not None else StageCounters(),
         outputs=tuple(cmd.outputs or cmd.inputs),
         relay=True,
+        access=StageAccess.from_command(cmd),
     )
 
 

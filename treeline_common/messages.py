@@ -132,13 +132,23 @@ class StageStats:
 # ---------------------------------------------------------------- cluster -> node
 
 
+_HEX_KEY = {"pattern": "([0-9a-f]{64})?", "pattern_message": "must be 64 lowercase hex digits (32 bytes) or empty"}
+_CURVE_KEY = {"pattern": "([0-9a-zA-Z.:+=^!/*?&<>()\\[\\]{}@%$#-]{40})?",
+              "pattern_message": "must be a 40-character Z85 CURVE public key or empty"}
+
+
 @dataclass(frozen=True)
 class NextStage:
-    """Where a stage sends its outputs: the next node's data endpoint and stage key."""
+    """Where a stage sends its outputs: the next node's data endpoint and stage key.
+
+    With ``curve_server_key`` (the next node's Z85 CURVE public key) ``endpoint`` is that
+    node's CURVE endpoint and the forward travels encrypted; empty: plain TCP.
+    """
 
     node_id: str
     endpoint: str
     stage_key: str
+    curve_server_key: str = field(default="", metadata=_CURVE_KEY)
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,11 @@ class DeployCommand:
     command with the same key and sha256 only re-reports the state. A ``relay`` stage has no
     artifact (``artifact_url`` and ``sha256`` empty): it forwards its inputs as they are, which
     is how requests enter on the node where the data is when the first partition runs elsewhere.
+
+    Security (docs/contracts.md, "Data-plane security"): with ``data_key`` the stage signs
+    what it forwards with it and refuses requests that are not signed with it, except at the
+    ``entry``, which also takes requests signed with ``caller_key`` and, when that is empty,
+    unsigned requests. ``data_key`` and ``caller_key`` are secrets (left out of ``repr``).
     """
 
     deployment_id: str
@@ -163,6 +178,11 @@ class DeployCommand:
     next: NextStage | None = None
     generation: int = 0
     relay: bool = False  # no model: pass ``inputs`` on unchanged (entry on the data's source node)
+    # Data-plane security (node_engine.data_plane.security; all empty/False: open, as before):
+    data_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # the generation's secret: sign forwards, check requests
+    entry: bool = False  # callers send here (the relay, else stage 0)
+    caller_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # entry only: callers must sign with it
+    encrypt_tensors: bool = False  # inner stages take requests over CURVE only (SLA privacy.encrypt_tensors)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,32 @@ stage adds ``{stage_key: compute_ms}`` so the caller sees where the time went.
 An ``error`` message also carries ``code``, one of :data:`ERROR_CODES`, so a caller can
 tell what is worth retrying (:data:`RETRYABLE`) without parsing the message; a header
 without a code (an older peer) decodes with ``code=""``, which is treated as not retryable.
-This module imports numpy only; sockets live in the node engine and the client.
+
+**Authentication.** A request may carry ``auth``: the authenticator :func:`authenticator`
+computes with a 32-byte key (a deployment's data key, or its caller key):
+
+    digest = SHA-256( for each tensor frame: 8-byte big-endian length || frame bytes )
+    auth   = hex HMAC-SHA256( key, "treeline-dp/1\n" || canonical header || "\n" || digest )
+
+where the canonical header is the JSON of ``[kind, request_id, stage, tensors, timings]``
+with sorted keys and no spaces, rebuilt from the parsed header on the receiving side (so
+it does not depend on how the sender spaced its JSON). Everything a stage acts on is
+covered: the id, the addressed stage, every tensor's name, dtype, shape and bytes, and the
+timings. Hashing the frames once and keying only the short tail means a receiver that
+accepts several keys (an entry stage) pays the frame hash once. HMAC-SHA256 was chosen
+over keyed BLAKE2b because it measured faster here (SHA-NI: 60 us against 113 us for
+100 KB; ``python -m benchmarks.dataplane``). A header without ``auth`` decodes with
+``auth=""``; peers that predate it ignore the field. Replies are not authenticated: they
+travel back over the connection the request came on.
+
+This module imports numpy and the standard library only; sockets live in the node
+engine and the client.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +54,10 @@ DOWNSTREAM_TIMEOUT = "downstream_timeout"  # a later stage did not answer in tim
 OVERLOADED = "overloaded"  # the node already has its bound of requests in flight
 STAGE_FAILED = "stage_failed"  # the partition raised on these inputs (retrying cannot help)
 BAD_REQUEST = "bad_request"  # malformed message or not a request
-ERROR_CODES = (UNKNOWN_STAGE, UNREACHABLE, DOWNSTREAM_TIMEOUT, OVERLOADED, STAGE_FAILED, BAD_REQUEST)
+UNAUTHORIZED = "unauthorized"  # no valid authenticator for the stage, or not over the transport it demands
+ERROR_CODES = (UNKNOWN_STAGE, UNREACHABLE, DOWNSTREAM_TIMEOUT, OVERLOADED, STAGE_FAILED, BAD_REQUEST,
+               UNAUTHORIZED)
+AUTH_CONTEXT = b"treeline-dp/1\n"  # domain separation of the authenticator (see the module docstring)
 RETRYABLE = frozenset({UNKNOWN_STAGE, UNREACHABLE, DOWNSTREAM_TIMEOUT, OVERLOADED})
 
 
@@ -52,21 +76,27 @@ class TensorHeader:
     timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
     code: str = ""  # error messages: one of ERROR_CODES
+    auth: str = ""  # requests: hex authenticator (see the module docstring); "" when unsigned
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            {
-                "v": WIRE_VERSION,
-                "kind": self.kind,
-                "request_id": self.request_id,
-                "stage": self.stage,
-                "tensors": self.tensors,
-                "timings": self.timings,
-                "error": self.error,
-                "code": self.code,
-            },
-            separators=(",", ":"),
-        ).encode()
+        body: dict[str, Any] = {
+            "v": WIRE_VERSION,
+            "kind": self.kind,
+            "request_id": self.request_id,
+            "stage": self.stage,
+            "tensors": self.tensors,
+            "timings": self.timings,
+            "error": self.error,
+            "code": self.code,
+        }
+        if self.auth:
+            body["auth"] = self.auth
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def signed_part(self) -> bytes:
+        """The canonical bytes the authenticator covers (everything but ``error``, ``code``, ``auth``)."""
+        return json.dumps([self.kind, self.request_id, self.stage, self.tensors, self.timings],
+                          separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> TensorHeader:
@@ -86,6 +116,7 @@ class TensorHeader:
             timings=dict(body.get("timings", {})),
             error=str(body.get("error", "")),
             code=str(body.get("code", "")),
+            auth=str(body.get("auth", "")),
         )
 
 
@@ -98,11 +129,13 @@ def pack(
     timings: Mapping[str, float] | None = None,
     error: str = "",
     code: str = "",
+    key: bytes = b"",
 ) -> list[Any]:
     """Frames for one message: ``[header, tensor0, tensor1, ...]``.
 
     Tensor frames are the arrays themselves (made C-contiguous only if they are not), so
-    ``send_multipart(frames, copy=False)`` sends their memory as it is.
+    ``send_multipart(frames, copy=False)`` sends their memory as it is. With ``key`` the
+    header carries the message's :func:`authenticator` under that key.
     """
     # np.asarray(order="C"), not np.ascontiguousarray: the latter turns 0-d scalars into shape (1,)
     arrays = [np.asarray(a, order="C") for a in tensors.values()]
@@ -118,6 +151,8 @@ def pack(
         error=error,
         code=code,
     )
+    if key:
+        header.auth = authenticator(key, header, frames_digest(arrays))
     return [header.to_bytes(), *arrays]
 
 
@@ -140,6 +175,36 @@ def unpack(frames: Sequence[Any]) -> tuple[TensorHeader, dict[str, np.ndarray]]:
         except (KeyError, TypeError, ValueError) as exc:
             raise FramingError(f"tensor {spec!r}: {exc}") from None
     return header, arrays
+
+
+def frames_digest(frames: Sequence[Any]) -> bytes:
+    """SHA-256 over the tensor frames, each prefixed by its length (arrays, bytes or ``zmq.Frame``)."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        view = _buffer(frame).cast("B")
+        digest.update(len(view).to_bytes(8, "big"))
+        digest.update(view)
+    return digest.digest()
+
+
+def authenticator(key: bytes, header: TensorHeader, digest: bytes) -> str:
+    """The hex authenticator of a message under ``key``, given its :func:`frames_digest`."""
+    mac = hmac.new(key, AUTH_CONTEXT, hashlib.sha256)
+    mac.update(header.signed_part())
+    mac.update(b"\n")
+    mac.update(digest)
+    return mac.hexdigest()
+
+
+def signed_by(header: TensorHeader, tensor_frames: Sequence[Any], keys: Sequence[bytes]) -> bool:
+    """Whether ``header.auth`` is the authenticator of this message under one of ``keys``.
+
+    Constant-time comparison; the frames are hashed once whatever the number of keys.
+    """
+    if not header.auth or not keys:
+        return False
+    digest = frames_digest(tensor_frames)
+    return any(hmac.compare_digest(authenticator(key, header, digest), header.auth) for key in keys)
 
 
 def payload_bytes(tensors: Mapping[str, np.ndarray]) -> int:

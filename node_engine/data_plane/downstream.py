@@ -26,6 +26,13 @@ Contract, failing fast instead of after ``timeout``:
   a ``downstream_timeout`` error.
 
 Every error text names the downstream endpoint and stage.
+
+Security: a forward is signed with its ``key`` (the deployment's data key) when it has
+one. A forward with a ``curve_server_key`` goes over a CURVE-encrypted link (one DEALER per
+endpoint and server key; this node's client keypair is made per instance: the server
+authenticates senders by the request's authenticator, not by their CURVE key). A server
+whose key does not match fails the handshake, which marks the link down like a refused
+connection.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ class _Waiting:
 @dataclass
 class _Link:
     endpoint: str
+    curve_server_key: str
     dealer: zmq.Socket[Any]
     monitor: zmq.Socket[Any]
     state: str = "connecting"  # connecting | up | down
@@ -107,11 +115,12 @@ class Downstreams:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._heartbeat_ms = int(heartbeat_s * 1000)
-        self._links: dict[str, _Link] = {}
+        self._links: dict[tuple[str, str], _Link] = {}  # (endpoint, CURVE server key or "")
         self._by_socket: dict[zmq.Socket[Any], _Link] = {}
         self._pending: dict[str, _Pending] = {}
         self._prefix = f"{name}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
+        self._curve_public, self._curve_secret = zmq.curve_keypair()
 
     def sockets(self) -> list[zmq.Socket[Any]]:
         """Every socket the poll loop must watch for input (dealers and their monitors)."""
@@ -122,23 +131,24 @@ class Downstreams:
         waiting = any(link.backlog for link in self._links.values())
         return min(cap_ms, BACKLOG_POLL_MS) if waiting else cap_ms
 
-    def connect(self, endpoint: str) -> str:
+    def connect(self, endpoint: str, curve_server_key: str = "") -> str:
         """Open the link to ``endpoint`` if not yet open; its state: ``connecting`` | ``up`` | ``down``.
 
         Opening early (e.g. while a forward waits out the emulated uplink) lets the
         handshake overlap the wait.
         """
-        return (self._links.get(endpoint) or self._open(endpoint)).state
+        return self._link(endpoint, curve_server_key).state
 
     def send(self, forward: Forward, now: float, answer: Answer) -> None:
         """Send downstream, or hold it while its link connects, or answer with an error at once."""
-        link = self._links.get(forward.endpoint) or self._open(forward.endpoint)
+        link = self._link(forward.endpoint, forward.curve_server_key)
         if link.state == "down":
             self._fail(forward.request_id, forward.endpoint, forward.stage, link.reason, answer)
             return
         self._seq += 1
         local_id = f"{self._prefix}-{self._seq}"
-        frames = pack("request", local_id, forward.outputs, stage=forward.stage, timings=forward.timings)
+        frames = pack("request", local_id, forward.outputs, stage=forward.stage, timings=forward.timings,
+                      key=forward.key)
         waiting = _Waiting(local_id, forward, frames, now + self._connect_timeout)
         if link.backlog or not self._try_send(link, waiting, now):
             link.backlog.append(waiting)  # keep order behind earlier waiting forwards
@@ -178,17 +188,24 @@ class Downstreams:
 
     # ------------------------------------------------------------------ internals
 
-    def _open(self, endpoint: str) -> _Link:
+    def _link(self, endpoint: str, curve_server_key: str) -> _Link:
+        return self._links.get((endpoint, curve_server_key)) or self._open(endpoint, curve_server_key)
+
+    def _open(self, endpoint: str, curve_server_key: str = "") -> _Link:
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        if curve_server_key:
+            dealer.curve_serverkey = curve_server_key.encode()
+            dealer.curve_publickey = self._curve_public
+            dealer.curve_secretkey = self._curve_secret
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.setsockopt(zmq.HEARTBEAT_IVL, self._heartbeat_ms)
         dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self._heartbeat_ms)
         dealer.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)  # a long-dead peer: retry ~1/s
         monitor = dealer.get_monitor_socket(_MONITORED)  # before connect: see the first events too
         dealer.connect(endpoint)
-        link = _Link(endpoint, dealer, monitor)
-        self._links[endpoint] = link
+        link = _Link(endpoint, curve_server_key, dealer, monitor)
+        self._links[(endpoint, curve_server_key)] = link
         self._by_socket[dealer] = link
         self._by_socket[monitor] = link
         self._poller.register(dealer, zmq.POLLIN)

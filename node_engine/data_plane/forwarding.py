@@ -47,6 +47,8 @@ class Forward:
     endpoint: str
     outputs: dict[str, np.ndarray]
     timings: dict[str, float]
+    key: bytes = b""  # sign the request with this data key (b"": unsigned)
+    curve_server_key: str = ""  # the downstream's CURVE public key: ``endpoint`` is its CURVE socket
 
 
 @dataclass(order=True)

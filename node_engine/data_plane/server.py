@@ -24,8 +24,18 @@ Contract with callers (a request is identified by its caller-chosen request id):
 - every error carries a code from :data:`~treeline_common.tensor_wire.ERROR_CODES`;
 - on :meth:`close` every request still in flight is answered with ``unreachable``.
 
-A next stage on this same node (same endpoint) is run in-process: the arrays are handed
-over without touching a socket.
+A next stage on this same node (either of its endpoints) is run in-process: the arrays are
+handed over without touching a socket.
+
+Security (:mod:`.security`): with ``curve_secret_key`` the node binds a second ROUTER,
+``curve_endpoint``, a CURVE server (:attr:`curve_public_key` is what senders need), served
+by the same poll thread: replies go back on the socket the request came in on. The plain
+socket stays for callers and deployments that do not ask for encryption. Before a request
+is admitted (before the ledger, so an unauthenticated peer can neither attach to a request
+in flight nor read a stored reply) its stage's :class:`~.security.StageAccess` checks the
+authenticator and the socket; a refusal is an ``unauthorized`` error. Forwards are signed
+with the sending stage's data key and go to the next stage's CURVE endpoint when the route
+names a ``curve_server_key``.
 
 An emulated node charges its uplink before a forward leaves (``runner.link_delay_ms``):
 the forward waits in a :class:`~.forwarding.LinkQueue` that the poll loop drains on time,
@@ -50,12 +60,13 @@ import zmq
 from node_engine.data_plane.downstream import Downstreams
 from node_engine.data_plane.forwarding import Forward, LinkQueue, link_timing_key
 from node_engine.data_plane.ledger import Admission, Ledger
-from node_engine.stages import StageRunner, StageTable
+from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import (
     BAD_REQUEST,
     OVERLOADED,
     STAGE_FAILED,
+    UNAUTHORIZED,
     UNKNOWN_STAGE,
     UNREACHABLE,
     FramingError,
@@ -70,6 +81,8 @@ MAX_LOCAL_HOPS = 64  # guards against a stage routed to itself in a loop
 POLL_MS = 100  # longest the poll loop blocks (stop flag, deadlines); link due times cut it shorter
 ACCEPT_BATCH = 32  # requests read per loop turn before results and downstream replies get their turn
 SHUTDOWN_LINGER_MS = 200  # how long close() lets the last error replies leave
+# First frame of every routing envelope the ledger keeps: which socket the caller is on.
+PLAIN, CURVE = b"p", b"c"
 
 
 @dataclass
@@ -92,6 +105,8 @@ class _Result:
     error: str = ""
     code: str = ""  # error: one of tensor_wire.ERROR_CODES
     source: str = ""  # forward: the last stage run here (names the link timing)
+    key: bytes = b""  # forward: the data key to sign it with
+    curve_server_key: str = ""  # forward: the downstream's CURVE key (endpoint is its CURVE socket)
 
 
 @dataclass
@@ -106,7 +121,9 @@ class DataPlaneServer:
     """Serves the stages in ``stages`` on ``tcp://host:port`` (port 0: a free one).
 
     The constructor does no I/O; :meth:`start` binds and starts the poll thread, after
-    which :attr:`endpoint` is the address to advertise. :meth:`close` is idempotent.
+    which :attr:`endpoint` is the address to advertise, and with ``curve_secret_key`` (a
+    Z85 CURVE secret key, e.g. from ``zmq.curve_keypair()``) also :attr:`curve_endpoint`
+    (on ``curve_port``, 0: a free one) and :attr:`curve_public_key`. :meth:`close` is idempotent.
     See the module docstring for the contract and the meaning of each bound.
     """
 
@@ -125,6 +142,8 @@ class DataPlaneServer:
         reply_ttl: float = 30.0,
         clock: Clock | None = None,
         name: str = "node",
+        curve_secret_key: bytes | None = None,
+        curve_port: int = 0,
     ) -> None:
         self._stages = stages
         self._runner = runner
@@ -139,6 +158,11 @@ class DataPlaneServer:
         self._ledger = Ledger(max_entries=reply_cache, ttl=reply_ttl)
         self._ctx: zmq.Context[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
+        self._curve_router: zmq.Socket[Any] | None = None
+        self._curve_secret_key = curve_secret_key
+        self._curve_port = curve_port
+        self.curve_public_key = zmq.curve_public(curve_secret_key).decode() if curve_secret_key else ""
+        self.curve_endpoint = ""
         self._wake_pull: zmq.Socket[Any] | None = None
         self._wake_push: zmq.Socket[Any] | None = None
         self._wake_lock = threading.Lock()
@@ -154,16 +178,9 @@ class DataPlaneServer:
     def start(self) -> str:
         """Bind the ROUTER, start workers and the poll thread; return the endpoint."""
         self._ctx = zmq.Context()
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises instead of vanishing
-        if self._port:
-            router.bind(f"tcp://{self._host}:{self._port}")
-            port = self._port
-        else:
-            port = router.bind_to_random_port(f"tcp://{self._host}")
-        self._router = router
-        self.endpoint = f"tcp://{self._host}:{port}"
+        self._router, self.endpoint = self._bind(self._port)
+        if self._curve_secret_key:
+            self._curve_router, self.curve_endpoint = self._bind(self._curve_port, self._curve_secret_key)
         wake_addr = f"inproc://treeline-wake-{id(self)}"
         self._wake_pull = self._ctx.socket(zmq.PULL)
         self._wake_pull.bind(wake_addr)
@@ -173,8 +190,23 @@ class DataPlaneServer:
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="stage-worker")
         self._thread = threading.Thread(target=self._loop, name="data-plane", daemon=True)
         self._thread.start()
-        log.info("data plane serving on %s", self.endpoint)
+        log.info("data plane serving on %s%s", self.endpoint,
+                 f" and {self.curve_endpoint} (CURVE)" if self.curve_endpoint else "")
         return self.endpoint
+
+    def _bind(self, port: int, curve_secret_key: bytes | None = None) -> tuple[zmq.Socket[Any], str]:
+        assert self._ctx is not None
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises instead of vanishing
+        if curve_secret_key:
+            router.curve_server = True
+            router.curve_secretkey = curve_secret_key
+        if port:
+            router.bind(f"tcp://{self._host}:{port}")
+        else:
+            port = router.bind_to_random_port(f"tcp://{self._host}")
+        return router, f"tcp://{self._host}:{port}"
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the poll thread, answer in-flight requests with an error and close every socket."""
@@ -205,10 +237,12 @@ class DataPlaneServer:
 
     def _loop(self) -> None:
         assert self._router is not None and self._wake_pull is not None and self._ctx is not None
-        router, wake = self._router, self._wake_pull
+        wake = self._wake_pull
+        routers = [self._router, *([self._curve_router] if self._curve_router is not None else [])]
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
-        poller.register(router, zmq.POLLIN)
+        for router in routers:
+            poller.register(router, zmq.POLLIN)
         downstream = Downstreams(self._ctx, poller, name=self._name, timeout=self._forward_timeout,
                                  connect_timeout=self._connect_timeout)
         links: LinkQueue[_Delayed] = LinkQueue()
@@ -224,11 +258,12 @@ class DataPlaneServer:
                 for sock in downstream.sockets():
                     if sock in events:
                         downstream.handle(sock, self._clock.monotonic(), self._finish)
-                if router in events:
-                    for _ in range(ACCEPT_BATCH):
-                        self._accept(router, downstream, links)
-                        if not router.poll(0):
-                            break
+                for router in routers:
+                    if router in events:
+                        for _ in range(ACCEPT_BATCH):
+                            self._accept(router, downstream, links)
+                            if not router.poll(0):
+                                break
                 self._send_due(downstream, links)
                 downstream.tick(self._clock.monotonic(), self._finish)
         except zmq.ContextTerminated:
@@ -240,13 +275,16 @@ class DataPlaneServer:
                 log.info("dropping %d forward(s) still waiting on the emulated link", len(links))
             answered = self._answer_all_closing()
             downstream.close()
-            router.close(SHUTDOWN_LINGER_MS if answered else 0)
+            for router in routers:
+                router.close(SHUTDOWN_LINGER_MS if answered else 0)
             wake.close(0)
 
     def _accept(self, router: zmq.Socket[Any], downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
         """Read one message: answer it at once (error, duplicate, overload) or take it into flight."""
         frames = router.recv_multipart(copy=False)
+        over_curve = router is self._curve_router
         envelope, body = _split_envelope(frames)
+        envelope.insert(0, CURVE if over_curve else PLAIN)
         try:
             header, arrays = unpack(body)
         except FramingError as exc:
@@ -261,6 +299,12 @@ class DataPlaneServer:
         if header.kind != "request" or not rid:
             refuse(f"expected a request with an id, got {header.kind!r} id {rid!r}", BAD_REQUEST)
             return
+        stage = self._stages.get(header.stage)
+        refusal = stage.access.refusal(header, body[1:], over_curve) if stage is not None else ""
+        if refusal:
+            log.warning("refusing a request on %s: %s", "CURVE" if over_curve else "plain TCP", refusal)
+            refuse(refusal, UNAUTHORIZED)
+            return
         admission, stored = self._ledger.admit(rid, envelope, self._clock.monotonic())
         if admission is Admission.ATTACHED:
             log.debug("request %s is already in flight here; the retry waits for it", rid)
@@ -270,7 +314,6 @@ class DataPlaneServer:
             assert stored is not None
             self._send(envelope, stored)
             return
-        stage = self._stages.get(header.stage)
         if stage is None:
             self._ledger.reject(rid)
             refuse(self._unknown_stage(header.stage), UNKNOWN_STAGE)
@@ -280,7 +323,7 @@ class DataPlaneServer:
             refuse(f"overloaded: {len(self._ledger)} requests in flight at {self._name}", OVERLOADED)
             return
         job = _Job(rid, header.stage, arrays, dict(header.timings))
-        if stage.relay and (stage.next is None or stage.next.endpoint != self.endpoint):
+        if stage.relay and not self._local(stage):
             # nothing to compute: pass it on here rather than queue behind a busy worker
             self._dispatch(downstream, links, self._chain_or_error(job))
             return
@@ -301,10 +344,10 @@ class DataPlaneServer:
         job = result.job
         if result.kind == "forward":
             forward = Forward(job.request_id, result.source, result.stage, result.endpoint,
-                              result.outputs, job.timings)
+                              result.outputs, job.timings, result.key, result.curve_server_key)
             now = self._clock.monotonic()
             delay_ms = self._runner.link_delay_ms(payload_bytes(result.outputs))
-            if delay_ms > 0.0 and downstream.connect(result.endpoint) != "down":
+            if delay_ms > 0.0 and downstream.connect(result.endpoint, result.curve_server_key) != "down":
                 links.push(now + delay_ms / 1000.0, _Delayed(forward, now))
             else:
                 downstream.send(forward, now, self._finish)  # a down link fails it at once
@@ -343,11 +386,18 @@ class DataPlaneServer:
         return len(flights)
 
     def _send(self, envelope: list[Any], frames: list[Any]) -> None:
-        assert self._router is not None
+        """Send to the caller ``envelope`` names, on the socket its request came in on."""
+        router = self._curve_router if envelope[0] == CURVE else self._router
+        assert router is not None
         try:
-            self._router.send_multipart([*envelope, *frames], copy=False, flags=zmq.NOBLOCK)
+            router.send_multipart([*envelope[1:], *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # caller gone (EHOSTUNREACH) or its queue full
             log.warning("could not reply to a caller: %s", exc)
+
+    def _local(self, stage: LoadedStage) -> bool:
+        """Whether ``stage``'s next stage is served by this node (a route to either endpoint)."""
+        return stage.next is not None and bool(stage.next.endpoint) \
+            and stage.next.endpoint in (self.endpoint, self.curve_endpoint)
 
     def _unknown_stage(self, key: str) -> str:
         return f"unknown stage {key!r} on node {self._name}; serving {self._stages.keys()}"
@@ -377,9 +427,10 @@ class DataPlaneServer:
             outputs = stage.select_outputs(inputs, produced)
             if stage.next is None:
                 return _Result(job, "reply", outputs)
-            if stage.next.endpoint != self.endpoint:
+            if not self._local(stage):
                 return _Result(job, "forward", outputs, stage=stage.next.stage_key,
-                               endpoint=stage.next.endpoint, source=key)
+                               endpoint=stage.next.endpoint, source=key, key=stage.access.signing_key,
+                               curve_server_key=stage.next.curve_server_key)
             key, inputs = stage.next.stage_key, outputs  # co-located: hand the arrays over in-process
         return _Result(job, "error", {}, error=f"stage {job.stage}: more than {MAX_LOCAL_HOPS} local hops",
                        code=STAGE_FAILED)
