@@ -47,6 +47,27 @@ class NodeSelector:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """The model block's ``privacy``: how the service's data plane is protected.
+
+    Present in the SLA, it asks for privacy: callers must sign their requests with the
+    service's caller key (``authenticate_callers``, default true) and, with
+    ``encrypt_tensors``, tensors between stages on different nodes travel CURVE-encrypted.
+    Inner stages always require the deployment's data key, privacy or not.
+    """
+
+    encrypt_tensors: bool = False
+    authenticate_callers: bool = True
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any] | None) -> Privacy | None:
+        if doc is None:
+            return None
+        return cls(encrypt_tensors=bool(doc.get("encrypt_tensors", False)),
+                   authenticate_callers=bool(doc.get("authenticate_callers", True)))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The ``model`` block of an ``ml-model`` microservice, defaults applied.
 
@@ -66,6 +87,15 @@ class ModelSpec:
     source: NodeSelector | None = None
     sink: NodeSelector | None = None
     scheduler_profile: str = "default"
+    privacy: Privacy | None = None  # None: no privacy asked (open entry, plain tensors)
+
+    @property
+    def encrypt_tensors(self) -> bool:
+        return self.privacy is not None and self.privacy.encrypt_tensors
+
+    @property
+    def authenticate_callers(self) -> bool:
+        return self.privacy is not None and self.privacy.authenticate_callers
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ModelSpec:
@@ -83,6 +113,7 @@ class ModelSpec:
             source=NodeSelector.from_dict(doc.get("source")),
             sink=NodeSelector.from_dict(doc.get("sink")),
             scheduler_profile=str(doc.get("scheduler_profile", "default")),
+            privacy=Privacy.from_dict(doc.get("privacy")),
         )
 
 

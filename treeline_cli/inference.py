@@ -9,6 +9,12 @@ sends them to the entry a resolver names and retries a failed one (same request 
 entry the resolver names next, so a run survives a node being killed while the service is
 re-placed. A request that still fails by its deadline is counted in ``failed`` (with its
 reason) instead of aborting the run; latency figures cover answered requests only.
+
+Keys: a service whose SLA asks for privacy (``privacy`` in its model block) admits only
+requests signed with its caller key (docs/contracts.md, "Data-plane security"). The
+:func:`service_resolver` takes it from the service document the root returns to the
+service's owner (``caller_key``), on every resolve, so a rotated key is picked up; a key
+given to :func:`run_requests` is used when the document names none.
 """
 
 from __future__ import annotations
@@ -74,37 +80,46 @@ def service_resolver(root_url: str, service_id: str) -> Resolver:
     """A resolver asking the root API for the entry of ``service_id``'s current placement.
 
     Each call is one ``GET /api/service/<id>``; it raises (and the ServiceClient retries it)
-    while the service has no placement, e.g. while it is being re-placed.
+    while the service has no placement, e.g. while it is being re-placed. It answers
+    ``(endpoint, stage_key, caller_key)``; the key is "" when the document carries none.
     """
     client = RootClient(root_url)
 
-    def resolve() -> tuple[str, str]:
+    def resolve() -> tuple[str, str, str]:
         service = client.service(service_id)
         entry = (service.get("placement") or {}).get("entry") or {}
         if not entry.get("endpoint") or not entry.get("stage_key"):
             status = service.get("status")
             raise RuntimeError(f"service {service_id} has no placement entry (status {status})")
-        return str(entry["endpoint"]), str(entry["stage_key"])
+        return str(entry["endpoint"]), str(entry["stage_key"]), caller_key_of(service)
 
     return resolve
+
+
+def caller_key_of(service: dict[str, Any]) -> str:
+    """The hex caller key a service document carries for its owner ("" if none)."""
+    key = service.get("caller_key")
+    return key if isinstance(key, str) else ""
 
 
 def run_requests(
     placement: dict[str, Any], n: int, in_flight: int = 1, seed: int = 0, timeout: float = 60.0,
     resolver: Resolver | None = None, policy: RetryPolicy | None = None, service: str = "",
+    key: str = "",
 ) -> InferenceReport:
     """Send ``n`` random requests to the service and measure them.
 
     ``placement`` gives the input spec, and the entry unless ``resolver`` is given (pass
     :func:`service_resolver` to follow the service to a new placement). ``timeout`` is each
-    request's deadline, retries included, unless ``policy`` says otherwise.
+    request's deadline, retries included, unless ``policy`` says otherwise. ``key``: the
+    service's hex caller key, used when the resolver names none.
     """
     resolve = resolver or static_resolver(placement)
     if policy is None:
         policy = RetryPolicy(deadline=timeout, attempt_timeout=min(RetryPolicy.attempt_timeout, timeout))
     inputs = list(random_inputs(placement["input"], n, seed))  # generated before the clock starts
     name = service or str(placement.get("service_id") or placement["entry"].get("stage_key", "service"))
-    with ServiceClient(resolve, service=name, policy=policy) as client:
+    with ServiceClient(resolve, service=name, policy=policy, key=key) as client:
         started = time.perf_counter()
         outcomes = client.infer_many(inputs, max_in_flight=in_flight)
         wall_s = time.perf_counter() - started

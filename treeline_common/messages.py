@@ -132,7 +132,8 @@ class StageStats:
 # ---------------------------------------------------------------- cluster -> node
 
 
-_HEX_KEY = {"pattern": "([0-9a-f]{64})?", "pattern_message": "must be 64 lowercase hex digits (32 bytes) or empty"}
+_HEX_KEY = {"pattern": "([0-9a-f]{64})?",
+            "pattern_message": "must be 64 lowercase hex digits (32 bytes) or empty"}
 _CURVE_KEY = {"pattern": "([0-9a-zA-Z.:+=^!/*?&<>()\\[\\]{}@%$#-]{40})?",
               "pattern_message": "must be a 40-character Z85 CURVE public key or empty"}
 
@@ -179,9 +180,9 @@ class DeployCommand:
     generation: int = 0
     relay: bool = False  # no model: pass ``inputs`` on unchanged (entry on the data's source node)
     # Data-plane security (node_engine.data_plane.security; all empty/False: open, as before):
-    data_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # the generation's secret: sign forwards, check requests
+    data_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # the generation's secret
     entry: bool = False  # callers send here (the relay, else stage 0)
-    caller_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # entry only: callers must sign with it
+    caller_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # entry only: callers sign with it
     encrypt_tensors: bool = False  # inner stages take requests over CURVE only (SLA privacy.encrypt_tensors)
 
 

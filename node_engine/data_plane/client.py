@@ -11,6 +11,11 @@ arrives after its request timed out is recognised and dropped. An error reply ra
 :class:`DataPlaneError`, a RuntimeError carrying the wire's error ``code``. A client is NOT
 thread-safe (zmq sockets are not); use one per thread. Arrays in the results are read-only
 views over the received frames (no copy); copy one before writing to it.
+
+With ``key`` (hex: a deployment's caller key, or its data key) every request carries its
+authenticator; with ``curve_server_key`` (the node's Z85 CURVE public key) the client talks
+to the node's CURVE endpoint, encrypted. A plain client cannot talk to a CURVE endpoint: the
+handshake fails and no request ever arrives (the call times out).
 """
 
 from __future__ import annotations
@@ -50,13 +55,16 @@ class TensorClient:
     """Talks to one data-plane endpoint (``tcp://host:port``). Use as a context manager."""
 
     def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, key: str = "", curve_server_key: str = "") -> None:
         self.endpoint = endpoint
         self._own_context = context is None
         self._ctx: zmq.Context[Any] = context or zmq.Context()
         self._clock = clock or SystemClock()
+        self._key = bytes.fromhex(key) if key else b""
         self._socket: zmq.Socket[Any] | None = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if curve_server_key:
+            set_curve_client(self._socket, curve_server_key)
         self._socket.connect(endpoint)
 
     def __enter__(self) -> TensorClient:
@@ -148,7 +156,7 @@ class TensorClient:
 
     def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> str:
         request_id = request_id or new_request_id()
-        frames = pack("request", request_id, inputs, stage=stage_key)
+        frames = pack("request", request_id, inputs, stage=stage_key, key=self._key)
         self._require_socket().send_multipart(frames, copy=False)
         return request_id
 
@@ -166,6 +174,18 @@ class TensorClient:
                 return unpack(frames)
             except FramingError as exc:
                 log.warning("dropping malformed reply from %s: %s", self.endpoint, exc)
+
+
+def set_curve_client(sock: zmq.Socket[Any], server_key: str) -> None:
+    """Make ``sock`` (before it connects) a CURVE client of the server with public key ``server_key``.
+
+    The client's own keypair is fresh: servers do not authenticate callers by CURVE key (the
+    request's authenticator does that), so nothing needs to know it.
+    """
+    public, secret = zmq.curve_keypair()
+    sock.curve_serverkey = server_key.encode()
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
 
 
 def reply_result(header: TensorHeader, outputs: Outputs) -> tuple[Outputs, Timings]:

@@ -6,6 +6,8 @@ attempt timeout. Messages sent before the connection is up are queued by zmq and
 once it is (no ``ZMQ_IMMEDIATE`` here: the first requests of a fresh client must not fail
 for want of a finished handshake).
 
+With ``curve_server_key`` the connection is a CURVE client of the entry's CURVE endpoint.
+
 Threading model: used by one thread only (zmq sockets are not thread-safe); no locks.
 """
 
@@ -18,20 +20,26 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from node_engine.data_plane.client import set_curve_client
+
 log = logging.getLogger(__name__)
 
-_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 HEARTBEAT_MS = 1000  # a silently vanished entry counts as lost after 3 heartbeats
 
 
 class EntryConnection:
     """DEALER to ``endpoint``; ``state`` is ``connecting`` | ``up`` | ``down``."""
 
-    def __init__(self, ctx: zmq.Context[Any], endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context[Any], endpoint: str, curve_server_key: str = "") -> None:
         self.endpoint = endpoint
+        self.curve_server_key = curve_server_key
         self.state = "connecting"
         self._dealer = ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
+        if curve_server_key:
+            set_curve_client(self._dealer, curve_server_key)
         self._dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
         self._dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * HEARTBEAT_MS)
         self._monitor = self._dealer.get_monitor_socket(_EVENTS)  # before connect: see every event
@@ -70,6 +78,8 @@ class EntryConnection:
                     self.state, failure = "down", failure or "connection lost"  # report the first
                 elif event == zmq.EVENT_CONNECT_RETRIED and self.state != "up":
                     self.state, failure = "down", failure or "connection refused"
+                elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                    self.state, failure = "down", failure or "handshake failed (CURVE key or mechanism)"
         if failure and was != "down":
             log.info("entry %s: %s", self.endpoint, failure)
         return failure

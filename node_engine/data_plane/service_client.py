@@ -25,6 +25,12 @@ endpoint gets a new socket and every request in flight is sent there at once. An
 error reply (the partition failed on these inputs, a malformed request) ends the request
 with an InferenceError at once: retrying cannot change it.
 
+Keys: a service whose SLA asks for privacy takes only requests signed with its **caller
+key** (see :mod:`.security`). The client signs with the key the resolver names (third item
+of its answer, so a rotated key is picked up on the next resolve), else with ``key``. A
+resolver that also names the entry's CURVE public key (fourth item) makes the client talk to
+that entry's CURVE endpoint, encrypted. An ``unauthorized`` answer is not retried.
+
 Threading model: NOT thread-safe (zmq sockets are not); one client per thread. All waiting
 is in zmq polls bounded by the earliest retry, attempt or request deadline.
 """
@@ -35,7 +41,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
@@ -47,7 +53,18 @@ from treeline_common.tensor_wire import OVERLOADED, RETRYABLE, FramingError, pac
 
 log = logging.getLogger(__name__)
 
-Resolver = Callable[[], tuple[str, str]]  # -> (entry endpoint, entry stage key)
+
+class ResolvedEntry(NamedTuple):
+    """What a resolver names: the entry, and optionally how to reach it securely."""
+
+    endpoint: str
+    stage_key: str
+    key: str = ""  # hex caller key to sign requests with ("": the client's own ``key``)
+    curve_server_key: str = ""  # the entry's CURVE public key: ``endpoint`` is its CURVE endpoint
+
+
+# -> (entry endpoint, entry stage key[, caller key[, CURVE server key]]): a ResolvedEntry or a plain tuple
+Resolver = Callable[[], tuple[str, ...]]
 
 
 class InferenceError(RuntimeError):
@@ -116,7 +133,7 @@ class ServiceClient:
     """Sends requests to a service's current entry, retrying as the module docstring says."""
 
     def __init__(self, resolve: Resolver, *, service: str = "service", policy: RetryPolicy | None = None,
-                 clock: Clock | None = None, context: zmq.Context[Any] | None = None) -> None:
+                 clock: Clock | None = None, context: zmq.Context[Any] | None = None, key: str = "") -> None:
         self.service = service
         self.policy = policy or RetryPolicy()
         self._resolve = resolve
@@ -125,6 +142,8 @@ class ServiceClient:
         self._ctx: zmq.Context[Any] = context or zmq.Context()
         self._entry: EntryConnection | None = None
         self._stage_key = ""
+        self._default_key = bytes.fromhex(key) if key else b""
+        self._key = self._default_key
         self._stale = True  # the entry must be (re-)resolved before the next send
         self._next_resolve = 0.0
         self._resolve_error = ""
@@ -206,20 +225,22 @@ class ServiceClient:
             return
         self._next_resolve = now + self.policy.resolve_interval
         try:
-            endpoint, stage_key = self._resolve()
+            endpoint, stage_key, key, curve_server_key = ResolvedEntry(*self._resolve())
+            signing_key = bytes.fromhex(key) if key else self._default_key
         except Exception as exc:  # noqa: BLE001 - any resolver failure is retried until the deadline
             self._resolve_error = f"could not resolve the entry: {exc}"
             log.warning("service %s: %s", self.service, self._resolve_error)
             return
         self._stale, self._resolve_error = False, ""
-        self._stage_key = stage_key
+        self._stage_key, self._key = stage_key, signing_key
         entry = self._entry
-        if entry is not None and entry.endpoint == endpoint and entry.state != "down":
+        if (entry is not None and entry.endpoint == endpoint and entry.curve_server_key == curve_server_key
+                and entry.state != "down"):
             return
         if entry is not None:
             log.info("service %s: entry %s -> %s", self.service, entry.endpoint, endpoint)
             entry.close()
-        self._entry = EntryConnection(self._ctx, endpoint)
+        self._entry = EntryConnection(self._ctx, endpoint, curve_server_key)
         for request in active.values():
             if request.retry_at is None:  # in flight on the old socket: send again on the new one now
                 request.retry_at = now
@@ -231,7 +252,7 @@ class ServiceClient:
         for request in active.values():
             if request.retry_at is None or request.retry_at > now:
                 continue
-            frames = pack("request", request.request_id, request.inputs, stage=self._stage_key)
+            frames = pack("request", request.request_id, request.inputs, stage=self._stage_key, key=self._key)
             if not entry.send(frames):
                 self._failed(request, now, f"entry {entry.endpoint} is not accepting requests", OVERLOADED)
                 continue

@@ -242,5 +242,5 @@ def test_service_resolver_reads_the_entry_from_the_root(monkeypatch: pytest.Monk
     resolve = inference.service_resolver("http://root", "s-1")
     with pytest.raises(RuntimeError, match="service s-1 has no placement entry"):
         resolve()
-    assert resolve() == ("tcp://h:1", KEY)
+    assert resolve() == ("tcp://h:1", KEY, "")
     assert asked == [("http://root", "s-1"), ("http://root", "s-1")]
