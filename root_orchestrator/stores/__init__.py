@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
-from root_orchestrator.stores.base import ApplicationStore, ArtifactStore, ClusterStore, ModelRegistry
+from root_orchestrator.stores.base import (
+    ApplicationStore,
+    ArtifactStore,
+    ClusterStore,
+    ModelRegistry,
+    UserStore,
+)
 from treeline_common.errors import InvalidInput
 
 if TYPE_CHECKING:  # pymongo is only imported when a MongoDB store is opened
@@ -34,6 +40,7 @@ __all__ = [
     "ClusterStore",
     "ModelRegistry",
     "Stores",
+    "UserStore",
     "known_schemes",
     "open_stores",
 ]
@@ -45,6 +52,7 @@ class Stores:
     models: ModelRegistry
     applications: ApplicationStore
     clusters: ClusterStore
+    users: UserStore
     url: str
     _close: Callable[[], None] = field(default=lambda: None, repr=False)
 
@@ -59,6 +67,7 @@ def _open_sqlite(url: str) -> Stores:
         SqliteClusterStore,
         SqliteDatabase,
         SqliteModelRegistry,
+        SqliteUserStore,
     )
 
     parsed = urlparse(url)
@@ -69,7 +78,7 @@ def _open_sqlite(url: str) -> Stores:
     root.mkdir(parents=True, exist_ok=True)
     db = SqliteDatabase(root / "root.db")
     return Stores(SqliteArtifactStore(root / "artifacts"), SqliteModelRegistry(db),
-                  SqliteApplicationStore(db), SqliteClusterStore(db), url, db.close)
+                  SqliteApplicationStore(db), SqliteClusterStore(db), SqliteUserStore(db), url, db.close)
 
 
 class _MongoClient(Protocol):
@@ -86,13 +95,14 @@ def _mongo_stores(client: _MongoClient, db_name: str, url: str) -> Stores:
         MongoArtifactStore,
         MongoClusterStore,
         MongoModelRegistry,
+        MongoUserStore,
         ensure_indexes,
     )
 
     db = client[db_name]
     ensure_indexes(db)
     return Stores(MongoArtifactStore(db), MongoModelRegistry(db), MongoApplicationStore(db),
-                  MongoClusterStore(db), url, client.close)
+                  MongoClusterStore(db), MongoUserStore(db), url, client.close)
 
 
 def _db_name(url: str) -> str:

@@ -10,14 +10,18 @@ knowing which backend raised them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
-from treeline_common.errors import InvalidInput, NotFound
+from treeline_common.errors import Conflict, CorruptArtifact, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -96,27 +100,95 @@ class ArtifactStore(ABC):
 
     ``put`` MUST be idempotent and atomic: a reader never sees a partial artifact, and the
     same bytes stored twice are stored once. With ``expected_sha256`` a mismatch raises
-    IntegrityError and stores nothing.
+    IntegrityError and stores nothing. A ``put`` of bytes already stored re-checks the stored
+    copy and replaces it when it no longer hashes to its name (``created`` is then True): a
+    damaged file is repaired by uploading the right bytes again.
+
+    Readers never get damaged bytes as good: ``open``/``get``/``iter_bytes`` check the stored
+    bytes against their name first (once per stored version: a backend's :meth:`_fingerprint`
+    keys the result) and raise :class:`CorruptArtifact` (409) on a mismatch; ``iter_bytes`` also
+    hashes while streaming and stops before the last chunk if the digest differs, so a client
+    sees a truncated body, never a complete wrong one.
     """
+
+    staging_dir: Path | None = None  # where uploads are spooled so put_file can move them into place
 
     @abstractmethod
     def put(self, data: Data, expected_sha256: str | None = None) -> PutResult: ...
 
+    def put_file(self, path: Path, expected_sha256: str | None = None) -> PutResult:
+        """Store a file's bytes (e.g. a spooled upload); a backend may move the file instead of
+        copying it. The caller deletes ``path`` afterwards if it is still there."""
+        with path.open("rb") as stream:
+            return self.put(stream, expected_sha256)
+
     @abstractmethod
+    def _open_raw(self, sha256: str) -> IO[bytes]:
+        """The stored bytes unchecked (caller closes); NotFound if absent."""
+
+    def _fingerprint(self, sha256: str) -> Hashable | None:
+        """Something that changes whenever the stored bytes may have (size, mtime, inode...),
+        so a verified artifact is not re-hashed on every read; None: verify every time."""
+        return None
+
+    def stored_digest(self, sha256: str) -> str:
+        """The sha256 of the bytes stored under ``sha256`` (hashed now); NotFound if absent."""
+        digest = hashlib.sha256()
+        with self._open_raw(sha256) as stream:
+            for chunk in iter_chunks(stream):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def verify(self, sha256: str) -> None:
+        """CorruptArtifact unless the stored bytes hash to ``sha256``; NotFound if absent."""
+        fingerprint = self._fingerprint(sha256)
+        verified = _verified(self)
+        if fingerprint is not None and verified.get(sha256) == fingerprint:
+            return
+        got = self.stored_digest(sha256)
+        if got != sha256:
+            log.error("artifact %s is corrupt: its stored bytes hash to %s", sha256, got)
+            raise corrupt_artifact(sha256, got)
+        if fingerprint is not None:
+            if len(verified) > 100_000:
+                verified.clear()
+            verified[sha256] = fingerprint
+
+    def _forget(self, sha256: str) -> None:
+        """Hash ``sha256`` again on its next read (its bytes were replaced or found damaged)."""
+        _verified(self).pop(sha256, None)
+
     def open(self, sha256: str) -> IO[bytes]:
-        """A readable binary stream (caller closes it); NotFound if absent."""
+        """A readable binary stream of verified bytes (caller closes it); NotFound if absent,
+        CorruptArtifact if the stored bytes no longer match ``sha256``."""
+        self.verify(sha256)
+        return self._open_raw(sha256)
 
     def get(self, sha256: str) -> bytes:
         with self.open(sha256) as stream:
             return stream.read()
 
     def iter_bytes(self, sha256: str) -> Iterator[bytes]:
-        """Chunks of the artifact; opens eagerly so NotFound is raised before streaming starts."""
+        """Chunks of the artifact; verifies and opens eagerly, so NotFound and CorruptArtifact are
+        raised before streaming starts. Hashes while streaming too: bytes that changed since they
+        were verified stop the stream before its last chunk (CorruptArtifact)."""
         stream = self.open(sha256)
 
         def _gen() -> Iterator[bytes]:
+            digest = hashlib.sha256()
             with stream:
-                yield from iter_chunks(stream)
+                held: bytes | None = None
+                for chunk in iter_chunks(stream):
+                    if held is not None:
+                        yield held
+                    digest.update(chunk)
+                    held = chunk
+                if digest.hexdigest() != sha256:
+                    self._forget(sha256)
+                    log.error("artifact %s changed while it was served; stream stopped", sha256)
+                    raise corrupt_artifact(sha256, digest.hexdigest())
+                if held is not None:
+                    yield held
 
         return _gen()
 
@@ -132,18 +204,38 @@ class ArtifactStore(ABC):
         """True if something was deleted."""
 
 
+def _verified(store: ArtifactStore) -> dict[str, Hashable]:
+    """``{sha256: fingerprint}`` of the artifacts whose stored bytes were hashed and matched,
+    one per store object (made on first use: backends need not call a base ``__init__``)."""
+    return store.__dict__.setdefault("_verified_fingerprints", {})  # type: ignore[no-any-return]
+
+
+def corrupt_artifact(sha256: str, got: str) -> CorruptArtifact:
+    return CorruptArtifact(
+        f"artifact {sha256} is corrupt on this store (its bytes hash to {got}); "
+        "upload the right bytes again (PUT /api/artifacts/<sha256>) to repair it",
+        [{"path": "sha256", "message": f"stored bytes hash to {got}"}])
+
+
 class ModelRegistry(ABC):
     """Named models with immutable, monotonically numbered versions (1, 2, ...) and movable aliases.
 
     A version doc is ``{name, version, sha256, size, format, signature, created_at, description,
-    aliases}``; ``aliases`` is computed from the model's alias map at read time, so moving an
+    aliases, owner}``; ``aliases`` and ``owner`` are the model's, read at read time, so moving an
     alias is one atomic write. Version numbers are never reused, even under concurrent creates.
+
+    Every model has one ``owner`` (a user id; ``""`` for models stored before users existed):
+    the first version's ``owner`` sets it and it never changes. The store only records and
+    checks it; who may see a model is the REST layer's decision.
     """
 
     @abstractmethod
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
                        description: str = "", *, fmt: str = "onnx",
-                       created_at: float = 0.0) -> dict[str, Any]: ...
+                       created_at: float = 0.0, owner: str | None = None) -> dict[str, Any]:
+        """A new version of ``name`` (created with it when new, owned by ``owner`` or ``""``).
+        With ``owner`` given, an existing model of another owner raises Conflict (path
+        ``model.name``) and stores nothing; ``owner=None`` adds to any model."""
 
     @abstractmethod
     def get_version(self, name: str, ref: int | str) -> dict[str, Any]:
@@ -154,7 +246,7 @@ class ModelRegistry(ABC):
 
     @abstractmethod
     def list_models(self) -> list[dict[str, Any]]:
-        """``[{name, latest_version, aliases: {alias: version}}]`` sorted by name."""
+        """``[{name, latest_version, aliases: {alias: version}, owner}]`` sorted by name."""
 
     @abstractmethod
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
@@ -244,6 +336,81 @@ class ApplicationStore(ABC):
         """Delete the service (and its id from its application); returns the deleted doc."""
 
 
+class UserStore(ABC):
+    """Accounts of the root's users and the long-lived tokens of its clusters.
+
+    A user doc is ``{user_id, username, roles: [role], password_hash, created_at}``; usernames are
+    unique (Conflict otherwise) and compared exactly. The store never sees a password, only its
+    hash, and never interprets roles. A cluster token doc is ``{token_id, secret_sha256, owner,
+    name, created_at}``: only the sha256 of the token's secret is stored, so a leaked database does
+    not leak usable tokens.
+    """
+
+    @abstractmethod
+    def create_user(self, username: str, password_hash: str, roles: list[str],
+                    created_at: float) -> dict[str, Any]:
+        """Store a new user (id assigned); Conflict (path ``username``) if the name is taken."""
+
+    @abstractmethod
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        """NotFound (path ``user_id``) if absent."""
+
+    @abstractmethod
+    def find_user(self, username: str) -> dict[str, Any] | None:
+        """The user named ``username``, or None."""
+
+    @abstractmethod
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every user, oldest first."""
+
+    @abstractmethod
+    def count_users(self) -> int: ...
+
+    @abstractmethod
+    def update_user(self, user_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set ``password_hash`` and/or ``roles`` (other fields are ignored); returns the new doc.
+        NotFound if absent."""
+
+    @abstractmethod
+    def delete_user(self, user_id: str) -> dict[str, Any]:
+        """Delete and return the user; NotFound if absent."""
+
+    @abstractmethod
+    def create_cluster_token(self, token_id: str, secret_sha256: str, owner: str, name: str,
+                             created_at: float) -> dict[str, Any]:
+        """Store a cluster token's digest; Conflict if ``token_id`` exists."""
+
+    @abstractmethod
+    def get_cluster_token(self, token_id: str) -> dict[str, Any]:
+        """NotFound (path ``token_id``) if absent."""
+
+    @abstractmethod
+    def list_cluster_tokens(self) -> list[dict[str, Any]]:
+        """Every cluster token doc, oldest first."""
+
+    @abstractmethod
+    def delete_cluster_token(self, token_id: str) -> dict[str, Any]:
+        """Delete and return the token doc; NotFound if absent."""
+
+
+USER_FIELDS = frozenset({"password_hash", "roles"})  # what UserStore.update_user may change
+
+
+def new_user_doc(username: str, password_hash: str, roles: list[str], created_at: float) -> dict[str, Any]:
+    return {"user_id": new_id(), "username": username, "roles": list(roles), "password_hash": password_hash,
+            "created_at": created_at}
+
+
+def new_cluster_token_doc(token_id: str, secret_sha256: str, owner: str, name: str,
+                          created_at: float) -> dict[str, Any]:
+    return {"token_id": token_id, "secret_sha256": secret_sha256, "owner": owner, "name": name,
+            "created_at": created_at}
+
+
+def username_taken(username: str) -> Conflict:
+    return Conflict(f"user {username!r} exists", [{"path": "username", "message": "already taken"}])
+
+
 class ClusterStore(ABC):
     """Registered cluster orchestrators and the last aggregate each pushed."""
 
@@ -273,8 +440,14 @@ def resolve_version(name: str, ref: int | str, last: int, aliases: dict[str, int
     raise not_found("version", f"{name}:{ref}", "model.version")
 
 
-def with_aliases(doc: dict[str, Any], aliases: dict[str, int]) -> dict[str, Any]:
-    return {**doc, "aliases": sorted(a for a, v in aliases.items() if v == doc["version"])}
+def with_aliases(doc: dict[str, Any], aliases: dict[str, int], owner: str = "") -> dict[str, Any]:
+    return {**doc, "aliases": sorted(a for a, v in aliases.items() if v == doc["version"]), "owner": owner}
+
+
+def model_taken(name: str) -> Conflict:
+    """Another user's model has this name (which user is not said)."""
+    return Conflict(f"model name {name!r} is taken", [{"path": "model.name",
+                                                       "message": "another user owns a model of this name"}])
 
 
 def new_cluster_doc(cluster_id: str, name: str, location: str, url: str, now: float) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import tempfile
+from collections.abc import Hashable
+from pathlib import Path
 from typing import IO, Any
 
 import gridfs
@@ -33,11 +35,17 @@ from root_orchestrator.stores.base import (
     check_alias,
     check_sha256,
     iter_chunks,
+    USER_FIELDS,
+    UserStore,
+    model_taken,
     new_cluster_doc,
+    new_cluster_token_doc,
     new_id,
+    new_user_doc,
     not_found,
     parse_ref,
     resolve_version,
+    username_taken,
     with_aliases,
 )
 from treeline_common.errors import Conflict, IntegrityError
@@ -54,11 +62,13 @@ def ensure_indexes(db: Database) -> None:
     db.applications.create_index([("userId", ASCENDING), ("application_name", ASCENDING)])
     db.clusters.create_index([("cluster_name", ASCENDING)], unique=True)
     db.model_profiles.create_index([("name", ASCENDING), ("version", ASCENDING)])
+    db.users.create_index([("username", ASCENDING)], unique=True)
 
 
 class MongoArtifactStore(ArtifactStore):
     def __init__(self, db: Database, collection: str = "artifacts") -> None:
         self.fs = gridfs.GridFS(db, collection=collection)
+        self._files = db[f"{collection}.files"]
 
     def put(self, data: Data, expected_sha256: str | None = None) -> PutResult:
         if expected_sha256 is not None:
@@ -75,32 +85,65 @@ class MongoArtifactStore(ArtifactStore):
             if expected_sha256 is not None and sha256 != expected_sha256:
                 raise IntegrityError("artifact bytes do not match their sha256", [
                     {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
-            if self.fs.exists(sha256):
-                return PutResult(sha256, size, created=False)
             spool.seek(0)
-            try:
-                self.fs.put(spool, _id=sha256, filename=sha256)
-            except (gridfs.errors.FileExists, DuplicateKeyError):
+            return self._place(spool, sha256, size)
+
+    def put_file(self, path: Path, expected_sha256: str | None = None) -> PutResult:
+        """Hash ``path``, then copy it into GridFS straight from the file (no second spool)."""
+        if expected_sha256 is not None:
+            check_sha256(expected_sha256)
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as stream:
+            for chunk in iter_chunks(stream):
+                digest.update(chunk)
+                size += len(chunk)
+            sha256 = digest.hexdigest()
+            if expected_sha256 is not None and sha256 != expected_sha256:
+                raise IntegrityError("artifact bytes do not match their sha256", [
+                    {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+            stream.seek(0)
+            return self._place(stream, sha256, size)
+
+    def _place(self, verified: IO[bytes], sha256: str, size: int) -> PutResult:
+        """Store ``verified`` (bytes hashing to ``sha256``) unless a sound copy is there already;
+        a damaged stored copy is deleted and replaced (``created`` True)."""
+        if self.fs.exists(sha256):
+            if self.stored_digest(sha256) == sha256:
                 return PutResult(sha256, size, created=False)
+            log.warning("artifact %s was corrupt in GridFS; replaced by the bytes just uploaded", sha256)
+            self.fs.delete(sha256)
+            self._forget(sha256)
+        try:
+            self.fs.put(verified, _id=sha256, filename=sha256)
+        except (gridfs.errors.FileExists, DuplicateKeyError):
+            return PutResult(sha256, size, created=False)
         log.debug("stored artifact %s (%d bytes) in GridFS", sha256, size)
         return PutResult(sha256, size, created=True)
 
-    def open(self, sha256: str) -> IO[bytes]:
+    def _open_raw(self, sha256: str) -> IO[bytes]:
         check_sha256(sha256)
         try:
             return self.fs.get(sha256)
         except gridfs.errors.NoFile:
             raise not_found("artifact", sha256, "sha256") from None
 
+    def _fingerprint(self, sha256: str) -> Hashable | None:
+        doc = self._files.find_one({"_id": sha256}, {"length": True, "uploadDate": True})
+        if doc is None:
+            return None
+        return (doc.get("length"), str(doc.get("uploadDate")))
+
     def exists(self, sha256: str) -> bool:
         check_sha256(sha256)
         return bool(self.fs.exists(sha256))
 
     def size(self, sha256: str) -> int:
-        with self.open(sha256) as grid_out:
+        with self._open_raw(sha256) as grid_out:
             return int(grid_out.length)  # type: ignore[attr-defined]
 
     def delete(self, sha256: str) -> bool:
+        self._forget(sha256)
         if not self.exists(sha256):
             return False
         self.fs.delete(sha256)
@@ -113,7 +156,14 @@ class MongoModelRegistry(ModelRegistry):
 
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
                        description: str = "", *, fmt: str = "onnx",
-                       created_at: float = 0.0) -> dict[str, Any]:
+                       created_at: float = 0.0, owner: str | None = None) -> dict[str, Any]:
+        # The model document first (its owner set once, atomically, by the upsert that creates it),
+        # so a version is never numbered under another user's model.
+        model = self.db.models.find_one_and_update(
+            {"_id": name}, {"$setOnInsert": {"aliases": {}, "last_version": 0, "owner": owner or ""}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        if model is not None and owner is not None and model.get("owner", "") != owner:
+            raise model_taken(name)
         counter = self.db.counters.find_one_and_update(
             {"_id": f"model:{name}"}, {"$inc": {"v": 1}}, upsert=True, return_document=ReturnDocument.AFTER)
         if counter is None:  # cannot happen: an upsert returning the document AFTER always has one
@@ -124,33 +174,36 @@ class MongoModelRegistry(ModelRegistry):
         self.db.model_versions.insert_one(dict(doc))
         # last_version only moves forward even if two creates finish out of order.
         self.db.models.update_one({"_id": name}, {"$max": {"last_version": version},
-                                                  "$setOnInsert": {"aliases": {}}}, upsert=True)
-        return with_aliases(doc, self._model(name)[1])
+                                                  "$setOnInsert": {"aliases": {}, "owner": owner or ""}},
+                                  upsert=True)
+        _, aliases, model_owner = self._model(name)
+        return with_aliases(doc, aliases, model_owner)
 
-    def _model(self, name: str) -> tuple[int, dict[str, int]]:
+    def _model(self, name: str) -> tuple[int, dict[str, int], str]:
         model = self.db.models.find_one({"_id": name})
         if model is None:
             raise not_found("model", name, "model.name")
-        return int(model["last_version"]), dict(model.get("aliases") or {})
+        return int(model["last_version"]), dict(model.get("aliases") or {}), str(model.get("owner") or "")
 
     def get_version(self, name: str, ref: int | str) -> dict[str, Any]:
         ref = parse_ref(ref)
-        last, aliases = self._model(name)
+        last, aliases, owner = self._model(name)
         version = resolve_version(name, ref, last, aliases)
         doc = self.db.model_versions.find_one({"name": name, "version": version}, _NO_ID)
         if doc is None:
             raise not_found("version", f"{name}:{ref}", "model.version")
-        return with_aliases(doc, aliases)
+        return with_aliases(doc, aliases, owner)
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
-        _, aliases = self._model(name)
+        _, aliases, owner = self._model(name)
         docs = self.db.model_versions.find({"name": name}, _NO_ID).sort("version", ASCENDING)
-        return [with_aliases(d, aliases) for d in docs]
+        return [with_aliases(d, aliases, owner) for d in docs]
 
     def list_models(self) -> list[dict[str, Any]]:
+        # A model whose first version is still being written (last_version 0) is not listed yet.
         return [{"name": m["_id"], "latest_version": int(m["last_version"]),
-                 "aliases": dict(m.get("aliases") or {})}
-                for m in self.db.models.find().sort("_id", ASCENDING)]
+                 "aliases": dict(m.get("aliases") or {}), "owner": str(m.get("owner") or "")}
+                for m in self.db.models.find().sort("_id", ASCENDING) if int(m["last_version"]) > 0]
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         check_alias(alias)  # also guarantees no '.'/'$' in the field path below
@@ -159,7 +212,8 @@ class MongoModelRegistry(ModelRegistry):
         if doc is None:
             raise not_found("version", f"{name}:{version}", "model.version")
         self.db.models.update_one({"_id": name}, {"$set": {f"aliases.{alias}": version}})
-        return with_aliases(doc, self._model(name)[1])
+        _, aliases, owner = self._model(name)
+        return with_aliases(doc, aliases, owner)
 
     def _check_version(self, name: str, version: int) -> None:
         self._model(name)
@@ -200,8 +254,9 @@ class MongoModelRegistry(ModelRegistry):
         return classes
 
     def delete_model(self, name: str) -> list[dict[str, Any]]:
-        self._model(name)
-        versions = list(self.db.model_versions.find({"name": name}, _NO_ID).sort("version", ASCENDING))
+        _, aliases, owner = self._model(name)
+        versions = [with_aliases(v, aliases, owner) for v in
+                    self.db.model_versions.find({"name": name}, _NO_ID).sort("version", ASCENDING)]
         # The model document first: from then on the model reads as absent, whatever is left below.
         self.db.models.delete_one({"_id": name})
         self.db.model_profiles.delete_many({"name": name})
@@ -348,3 +403,76 @@ class MongoClusterStore(ClusterStore):
     def list(self) -> list[dict[str, Any]]:
         return [d for d in (_strip(x) for x in self.db.clusters.find().sort("cluster_name", ASCENDING))
                 if d is not None]
+
+
+class MongoUserStore(UserStore):
+    """Users keyed by ``user_id`` (unique ``username`` index: a duplicate is refused by the
+    database itself, also under concurrent creates); cluster tokens keyed by ``token_id``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create_user(self, username: str, password_hash: str, roles: list[str],
+                    created_at: float) -> dict[str, Any]:
+        doc = new_user_doc(username, password_hash, roles, created_at)
+        try:
+            self.db.users.insert_one({**doc, "_id": doc["user_id"]})
+        except DuplicateKeyError:
+            raise username_taken(username) from None
+        return doc
+
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        doc = _strip(self.db.users.find_one({"_id": user_id}))
+        if doc is None:
+            raise not_found("user", user_id, "user_id")
+        return doc
+
+    def find_user(self, username: str) -> dict[str, Any] | None:
+        return _strip(self.db.users.find_one({"username": username}))
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return [d for d in (_strip(x) for x in self.db.users.find().sort("created_at", ASCENDING))
+                if d is not None]
+
+    def count_users(self) -> int:
+        return int(self.db.users.count_documents({}))
+
+    def update_user(self, user_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        clean = {k: v for k, v in fields.items() if k in USER_FIELDS}
+        if not clean:
+            return self.get_user(user_id)
+        doc = self.db.users.find_one_and_update({"_id": user_id}, {"$set": clean},
+                                                return_document=ReturnDocument.AFTER)
+        if doc is None:
+            raise not_found("user", user_id, "user_id")
+        return _strip(doc) or {}
+
+    def delete_user(self, user_id: str) -> dict[str, Any]:
+        doc = self.get_user(user_id)
+        self.db.users.delete_one({"_id": user_id})
+        return doc
+
+    def create_cluster_token(self, token_id: str, secret_sha256: str, owner: str, name: str,
+                             created_at: float) -> dict[str, Any]:
+        doc = new_cluster_token_doc(token_id, secret_sha256, owner, name, created_at)
+        try:
+            self.db.cluster_tokens.insert_one({**doc, "_id": token_id})
+        except DuplicateKeyError:
+            raise Conflict(f"cluster token {token_id!r} exists",
+                           [{"path": "token_id", "message": "taken"}]) from None
+        return doc
+
+    def get_cluster_token(self, token_id: str) -> dict[str, Any]:
+        doc = _strip(self.db.cluster_tokens.find_one({"_id": token_id}))
+        if doc is None:
+            raise not_found("cluster token", token_id, "token_id")
+        return doc
+
+    def list_cluster_tokens(self) -> list[dict[str, Any]]:
+        found = self.db.cluster_tokens.find().sort("created_at", ASCENDING)
+        return [d for d in (_strip(x) for x in found) if d is not None]
+
+    def delete_cluster_token(self, token_id: str) -> dict[str, Any]:
+        doc = self.get_cluster_token(token_id)
+        self.db.cluster_tokens.delete_one({"_id": token_id})
+        return doc

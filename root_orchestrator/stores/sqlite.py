@@ -16,7 +16,7 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -32,11 +32,17 @@ from root_orchestrator.stores.base import (
     check_alias,
     check_sha256,
     iter_chunks,
+    USER_FIELDS,
+    UserStore,
+    model_taken,
     new_cluster_doc,
+    new_cluster_token_doc,
     new_id,
+    new_user_doc,
     not_found,
     parse_ref,
     resolve_version,
+    username_taken,
     with_aliases,
 )
 from treeline_common.errors import Conflict, IntegrityError
@@ -54,7 +60,11 @@ CREATE TABLE IF NOT EXISTS clusters (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT N
 CREATE TABLE IF NOT EXISTS model_profiles (name TEXT NOT NULL, version INTEGER NOT NULL,
                                            device_class TEXT NOT NULL, doc TEXT NOT NULL,
                                            PRIMARY KEY (name, version, device_class));
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, username TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cluster_tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 """
+# Columns added after the first release: (table, column, declaration). Added at open when missing.
+_MIGRATIONS = (("models", "owner", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class SqliteDatabase:
@@ -72,6 +82,10 @@ class SqliteDatabase:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
+            for table, column, declaration in _MIGRATIONS:
+                known = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in known:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._conn = conn
             log.info("sqlite store opened at %s", self.path)
         return self._conn
@@ -102,6 +116,7 @@ def _dump(doc: dict[str, Any]) -> str:
 class SqliteArtifactStore(ArtifactStore):
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.staging_dir = root / "tmp"  # same file system as the artifacts: put_file renames
 
     def _path(self, sha256: str) -> Path:
         check_sha256(sha256)
@@ -110,11 +125,10 @@ class SqliteArtifactStore(ArtifactStore):
     def put(self, data: Data, expected_sha256: str | None = None) -> PutResult:
         if expected_sha256 is not None:
             check_sha256(expected_sha256)
-        tmp_dir = self.root / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
+        fd, tmp_name = tempfile.mkstemp(dir=self.staging_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in iter_chunks(data):
@@ -127,23 +141,63 @@ class SqliteArtifactStore(ArtifactStore):
             if expected_sha256 is not None and sha256 != expected_sha256:
                 raise IntegrityError("artifact bytes do not match their sha256", [
                     {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
-            final = self._path(sha256)
-            if final.exists():
-                return PutResult(sha256, size, created=False)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp_name, final)  # atomic; a concurrent identical put just replaces equal bytes
+            created = self._place(Path(tmp_name), sha256, size)
             tmp_name = ""
-            log.debug("stored artifact %s (%d bytes)", sha256, size)
-            return PutResult(sha256, size, created=True)
+            return PutResult(sha256, size, created=created)
         finally:
             if tmp_name:
                 os.unlink(tmp_name)
 
-    def open(self, sha256: str) -> IO[bytes]:
+    def put_file(self, path: Path, expected_sha256: str | None = None) -> PutResult:
+        """Hash ``path`` and move it into place (a rename when it is on this store's file system)."""
+        if expected_sha256 is not None:
+            check_sha256(expected_sha256)
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as stream:
+            for chunk in iter_chunks(stream):
+                digest.update(chunk)
+                size += len(chunk)
+        sha256 = digest.hexdigest()
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            raise IntegrityError("artifact bytes do not match their sha256", [
+                {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+        try:
+            same_fs = path.stat().st_dev == self.root.stat().st_dev
+        except FileNotFoundError:
+            same_fs = False
+        if not same_fs:
+            with path.open("rb") as stream:
+                return self.put(stream, sha256)
+        return PutResult(sha256, size, created=self._place(path, sha256, size))
+
+    def _place(self, verified: Path, sha256: str, size: int) -> bool:
+        """Move ``verified`` (bytes hashing to ``sha256``) to its final name unless a sound copy is
+        there already (then delete it); True when it was moved (new, or a damaged copy replaced)."""
+        final = self._path(sha256)
+        if final.exists():
+            if self.stored_digest(sha256) == sha256:
+                verified.unlink(missing_ok=True)
+                return False
+            log.warning("artifact %s was corrupt on disk; replaced by the bytes just uploaded", sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(verified, final)  # atomic; a concurrent identical put just replaces equal bytes
+        self._forget(sha256)
+        log.debug("stored artifact %s (%d bytes)", sha256, size)
+        return True
+
+    def _open_raw(self, sha256: str) -> IO[bytes]:
         try:
             return open(self._path(sha256), "rb")
         except FileNotFoundError:
             raise not_found("artifact", sha256, "sha256") from None
+
+    def _fingerprint(self, sha256: str) -> Hashable | None:
+        try:
+            st = self._path(sha256).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def exists(self, sha256: str) -> bool:
         return self._path(sha256).is_file()
@@ -155,6 +209,7 @@ class SqliteArtifactStore(ArtifactStore):
             raise not_found("artifact", sha256, "sha256") from None
 
     def delete(self, sha256: str) -> bool:
+        self._forget(sha256)
         try:
             self._path(sha256).unlink()
             return True
@@ -168,63 +223,64 @@ class SqliteModelRegistry(ModelRegistry):
 
     def create_version(self, name: str, sha256: str, size: int, signature: dict[str, Any],
                        description: str = "", *, fmt: str = "onnx",
-                       created_at: float = 0.0) -> dict[str, Any]:
+                       created_at: float = 0.0, owner: str | None = None) -> dict[str, Any]:
         with self.db.tx() as conn:
-            row = conn.execute("SELECT last_version FROM models WHERE name=?", (name,)).fetchone()
+            row = conn.execute("SELECT last_version, owner FROM models WHERE name=?", (name,)).fetchone()
+            if row and owner is not None and row[1] != owner:
+                raise model_taken(name)
             version = (row[0] if row else 0) + 1
             if row:
                 conn.execute("UPDATE models SET last_version=? WHERE name=?", (version, name))
             else:
-                conn.execute("INSERT INTO models (name, last_version, aliases) VALUES (?, ?, '{}')",
-                             (name, version))
+                conn.execute("INSERT INTO models (name, last_version, aliases, owner) VALUES (?, ?, '{}', ?)",
+                             (name, version, owner or ""))
             doc = {"name": name, "version": version, "sha256": sha256, "size": size, "format": fmt,
                    "signature": signature, "created_at": created_at, "description": description}
             conn.execute("INSERT INTO model_versions (name, version, doc) VALUES (?, ?, ?)",
                          (name, version, _dump(doc)))
-            row = conn.execute("SELECT aliases FROM models WHERE name=?", (name,)).fetchone()
-            aliases = json.loads(row[0])
-        return with_aliases(doc, aliases)
+            _, aliases, model_owner = self._model_row(conn, name)
+        return with_aliases(doc, aliases, model_owner)
 
-    def _model_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, dict[str, int]]:
-        row = conn.execute("SELECT last_version, aliases FROM models WHERE name=?", (name,)).fetchone()
+    def _model_row(self, conn: sqlite3.Connection, name: str) -> tuple[int, dict[str, int], str]:
+        row = conn.execute("SELECT last_version, aliases, owner FROM models WHERE name=?", (name,)).fetchone()
         if row is None:
             raise not_found("model", name, "model.name")
-        return row[0], json.loads(row[1])
+        return row[0], json.loads(row[1]), row[2]
 
     def get_version(self, name: str, ref: int | str) -> dict[str, Any]:
         ref = parse_ref(ref)
         with self.db.tx() as conn:
-            last, aliases = self._model_row(conn, name)
+            last, aliases, owner = self._model_row(conn, name)
             version = resolve_version(name, ref, last, aliases)
             row = conn.execute("SELECT doc FROM model_versions WHERE name=? AND version=?",
                                (name, version)).fetchone()
         if row is None:
             raise not_found("version", f"{name}:{ref}", "model.version")
-        return with_aliases(json.loads(row[0]), aliases)
+        return with_aliases(json.loads(row[0]), aliases, owner)
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
         with self.db.tx() as conn:
-            _, aliases = self._model_row(conn, name)
+            _, aliases, owner = self._model_row(conn, name)
             rows = conn.execute("SELECT doc FROM model_versions WHERE name=? ORDER BY version",
                                 (name,)).fetchall()
-        return [with_aliases(json.loads(r[0]), aliases) for r in rows]
+        return [with_aliases(json.loads(r[0]), aliases, owner) for r in rows]
 
     def list_models(self) -> list[dict[str, Any]]:
         with self.db.tx() as conn:
-            rows = conn.execute("SELECT name, last_version, aliases FROM models ORDER BY name").fetchall()
-        return [{"name": n, "latest_version": v, "aliases": json.loads(a)} for n, v, a in rows]
+            rows = conn.execute("SELECT name, last_version, aliases, owner FROM models ORDER BY name").fetchall()
+        return [{"name": n, "latest_version": v, "aliases": json.loads(a), "owner": o} for n, v, a, o in rows]
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         check_alias(alias)
         with self.db.tx() as conn:
-            _, aliases = self._model_row(conn, name)
+            _, aliases, owner = self._model_row(conn, name)
             row = conn.execute("SELECT doc FROM model_versions WHERE name=? AND version=?",
                                (name, version)).fetchone()
             if row is None:
                 raise not_found("version", f"{name}:{version}", "model.version")
             aliases[alias] = version
             conn.execute("UPDATE models SET aliases=? WHERE name=?", (_dump(aliases), name))
-        return with_aliases(json.loads(row[0]), aliases)
+        return with_aliases(json.loads(row[0]), aliases, owner)
 
     def _check_version(self, conn: sqlite3.Connection, name: str, version: int) -> None:
         self._model_row(conn, name)
@@ -267,12 +323,12 @@ class SqliteModelRegistry(ModelRegistry):
 
     def delete_model(self, name: str) -> list[dict[str, Any]]:
         with self.db.tx() as conn:
-            self._model_row(conn, name)
+            _, aliases, owner = self._model_row(conn, name)
             rows = conn.execute("SELECT doc FROM model_versions WHERE name=? ORDER BY version",
                                 (name,)).fetchall()
             for table in ("model_profiles", "model_versions", "models"):
                 conn.execute(f"DELETE FROM {table} WHERE name=?", (name,))
-        return [json.loads(r[0]) for r in rows]
+        return [with_aliases(json.loads(r[0]), aliases, owner) for r in rows]
 
 
 class SqliteApplicationStore(ApplicationStore):
@@ -430,3 +486,85 @@ class SqliteClusterStore(ClusterStore):
         with self.db.tx() as conn:
             rows = conn.execute("SELECT doc FROM clusters ORDER BY name").fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+class SqliteUserStore(UserStore):
+    def __init__(self, db: SqliteDatabase) -> None:
+        self.db = db
+
+    def create_user(self, username: str, password_hash: str, roles: list[str],
+                    created_at: float) -> dict[str, Any]:
+        doc = new_user_doc(username, password_hash, roles, created_at)
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE username=?", (username,)).fetchone():
+                raise username_taken(username)
+            conn.execute("INSERT INTO users (id, username, doc) VALUES (?, ?, ?)",
+                         (doc["user_id"], username, _dump(doc)))
+        return doc
+
+    def _user(self, conn: sqlite3.Connection, user_id: str) -> dict[str, Any]:
+        row = conn.execute("SELECT doc FROM users WHERE id=?", (user_id,)).fetchone()
+        if row is None:
+            raise not_found("user", user_id, "user_id")
+        return json.loads(row[0])
+
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            return self._user(conn, user_id)
+
+    def find_user(self, username: str) -> dict[str, Any] | None:
+        with self.db.tx() as conn:
+            row = conn.execute("SELECT doc FROM users WHERE username=?", (username,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_users(self) -> list[dict[str, Any]]:
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT doc FROM users ORDER BY rowid").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def count_users(self) -> int:
+        with self.db.tx() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+
+    def update_user(self, user_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            doc = self._user(conn, user_id)
+            doc.update({k: v for k, v in fields.items() if k in USER_FIELDS})
+            conn.execute("UPDATE users SET doc=? WHERE id=?", (_dump(doc), user_id))
+        return doc
+
+    def delete_user(self, user_id: str) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            doc = self._user(conn, user_id)
+            conn.execute("DELETE FROM users WHERE id=?", (user_id,))
+        return doc
+
+    def create_cluster_token(self, token_id: str, secret_sha256: str, owner: str, name: str,
+                             created_at: float) -> dict[str, Any]:
+        doc = new_cluster_token_doc(token_id, secret_sha256, owner, name, created_at)
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM cluster_tokens WHERE id=?", (token_id,)).fetchone():
+                raise Conflict(f"cluster token {token_id!r} exists", [{"path": "token_id", "message": "taken"}])
+            conn.execute("INSERT INTO cluster_tokens (id, doc) VALUES (?, ?)", (token_id, _dump(doc)))
+        return doc
+
+    def _token(self, conn: sqlite3.Connection, token_id: str) -> dict[str, Any]:
+        row = conn.execute("SELECT doc FROM cluster_tokens WHERE id=?", (token_id,)).fetchone()
+        if row is None:
+            raise not_found("cluster token", token_id, "token_id")
+        return json.loads(row[0])
+
+    def get_cluster_token(self, token_id: str) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            return self._token(conn, token_id)
+
+    def list_cluster_tokens(self) -> list[dict[str, Any]]:
+        with self.db.tx() as conn:
+            rows = conn.execute("SELECT doc FROM cluster_tokens ORDER BY rowid").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_cluster_token(self, token_id: str) -> dict[str, Any]:
+        with self.db.tx() as conn:
+            doc = self._token(conn, token_id)
+            conn.execute("DELETE FROM cluster_tokens WHERE id=?", (token_id,))
+        return doc

@@ -157,7 +157,25 @@ def test_aliases_resolve_and_move(stores: Stores) -> None:
     reg.set_alias("m", "champion", 2)
     assert reg.get_version("m", "champion")["version"] == 2
     assert reg.get_version("m", 1)["aliases"] == []
-    assert reg.list_models() == [{"name": "m", "latest_version": 2, "aliases": {"champion": 2}}]
+    assert reg.list_models() == [{"name": "m", "latest_version": 2, "aliases": {"champion": 2}, "owner": ""}]
+
+
+def test_model_owner_is_set_once_and_checked(stores: Stores) -> None:
+    reg = stores.models
+    first = reg.create_version("m", _sha(b"1"), 1, SIG, owner="alice")
+    assert first["owner"] == "alice"
+    assert reg.create_version("m", _sha(b"2"), 1, SIG, owner="alice")["version"] == 2
+    with pytest.raises(Conflict) as taken:
+        reg.create_version("m", _sha(b"3"), 1, SIG, owner="bob")
+    assert taken.value.details[0]["path"] == "model.name" and "alice" not in taken.value.message
+    assert reg.get_version("m", "latest")["version"] == 2  # the refused create stored nothing
+    assert reg.create_version("m", _sha(b"4"), 1, SIG)["owner"] == "alice"  # owner=None: any model, kept
+    assert {v["owner"] for v in reg.list_versions("m")} == {"alice"}
+    assert reg.create_version("legacy", _sha(b"l"), 1, SIG)["owner"] == ""
+    assert [(m["name"], m["owner"]) for m in reg.list_models()] == [("legacy", ""), ("m", "alice")]
+    assert reg.set_alias("m", "prod", 1)["owner"] == "alice"
+    assert {v["owner"] for v in reg.delete_model("m")} == {"alice"}
+    assert reg.create_version("m", _sha(b"5"), 1, SIG, owner="bob")["owner"] == "bob"  # free again
 
 
 def test_registry_errors_name_the_field(stores: Stores) -> None:
@@ -239,6 +257,78 @@ def test_delete_model_removes_versions_aliases_profiles(stores: Stores) -> None:
     assert (again["version"], again["aliases"]) == (1, [])  # the name is free again, numbering restarts
     assert reg.list_profiles("m", 1) == {}
     assert reg.get_version("keep", 1)["sha256"] == _sha(b"k")
+
+
+# -- users and cluster tokens --------------------------------------------------------------------------
+
+def test_users_create_find_update_delete(stores: Stores) -> None:
+    users = stores.users
+    assert users.count_users() == 0 and users.list_users() == [] and users.find_user("alice") is None
+    alice = users.create_user("alice", "hash-a", ["application_provider"], 1.0)
+    bob = users.create_user("bob", "hash-b", ["admin"], 2.0)
+    assert len(alice["user_id"]) == 24 and alice["user_id"] != bob["user_id"]
+    assert alice == {"user_id": alice["user_id"], "username": "alice", "roles": ["application_provider"],
+                     "password_hash": "hash-a", "created_at": 1.0}
+    assert users.get_user(alice["user_id"]) == alice and users.find_user("alice") == alice
+    assert users.find_user("Alice") is None  # exact names
+    assert [u["username"] for u in users.list_users()] == ["alice", "bob"] and users.count_users() == 2
+    with pytest.raises(Conflict) as taken:
+        users.create_user("alice", "other", [], 3.0)
+    assert taken.value.details[0]["path"] == "username"
+    changed = users.update_user(alice["user_id"], {"password_hash": "new", "roles": ["admin"],
+                                                   "username": "mallory", "user_id": "x"})
+    assert (changed["username"], changed["user_id"], changed["password_hash"], changed["roles"]) == (
+        "alice", alice["user_id"], "new", ["admin"])
+    assert users.get_user(alice["user_id"]) == changed
+    assert users.delete_user(alice["user_id"]) == changed
+    for call in (lambda: users.get_user(alice["user_id"]), lambda: users.delete_user(alice["user_id"]),
+                 lambda: users.update_user(alice["user_id"], {"roles": []})):
+        with pytest.raises(NotFound) as missing:
+            call()
+        assert missing.value.details[0]["path"] == "user_id"
+    assert users.find_user("alice") is None and users.count_users() == 1
+    assert users.create_user("alice", "again", [], 4.0)["user_id"] != alice["user_id"]  # name free again
+
+
+def test_concurrent_user_creates_keep_names_unique(stores: Stores) -> None:
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            stores.users.create_user("same", "h", [], 0.0)
+            result = "created"
+        except Conflict:
+            result = "conflict"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict"] * 5 + ["created"]
+    assert stores.users.count_users() == 1
+
+
+def test_cluster_tokens_store_only_digests(stores: Stores) -> None:
+    users = stores.users
+    doc = users.create_cluster_token("t1", _sha(b"secret"), "infra-user", "edge site", 5.0)
+    assert doc == {"token_id": "t1", "secret_sha256": _sha(b"secret"), "owner": "infra-user",
+                   "name": "edge site", "created_at": 5.0}
+    users.create_cluster_token("t2", _sha(b"other"), "admin", "", 6.0)
+    assert users.get_cluster_token("t1") == doc
+    assert [t["token_id"] for t in users.list_cluster_tokens()] == ["t1", "t2"]
+    with pytest.raises(Conflict):
+        users.create_cluster_token("t1", _sha(b"x"), "a", "", 7.0)
+    assert users.delete_cluster_token("t1") == doc
+    with pytest.raises(NotFound) as missing:
+        users.get_cluster_token("t1")
+    assert missing.value.details[0]["path"] == "token_id"
+    with pytest.raises(NotFound):
+        users.delete_cluster_token("t1")
+    assert [t["token_id"] for t in users.list_cluster_tokens()] == ["t2"]
 
 
 # -- applications and services -------------------------------------------------------------------------
@@ -397,3 +487,43 @@ def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytes
     first.models.put_profile("m", 1, "server", {"op_ms": {"x": 1.0}})
     first.close()
     assert opener().models.get_profile("m", 1, "server") == {"op_ms": {"x": 1.0}}
+
+
+def test_users_and_owners_survive_reopening(opener: Callable[[], Stores],
+                                            request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["opener"] == "mongomock":
+        pytest.skip("mongomock is in-memory per client")
+    first = opener()
+    alice = first.users.create_user("alice", "h", ["application_provider"], 1.0)
+    first.users.create_cluster_token("t1", _sha(b"s"), alice["user_id"], "", 1.0)
+    first.models.create_version("m", _sha(b"m"), 1, SIG, owner=alice["user_id"])
+    first.close()
+    second = opener()
+    assert second.users.find_user("alice") == alice
+    assert second.users.get_cluster_token("t1")["secret_sha256"] == _sha(b"s")
+    assert second.models.get_version("m", 1)["owner"] == alice["user_id"]
+
+
+def test_sqlite_store_from_before_owners_is_migrated(tmp_path: Path) -> None:
+    """A root.db written before models had owners opens, and its models read as unowned."""
+    import sqlite3
+
+    root = tmp_path / "root"
+    root.mkdir()
+    conn = sqlite3.connect(root / "root.db")
+    conn.executescript("CREATE TABLE models (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL, "
+                       "aliases TEXT NOT NULL);"
+                       "CREATE TABLE model_versions (name TEXT NOT NULL, version INTEGER NOT NULL, "
+                       "doc TEXT NOT NULL, PRIMARY KEY (name, version));"
+                       "INSERT INTO models VALUES ('old', 1, '{}');"
+                       "INSERT INTO model_versions VALUES ('old', 1, '{\"name\": \"old\", \"version\": 1}');")
+    conn.commit()
+    conn.close()
+    stores = open_stores(f"sqlite:///{root}")
+    try:
+        assert stores.models.get_version("old", 1)["owner"] == ""
+        assert stores.models.create_version("old", _sha(b"x"), 1, SIG)["version"] == 2
+        with pytest.raises(Conflict):
+            stores.models.create_version("old", _sha(b"y"), 1, SIG, owner="alice")
+    finally:
+        stores.close()
