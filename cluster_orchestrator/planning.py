@@ -9,7 +9,10 @@ DeployCommand of every stage (stage i forwards to stage i+1; the last replies).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,27 +292,143 @@ def build_placement(
     )
 
 
-def deploy_commands(placement: Placement, root_url: str) -> list[tuple[str, DeployCommand]]:
+DATA_KEY_CONTEXT = b"treeline-data-key/1"
+CALLER_KEY_CONTEXT = b"treeline-caller-key/1"
+
+
+def new_cluster_secret() -> bytes:
+    """32 random bytes: the cluster's data-plane secret, from which every data key derives.
+
+    Generate it once per cluster and keep it (configuration or the cluster's store): the
+    keys of running deployments are re-derived from it when commands are re-sent.
+    """
+    return secrets.token_bytes(32)
+
+
+def data_key(secret: bytes, deployment_id: str, generation: int) -> str:
+    """The data key (64 hex digits) of one deployment generation: HMAC-SHA256 of the cluster secret.
+
+    Derived, not drawn, so nothing secret is stored with the placement (which the root
+    sees) and a command re-sent later (reconcile, a restarted cluster) carries the same key.
+    Each generation has its own key: stages of another generation cannot feed this one.
+    """
+    message = DATA_KEY_CONTEXT + f"|{deployment_id}|{generation}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def caller_key(secret: bytes, deployment_id: str) -> str:
+    """The caller key (64 hex digits) of a deployment, stable across generations (re-plans).
+
+    Used when the root hands none down; whoever hands it to the service's owner must get it
+    from the cluster then.
+    """
+    return hmac.new(secret, CALLER_KEY_CONTEXT + f"|{deployment_id}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeCurve:
+    """A node's CURVE server: the endpoint and Z85 public key it reports."""
+
+    endpoint: str
+    public_key: str
+
+
+def node_curve_keys(nodes: Iterable[Mapping[str, Any]]) -> dict[str, NodeCurve]:
+    """``node_id -> NodeCurve`` of every node document reporting ``data_curve_endpoint`` and
+    ``curve_public_key`` (telemetry, fresher, over registration); nodes without both are left out."""
+    found: dict[str, NodeCurve] = {}
+    for doc in nodes:
+        telemetry = doc.get("telemetry") or {}
+        endpoint = telemetry.get("data_curve_endpoint") or doc.get("data_curve_endpoint")
+        key = telemetry.get("curve_public_key") or doc.get("curve_public_key")
+        if isinstance(endpoint, str) and endpoint and isinstance(key, str) and len(key) == 40:
+            found[str(doc["node_id"])] = NodeCurve(endpoint, key)
+    return found
+
+
+@dataclass(frozen=True)
+class DataPlaneSecurity:
+    """What :func:`deploy_commands` needs to secure a deployment's data plane.
+
+    ``secret``: the cluster secret (:func:`new_cluster_secret`); b"" leaves the data plane
+    open (commands as before). ``authenticate_callers`` / ``encrypt_tensors``: the SLA's
+    ``model.privacy`` (:func:`security_for`). ``caller_key``: the key callers sign with
+    when they must; "" derives one (:func:`caller_key`). ``curve``: the nodes' CURVE
+    servers (:func:`node_curve_keys`), needed with ``encrypt_tensors``.
+    """
+
+    secret: bytes = b""
+    authenticate_callers: bool = False
+    encrypt_tensors: bool = False
+    caller_key: str = field(default="", repr=False)
+    curve: Mapping[str, NodeCurve] = field(default_factory=dict)
+
+
+def security_for(secret: bytes, microservice: Any, nodes: Iterable[Mapping[str, Any]] = (),
+                 caller_key: str = "") -> DataPlaneSecurity:
+    """The :class:`DataPlaneSecurity` of a job: its SLA model block's ``privacy``
+    (``microservice`` is the deployment_descriptors view) and the nodes' CURVE keys."""
+    model = getattr(microservice, "model", None)
+    return DataPlaneSecurity(secret=secret, authenticate_callers=bool(model and model.authenticate_callers),
+                             encrypt_tensors=bool(model and model.encrypt_tensors), caller_key=caller_key,
+                             curve=node_curve_keys(nodes))
+
+
+class EncryptionUnavailable(ValueError):
+    """``encrypt_tensors`` is asked but a node that must receive tensors reports no CURVE key."""
+
+
+def deploy_commands(placement: Placement, root_url: str,
+                    security: DataPlaneSecurity | None = None) -> list[tuple[str, DeployCommand]]:
     """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none.
-    A relay entry stage (no artifact) forwards the raw inputs to stage 0; it comes first."""
+    A relay entry stage (no artifact) forwards the raw inputs to stage 0; it comes first.
+
+    With ``security`` carrying a secret, every command carries the generation's
+    :func:`data_key`; the entry (the relay, else the first stage) is marked ``entry`` and,
+    when callers must authenticate, carries the caller key. With ``encrypt_tensors`` every
+    route to a stage on another node names that node's CURVE endpoint and key, and the
+    commands ask for encrypted requests; EncryptionUnavailable if such a node reports no
+    key (the plan cannot keep the SLA's promise). Pure and deterministic: the same
+    placement and security give the same commands, so re-sent commands match the first.
+    """
+    security = security or DataPlaneSecurity()
+    secret = security.secret
+    key = data_key(secret, placement.deployment_id, placement.generation) if secret else ""
+    callers = ""
+    if secret and security.authenticate_callers:
+        callers = security.caller_key or caller_key(secret, placement.deployment_id)
+    encrypt = bool(secret) and security.encrypt_tensors
     stages = sorted(placement.stages, key=lambda s: s.index)
+    relay = placement.relay
+    entry_key = relay.stage_key if relay is not None else (stages[0].stage_key if stages else "")
+
+    def route(sender: str, target: StagePlacement) -> NextStage:
+        if not encrypt or target.node_id == sender:  # same node: handed over in-process
+            return NextStage(target.node_id, target.endpoint, target.stage_key)
+        curve = security.curve.get(target.node_id)
+        if curve is None:
+            raise EncryptionUnavailable(f"{placement.deployment_id}: privacy.encrypt_tensors asks for CURVE, "
+                                        f"but node {target.node_name or target.node_id} reports no CURVE key")
+        return NextStage(target.node_id, curve.endpoint, target.stage_key, curve_server_key=curve.public_key)
+
+    def command(stage: StagePlacement, nxt: NextStage | None, **fields: Any) -> DeployCommand:
+        is_entry = bool(key) and stage.stage_key == entry_key
+        return DeployCommand(deployment_id=placement.deployment_id, stage=stage.index,
+                             inputs=list(stage.inputs), next=nxt, generation=placement.generation,
+                             data_key=key, entry=is_entry, caller_key=callers if is_entry else "",
+                             encrypt_tensors=encrypt, **fields)
+
     commands = []
     for i, stage in enumerate(stages):
         following = stages[i + 1] if i + 1 < len(stages) else None
-        nxt = NextStage(following.node_id, following.endpoint, following.stage_key) if following else None
-        commands.append((stage.node_id, DeployCommand(
-            deployment_id=placement.deployment_id, stage=stage.index,
-            artifact_url=artifact_url(root_url, stage.sha256), sha256=stage.sha256,
-            inputs=list(stage.inputs), outputs=list(stage.outputs), next=nxt,
-            generation=placement.generation)))
-    relay = placement.relay
+        nxt = route(stage.node_id, following) if following else None
+        commands.append((stage.node_id, command(
+            stage, nxt, artifact_url=artifact_url(root_url, stage.sha256), sha256=stage.sha256,
+            outputs=list(stage.outputs))))
     if relay is not None and stages:
-        first = stages[0]
-        commands.insert(0, (relay.node_id, DeployCommand(
-            deployment_id=placement.deployment_id, stage=RELAY_STAGE, artifact_url="", sha256="",
-            inputs=list(relay.inputs), outputs=list(relay.inputs),
-            next=NextStage(first.node_id, first.endpoint, first.stage_key),
-            generation=placement.generation, relay=True)))
+        commands.insert(0, (relay.node_id, command(
+            relay, route(relay.node_id, stages[0]), artifact_url="", sha256="", outputs=list(relay.inputs),
+            relay=True)))
     return commands
 
 
