@@ -15,7 +15,7 @@ from flask import Flask, jsonify, request
 
 from cluster_orchestrator import dryrun
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
-from treeline_common.http import install_error_handlers, json_body
+from treeline_common.http import JSON_BODY_LIMIT, install_error_handlers, json_body
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Fla
     at process start) is what ``GET /api/health`` reports, so ``treeline up`` can tell its own
     cluster from another stack's listening on the same port."""
     app = Flask("cluster_orchestrator")
+    app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT  # every body here is a small JSON document
     install_error_handlers(app)
     identity = {"status": "ok", "instance_id": instance_id or str(uuid.uuid4()), "name": core.config.name,
                 "version": _version()}

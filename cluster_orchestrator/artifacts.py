@@ -79,13 +79,18 @@ class ArtifactCache:
         return data
 
     def get(self, sha256: str) -> bytes | None:
-        """The bytes stored under ``sha256``, or None."""
+        """The bytes stored under ``sha256``, or None (also when the file no longer hashes to it)."""
         sha = check_sha(sha256)
         if self._folder is None:
             with self._lock:
                 return self._memory.get(sha)
         path = self._folder / sha
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        if hashlib.sha256(data).hexdigest() != sha:  # damaged on disk: drop it, the next fetch re-downloads
+            log.error("cached artifact %s is corrupt; dropped", sha)
+            path.unlink(missing_ok=True)
+            return None
+        return data

@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from treeline_common.errors import SHA256_MISMATCH
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -25,6 +27,17 @@ class ArtifactError(Exception):
 
 class DownloadCancelled(ArtifactError):
     """The node is shutting down; the download stopped half-way."""
+
+
+class DigestMismatch(ArtifactError):
+    """The bytes served do not hash to the digest the command named. The message (reported as the
+    stage's FAILED reason) starts with :data:`SHA256_MISMATCH` so the cluster can tell this from
+    any other failure and fetch the artifact again rather than serve the same bytes."""
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"{SHA256_MISMATCH}: expected {expected} got {got}")
+        self.expected = expected
+        self.got = got
 
 
 def sha256_file(path: Path) -> str:
@@ -46,7 +59,8 @@ def fetch_artifact(
     """Return the local path of the verified artifact, downloading it when needed.
 
     The body is streamed to a temporary file while hashing in chunks; on a mismatch the
-    file is deleted and :class:`ArtifactError` says ``sha256 mismatch: expected X got Y``.
+    file is deleted and :class:`DigestMismatch` says ``sha256 mismatch: expected X got Y``
+    (:data:`treeline_common.errors.SHA256_MISMATCH` is the reason code a cluster matches).
     """
     import requests
 
@@ -79,6 +93,6 @@ def fetch_artifact(
     got = digest.hexdigest()
     if got != expected:
         partial.unlink(missing_ok=True)
-        raise ArtifactError(f"sha256 mismatch: expected {expected} got {got}")
+        raise DigestMismatch(expected, got)
     partial.replace(final)
     return final

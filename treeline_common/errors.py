@@ -52,10 +52,37 @@ class Unschedulable(TreelineError):
     code = "UNSCHEDULABLE"
 
 
+class CorruptArtifact(IntegrityError):
+    """Stored bytes that no longer hash to the digest they are stored under (a damaged file).
+
+    Never served as good: the holder answers 409 until the right bytes are uploaded again,
+    which replaces the damaged copy."""
+
+    code = "CORRUPT_ARTIFACT"
+
+
 class Unavailable(TreelineError):
     """A dependency (cluster, node, broker) cannot be reached right now."""
 
     code = "UNAVAILABLE"
+
+
+class PayloadTooLarge(TreelineError):
+    """A request body over the route's size limit; ``details`` name the limit in bytes."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class UnsupportedMediaType(TreelineError):
+    """A request body of a content type the route does not take; ``details`` list the accepted ones."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+# Reason prefix a node engine reports (``StateReport.reason``) when downloaded bytes do not hash to
+# the digest its deploy command named: ``"sha256 mismatch: expected X got Y"``. A cluster seeing it
+# knows its copy (or the transfer) is bad and fetches the artifact again instead of retrying as is.
+SHA256_MISMATCH = "sha256 mismatch"
 
 
 _HTTP_STATUS = {
@@ -63,13 +90,17 @@ _HTTP_STATUS = {
     NotFound.code: 404,
     Conflict.code: 409,
     IntegrityError.code: 422,
+    CorruptArtifact.code: 409,
+    PayloadTooLarge.code: 413,
+    UnsupportedMediaType.code: 415,
     Unschedulable.code: 422,
     Unavailable.code: 503,
     TreelineError.code: 500,
 }
 
 _BY_CODE = {cls.code: cls for cls in (TreelineError, InvalidInput, NotFound, Conflict, IntegrityError,
-                                       Unschedulable, Unavailable)}
+                                       CorruptArtifact, Unschedulable, Unavailable, PayloadTooLarge,
+                                       UnsupportedMediaType)}
 
 
 def http_status(error: TreelineError) -> int:
