@@ -19,8 +19,9 @@ from root_orchestrator.identity import PROCESS_INSTANCE_ID
 from root_orchestrator.instances import InstanceManager
 from root_orchestrator.ranking import DEFAULT_ACTIVE_WINDOW_S
 from root_orchestrator.stores import Stores
+from root_orchestrator.uploads import body_limits, model_limit_mb
 from treeline_common.clock import Clock
-from treeline_common.http import install_error_handlers
+from treeline_common.http import JSON_BODY_LIMIT, install_body_limits, install_error_handlers
 
 BLUEPRINTS = (system.bp, models.bp, profiles.bp, applications.bp, declarative.bp, clusters.bp)
 
@@ -28,11 +29,16 @@ BLUEPRINTS = (system.bp, models.bp, profiles.bp, applications.bp, declarative.bp
 def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
                public_url: str = "http://127.0.0.1:10000",
                active_window_s: float = DEFAULT_ACTIVE_WINDOW_S,
-               max_upload_mb: int = 2048, instance_id: str = PROCESS_INSTANCE_ID) -> Flask:
+               max_upload_mb: int | None = None, instance_id: str = PROCESS_INSTANCE_ID) -> Flask:
     """A root app over already-opened ``stores``; ``public_url`` is where clusters reach it;
     ``instance_id`` is what ``GET /api/health`` reports (the process's, unless a test sets one)."""
     app = Flask("root_orchestrator", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = max_upload_mb << 20
+    # request bodies: 1 MiB unless the route takes more (uploads: max_upload_mb, default
+    # $TREELINE_MAX_MODEL_MB or 2048); 413 naming the limit (root_orchestrator.uploads)
+    model_bytes = (max_upload_mb if max_upload_mb is not None else model_limit_mb()) << 20
+    app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT
+    app.config["TREELINE_MAX_MODEL_BYTES"] = model_bytes
+    install_body_limits(app, body_limits(model_bytes))
     app.json.sort_keys = False  # type: ignore[attr-defined]
     manager = InstanceManager(stores, clock, cluster_client, public_url, active_window_s)
     public_url = public_url.rstrip("/")

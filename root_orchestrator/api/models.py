@@ -13,8 +13,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from root_orchestrator.api.context import ctx
-from root_orchestrator.onnx_signature import extract_signature, load_onnx
+from root_orchestrator.onnx_signature import extract_signature
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
+from root_orchestrator.uploads import check_bytes_type, load_onnx_header, spool_body
 from treeline_common.errors import Conflict, InvalidInput, NotFound
 from treeline_common.http import json_body
 
@@ -43,11 +44,15 @@ def create_version(name: str) -> Any:
     if alias is not None:
         check_alias(alias)
     description = request.args.get("description", "")
-    data = request.get_data(cache=False)
-    model = load_onnx(data)
-    signature = extract_signature(model)
     c = ctx()
-    stored = c.stores.artifacts.put(data)
+    # streamed to disk while hashing (never the whole body in memory); 413 past the model limit
+    check_bytes_type(request)
+    upload = spool_body(request, c.stores.artifacts.staging_dir)
+    try:
+        signature = extract_signature(load_onnx_header(upload.path))
+        stored = c.stores.artifacts.put_file(upload.path, upload.sha256)
+    finally:
+        upload.discard()
     doc = c.stores.models.create_version(name, stored.sha256, stored.size, signature, description,
                                          fmt="onnx", created_at=c.clock.now())
     if alias is not None:
@@ -145,5 +150,10 @@ def get_artifact(sha256: str) -> Any:
 @bp.put("/api/artifacts/<sha256>")
 def put_artifact(sha256: str) -> Any:
     check_sha256(sha256)
-    result = ctx().stores.artifacts.put(request.stream, expected_sha256=sha256)
+    check_bytes_type(request)
+    upload = spool_body(request, ctx().stores.artifacts.staging_dir)  # 413 past the model limit
+    try:
+        result = ctx().stores.artifacts.put_file(upload.path, expected_sha256=sha256)
+    finally:
+        upload.discard()
     return jsonify({"sha256": result.sha256, "size": result.size}), (201 if result.created else 200)
