@@ -23,17 +23,17 @@ from typing import IO, Any
 
 from root_orchestrator.stores.base import (
     APPLICATION_KEPT_FIELDS,
+    USER_FIELDS,
     ApplicationStore,
     ArtifactStore,
     ClusterStore,
     Data,
     ModelRegistry,
     PutResult,
+    UserStore,
     check_alias,
     check_sha256,
     iter_chunks,
-    USER_FIELDS,
-    UserStore,
     model_taken,
     new_cluster_doc,
     new_cluster_token_doc,
@@ -267,8 +267,10 @@ class SqliteModelRegistry(ModelRegistry):
 
     def list_models(self) -> list[dict[str, Any]]:
         with self.db.tx() as conn:
-            rows = conn.execute("SELECT name, last_version, aliases, owner FROM models ORDER BY name").fetchall()
-        return [{"name": n, "latest_version": v, "aliases": json.loads(a), "owner": o} for n, v, a, o in rows]
+            rows = conn.execute("SELECT name, last_version, aliases, owner FROM models ORDER BY name")
+            models = rows.fetchall()
+        return [{"name": n, "latest_version": v, "aliases": json.loads(a), "owner": o}
+                for n, v, a, o in models]
 
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, Any]:
         check_alias(alias)
@@ -544,7 +546,8 @@ class SqliteUserStore(UserStore):
         doc = new_cluster_token_doc(token_id, secret_sha256, owner, name, created_at)
         with self.db.tx() as conn:
             if conn.execute("SELECT 1 FROM cluster_tokens WHERE id=?", (token_id,)).fetchone():
-                raise Conflict(f"cluster token {token_id!r} exists", [{"path": "token_id", "message": "taken"}])
+                raise Conflict(f"cluster token {token_id!r} exists",
+                               [{"path": "token_id", "message": "taken"}])
             conn.execute("INSERT INTO cluster_tokens (id, doc) VALUES (?, ?)", (token_id, _dump(doc)))
         return doc
 
