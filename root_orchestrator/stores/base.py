@@ -10,6 +10,7 @@ knowing which backend raised them.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import uuid
@@ -17,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from treeline_common.errors import Conflict, CorruptArtifact, InvalidInput, NotFound
 
@@ -160,9 +161,10 @@ class ArtifactStore(ABC):
 
     def open(self, sha256: str) -> IO[bytes]:
         """A readable binary stream of verified bytes (caller closes it); NotFound if absent,
-        CorruptArtifact if the stored bytes no longer match ``sha256``."""
+        CorruptArtifact if the stored bytes no longer match ``sha256`` (now, or at the end of the
+        stream if they changed since they were verified)."""
         self.verify(sha256)
-        return self._open_raw(sha256)
+        return cast(IO[bytes], _Verifying(self, sha256, self._open_raw(sha256)))
 
     def get(self, sha256: str) -> bytes:
         with self.open(sha256) as stream:
@@ -170,23 +172,17 @@ class ArtifactStore(ABC):
 
     def iter_bytes(self, sha256: str) -> Iterator[bytes]:
         """Chunks of the artifact; verifies and opens eagerly, so NotFound and CorruptArtifact are
-        raised before streaming starts. Hashes while streaming too: bytes that changed since they
-        were verified stop the stream before its last chunk (CorruptArtifact)."""
+        raised before streaming starts. The stream hashes too: bytes that changed since they were
+        verified stop it before its last chunk (CorruptArtifact), so no client gets all of them."""
         stream = self.open(sha256)
 
         def _gen() -> Iterator[bytes]:
-            digest = hashlib.sha256()
             with stream:
-                held: bytes | None = None
+                held: bytes | None = None  # one chunk behind: the stream checks at its end
                 for chunk in iter_chunks(stream):
                     if held is not None:
                         yield held
-                    digest.update(chunk)
                     held = chunk
-                if digest.hexdigest() != sha256:
-                    self._forget(sha256)
-                    log.error("artifact %s changed while it was served; stream stopped", sha256)
-                    raise corrupt_artifact(sha256, digest.hexdigest())
                 if held is not None:
                     yield held
 
@@ -204,10 +200,51 @@ class ArtifactStore(ABC):
         """True if something was deleted."""
 
 
+class _Verifying(io.RawIOBase):
+    """A stored artifact's stream that hashes what is read and raises CorruptArtifact at its end
+    when the bytes do not hash to their name."""
+
+    def __init__(self, store: ArtifactStore, sha256: str, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._store, self._sha256, self._raw = store, sha256, raw
+        self._digest = hashlib.sha256()
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        data = self._raw.read(size)
+        if data:
+            self._digest.update(data)
+        elif size and not self._checked:
+            self._checked = True
+            got = self._digest.hexdigest()
+            if got != self._sha256:
+                self._store._forget(self._sha256)
+                log.error("artifact %s changed since it was verified", self._sha256)
+                raise corrupt_artifact(self._sha256, got)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
 def _verified(store: ArtifactStore) -> dict[str, Hashable]:
     """``{sha256: fingerprint}`` of the artifacts whose stored bytes were hashed and matched,
     one per store object (made on first use: backends need not call a base ``__init__``)."""
-    return store.__dict__.setdefault("_verified_fingerprints", {})  # type: ignore[no-any-return]
+    found: dict[str, Hashable] = store.__dict__.setdefault("_verified_fingerprints", {})
+    return found
 
 
 def corrupt_artifact(sha256: str, got: str) -> CorruptArtifact:

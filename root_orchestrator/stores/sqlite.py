@@ -125,10 +125,11 @@ class SqliteArtifactStore(ArtifactStore):
     def put(self, data: Data, expected_sha256: str | None = None) -> PutResult:
         if expected_sha256 is not None:
             check_sha256(expected_sha256)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self.staging_dir)
+        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 for chunk in iter_chunks(data):
