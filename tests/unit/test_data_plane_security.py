@@ -21,11 +21,13 @@ from treeline_test_helpers import start_data_plane_server as _server
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.planning import DataPlaneSecurity, EncryptionUnavailable, NodeCurve
+from node_engine.commands import CommandHandler
 from node_engine.data_plane.client import DataPlaneError, TensorClient, new_request_id
 from node_engine.data_plane.security import StageAccess
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.data_plane.service_client import InferenceError, RetryPolicy, ServiceClient
 from node_engine.stages import LoadedStage, StageTable, relay_stage
+from treeline_common.clock import FakeClock
 from treeline_common.jobs import Entry, Placement, StagePlacement
 from treeline_common.messages import DeployCommand, NextStage, decode, encode, stage_key
 from treeline_common.tensor_wire import (
@@ -387,3 +389,20 @@ def test_forward_to_a_curve_node_with_a_wrong_key_fails_fast_as_unreachable(
     with TensorClient(nodes["n0"].endpoint) as client, pytest.raises(DataPlaneError) as failed:
         client.infer("svc-0/1/0", {"x": X}, timeout=DEADLINE)
     assert failed.value.code == "unreachable"
+
+
+def test_node_applies_keys_from_commands_and_a_redeploy_updates_them(tmp_path: Any) -> None:
+    """The command handler gives a stage its access rule; a repeated deploy (same artifact)
+    that carries new keys replaces the rule along with the route."""
+    table = StageTable()
+    handler = CommandHandler("n", table, tmp_path, lambda path: Doubling(), lambda state: None, FakeClock(),
+                             threading.Event())
+    relay = DeployCommand("svc-0", -1, "", "", ["x"], ["x"], NextStage("n0", "tcp://a:1", "svc-0/1/0"),
+                          generation=1, relay=True)
+    handler.deploy(relay)
+    assert table.get("svc-0/1/-1").access == StageAccess()  # type: ignore[union-attr]
+    keyed = DeployCommand(**{**relay.__dict__, "data_key": "aa" * 32, "entry": True, "caller_key": "bb" * 32})
+    handler.deploy(keyed)
+    assert table.get("svc-0/1/-1").access == StageAccess(bytes([0xAA]) * 32, bytes([0xBB]) * 32,  # type: ignore[union-attr]
+                                                         entry=True)
+    assert "aa" * 32 not in repr(keyed) and "bb" * 32 not in repr(keyed)
