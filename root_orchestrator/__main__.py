@@ -1,14 +1,22 @@
-"""``python -m root_orchestrator --host H --port P --data-dir DIR [--store-url URL] [--public-url URL]``.
+"""``python -m root_orchestrator --host H --port P --data-dir DIR [--store-url URL] [--public-url URL]
+[--production] [--cluster-token TOKEN]``.
 
 Opens the stores (default ``sqlite:///<data-dir>/root``), serves the Flask app with werkzeug's
 threaded server in a background thread, and shuts down cleanly on SIGTERM/SIGINT. Logs go to
 stderr; nothing is printed.
+
+Security (:mod:`root_orchestrator.auth.settings`): development mode when bound to loopback
+without ``--production`` (``Admin``/``Admin`` is created if no user exists; internal routes also
+answer callers without a token, on loopback only); production mode otherwise (no default
+account: create the first admin with ``treeline admin create``). ``--cluster-token`` (or
+``TREELINE_CLUSTER_TOKEN``) pre-seeds a token clusters may use (``--root-token`` on their side).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -17,6 +25,15 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from root_orchestrator.app import create_app
+from root_orchestrator.auth import AuthService, SecurityConfig
+from root_orchestrator.auth.settings import (
+    CLUSTER_TOKEN_ENV,
+    DEFAULT_ACCESS_TTL_S,
+    DEFAULT_REFRESH_TTL_S,
+    PRODUCTION_ENV,
+    load_jwt_secret,
+    truthy,
+)
 from root_orchestrator.cluster_client import HttpClusterClient
 from root_orchestrator.stores import open_stores
 from treeline_common.clock import SystemClock
@@ -37,7 +54,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a cluster is active if it pushed or registered within this many seconds")
     parser.add_argument("--cluster-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--production", action="store_true", default=truthy(os.environ.get(PRODUCTION_ENV)),
+                        help=f"no default account, no anonymous internal calls [env {PRODUCTION_ENV}=1]; "
+                             "implied by a non-loopback --host")
+    parser.add_argument("--cluster-token", action="append", default=None, metavar="TOKEN",
+                        help=f"a token clusters may use (repeatable; 16+ characters) "
+                             f"[env {CLUSTER_TOKEN_ENV}, comma-separated]")
+    parser.add_argument("--access-token-ttl", type=float, default=DEFAULT_ACCESS_TTL_S, metavar="SECONDS")
+    parser.add_argument("--refresh-token-ttl", type=float, default=DEFAULT_REFRESH_TTL_S, metavar="SECONDS")
+    parser.add_argument("--no-anonymous-internal", action="store_true",
+                        help="development mode too: refuse internal calls without a cluster token")
     return parser.parse_args(argv)
+
+
+def security_config(args: argparse.Namespace, data_dir: Path) -> SecurityConfig:
+    tokens = args.cluster_token or [t for t in os.environ.get(CLUSTER_TOKEN_ENV, "").split(",") if t.strip()]
+    return SecurityConfig.build(jwt_secret=load_jwt_secret(data_dir, os.environ), host=args.host,
+                                production=args.production, cluster_tokens=tokens,
+                                access_ttl_s=args.access_token_ttl, refresh_ttl_s=args.refresh_token_ttl,
+                                allow_anonymous_internal=not args.no_anonymous_internal)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,15 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     store_url = args.store_url or f"sqlite:///{data_dir / 'root'}"
     public_url = args.public_url or f"http://{args.host}:{args.port}"
+    security = security_config(args, data_dir)
     stores = open_stores(store_url)
-    app = create_app(stores, SystemClock(), HttpClusterClient(timeout=args.cluster_timeout),
-                     public_url=public_url, active_window_s=args.active_window)
+    clock = SystemClock()
+    AuthService(stores.users, clock, security).ensure_default_admin()
+    if security.production and not stores.users.count_users():
+        log.warning("production mode and no user yet: create the first admin with "
+                    "`treeline admin create --root-data-dir %s --username NAME --password-stdin`", data_dir)
+    app = create_app(stores, clock, HttpClusterClient(timeout=args.cluster_timeout),
+                     public_url=public_url, active_window_s=args.active_window, security=security)
     server = make_server(args.host, args.port, app, threaded=True)
     shutdown = ShutdownSignal()
     thread = threading.Thread(target=server.serve_forever, name="root-http", daemon=True)
     thread.start()
-    log.info("root orchestrator listening on %s:%d (public %s, store %s)", args.host, server.port,
-             public_url, store_url.split("://")[0])
+    log.info("root orchestrator listening on %s:%d (public %s, store %s, %s mode%s)", args.host, server.port,
+             public_url, store_url.split("://")[0], security.mode,
+             ", internal routes answer without a token on loopback" if security.anonymous_internal else "")
     shutdown.wait()
     log.info("signal %s received; shutting down", shutdown.received)
     server.shutdown()

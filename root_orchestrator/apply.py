@@ -97,6 +97,42 @@ class Applier:
             targets = self._targets(sla)
             return [self._apply(sla.customer_id, t) for t in targets]
 
+    def create(self, sla: Sla) -> list[dict[str, Any]]:
+        """``POST /api/application/``: store every application of ``sla`` as new, under
+        ``sla.customer_id``; Conflict (nothing stored) when that user already has an application of
+        one of its names (``POST /api/apply`` is the way to update one)."""
+        with _APPLY_LOCK:
+            taken = [{"path": f"applications[{i}].application_name",
+                      "message": f"application {app.name!r} exists ("
+                                 + ", ".join(a["applicationID"] for a in found)
+                                 + "); use /api/apply to update it"}
+                     for i, app in enumerate(sla.applications)
+                     if (found := self.stores.applications.find_applications(sla.customer_id, app.name))]
+            if taken:
+                raise Conflict("an application of this name exists", taken)
+            created = []
+            for app in sla.applications:
+                doc = self.stores.applications.create_application(
+                    application_fields(app), [service_doc(ms) for ms in app.microservices], sla.customer_id)
+                log.info("application %s (%s) created with %d services", doc["applicationID"], app.name,
+                         len(doc["microservices"]))
+                created.append(doc)
+            return created
+
+    def rename(self, application_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """``PUT /api/application/<id>``: set application-level fields; Conflict when the new name is
+        another application's of the same user."""
+        with _APPLY_LOCK:
+            doc = self.stores.applications.get_application(application_id)
+            name = fields.get("application_name")
+            if name is not None and name != doc.get("application_name"):
+                others = [a["applicationID"] for a in self.stores.applications.find_applications(
+                    str(doc.get("userId")), str(name)) if a["applicationID"] != application_id]
+                if others:
+                    raise Conflict(f"application {name!r} exists", [
+                        {"path": "application_name", "message": f"used by {', '.join(others)}"}])
+            return self.stores.applications.update_application(application_id, fields)
+
     def _targets(self, sla: Sla) -> list[_Target]:
         """Look every application up by its key, refusing ambiguous keys before any write."""
         problems: list[dict[str, str]] = []

@@ -81,7 +81,7 @@ class DryRun:
                     continue
                 prefix = f"applications[{a_index}].microservices[{m_index}]"
                 try:
-                    version = self.instances.resolve_model(ms.raw)
+                    version = self.instances.resolve_model(ms.raw, sla.customer_id)
                 except TreelineError as exc:
                     raise _prefixed(exc, prefix) from None
                 service_id = existing.get(ms.name)

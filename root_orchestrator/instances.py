@@ -15,9 +15,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from root_orchestrator.auth.principals import Role
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.ranking import last_seen, rank_clusters
 from root_orchestrator.stores import Stores
+from root_orchestrator.stores.base import not_found
 from treeline_common.clock import Clock
 from treeline_common.errors import (
     Conflict,
@@ -81,14 +83,31 @@ class InstanceManager:
 
     # -- create ---------------------------------------------------------------------------------------
 
-    def resolve_model(self, service: dict[str, Any]) -> dict[str, Any]:
+    def may_use(self, owner: str, model_owner: str) -> bool:
+        """Whether an application of user ``owner`` may deploy a model of ``model_owner``: its own
+        models, any model for admins. Applications stored before users existed (their owner is
+        no user id) are treated as an admin's."""
+        if model_owner and model_owner == owner:
+            return True
+        try:
+            roles = self.stores.users.get_user(owner).get("roles") or []
+        except NotFound:
+            return True
+        return Role.ADMIN.value in roles
+
+    def resolve_model(self, service: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+        """The model version a service names; with ``owner`` (the application's user) a model that
+        user may not use is NotFound, exactly like a missing one."""
         model = service.get("model")
         if service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
             raise InvalidInput("only ml-model microservices can be deployed by Treeline",
                                [{"path": "virtualization",
                                  "message": f"is {service.get('virtualization')!r}, "
                                             f"expected {ML_VIRTUALIZATION!r}"}])
-        version = self.stores.models.get_version(str(model.get("name")), model.get("version", "latest"))
+        name = str(model.get("name"))
+        version = self.stores.models.get_version(name, model.get("version", "latest"))
+        if owner is not None and not self.may_use(owner, str(version.get("owner") or "")):
+            raise not_found("model", name, "model.name")
         if not self.stores.artifacts.exists(version["sha256"]):
             raise NotFound(f"artifact of model {version['name']} v{version['version']} is missing",
                            [{"path": "model.version", "message": f"no artifact {version['sha256']}"}])
@@ -108,7 +127,12 @@ class InstanceManager:
 
     def create_instance(self, service_id: str) -> dict[str, Any]:
         service = self.stores.applications.get_service(service_id)
-        version = self.resolve_model(service)
+        try:
+            app = self.stores.applications.get_application(str(service["application_id"]))
+            owner = str(app.get("userId") or "")
+        except NotFound:
+            owner = ""
+        version = self.resolve_model(service, owner)
         ranked = self.ranked_clusters()
         resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
         reserved: dict[str, int] = {}

@@ -1,16 +1,20 @@
 """The root's route table and the OpenAPI 3 document generated from it.
 
 One table, one source of truth: a unit test checks that the Flask app serves exactly these
-(method, path) pairs, so the document cannot drift from the code.
+(method, path) pairs, so the document cannot drift from the code. Who may call each route is not
+written here: the views declare it (``root_orchestrator.api.guard.access``) and the document's
+per-route ``security`` is generated from those declarations.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from root_orchestrator import __doc__ as _pkg_doc
+from root_orchestrator.auth.principals import Access
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,19 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/health",
           "Liveness and identity: {status: ok, instance_id (made at process start), name: root, version}"),
     Route("GET", "/api/openapi.json", "This document"),
+    Route("GET", "/api/docs", "A browsable HTML page listing the routes of this document"),
+    Route("POST", "/api/auth/login", "{username, password} -> {token, refresh_token} (Oakestra's login)",
+          "json", (200, 400, 401)),
+    Route("POST", "/api/auth/refresh",
+          "Bearer <refresh_token> (or {refresh_token}) -> {token}: a new access token", "json", (200, 401)),
+    Route("GET", "/api/users/", "[user] (admin)", None, (200, 401, 403)),
+    Route("POST", "/api/users/",
+          "{username, password, roles: [admin|application_provider|infrastructure_provider]} -> user",
+          "json", (201, 400, 401, 403, 409)),
+    Route("GET", "/api/users/<user>", "One user, by id or username", None, (200, 401, 403, 404)),
+    Route("PUT", "/api/users/<user>", "{password?, roles?} -> user", "json", (200, 400, 401, 403, 404, 409)),
+    Route("DELETE", "/api/users/<user>", "Delete a user (not oneself) -> {deleted}", None,
+          (200, 401, 403, 404, 409)),
     Route("POST", "/api/models/<name>/versions",
           "Register a new version from raw ONNX bytes (query: description, alias) -> version doc",
           "bytes", (201, 400)),
@@ -70,11 +87,17 @@ ROUTES: tuple[Route, ...] = (
           "deployed -> {services: [{microservice_name, cluster_id, cluster_name, schedulable, "
           "strategy, predicted, stages, reasons}]}",
           "json", (200, 400, 404, 422, 503)),
-    Route("GET", "/api/applications/", "{applications: [application doc]}"),
+    Route("GET", "/api/applications/", "[application doc]: the caller's (every user's for admins)"),
+    Route("GET", "/api/applications/<user_id>", "[application doc] of one user (oneself unless admin)",
+          None, (200, 404)),
     Route("GET", "/api/application/<application_id>", "Application doc", None, (200, 404)),
+    Route("PUT", "/api/application/<application_id>",
+          "{application_name?, application_namespace?, application_desc?} -> application doc",
+          "json", (200, 400, 404, 409)),
     Route("DELETE", "/api/application/<application_id>", "Delete the application, its services and instances",
           None, (200, 404)),
-    Route("GET", "/api/services/", "{services: [service doc]} (query: application_id)"),
+    Route("GET", "/api/services/", "[service doc] of the caller (query: application_id)"),
+    Route("GET", "/api/services/<application_id>", "[service doc] of one application", None, (200, 404)),
     Route("GET", "/api/service/<service_id>", "Service doc", None, (200, 404)),
     Route("GET", "/api/service/<service_id>/events",
           "{service_id, events: [{ts, kind, cause, instance, ...}]}: re-plans, retries, failures",
@@ -82,12 +105,20 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/service/<service_id>", "Delete the service and its instances", None, (200, 404)),
     Route("POST", "/api/service/<service_id>/instance",
           "Resolve the model, pick a cluster, forward the job -> {service_id, instance, cluster_id}",
-          None, (202, 400, 404, 422, 503)),
+          None, (200, 400, 404, 422, 503)),
     Route("DELETE", "/api/service/<service_id>/instance/<int:instance>", "Undeploy one instance",
           None, (200, 404, 503)),
     Route("POST", "/api/clusters/register", "{cluster_name, cluster_location, url} -> {cluster_id}",
           "json", (200, 201, 400)),
-    Route("GET", "/api/clusters/", "{clusters: [{cluster_id, cluster_name, url, active, aggregate, ...}]}"),
+    Route("GET", "/api/clusters/", "[{cluster_id, cluster_name, url, active, aggregate, ...}]"),
+    Route("GET", "/api/clusters/active", "[cluster doc] of the active clusters"),
+    Route("POST", "/api/clusters/tokens",
+          "{name?} -> {token_id, owner, name, created_at, token}: a cluster token, shown once",
+          "json", (201, 400, 401, 403)),
+    Route("GET", "/api/clusters/tokens", "[{token_id, owner, name, created_at}] (no secrets)", None,
+          (200, 401, 403)),
+    Route("DELETE", "/api/clusters/tokens/<token_id>", "Revoke a cluster token -> {revoked}", None,
+          (200, 401, 403, 404)),
     Route("GET", "/api/clusters/<cluster_id>", "One cluster", None, (200, 404)),
     Route("POST", "/api/information/<cluster_id>", "Cluster push: {aggregate, jobs: [...]}",
           "json", (200, 400, 404)),
@@ -103,7 +134,17 @@ def openapi_path(rule: str) -> str:
     return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
 
 
-def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+BEARER = "bearer"
+SECURITY_SCHEMES = {BEARER: {
+    "type": "http", "scheme": "bearer",
+    "description": "A user's access token from POST /api/auth/login (a JWT), or a cluster token "
+                   "(POST /api/clusters/tokens, or the root's --cluster-token) on the routes clusters use."}}
+
+
+def openapi_document(server_url: str | None = None,
+                     access: Mapping[tuple[str, str], Access] | None = None) -> dict[str, Any]:
+    """The document; ``access`` (``{(METHOD, rule): Access}``, from the app) sets each operation's
+    ``security`` (``[]`` for public routes) and ``x-treeline-access`` (who may call it)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         params = [{"name": name, "in": "path", "required": True,
@@ -122,11 +163,22 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
         elif route.request == "bytes":
             op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}}
+        rule_access = (access or {}).get((route.method, route.rule))
+        if rule_access is not None:
+            op["security"] = [] if rule_access.public else [{BEARER: []}]
+            op["x-treeline-access"] = rule_access.summary
+            if not rule_access.public:
+                for status, text in ((401, "Missing, forged, expired or revoked token"),
+                                     (403, "The caller's role may not use this route")):
+                    op["responses"].setdefault(str(status), {
+                        "description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}})
         paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = op
     doc: dict[str, Any] = {"openapi": "3.0.3",
                            "info": {"title": "Treeline root orchestrator", "version": "0.1.0",
                                     "description": (_pkg_doc or "").strip()},
-                           "paths": paths}
+                           "paths": paths,
+                           "components": {"securitySchemes": SECURITY_SCHEMES},
+                           "security": [{BEARER: []}]}
     if server_url:
         doc["servers"] = [{"url": server_url}]
     return doc

@@ -8,26 +8,37 @@ asks the clusters what they would do with it, changing nothing (:mod:`root_orche
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from deployment_descriptors import parse_sla
+from deployment_descriptors import Sla, parse_sla
 from root_orchestrator.api.context import ctx
+from root_orchestrator.api.guard import access, principal
+from root_orchestrator.auth.principals import OWNER
 from treeline_common.http import json_body
 
 bp = Blueprint("declarative", __name__)
 
 
+def _callers_sla() -> Sla:
+    """The body's SLA, owned by the caller: its ``customerID`` is replaced by the caller's user id,
+    so applications are keyed by ``(caller, application_name)`` and models resolve as the caller's."""
+    return replace(parse_sla(json_body(request)), customer_id=principal().id)
+
+
 @bp.post("/api/apply")
+@access(OWNER)
 def apply() -> Any:
     """200 ``{applications: [{applicationID, application_name, action, changes, microservices,
     redeployed, failures}]}``; ``action`` is created, updated or unchanged."""
-    return jsonify({"applications": ctx().applier.apply(parse_sla(json_body(request)))})
+    return jsonify({"applications": ctx().applier.apply(_callers_sla())})
 
 
 @bp.post("/api/plan")
+@access(OWNER)
 def plan() -> Any:
     """200 ``{services: [{microservice_name, cluster_id, cluster_name, schedulable, strategy,
     predicted, stages, reasons, ...}]}``; nothing is deployed."""
-    return jsonify({"services": ctx().dryrun.plan(parse_sla(json_body(request)))})
+    return jsonify({"services": ctx().dryrun.plan(_callers_sla())})

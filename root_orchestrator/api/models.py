@@ -13,6 +13,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from root_orchestrator.api.context import ctx
+from root_orchestrator.api.guard import access, claims_model_name, model_owner, principal, visible_model
+from root_orchestrator.auth.principals import INTERNAL, OWNER
 from root_orchestrator.onnx_signature import extract_signature
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
 from root_orchestrator.uploads import check_bytes_type, load_onnx_header, spool_body
@@ -38,6 +40,8 @@ def _stream(sha256: str, filename: str | None = None) -> Response:
 
 
 @bp.post("/api/models/<name>/versions")
+@access(OWNER)
+@claims_model_name
 def create_version(name: str) -> Any:
     check_model_name(name)
     alias = request.args.get("alias")
@@ -54,7 +58,7 @@ def create_version(name: str) -> Any:
     finally:
         upload.discard()
     doc = c.stores.models.create_version(name, stored.sha256, stored.size, signature, description,
-                                         fmt="onnx", created_at=c.clock.now())
+                                         fmt="onnx", created_at=c.clock.now(), owner=model_owner(name))
     if alias is not None:
         doc = c.stores.models.set_alias(name, alias, doc["version"])
     log.info("registered model %s version %s (%s, %d bytes)", name, doc["version"], stored.sha256,
@@ -63,18 +67,22 @@ def create_version(name: str) -> Any:
 
 
 @bp.get("/api/models/")
+@access(OWNER)
 def list_models() -> Any:
-    return jsonify({"models": ctx().stores.models.list_models()})
+    """The caller's models (every model for admins)."""
+    who = principal()
+    return jsonify({"models": [m for m in ctx().stores.models.list_models() if who.owns(m.get("owner"))]})
 
 
 @bp.delete("/api/models/<name>")
+@access(OWNER)
 def delete_model(name: str) -> Any:
     """Delete the model, its versions, aliases and profiles; 409 naming every service whose SLA uses
     it (delete or re-apply those first). Artifacts no remaining version points at are deleted too;
     partitions cut from it stay until the artifact store is collected."""
     check_model_name(name)
     c = ctx()
-    c.stores.models.list_versions(name)  # 404 before anything else
+    visible_model(c.stores, name)  # 404 (also for another user's model) before anything else
     users = _services_using(name)
     if users:
         raise Conflict(f"model {name!r} is used by {len(users)} service(s)", users)
@@ -119,23 +127,29 @@ def _services_using(name: str) -> list[dict[str, str]]:
 
 
 @bp.get("/api/models/<name>/versions")
+@access(OWNER)
 def list_versions(name: str) -> Any:
+    visible_model(ctx().stores, name)
     return jsonify({"versions": ctx().stores.models.list_versions(name)})
 
 
 @bp.get("/api/models/<name>/versions/<ref>")
+@access(OWNER)
 def get_version(name: str, ref: str) -> Any:
-    return jsonify(ctx().stores.models.get_version(name, ref))
+    return jsonify(visible_model(ctx().stores, name, ref))
 
 
 @bp.get("/api/models/<name>/versions/<ref>/artifact")
+@access(OWNER)
 def get_version_artifact(name: str, ref: str) -> Any:
-    doc = ctx().stores.models.get_version(name, ref)
+    doc = visible_model(ctx().stores, name, ref)
     return _stream(doc["sha256"], f"{name}-v{doc['version']}.onnx")
 
 
 @bp.put("/api/models/<name>/aliases/<alias>")
+@access(OWNER)
 def set_alias(name: str, alias: str) -> Any:
+    visible_model(ctx().stores, name)
     version = json_body(request).get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidInput("version must be an integer", [{"path": "version", "message": "not an integer"}])
@@ -143,11 +157,13 @@ def set_alias(name: str, alias: str) -> Any:
 
 
 @bp.get("/api/artifacts/<sha256>")
+@access(INTERNAL)
 def get_artifact(sha256: str) -> Any:
     return _stream(check_sha256(sha256))
 
 
 @bp.put("/api/artifacts/<sha256>")
+@access(INTERNAL)
 def put_artifact(sha256: str) -> Any:
     check_sha256(sha256)
     check_bytes_type(request)

@@ -20,6 +20,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from root_orchestrator.api.context import ctx
+from root_orchestrator.api.guard import access, visible_model
+from root_orchestrator.auth.principals import OWNER, PROFILES
 from treeline_common.errors import InvalidInput, TreelineError, Unavailable, Unschedulable
 from treeline_common.http import json_body
 
@@ -68,10 +70,11 @@ def _check_device_class(device_class: str) -> str:
 
 
 @bp.put("/api/models/<name>/versions/<ref>/profiles/<device_class>")
+@access(PROFILES)
 def put_profile(name: str, ref: str, device_class: str) -> Any:
     _check_device_class(device_class)
     c = ctx()
-    version = c.stores.models.get_version(name, ref)  # 404 for an unknown model or version
+    version = visible_model(c.stores, name, ref)  # 404 for an unknown model or version
     body = json_body(request)
     errors = validate_profile(body)
     if not errors and body.get("sha256") and str(body["sha256"]).lower() != version["sha256"]:
@@ -91,16 +94,18 @@ def put_profile(name: str, ref: str, device_class: str) -> Any:
 
 
 @bp.get("/api/models/<name>/versions/<ref>/profiles/<device_class>")
+@access(PROFILES)
 def get_profile(name: str, ref: str, device_class: str) -> Any:
     c = ctx()
-    version = c.stores.models.get_version(name, ref)
+    version = visible_model(c.stores, name, ref)
     return jsonify(c.stores.models.get_profile(name, int(version["version"]), device_class))
 
 
 @bp.get("/api/models/<name>/versions/<ref>/profiles")
+@access(PROFILES)
 def list_profiles(name: str, ref: str) -> Any:
     c = ctx()
-    version = c.stores.models.get_version(name, ref)
+    version = visible_model(c.stores, name, ref)
     return jsonify({"profiles": c.stores.models.list_profiles(name, int(version["version"]))})
 
 
@@ -119,6 +124,7 @@ def _profile_request(body: dict[str, Any]) -> str | None:
 
 
 @bp.post("/api/models/<name>/versions/<ref>/profile")
+@access(OWNER)
 def remeasure(name: str, ref: str) -> Any:
     """Throw away the version's stored profiles (every class, or ``device_class``) and ask an active
     cluster to measure them again; 202 ``{name, version, device_classes_cleared, cluster_id,
@@ -131,7 +137,7 @@ def remeasure(name: str, ref: str) -> Any:
     body = json_body(request) if request.get_data(cache=True) else {}
     device_class = _profile_request(body)
     c = ctx()
-    version = c.stores.models.get_version(name, ref)
+    version = visible_model(c.stores, name, ref)
     ranked = c.instances.ranked_clusters()
     number = int(version["version"])
     cleared = c.stores.models.delete_profiles(name, number, device_class)
@@ -161,13 +167,14 @@ def remeasure(name: str, ref: str) -> Any:
 
 def _clear(name: str, ref: str, device_class: str | None) -> Any:
     c = ctx()
-    version = c.stores.models.get_version(name, ref)
+    version = visible_model(c.stores, name, ref)
     cleared = c.stores.models.delete_profiles(name, int(version["version"]), device_class)
     log.info("deleted profiles %s of %s v%s", cleared, name, version["version"])
     return jsonify({"name": name, "version": version["version"], "device_classes_cleared": cleared})
 
 
 @bp.delete("/api/models/<name>/versions/<ref>/profiles")
+@access(OWNER)
 def delete_profiles(name: str, ref: str) -> Any:
     """Delete every stored profile of the version; ``device_classes_cleared`` lists them
     (idempotent)."""
@@ -175,6 +182,7 @@ def delete_profiles(name: str, ref: str) -> Any:
 
 
 @bp.delete("/api/models/<name>/versions/<ref>/profiles/<device_class>")
+@access(OWNER)
 def delete_profile(name: str, ref: str, device_class: str) -> Any:
     """Delete one class's profile; ``device_classes_cleared`` is ``[]`` when it had none
     (idempotent)."""

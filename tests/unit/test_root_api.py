@@ -1,4 +1,8 @@
-"""The root's REST API through Flask's test client, on both store backends, with a fake cluster client."""
+"""The root's REST API through Flask's test client, on both store backends, with a fake cluster client.
+
+Every request is authenticated: :class:`Root` makes an admin and its ``http`` client sends the
+admin's bearer token; :meth:`Root.login_as` gives a client of another user (tokens are issued
+directly, not through the slow argon2 login, except where login itself is tested)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from flask.testing import FlaskClient
 from onnx import TensorProto, helper
 
 from root_orchestrator.app import create_app
+from root_orchestrator.auth import AuthService, SecurityConfig
+from root_orchestrator.auth.passwords import hash_password
+from root_orchestrator.auth.tokens import ACCESS
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.openapi import ROUTES, openapi_path
 from root_orchestrator.stores import Stores, open_stores
@@ -91,13 +98,53 @@ class FakeClusterClient(ClusterClient):
         self.undeployed.append((cluster_url, service_id, instance))
 
 
+_HASHES: dict[str, str] = {}
+
+
+def password_hash(password: str) -> str:
+    """argon2 takes ~0.2 s per hash: one per password per test session."""
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
+SECRET = "unit-test-signing-key-0123456789abcdef"
+
+
 class Root:
-    def __init__(self, stores: Stores) -> None:
+    def __init__(self, stores: Stores, security: SecurityConfig | None = None,
+                 clusters: ClusterClient | None = None) -> None:
         self.stores = stores
         self.clock = FakeClock()
-        self.clusters = FakeClusterClient()
-        self.app = create_app(stores, self.clock, self.clusters, public_url=PUBLIC)
-        self.http: FlaskClient = self.app.test_client()
+        self.clusters: Any = clusters or FakeClusterClient()
+        self.security = security or SecurityConfig(jwt_secret=SECRET)
+        self.app = create_app(stores, self.clock, self.clusters, public_url=PUBLIC, security=self.security)
+        self.auth: AuthService = self.app.extensions["treeline_auth"]
+        self.admin = self.stores.users.find_user("root-admin") or self.add_user("root-admin", "admin")
+        self.http: FlaskClient = self.login_as(self.admin)
+
+    def add_user(self, name: str, *roles: str) -> dict[str, Any]:
+        """A user whose password is ``<name>-password``; application provider unless ``roles``."""
+        return self.stores.users.create_user(name, password_hash(f"{name}-password"),
+                                             list(roles or ["application_provider"]), 0.0)
+
+    def token(self, user: dict[str, Any]) -> str:
+        return self.auth.tokens.issue(user, ACCESS)
+
+    def client(self, token: str | None = None) -> FlaskClient:
+        client = self.app.test_client()
+        if token is not None:
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        return client
+
+    def login_as(self, user: dict[str, Any]) -> FlaskClient:
+        return self.client(self.token(user))
+
+    def cluster_client(self) -> FlaskClient:
+        """A client holding a fresh cluster token (made by the admin)."""
+        r = self.http.post("/api/clusters/tokens", json={"name": "test"})
+        assert r.status_code == 201, r.get_json()
+        return self.client(r.get_json()["token"])
 
     def register_model(self, name: str = "tiny", data: bytes | None = None, **query: str) -> dict[str, Any]:
         r = self.http.post(f"/api/models/{name}/versions", data=data or tiny_onnx(), query_string=query,
@@ -117,8 +164,8 @@ class Root:
 
     def submit(self, sla: dict[str, Any] | None = None) -> str:
         r = self.http.post("/api/application/", json=sla or ml_sla())
-        assert r.status_code == 201, r.get_json()
-        return r.get_json()["applications"][0]["microservices"][0]
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()[0]["microservices"][0]
 
 
 @pytest.fixture(params=["sqlite", "mongomock"])
@@ -171,7 +218,8 @@ def test_versions_latest_alias_and_listing(root: Root) -> None:
     moved = root.http.put("/api/models/tiny/aliases/prod", json={"version": 2})
     assert moved.status_code == 200 and moved.get_json()["version"] == 2
     assert get("/api/models/").get_json() == {"models": [{"name": "tiny", "latest_version": 2,
-                                                          "aliases": {"prod": 2}}]}
+                                                          "aliases": {"prod": 2},
+                                                          "owner": root.admin["user_id"]}]}
     assert [v["version"] for v in get("/api/models/tiny/versions").get_json()["versions"]] == [1, 2]
     _error(get("/api/models/tiny/versions/9"), 404, "NOT_FOUND")
     _error(get("/api/models/nope/versions/latest"), 404, "NOT_FOUND")
@@ -229,8 +277,9 @@ def test_bad_model_name_and_alias(root: Root) -> None:
 
 def test_submit_sla_creates_application_and_requested_services(root: Root) -> None:
     r = root.http.post("/api/application/", json=ml_sla())
-    assert r.status_code == 201
-    [app] = r.get_json()["applications"]
+    assert r.status_code == 200  # Oakestra's clients accept only 200
+    [app] = r.get_json()  # Oakestra's shape: an array of the created applications
+    assert app["_id"] == {"$oid": app["applicationID"]} and app["userId"] == root.admin["user_id"]
     assert app["application_name"] == "vision" and len(app["applicationID"]) == 24
     [sid] = app["microservices"]
     svc = root.http.get(f"/api/service/{sid}").get_json()
@@ -239,7 +288,7 @@ def test_submit_sla_creates_application_and_requested_services(root: Root) -> No
         "classifier", "ml-model", "REQUESTED")
     assert svc["model"]["name"] == "tiny" and svc["model"]["resolved"] is None
     assert svc["instances"] == [] and svc["cluster_id"] is None and svc["placement"] is None
-    listed = root.http.get("/api/applications/").get_json()["applications"]
+    listed = root.http.get("/api/applications/").get_json()
     assert listed[0]["applicationID"] == app["applicationID"]
     assert root.http.get(f"/api/application/{app['applicationID']}").get_json()["microservices"] == [sid]
 
@@ -264,7 +313,7 @@ def test_bad_sla_is_400_with_path_details(root: Root) -> None:
     err = _error(root.http.post("/api/application/", json=sla), 400, "INVALID_INPUT")
     assert err["details"] and all(set(d) >= {"path", "message"} for d in err["details"])
     assert any("max_partitions" in d["path"] for d in err["details"])
-    assert root.http.get("/api/applications/").get_json() == {"applications": []}
+    assert root.http.get("/api/applications/").get_json() == []
     not_json = root.http.post("/api/application/", data=b"{nope", content_type="application/json")
     _error(not_json, 400, "INVALID_INPUT")
 
@@ -286,7 +335,7 @@ def test_instance_forwards_job_to_best_cluster_and_schedules(root: Root) -> None
     big = root.register_cluster("big", "http://big:1", active_nodes=3, memory=500)
     sid = root.submit()
     r = root.http.post(f"/api/service/{sid}/instance")
-    assert r.status_code == 202
+    assert r.status_code == 200
     assert r.get_json() == {"service_id": sid, "instance": 0, "cluster_id": big}
     [(url, job_sid, instance, job)] = root.clusters.deployed
     assert (url, job_sid, instance) == ("http://big:1", sid, 0)
@@ -311,7 +360,7 @@ def test_fallback_to_next_cluster_when_first_fails(root: Root) -> None:
     root.clusters.fail["http://a:1"] = Unavailable("connection refused")
     sid = root.submit()
     r = root.http.post(f"/api/service/{sid}/instance")
-    assert r.status_code == 202 and r.get_json()["cluster_id"] == b
+    assert r.status_code == 200 and r.get_json()["cluster_id"] == b
     assert [d[0] for d in root.clusters.deployed] == ["http://b:1"]
 
 
@@ -333,7 +382,7 @@ def test_inactive_clusters_are_skipped(root: Root) -> None:
     sid = root.submit()
     err = _error(root.http.post(f"/api/service/{sid}/instance"), 422, "UNSCHEDULABLE")
     assert err["details"][0]["path"] == "clusters.stale"
-    assert root.http.get("/api/clusters/").get_json()["clusters"][0]["active"] is False
+    assert root.http.get("/api/clusters/").get_json()[0]["active"] is False
     fresh = root.register_cluster("fresh", "http://fresh:1")
     assert root.http.post(f"/api/service/{sid}/instance").get_json()["cluster_id"] == fresh
 
@@ -344,7 +393,9 @@ def test_missing_model_or_version_names_the_field(root: Root) -> None:
     err = _error(root.http.post(f"/api/service/{sid}/instance"), 404, "NOT_FOUND")
     assert err["details"][0]["path"] == "model.name"
     root.register_model()
-    sid = root.submit(ml_sla(model_ref=7))
+    sla = ml_sla(model_ref=7)
+    sla["applications"][0]["application_name"] = "vision7"
+    sid = root.submit(sla)
     err = _error(root.http.post(f"/api/service/{sid}/instance"), 404, "NOT_FOUND")
     assert err["details"][0]["path"] == "model.version"
     assert root.clusters.deployed == []
@@ -366,7 +417,7 @@ def test_cluster_push_updates_status_and_placement(root: Root) -> None:
     typed = Placement.from_dict(placement).to_dict()  # stored as decoded: defaults filled in
     assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", typed)
     assert svc["instances"][0]["placement"] == typed
-    [cluster] = root.http.get("/api/clusters/").get_json()["clusters"]
+    [cluster] = root.http.get("/api/clusters/").get_json()
     assert cluster["aggregate"] == {"active_nodes": 2, "memory": 2048}
     assert cluster["last_push"] == root.clock.now()
     assert cluster["active"] is True
@@ -430,7 +481,7 @@ def test_register_cluster_validation_and_idempotency(root: Root) -> None:
     again = root.http.post("/api/clusters/register", json={"cluster_name": "c", "url": "http://c:2/"})
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.get_json() == again.get_json()
-    assert root.http.get("/api/clusters/").get_json()["clusters"][0]["url"] == "http://c:2"
+    assert root.http.get("/api/clusters/").get_json()[0]["url"] == "http://c:2"
 
 
 def test_openapi_lists_exactly_the_served_routes(root: Root) -> None:
@@ -479,7 +530,7 @@ def test_push_racing_the_forward_is_not_regressed(root: Root) -> None:
         assert http.post(f"/api/information/{cid}", json=push).get_json()["updated"] == 1
 
     root.clusters.deploy = deploy_and_push  # type: ignore[method-assign]
-    assert http.post(f"/api/service/{sid}/instance").status_code == 202
+    assert http.post(f"/api/service/{sid}/instance").status_code == 200
     svc = http.get(f"/api/service/{sid}").get_json()
     assert (svc["status"], svc["status_detail"], svc["cluster_id"]) == ("DEPLOYING", "downloading", cid)
 

@@ -47,7 +47,7 @@ def apply(root: Root, sla: dict[str, Any]) -> dict[str, Any]:
 
 def service_by_name(root: Root, app_id: str, name: str) -> dict[str, Any]:
     services = root.http.get("/api/services/", query_string={"application_id": app_id}).get_json()
-    [svc] = [s for s in services["services"] if s["microservice_name"] == name]
+    [svc] = [s for s in services if s["microservice_name"] == name]
     return svc
 
 
@@ -58,21 +58,28 @@ def test_apply_twice_creates_one_application(root: Root) -> None:
     assert first["action"] == "created" and first["changes"] == [] and len(first["microservices"]) == 2
     second = apply(root, two_services())
     assert second == {**first, "action": "unchanged"}
-    apps = root.http.get("/api/applications/").get_json()["applications"]
+    apps = root.http.get("/api/applications/").get_json()
     assert [a["applicationID"] for a in apps] == [first["applicationID"]]
     svc = service_by_name(root, first["applicationID"], "classifier")
     assert (svc["status"], svc["instances"], svc["revision"]) == ("REQUESTED", [], 1)  # untouched
     assert root.clusters.deployed == [] and root.clusters.undeployed == []
 
 
-def test_apply_is_keyed_by_customer_and_name(root: Root) -> None:
+def test_apply_is_keyed_by_caller_and_name(root: Root) -> None:
+    """The key is (the caller's user id, application_name): the SLA's customerID is replaced."""
     mine = apply(root, ml_sla())
-    theirs = apply(root, {**ml_sla(), "customerID": "bob"})
+    assert apply(root, {**ml_sla(), "customerID": "bob"})["action"] == "unchanged"  # still the admin's
+    bob = root.login_as(root.add_user("bob"))
+    r = bob.post("/api/apply", json=ml_sla())
+    [theirs] = r.get_json()["applications"]
     assert theirs["action"] == "created" and theirs["applicationID"] != mine["applicationID"]
+    assert bob.get(f"/api/application/{theirs['applicationID']}").get_json()["userId"] == (
+        root.stores.users.find_user("bob") or {})["user_id"]
     renamed = ml_sla()
     renamed["applications"][0]["application_name"] = "vision2"
     assert apply(root, renamed)["action"] == "created"
-    assert len(root.http.get("/api/applications/").get_json()["applications"]) == 3
+    assert len(root.http.get("/api/applications/").get_json()) == 3  # the admin sees every user's
+    assert len(bob.get("/api/applications/").get_json()) == 1
 
 
 def test_changed_microservice_is_updated_in_place_and_redeployed(root: Root) -> None:
@@ -80,7 +87,7 @@ def test_changed_microservice_is_updated_in_place_and_redeployed(root: Root) -> 
     root.register_cluster("a", "http://a:1")
     row = apply(root, two_services())
     sid = service_by_name(root, row["applicationID"], "classifier")["service_id"]
-    assert root.http.post(f"/api/service/{sid}/instance").status_code == 202
+    assert root.http.post(f"/api/service/{sid}/instance").status_code == 200
     changed = two_services()
     changed["applications"][0]["microservices"][0]["model"]["max_partitions"] = 3
     changed["applications"][0]["application_desc"] = "now bigger"
@@ -155,7 +162,7 @@ def test_apply_validates_like_post_application(root: Root) -> None:
            "INVALID_INPUT")
     _error(root.http.post("/api/apply", json=[1, 2]), 400, "INVALID_INPUT")
     _error(root.http.post("/api/apply", json={}), 400, "INVALID_INPUT")
-    assert root.http.get("/api/applications/").get_json() == {"applications": []}
+    assert root.http.get("/api/applications/").get_json() == []
 
 
 def test_ambiguous_names_are_refused_before_any_write(root: Root) -> None:
@@ -165,8 +172,10 @@ def test_ambiguous_names_are_refused_before_any_write(root: Root) -> None:
     sla["applications"].append(twin)
     err = _error(root.http.post("/api/apply", json=sla), 400, "INVALID_INPUT")
     assert [d["path"] for d in err["details"]] == ["applications[1].application_name"]
-    assert root.http.get("/api/applications/").get_json() == {"applications": []}
-    ids = [root.http.post("/api/application/", json=ml_sla()).get_json()["applications"][0]["applicationID"]
+    assert root.http.get("/api/applications/").get_json() == []
+    # POST /api/application/ refuses a second "vision" (409); stores from before that rule may hold two
+    ids = [root.stores.applications.create_application({"application_name": "vision"}, [],
+                                                       root.admin["user_id"])["applicationID"]
            for _ in range(2)]
     err = _error(root.http.post("/api/apply", json=ml_sla()), 409, "CONFLICT")
     assert err["details"][0]["path"] == "applications[0].application_name"
@@ -196,7 +205,7 @@ def test_plan_asks_the_best_cluster_and_deploys_nothing(root: Root) -> None:
     assert job["microservice"]["microservice_name"] == "classifier"
     assert job["root_url"] == "http://root.test:10000"
     assert root.clusters.deployed == []
-    assert root.http.get("/api/applications/").get_json() == {"applications": []}
+    assert root.http.get("/api/applications/").get_json() == []
 
 
 def test_plan_names_the_existing_service_and_reports_unschedulable(root: Root) -> None:

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from test_root_api import Root
 
 from model_zoo.tiny import tiny_dag_bytes
-from root_orchestrator.app import create_app
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.stores import open_stores
-from treeline_common.clock import FakeClock
 
 BASE = "/api/models/tiny/versions"
 
@@ -37,7 +36,7 @@ class NoClusters(ClusterClient):
 def http(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlaskClient]:
     url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://profiles"
     stores = open_stores(url)
-    client = create_app(stores, FakeClock(), NoClusters()).test_client()
+    client = Root(stores, clusters=NoClusters()).http
     for seed in (0, 1):
         r = client.post(f"{BASE}", data=tiny_dag_bytes(seed), content_type="application/octet-stream")
         assert r.status_code == 201, r.get_json()
