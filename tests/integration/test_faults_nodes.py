@@ -84,34 +84,41 @@ def test_b_node_dying_while_deploying_is_replanned_onto_the_others(stack: Stack)
     victim_id = node_id(stack, victim)
 
     # Execute: freeze the victim (its heartbeats stop, its MQTT session stays up), submit,
-    # and kill it once the cluster waits for its stages.
-    stack.freeze(f"node-{victim}")
-    second = submit(stack, model_sla("deploying", "chain", [1, 32]))
+    # and kill it once the cluster waits for its stages; the first deployment carries traffic.
     seen: list[str] = []
+    with Traffic(stack.root_url, first.service_id, MODEL, budget_s=15) as traffic:
+        traffic.wait_answers(20, timeout=10)
+        frozen_at = time.monotonic()
+        stack.freeze(f"node-{victim}")
+        second = submit(stack, model_sla("deploying", "chain", [1, 32]))
 
-    def deploying_on_victim() -> bool:
-        doc = second.at_cluster(stack)
-        if not seen or seen[-1] != doc["status"]:
-            seen.append(doc["status"])
-        planned = doc.get("pending") or doc.get("placement") or {}  # the generation being brought up
-        return doc["status"] == "DEPLOYING" and victim_id in stage_nodes(planned)
+        def deploying_on_victim() -> bool:
+            doc = second.at_cluster(stack)
+            if not seen or seen[-1] != doc["status"]:
+                seen.append(doc["status"])
+            planned = doc.get("pending") or doc.get("placement") or {}  # the generation being brought up
+            return doc["status"] == "DEPLOYING" and victim_id in stage_nodes(planned)
 
-    try:
-        wait_until(deploying_on_victim, 10, f"the second deployment to be DEPLOYING onto frozen {victim}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; statuses at the cluster: {' -> '.join(seen)}") from None
-    killed_at = time.monotonic()
-    stack.kill(f"node-{victim}")
+        try:
+            wait_until(deploying_on_victim, 10, f"the second deployment to be DEPLOYING onto frozen {victim}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; statuses at the cluster: {' -> '.join(seen)}") from None
+        killed_at = time.monotonic()
+        stack.kill(f"node-{victim}")
 
-    # Assert: both re-planned onto the remaining nodes, RUNNING and answering
-    model_samples = samples(MODEL)
-    recover_second = wait_recovered(second, killed_at, without={victim_id}, timeout=30,
-                                    model_samples=model_samples)
-    recover_first = wait_recovered(first, killed_at, without={victim_id}, timeout=30,
-                                   model_samples=model_samples)
+        # Assert: both re-planned onto the remaining nodes, RUNNING and answering
+        model_samples = samples(MODEL)
+        recover_second = wait_recovered(second, killed_at, without={victim_id}, timeout=30,
+                                        model_samples=model_samples)
+        recover_first = wait_recovered(first, killed_at, without={victim_id}, timeout=30,
+                                       model_samples=model_samples)
+        traffic.wait_answers(20, timeout=10)
+    report = traffic.report
     record("b_dies_while_deploying", recover_deploying_s=round(recover_second, 3),
-           recover_running_s=round(recover_first, 3), statuses=seen)
+           recover_running_s=round(recover_first, 3), frozen_for_s=round(killed_at - frozen_at, 3),
+           longest_gap_s=round(report.longest_gap(frozen_at), 3), statuses=seen, **report.summary())
     check_deployments(stack, [first, second])
+    assert report.failed == 0 and report.wrong == 0, report.summary()
     assert max(recover_first, recover_second) <= RECOVERY_BOUND_S
 
 
