@@ -7,6 +7,7 @@ import logging
 import sys
 
 from cluster_orchestrator.app import ClusterRuntime, build_config
+from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
 from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger("cluster_orchestrator")
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage-timeout", type=float, default=60.0)
     p.add_argument("--profile-timeout", type=float, default=30.0,
                    help="seconds to wait for nodes to profile a new model (then: regression estimates)")
+    p.add_argument("--root-token", default=None, metavar="TOKEN",
+                   help=f"cluster token for the root (default ${ROOT_TOKEN_ENV}); without one only a "
+                        "development-mode root on loopback answers")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout,
         profile_timeout=args.profile_timeout)
     runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url)
+    if args.root_token:
+        runtime.root.set_token(args.root_token)  # else the client read $TREELINE_ROOT_TOKEN itself
     shutdown = ShutdownSignal()
     runtime.start()
     try:

@@ -1,7 +1,8 @@
 """The ``treeline`` console script.
 
 Commands: ``up``, ``demo``, ``apply``, ``deploy``, ``delete``, ``get``, ``describe``, ``infer``,
-``logs``, ``model register|profile``, ``config show``, ``version``. Settings come from
+``logs``, ``model register|profile``, ``config show``, ``version``, ``login``, ``logout``,
+``admin create``. ``--token`` (or ``$TREELINE_TOKEN``) sends that bearer token to the root. Settings come from
 :mod:`treeline_common.config` (flag > ``TREELINE_*`` environment > ``treeline.toml`` > default);
 what goes to stdout and stderr is fixed by :mod:`treeline_cli.output`; every error ends as one
 line on stderr with exit code 2 (usage) or 1 (failure), see :mod:`treeline_cli.errors`.
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import click
 
+from treeline_cli import root_client
 from treeline_cli.commands.apply import apply, delete, deploy
+from treeline_cli.commands.auth import admin, login, logout
 from treeline_cli.commands.common import Invocation, invocation, setting, verbose_option
 from treeline_cli.commands.get import describe, get
 from treeline_cli.commands.infer import infer
@@ -30,6 +33,11 @@ from treeline_common.config import OPTIONS
 def _store_config_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
     if value is not None:
         invocation(ctx).config_file = value
+
+
+def _store_token(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        root_client.token_override = value
 
 
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -51,6 +59,8 @@ def _global_settings(f: click.decorators.FC) -> click.decorators.FC:
               callback=_store_config_file, metavar="FILE",
               help="read settings from FILE instead of ./treeline.toml or ~/.config/treeline/treeline.toml "
                    "[env TREELINE_CONFIG]")
+@click.option("--token", default=None, expose_value=False, callback=_store_token, metavar="TOKEN",
+              help="bearer token for the root (default: $TREELINE_TOKEN, else what `treeline login` saved)")
 @_global_settings
 @verbose_option
 def cli() -> None:
@@ -61,7 +71,8 @@ def cli() -> None:
     """
 
 
-for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version):
+for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version,
+                login, logout, admin):
     cli.add_command(command)
 
 
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = Invocation()
+    root_client.token_override = None  # per invocation (tests run several in one process)
     try:
         result = cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="treeline",
                           standalone_mode=False, obj=state)

@@ -5,13 +5,24 @@ for an error body (``treeline_common.errors``) and :class:`RootUnreachable` when
 cannot be reached at all, so callers can tell "the root said no" from "no root there".
 The nodes of the system live at the clusters: :meth:`RootClient.nodes` reads the root's
 cluster list and then each cluster's ``GET /api/nodes``.
+
+Authentication: every call carries ``Authorization: Bearer <token>``, the first found of: the
+``token`` argument, ``treeline --token``, ``$TREELINE_TOKEN``, or what ``treeline login`` saved for
+this root URL in the credentials file (``$TREELINE_CREDENTIALS``, default
+``~/.config/treeline/credentials.json``, mode 0600; a 401 then refreshes the token once with the
+saved refresh token). With none of those, a root on a loopback address is asked to log in as
+Oakestra's development default ``Admin``/``Admin`` (kept in memory only): that account exists
+only in a root's development mode, so a production root answers 401 and the error says to log in.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -69,19 +80,145 @@ def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", *
         raise TreelineError(f"{method} {url}: the answer is not JSON") from None
 
 
+TOKEN_ENV = "TREELINE_TOKEN"
+CREDENTIALS_ENV = "TREELINE_CREDENTIALS"
+DEV_ACCOUNT = ("Admin", "Admin")  # Oakestra's default; only a development-mode root has it
+UNAUTHORIZED = "UNAUTHORIZED"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+token_override: str | None = None  # `treeline --token`; set per invocation by treeline_cli.main
+
+
+def credentials_path() -> Path:
+    configured = os.environ.get(CREDENTIALS_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".config" / "treeline" / "credentials.json"
+
+
+def _read_credentials() -> dict[str, Any]:
+    try:
+        data = json.loads(credentials_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_credentials(root_url: str) -> dict[str, Any] | None:
+    """What ``treeline login`` saved for ``root_url`` (``{username, token, refresh_token}``), or None."""
+    entry = _read_credentials().get(root_url.rstrip("/"))
+    return entry if isinstance(entry, dict) and entry.get("token") else None
+
+
+def save_credentials(root_url: str, entry: dict[str, Any] | None) -> Path:
+    """Store (or with None, forget) the credentials of ``root_url``; the file is private (0600)."""
+    data = _read_credentials()
+    if entry is None:
+        data.pop(root_url.rstrip("/"), None)
+    else:
+        data[root_url.rstrip("/")] = entry
+    path = credentials_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def login(root_url: str, username: str, password: str, timeout: float = 10.0) -> dict[str, str]:
+    """``POST /api/auth/login`` -> ``{token, refresh_token}`` (the server's 401 as its error class)."""
+    return dict(http_call("POST", f"{root_url.rstrip('/')}/api/auth/login", timeout=timeout,
+                          json={"username": username, "password": password}, what=f"the root at {root_url}"))
+
+
+def items(body: Any, key: str) -> list[Any]:
+    """A listing as Oakestra answers it (a JSON array) or as older roots did (``{key: [...]}``)."""
+    if isinstance(body, dict):
+        return list(body.get(key) or [])
+    return list(body or [])
+
+
 class RootClient:
-    def __init__(self, root_url: str, timeout: float = 10.0) -> None:
+    def __init__(self, root_url: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.root_url = root_url.rstrip("/")
         self.timeout = timeout
         self._routes: set[tuple[str, str]] | None = None
+        self._token = token
+        self._refresh: str | None = None
+        self._fixed = token is not None  # a token given by the caller is used as is
+        self._resolved = token is not None
 
     def _url(self, path: str) -> str:
         return f"{self.root_url}{path}"
 
+    def _resolve_token(self) -> None:
+        if self._resolved:
+            return
+        self._resolved = True
+        given = token_override or os.environ.get(TOKEN_ENV, "").strip() or None
+        if given:
+            self._token, self._fixed = given, True
+            return
+        saved = load_credentials(self.root_url)
+        if saved is not None:
+            self._token, self._refresh = str(saved["token"]), saved.get("refresh_token")
+
+    def _reauthenticate(self) -> bool:
+        """After a 401: refresh a saved token, or log in as the development default on loopback."""
+        if self._fixed:
+            return False
+        if self._refresh:
+            refresh, self._refresh = self._refresh, None  # once
+            try:
+                body = http_call("POST", self._url("/api/auth/refresh"), timeout=self.timeout,
+                                 headers={"Authorization": f"Bearer {refresh}"},
+                                 what=f"the root at {self.root_url}")
+            except TreelineError:
+                return False
+            self._token = str(body["token"])
+            saved = load_credentials(self.root_url) or {}
+            save_credentials(self.root_url, {**saved, "token": self._token, "refresh_token": refresh})
+            self._refresh = refresh
+            return True
+        if self._token is None and urllib.parse.urlparse(self.root_url).hostname in _LOOPBACK_HOSTS:
+            self._fixed = True  # one try
+            try:
+                self._token = login(self.root_url, *DEV_ACCOUNT, timeout=self.timeout)["token"]
+            except TreelineError:
+                return False
+            return True
+        return False
+
+    def _send(self, method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> Any:
+        if self._token:
+            headers = {**headers, "Authorization": f"Bearer {self._token}"}
+        return http_call(method, self._url(path), what=f"the root at {self.root_url}", headers=headers,
+                         **kwargs)
+
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """``method path`` on the root; see :func:`http_call`."""
+        """``method path`` on the root, authenticated; see :func:`http_call`. A 401 is retried once
+        after :meth:`_reauthenticate`; the last 401 says how to log in."""
         kwargs.setdefault("timeout", self.timeout)
-        return http_call(method, self._url(path), what=f"the root at {self.root_url}", **kwargs)
+        headers = dict(kwargs.pop("headers", None) or {})
+        self._resolve_token()
+        try:
+            return self._send(method, path, headers, kwargs)
+        except TreelineError as exc:
+            if exc.code != UNAUTHORIZED:
+                raise
+            failure = exc
+        if self._reauthenticate():
+            try:
+                return self._send(method, path, headers, kwargs)
+            except TreelineError as exc:
+                if exc.code != UNAUTHORIZED:
+                    raise
+                failure = exc
+        failure.message += " (log in with `treeline login`, or pass --token)"
+        failure.args = (failure.message,)
+        raise failure
 
     def supports(self, method: str, path: str) -> bool:
         """Whether the root's OpenAPI document lists ``method path`` (OpenAPI form: ``/api/x/{id}``)."""
@@ -144,7 +281,7 @@ class RootClient:
 
     def submit_sla(self, sla: dict[str, Any]) -> list[dict[str, Any]]:
         """Create the applications of an SLA (always new ones); returns them with their service ids."""
-        return list(self.call("POST", "/api/application/", json=sla)["applications"])
+        return items(self.call("POST", "/api/application/", json=sla), "applications")
 
     def apply(self, sla: dict[str, Any]) -> list[dict[str, Any]]:
         """Create or update the SLA's applications, idempotently (by customerID + application_name).
@@ -165,7 +302,7 @@ class RootClient:
 
     def services(self, application_id: str | None = None) -> list[dict[str, Any]]:
         query = f"?{urllib.parse.urlencode({'application_id': application_id})}" if application_id else ""
-        return list(self.call("GET", f"/api/services/{query}")["services"])
+        return items(self.call("GET", f"/api/services/{query}"), "services")
 
     def service_events(self, service_id: str) -> list[dict[str, Any]]:
         return list(self.call("GET", f"/api/service/{_q(service_id)}/events").get("events") or [])
@@ -174,8 +311,7 @@ class RootClient:
         return dict(self.call("DELETE", f"/api/service/{_q(service_id)}", timeout=60) or {})
 
     def applications(self) -> list[dict[str, Any]]:
-        body = self.call("GET", "/api/applications/")
-        return list(body["applications"] if isinstance(body, dict) else body)
+        return items(self.call("GET", "/api/applications/"), "applications")
 
     def application(self, application_id: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/api/application/{_q(application_id)}"))
@@ -186,7 +322,7 @@ class RootClient:
     # ---------------------------------------------------------------- clusters and nodes
 
     def clusters(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/api/clusters/")["clusters"])
+        return items(self.call("GET", "/api/clusters/"), "clusters")
 
     def nodes(self) -> tuple[list[dict[str, Any]], list[str]]:
         """Every cluster's nodes (each with ``cluster_id`` and ``cluster_name`` added), and a line

@@ -3,7 +3,7 @@
 Contract:
 
 - ``login`` answers Oakestra's ``{token, refresh_token}``; a wrong password and an unknown user
-  are the same 401 (and take the same time: see :mod:`.passwords`).
+  are the same 401 (and take the same time: see :mod:`root_orchestrator.auth.passwords`).
 - ``authenticate`` turns an ``Authorization`` header into a :class:`Principal` or raises 401 with
   the reason (missing scheme, forged or expired token, deleted user, changed password, revoked
   cluster token). Roles are read from the store on every request, so a role change or a deleted
@@ -18,8 +18,8 @@ import logging
 import re
 from typing import Any
 
-from root_orchestrator.auth import passwords
 from root_orchestrator.auth.errors import Unauthorized, unauthorized
+from root_orchestrator.auth.passwords import MIN_LENGTH, hash_password, verify
 from root_orchestrator.auth.principals import CLUSTER_KIND, USER_KIND, Principal, Role
 from root_orchestrator.auth.settings import DEFAULT_ADMIN, SecurityConfig, digest
 from root_orchestrator.auth.tokens import (
@@ -68,10 +68,10 @@ def check_username(username: Any) -> str:
 
 
 def check_password(password: Any) -> str:
-    if not isinstance(password, str) or len(password) < passwords.MIN_LENGTH:
+    if not isinstance(password, str) or len(password) < MIN_LENGTH:
         raise InvalidInput("invalid password", [
             {"path": "password",
-             "message": f"must be a string of at least {passwords.MIN_LENGTH} characters"}])
+             "message": f"must be a string of at least {MIN_LENGTH} characters"}])
     return password
 
 
@@ -96,7 +96,7 @@ class AuthService:
 
     def login(self, username: Any, password: Any) -> dict[str, str]:
         user = self.users.find_user(username) if isinstance(username, str) and username else None
-        if not isinstance(password, str) or not passwords.verify(user["password_hash"] if user else None,
+        if not isinstance(password, str) or not verify(user["password_hash"] if user else None,
                                                                  password):
             raise Unauthorized("invalid username or password",
                                [{"path": "password", "message": "invalid username or password"}])
@@ -157,7 +157,7 @@ class AuthService:
     # -- accounts -------------------------------------------------------------------------------------
 
     def create_user(self, username: Any, password: Any, roles: Any) -> dict[str, Any]:
-        password_hash = passwords.hash_password(check_password(password))
+        password_hash = hash_password(check_password(password))
         doc = self.users.create_user(check_username(username), password_hash, parse_roles(roles),
                                      self.clock.now())
         log.info("user %s created with roles %s", doc["username"], ", ".join(doc["roles"]))
@@ -170,7 +170,7 @@ class AuthService:
                                [{"path": k, "message": "cannot be changed"} for k in unknown])
         fields: dict[str, Any] = {}
         if "password" in body:
-            fields["password_hash"] = passwords.hash_password(check_password(body["password"]))
+            fields["password_hash"] = hash_password(check_password(body["password"]))
         if "roles" in body:
             fields["roles"] = parse_roles(body["roles"])
         return self.users.update_user(user_id, fields)

@@ -1,0 +1,99 @@
+"""``login``, ``logout`` and ``admin create``: credentials for the root.
+
+``treeline login`` asks the root for a token (``POST /api/auth/login``) and saves it with its
+refresh token for that root URL (see :mod:`treeline_cli.root_client`); every later command
+sends it. ``treeline admin create`` makes an admin account directly in a root's store (the
+root's data directory, or its store URL): how the first admin of a production root is made,
+since such a root has no default account. It needs the filesystem access an operator of that
+root has, and works while the root runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from root_orchestrator.auth import AuthService, SecurityConfig
+from root_orchestrator.auth.principals import Role
+from root_orchestrator.stores import open_stores
+from treeline_cli import root_client as rc
+from treeline_cli.commands.common import output, root_options, setting, settings, verbose_option
+from treeline_cli.errors import Failure
+from treeline_common.clock import SystemClock
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    if not password:
+        raise Failure("empty password", "give it on stdin with --password-stdin, or type it at the prompt")
+    return password
+
+
+@click.command()
+@click.option("--username", "-u", required=True, help="the account to log in as")
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@root_options
+def login(username: str, password_stdin: bool) -> None:
+    """Log in to the root and save the token for later commands."""
+    root_url = settings().root_url
+    tokens = rc.login(root_url, username, _password(password_stdin))
+    path = rc.save_credentials(root_url, {"username": username, "token": tokens["token"],
+                                          "refresh_token": tokens.get("refresh_token")})
+    out = output()
+    if out.structured:
+        out.document({"root_url": root_url, "username": username, "credentials": str(path)})
+    else:
+        out.line(f"Logged in to {root_url} as {username} (token saved in {path})")
+
+
+@click.command()
+@root_options
+def logout() -> None:
+    """Forget the token saved for the root."""
+    root_url = settings().root_url
+    rc.save_credentials(root_url, None)
+    output().line(f"Logged out of {root_url}")
+
+
+@click.group()
+def admin() -> None:
+    """Accounts made directly in a root's store (the first admin of a production root)."""
+
+
+@admin.command("create")
+@click.option("--username", "-u", required=True)
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@click.option("--root-data-dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="the root's --data-dir (default: <data_dir>/root, where `treeline up` puts it)")
+@click.option("--store-url", default=None, metavar="URL",
+              help="the root's --store-url instead (e.g. mongodb://host:27017/treeline)")
+@setting("data_dir", metavar="DIR")
+@verbose_option
+def admin_create(username: str, password_stdin: bool, root_data_dir: Path | None,
+                 store_url: str | None) -> None:
+    """Create an admin account in the root's store (refused if the name is taken)."""
+    if store_url is None:
+        data_dir = root_data_dir or settings().data_dir / "root"
+        if not (data_dir / "root" / "root.db").exists():
+            raise Failure(f"no root store under {data_dir}",
+                          "pass the root's --data-dir as --root-data-dir, or its --store-url")
+        store_url = f"sqlite:///{(data_dir / 'root').resolve()}"
+    password = _password(password_stdin)
+    stores = open_stores(store_url)
+    try:
+        # the signing key is not needed to create an account: a throwaway one keeps the store the only I/O
+        service = AuthService(stores.users, SystemClock(), SecurityConfig(jwt_secret="-" * 32))
+        doc = service.create_user(username, password, [Role.ADMIN.value])
+    finally:
+        stores.close()
+    out = output()
+    if out.structured:
+        out.document({"user_id": doc["user_id"], "username": doc["username"], "roles": doc["roles"]})
+    else:
+        out.line(f"Created admin {doc['username']} ({doc['user_id']}); "
+                 f"log in with `treeline login -u {username}`")
