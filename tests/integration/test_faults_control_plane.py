@@ -145,6 +145,7 @@ def test_d_broker_outage_loses_no_deployment_and_no_node(stack: Stack, outage_s:
     record(f"d_broker_outage_{outage_s:.0f}s", reconnect_s=round(reconnect_s, 3),
            total_s=round(time.monotonic() - killed_at, 3), lost_deployments=len(lost),
            replanned=len(replanned), nodes_seen_offline=sorted(watch.offline), **report.summary())
+    assert watch.polls >= 10 * outage_s / 2, f"only {watch.polls} polls of the cluster's node list"
     assert not watch.offline, f"nodes declared offline because the broker died: {watch.offline}"
     assert not lost, f"deployments not RUNNING 20 s after the outage: {lost}"
     later = deploy(stack, model_sla("broker-after", "chain", [1, 32]), timeout=30)
