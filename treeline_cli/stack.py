@@ -11,6 +11,9 @@ Fault injection: every child keeps the command line it was started with, so a te
 them (``root``, ``cluster``, ``node-<name>``) as the same process would be restarted by a
 supervisor: same arguments, same data directory, same ports, log appended. The broker the
 stack started is restarted on its own port (:meth:`Stack.restart_broker`).
+
+Each stack generates one cluster token and hands it to the root (``TREELINE_CLUSTER_TOKEN``) and
+to the cluster (``TREELINE_ROOT_TOKEN``) through the environment, never the command line.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
+from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV, new_cluster_token
 from treeline_cli.broker import BrokerProcess, die_with_parent, start_broker
 from treeline_common.http import call_json
 from treeline_common.netutil import free_port
@@ -43,6 +48,7 @@ class ManagedProcess:
     log_path: Path
     log_file: IO[bytes]
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
     frozen: bool = False
 
     @property
@@ -136,15 +142,16 @@ class Stack:
     def cluster_url(self) -> str:
         return f"http://{self.config.host}:{self.config.cluster_port}"
 
-    def spawn(self, name: str, args: list[str]) -> ManagedProcess:
-        """Start ``python -m <args>`` as a child whose output goes to ``<data_dir>/logs/<name>.log``."""
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        """Start ``python -m <args>`` as a child whose output goes to ``<data_dir>/logs/<name>.log``;
+        ``env`` is added to the inherited environment (secrets go there, not on the command line)."""
         if any(m.name == name for m in self.processes):
             raise ValueError(f"a process named {name!r} is already part of the stack")
-        managed = self._launch(name, args)
+        managed = self._launch(name, args, env or {})
         self.processes.append(managed)
         return managed
 
-    def _launch(self, name: str, args: list[str]) -> ManagedProcess:
+    def _launch(self, name: str, args: list[str], env: dict[str, str]) -> ManagedProcess:
         log_dir = self.config.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
@@ -155,9 +162,10 @@ class Stack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            env={**os.environ, **env} if env else None,
         )
         log.info("started %s (pid %s), log %s", name, process.pid, log_path)
-        return ManagedProcess(name, process, log_path, log_file, list(args))
+        return ManagedProcess(name, process, log_path, log_file, list(args), dict(env))
 
     def process(self, name: str) -> ManagedProcess:
         for managed in self.processes:
@@ -208,7 +216,7 @@ class Stack:
         else:
             old.kill()
         old.log_file.close()
-        managed = self._launch(name, old.args)
+        managed = self._launch(name, old.args, old.env)
         self.processes[index] = managed
         return managed
 
@@ -307,10 +315,12 @@ def start_stack(config: StackConfig) -> Stack:
             stack.broker = start_broker(config.broker_kind, workdir=config.data_dir / "broker")
             stack.mqtt_url = stack.broker.url
         level = ["--log-level", config.log_level]
+        token = new_cluster_token()  # this stack's cluster authenticates to its root with it
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
              "--data-dir", str(config.data_dir / "root"), *level, *config.root_args],
+            env={CLUSTER_TOKEN_ENV: token},
         )
         stack.spawn(
             "cluster",
@@ -320,6 +330,7 @@ def start_stack(config: StackConfig) -> Stack:
              "--push-interval", str(config.push_interval),
              "--telemetry-interval", str(config.telemetry_interval),
              "--heartbeat-misses", str(config.heartbeat_misses), *level, *config.cluster_args],
+            env={ROOT_TOKEN_ENV: token},
         )
         counts: dict[str, int] = {}
         for index in range(config.nodes):
