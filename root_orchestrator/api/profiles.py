@@ -134,10 +134,10 @@ def remeasure(name: str, ref: str) -> Any:
     profiles stay cleared (the next deployment measures the missing classes itself) and the
     answer is 503, or 422 when each one said it has no node of the class.
     """
+    c = ctx()
+    version = visible_model(c.stores, name, ref)  # 404 (also for another user's model) first
     body = json_body(request) if request.get_data(cache=True) else {}
     device_class = _profile_request(body)
-    c = ctx()
-    version = visible_model(c.stores, name, ref)
     ranked = c.instances.ranked_clusters()
     number = int(version["version"])
     cleared = c.stores.models.delete_profiles(name, number, device_class)
