@@ -19,7 +19,14 @@ from root_orchestrator.auth import AuthService, SecurityConfig
 from root_orchestrator.auth.principals import Role
 from root_orchestrator.stores import open_stores
 from treeline_cli import root_client as rc
-from treeline_cli.commands.common import output, root_options, setting, settings, verbose_option
+from treeline_cli.commands.common import (
+    output,
+    output_option,
+    root_options,
+    setting,
+    settings,
+    verbose_option,
+)
 from treeline_cli.errors import Failure
 from treeline_common.clock import SystemClock
 
@@ -37,6 +44,7 @@ def _password(from_stdin: bool) -> str:
 @click.command()
 @click.option("--username", "-u", required=True, help="the account to log in as")
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@output_option
 @root_options
 def login(username: str, password_stdin: bool) -> None:
     """Log in to the root and save the token for later commands."""
@@ -73,6 +81,7 @@ def admin() -> None:
 @click.option("--store-url", default=None, metavar="URL",
               help="the root's --store-url instead (e.g. mongodb://host:27017/treeline)")
 @setting("data_dir", metavar="DIR")
+@output_option
 @verbose_option
 def admin_create(username: str, password_stdin: bool, root_data_dir: Path | None,
                  store_url: str | None) -> None:
