@@ -52,6 +52,21 @@ class UnsupportedByRoot(TreelineError):
     code = "UNSUPPORTED"
 
 
+class NotAuthenticated(TreelineError):
+    """HTTP 401: no valid token (the root's ``UNAUTHORIZED``)."""
+
+    code = "UNAUTHORIZED"
+
+
+class NotAllowed(TreelineError):
+    """HTTP 403: the token's role may not use the route (the root's ``FORBIDDEN``)."""
+
+    code = "FORBIDDEN"
+
+
+_BY_STATUS: dict[int, type[TreelineError]] = {401: NotAuthenticated, 403: NotAllowed}
+
+
 def _short_reason(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower():
         return "connection refused"
@@ -71,7 +86,10 @@ def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", *
             body = response.json()
         except ValueError:
             body = None
-        raise from_body(body, f"{method} {url}: HTTP {response.status_code}")
+        error = from_body(body, f"{method} {url}: HTTP {response.status_code}")
+        if response.status_code in _BY_STATUS:  # codes treeline_common.errors does not know (yet)
+            error = _BY_STATUS[response.status_code](error.message, error.details)
+        raise error
     if not response.content:
         return None
     try:

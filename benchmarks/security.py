@@ -1,0 +1,109 @@
+"""Security benchmark: what authentication costs per request at the root.
+
+Run ``python -m benchmarks.security [--quick] [--json PATH]``. Prints a table and writes JSON
+(default ``benchmarks/results/security.json``):
+
+- ``auth_overhead_ms_p50`` (and ``_p90``): the guard's work for one request with a user's JWT
+  (``AuthService.authenticate``: signature and expiry check, the user read from the SQLite user
+  store, the password-version check), timed alone, ``time.perf_counter`` around each call.
+- ``cluster_auth_ms_p50``: the same for a stored cluster token (a digest and a store read).
+- ``guarded_request_ms_p50`` / ``public_request_ms_p50``: a whole request through Flask's test
+  client, ``GET /api/clusters/`` with a token against ``GET /api/health`` without one (context:
+  the difference includes the route's own work, not only authentication).
+- ``login_ms_p50``: ``POST /api/auth/login`` (one argon2 verification; deliberately slow).
+
+No stack or network: an in-process root on a temporary SQLite store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.report import print_table
+from root_orchestrator.app import create_app
+from root_orchestrator.auth import AuthService, SecurityConfig
+from root_orchestrator.auth.tokens import ACCESS
+from root_orchestrator.cluster_client import HttpClusterClient
+from root_orchestrator.stores import open_stores
+from treeline_common.clock import SystemClock
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "security.json"
+PASSWORD = "benchmark-password"
+
+
+def _times_ms(call: Callable[[], Any], reps: int) -> list[float]:
+    call()  # warm up (connection, caches)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _p(times: list[float], q: float) -> float:
+    return float(np.percentile(times, q))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Every security metric as a flat dict (the JSON report)."""
+    reps = 300 if quick else 2000
+    with tempfile.TemporaryDirectory() as tmp:
+        stores = open_stores(f"sqlite:///{Path(tmp) / 'root'}")
+        try:
+            security = SecurityConfig(jwt_secret="benchmark-signing-key-0123456789abcdef")
+            app = create_app(stores, SystemClock(), HttpClusterClient(), security=security)
+            auth: AuthService = app.extensions["treeline_auth"]
+            user = auth.create_user("bench", PASSWORD, ["admin"])
+            header = f"Bearer {auth.tokens.issue(user, ACCESS)}"
+            admin = auth.authenticate(header)
+            assert admin is not None
+            cluster_header = f"Bearer {auth.create_cluster_token(admin, 'bench')[1]}"
+            user_auth = _times_ms(lambda: auth.authenticate(header), reps)
+            cluster_auth = _times_ms(lambda: auth.authenticate(cluster_header), reps)
+            client = app.test_client()
+            guarded = _times_ms(lambda: client.get("/api/clusters/", headers={"Authorization": header}), reps)
+            public = _times_ms(lambda: client.get("/api/health"), reps)
+            logins = _times_ms(lambda: client.post("/api/auth/login", json={"username": "bench",
+                                                                           "password": PASSWORD}),
+                               5 if quick else 20)
+        finally:
+            stores.close()
+    return {"auth_overhead_ms_p50": _p(user_auth, 50), "auth_overhead_ms_p90": _p(user_auth, 90),
+            "cluster_auth_ms_p50": _p(cluster_auth, 50),
+            "guarded_request_ms_p50": _p(guarded, 50), "public_request_ms_p50": _p(public, 50),
+            "login_ms_p50": statistics.median(logins), "security_repetitions": reps}
+
+
+def auth_overhead_ms_p50(quick: bool = True) -> float:
+    """p50 milliseconds the root spends authenticating one request with a user's bearer token."""
+    return float(run(quick)["auth_overhead_ms_p50"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run(args.quick)
+    print_table(sorted(result.items()))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
