@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from treeline_test_helpers import onnx_bytes
 
-from treeline_cli.root_client import DeploymentFailed, RootClient
+from treeline_cli.root_client import DeploymentFailed, RootClient, login
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
 from treeline_common.netutil import free_port
 
@@ -140,8 +140,15 @@ def test_get_and_describe_print_json_on_stdout(cli: Any, deployed: dict[str, Any
 
 def test_infer_picks_the_running_application_and_names_missing_services(
         cli: Any, stack: Stack, deployed: dict[str, Any]) -> None:
-    root = RootClient(stack.root_url)
-    [failed_app] = root.submit_sla(sla("vision", UNSCHEDULABLE))  # a second "vision" that FAILS
+    admin = RootClient(stack.root_url)
+    # a second "vision" that FAILS, by another user (one user cannot have two: 409); admin sees both
+    admin.call("POST", "/api/users/", json={"username": "bob", "password": "bob-password-1",
+                                            "roles": ["application_provider"]})
+    root = RootClient(stack.root_url, token=login(stack.root_url, "bob", "bob-password-1")["token"])
+    root.register_model("tiny-bob", tiny_model())  # models are owned: bob cannot use admin's "tiny"
+    bobs = sla("vision", UNSCHEDULABLE)
+    bobs["applications"][0]["microservices"][0]["model"]["name"] = "tiny-bob"
+    [failed_app] = root.submit_sla(bobs)
     root.deploy_service(failed_app["microservices"][0])
     with pytest.raises(DeploymentFailed):
         root.wait_deployed(failed_app["microservices"][0], timeout=30, interval=0.1)
