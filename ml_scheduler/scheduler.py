@@ -160,7 +160,17 @@ class MlScheduler:
             if not result.schedulable:
                 return None
             index = {d.node_id: i for i, d in enumerate(devices)}
-            return evaluate(problem, list(result.positions), [index[n] for n in result.node_ids])
+            assigned = [index[n] for n in result.node_ids]
+            pin = problem.first_device
+            if pin is not None and assigned[0] != pin:
+                # the baseline knows no pin: put stage 0 on the pinned device (swapping stages
+                # when the pinned device already holds one), as the SLA demands of every strategy
+                if pin in assigned:
+                    j = assigned.index(pin)
+                    assigned[0], assigned[j] = assigned[j], assigned[0]
+                else:
+                    assigned[0] = pin
+            return evaluate(problem, list(result.positions), assigned)
         raise ValueError(f"unknown strategy {strategy!r}")
 
     @staticmethod

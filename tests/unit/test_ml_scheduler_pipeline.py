@@ -80,3 +80,10 @@ def test_source_on_a_slow_uplink_is_paid_for() -> None:
     assert result.source_node_id == "mid"
     first = result.predicted["stages"][0]
     assert first["node_id"] == "mid" or first["transfer_in_ms"] > 0
+
+
+@pytest.mark.parametrize("profile", ["default", "flops-balanced", "amp4ec-baseline"])
+def test_every_strategy_honours_the_privacy_pin(profile: str) -> None:
+    # the pinned node (mid) is not the fastest: a baseline sorting by speed must still start there
+    result = schedule(microservice([{"type": "privacy_pin", "label": "camera"}]), profile)
+    assert result.schedulable and result.node_ids[0] == "mid", (profile, result.node_ids, result.message)
