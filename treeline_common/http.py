@@ -201,6 +201,8 @@ def json_value(request: Any) -> Any:
     if limit is not None and request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     data = request.get_data(cache=True)  # bounded: werkzeug raises 413 past max_content_length
+    if limit is not None and request.content_length is None and len(data) >= limit:
+        raise too_large(limit)  # chunked: werkzeug stops reading at the limit instead of raising
     if not data:
         raise _bad("request body is empty", "", "expected a JSON document")
     return parse_json_bytes(data)
