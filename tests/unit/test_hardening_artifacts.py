@@ -60,7 +60,8 @@ def test_a_corrupt_artifact_is_not_served(stores: Stores) -> None:
     for read in readers:
         with pytest.raises(CorruptArtifact) as caught:
             read(sha)
-        assert caught.value.details[0]["path"] == "sha256" and "upload the right bytes" in caught.value.message
+        assert caught.value.details[0]["path"] == "sha256"
+        assert "upload the right bytes" in caught.value.message
     assert http_status(CorruptArtifact("x")) == 409 and isinstance(CorruptArtifact("x"), IntegrityError)
     assert stores.artifacts.exists(sha) and stores.artifacts.size(sha) == len(DATA)  # metadata still answers
 
@@ -87,7 +88,8 @@ def test_a_reupload_from_a_file_repairs_too(stores: Stores, tmp_path: Path) -> N
         stores.artifacts.put_file(wrong, sha)
 
 
-def test_reads_hash_once_until_the_stored_bytes_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reads_hash_once_until_the_stored_bytes_change(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     stores = open_stores(f"sqlite:///{tmp_path}")
     store = stores.artifacts
     sha = store.put(DATA).sha256
@@ -149,7 +151,7 @@ def test_the_cluster_cache_drops_a_corrupt_file_and_fetches_again(tmp_path: Path
 class _Serve(http.server.BaseHTTPRequestHandler):
     body = b""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
@@ -179,7 +181,8 @@ def test_the_node_reports_a_digest_mismatch_with_its_reason_code(tmp_path: Path,
         fetch_artifact(url, expected, tmp_path)
     assert isinstance(caught.value, ArtifactError)
     assert str(caught.value).startswith(SHA256_MISMATCH + ":")
-    assert caught.value.expected == expected and caught.value.got == hashlib.sha256(b"wrong bytes").hexdigest()
-    assert not [p for p in os.listdir(tmp_path)]  # nothing kept
+    assert caught.value.expected == expected
+    assert caught.value.got == hashlib.sha256(b"wrong bytes").hexdigest()
+    assert os.listdir(tmp_path) == []  # nothing kept
     handler.body = DATA
     assert fetch_artifact(url, expected, tmp_path).read_bytes() == DATA
