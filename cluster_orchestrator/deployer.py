@@ -60,6 +60,7 @@ class DeployerSettings:
 
     root_url: str
     artifact_base_url: str = ""  # where nodes fetch models and partitions: this cluster (default: root)
+    data_secret: bytes = b""  # the cluster's data-plane secret (keys derive from it); empty: plain
     stage_timeout: float = 60.0
     profile_timeout: float = 30.0
     max_attempts: int = 5
@@ -182,7 +183,7 @@ class Deployer:
             spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
             {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
         self._publish(outcome)
-        self._command_and_wait(deployment_id, epoch, attempt, placement, outcome, online)
+        self._command_and_wait(deployment_id, epoch, attempt, placement, outcome, spec, nodes)
         self._commit(deployment_id, epoch, status=JobStatus.RUNNING, status_detail="all stages ready",
                      placement=placement.with_states("READY").to_dict(), pending=None,
                      placed_at=self._clock.now(), considered=online, attempts=0, retry_at=None,
@@ -237,7 +238,14 @@ class Deployer:
                 return
 
     def _command_and_wait(self, deployment_id: str, epoch: int, attempt: Attempt, placement: Placement,
-                          outcome: planning.PlanOutcome, online: list[str]) -> None:
+                          outcome: planning.PlanOutcome, spec: planning.JobSpec,
+                          node_docs: list[dict[str, Any]]) -> None:
+        base_url = self._settings.artifact_base_url or self._settings.root_url
+        try:
+            commands = planning.secured_commands(placement, base_url, self._settings.data_secret,
+                                                 spec.microservice, node_docs)
+        except planning.EncryptionUnavailable as exc:
+            raise AttemptFailed(f"encrypted tensors asked: {exc}") from None
         doc = self._book.require(deployment_id)
         serving = status_of(doc) is JobStatus.RUNNING and doc.get("placement") is not None
         nodes = ", ".join(s.node_name for s in placement.stages)
@@ -248,8 +256,6 @@ class Deployer:
                           status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) "
                                         f"on {nodes}")
         self._commit(deployment_id, epoch, **fields)
-        base_url = self._settings.artifact_base_url or self._settings.root_url
-        commands = planning.deploy_commands(placement, base_url)
         self._tracker.expect(deployment_id, placement.generation, {cmd.stage: node for node, cmd in commands})
         try:
             for node_id, command in commands:

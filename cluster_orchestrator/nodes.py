@@ -38,6 +38,8 @@ _OPTIONAL: dict[str, tuple[type, ...]] = {
     "labels": (list,),
     "device_class": (str,),
     "instance_id": (str,),
+    "data_curve_endpoint": (str,),
+    "curve_public_key": (str,),
 }
 # Declared device figures (see treeline_common.profiles): the energy model and link costs.
 _DEVICE_FIGURES = ("power_w", "radio_nj_per_byte", "uplink_mbps", "link_rtt_ms")
@@ -66,9 +68,13 @@ def validate_registration(body: Mapping[str, Any]) -> dict[str, Any]:
     speed = body.get("speed_factor")
     if isinstance(speed, (int, float)) and not isinstance(speed, bool) and speed <= 0:
         details.append({"path": "speed_factor", "message": "must be > 0"})
-    endpoint = body.get("data_endpoint")
-    if isinstance(endpoint, str) and "://" not in endpoint:
-        details.append({"path": "data_endpoint", "message": "must be a URL like tcp://host:port"})
+    for name in ("data_endpoint", "data_curve_endpoint"):
+        endpoint = body.get(name)
+        if isinstance(endpoint, str) and endpoint and "://" not in endpoint:
+            details.append({"path": name, "message": "must be a URL like tcp://host:port"})
+    key = body.get("curve_public_key")
+    if isinstance(key, str) and key and len(key) != 40:
+        details.append({"path": "curve_public_key", "message": "must be a 40-character Z85 CURVE public key"})
     for name in _DEVICE_FIGURES:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))

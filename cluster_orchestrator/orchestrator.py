@@ -70,6 +70,8 @@ from treeline_common.messages import (
 
 log = logging.getLogger(__name__)
 
+DATA_SECRET_KEY = "data_secret"
+
 
 @dataclass(frozen=True)
 class ClusterConfig:
@@ -152,12 +154,23 @@ class ClusterOrchestrator:
     def _deployer(self) -> Deployer:
         if self._bus is None:
             raise TreelineError("no message bus configured")
-        settings = DeployerSettings(self.config.root_url, self.config.public_url, self.config.stage_timeout,
-                                    self.config.profile_timeout, self.config.max_attempts,
-                                    self.config.replan_margin)
+        settings = DeployerSettings(
+            root_url=self.config.root_url, artifact_base_url=self.config.public_url,
+            data_secret=self.data_secret(), stage_timeout=self.config.stage_timeout,
+            profile_timeout=self.config.profile_timeout, max_attempts=self.config.max_attempts,
+            margin=self.config.replan_margin)
         return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list_nodes, self._changed,
                         settings, self._stop, self.clock, profiles=self.profiles, models=self.models,
                         artifacts=self.artifacts)
+
+    def data_secret(self) -> bytes:
+        """The cluster's data-plane secret, made once and kept in its store (data keys of running
+        deployments are re-derived from it, also after a restart)."""
+        value = self.store.get_setting(DATA_SECRET_KEY)
+        if not value:
+            value = planning.new_cluster_secret().hex()
+            self.store.set_setting(DATA_SECRET_KEY, value)
+        return bytes.fromhex(str(value))
 
     def start(self) -> None:
         """Start the loops; unfinished deployments resume through the reconcile rule."""
@@ -339,7 +352,10 @@ class ClusterOrchestrator:
             placement = placement_of(doc)
             if placement is None or placement.generation != action.generation:
                 return
-            for node_id, command in planning.deploy_commands(placement, self.config.public_url):
+            microservice = planning.parse_job_microservice((doc.get("job") or {}).get("microservice"))
+            commands = planning.secured_commands(placement, self.config.public_url, self.data_secret(),
+                                                 microservice, self.nodes.list_nodes())
+            for node_id, command in commands:
                 if node_id == action.node_id and command.stage == action.stage:
                     log.info("re-sending stage %s to node %s (not in its telemetry)",
                              action.stage_key, node_id)
@@ -435,8 +451,10 @@ class ClusterOrchestrator:
         self.sync.changed()
 
     def push_body(self) -> ClusterPush:
-        return ClusterPush(aggregate=compute_aggregate(self.nodes.list_nodes()),
-                           jobs=tuple(job_report(doc) for doc in self.book.list_deployments()))
+        secret = self.data_secret()
+        jobs = tuple(replace(job_report(doc), caller_key=planning.caller_key(secret, str(doc["deployment_id"])))
+                     for doc in self.book.list_deployments())
+        return ClusterPush(aggregate=compute_aggregate(self.nodes.list_nodes()), jobs=jobs)
 
     def push_once(self) -> bool:
         """Push to the root now; False when it failed or the cluster is not registered."""

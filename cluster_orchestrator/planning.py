@@ -440,3 +440,18 @@ def plan_cost(predicted: Mapping[str, Any] | None) -> float | None:
     key = "bottleneck_ms" if predicted.get("objective") == "throughput" else "latency_ms"
     value = predicted.get(key)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def secured_commands(placement: Placement, base_url: str, secret: bytes, microservice: Any,
+                     nodes: Iterable[Mapping[str, Any]]) -> list[tuple[str, DeployCommand]]:
+    """The deploy commands of ``placement`` with the data-plane security its SLA asks for.
+
+    With a cluster ``secret`` every command carries the generation's data key and the entry
+    the deployment's caller key (:func:`caller_key`); encrypted routes need every receiving
+    node's CURVE key (:class:`EncryptionUnavailable` otherwise). Without a secret the commands
+    are plain (tests that build a cluster without one).
+    """
+    if not secret:
+        return deploy_commands(placement, base_url)
+    key = caller_key(secret, placement.deployment_id)
+    return deploy_commands(placement, base_url, security_for(secret, microservice, nodes, caller_key=key))

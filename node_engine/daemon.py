@@ -36,6 +36,7 @@ from node_engine.commands import CommandHandler
 from node_engine.config import NodeConfig, parse_args
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import Emulator
+from node_engine.identity import curve_secret_key
 from node_engine.mqtt_link import MqttLink
 from node_engine.profiling import ProfileWorker
 from node_engine.registration import register
@@ -219,13 +220,16 @@ class NodeEngine:
         # downstream stage do not hold a worker, so the pipeline still has many in flight.
         workers = 1 if self.config.profile.emulated else 2
         server = DataPlaneServer(self.stages, runner, host=self.config.host, port=self.config.data_port,
-                                 workers=workers, clock=self.clock, name=self.config.name)
+                                 workers=workers, clock=self.clock, name=self.config.name,
+                                 curve_secret_key=curve_secret_key(data_dir))
         commands: CommandHandler | None = None
         profiler: ProfileWorker | None = None
         try:
             endpoint = server.start()
             body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
                                      self.instance_id)
+            # the encrypted data plane: where and with which key other nodes reach this one
+            body.update(data_curve_endpoint=server.curve_endpoint, curve_public_key=server.curve_public_key)
             try:
                 registration = register(self.config.cluster_url, body, self.stop)
             except TreelineError as exc:

@@ -44,11 +44,11 @@ def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, An
     """Service-level status fields follow the most recently changed instance."""
     if inst is None:
         fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None,
-                      explanation=None)
+                      explanation=None, caller_key="")
     else:
         fields.update(status=inst["status"], status_detail=inst.get("status_detail", ""),
                       cluster_id=inst.get("cluster_id"), placement=inst.get("placement"),
-                      explanation=inst.get("explanation"))
+                      explanation=inst.get("explanation"), caller_key=inst.get("caller_key", ""))
     return fields
 
 
@@ -309,6 +309,8 @@ class InstanceManager:
                 inst["explanation"] = job.explanation  # the scheduler's reasons and scores
             if job.events:
                 inst["events"] = _merge_events(inst.get("events") or [], job.events)
+            if job.caller_key:  # signs requests to a private service's entry; only owners see services
+                inst["caller_key"] = job.caller_key
             return _mirror({"instances": instances}, inst)
 
         try:

@@ -192,6 +192,7 @@ class JobReport:
     explanation: dict[str, Any] | None = None
     generation: int = 0
     events: tuple[dict[str, Any], ...] = ()  # newest last; see :func:`event`
+    caller_key: str = ""  # signs requests to the entry of a private service; the root shows it to the owner
 
 
 def event(ts: float, kind: str, cause: str, **details: Any) -> dict[str, Any]:

@@ -130,9 +130,13 @@ def test_privacy_pin_keeps_the_first_stage_on_the_pinned_node(client: RootClient
 def test_bad_descriptor_is_rejected_with_paths(stack: Stack) -> None:
     import requests
 
+    from treeline_cli.root_client import login
+
     sla = json.loads(EXAMPLE.read_text())
     sla["applications"][0]["microservices"][0]["model"]["max_partitions"] = 0
-    response = requests.post(f"{stack.root_url}/api/application/", json=sla, timeout=10)
+    token = login(stack.root_url, "Admin", "Admin")["token"]  # the development account
+    response = requests.post(f"{stack.root_url}/api/application/", json=sla, timeout=10,
+                             headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 400
     details = response.json()["error"]["details"]
     assert any(d["path"] == "applications[0].microservices[0].model.max_partitions" for d in details)

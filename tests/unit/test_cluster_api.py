@@ -70,7 +70,10 @@ def test_register_rejects_bad_fields_by_name(client: FlaskClient, change: dict, 
 
 
 def test_register_rejects_non_json(client: FlaskClient) -> None:
-    assert client.post("/api/node/register", data=b"nope").status_code == 400
+    answer = client.post("/api/node/register", data=b"nope")  # no JSON content type
+    assert answer.status_code == 415 and answer.get_json()["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    answer = client.post("/api/node/register", data=b"nope", content_type="application/json")
+    assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "INVALID_INPUT"
 
 
 def test_job_validation_and_unknown_deployment(client: FlaskClient) -> None:
