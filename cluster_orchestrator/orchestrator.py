@@ -452,8 +452,9 @@ class ClusterOrchestrator:
 
     def push_body(self) -> ClusterPush:
         secret = self.data_secret()
-        jobs = tuple(replace(job_report(doc), caller_key=planning.caller_key(secret, str(doc["deployment_id"])))
-                     for doc in self.book.list_deployments())
+        jobs = tuple(
+            replace(job_report(doc), caller_key=planning.caller_key(secret, str(doc["deployment_id"])))
+            for doc in self.book.list_deployments())
         return ClusterPush(aggregate=compute_aggregate(self.nodes.list_nodes()), jobs=jobs)
 
     def push_once(self) -> bool:
