@@ -2,6 +2,11 @@
 
 Parsing is separate from the daemon so the configuration can be built in tests without a
 command line, and so unknown profiles fail at start-up with the list of known ones.
+
+Defaults come from the settings every Treeline process shares (:mod:`treeline_common.config`:
+``TREELINE_*`` environment, then ``treeline.toml``): ``--cluster-url`` is ``cluster_url``,
+``--data-dir`` is ``<data_dir>/nodes/<name>``, ``--threads`` is ``threads``, ``--log-level`` is
+``log_level``. Flags win; an invalid setting exits with status 2 before anything starts.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import argparse
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from treeline_common.config import ConfigError, Settings, add_config_argument, process_settings
+from treeline_common.logs import LOG_LEVELS
 from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
 
 
@@ -30,12 +38,16 @@ class NodeConfig:
     labels: tuple[str, ...] = ()  # this node's own labels, added to its profile's (e.g. "camera")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The command line, with defaults from ``settings`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="python -m node_engine",
         description="Treeline node engine: serves model partitions on this (emulated) device.",
     )
-    parser.add_argument("--cluster-url", required=True, help="base URL of the cluster orchestrator")
+    add_config_argument(parser)
+    parser.add_argument("--cluster-url", default=settings.cluster_url,
+                        help=f"base URL of the cluster orchestrator (default: cluster_url, "
+                             f"{settings.cluster_url})")
     parser.add_argument("--profile", default="native", choices=sorted(PROFILES),
                         help="device emulation profile (native = this host as it is)")
     parser.add_argument("--name", default=socket.gethostname(), help="node name (unique in the cluster)")
@@ -44,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--telemetry-interval", type=float, default=None,
                         help="seconds between telemetry messages (default: the cluster's, else 2.0)")
     parser.add_argument("--data-dir", default=None,
-                        help="directory for downloaded partitions (default: temp)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="onnxruntime intra-op threads (0: ORT default)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
+                        help=f"directory for downloaded partitions and the node's keys "
+                             f"(default: <data_dir>/nodes/<name>, under {settings.data_dir})")
+    parser.add_argument("--threads", type=int, default=settings.threads,
+                        help="onnxruntime intra-op threads (0: ORT default; default: threads)")
+    parser.add_argument("--log-level", default=settings.log_level, type=str.upper, choices=LOG_LEVELS,
+                        help="logging level (default: log_level)")
     parser.add_argument("--labels", default="",
                         help="comma-separated labels of this node, added to its profile's (SLA constraints "
                              "such as privacy_pin and source may name them)")
@@ -55,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
-    """Parse ``argv`` (default ``sys.argv[1:]``); exits with status 2 on a bad command line."""
-    parser = build_parser()
+    """Parse ``argv`` (default ``sys.argv[1:]``); exits with status 2 on a bad command line or
+    an invalid setting in the environment or the config file."""
+    try:
+        settings = process_settings(argv)
+    except ConfigError as exc:
+        argparse.ArgumentParser(prog="python -m node_engine").error(str(exc))
+    parser = build_parser(settings)
     args = parser.parse_args(argv)
     if args.telemetry_interval is not None and args.telemetry_interval <= 0:
         parser.error("--telemetry-interval must be positive")
@@ -69,7 +88,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         host=args.host,
         data_port=args.data_port,
         telemetry_interval=args.telemetry_interval,
-        data_dir=args.data_dir,
+        data_dir=args.data_dir or str(Path(settings.data_dir) / "nodes" / args.name),
         threads=args.threads,
         log_level=args.log_level.upper(),
         labels=tuple(label.strip() for label in args.labels.split(",") if label.strip()),

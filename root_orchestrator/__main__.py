@@ -1,9 +1,16 @@
-"""``python -m root_orchestrator --host H --port P --data-dir DIR [--store-url URL] [--public-url URL]
-[--production] [--cluster-token TOKEN]``.
+"""``python -m root_orchestrator [--host H] [--port P] [--data-dir DIR] [--store-url URL] [--public-url URL]
+[--production] [--cluster-token TOKEN] [--instance-id ID] [--config FILE]``.
+
+Defaults come from the settings every Treeline process shares (:mod:`treeline_common.config`:
+``TREELINE_*`` environment, then ``treeline.toml``): ``--port`` is ``root_port``, ``--data-dir``
+is ``<data_dir>/root``, ``--public-url`` is ``root_url`` when one is set, ``--log-level`` is
+``log_level``. Flags win. ``--instance-id`` (default ``$TREELINE_INSTANCE_ID``, else a new uuid) is
+what ``GET /api/health`` reports: ``treeline up`` gives each child its own and accepts only
+that answer as its root being ready.
 
 Opens the stores (default ``sqlite:///<data-dir>/root``), serves the Flask app with werkzeug's
 threaded server in a background thread, and shuts down cleanly on SIGTERM/SIGINT. Logs go to
-stderr; nothing is printed.
+stderr as plain lines (:mod:`treeline_common.logs`); nothing is printed.
 
 Security (:mod:`root_orchestrator.auth.settings`): development mode when bound to loopback
 without ``--production`` (``Admin``/``Admin`` is created if no user exists; internal routes also
@@ -35,25 +42,47 @@ from root_orchestrator.auth.settings import (
     truthy,
 )
 from root_orchestrator.cluster_client import HttpClusterClient
+from root_orchestrator.identity import PROCESS_INSTANCE_ID
 from root_orchestrator.stores import open_stores
 from treeline_common.clock import SystemClock
+from treeline_common.config import (
+    INSTANCE_ID_ENV,
+    ConfigError,
+    Settings,
+    add_config_argument,
+    process_settings,
+)
+from treeline_common.logs import setup_logging
 from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger("root_orchestrator")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="root_orchestrator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="root_orchestrator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        settings = process_settings(argv)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    add_config_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=10000)
-    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--port", type=int, default=settings.root_port,
+                        help=f"default: root_port ({settings.root_port}, {settings.sources['root_port']})")
+    parser.add_argument("--data-dir", type=Path, default=settings.data_dir / "root",
+                        help=f"default: <data_dir>/root ({settings.data_dir / 'root'})")
     parser.add_argument("--store-url", default=None, help="default: sqlite:///<data-dir>/root")
-    parser.add_argument("--public-url", default=None,
-                        help="URL clusters use to reach this root (default http://<host>:<port>)")
+    parser.add_argument("--public-url", default=_explicit_root_url(settings),
+                        help="URL clusters use to reach this root (default: root_url when set, "
+                             "else http://<host>:<port>)")
+    parser.add_argument("--instance-id", default=os.environ.get(INSTANCE_ID_ENV) or PROCESS_INSTANCE_ID,
+                        help=f"what GET /api/health reports as instance_id [env {INSTANCE_ID_ENV}; "
+                             "default: a new uuid]")
     parser.add_argument("--active-window", type=float, default=30.0,
                         help="a cluster is active if it pushed or registered within this many seconds")
     parser.add_argument("--cluster-timeout", type=float, default=10.0)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default=settings.log_level, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--production", action="store_true", default=truthy(os.environ.get(PRODUCTION_ENV)),
                         help=f"no default account, no anonymous internal calls [env {PRODUCTION_ENV}=1]; "
                              "implied by a non-loopback --host")
@@ -67,6 +96,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _explicit_root_url(settings: Settings) -> str | None:
+    """``root_url`` when the environment or a file sets it (its default is a guess from root_port)."""
+    return settings.root_url if not settings.sources["root_url"].startswith("default") else None
+
+
 def security_config(args: argparse.Namespace, data_dir: Path) -> SecurityConfig:
     tokens = args.cluster_token or [t for t in os.environ.get(CLUSTER_TOKEN_ENV, "").split(",") if t.strip()]
     return SecurityConfig.build(jwt_secret=load_jwt_secret(data_dir, os.environ), host=args.host,
@@ -77,8 +111,7 @@ def security_config(args: argparse.Namespace, data_dir: Path) -> SecurityConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store_url = args.store_url or f"sqlite:///{data_dir / 'root'}"
@@ -91,14 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("production mode and no user yet: create the first admin with "
                     "`treeline admin create --root-data-dir %s --username NAME --password-stdin`", data_dir)
     app = create_app(stores, clock, HttpClusterClient(timeout=args.cluster_timeout),
-                     public_url=public_url, active_window_s=args.active_window, security=security)
-    server = make_server(args.host, args.port, app, threaded=True)
+                     public_url=public_url, active_window_s=args.active_window, security=security,
+                     instance_id=args.instance_id)
+    try:
+        server = make_server(args.host, args.port, app, threaded=True)
+    except OSError as exc:  # the port is taken: one clear line, not a traceback
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
+        stores.close()
+        return 1
     shutdown = ShutdownSignal()
     thread = threading.Thread(target=server.serve_forever, name="root-http", daemon=True)
     thread.start()
-    log.info("root orchestrator listening on %s:%d (public %s, store %s, %s mode%s)", args.host, server.port,
-             public_url, store_url.split("://")[0], security.mode,
-             ", internal routes answer without a token on loopback" if security.anonymous_internal else "")
+    log.info("root orchestrator listening on %s:%d (public %s, store %s, %s mode%s, instance %s)", args.host,
+             server.port, public_url, store_url.split("://")[0], security.mode,
+             ", internal routes answer without a token on loopback" if security.anonymous_internal else "",
+             args.instance_id)
     shutdown.wait()
     log.info("signal %s received; shutting down", shutdown.received)
     server.shutdown()

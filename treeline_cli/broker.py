@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 AMQTT_RUNNER = """
 import asyncio, sys
 from amqtt.broker import Broker
+from treeline_common.logs import setup_logging
+
+setup_logging("INFO")  # plain lines, like every other process of the stack
 
 async def main(port):
     config = {

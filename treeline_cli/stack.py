@@ -14,6 +14,16 @@ stack started is restarted on its own port (:meth:`Stack.restart_broker`).
 
 Each stack generates one cluster token and hands it to the root (``TREELINE_CLUSTER_TOKEN``) and
 to the cluster (``TREELINE_ROOT_TOKEN``) through the environment, never the command line.
+
+Two stacks never collide. :func:`check_ports` runs before anything starts: a port the stack
+needs (root, cluster, the broker's when it is fixed) that another process holds fails at once
+with :class:`PortInUse`, which names the port and, when a Treeline process answers there,
+which. And readiness never trusts a port alone: every launch gets a fresh instance id
+(``TREELINE_INSTANCE_ID`` in its environment), the root and the cluster report it in
+``GET /api/health``, and :meth:`Stack.wait_ready` accepts only the answer carrying its own
+child's id, so another stack's server on the same port is never taken for ours. Children
+are started in dependency order (root, then cluster, then nodes, each once the one before
+answers) so that none of them logs a connection failure at a normal start.
 """
 
 from __future__ import annotations
@@ -21,17 +31,20 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
 from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV, new_cluster_token
 from treeline_cli.broker import BrokerProcess, die_with_parent, start_broker
+from treeline_common.config import INSTANCE_ID_ENV
 from treeline_common.http import call_json
 from treeline_common.netutil import free_port
 from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
@@ -50,6 +63,8 @@ class ManagedProcess:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
     frozen: bool = False
+    # what this launch reports in GET /api/health (a fresh one per launch; see the module docstring)
+    instance_id: str = ""
 
     @property
     def pid(self) -> int:
@@ -108,6 +123,7 @@ class StackConfig:
     host: str = "127.0.0.1"
     root_port: int = 10000
     cluster_port: int = 10100
+    broker_port: int = 0  # the broker the stack starts; 0: a free one
     telemetry_interval: float = 2.0
     push_interval: float = 15.0
     heartbeat_misses: int = 3
@@ -133,6 +149,7 @@ class Stack:
     broker: BrokerProcess | None = None
     mqtt_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
+    cluster_token: str = ""  # this stack's cluster authenticates to its root with it
 
     @property
     def root_url(self) -> str:
@@ -156,16 +173,18 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        instance_id = uuid.uuid4().hex
         process = subprocess.Popen(
             [sys.executable, "-m", *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
-            env={**os.environ, **env} if env else None,
+            env={**os.environ, **env, INSTANCE_ID_ENV: instance_id},
         )
-        log.info("started %s (pid %s), log %s", name, process.pid, log_path)
-        return ManagedProcess(name, process, log_path, log_file, list(args), dict(env))
+        log.info("started %s (pid %s, instance %s), log %s", name, process.pid, instance_id, log_path)
+        return ManagedProcess(name, process, log_path, log_file, list(args), dict(env),
+                              instance_id=instance_id)
 
     def process(self, name: str) -> ManagedProcess:
         for managed in self.processes:
@@ -269,23 +288,57 @@ class Stack:
     # ------------------------------------------------------------------ waiting
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until the root answers, the cluster is registered and every node is online.
+        """Wait until our root and our cluster answer, the cluster is registered with the root
+        and every node is online.
 
-        A child that exits meanwhile fails the wait at once, with the tail of its log.
+        "Our": the root's and the cluster's ``GET /api/health`` must carry the instance id this
+        stack gave the child (another stack's server on the same port is never taken for ours),
+        the cluster the root lists must have our cluster's URL, and the online nodes counted
+        must have our nodes' names. A child that exits meanwhile fails the wait at once, with
+        the tail of its log.
         """
-        def root_has_cluster() -> bool:
-            clusters = call_json("GET", f"{self.root_url}/api/clusters/", timeout=2)["clusters"]
-            return any(c.get("active", True) for c in clusters)
+        self.wait_answering("root", self.root_url, timeout)
+        self.wait_answering("cluster", self.cluster_url, timeout)
 
-        self._poll_alive(root_has_cluster, timeout, "the cluster to register with the root")
+        def root_has_our_cluster() -> bool:
+            headers = {"Authorization": f"Bearer {self.cluster_token}"} if self.cluster_token else None
+            answer = call_json("GET", f"{self.root_url}/api/clusters/", headers=headers, timeout=2)
+            clusters = answer.get("clusters", []) if isinstance(answer, dict) else answer
+            return any(c.get("url") == self.cluster_url and c.get("active", True) for c in clusters)
+
+        self._poll_alive(root_has_our_cluster, timeout, "the cluster to register with the root")
 
         def nodes_online() -> bool:
             nodes = call_json("GET", f"{self.cluster_url}/api/nodes", timeout=2)["nodes"]
-            return sum(1 for n in nodes if n.get("online")) >= len(self.node_names)
+            ours = set(self.node_names)
+            return sum(1 for n in nodes if n.get("online") and n.get("name") in ours) >= len(ours)
 
         self._poll_alive(nodes_online, timeout, f"{len(self.node_names)} nodes to come online")
 
-    def _poll_alive(self, probe: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait_answering(self, name: str, url: str, timeout: float = 60.0) -> None:
+        """Wait until ``url``'s ``GET /api/health`` answers with child ``name``'s instance id.
+
+        An answer with another id is another process on that port (our child has not bound it
+        yet, or cannot): it is remembered for the error message, never accepted.
+        """
+        managed = self.process(name)
+        seen: list[str] = []
+
+        def answers_as_ours() -> bool:
+            answer = call_json("GET", f"{url}/api/health", timeout=2)
+            instance = answer.get("instance_id") if isinstance(answer, dict) else None
+            if instance == managed.instance_id:
+                return True
+            seen[:] = [f"{url} answers as another process (instance {instance})"]
+            return False
+
+        try:
+            self._poll_alive(answers_as_ours, timeout, f"the {name} to answer at {url}", interval=0.05)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {seen[0]}" if seen else str(exc)) from None
+
+    def _poll_alive(self, probe: Callable[[], bool], timeout: float, what: str,
+                    interval: float = 0.2) -> None:
         """``poll_until`` that raises at once (with its log) when a child has exited."""
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
@@ -299,39 +352,127 @@ class Stack:
             if time.monotonic() >= deadline:
                 suffix = f" (last error: {last_error})" if last_error else ""
                 raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{suffix}")
-            time.sleep(0.2)
+            time.sleep(interval)
 
 
-def start_stack(config: StackConfig) -> Stack:
-    """Start broker, root, cluster and nodes; on any failure stop what was started."""
+class PortInUse(RuntimeError):
+    """A port the stack needs is held by another process; raised before anything starts.
+
+    ``holder`` says who answers there when it is a Treeline process (``a Treeline root,
+    instance 1f2e...``), else is empty.
+    """
+
+    def __init__(self, claim: PortClaim, holder: str = "") -> None:
+        who = f" by {holder}" if holder else " by another process"
+        super().__init__(f"port {claim.port} ({claim.role}) is already in use{who}")
+        self.claim = claim
+        self.holder = holder
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    """A port the stack will listen on: which process, and the setting that chose it."""
+
+    port: int
+    role: str  # root | cluster | broker
+    setting: str  # root_port | cluster_port | broker_port
+
+
+def port_claims(config: StackConfig) -> list[PortClaim]:
+    """Every fixed port the stack will listen on. Node data ports are picked free by each node
+    (never fixed by ``up``), and a broker on port 0 takes a free one, so neither is claimed."""
+    claims = [PortClaim(config.root_port, "root", "root_port"),
+              PortClaim(config.cluster_port, "cluster", "cluster_port")]
+    if not config.mqtt_url and config.broker_port:
+        claims.append(PortClaim(config.broker_port, "broker", "broker_port"))
+    return claims
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now, the way our servers bind it (``SO_REUSEADDR``:
+    a port left in TIME_WAIT by a stopped stack counts as free, a listening one does not)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def port_holder(host: str, port: int, timeout: float = 0.5) -> str:
+    """``a Treeline root (instance 1f2e3d4c)`` when a Treeline process answers ``GET /api/health``
+    on the port, else ``""``. Bounded by ``timeout``: it only makes an error message better."""
+    try:
+        answer: Any = call_json("GET", f"http://{host}:{port}/api/health", timeout=timeout)
+    except Exception:  # noqa: BLE001 - not HTTP, not ours, or not answering: nothing to say
+        return ""
+    if not isinstance(answer, dict) or "instance_id" not in answer:
+        return ""
+    name = str(answer.get("name") or "process")
+    kind = "root" if name == "root" else f"cluster ({name})"
+    return f"a Treeline {kind}, instance {str(answer['instance_id'])[:8]}"
+
+
+def check_ports(config: StackConfig) -> None:
+    """Raise before anything starts if the stack cannot have all of its ports.
+
+    ValueError when two claims name the same port (a usage error); :class:`PortInUse` for the
+    first port another process holds. Fast (one bind per port, plus one short health probe of
+    a busy port), so ``treeline up`` fails well within 2 seconds.
+    """
+    claims = port_claims(config)
+    for index, claim in enumerate(claims):
+        for other in claims[:index]:
+            if other.port == claim.port:
+                raise ValueError(f"{other.setting} and {claim.setting} are both {claim.port}")
+    for claim in claims:
+        if not port_is_free(config.host, claim.port):
+            raise PortInUse(claim, port_holder(config.host, claim.port))
+
+
+def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
+    """Start broker, root, cluster and nodes; on any failure stop what was started.
+
+    Checks every port first (:func:`check_ports`). The cluster starts once the root answers
+    as our root, the nodes once the cluster answers as ours (``timeout`` bounds each wait), so
+    no child retries a connection at a normal start; :meth:`Stack.wait_ready` then waits for
+    registration and the nodes.
+    """
     for profile in config.profiles:
         get_profile(profile)  # unknown names fail before anything starts
+    check_ports(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config)
     try:
         if config.mqtt_url:
             stack.mqtt_url = config.mqtt_url
         else:
-            stack.broker = start_broker(config.broker_kind, workdir=config.data_dir / "broker")
+            stack.broker = start_broker(config.broker_kind, port=config.broker_port or None,
+                                        workdir=config.data_dir / "broker")
             stack.mqtt_url = stack.broker.url
         level = ["--log-level", config.log_level]
-        token = new_cluster_token()  # this stack's cluster authenticates to its root with it
+        stack.cluster_token = new_cluster_token()
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
+             "--public-url", stack.root_url,
              "--data-dir", str(config.data_dir / "root"), *level, *config.root_args],
-            env={CLUSTER_TOKEN_ENV: token},
+            env={CLUSTER_TOKEN_ENV: stack.cluster_token},
         )
+        stack.wait_answering("root", stack.root_url, timeout)
         stack.spawn(
             "cluster",
             ["cluster_orchestrator", "--host", config.host, "--port", str(config.cluster_port),
+             "--public-url", stack.cluster_url,
              "--root-url", stack.root_url, "--mqtt-url", stack.mqtt_url,
              "--data-dir", str(config.data_dir / "cluster"), "--name", "cluster-1",
              "--push-interval", str(config.push_interval),
              "--telemetry-interval", str(config.telemetry_interval),
              "--heartbeat-misses", str(config.heartbeat_misses), *level, *config.cluster_args],
-            env={ROOT_TOKEN_ENV: token},
+            env={ROOT_TOKEN_ENV: stack.cluster_token},
         )
+        stack.wait_answering("cluster", stack.cluster_url, timeout)
         counts: dict[str, int] = {}
         for index in range(config.nodes):
             profile = config.node_profile(index)

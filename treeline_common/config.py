@@ -22,6 +22,7 @@ the bad value and where it came from, so a caller can refuse it before anything 
 
 from __future__ import annotations
 
+import argparse
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,9 @@ from treeline_common.profiles import PROFILES
 
 ENV_PREFIX = "TREELINE_"
 CONFIG_ENV = "TREELINE_CONFIG"
+# Not a setting: the identity ``treeline up`` gives each child it starts, which the child reports
+# in ``GET /api/health`` so that ``up`` can tell its own processes from another stack's.
+INSTANCE_ID_ENV = "TREELINE_INSTANCE_ID"
 FILE_NAME = "treeline.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 BROKER_KINDS = ("auto", "mosquitto", "amqtt")
@@ -172,6 +176,7 @@ OPTIONS: tuple[Option, ...] = (
            "an MQTT broker to use instead of starting one (`up`)", aliases=("mqtt_url",)),
     Option("broker", _choice(BROKER_KINDS), "auto",
            "broker `up` starts when broker_url is unset: auto (mosquitto if installed), mosquitto, amqtt"),
+    Option("broker_port", _int(0, 65535), 0, "port of the broker `up` starts (0: a free one)"),
     Option("data_dir", _path, Path(".treeline"),
            "state and logs of `up` (relative to the working directory)"),
     Option("nodes", _int(1), 3, "node engines `up` starts"),
@@ -192,6 +197,7 @@ class Settings:
     cluster_url: str
     broker_url: str | None
     broker: str
+    broker_port: int
     data_dir: Path
     root_port: int
     cluster_port: int
@@ -345,3 +351,23 @@ def load_settings(flags: Mapping[str, Any] | None = None, environ: Mapping[str, 
         path = find_config_file(config_candidates(cwd, home))
     values = read_config_file(path) if path is not None else {}
     return resolve_settings(flags or {}, environ, values, path, cwd)
+
+
+def process_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings a Treeline process (root, cluster, node engine) takes its flag defaults from.
+
+    The environment and the file only (no flags: the process's own command line wins over
+    what this returns); the file is the one ``--config FILE`` in ``argv`` names (default
+    ``sys.argv[1:]``), else as for :func:`load_settings`. Raises :class:`ConfigError`.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    return load_settings({}, environ, config_file=known.config)
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` in a process's help (it is read by :func:`process_settings`)."""
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help=f"treeline.toml to take defaults from (default: ${CONFIG_ENV}, else "
+                             f"./{FILE_NAME}, else ~/.config/treeline/{FILE_NAME})")

@@ -1,7 +1,11 @@
 """``up`` (the whole stack as processes until Ctrl-C) and ``demo`` (up + MobileNetV2 + table).
 
-Every setting is checked (``--nodes 0``, an unknown profile) before anything starts. SIGTERM
-unwinds like Ctrl-C, so the stack is always stopped; children also get a parent-death signal.
+Every setting is checked (``--nodes 0``, an unknown profile) before anything starts, and so is
+every port the stack will listen on: a port another process holds (another stack's, typically)
+ends ``up`` at once with one line naming it, exit code 1 (a failure: the options are valid, the
+machine is busy), before any process starts; two settings naming the same port is a usage
+error (exit code 2). SIGTERM unwinds like Ctrl-C, so the stack is always stopped; children
+also get a parent-death signal.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import click
 from treeline_cli.commands.common import output, setting, settings, verbose_option
 from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
-from treeline_cli.stack import Stack, StackConfig, start_stack
-from treeline_common.config import Settings
+from treeline_cli.stack import PortInUse, Stack, StackConfig, check_ports, start_stack
+from treeline_common.config import OPTIONS_BY_NAME, Settings
 from treeline_common.profiles import PROFILES
 from treeline_common.shutdown import ShutdownSignal
 
@@ -32,6 +36,7 @@ def stack_options(f: F) -> F:
                                                   f"{', '.join(PROFILES)} [env TREELINE_PROFILES]"),
         setting("broker_url", "--mqtt-url", metavar="URL"),
         setting("broker", type=click.Choice(("auto", "mosquitto", "amqtt"))),
+        setting("broker_port", metavar="PORT"),
         setting("data_dir", metavar="DIR"),
         setting("root_port", metavar="PORT"),
         setting("cluster_port", metavar="PORT"),
@@ -64,6 +69,7 @@ def stack_config(config: Settings, node_labels: tuple[str, ...], verbose: bool) 
         broker_kind=config.broker,
         root_port=config.root_port,
         cluster_port=config.cluster_port,
+        broker_port=config.broker_port,
         node_threads=config.threads,
         log_level="DEBUG" if verbose else config.log_level,
         **extra,
@@ -74,16 +80,33 @@ def _sigterm_as_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
+def check_stack_ports(config: StackConfig) -> None:
+    """:func:`check_ports` as CLI errors: a busy port is a failure (1), a port named twice a usage
+    error (2). Each names the setting that chose the port, in all three spellings."""
+    try:
+        check_ports(config)
+    except PortInUse as exc:
+        option = OPTIONS_BY_NAME[exc.claim.setting]
+        raise Failure(str(exc), f"stop that process (another `treeline up`?) or choose another port with "
+                                f"{option.flag} PORT (env {option.env}, or {option.name} in treeline.toml)"
+                      ) from exc
+    except ValueError as exc:
+        raise UsageError(str(exc), "give each process its own port") from exc
+
+
 @contextlib.contextmanager
 def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float) -> Iterator[Stack]:
     """Start the stack from the settings, wait until it is ready, stop it afterwards."""
     config = stack_config(settings(), node_labels, bool(out.verbose))
+    check_stack_ports(config)  # before any output or process: a busy port is one line on stderr
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     logs = config.data_dir / "logs"
     with out.step(f"starting broker, root, cluster and {plural(config.nodes, 'node engine')} "
                   f"(state in {config.data_dir})"):
         try:
-            stack = start_stack(config)
+            stack = start_stack(config, timeout=timeout)
+        except PortInUse as exc:  # taken between the check and the start
+            raise Failure(str(exc), "stop that process or choose other ports") from exc
         except (OSError, RuntimeError, TimeoutError) as exc:
             raise Failure(f"could not start the stack: {str(exc).splitlines()[0]}",
                           f"see the logs in {logs}") from exc
