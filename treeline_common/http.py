@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 1 << 20  # bytes: the default limit of every request body (SLAs, pushes, ...)
 MAX_JSON_DEPTH = 64  # nesting levels of arrays/objects; Treeline's deepest document has about 10
+_INT64 = 1 << 63
 _PARSE_DEPTH = 256  # deeper texts are refused before parsing (the C parser recurses per level)
 JSON_TYPES = ("application/json",)  # what json_body accepts, besides any application/*+json
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -134,8 +135,9 @@ def _join(path: str, key: str | int) -> str:
 
 def check_json_document(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
     """InvalidInput naming the first offending path when ``value`` nests deeper than ``max_depth``,
-    holds a lone UTF-16 surrogate (no store can encode it), a key with NUL or starting with ``$``
-    (reserved by MongoDB). Iterative, so any depth is safe to walk."""
+    holds a lone UTF-16 surrogate (no store can encode it), an integer beyond 64 bits (SQLite and
+    BSON overflow), a key with NUL or starting with ``$`` (reserved by MongoDB). Iterative, so any
+    depth is safe to walk."""
     stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack:
         item, path, depth = stack.pop()
@@ -143,6 +145,8 @@ def check_json_document(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
             if _SURROGATE.search(item):
                 raise _bad("body holds an invalid unicode string", path, "lone surrogate in string")
             continue
+        if isinstance(item, int) and not -_INT64 <= item < _INT64:
+            raise _bad("body holds an integer out of range", path, "integers must fit in 64 bits")
         if not isinstance(item, (dict, list)):
             continue
         if depth > max_depth:
