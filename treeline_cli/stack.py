@@ -51,6 +51,10 @@ from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
 
 log = logging.getLogger(__name__)
 
+# Registration times come from the cluster's wall clock, launch times from ours (the same machine):
+# slack for the clocks' resolution only.
+CLOCK_SLACK_S = 0.5
+
 
 @dataclass
 class ManagedProcess:
@@ -65,6 +69,7 @@ class ManagedProcess:
     frozen: bool = False
     # what this launch reports in GET /api/health (a fresh one per launch; see the module docstring)
     instance_id: str = ""
+    started_at: float = 0.0  # wall clock (time.time()) of the launch
 
     @property
     def pid(self) -> int:
@@ -174,6 +179,7 @@ class Stack:
         log_path = log_dir / f"{name}.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         instance_id = uuid.uuid4().hex
+        started_at = time.time()
         process = subprocess.Popen(
             [sys.executable, "-m", *args],
             stdout=log_file,
@@ -184,7 +190,7 @@ class Stack:
         )
         log.info("started %s (pid %s, instance %s), log %s", name, process.pid, instance_id, log_path)
         return ManagedProcess(name, process, log_path, log_file, list(args), dict(env),
-                              instance_id=instance_id)
+                              instance_id=instance_id, started_at=started_at)
 
     def process(self, name: str) -> ManagedProcess:
         for managed in self.processes:
@@ -293,9 +299,11 @@ class Stack:
 
         "Our": the root's and the cluster's ``GET /api/health`` must carry the instance id this
         stack gave the child (another stack's server on the same port is never taken for ours),
-        the cluster the root lists must have our cluster's URL, and the online nodes counted
-        must have our nodes' names. A child that exits meanwhile fails the wait at once, with
-        the tail of its log.
+        the cluster the root lists must have our cluster's URL, and a node counts only when
+        online under our node's name AND registered after we started that node's process (a
+        cluster restarted on an old data directory still lists the previous run's nodes as
+        online for a while). A child that exits meanwhile fails the wait at once, with the tail
+        of its log.
         """
         self.wait_answering("root", self.root_url, timeout)
         self.wait_answering("cluster", self.cluster_url, timeout)
@@ -310,8 +318,10 @@ class Stack:
 
         def nodes_online() -> bool:
             nodes = call_json("GET", f"{self.cluster_url}/api/nodes", timeout=2)["nodes"]
-            ours = set(self.node_names)
-            return sum(1 for n in nodes if n.get("online") and n.get("name") in ours) >= len(ours)
+            launched = {name: self.node(name).started_at for name in self.node_names}
+            ready = {n.get("name") for n in nodes if n.get("online") and n.get("name") in launched
+                     and float(n.get("registered_at") or 0) >= launched[n["name"]] - CLOCK_SLACK_S}
+            return len(ready) == len(launched)
 
         self._poll_alive(nodes_online, timeout, f"{len(self.node_names)} nodes to come online")
 
