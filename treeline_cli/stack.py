@@ -267,12 +267,13 @@ class Stack:
         return self.broker
 
     def check_alive(self) -> None:
-        """Raise with the tail of its log if any child has exited."""
+        """Raise if any child has exited: the first line names it with the last ERROR its log
+        holds (why it stopped, e.g. a port or a node name taken), the tail of its log follows."""
         for managed in self.processes:
             if not managed.alive():
-                raise RuntimeError(
-                    f"{managed.name} exited with {managed.process.returncode}:\n{tail(managed.log_path)}"
-                )
+                reason = last_error(managed.log_path)
+                raise RuntimeError(f"{managed.name} exited with {managed.process.returncode}"
+                                   f"{f' ({reason})' if reason else ''}:\n{tail(managed.log_path)}")
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop orchestrators first, then nodes, then the broker; SIGKILL stragglers. Idempotent.
@@ -511,6 +512,16 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def last_error(path: Path, lines: int = 30) -> str:
+    """The message of the last ERROR/CRITICAL line among the last ``lines`` of a log ("" if none)."""
+    for line in reversed(tail(path, lines).splitlines()):
+        for level in (" ERROR ", " CRITICAL "):
+            if level in line:
+                message = line.split(level, 1)[1]
+                return message.split(": ", 1)[1] if ": " in message else message
+    return ""
 
 
 def pick_ports(config: StackConfig) -> StackConfig:
