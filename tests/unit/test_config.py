@@ -113,3 +113,96 @@ def test_settings_are_frozen_and_list_every_option_with_its_source() -> None:
     assert as_dict["profiles"]["value"] == ["server", "jetson-nano", "rpi4"]
     assert {"root_url", "cluster_url", "broker_url", "data_dir", "root_port", "cluster_port", "nodes",
             "profiles", "log_level"} <= set(as_dict)
+
+
+# ---------------------------------------------------------------- every process reads the same settings
+
+
+@pytest.fixture
+def no_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory and home without treeline.toml, and no TREELINE_* variable."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("TREELINE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_process_settings_read_the_file_named_by_config_in_argv_and_the_environment(
+        no_settings: Path) -> None:
+    from treeline_common.config import process_settings
+
+    conf = no_settings / "stack.toml"
+    conf.write_text('root_port = 11000\ncluster_port = 11100\ndata_dir = "state"\n')
+    settings = process_settings(["--port", "1", "--config", str(conf)], {"TREELINE_CLUSTER_PORT": "11200"})
+    assert (settings.root_port, settings.cluster_port) == (11000, 11200)
+    assert settings.data_dir == no_settings / "state"  # relative to the file
+    assert settings.root_url == "http://127.0.0.1:11000"
+    assert process_settings([], {}).root_port == 10000  # no file found: defaults
+
+
+def test_broker_port_is_a_setting_zero_meaning_a_free_port() -> None:
+    assert resolve_settings({}, {}, {}, None, CWD).broker_port == 0
+    assert resolve_settings({}, {"TREELINE_BROKER_PORT": "1883"}, {}, None, CWD).broker_port == 1883
+    with pytest.raises(ConfigError, match="broker_port"):
+        resolve_settings({"broker_port": -1}, {}, {}, None, CWD)
+
+
+def test_root_takes_port_data_dir_public_url_and_log_level_from_the_settings(
+        no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from root_orchestrator.__main__ import parse_args
+
+    (no_settings / "treeline.toml").write_text('root_port = 11000\ndata_dir = "state"\nlog_level = "debug"\n')
+    args = parse_args([])
+    assert (args.port, args.data_dir, args.public_url, args.log_level) == (
+        11000, no_settings / "state" / "root", None, "DEBUG")
+    monkeypatch.setenv("TREELINE_ROOT_URL", "http://root.example:11000")
+    monkeypatch.setenv("TREELINE_INSTANCE_ID", "given-by-up")
+    args = parse_args([])
+    assert (args.public_url, args.instance_id) == ("http://root.example:11000", "given-by-up")
+    args = parse_args(["--port", "12000", "--data-dir", "elsewhere", "--instance-id", "flag"])  # flags win
+    assert (args.port, str(args.data_dir), args.instance_id) == (12000, "elsewhere", "flag")
+
+
+def test_cluster_takes_root_url_broker_url_port_and_data_dir_from_the_settings(
+        no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cluster_orchestrator.__main__ import parse_args
+
+    monkeypatch.setenv("TREELINE_ROOT_PORT", "11000")
+    monkeypatch.setenv("TREELINE_CLUSTER_PORT", "11100")
+    monkeypatch.setenv("TREELINE_BROKER_URL", "mqtt://broker.example:1884")
+    args = parse_args([])
+    assert (args.root_url, args.mqtt_url, args.port, args.public_url) == (
+        "http://127.0.0.1:11000", "mqtt://broker.example:1884", 11100, None)
+    assert args.data_dir == no_settings / ".treeline" / "cluster"
+    args = parse_args(["--root-url", "http://r:1", "--mqtt-url", "mqtt://m:2"])
+    assert (args.root_url, args.mqtt_url) == ("http://r:1", "mqtt://m:2")
+    monkeypatch.delenv("TREELINE_BROKER_URL")
+    assert parse_args([]).mqtt_url == "mqtt://127.0.0.1:1883"
+
+
+def test_node_engine_takes_cluster_url_data_dir_and_threads_from_the_settings(
+        no_settings: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from node_engine.config import parse_args
+
+    (no_settings / "treeline.toml").write_text('cluster_port = 11100\nthreads = 2\ndata_dir = "state"\n')
+    config = parse_args(["--name", "rpi4-9", "--profile", "rpi4"])
+    assert (config.cluster_url, config.threads, config.data_dir) == (
+        "http://127.0.0.1:11100", 2, str(no_settings / "state" / "nodes" / "rpi4-9"))
+    monkeypatch.setenv("TREELINE_CLUSTER_URL", "http://cluster.example:10100")
+    assert parse_args(["--name", "n"]).cluster_url == "http://cluster.example:10100"
+    config = parse_args(["--name", "n", "--cluster-url", "http://c:1", "--data-dir", "d", "--threads", "0"])
+    assert (config.cluster_url, config.data_dir, config.threads) == ("http://c:1", "d", 0)
+
+
+def test_an_invalid_setting_stops_a_process_before_it_starts_with_status_2(
+        no_settings: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from node_engine.config import parse_args
+
+    monkeypatch.setenv("TREELINE_THREADS", "many")
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--name", "n"])
+    assert exited.value.code == 2
+    assert "threads: must be an integer" in capsys.readouterr().err
