@@ -52,6 +52,14 @@ def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, An
     return fields
 
 
+def _callers_sign(service: dict[str, Any]) -> bool:
+    """Whether the service's SLA makes callers sign requests (a ``privacy`` block whose
+    ``authenticate_callers`` is not false): only then does its owner need the caller key."""
+    model = ((service.get("microservice") or {}).get("model") or {}) if isinstance(service, dict) else {}
+    privacy = model.get("privacy") if isinstance(model, dict) else None
+    return isinstance(privacy, dict) and privacy.get("authenticate_callers", True) is not False
+
+
 def _find(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
     return next((i for i in instances if i.get("instance") == instance), None)
 
@@ -309,7 +317,7 @@ class InstanceManager:
                 inst["explanation"] = job.explanation  # the scheduler's reasons and scores
             if job.events:
                 inst["events"] = _merge_events(inst.get("events") or [], job.events)
-            if job.caller_key:  # signs requests to a private service's entry; only owners see services
+            if job.caller_key and _callers_sign(doc):  # only owners (and admins) see a service
                 inst["caller_key"] = job.caller_key
             return _mirror({"instances": instances}, inst)
 

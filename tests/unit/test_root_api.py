@@ -568,3 +568,19 @@ def test_pushed_events_are_kept_once_and_listed(root: Root) -> None:
     body = root.http.get(f"/api/service/{sid}/events").get_json()
     assert body["events"] == [dict(replan, instance=0), dict(later, instance=0)]
     _error(root.http.get("/api/service/nope/events"), 404, "NOT_FOUND")
+
+
+@pytest.mark.parametrize("privacy, shown", [(None, False), ({"encrypt_tensors": True}, True),
+                                            ({"authenticate_callers": False}, False)])
+def test_caller_key_is_shown_only_for_services_whose_callers_sign(root: Root, privacy: Any, shown: bool) -> None:
+    root.register_model()
+    cid = root.register_cluster("a", "http://a:1")
+    sla = ml_sla()
+    if privacy is not None:
+        sla["applications"][0]["microservices"][0]["model"]["privacy"] = privacy
+    sid = root.submit(sla)
+    root.http.post(f"/api/service/{sid}/instance")
+    job = {"service_id": sid, "instance": 0, "status": "RUNNING", "caller_key": "ab" * 32}
+    assert root.http.post(f"/api/information/{cid}", json={"aggregate": {}, "jobs": [job]}).status_code == 200
+    svc = root.http.get(f"/api/service/{sid}").get_json()
+    assert (svc.get("caller_key") == "ab" * 32) is shown
