@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -49,5 +52,54 @@ def test_up_starts_everything_and_sigterm_leaves_no_orphan(tmp_path: Path) -> No
             up.kill()
 
     # Assert: no child outlived it
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"orphans left: {[p.pid for p in alive]}"
+
+
+def _up(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREELINE_")}
+    return subprocess.run([sys.executable, "-m", "treeline_cli", "up", "--data-dir", str(tmp_path / "state"),
+                           *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_up_refuses_a_port_any_process_holds_before_starting_anything(tmp_path: Path) -> None:
+    # Prepare: a plain listening socket (not Treeline) on the broker port we ask for
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        # Execute
+        started = time.monotonic()
+        done = _up(tmp_path, "--root-port", str(free_port()), "--cluster-port", str(free_port()),
+                   "--broker-port", str(port))
+        elapsed = time.monotonic() - started
+
+    # Assert: exit 1, one line naming the port, its role and the setting, fast, nothing started
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"error: port {port} (broker) is already in use by another process; stop that process (another "
+        f"`treeline up`?) or choose another port with --broker-port PORT (env TREELINE_BROKER_PORT, or "
+        f"broker_port in treeline.toml)"]
+    assert elapsed < 2.0
+    assert not (tmp_path / "state").exists()
+
+
+def test_up_refuses_one_port_for_two_processes_as_a_usage_error(tmp_path: Path) -> None:
+    port = str(free_port())
+    done = _up(tmp_path, "--root-port", port, "--cluster-port", port)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: root_port and cluster_port are both {port}; "
+                                        "give each process its own port"]
+
+
+def test_up_takes_its_ports_from_treeline_toml(tmp_path: Path) -> None:
+    # a taken root port named only in the file: the error names it, so the file was read
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "treeline.toml").write_text(f"root_port = {port}\ncluster_port = {free_port()}\n")
+        done = _up(tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: port {port} (root) is already in use"), done.stderr
