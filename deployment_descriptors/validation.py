@@ -191,7 +191,8 @@ def _duplicate_names(items: Any, key: str, base: list[PathPart],
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get(key), str):
             continue
-        ident = (item.get(key), item.get(ns_key))
+        namespace = item.get(ns_key)
+        ident = (item.get(key), namespace if isinstance(namespace, str | None) else repr(namespace))
         if ident in seen:
             first = format_path(base[-1:] + [seen[ident]])
             yield base + [index, key], f"duplicate {what} name {_show(item[key])} (also at {first})"

@@ -194,6 +194,14 @@ class JobReport:
     events: tuple[dict[str, Any], ...] = ()  # newest last; see :func:`event`
     caller_key: str = ""  # signs requests to the entry of a private service; the root shows it to the owner
 
+    def __post_init__(self) -> None:
+        for index, item in enumerate(self.events):
+            if isinstance(item.get("ts"), bool) or not isinstance(item.get("ts"), int | float):
+                raise ValueError(f"events[{index}].ts must be a number")
+            for name in ("kind", "cause"):
+                if not isinstance(item.get(name), str):
+                    raise ValueError(f"events[{index}].{name} must be a string")
+
 
 def event(ts: float, kind: str, cause: str, **details: Any) -> dict[str, Any]:
     """One deployment event: ``{ts, kind, cause, ...}``.

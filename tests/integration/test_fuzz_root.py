@@ -142,16 +142,9 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 
 def _known_bug(doc: Any) -> bool:
-    """Shapes of the two pinned bugs (see test_known_bug_*): a namespace that is a list or object,
-    an event field that is a list or object."""
-    if isinstance(doc, dict):
-        for key, value in doc.items():
-            container = isinstance(value, (list, dict))
-            if container and (key.endswith("_namespace") or key in ("ts", "kind", "cause")):
-                return True
-            if _known_bug(value):
-                return True
-    return isinstance(doc, list) and any(_known_bug(v) for v in doc)
+    """Shapes of bugs found and not fixed yet (none now: the namespace and event-field bugs that
+    test_known_bug_* pin are fixed); kept so a new one can be pinned the same way."""
+    return False
 
 
 @st.composite
@@ -243,21 +236,17 @@ def test_mutated_documents_never_reach_a_server_error(root: RootProcess, world: 
     send()
 
 
-@pytest.mark.xfail(strict=True, reason="deployment_descriptors/validation.py _duplicate_names hashes the "
-                   "namespace: a list or object there is a TypeError (500); remove this mark with the fix")
-def test_known_bug_sla_namespace_that_is_a_list(root: RootProcess) -> None:
+def test_sla_namespace_that_is_a_list_is_a_400(root: RootProcess) -> None:
     sla = json.loads(example_path("mobilenet_v2_single").read_text())
     sla["applications"][0]["microservices"][0]["microservice_namespace"] = ["x"]
     answer = requests.post(f"{root.url}/api/plan", json=sla, headers=root.headers(), timeout=30)
     assert answer.status_code == 400, answer.text[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="root_orchestrator/instances.py _merge_events hashes (ts, kind, "
-                   "cause): a list or object cause in a push is a TypeError (500); remove this mark with "
-                   "the fix")
-def test_known_bug_push_event_cause_that_is_a_list(root: RootProcess, world: dict[str, Any]) -> None:
+def test_push_event_cause_that_is_a_list_is_a_400(root: RootProcess, world: dict[str, Any]) -> None:
     method, path, _push = world["targets"][3]
     _sla, bad = _service_and_push(root, world["http"], "known-bug-cause")
     bad["jobs"][0]["events"] = [{"ts": 2.0, "kind": "replan", "cause": ["x"], "instance": 0}]
     answer = world["http"].request(method, f"{root.url}{path}", json=bad, timeout=30)
-    assert answer.status_code == 400 or answer.status_code == 200, answer.text[:300]
+    assert answer.status_code == 400, answer.text[:300]
+    assert answer.json()["error"]["details"][0]["path"] == "jobs[0]"
