@@ -129,6 +129,9 @@ class NodeRegistry:
         self._dirty: set[str] = set()
         self._last_flush = 0.0
         self._silence_since: float | None = None
+        # nodes heard from by this process: a node only known from the store (a previous run of
+        # the cluster) holds its name by nothing but the start-up grace, so a new process may take it
+        self._heard: set[str] = set()
 
     def _all(self) -> dict[str, Doc]:
         if self._docs is None:
@@ -150,7 +153,8 @@ class NodeRegistry:
         now = self._clock.now()
         with self._lock:
             existing = next((d for d in self._all().values() if d["name"] == fields["name"]), None)
-            if existing is not None and _held_by_another(existing, fields):
+            heard = existing is not None and existing["node_id"] in self._heard
+            if existing is not None and heard and _held_by_another(existing, fields):
                 raise Conflict(
                     f"node name {fields['name']!r} is held by another live node engine; stop it or start "
                     f"this one with another --name",
@@ -160,6 +164,7 @@ class NodeRegistry:
             doc.update(fields)
             doc.update({"registered_at": now, "status_state": None, "status_seq": None, "online": False})
             self._save(doc)
+            self._heard.add(doc["node_id"])
         log.info("node %s (%s) %s", doc["name"], doc["node_id"],
                  "re-registered" if existing else "registered")
         return copy.deepcopy(doc), existing is None
@@ -201,6 +206,8 @@ class NodeRegistry:
         Telemetry from a birth newer than an ``offline`` the cluster holds proves the node
         alive: the offline was a stale or foreign status, and the node is online again.
         """
+        self._heard.add(node_id)
+
         def change(doc: Doc) -> None:
             doc["telemetry"] = dataclasses.asdict(telemetry)
             doc["last_seen"] = self._clock.now()

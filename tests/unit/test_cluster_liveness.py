@@ -166,3 +166,17 @@ def test_a_live_name_is_not_taken_over_by_another_process() -> None:
     registry.sweep()  # the first process died: the name is free for a restarted one
     doc, created = registry.register(dict(REG, instance_id="second"))
     assert doc["node_id"] == node_id and not created
+
+
+def test_after_a_cluster_restart_a_new_process_may_take_a_name_only_the_store_remembers() -> None:
+    clock = FakeClock()
+    store = InMemoryClusterStateStore()
+    before = NodeRegistry(store, clock, 6.0)
+    node_id = before.register(dict(REG, instance_id="old"))[0]["node_id"]
+    before.on_telemetry(node_id, telemetry(node_id, clock.now()))
+    before.flush()
+    after = NodeRegistry(store, clock, 6.0)  # the cluster restarted: the node is online by the grace only
+    after.grant_grace()
+    assert after.list_nodes()[0]["online"]
+    doc, created = after.register(dict(REG, instance_id="new"))
+    assert doc["node_id"] == node_id and not created
