@@ -8,13 +8,18 @@ per-route ``security`` is generated from those declarations.
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from deployment_descriptors import sla_schema
 from root_orchestrator import __doc__ as _pkg_doc
 from root_orchestrator.auth.principals import Access
+from treeline_common.jobs import ClusterPush
+from treeline_common.wire import json_schema
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class Route:
     summary: str
     request: str | None = None  # "json" | "bytes" | None
     responses: tuple[int, ...] = (200,)
+    body: str | None = None  # a components/schemas name for the JSON body (the schema that validates it)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -77,16 +83,17 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/artifacts/<sha256>", "Artifact bytes (streamed)", None, (200, 404)),
     Route("PUT", "/api/artifacts/<sha256>", "Store bytes under their sha256 (422 if they differ)",
           "bytes", (200, 201, 422)),
-    Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400)),
+    Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400),
+          "Sla"),
     Route("POST", "/api/apply",
           "Apply an SLA v2.0 idempotently by (customerID, application_name) -> {applications: "
           "[{applicationID, application_name, action, changes, microservices, redeployed, failures}]}",
-          "json", (200, 400, 409)),
+          "json", (200, 400, 409), "Sla"),
     Route("POST", "/api/plan",
           "Dry run of an SLA: each ML microservice planned by the best active cluster, nothing "
           "deployed -> {services: [{microservice_name, cluster_id, cluster_name, schedulable, "
           "strategy, predicted, stages, reasons}]}",
-          "json", (200, 400, 404, 422, 503)),
+          "json", (200, 400, 404, 422, 503), "Sla"),
     Route("GET", "/api/applications/", "[application doc]: the caller's (every user's for admins)"),
     Route("GET", "/api/applications/<user_id>", "[application doc] of one user (oneself unless admin)",
           None, (200, 404)),
@@ -121,7 +128,7 @@ ROUTES: tuple[Route, ...] = (
           (200, 401, 403, 404)),
     Route("GET", "/api/clusters/<cluster_id>", "One cluster", None, (200, 404)),
     Route("POST", "/api/information/<cluster_id>", "Cluster push: {aggregate, jobs: [...]}",
-          "json", (200, 400, 404)),
+          "json", (200, 400, 404), "ClusterPush"),
 )
 
 _PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
@@ -132,6 +139,22 @@ _ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "p
 
 def openapi_path(rule: str) -> str:
     return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
+
+
+def body_schemas() -> dict[str, Any]:
+    """The request body schemas, taken from what validates the bodies (OpenAPI 3.1 is JSON Schema
+    2020-12): the SLA v2.0 schema of deployment_descriptors (its ``$defs`` become ``Sla.<name>``
+    components) and the typed cluster push of treeline_common.jobs (through wire.json_schema)."""
+    sla = copy.deepcopy(sla_schema())
+    defs = sla.pop("$defs", {})
+    for key in ("$schema", "$id"):
+        sla.pop(key, None)
+    text = json.dumps({"Sla": sla, **{f"Sla.{name}": body for name, body in defs.items()}})
+    schemas: dict[str, Any] = json.loads(text.replace('"#/$defs/', '"#/components/schemas/Sla.'))
+    refs: dict[str, Any] = {}
+    schemas["ClusterPush"] = json_schema(ClusterPush, refs)
+    schemas.update(refs)
+    return schemas
 
 
 BEARER = "bearer"
@@ -158,8 +181,8 @@ def openapi_document(server_url: str | None = None,
                 op["responses"][str(status)] = {"description": "Error",
                                                 "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
         if route.request == "json":
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/json": {"schema": {"type": "object"}}}}
+            schema = {"$ref": f"#/components/schemas/{route.body}"} if route.body else {"type": "object"}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
         elif route.request == "bytes":
             op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}}
@@ -173,11 +196,11 @@ def openapi_document(server_url: str | None = None,
                     op["responses"].setdefault(str(status), {
                         "description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}})
         paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = op
-    doc: dict[str, Any] = {"openapi": "3.0.3",
+    doc: dict[str, Any] = {"openapi": "3.1.0",
                            "info": {"title": "Treeline root orchestrator", "version": "0.1.0",
                                     "description": (_pkg_doc or "").strip()},
                            "paths": paths,
-                           "components": {"securitySchemes": SECURITY_SCHEMES},
+                           "components": {"securitySchemes": SECURITY_SCHEMES, "schemas": body_schemas()},
                            "security": [{BEARER: []}]}
     if server_url:
         doc["servers"] = [{"url": server_url}]

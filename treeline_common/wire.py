@@ -217,3 +217,64 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def json_schema(cls: type, refs: dict[str, Any] | None = None,
+                prefix: str = "#/components/schemas/") -> dict[str, Any]:
+    """The JSON Schema (2020-12, as OpenAPI 3.1 uses it) of dataclass ``cls``: the same type hints and
+    field ranges :func:`from_dict` validates with, so a published schema cannot drift from the check.
+
+    Nested dataclasses become ``$ref``s to ``prefix + <class name>``; their schemas are added to
+    ``refs`` (pass a dict to collect them). Unknown keys stay allowed, as the decoder tolerates them.
+    """
+    collected = refs if refs is not None else {}
+    hints = _hints(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for f in dataclasses.fields(cls):
+        schema = _hint_schema(hints[f.name], collected, prefix)
+        for key, word in (("min", "minimum"), ("max", "maximum")):
+            if key in f.metadata:
+                schema[word] = f.metadata[key]
+        if "pattern" in f.metadata:
+            schema["pattern"] = f"^{f.metadata['pattern']}$"
+        properties[f.name] = schema
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    doc: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        doc["required"] = required
+    if cls.__doc__:
+        doc["description"] = cls.__doc__.strip().splitlines()[0]
+    return doc
+
+
+def _hint_schema(hint: Any, refs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    if hint is Any:
+        return {}
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [_hint_schema(a, refs, prefix) for a in typing.get_args(hint)]
+        return {"anyOf": options}
+    if origin in (list, tuple):
+        items = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return {"type": "array", "items": _hint_schema(items[0], refs, prefix) if items else {}}
+    if origin is dict:
+        pair = typing.get_args(hint)
+        return {"type": "object",
+                "additionalProperties": _hint_schema(pair[1], refs, prefix) if len(pair) == 2 else {}}
+    if hint is None or hint is type(None):
+        return {"type": "null"}
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint):
+            if hint.__name__ not in refs:
+                refs[hint.__name__] = {}  # placeholder against recursion
+                refs[hint.__name__] = json_schema(hint, refs, prefix)
+            return {"$ref": prefix + hint.__name__}
+        if issubclass(hint, enum.Enum):
+            return {"type": "string", "enum": [m.value for m in hint]}
+        simple = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object",
+                  list: "array"}
+        if hint in simple:
+            return {"type": simple[hint]}
+    return {}

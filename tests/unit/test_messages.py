@@ -104,3 +104,22 @@ def test_bad_nested_payloads_raise_payload_error(cls: type, body: dict, match: s
 def test_stage_key() -> None:
     assert stage_key("svc-0", 2, 3) == "svc-0/3/2"
     assert parse_stage_key(stage_key("svc-0", 2, 3)) == ("svc-0", 3, 2)
+
+
+def test_published_schemas_accept_what_the_decoder_accepts() -> None:
+    """The OpenAPI body schemas come from the same type hints the decoder checks."""
+    import jsonschema
+
+    from root_orchestrator.openapi import body_schemas
+    from treeline_common.jobs import ClusterPush, Entry, JobReport, JobStatus, Placement, StagePlacement
+
+    placement = Placement("d-0", 1, (StagePlacement(0, "n", "tcp://n:1", "d-0/1/0"),), entry=Entry("n", "tcp://n:1",
+                                                                                                 "d-0/1/0"))
+    push = ClusterPush({"active_nodes": 1}, (JobReport("s", 0, JobStatus.RUNNING, placement=placement),))
+    components = body_schemas()
+    schema = {**components["ClusterPush"], "components": {"schemas": components}}
+    jsonschema.validate(push.to_dict(), schema)
+    bad = push.to_dict()
+    bad["jobs"][0]["status"] = "BOGUS"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
