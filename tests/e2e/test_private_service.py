@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from treeline_test_helpers import ort_run
 
 from node_engine.data_plane.client import DataPlaneError, TensorClient
 from treeline_cli.inference import run_requests, service_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
-from treeline_test_helpers import ort_run
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,6 @@ INPUT = "input"
 def tiny_model() -> bytes:
     """input[1,8] -> MatMul -> Relu -> MatMul -> output[1,4] (named nodes, so it can be cut)."""
     from onnx import TensorProto, helper, numpy_helper
-
     from treeline_test_helpers import onnx_bytes
 
     rng = np.random.default_rng(3)
@@ -37,7 +36,8 @@ def tiny_model() -> bytes:
 
 
 def private_sla() -> dict[str, Any]:
-    model = {"name": "secret-tiny", "version": "latest", "input": {"name": INPUT, "shape": [1, 8], "dtype": "float32"},
+    model = {"name": "secret-tiny", "version": "latest",
+             "input": {"name": INPUT, "shape": [1, 8], "dtype": "float32"},
              "max_partitions": 2, "scheduler_profile": "flops-balanced",  # two stages on two nodes
              "privacy": {"encrypt_tensors": True}}
     service = {"microservice_name": "vault", "microservice_namespace": "e2e", "virtualization": "ml-model",
