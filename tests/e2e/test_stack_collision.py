@@ -266,12 +266,6 @@ def test_a_node_taking_a_live_nodes_name_is_refused_and_the_first_node_stays(
     assert answers(first.root_url, service) == 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cluster_orchestrator/nodes.py: a restarted cluster still holds the previous run's nodes as live "
-    "(online flag restored from its store, then held by the mass-silence rule), so the same nodes "
-    "restarted with new instance ids get 409 for longer than their 15 s conflict grace and exit. "
-    "_held_by_another should also require the holder to have been heard within the heartbeat timeout "
-    "(liveness.is_online); with that change this test passes in about 10 s."))
 def test_restart_on_other_ports_with_the_same_data_dir_brings_the_deployment_back(
         first: Up, deployed: dict[str, Any], data_dir: Path, cwd: Path) -> None:
     # Prepare: the first stack stops cleanly
