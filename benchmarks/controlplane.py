@@ -34,9 +34,7 @@ request id). Goals in brackets.
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import logging
 import os
 import statistics
@@ -52,7 +50,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 
 import model_zoo
-from benchmarks.report import print_table
+from benchmarks.report import add_json_option, benchmark_parser, report
 from deployment_descriptors import example_sla
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
@@ -68,7 +66,6 @@ from treeline_common.topics import information
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_JSON = Path(__file__).parent / "results" / "controlplane.json"
 GOALS = {"telemetry_msgs_per_s": ">= 5000", "detect_offline_s_p50": "<= 1",
          "detect_offline_heartbeat_s_p50": "<= 7", "recover_s_p50": "<= 3",
          "failed_requests_during_recovery": "0", "broker_outage_lost_deployments": "0",
@@ -425,17 +422,14 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller load (< 2 minutes)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    parser = benchmark_parser(__doc__, "fewer repetitions, smaller load (< 2 minutes)")
+    add_json_option(parser, "controlplane")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("node_engine").setLevel(logging.WARNING)  # the client's retries are counted, not logged
     logging.getLogger("treeline_cli.stack").setLevel(logging.WARNING)
     result = run(args.quick)
-    print_table(sorted(result.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report(result, args.json)
     return 0
 
 

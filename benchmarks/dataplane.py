@@ -29,22 +29,19 @@ comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire`
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
-import json
 import logging
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
-from benchmarks.report import print_table
+from benchmarks.report import add_json_option, benchmark_parser, report
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.security import StageAccess
 from node_engine.data_plane.server import DataPlaneServer
@@ -52,7 +49,6 @@ from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.messages import NextStage
 from treeline_common.tensor_wire import authenticator, frames_digest, pack, signed_by, unpack
 
-DEFAULT_JSON = Path(__file__).parent / "results" / "dataplane.json"
 TENSOR_BYTES = 100 * 1024
 MODES = ("plain", "auth", "curve", "auth_curve")
 DATA_KEY = bytes(range(32))
@@ -227,15 +223,12 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer requests (about 10 s)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    parser = benchmark_parser(__doc__, "fewer requests (about 10 s)")
+    add_json_option(parser, "dataplane")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     result = run(args.quick)
-    print_table(sorted(result.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report(result, args.json)
     return 0
 
 

@@ -13,7 +13,6 @@ relay, and the input must cross its 50 Mbit/s uplink to reach any other node).
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import model_zoo
-from benchmarks.report import print_table
+from benchmarks.report import benchmark_parser, print_table
 from deployment_descriptors import example_sla
 from treeline_cli.demo import deploy_sla, measure_interleaved
 from treeline_cli.root_client import RootClient
@@ -67,8 +66,7 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__)
     args = parser.parse_args(argv)
     print_table(sorted(run(args.quick).items()))
     return 0

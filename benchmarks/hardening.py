@@ -20,8 +20,6 @@ alone with ``python -m benchmarks.hardening [--quick] [--upload-mb N] [--example
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import signal
@@ -38,11 +36,10 @@ from typing import Any
 
 import requests
 
-from benchmarks.report import print_table
+from benchmarks.report import add_json_option, benchmark_parser, report
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JSON = Path(__file__).parent / "results" / "hardening.json"
 LOGIN = ("Admin", "Admin")
 
 
@@ -282,17 +279,14 @@ def run(quick: bool = False, upload_mb: int = 200, examples: int | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 fuzz examples per operation and mode")
+    parser = benchmark_parser(__doc__, "3 fuzz examples per operation and mode")
     parser.add_argument("--upload-mb", type=int, default=200)
     parser.add_argument("--examples", type=int, default=None, help="fuzz examples per operation and mode")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    add_json_option(parser, "hardening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     result = run(args.quick, args.upload_mb, args.examples)
-    print_table(sorted(result.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report(result, args.json)
     return 0 if result["server_errors"] == 0 else 1
 
 

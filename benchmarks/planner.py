@@ -19,26 +19,22 @@ and ``latency_ratio_vs_greedy`` / ``..._predicted`` (benchmarks.greedy, on a rea
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import costmodel, greedy, placement
 from benchmarks.instances import random_problem
-from benchmarks.report import print_table
+from benchmarks.report import add_json_option, benchmark_parser, report
 from ml_scheduler.planner import plan
 from ml_scheduler.planner.brute_force import brute_force
 from ml_scheduler.problem import PlanningProblem
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JSON = Path(__file__).parent / "results" / "planner.json"
 
 
 def optimality_gap(count: int, seed: int = 0) -> dict[str, Any]:
@@ -106,17 +102,14 @@ def run_all(quick: bool = False, planner_only: bool = False) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer instances and repetitions")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    parser = benchmark_parser(__doc__, "fewer instances and repetitions")
+    add_json_option(parser, "planner")
     parser.add_argument("--planner-only", action="store_true",
                         help="only the planner's optimality and speed (no stack, no profiling)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run_all(args.quick, args.planner_only)
-    print_table(sorted(result.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report(result, args.json)
     return 0
 
 

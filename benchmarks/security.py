@@ -20,8 +20,6 @@ store (the hardened-API figures start one root process).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import statistics
 import tempfile
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import hardening
-from benchmarks.report import print_table
+from benchmarks.report import add_json_option, benchmark_parser, report
 from root_orchestrator.app import create_app
 from root_orchestrator.auth import AuthService, SecurityConfig
 from root_orchestrator.auth.tokens import ACCESS
@@ -43,7 +41,6 @@ from treeline_common.clock import SystemClock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JSON = Path(__file__).parent / "results" / "security.json"
 PASSWORD = "benchmark-password"
 
 
@@ -101,15 +98,12 @@ def auth_overhead_ms_p50(quick: bool = True) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON report")
+    parser = benchmark_parser(__doc__, "fewer repetitions")
+    add_json_option(parser, "security")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = run(args.quick)
-    print_table(sorted(result.items()))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    report(result, args.json)
     return 0
 
 
