@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from treeline_common.errors import NotFound, TreelineError, Unavailable, from_body
+from treeline_common.errors import NotFound, TreelineError, Unauthorized, Unavailable, from_body
 from treeline_common.jobs import JobStatus
 
 
@@ -52,21 +52,6 @@ class UnsupportedByRoot(TreelineError):
     code = "UNSUPPORTED"
 
 
-class NotAuthenticated(TreelineError):
-    """HTTP 401: no valid token (the root's ``UNAUTHORIZED``)."""
-
-    code = "UNAUTHORIZED"
-
-
-class NotAllowed(TreelineError):
-    """HTTP 403: the token's role may not use the route (the root's ``FORBIDDEN``)."""
-
-    code = "FORBIDDEN"
-
-
-_BY_STATUS: dict[int, type[TreelineError]] = {401: NotAuthenticated, 403: NotAllowed}
-
-
 def _short_reason(exc: requests.RequestException) -> str:
     if isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower():
         return "connection refused"
@@ -86,10 +71,7 @@ def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", *
             body = response.json()
         except ValueError:
             body = None
-        error = from_body(body, f"{method} {url}: HTTP {response.status_code}")
-        if response.status_code in _BY_STATUS:  # codes treeline_common.errors does not know (yet)
-            error = _BY_STATUS[response.status_code](error.message, error.details)
-        raise error
+        raise from_body(body, f"{method} {url}: HTTP {response.status_code}")
     if not response.content:
         return None
     try:
@@ -101,7 +83,6 @@ def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", *
 TOKEN_ENV = "TREELINE_TOKEN"
 CREDENTIALS_ENV = "TREELINE_CREDENTIALS"
 DEV_ACCOUNT = ("Admin", "Admin")  # Oakestra's default; only a development-mode root has it
-UNAUTHORIZED = "UNAUTHORIZED"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 token_override: str | None = None  # `treeline --token`; set per invocation by treeline_cli.main
@@ -223,16 +204,12 @@ class RootClient:
         self._resolve_token()
         try:
             return self._send(method, path, headers, kwargs)
-        except TreelineError as exc:
-            if exc.code != UNAUTHORIZED:
-                raise
+        except Unauthorized as exc:
             failure = exc
         if self._reauthenticate():
             try:
                 return self._send(method, path, headers, kwargs)
-            except TreelineError as exc:
-                if exc.code != UNAUTHORIZED:
-                    raise
+            except Unauthorized as exc:
                 failure = exc
         failure.message += " (log in with `treeline login`, or pass --token)"
         failure.args = (failure.message,)

@@ -30,6 +30,21 @@ class InvalidInput(TreelineError):
     code = "INVALID_INPUT"
 
 
+class Unauthorized(TreelineError):
+    """No valid credentials: missing, malformed, forged, expired or revoked (HTTP 401).
+
+    A client MAY refresh its token or log in and retry once; ``details`` name the header."""
+
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(TreelineError):
+    """Valid credentials whose role may not use the route (HTTP 403). Never used for another
+    user's objects: those are NotFound, so their existence is not revealed."""
+
+    code = "FORBIDDEN"
+
+
 class NotFound(TreelineError):
     code = "NOT_FOUND"
 
@@ -87,6 +102,8 @@ SHA256_MISMATCH = "sha256 mismatch"
 
 _HTTP_STATUS = {
     InvalidInput.code: 400,
+    Unauthorized.code: 401,
+    Forbidden.code: 403,
     NotFound.code: 404,
     Conflict.code: 409,
     IntegrityError.code: 422,
@@ -98,9 +115,9 @@ _HTTP_STATUS = {
     TreelineError.code: 500,
 }
 
-_BY_CODE = {cls.code: cls for cls in (TreelineError, InvalidInput, NotFound, Conflict, IntegrityError,
-                                       CorruptArtifact, Unschedulable, Unavailable, PayloadTooLarge,
-                                       UnsupportedMediaType)}
+_BY_CODE = {cls.code: cls for cls in (TreelineError, InvalidInput, Unauthorized, Forbidden, NotFound,
+                                       Conflict, IntegrityError, CorruptArtifact, Unschedulable, Unavailable,
+                                       PayloadTooLarge, UnsupportedMediaType)}
 
 
 def http_status(error: TreelineError) -> int:

@@ -20,6 +20,7 @@ from treeline_common.errors import (
     InvalidInput,
     PayloadTooLarge,
     TreelineError,
+    Unauthorized,
     Unavailable,
     UnsupportedMediaType,
     from_body,
@@ -35,6 +36,7 @@ _PARSE_DEPTH = 256  # deeper texts are refused before parsing (the C parser recu
 JSON_TYPES = ("application/json",)  # what json_body accepts, besides any application/*+json
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+BEARER_CHALLENGE = 'Bearer realm="treeline", error="invalid_token"'  # WWW-Authenticate of every 401
 
 
 def _human(size: int) -> str:
@@ -59,7 +61,11 @@ def install_error_handlers(app: Any) -> None:
 
     @app.errorhandler(TreelineError)
     def _treeline_error(err: TreelineError) -> Any:
-        return jsonify(err.to_body()), http_status(err)
+        response = jsonify(err.to_body())
+        response.status_code = http_status(err)
+        if isinstance(err, Unauthorized):  # RFC 6750: a 401 names the scheme that would be accepted
+            response.headers["WWW-Authenticate"] = BEARER_CHALLENGE
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Any:

@@ -7,7 +7,7 @@ without a declaration is refused for everyone: the default is deny. The guard ru
 
 1. public routes pass;
 2. otherwise the ``Authorization: Bearer`` header must name a valid user or cluster token
-   (401 with the reason, and ``WWW-Authenticate: Bearer``);
+   (401 with the reason, and ``WWW-Authenticate: Bearer``, from ``treeline_common.http``);
 3. the principal's role must be admitted (403). Objects of other users are not a role matter:
    views fetch them through :func:`visible_application` and friends, which answer 404.
 
@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, current_app, g, request
 
 from root_orchestrator.api.context import ctx
 from root_orchestrator.auth.errors import Forbidden, Unauthorized, unauthorized
@@ -85,7 +85,8 @@ class _LegacyWarning:
 
 
 def install_guard(app: Flask, auth: AuthService) -> None:
-    """Authenticate every request of ``app`` and map 401/403 to error bodies."""
+    """Authenticate every request of ``app``: Unauthorized (401) or Forbidden (403) before the view
+    runs; ``install_error_handlers`` turns them into error bodies (a 401 with ``WWW-Authenticate``)."""
     if EXTENSION in app.extensions:
         raise RuntimeError(f"{app.name} already has an auth guard")
     app.extensions[EXTENSION] = auth
@@ -112,17 +113,6 @@ def install_guard(app: Flask, auth: AuthService) -> None:
             raise Forbidden(f"{found.kind} {found.name!r} may not use this route ({rule.summary})",
                             [{"path": request.path, "message": f"requires: {rule.summary}"}])
         g.principal = found
-
-    @app.errorhandler(Unauthorized)
-    def _unauthorized(err: Unauthorized) -> Any:
-        response = jsonify(err.to_body())
-        response.status_code = Unauthorized.status
-        response.headers["WWW-Authenticate"] = 'Bearer realm="treeline", error="invalid_token"'
-        return response
-
-    @app.errorhandler(Forbidden)
-    def _forbidden(err: Forbidden) -> Any:
-        return jsonify(err.to_body()), Forbidden.status
 
 
 # -- ownership: other users' objects are 404 ---------------------------------------------------------

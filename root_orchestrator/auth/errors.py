@@ -1,30 +1,16 @@
-"""401 and 403 as Treeline errors (``{"error": {code, message, details}}`` bodies).
-
-They live here because :mod:`treeline_common.errors` has no 401/403 yet; the root installs its
-own handler for them (:mod:`root_orchestrator.api.guard`). Clients see the codes
-``UNAUTHORIZED`` and ``FORBIDDEN``.
+"""The root's 401 and 403: the shared :class:`~treeline_common.errors.Unauthorized` and
+:class:`~treeline_common.errors.Forbidden` (codes ``UNAUTHORIZED``, ``FORBIDDEN``; their HTTP
+statuses and ``WWW-Authenticate`` come from ``treeline_common``), and how the root words a 401.
 """
 
 from __future__ import annotations
 
-from treeline_common.errors import TreelineError
+from treeline_common.errors import Forbidden, Unauthorized
 
-
-class Unauthorized(TreelineError):
-    """No valid credentials: missing, malformed, forged, expired or revoked (HTTP 401)."""
-
-    code = "UNAUTHORIZED"
-    status = 401
-
-
-class Forbidden(TreelineError):
-    """Valid credentials whose role may not use the route (HTTP 403). Never used for another
-    user's objects: those are NotFound, so their existence is not revealed."""
-
-    code = "FORBIDDEN"
-    status = 403
+__all__ = ["Forbidden", "Unauthorized", "unauthorized"]
 
 
 def unauthorized(reason: str) -> Unauthorized:
+    """The 401 of a request whose ``Authorization`` header is missing or not valid, saying why."""
     return Unauthorized(f"authentication required: {reason}",
                         [{"path": "Authorization", "message": reason}])
