@@ -14,8 +14,9 @@ from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, access_of
 from root_orchestrator.auth.principals import PUBLIC, Access
 from root_orchestrator.docs_page import DOCS_HTML
-from root_orchestrator.identity import SERVICE_NAME, package_version
+from root_orchestrator.identity import SERVICE_NAME
 from root_orchestrator.openapi import openapi_document
+from treeline_common.health import health_body
 
 bp = Blueprint("system", __name__)
 
@@ -25,8 +26,7 @@ bp = Blueprint("system", __name__)
 def health() -> Any:
     """``{status, instance_id, name, version}``: ``instance_id`` tells this process from any other
     root (another stack's, or this one's before a restart) answering on the same address."""
-    return jsonify({"status": "ok", "instance_id": ctx().instance_id, "name": SERVICE_NAME,
-                    "version": package_version()})
+    return jsonify(health_body(ctx().instance_id, SERVICE_NAME))
 
 
 def served_access() -> dict[tuple[str, str], Access]:
