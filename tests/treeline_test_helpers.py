@@ -197,6 +197,25 @@ class Observer:
         self.client.loop_stop()
 
 
+def retained_status(broker: Any, node_id: str, timeout: float = DEADLINE) -> NodeStatus:
+    """What a late subscriber reads on the node's status topic (the retained message)."""
+    got: list[bytes] = []
+    arrived = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        if msg.topic == topics.status(node_id) and msg.retain:
+            got.append(bytes(msg.payload))
+            arrived.set()
+
+    client = mqtt_client(broker, on_message)
+    try:
+        assert arrived.wait(timeout), f"no retained status for {node_id} within {timeout}s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return decode(NodeStatus, got[0])
+
+
 # ---------------------------------------------------------------- stand-in cluster (REST + artifacts)
 
 
@@ -248,6 +267,12 @@ class FakeCluster:
     def shutdown(self) -> None:
         self.server.shutdown()
 
+    def __enter__(self) -> FakeCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
 
 # ---------------------------------------------------------------- node engine processes
 
@@ -279,17 +304,30 @@ def start_node(cluster_url: str, name: str, tmp: Path, profile: str = "native",
 
 
 @contextmanager
+def node_spawner(tmp: Path, telemetry_interval: float | None = None) -> Iterator[Callable[..., NodeProcess]]:
+    """``spawn(cluster_url, name, profile="native")`` starts a node engine (see :func:`start_node`)
+    and returns at once; every node it started is killed and reaped on exit."""
+    started: list[NodeProcess] = []
+
+    def spawn(cluster_url: str, name: str, profile: str = "native") -> NodeProcess:
+        node = start_node(cluster_url, name, tmp, profile, telemetry_interval)
+        started.append(node)
+        return node
+
+    try:
+        yield spawn
+    finally:
+        for node in started:
+            node.stop()
+
+
+@contextmanager
 def running_nodes(cluster_url: str, specs: Iterable[tuple[str, str]], tmp: Path, observer: Observer,
                   telemetry_interval: float | None = None,
                   timeout: float = DEADLINE) -> Iterator[list[NodeProcess]]:
     """Start a node per ``(name, profile)``, wait until each is online; kill and reap them on exit."""
-    nodes: list[NodeProcess] = []
-    try:
-        for name, profile in specs:
-            nodes.append(start_node(cluster_url, name, tmp, profile, telemetry_interval))
+    with node_spawner(tmp, telemetry_interval) as spawn:
+        nodes = [spawn(cluster_url, name, profile) for name, profile in specs]
         for node in nodes:
             observer.wait_for(topics.status(node.node_id), NodeStatus, lambda s: s.state == "online", timeout)
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()

@@ -7,7 +7,6 @@ partition artifacts; the test plays the cluster's MQTT side with its own paho cl
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import paho.mqtt.client as mqtt
 import pytest
 from treeline_test_helpers import (
     DEADLINE,
@@ -23,10 +21,10 @@ from treeline_test_helpers import (
     NodeProcess,
     Observer,
     chain_models,
-    mqtt_client,
+    node_spawner,
+    retained_status,
     running_nodes,
     serve_cluster,
-    start_node,
 )
 
 from node_engine.data_plane.client import TensorClient
@@ -39,7 +37,6 @@ from treeline_common.messages import (
     NodeTelemetry,
     StageState,
     StageStats,
-    decode,
     encode,
     stage_key,
 )
@@ -51,24 +48,15 @@ TELEMETRY_INTERVAL = 0.3
 
 @pytest.fixture(scope="module")
 def cluster(mqtt_broker: Any) -> Iterator[FakeCluster]:
-    fake = FakeCluster.start(mqtt_broker, chain_models(seed=7))
-    yield fake
-    fake.shutdown()
+    with FakeCluster.start(mqtt_broker, chain_models(seed=7)) as fake:
+        yield fake
 
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Start node engines; every one started is killed and reaped after the test."""
-    started: list[NodeProcess] = []
-
-    def _spawn(cluster_url: str, name: str, profile: str = "native") -> NodeProcess:
-        node = start_node(cluster_url, name, tmp_path, profile, TELEMETRY_INTERVAL)
-        started.append(node)
-        return node
-
-    yield _spawn
-    for node in started:
-        node.stop()
+    """``spawn(cluster_url, name, profile)``: every node started is killed and reaped after the test."""
+    with node_spawner(tmp_path, TELEMETRY_INTERVAL) as spawn_node:
+        yield spawn_node
 
 
 @pytest.fixture(scope="module")
@@ -109,21 +97,7 @@ def test_registration_telemetry_and_retained_birth(pair: tuple[NodeProcess, Node
     assert telemetry.emulated and telemetry.profile == "rpi4" and telemetry.battery.percent == 80.0
     assert observer.wait_for(topics.information(alpha.node_id), NodeTelemetry, lambda t: not t.emulated)
     # a late subscriber still sees the retained birth
-    late: list[bytes] = []
-    got = threading.Event()
-
-    def on_message(client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == topics.status(alpha.node_id) and msg.retain:
-            late.append(bytes(msg.payload))
-            got.set()
-
-    client = mqtt_client(mqtt_broker, on_message)
-    try:
-        assert got.wait(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    status = decode(NodeStatus, late[0])
+    status = retained_status(mqtt_broker, alpha.node_id, timeout=10)
     assert status.state == "online" and status.seq > 0
 
 

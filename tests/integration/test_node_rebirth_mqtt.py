@@ -10,24 +10,22 @@ larger seq, even though its previous life left an ``offline`` retained.
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from treeline_test_helpers import (
-    DEADLINE,
     FakeCluster,
     NodeProcess,
     Observer,
     chain_models,
-    mqtt_client,
-    start_node,
+    node_spawner,
+    retained_status,
 )
 
 from treeline_common import topics
-from treeline_common.messages import NodeStatus, NodeTelemetry, decode, encode
+from treeline_common.messages import NodeStatus, NodeTelemetry, encode
 
 pytestmark = pytest.mark.integration
 TELEMETRY_INTERVAL = 0.2
@@ -35,49 +33,21 @@ TELEMETRY_INTERVAL = 0.2
 
 @pytest.fixture(scope="module")
 def cluster(mqtt_broker: Any) -> Iterator[FakeCluster]:
-    fake = FakeCluster.start(mqtt_broker, chain_models(seed=3))
-    yield fake
-    fake.shutdown()
+    with FakeCluster.start(mqtt_broker, chain_models(seed=3)) as fake:
+        yield fake
 
 
 @pytest.fixture
 def spawn(tmp_path: Path, cluster: FakeCluster) -> Iterator[Callable[[str], NodeProcess]]:
-    """Start node engines on ``cluster``; every one started is killed and reaped after the test."""
-    started: list[NodeProcess] = []
-
-    def _spawn(name: str) -> NodeProcess:
-        node = start_node(cluster.url, name, tmp_path, "native", TELEMETRY_INTERVAL)
-        started.append(node)
-        return node
-
-    yield _spawn
-    for node in started:
-        node.stop()
+    """``spawn(name)`` on ``cluster``: every node started is killed and reaped after the test."""
+    with node_spawner(tmp_path, TELEMETRY_INTERVAL) as spawn_node:
+        yield lambda name: spawn_node(cluster.url, name)
 
 
 def _spoof(observer: Observer, node_id: str, seq: int) -> None:
     """Publish a retained ``offline`` for ``node_id`` from the observer's (foreign) client."""
     status = NodeStatus(node_id=node_id, state="offline", seq=seq, ts=0.0)
     observer.client.publish(topics.status(node_id), encode(status), qos=1, retain=True).wait_for_publish(5)
-
-
-def _retained_status(broker: Any, node_id: str) -> NodeStatus:
-    """What a late subscriber reads on the node's status topic (the retained message)."""
-    got: list[bytes] = []
-    arrived = threading.Event()
-
-    def on_message(client: Any, userdata: Any, msg: Any) -> None:
-        if msg.topic == topics.status(node_id) and msg.retain:
-            got.append(bytes(msg.payload))
-            arrived.set()
-
-    client = mqtt_client(broker, on_message)
-    try:
-        assert arrived.wait(DEADLINE), "no retained status"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return decode(NodeStatus, got[0])
 
 
 def _online_after(observer: Observer, node: NodeProcess, seq: int) -> NodeStatus:
@@ -96,7 +66,7 @@ def test_spoofed_offline_is_answered_by_a_new_birth_above_it(
     assert reborn.seq > spoofed
     # telemetry moves to the new session's seq; the retained status reads online again
     observer.wait_for(topics.information(node.node_id), NodeTelemetry, lambda t: t.seq == reborn.seq)
-    retained = _retained_status(mqtt_broker, node.node_id)
+    retained = retained_status(mqtt_broker, node.node_id)
     assert retained.state == "online" and retained.seq >= reborn.seq
     # no rebirth loop: a few telemetry periods later the node still holds the same birth
     count = len(observer.seen(topics.information(node.node_id), NodeTelemetry))
@@ -116,7 +86,7 @@ def test_stale_offline_is_overwritten_by_the_current_birth(observer: Observer, m
     observer.wait_for(topics.status(node.node_id), NodeStatus,
                       lambda s: s.state == "online" and s.seq == birth.seq
                       and len(observer.messages[topics.status(node.node_id)]) > 2)
-    retained = _retained_status(mqtt_broker, node.node_id)
+    retained = retained_status(mqtt_broker, node.node_id)
     assert retained.state == "online" and retained.seq == birth.seq
 
 
