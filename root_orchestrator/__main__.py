@@ -25,11 +25,8 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-
-from werkzeug.serving import make_server
 
 from root_orchestrator.app import create_app
 from root_orchestrator.auth import AuthService, SecurityConfig
@@ -54,6 +51,7 @@ from treeline_common.config import (
 )
 from treeline_common.logs import setup_logging
 from treeline_common.shutdown import ShutdownSignal
+from treeline_common.wsgi import make_http_server
 
 log = logging.getLogger("root_orchestrator")
 
@@ -127,16 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                      public_url=public_url, active_window_s=args.active_window, security=security,
                      instance_id=args.instance_id)
     try:
-        server = make_server(args.host, args.port, app, threaded=True)
+        server = make_http_server(app, args.host, args.port, production=security.production)
     except OSError as exc:  # the port is taken: one clear line, not a traceback
         log.error("cannot listen on %s:%s: %s", args.host, args.port, exc.strerror or exc)
         stores.close()
         return 1
     shutdown = ShutdownSignal()
-    thread = threading.Thread(target=server.serve_forever, name="root-http", daemon=True)
-    thread.start()
-    log.info("root orchestrator listening on %s:%d (public %s, store %s, %s mode%s, instance %s)", args.host,
-             server.port, public_url, store_url.split("://")[0], security.mode,
+    thread = server.serve_in_thread("root-http")
+    log.info("root orchestrator listening on %s:%d (%s; public %s, store %s, %s mode%s, instance %s)",
+             args.host, server.port, "waitress" if security.production else "werkzeug development server",
+             public_url, store_url.split("://")[0], security.mode,
              ", internal routes answer without a token on loopback" if security.anonymous_internal else "",
              args.instance_id)
     shutdown.wait()

@@ -99,6 +99,8 @@ def test_production_root_has_no_default_account_until_an_admin_is_created(tmp_pa
     token = "stack-cluster-token-0123456789"
     register = {"cluster_name": "c1", "url": "http://127.0.0.1:1"}
     with root_process(tmp_path, "--production", "--cluster-token", token) as url:
+        # production runs under waitress (its Server header is ours), not werkzeug's development server
+        assert requests.get(f"{url}/api/health", timeout=10).headers.get("Server") == "treeline"
         refused = requests.post(f"{url}/api/auth/login", json={"username": "Admin", "password": "Admin"},
                                 timeout=10)
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "UNAUTHORIZED"
