@@ -27,7 +27,8 @@ from typing import Any
 
 import requests
 
-from treeline_common.errors import NotFound, TreelineError, Unauthorized, Unavailable, from_body
+from treeline_common.errors import NotFound, TreelineError, Unauthorized, Unavailable
+from treeline_common.http import json_answer
 from treeline_common.jobs import JobStatus
 
 
@@ -66,18 +67,7 @@ def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", *
         response = requests.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as exc:
         raise RootUnreachable(f"cannot reach {what or url} ({_short_reason(exc)})") from None
-    if response.status_code >= 400:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        raise from_body(body, f"{method} {url}: HTTP {response.status_code}")
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        raise TreelineError(f"{method} {url}: the answer is not JSON") from None
+    return json_answer(response, method, url)
 
 
 TOKEN_ENV = "TREELINE_TOKEN"

@@ -270,6 +270,13 @@ def call_json(
         response = sender.request(method, url, json=json, data=data, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise Unavailable(f"{method} {url}: {exc}") from None
+    return json_answer(response, method, url)
+
+
+def json_answer(response: Any, method: str, url: str) -> Any:
+    """The decoded JSON of a ``requests`` response (None for an empty body). An error status raises
+    the server's own error class (:func:`~treeline_common.errors.from_body`); a success whose body
+    is not JSON raises :class:`TreelineError`. ``method`` and ``url`` only word the errors."""
     if response.status_code >= 400:
         try:
             body = response.json()
