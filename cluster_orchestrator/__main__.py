@@ -12,16 +12,14 @@ from another stack's on the same port. Logs go to stderr as plain lines.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import sys
 import uuid
 from pathlib import Path
 
-import cluster_orchestrator.app as cluster_app
-from cluster_orchestrator.api import create_app
-from cluster_orchestrator.app import ClusterRuntime, build_config
+from cluster_orchestrator.app import ClusterRuntime, ClusterSecurity, build_config
+from cluster_orchestrator.nodes import JOIN_TOKEN_ENV, MIN_JOIN_TOKEN_CHARS
 from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
 from treeline_common.config import (
     INSTANCE_ID_ENV,
@@ -31,6 +29,7 @@ from treeline_common.config import (
     process_settings,
 )
 from treeline_common.logs import LOG_LEVELS, setup_logging
+from treeline_common.mqtt_acl import CLUSTER_USER, PASSWORD_ENV, TlsFiles
 from treeline_common.shutdown import ShutdownSignal
 
 log = logging.getLogger("cluster_orchestrator")
@@ -67,25 +66,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root-token", default=None, metavar="TOKEN",
                    help=f"cluster token for the root (default ${ROOT_TOKEN_ENV}); without one only a "
                         "development-mode root on loopback answers")
+    p.add_argument("--join-token", default=os.environ.get(JOIN_TOKEN_ENV) or None, metavar="TOKEN",
+                   help=f"the initial join token node engines register with [env {JOIN_TOKEN_ENV}; default: "
+                        "one made at the first start, logged once]")
+    p.add_argument("--mqtt-username", default=None,
+                   help=f"this cluster's MQTT user (password in ${PASSWORD_ENV}); default {CLUSTER_USER} "
+                        "with --mqtt-auth-dir, else none")
+    p.add_argument("--mqtt-auth-dir", type=Path, default=None,
+                   help="the broker's password/ACL/pid files: this cluster adds each node's credentials "
+                        "and signals the broker to reload (Mosquitto)")
+    p.add_argument("--mqtt-tls", action="store_true", help="connect to the broker over TLS")
+    p.add_argument("--mqtt-ca", default="", help="CA file verifying the broker (default: the system's)")
+    p.add_argument("--mqtt-cert", default="", help="client certificate for mutual TLS")
+    p.add_argument("--mqtt-key", default="", help="client key for mutual TLS")
     p.add_argument("--instance-id", default=os.environ.get(INSTANCE_ID_ENV) or str(uuid.uuid4()),
                    help=f"what GET /api/health reports as instance_id [env {INSTANCE_ID_ENV}; "
                         "default: a new uuid]")
     p.add_argument("--log-level", default=settings.log_level, type=str.upper, choices=LOG_LEVELS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.join_token is not None and len(args.join_token.strip()) < MIN_JOIN_TOKEN_CHARS:
+        p.error(f"--join-token needs at least {MIN_JOIN_TOKEN_CHARS} characters")
+    if args.mqtt_auth_dir is not None and not os.environ.get(PASSWORD_ENV):
+        p.error(f"--mqtt-auth-dir needs the cluster's MQTT password in ${PASSWORD_ENV}")
+    if (args.mqtt_ca or args.mqtt_cert or args.mqtt_key) and not args.mqtt_tls:
+        p.error("--mqtt-ca/--mqtt-cert/--mqtt-key need --mqtt-tls")
+    return args
 
 
 def _explicit_cluster_url(settings: Settings) -> str | None:
     """``cluster_url`` when the environment or a file sets it (its default is a guess from cluster_port)."""
     return settings.cluster_url if not settings.sources["cluster_url"].startswith("default") else None
-
-
-def _report_instance_id(instance_id: str) -> None:
-    """Make the app :class:`ClusterRuntime` builds report ``instance_id`` in ``GET /api/health``.
-
-    ``ClusterRuntime.start`` calls ``create_app(core)`` itself and takes no instance id yet, so the
-    factory it calls is bound to ours here, once, before it starts (this process runs one runtime).
-    """
-    cluster_app.create_app = functools.partial(create_app, instance_id=instance_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         location=args.location, push_interval=args.push_interval, telemetry_interval=args.telemetry_interval,
         heartbeat_misses=args.heartbeat_misses, stage_timeout=args.stage_timeout,
         profile_timeout=args.profile_timeout)
-    _report_instance_id(args.instance_id)
-    runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url)
+    root_token = args.root_token or os.environ.get(ROOT_TOKEN_ENV) or None
+    security = ClusterSecurity(
+        root_token=root_token, join_tokens=True, join_token=args.join_token,
+        mqtt_username=args.mqtt_username, mqtt_password=os.environ.get(PASSWORD_ENV) or None,
+        mqtt_auth_dir=args.mqtt_auth_dir,
+        mqtt_tls=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key) if args.mqtt_tls else None)
+    runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url,
+                             instance_id=args.instance_id, security=security)
     if args.root_token:
         runtime.root.set_token(args.root_token)  # else the client read $TREELINE_ROOT_TOKEN itself
     shutdown = ShutdownSignal()

@@ -2,19 +2,40 @@
 
 Thin on purpose: each route validates its input through the core and maps the answer to
 JSON; errors become ``{"error": {code, message, details}}`` via treeline_common.http.
+
+Who may call what (:class:`ClusterAccess`; docs/contracts.md "Cluster REST"):
+
+- ``POST /api/node/register``: a join token (``Authorization: Bearer <join token>``) when the
+  cluster has join tokens; the answer carries the node's own MQTT credentials when the cluster
+  owns the broker's password file;
+- the root's routes (``POST|DELETE /api/service/...``, ``POST /api/plan``, ``POST
+  /api/models/profile``): the root's credential, ``Authorization: Bearer <the cluster token>``
+  (the one this cluster uses with the root, ``--root-token``) when the cluster has one;
+- ``/api/join-tokens``: the root's credential or the cluster's initial join token;
+- open: ``GET /api/health``, ``GET /status``, ``GET /api/nodes``, ``GET /api/deployments/...``
+  (read-only views without secrets) and ``GET /api/artifacts/<sha256>`` (content-addressed
+  partitions the nodes download; see the contract for why it is still open).
+
+A missing or wrong credential is 401 ``UNAUTHORIZED`` with ``WWW-Authenticate: Bearer``. An app
+built without an access (tests, embedding) leaves every route open, as before.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from cluster_orchestrator import dryrun
+from cluster_orchestrator.mqtt_auth import MqttCredentials
+from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
+from treeline_common.errors import InvalidInput, NotFound, Unauthorized
 from treeline_common.http import JSON_BODY_LIMIT, install_error_handlers, json_body
 
 log = logging.getLogger(__name__)
@@ -33,6 +54,31 @@ def _node_view(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ClusterAccess:
+    """The cluster's credentials checks (module docstring). None/empty: that check is off."""
+
+    root_token: str | None = None  # the root's calls must carry it
+    join_tokens: JoinTokens | None = None  # node registration needs one of them
+    mqtt: MqttCredentials | None = None  # per-node MQTT credentials in the registration answer
+    mqtt_tls: bool = False  # told to nodes in the registration answer
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _unauthorized(reason: str) -> Unauthorized:
+    return Unauthorized(f"authentication required: {reason}", [{"path": "Authorization", "message": reason}])
+
+
+def _is_root(access: ClusterAccess, token: str | None) -> bool:
+    return bool(access.root_token and token) and hmac.compare_digest(
+        str(token).encode(), str(access.root_token).encode())
+
+
 def _version() -> str:
     try:
         return metadata.version("treeline")
@@ -40,15 +86,40 @@ def _version() -> str:
         return "unknown"
 
 
-def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Flask:
+def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
+               access: ClusterAccess | None = None) -> Flask:
     """The REST app over ``core``. ``instance_id`` (default: a new uuid, made once per app, i.e.
     at process start) is what ``GET /api/health`` reports, so ``treeline up`` can tell its own
-    cluster from another stack's listening on the same port."""
+    cluster from another stack's listening on the same port. ``access``: the credential checks
+    (module docstring); None leaves every route open."""
     app = Flask("cluster_orchestrator")
     app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT  # every body here is a small JSON document
     install_error_handlers(app)
     identity = {"status": "ok", "instance_id": instance_id or str(uuid.uuid4()), "name": core.config.name,
                 "version": _version()}
+    guard = access or ClusterAccess()
+
+    def from_root() -> None:
+        """The root's routes: its credential when this cluster has one."""
+        if guard.root_token and not _is_root(guard, _bearer()):
+            raise _unauthorized("the root's cluster token is required")
+
+    def admin() -> JoinTokens:
+        """``/api/join-tokens``: the root's credential or the initial join token."""
+        if guard.join_tokens is None:
+            raise NotFound("this cluster has no join tokens",
+                           [{"path": "join_tokens", "message": "disabled"}])
+        token = _bearer()
+        held = guard.join_tokens.find(token)
+        if not (_is_root(guard, token) or (held is not None and held.get("initial"))):
+            raise _unauthorized("the cluster's initial join token or the root's cluster token is required")
+        return guard.join_tokens
+
+    @app.after_request
+    def challenge(response: Response) -> Response:
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.get("/status")
     def status() -> Any:
@@ -60,7 +131,34 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Fla
 
     @app.post("/api/node/register")
     def register_node() -> Any:
-        return jsonify(core.register_node(json_body(request)))
+        if guard.join_tokens is not None and guard.join_tokens.find(_bearer()) is None:
+            raise _unauthorized("a valid join token is required (node engine --join-token)")
+        answer = core.register_node(json_body(request))
+        if guard.mqtt is not None:
+            answer.update(guard.mqtt.issue(str(answer["node_id"])))
+        if guard.mqtt_tls:
+            answer["mqtt_tls"] = True
+        return jsonify(answer)
+
+    @app.post("/api/join-tokens")
+    def create_join_token() -> Any:
+        """``{name?}`` -> 201 ``{token_id, name, created_at, initial, token}`` (the token shown once)."""
+        tokens = admin()
+        body = json_body(request) if request.get_data(cache=True) else {}
+        name = body.get("name", "") if isinstance(body, dict) else None
+        if not isinstance(name, str) or len(name) > 128:
+            raise InvalidInput("invalid join token name",
+                               [{"path": "name", "message": "a string of at most 128 characters"}])
+        doc, token = tokens.create(name)
+        return jsonify({**doc, "token": token}), 201
+
+    @app.get("/api/join-tokens")
+    def list_join_tokens() -> Any:
+        return jsonify({"join_tokens": admin().list()})
+
+    @app.delete("/api/join-tokens/<token_id>")
+    def revoke_join_token(token_id: str) -> Any:
+        return jsonify({"revoked": admin().revoke(token_id)})
 
     @app.get("/api/nodes")
     def list_nodes() -> Any:
@@ -68,12 +166,14 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Fla
 
     @app.post("/api/service/<service_id>/<instance>")
     def deploy(service_id: str, instance: str) -> Any:
+        from_root()
         doc = core.submit_job(service_id, instance, json_body(request))
         return jsonify({"service_id": service_id, "instance": doc["instance"],
                         "deployment_id": doc["deployment_id"], "status": doc["status"]}), 202
 
     @app.delete("/api/service/<service_id>/<instance>")
     def delete(service_id: str, instance: str) -> Any:
+        from_root()
         doc = core.delete_job(service_id, instance)
         return jsonify({"service_id": service_id, "instance": doc["instance"], "status": doc["status"]})
 
@@ -88,11 +188,13 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None) -> Fla
     @app.post("/api/plan")
     def plan() -> Any:
         """Dry run of a JobRequest: the plan summary, nothing deployed (:mod:`.dryrun`)."""
+        from_root()
         return jsonify(dryrun.plan_summary(core, dryrun.parse_plan_job(json_body(request))))
 
     @app.post("/api/models/profile")
     def remeasure() -> Any:
         """``{name, version, sha256, device_class}``: re-measure op times in the background (202)."""
+        from_root()
         # the core's own publish (it drops messages while no bus is set); core has no public one yet
         return jsonify(dryrun.start_remeasure(core, json_body(request), core.publish)), 202
 

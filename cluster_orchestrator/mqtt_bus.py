@@ -5,12 +5,20 @@ payloads with :mod:`treeline_common.messages` (a payload that does not decode is
 and dropped, never fatal) and hands typed messages to a :class:`BusHandler`. Commands go
 out with QoS 1. paho's network loop reconnects by itself; subscriptions are renewed in
 ``on_connect`` so a broker restart does not leave the cluster deaf.
+
+Identity: with ``username``/``password`` the cluster logs in as its MQTT user (the one the ACL
+lets read every node topic and publish the control topics, :mod:`treeline_common.mqtt_acl`);
+with ``tls`` it connects over TLS, verifying the broker against ``tls.ca`` (the system's CAs
+when empty) and presenting ``tls.cert``/``tls.key`` when given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import ssl
 import threading
+import time
 import uuid
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -20,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from treeline_common import messages, topics
 from treeline_common.messages import NodeStatus, NodeTelemetry, ProfileResult, StageState, StageStats
+from treeline_common.mqtt_acl import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +81,53 @@ def _route(topic: str) -> tuple[type, str] | None:
     return None
 
 
+def configure_client(client: mqtt.Client, username: str | None = None, password: str | None = None,
+                     tls: TlsFiles | None = None) -> None:
+    """Credentials and TLS of a paho client (before it connects)."""
+    if username:
+        client.username_pw_set(username, password or None)
+    if tls is not None:
+        client.tls_set(ca_certs=tls.ca or None, certfile=tls.cert or None, keyfile=tls.key or None,
+                       cert_reqs=ssl.CERT_REQUIRED)
+
+
+def can_connect(host: str, port: int, username: str, password: str, timeout: float = 2.0,
+                tls: TlsFiles | None = None) -> bool:
+    """Whether the broker accepts a connection with these credentials now (a throw-away session,
+    no will, clean): how the cluster knows a reloaded password file has been taken."""
+    result: list[bool] = []
+    done = threading.Event()
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=f"treeline-authcheck-{uuid.uuid4().hex[:8]}", clean_session=True)
+    client.suppress_exceptions = True
+    configure_client(client, username, password, tls)
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason_code: Any, _p: Any = None) -> None:
+        result.append(not reason_code.is_failure)
+        done.set()
+
+    client.on_connect = on_connect
+    deadline = time.monotonic() + timeout
+    try:
+        client.connect(host, port, keepalive=5)
+        while not done.is_set() and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+    finally:
+        with contextlib.suppress(Exception):  # not connected: nothing to close
+            client.disconnect()
+    return bool(result and result[0])
+
+
 class MqttBus:
     """paho client bound to one handler. ``start`` connects in the background (no I/O in __init__)."""
 
-    def __init__(self, url: str, handler: BusHandler, client_id: str | None = None) -> None:
+    def __init__(self, url: str, handler: BusHandler, client_id: str | None = None, *,
+                 username: str | None = None, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.host, self.port = parse_mqtt_url(url)
+        self.tls = tls
         self._handler = handler
         self._connected = threading.Event()
         self._client = mqtt.Client(
@@ -84,6 +135,7 @@ class MqttBus:
             client_id=client_id or f"treeline-cluster-{uuid.uuid4().hex[:8]}",
             clean_session=True,
         )
+        configure_client(self._client, username, password, tls)
         # paho 2.x re-raises callback exceptions and its network thread dies while
         # is_connected() still reads True: never let that happen (callbacks are wrapped too).
         self._client.suppress_exceptions = True

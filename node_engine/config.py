@@ -7,19 +7,28 @@ Defaults come from the settings every Treeline process shares (:mod:`treeline_co
 ``TREELINE_*`` environment, then ``treeline.toml``): ``--cluster-url`` is ``cluster_url``,
 ``--data-dir`` is ``<data_dir>/nodes/<name>``, ``--threads`` is ``threads``, ``--log-level`` is
 ``log_level``. Flags win; an invalid setting exits with status 2 before anything starts.
+
+Security: ``--join-token`` (default ``$TREELINE_JOIN_TOKEN``) is shown to the cluster at
+registration; the MQTT username and password come in the cluster's answer. ``--mqtt-tls``
+(or the cluster's answer saying ``mqtt_tls``) connects to the broker over TLS, verified against
+``--mqtt-ca`` (default: the system's CAs), with ``--mqtt-cert``/``--mqtt-key`` for mutual TLS.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from treeline_common.config import ConfigError, Settings, add_config_argument, process_settings
 from treeline_common.logs import LOG_LEVELS
+from treeline_common.mqtt_acl import TlsFiles
 from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
+
+JOIN_TOKEN_ENV = "TREELINE_JOIN_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,9 @@ class NodeConfig:
     threads: int = 0
     log_level: str = "INFO"
     labels: tuple[str, ...] = ()  # this node's own labels, added to its profile's (e.g. "camera")
+    join_token: str | None = field(default=None, repr=False)  # shown to the cluster at registration
+    mqtt_tls: bool = False  # TLS to the broker even if the cluster's answer does not ask for it
+    mqtt_tls_files: TlsFiles = field(default_factory=TlsFiles)  # CA / client cert / key (empty: defaults)
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -65,6 +77,13 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--labels", default="",
                         help="comma-separated labels of this node, added to its profile's (SLA constraints "
                              "such as privacy_pin and source may name them)")
+    parser.add_argument("--join-token", default=os.environ.get(JOIN_TOKEN_ENV) or None, metavar="TOKEN",
+                        help=f"the cluster's join token (default ${JOIN_TOKEN_ENV})")
+    parser.add_argument("--mqtt-tls", action="store_true",
+                        help="connect to the broker over TLS (also when the cluster's answer says so)")
+    parser.add_argument("--mqtt-ca", default="", help="CA file verifying the broker (default: the system's)")
+    parser.add_argument("--mqtt-cert", default="", help="client certificate for mutual TLS")
+    parser.add_argument("--mqtt-key", default="", help="client key for mutual TLS")
     return parser
 
 
@@ -92,4 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         threads=args.threads,
         log_level=args.log_level.upper(),
         labels=tuple(label.strip() for label in args.labels.split(",") if label.strip()),
+        join_token=(args.join_token or "").strip() or None,
+        mqtt_tls=args.mqtt_tls,
+        mqtt_tls_files=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key),
     )

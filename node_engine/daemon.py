@@ -231,7 +231,8 @@ class NodeEngine:
             # the encrypted data plane: where and with which key other nodes reach this one
             body.update(data_curve_endpoint=server.curve_endpoint, curve_public_key=server.curve_public_key)
             try:
-                registration = register(self.config.cluster_url, body, self.stop)
+                registration = register(self.config.cluster_url, body, self.stop,
+                                        join_token=self.config.join_token)
             except TreelineError as exc:
                 log.error("cluster %s rejected the registration: %s", self.config.cluster_url, exc)
                 return 2
@@ -242,8 +243,10 @@ class NodeEngine:
                      registration.cluster_id, self.config.profile.name, endpoint)
             commands = CommandHandler(self.node_id, self.stages, data_dir, self._load, self._report_state,
                                       self.clock, self.stop)
+            tls = (self.config.mqtt_tls_files if registration.mqtt_tls or self.config.mqtt_tls else None)
             link = MqttLink(f"treeline-node-{self.node_id}", registration.mqtt_host, registration.mqtt_port,
-                            will=self._next_will, on_connected=self._on_connected)
+                            will=self._next_will, on_connected=self._on_connected,
+                            username=registration.mqtt_username, password=registration.mqtt_password, tls=tls)
             liveness = Liveness(self.node_id, self._first_seq, self.clock, republish=self._on_connected,
                                 renew=link.renew_session)
             self._liveness = liveness

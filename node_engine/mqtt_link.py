@@ -13,16 +13,25 @@ callback exceptions, which kills its network thread while ``is_connected()`` sti
 True (a silently deaf node), so the client runs with ``suppress_exceptions = True`` AND
 every callback we register is wrapped in a catch-all that logs; either alone would do,
 both together survive a future paho changing one of them.
+
+Identity: ``username``/``password`` (the node's own MQTT credentials from its registration
+answer) are sent on every connect; ``tls`` makes the session MQTT over TLS, verifying the broker
+against ``tls.ca`` (the system's CAs when empty), with ``tls.cert``/``tls.key`` for mutual TLS.
+A refused login is logged and retried with paho's backoff (a broker reloading its password
+file may refuse a brand-new password for a moment).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from treeline_common.mqtt_acl import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,9 @@ class MqttLink:
         will: Callable[[], tuple[str, bytes]] | None = None,
         on_connected: Callable[[], None] | None = None,
         keepalive: int = 10,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -71,6 +83,11 @@ class MqttLink:
         self._closed = False
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         self._client.suppress_exceptions = True
+        if username:
+            self._client.username_pw_set(username, password or None)
+        if tls is not None:
+            self._client.tls_set(ca_certs=tls.ca or None, certfile=tls.cert or None, keyfile=tls.key or None,
+                                 cert_reqs=ssl.CERT_REQUIRED)
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_pre_connect = _guarded("pre-connect", self._handle_pre_connect)
         self._client.on_connect = _guarded("connect", self._handle_connect)

@@ -4,6 +4,10 @@ A node may well start before its cluster (start order is not guaranteed, and a c
 may restart), so an unreachable or failing cluster is retried with a capped exponential
 backoff; only an answer that says our request is wrong (4xx) is given up on. The wait
 between attempts is on the stop event, so SIGTERM during registration exits at once.
+
+The node shows its join token as ``Authorization: Bearer <token>``; a cluster that refuses it
+answers 401, which retrying cannot fix. The answer names the broker and, when the cluster owns
+the broker's identities, this node's own MQTT username and password (and ``mqtt_tls``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from treeline_common.errors import Conflict, TreelineError, Unavailable
@@ -28,6 +32,9 @@ class Registration:
     mqtt_host: str
     mqtt_port: int
     telemetry_interval: float | None
+    mqtt_username: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
+    mqtt_tls: bool = False
 
 
 def backoff_delay(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
@@ -45,12 +52,16 @@ def parse_answer(answer: Any) -> Registration:
         mqtt_host=str(answer.get("mqtt_host") or "127.0.0.1"),
         mqtt_port=int(answer["mqtt_port"]),
         telemetry_interval=float(interval) if interval else None,
+        mqtt_username=str(answer["mqtt_username"]) if answer.get("mqtt_username") else None,
+        mqtt_password=str(answer["mqtt_password"]) if answer.get("mqtt_password") else None,
+        mqtt_tls=answer.get("mqtt_tls") is True,
     )
 
 
 def register(cluster_url: str, body: dict[str, Any], stop: threading.Event,
              timeout: float = 5.0, conflict_grace: float = 15.0,
-             monotonic: Callable[[], float] = time.monotonic) -> Registration | None:
+             monotonic: Callable[[], float] = time.monotonic,
+             join_token: str | None = None) -> Registration | None:
     """POST the body until the cluster accepts it; None if ``stop`` was set first.
 
     Raises the cluster's error for a rejection that retrying cannot fix (4xx). A name held
@@ -59,11 +70,12 @@ def register(cluster_url: str, body: dict[str, Any], stop: threading.Event,
     a second node started under the same name gives up with the cluster's reason.
     """
     url = f"{cluster_url}/api/node/register"
+    headers = {"Authorization": f"Bearer {join_token}"} if join_token else None
     attempt = 0
     conflict_since: float | None = None
     while not stop.is_set():
         try:
-            return parse_answer(call_json("POST", url, json=body, timeout=timeout))
+            return parse_answer(call_json("POST", url, json=body, timeout=timeout, headers=headers))
         except Unavailable as exc:
             reason = str(exc)
         except Conflict as exc:

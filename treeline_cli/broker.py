@@ -3,6 +3,13 @@
 Mosquitto is the broker for tests and production; the embedded pure-Python amqtt broker
 is only the zero-setup fallback (it handles roughly a fifth of Mosquitto's message rate).
 Either way the broker is a real MQTT server in its own OS process on a loopback port.
+
+Identities (``auth``, Mosquitto only): the broker refuses anonymous clients and enforces the
+password and ACL files of a :class:`~treeline_common.mqtt_acl.BrokerAuth` directory; each
+(re)start writes the broker's pid to ``<auth dir>/broker.pid``, which is where the cluster sends
+SIGHUP after adding a node's credentials (Mosquitto re-reads both files on SIGHUP). TLS (``tls``):
+the listener speaks MQTT over TLS with the given certificate and key. The amqtt fallback enforces
+neither: it starts open (and says so in a warning) when asked for either.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from treeline_common.mqtt_acl import PID_FILE, BrokerAuth, TlsFiles
 from treeline_common.netutil import free_port, poll_until
 
 log = logging.getLogger(__name__)
@@ -74,10 +83,17 @@ class BrokerProcess:
     workdir: Path
     command: list[str] = field(default_factory=list)
     restarts: int = 0
+    auth: BrokerAuth | None = None  # enforced identities (Mosquitto only)
+    tls: TlsFiles | None = None  # the listener speaks TLS
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the running broker's pid is written at every (re)start."""
+        return (self.auth.auth_dir if self.auth is not None else self.workdir) / PID_FILE
 
     @property
     def log_path(self) -> Path:
@@ -107,6 +123,7 @@ class BrokerProcess:
         until it accepts connections. Raises if the port cannot be bound within ``timeout``."""
         self.stop()
         self.process = _launch(self.kind, self.command, self.workdir)
+        _write_pid(self)
         self.restarts += 1
         try:
             _wait_accepting(self, timeout)
@@ -122,11 +139,15 @@ def mosquitto_binary() -> str | None:
 
 
 def start_broker(
-    prefer: str = "auto", port: int | None = None, workdir: Path | None = None, timeout: float = 15.0
+    prefer: str = "auto", port: int | None = None, workdir: Path | None = None, timeout: float = 15.0,
+    *, auth: BrokerAuth | None = None, tls: TlsFiles | None = None,
 ) -> BrokerProcess:
     """Start a broker on ``127.0.0.1:port`` (a free port by default) and wait until it accepts.
 
     ``prefer`` is ``auto`` (Mosquitto if installed, else amqtt), ``mosquitto`` or ``amqtt``.
+    ``auth``: refuse anonymous clients and enforce its password and ACL files, which must exist
+    (:meth:`BrokerAuth.write`). ``tls``: the listener speaks TLS (``tls.cert``/``tls.key`` are the
+    broker's; ``tls.ca`` verifies client certificates that are presented).
     """
     if prefer not in ("auto", "mosquitto", "amqtt"):
         raise ValueError(f"unknown broker kind {prefer!r}; known: auto, mosquitto, amqtt")
@@ -139,16 +160,18 @@ def start_broker(
         if not binary:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         conf = workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stderr\nmax_queued_messages 10000\n"
-        )
+        conf.write_text(mosquitto_conf(port, auth, tls))
         cmd = [binary, "-c", str(conf)]
     else:
+        if auth is not None or tls is not None:
+            log.warning("the amqtt fallback broker enforces no MQTT identities, ACL or TLS: it runs open "
+                        "(install mosquitto)")
+            auth = tls = None
         cmd = [sys.executable, "-c", AMQTT_RUNNER, str(port)]
     process = _launch(kind, cmd, workdir)
     broker = BrokerProcess(kind=kind, host="127.0.0.1", port=port, process=process, workdir=workdir,
-                           command=cmd)
+                           command=cmd, auth=auth, tls=tls)
+    _write_pid(broker)
     try:
         _wait_accepting(broker, timeout)
     except Exception:
@@ -156,6 +179,30 @@ def start_broker(
         raise
     log.info("%s broker listening on %s", kind, broker.url)
     return broker
+
+
+def mosquitto_conf(port: int, auth: BrokerAuth | None = None, tls: TlsFiles | None = None) -> str:
+    """The Mosquitto configuration of one loopback listener (see :func:`start_broker`)."""
+    lines = [f"listener {port} 127.0.0.1"]
+    if tls is not None:
+        lines += [f"{key} {path}" for key, path in (("cafile", tls.ca), ("certfile", tls.cert),
+                                                     ("keyfile", tls.key)) if path]
+    if auth is None:
+        lines.append("allow_anonymous true")
+    else:
+        # Run as root, Mosquitto switches to the "mosquitto" user, which cannot read the 0600 files
+        # of the user who wrote them: stay that user (a warning in its log says so).
+        if os.geteuid() == 0:
+            lines.append("user root")
+        lines += ["allow_anonymous false", f"password_file {auth.password_file}", f"acl_file {auth.acl_file}"]
+    lines += ["persistence false", "log_dest stderr", "max_queued_messages 10000"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_pid(broker: BrokerProcess) -> None:
+    """Record the broker's pid where the cluster looks for it (before it accepts: nobody races it)."""
+    broker.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    broker.pid_file.write_text(f"{broker.process.pid}\n")
 
 
 def _launch(kind: str, cmd: list[str], workdir: Path) -> subprocess.Popen[bytes]:

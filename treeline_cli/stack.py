@@ -13,7 +13,15 @@ supervisor: same arguments, same data directory, same ports, log appended. The b
 stack started is restarted on its own port (:meth:`Stack.restart_broker`).
 
 Each stack generates one cluster token and hands it to the root (``TREELINE_CLUSTER_TOKEN``) and
-to the cluster (``TREELINE_ROOT_TOKEN``) through the environment, never the command line.
+to the cluster (``TREELINE_ROOT_TOKEN``) through the environment, never the command line; the
+root sends it back on its calls to the cluster. Likewise one join token goes to the cluster and
+to every node engine (``TREELINE_JOIN_TOKEN``). Both are kept in ``<data_dir>/stack_secrets.json``
+(0600), so a stack started again on the same data directory keeps its cluster's identity at the
+root. When the stack starts Mosquitto itself (and ``mqtt_auth`` is on), the broker refuses
+anonymous clients and enforces the ACL of :mod:`treeline_common.mqtt_acl`: the stack writes the
+password and ACL files into the broker's directory, and the cluster (``--mqtt-auth-dir``, its
+password in ``TREELINE_MQTT_PASSWORD``) adds every node's credentials there and signals the
+broker to reload (:attr:`Stack.mqtt_username` / :attr:`Stack.mqtt_password` log in as the cluster).
 
 Two stacks never collide. :func:`check_ports` runs before anything starts: a port the stack
 needs (root, cluster, the broker's when it is fixed) that another process holds fails at once
@@ -28,6 +36,7 @@ answers) so that none of them logs a connection failure at a normal start.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -41,11 +50,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cluster_orchestrator.nodes import JOIN_TOKEN_ENV, new_join_token
 from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
 from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV, new_cluster_token
-from treeline_cli.broker import BrokerProcess, die_with_parent, start_broker
+from treeline_cli.broker import BrokerProcess, die_with_parent, mosquitto_binary, start_broker
 from treeline_common.config import INSTANCE_ID_ENV
 from treeline_common.http import call_json
+from treeline_common.mqtt_acl import (
+    CLUSTER_USER,
+    PASSWORD_ENV,
+    BrokerAuth,
+    TlsFiles,
+    new_password,
+    write_private,
+)
 from treeline_common.netutil import free_port
 from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
 
@@ -141,6 +159,10 @@ class StackConfig:
     # Extra labels per node name; by default the first rpi4 is the "camera" the example SLAs
     # pin private inputs to.
     node_labels: dict[str, str] = field(default_factory=lambda: {"rpi4-1": "camera"})
+    # MQTT identities and ACL on the broker the stack starts (Mosquitto only; see the module docstring)
+    mqtt_auth: bool = True
+    # MQTT over TLS on the broker the stack starts: its cert/key, and the CA the clients verify it with
+    mqtt_tls: TlsFiles | None = None
 
     def node_profile(self, index: int) -> str:
         return self.profiles[index % len(self.profiles)]
@@ -155,6 +177,9 @@ class Stack:
     mqtt_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
     cluster_token: str = ""  # this stack's cluster authenticates to its root with it
+    join_token: str = ""  # this stack's node engines register with it
+    mqtt_username: str = ""  # the cluster's MQTT identity when the broker enforces identities
+    mqtt_password: str = ""
 
     @property
     def root_url(self) -> str:
@@ -251,7 +276,12 @@ class Stack:
         if name is None:
             taken = set(self.node_names)
             name = next(f"{profile}-{i}" for i in range(1, len(taken) + 2) if f"{profile}-{i}" not in taken)
-        return self.spawn(f"node-{name}", node_args(self.config, self.cluster_url, profile, name, labels))
+        return self.spawn(f"node-{name}", node_args(self.config, self.cluster_url, profile, name, labels),
+                          env=self.node_env())
+
+    def node_env(self) -> dict[str, str]:
+        """The environment a node engine of this stack gets (its join token)."""
+        return {JOIN_TOKEN_ENV: self.join_token} if self.join_token else {}
 
     def kill_broker(self) -> None:
         """SIGKILL the broker this stack started (an external one cannot be touched)."""
@@ -456,14 +486,28 @@ def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config)
     try:
+        stack.cluster_token, stack.join_token = stack_secrets(config.data_dir)
+        cluster_mqtt: list[str] = []
+        cluster_env = {ROOT_TOKEN_ENV: stack.cluster_token, JOIN_TOKEN_ENV: stack.join_token}
         if config.mqtt_url:
             stack.mqtt_url = config.mqtt_url
         else:
+            workdir = config.data_dir / "broker"
+            auth = None
+            if config.mqtt_auth and (config.broker_kind == "mosquitto"
+                                     or (config.broker_kind == "auto" and mosquitto_binary())):
+                auth = BrokerAuth(workdir)
+                stack.mqtt_username, stack.mqtt_password = CLUSTER_USER, new_password()
+                auth.write(stack.mqtt_password)
+                cluster_mqtt += ["--mqtt-auth-dir", str(workdir), "--mqtt-username", CLUSTER_USER]
+                cluster_env[PASSWORD_ENV] = stack.mqtt_password
             stack.broker = start_broker(config.broker_kind, port=config.broker_port or None,
-                                        workdir=config.data_dir / "broker")
+                                        workdir=workdir, auth=auth, tls=config.mqtt_tls)
             stack.mqtt_url = stack.broker.url
+            if config.mqtt_tls is not None:
+                ca = ["--mqtt-ca", config.mqtt_tls.ca] if config.mqtt_tls.ca else []
+                cluster_mqtt += ["--mqtt-tls", *ca]
         level = ["--log-level", config.log_level]
-        stack.cluster_token = new_cluster_token()
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
@@ -480,8 +524,8 @@ def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
              "--data-dir", str(config.data_dir / "cluster"), "--name", "cluster-1",
              "--push-interval", str(config.push_interval),
              "--telemetry-interval", str(config.telemetry_interval),
-             "--heartbeat-misses", str(config.heartbeat_misses), *level, *config.cluster_args],
-            env={ROOT_TOKEN_ENV: stack.cluster_token},
+             "--heartbeat-misses", str(config.heartbeat_misses), *cluster_mqtt, *level, *config.cluster_args],
+            env=cluster_env,
         )
         stack.wait_answering("cluster", stack.cluster_url, timeout)
         counts: dict[str, int] = {}
@@ -490,7 +534,7 @@ def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
             counts[profile] = counts.get(profile, 0) + 1
             name = f"{profile}-{counts[profile]}"
             stack.spawn(f"node-{name}", node_args(config, stack.cluster_url, profile, name,
-                                                  config.node_labels.get(name, "")))
+                                                  config.node_labels.get(name, "")), env=stack.node_env())
     except BaseException:
         stack.stop()
         raise
@@ -499,11 +543,28 @@ def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
 
 def node_args(config: StackConfig, cluster_url: str, profile: str, name: str, labels: str = "") -> list[str]:
     """The ``python -m node_engine`` arguments of node ``name`` (its data dir is named after it)."""
+    tls = config.mqtt_tls if not config.mqtt_url else None
+    tls_args = ["--mqtt-tls", *(["--mqtt-ca", tls.ca] if tls.ca else [])] if tls is not None else []
     return ["node_engine", "--cluster-url", cluster_url, "--profile", profile, "--name", name,
             "--host", config.host, "--telemetry-interval", str(config.telemetry_interval),
             "--data-dir", str(config.data_dir / "nodes" / name),
             "--threads", str(config.node_threads), "--labels", labels,
-            "--log-level", config.log_level, *config.node_args]
+            "--log-level", config.log_level, *tls_args, *config.node_args]
+
+
+def stack_secrets(data_dir: Path) -> tuple[str, str]:
+    """``(cluster token, join token)`` of the stack on ``data_dir``: made once, then kept in
+    ``<data_dir>/stack_secrets.json`` (0600) so a restart keeps the cluster's identity at the root."""
+    path = data_dir / "stack_secrets.json"
+    try:
+        stored = json.loads(path.read_text())
+        if isinstance(stored, dict) and stored.get("cluster_token") and stored.get("join_token"):
+            return str(stored["cluster_token"]), str(stored["join_token"])
+    except (OSError, ValueError):
+        pass
+    secrets = {"cluster_token": new_cluster_token(), "join_token": new_join_token()[0]}
+    write_private(path, json.dumps(secrets))
+    return secrets["cluster_token"], secrets["join_token"]
 
 
 def tail(path: Path, lines: int = 30) -> str:
