@@ -6,9 +6,9 @@ Used by ``tests/integration/test_faults_*.py`` and ``benchmarks/controlplane.py`
   as separate processes on free loopback ports, with short telemetry / heartbeat intervals;
   the :class:`~treeline_cli.stack.Stack` it returns kills, freezes and restarts any of them
   with their own command lines, and restarts the broker on its own port.
-- :func:`chain_model` / :func:`deploy`: a small ONNX chain registered at the root and deployed
-  from an SLA (FLOPs-balanced by default, so every node holds a stage and any node fault hits
-  the deployment).
+- :func:`chain_model` / :func:`model_stack` / :func:`deploy`: a small ONNX chain, a fault stack
+  with it registered at the root (the tests' ``stack`` fixture), and its deployment from an SLA
+  (FLOPs-balanced by default, so every node holds a stage and any node fault hits the deployment).
 - :class:`Traffic`: a thread sending requests back to back through the data plane's
   ``ServiceClient``, which retries each request (same request id, re-resolving the entry from
   the root) until it answers or its budget runs out; it counts what such a client sees: failed
@@ -126,6 +126,11 @@ def node_id(stack: Stack, name: str) -> str:
     return str(nodes(stack)[name]["node_id"])
 
 
+def node_name(stack: Stack, node: str) -> str:
+    """The name of the node whose id is ``node`` (the inverse of :func:`node_id`)."""
+    return next(name for name, doc in nodes(stack).items() if doc["node_id"] == node)
+
+
 def wait_node_online(stack: Stack, name: str, online: bool, timeout: float) -> float:
     """Seconds until the cluster's API shows node ``name`` online (or offline)."""
     start = time.monotonic()
@@ -215,6 +220,18 @@ class Deployment:
 
 def register_model(stack: Stack, name: str, data: bytes) -> dict[str, Any]:
     return RootClient(stack.root_url).register_model(name, data)
+
+
+@contextmanager
+def model_stack(data_dir: Path, model: bytes, name: str = "chain",
+                profiles: Sequence[str] = ("server", "server", "server"), **kwargs: Any) -> Iterator[Stack]:
+    """:func:`fault_stack` with ``model`` registered at the root as ``name``: the ``stack`` fixture
+    of the fault tests. The processes' log tails are printed on the way out; pytest shows them
+    only for a failing test."""
+    with fault_stack(data_dir, profiles, **kwargs) as running:
+        register_model(running, name, model)
+        yield running
+        print(log_tails(running))
 
 
 def submit(stack: Stack, sla: dict[str, Any]) -> Deployment:

@@ -22,12 +22,11 @@ from treeline_fault_harness import (
     chain_model,
     check_deployments,
     deploy,
-    fault_stack,
-    log_tails,
     model_sla,
+    model_stack,
+    node_name,
     nodes,
     record,
-    register_model,
     samples,
     wait_node_online,
     wait_recovered,
@@ -45,10 +44,8 @@ OUTAGE_S = 5.0  # how long an orchestrator stays down while a node dies
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with fault_stack(tmp_path) as running:
-        register_model(running, "chain", MODEL)
+    with model_stack(tmp_path, MODEL) as running:
         yield running
-        print(log_tails(running))  # shown by pytest only when the test fails
 
 
 class OfflineWatch:
@@ -159,7 +156,7 @@ def test_d_node_dies_while_an_orchestrator_is_down(stack: Stack, component: str)
     deployment = deploy(stack, model_sla(f"missed-{component}", "chain", [1, 32]))
     placement = deployment.placement()
     victim_id = str(placement["stages"][1]["node_id"])  # not the entry: clients keep their socket
-    victim = next(name for name, doc in nodes(stack).items() if doc["node_id"] == victim_id)
+    victim = node_name(stack, victim_id)
     with Traffic(stack.root_url, deployment.service_id, MODEL, budget_s=20) as traffic:
         traffic.wait_answers(20, timeout=10)
         down_at = time.monotonic()
@@ -185,7 +182,7 @@ def test_d_node_dying_during_a_broker_outage_is_still_detected(stack: Stack) -> 
     once the broker is back, and only for the node that really died."""
     deployment = deploy(stack, model_sla("broker-node", "chain", [1, 32]))
     victim_id = str(deployment.placement()["stages"][1]["node_id"])
-    victim = next(name for name, doc in nodes(stack).items() if doc["node_id"] == victim_id)
+    victim = node_name(stack, victim_id)
     with Traffic(stack.root_url, deployment.service_id, MODEL, budget_s=20) as traffic, \
             OfflineWatch(stack) as watch:
         traffic.wait_answers(20, timeout=10)

@@ -19,12 +19,10 @@ from treeline_fault_harness import (
     chain_model,
     check_deployments,
     deploy,
-    fault_stack,
-    log_tails,
     model_sla,
+    model_stack,
     node_id,
     record,
-    register_model,
     stage_nodes,
     wait_node_online,
     wait_until,
@@ -40,10 +38,8 @@ REPLAN_BOUND_S = 15.0  # the benchmark measures against the 5 s goal
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with fault_stack(tmp_path, profiles=("rpi4", "rpi4")) as running:
-        register_model(running, "chain", MODEL)
+    with model_stack(tmp_path, MODEL, profiles=("rpi4", "rpi4")) as running:
         yield running
-        print(log_tails(running))  # shown by pytest only when the test fails
 
 
 def test_e_joining_node_gets_the_deployment_make_before_break(stack: Stack) -> None:

@@ -24,15 +24,13 @@ from treeline_fault_harness import (
     check_deployments,
     deploy,
     encode_json,
-    fault_stack,
-    log_tails,
     model_sla,
+    model_stack,
     nested_json,
     node_id,
     nodes,
     publish_raw,
     record,
-    register_model,
     retained,
     telemetry_body,
     wait_until,
@@ -51,10 +49,8 @@ FAR_FUTURE_SEQ = 2**53
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with fault_stack(tmp_path) as running:
-        register_model(running, "chain", MODEL)
+    with model_stack(tmp_path, MODEL) as running:
         yield running
-        print(log_tails(running))  # shown by pytest only when the test fails
 
 
 def retained_state(stack: Stack, node: str) -> NodeStatus | None:

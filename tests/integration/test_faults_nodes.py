@@ -19,14 +19,13 @@ from treeline_fault_harness import (
     check_deployments,
     deploy,
     deployment_id_of,
-    fault_stack,
-    log_tails,
     model_sla,
+    model_stack,
     node_id,
+    node_name,
     nodes,
     placement_keys,
     record,
-    register_model,
     samples,
     served_keys,
     stage_nodes,
@@ -46,20 +45,14 @@ RECOVERY_BOUND_S = 10.0  # generous on 2 shared cores; the benchmark measures ag
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    with fault_stack(tmp_path) as running:
-        register_model(running, "chain", MODEL)
+    with model_stack(tmp_path, MODEL) as running:
         yield running
-        print(log_tails(running))  # shown by pytest only when the test fails
-
-
-def name_of(stack: Stack, node: str) -> str:
-    return next(name for name, doc in nodes(stack).items() if doc["node_id"] == node)
 
 
 def test_a_node_killed_mid_traffic_is_replaced_without_failed_requests(stack: Stack) -> None:
     deployment = deploy(stack, model_sla("kill-a", "chain", [1, 32]))
     entry_node = deployment.placement()["entry"]["node_id"]
-    victim = name_of(stack, entry_node)  # the entry: clients must move too
+    victim = node_name(stack, entry_node)  # the entry: clients must move too
     with Traffic(stack.root_url, deployment.service_id, MODEL) as traffic:
         traffic.wait_answers(20, timeout=10)
         killed_at = time.monotonic()
@@ -80,7 +73,7 @@ def test_a_node_killed_mid_traffic_is_replaced_without_failed_requests(stack: St
 def test_b_node_dying_while_deploying_is_replanned_onto_the_others(stack: Stack) -> None:
     # Prepare: a first deployment profiles the model, so the second one plans at once.
     first = deploy(stack, model_sla("deploying-warm", "chain", [1, 32]))
-    victim = name_of(stack, first.placement()["stages"][1]["node_id"])
+    victim = node_name(stack, first.placement()["stages"][1]["node_id"])
     victim_id = node_id(stack, victim)
 
     # Execute: freeze the victim (its heartbeats stop, its MQTT session stays up), submit,
