@@ -193,9 +193,14 @@ def telemetry_ingest(n_nodes: int, duration_s: float) -> dict[str, Any]:
         ids = [call_json("POST", f"{stack.cluster_url}/api/node/register", json={
             "name": f"load-{i}", "profile": "server", "arch": "x86_64", "cpu_count": 4,
             "memory_limit_mb": 4096, "speed_factor": 1.0, "data_endpoint": f"tcp://127.0.0.1:{20000 + i}",
-        })["node_id"] for i in range(n_nodes)]
+        }, headers={"Authorization": f"Bearer {stack.join_token}"} if stack.join_token else None)["node_id"]
+            for i in range(n_nodes)]
         assert stack.broker is not None
+        # one multiplexed connection publishing for every simulated node: it logs in as the cluster,
+        # the only identity the ACL lets publish under every node's prefix
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="telemetry-load")
+        if stack.mqtt_username:
+            client.username_pw_set(stack.mqtt_username, stack.mqtt_password)
         client.max_inflight_messages_set(1000)
         client.connect(stack.broker.host, stack.broker.port)
         client.loop_start()

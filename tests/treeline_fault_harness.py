@@ -522,12 +522,24 @@ def wait_recovered(deployment: Deployment, since: float, without: Iterable[str] 
 # ---------------------------------------------------------------- MQTT fault injection
 
 
+def login_as_cluster(stack: Stack, client: Any) -> None:
+    """Give a paho client the cluster's MQTT identity when the stack's broker enforces identities."""
+    if stack.mqtt_username:
+        client.username_pw_set(stack.mqtt_username, stack.mqtt_password)
+
+
+def join_headers(stack: Stack) -> dict[str, str]:
+    """Headers a node registration needs at this stack's cluster (its join token)."""
+    return {"Authorization": f"Bearer {stack.join_token}"} if stack.join_token else {}
+
+
 def publish_raw(stack: Stack, topic: str, payload: bytes, *, retain: bool = False) -> None:
     """Publish ``payload`` as another MQTT client would (QoS 1; waits for the broker's ack)."""
     import paho.mqtt.client as mqtt
 
     assert stack.broker is not None, "fault stacks own their broker"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fault-injector-{time.monotonic_ns()}")
+    login_as_cluster(stack, client)  # the broker refuses anonymous clients; the cluster may publish anywhere
     client.connect(stack.broker.host, stack.broker.port)
     client.loop_start()
     try:
@@ -553,6 +565,7 @@ def retained(stack: Stack, topic: str, timeout: float = 5.0) -> bytes | None:
 
     client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
     client.on_message = on_message
+    login_as_cluster(stack, client)
     client.connect(stack.broker.host, stack.broker.port)
     client.loop_start()
     try:

@@ -24,6 +24,7 @@ from treeline_fault_harness import (
     check_deployments,
     deploy,
     encode_json,
+    join_headers,
     model_sla,
     model_stack,
     nested_json,
@@ -113,7 +114,7 @@ def test_g_poison_payloads_are_dropped_and_the_cluster_keeps_working(stack: Stac
     # A probe node that only this test speaks for (memory 0: no plan can use it).
     probe = call_json("POST", f"{stack.cluster_url}/api/node/register", json={
         "name": "probe", "profile": "server", "arch": "x86_64", "cpu_count": 2, "memory_limit_mb": 0,
-        "speed_factor": 1.0, "data_endpoint": "tcp://127.0.0.1:9"})["node_id"]
+        "speed_factor": 1.0, "data_endpoint": "tcp://127.0.0.1:9"}, headers=join_headers(stack))["node_id"]
     real = node_id(stack, "server-1")
 
     def telemetry_of(name: str) -> dict:
