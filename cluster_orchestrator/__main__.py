@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root-token", default=None, metavar="TOKEN",
                    help=f"cluster token for the root (default ${ROOT_TOKEN_ENV}); without one only a "
                         "development-mode root on loopback answers")
+    p.add_argument("--production", action="store_true",
+                   default=os.environ.get("TREELINE_PRODUCTION", "").lower() in ("1", "true", "yes"),
+                   help="serve under waitress, a production WSGI server [env TREELINE_PRODUCTION]")
     p.add_argument("--join-token", default=os.environ.get(JOIN_TOKEN_ENV) or None, metavar="TOKEN",
                    help=f"the initial join token node engines register with [env {JOIN_TOKEN_ENV}; default: "
                         "one made at the first start, logged once]")
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         root_token=root_token, join_tokens=True, join_token=args.join_token,
         mqtt_username=args.mqtt_username, mqtt_password=os.environ.get(PASSWORD_ENV) or None,
         mqtt_auth_dir=args.mqtt_auth_dir,
-        mqtt_tls=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key) if args.mqtt_tls else None)
+        mqtt_tls=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key) if args.mqtt_tls else None,
+        production=args.production)
     runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url,
                              instance_id=args.instance_id, security=security)
     if args.root_token:

@@ -26,7 +26,6 @@ import hmac
 import logging
 import uuid
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -36,6 +35,7 @@ from cluster_orchestrator.mqtt_auth import MqttCredentials
 from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from treeline_common.errors import InvalidInput, NotFound, Unauthorized
+from treeline_common.health import health_body
 from treeline_common.http import JSON_BODY_LIMIT, install_error_handlers, json_body
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,6 @@ def _is_root(access: ClusterAccess, token: str | None) -> bool:
         str(token).encode(), str(access.root_token).encode())
 
 
-def _version() -> str:
-    try:
-        return metadata.version("treeline")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
                access: ClusterAccess | None = None) -> Flask:
     """The REST app over ``core``. ``instance_id`` (default: a new uuid, made once per app, i.e.
@@ -95,8 +88,7 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
     app = Flask("cluster_orchestrator")
     app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT  # every body here is a small JSON document
     install_error_handlers(app)
-    identity = {"status": "ok", "instance_id": instance_id or str(uuid.uuid4()), "name": core.config.name,
-                "version": _version()}
+    identity = health_body(instance_id or str(uuid.uuid4()), core.config.name)
     guard = access or ClusterAccess()
 
     def from_root() -> None:

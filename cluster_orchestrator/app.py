@@ -17,8 +17,6 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from werkzeug.serving import BaseWSGIServer, make_server
-
 from cluster_orchestrator.api import ClusterAccess, create_app
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.mqtt_auth import MqttCredentials
@@ -29,6 +27,7 @@ from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import SqliteClusterStateStore
 from treeline_common.clock import Clock
 from treeline_common.mqtt_acl import CLUSTER_USER, TlsFiles
+from treeline_common.wsgi import HttpServer, make_http_server
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class ClusterSecurity:
     mqtt_password: str | None = None
     mqtt_auth_dir: Path | None = None
     mqtt_tls: TlsFiles | None = None
+    production: bool = False  # serve under waitress (werkzeug's development server otherwise)
 
 
 class ClusterRuntime:
@@ -86,7 +86,7 @@ class ClusterRuntime:
             probe = functools.partial(can_connect, config.mqtt_host, config.mqtt_port, tls=sec.mqtt_tls)
             self.mqtt_credentials = MqttCredentials(self.store, sec.mqtt_auth_dir, username or CLUSTER_USER,
                                                     sec.mqtt_password, probe=probe)
-        self._server: BaseWSGIServer | None = None
+        self._server: HttpServer | None = None
         self._server_thread: threading.Thread | None = None
         self._stopped = False
 
@@ -102,7 +102,7 @@ class ClusterRuntime:
     def start(self) -> None:
         # bind first: a taken port fails before anything is made or written
         app = create_app(self.core, self.instance_id, self.access())
-        self._server = make_server(self.host, self.port, app, threaded=True)
+        self._server = make_http_server(app, self.host, self.port, production=self.security.production)
         if self.join_tokens is not None:
             made = self.join_tokens.ensure_initial(self.security.join_token)
             if made:  # printed this once: only its digest is kept
@@ -112,14 +112,12 @@ class ClusterRuntime:
             self.mqtt_credentials.start()
         if not self.security.root_token:
             log.info("no root token: the root's routes (jobs, plans, profiles) accept any caller")
-        self.port = self._server.server_port
+        self.port = self._server.port
         if not self.config.public_url:  # advertise the address actually bound (port 0 = a free one)
             self.config = replace(self.config, public_url=self.url)
             self.core.config = self.config
             self.core.sync.public_url = self.url
-        self._server_thread = threading.Thread(target=self._server.serve_forever, name="cluster-http",
-                                               daemon=True)
-        self._server_thread.start()
+        self._server_thread = self._server.serve_in_thread("cluster-http")
         self.bus.start()
         self.core.start()
         log.info("cluster %s listening on %s (mqtt %s:%s, root %s)", self.config.name, self.url,
@@ -133,7 +131,6 @@ class ClusterRuntime:
         self.bus.stop()
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
         if self._server_thread is not None:
             self._server_thread.join(5)
         self.root.close()

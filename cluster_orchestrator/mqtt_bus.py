@@ -130,6 +130,7 @@ class MqttBus:
         self.tls = tls
         self._handler = handler
         self._connected = threading.Event()
+        self._stopping = False
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"treeline-cluster-{uuid.uuid4().hex[:8]}",
@@ -158,6 +159,7 @@ class MqttBus:
 
     def stop(self) -> None:
         """Disconnect and stop the network loop; idempotent."""
+        self._stopping = True
         try:
             self._client.disconnect()
         except Exception:  # already disconnected is fine at shutdown
@@ -185,7 +187,10 @@ class MqttBus:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any = None) -> None:
         self._connected.clear()
-        log.warning("MQTT disconnected (%s); reconnecting", reason_code)
+        if self._stopping:
+            log.info("MQTT disconnected (%s)", reason_code)
+        else:
+            log.warning("MQTT disconnected (%s); reconnecting", reason_code)
         self._notify_state(False)
 
     def _notify_state(self, connected: bool) -> None:
