@@ -166,7 +166,13 @@ class NodeRegistry:
             doc: Doc = copy.deepcopy(existing) if existing else {
                 "node_id": f"node-{uuid.uuid4().hex[:12]}", "telemetry": None, "last_seen": None}
             doc.update(fields)
-            doc.update({"registered_at": now, "status_state": None, "status_seq": None, "online": False})
+            # a new life: status tracking restarts. A node that was online stays so (it has just
+            # called us), so its restart is repaired by re-sending its stages, not by a re-plan;
+            # one that was offline comes online with its birth, once it listens for commands.
+            alive = bool(existing and existing.get("online"))
+            doc.update({"registered_at": now, "status_state": None, "status_seq": None, "online": alive})
+            if alive:
+                doc["last_seen"] = now
             self._save(doc)
             self._heard.add(doc["node_id"])
         log.info("node %s (%s) %s", doc["name"], doc["node_id"],

@@ -70,6 +70,7 @@ class ObservedNode:
     online: bool
     stages: frozenset[str] = frozenset()
     telemetry_at: float | None = None
+    name: str = ""  # for messages people read
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,12 @@ def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now:
     """
     actions: list[Action] = []
     online = frozenset(n.node_id for n in observed.nodes.values() if n.online)
+    names = {n.node_id: n.name or n.node_id for n in observed.nodes.values()}
     for deployment_id in sorted(desired):
         want = desired[deployment_id]
         if deployment_id in observed.workers:
             continue
-        plan = _plan_action(want, online, now, settings)
+        plan = _plan_action(want, online, now, settings, names)
         if plan is not None:
             actions.append(plan)
         elif want.status is JobStatus.RUNNING and want.placement is not None:
@@ -144,30 +146,39 @@ def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now:
     return actions
 
 
+_RESUME_CAUSES = {JobStatus.REQUESTED: "new deployment", JobStatus.SCHEDULED: "resumed after a restart",
+                  JobStatus.DEPLOYING: "resumed after a restart", JobStatus.DEGRADED: "repair"}
+
+
 def _plan_action(want: DesiredDeployment, online: frozenset[str], now: float,
-                 settings: Settings) -> Plan | None:
+                 settings: Settings, names: Mapping[str, str] | None = None) -> Plan | None:
     status = want.status
+
+    def named(ids: list[str]) -> str:
+        return ", ".join((names or {}).get(i, i) for i in ids)
+
     if status in IN_PROGRESS:
         if want.retry_at is None or now >= want.retry_at:
-            return Plan(want.deployment_id, f"resume {status.value}")
+            cause = "retry" if want.retry_at is not None else _RESUME_CAUSES.get(status, status.value)
+            return Plan(want.deployment_id, cause)
         return None
     if status is JobStatus.FAILED:
         if want.failed_capacity is None:
             return None
         returned = sorted(online - want.failed_capacity)
         if returned:
-            return Plan(want.deployment_id, f"capacity returned: {', '.join(returned)} online")
+            return Plan(want.deployment_id, f"capacity returned: {named(returned)} online")
         return None
     if status is not JobStatus.RUNNING or want.placement is None:
         return None
     lost = sorted(want.placement.node_ids() - online)
     if lost:
-        return Plan(want.deployment_id, f"node {', '.join(lost)} offline")
+        return Plan(want.deployment_id, f"node {named(lost)} offline")
     if want.retry_at is not None and now < want.retry_at:
         return None  # an improvement attempt failed recently: back off
     joined = sorted(online - want.considered)
     if joined:
-        return Plan(want.deployment_id, f"node {', '.join(joined)} joined", improve=True)
+        return Plan(want.deployment_id, f"node {named(joined)} joined", improve=True)
     if want.drift_since is not None and now - want.drift_since >= settings.drift_window:
         return Plan(want.deployment_id, f"measured stage times drifted from the plan for "
                                         f"{now - want.drift_since:.0f} s", improve=True)

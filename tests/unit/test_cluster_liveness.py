@@ -180,3 +180,16 @@ def test_after_a_cluster_restart_a_new_process_may_take_a_name_only_the_store_re
     assert after.list_nodes()[0]["online"]
     doc, created = after.register(dict(REG, instance_id="new"))
     assert doc["node_id"] == node_id and not created
+
+
+def test_a_live_node_that_re_registers_stays_online_and_a_dead_one_waits_for_its_birth() -> None:
+    clock = FakeClock()
+    registry = NodeRegistry(InMemoryClusterStateStore(), clock, 6.0)
+    node_id = registry.register(REG)[0]["node_id"]
+    registry.on_telemetry(node_id, telemetry(node_id, clock.now()))
+    doc, _ = registry.register(REG)  # its process restarted and called us: it is alive
+    assert doc["online"] and doc["status_seq"] is None
+    registry.on_status(node_id, NodeStatus(node_id, "offline", seq=1, ts=clock.now()))
+    doc, _ = registry.register(REG)  # it died; back online only with its birth (when it listens)
+    assert not doc["online"]
+    assert registry.on_status(node_id, NodeStatus(node_id, "online", seq=2, ts=clock.now())) == (False, True)

@@ -60,20 +60,22 @@ def test_a_healthy_running_deployment_needs_nothing() -> None:
                                     JobStatus.DEGRADED])
 def test_in_progress_without_worker_is_planned(status: JobStatus) -> None:
     want = DesiredDeployment("d-0", status)
-    assert reconcile({"d-0": want}, observed(node("a")), NOW) == [Plan("d-0", f"resume {status.value}")]
+    [action] = reconcile({"d-0": want}, observed(node("a")), NOW)
+    assert isinstance(action, Plan) and not action.improve and action.cause in (
+        "new deployment", "resumed after a restart", "repair")
 
 
 def test_retry_waits_for_its_time_and_a_worker_blocks_planning() -> None:
     want = DesiredDeployment("d-0", JobStatus.REQUESTED, retry_at=NOW + 1)
     assert reconcile({"d-0": want}, observed(node("a")), NOW) == []
-    assert reconcile({"d-0": want}, observed(node("a")), NOW + 1) == [Plan("d-0", "resume REQUESTED")]
+    assert reconcile({"d-0": want}, observed(node("a")), NOW + 1) == [Plan("d-0", "retry")]
     busy = observed(node("a"), workers=frozenset({"d-0"}))
     assert reconcile({"d-0": replace(want, retry_at=None)}, busy, NOW) == []
 
 
 def test_a_lost_node_triggers_a_repair_plan() -> None:
-    obs = observed(node("a", stages=("d-0/1/0",)), node("b", online=False))
-    assert reconcile({"d-0": running()}, obs, NOW) == [Plan("d-0", "node b offline")]
+    obs = observed(node("a", stages=("d-0/1/0",)), replace(node("b", online=False), name="rpi4-1"))
+    assert reconcile({"d-0": running()}, obs, NOW) == [Plan("d-0", "node rpi4-1 offline")]
 
 
 def test_failed_unschedulable_is_retried_when_capacity_returns() -> None:
