@@ -43,14 +43,16 @@ def run(quick: bool = False, cache_dir: Path | None = None) -> dict[str, Any]:
             client.register_model("mobilenet_v2", onnx_bytes)
             log = io.StringIO()
             for suffix, extra in SCENARIOS.items():
-                ours = deploy_sla(client, example_sla(EXAMPLE, f"ours{suffix}", **extra),
-                                  log)[0]["placement"]
-                greedy = deploy_sla(client, example_sla(EXAMPLE, f"greedy{suffix}",
-                                                        scheduler_profile="amp4ec-baseline", **extra),
-                                    log)[0]["placement"]
-                # interleaved rounds: host noise hits both deployments alike
+                ours_service = deploy_sla(client, example_sla(EXAMPLE, f"ours{suffix}", **extra), log)[0]
+                greedy_service = deploy_sla(client, example_sla(EXAMPLE, f"greedy{suffix}",
+                                                                scheduler_profile="amp4ec-baseline", **extra),
+                                            log)[0]
+                ours, greedy = ours_service["placement"], greedy_service["placement"]
+                # interleaved rounds: host noise hits both deployments alike; requests follow each
+                # service through the root should the cluster re-plan it meanwhile
                 measured = {name: reports["latency"] for name, reports in
-                            measure_interleaved({"ours": ours, "greedy": greedy}, requests).items()}
+                            measure_interleaved({"ours": ours_service, "greedy": greedy_service}, requests,
+                                                stack.root_url).items()}
                 result[f"latency_ratio_vs_greedy{suffix}_predicted"] = (
                     greedy["predicted"]["latency_ms"] / ours["predicted"]["latency_ms"])
                 result[f"latency_ratio_vs_greedy{suffix}"] = (

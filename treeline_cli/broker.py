@@ -187,13 +187,14 @@ def mosquitto_conf(port: int, auth: BrokerAuth | None = None, tls: TlsFiles | No
     if tls is not None:
         lines += [f"{key} {path}" for key, path in (("cafile", tls.ca), ("certfile", tls.cert),
                                                      ("keyfile", tls.key)) if path]
+    # Run as root, Mosquitto switches to the "mosquitto" user: that clears the parent-death signal
+    # (a killed `treeline up` would leave it running) and that user cannot read the 0600 password
+    # files of the user who wrote them. Stay that user (a warning in its log says so).
+    if os.geteuid() == 0:
+        lines.append("user root")
     if auth is None:
         lines.append("allow_anonymous true")
     else:
-        # Run as root, Mosquitto switches to the "mosquitto" user, which cannot read the 0600 files
-        # of the user who wrote them: stay that user (a warning in its log says so).
-        if os.geteuid() == 0:
-            lines.append("user root")
         lines += ["allow_anonymous false", f"password_file {auth.password_file}", f"acl_file {auth.acl_file}"]
     lines += ["persistence false", "log_dest stderr", "max_queued_messages 10000"]
     return "\n".join(lines) + "\n"

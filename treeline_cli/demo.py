@@ -9,6 +9,7 @@ each; one table shows the stages, the predicted and measured latency and the thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -20,10 +21,18 @@ import numpy as np
 
 import model_zoo
 from deployment_descriptors import example_path, example_sla
-from node_engine.data_plane.client import TensorClient
-from treeline_cli.inference import InferenceReport, merge, random_inputs, run_requests
+from node_engine.data_plane.service_client import Resolver, ServiceClient
+from treeline_cli.inference import (
+    InferenceReport,
+    merge,
+    random_inputs,
+    run_requests,
+    service_resolver,
+    static_resolver,
+)
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack
+from treeline_common.errors import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +48,28 @@ def deploy_file(client: RootClient, path: Path, out: TextIO, timeout: float = 18
 
 def deploy_sla(client: RootClient, sla: dict[str, Any], out: TextIO,
                timeout: float = 180.0) -> list[dict[str, Any]]:
-    """Submit an SLA document, deploy each of its services and wait until all are RUNNING."""
+    """Apply an SLA document (idempotent: a second run updates, or leaves, the same applications),
+    deploy each service that has no instance yet and wait until all are RUNNING."""
     services = []
-    for application in client.submit_sla(sla):
+    for application in client.apply(sla):
         for service_id in application["microservices"]:
-            client.deploy_service(service_id)
+            if not client.service(service_id).get("instances"):
+                client.deploy_service(service_id)
             doc = client.wait_deployed(service_id, timeout=timeout, on_change=_status_writer(out, service_id))
             services.append(doc)
     return services
+
+
+def register_once(client: RootClient, name: str, onnx_bytes: bytes, description: str) -> dict[str, Any]:
+    """The model's latest version when it already holds these bytes, else a new version."""
+    digest = hashlib.sha256(onnx_bytes).hexdigest()
+    try:
+        latest = client.model_version(name, "latest")
+    except NotFound:
+        latest = None
+    if latest is not None and latest.get("sha256") == digest:
+        return latest
+    return client.register_model(name, onnx_bytes, description=description)
 
 
 def _status_writer(out: TextIO, service_id: str) -> Callable[[dict[str, Any]], None]:
@@ -60,29 +83,46 @@ def _status_writer(out: TextIO, service_id: str) -> Callable[[dict[str, Any]], N
 ROUNDS = 4
 
 
-def measure_interleaved(placements: dict[str, dict[str, Any]],
-                        n: int) -> dict[str, dict[str, InferenceReport]]:
+def _resolver(service: dict[str, Any], root_url: str | None) -> Resolver:
+    """Follow the service through the root (a re-plan during the measurement moves its entry);
+    a bare placement (no root given) is measured where it is."""
+    if root_url and service.get("service_id"):
+        return service_resolver(root_url, str(service["service_id"]))
+    return static_resolver(service.get("placement") or service)
+
+
+def _placement(service: dict[str, Any]) -> dict[str, Any]:
+    return dict(service.get("placement") or service)
+
+
+def measure_interleaved(services: dict[str, dict[str, Any]], n: int,
+                        root_url: str | None = None) -> dict[str, dict[str, InferenceReport]]:
     """Send ``n`` requests (and ``n`` with several in flight) to each deployment, in ``ROUNDS``
     round-robin rounds, so a transient slowdown of the shared host hits every deployment alike
-    instead of whichever happened to be measured at that moment."""
+    instead of whichever happened to be measured at that moment. ``services`` are service
+    documents (followed through ``root_url`` across re-plans) or bare placements."""
     runs: dict[str, dict[str, list[InferenceReport]]] = {
-        k: {"latency": [], "throughput": []} for k in placements}
+        k: {"latency": [], "throughput": []} for k in services}
     per_round = max(1, n // ROUNDS)
     for round_index in range(ROUNDS):
-        for label, placement in placements.items():
-            runs[label]["latency"].append(run_requests(placement, per_round, in_flight=1, seed=round_index))
+        for label, service in services.items():
+            resolver = _resolver(service, root_url)
+            runs[label]["latency"].append(run_requests(_placement(service), per_round, in_flight=1,
+                                                       seed=round_index, resolver=resolver))
             runs[label]["throughput"].append(
-                run_requests(placement, per_round, in_flight=THROUGHPUT_IN_FLIGHT, seed=100 + round_index))
+                run_requests(_placement(service), per_round, in_flight=THROUGHPUT_IN_FLIGHT,
+                             seed=100 + round_index, resolver=resolver))
     return {label: {kind: merge(reports) for kind, reports in kinds.items()} for label, kinds in runs.items()}
 
 
-def output_difference(placements: list[dict[str, Any]]) -> float:
+def output_difference(services: list[dict[str, Any]], root_url: str | None = None) -> float:
     """Max |a - b| between every deployment's outputs and the first's, for one shared input."""
-    sample = next(random_inputs(placements[0]["input"], 1, seed=7))
+    sample = next(random_inputs(_placement(services[0])["input"], 1, seed=7))
     outs = []
-    for placement in placements:
-        with TensorClient(placement["entry"]["endpoint"]) as client:
-            outputs, _ = client.infer(placement["entry"]["stage_key"], sample, timeout=30)
+    for service in services:
+        name = str(service.get("service_id", ""))
+        with ServiceClient(_resolver(service, root_url), service=name) as client:
+            outputs, _ = client.infer(sample)
         outs.append(outputs)
     return max(float(np.max(np.abs(o[k] - outs[0][k]))) for o in outs[1:] for k in o)
 
@@ -93,7 +133,7 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
     client = RootClient(stack.root_url)
     out.write("Exporting MobileNetV2 to ONNX (cached after the first run)...\n")
     onnx_bytes = model_zoo.cached_onnx("mobilenet_v2", stack.config.data_dir / "models")
-    version = client.register_model("mobilenet_v2", onnx_bytes, description="built-in MobileNetV2")
+    version = register_once(client, "mobilenet_v2", onnx_bytes, "built-in MobileNetV2")
     out.write(f"Registered mobilenet_v2 v{version['version']} ({version['size'] / 1e6:.1f} MB, "
               f"sha256 {version['sha256'][:12]})\n")
     plans = [
@@ -109,8 +149,8 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
         services[label] = deploy_sla(client, sla, out)[0]
     out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} "
               f"in flight to each, in {ROUNDS} interleaved rounds ...\n")
-    results = measure_interleaved({label: s["placement"] for label, s in services.items()}, requests)
-    diff = output_difference([s["placement"] for s in services.values()])
+    results = measure_interleaved(services, requests, stack.root_url)
+    diff = output_difference(list(services.values()), stack.root_url)
     out.write(render_table(services, results, diff))
     record = {
         "requests": requests,
