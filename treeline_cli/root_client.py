@@ -116,6 +116,9 @@ def save_credentials(root_url: str, entry: dict[str, Any] | None) -> Path:
     return path
 
 
+_PUBLIC_PATHS = ("/api/health", "/api/openapi.json", "/api/docs", "/api/auth/")
+
+
 def login(root_url: str, username: str, password: str, timeout: float = 10.0) -> dict[str, str]:
     """``POST /api/auth/login`` -> ``{token, refresh_token}`` (the server's 401 as its error class)."""
     return dict(http_call("POST", f"{root_url.rstrip('/')}/api/auth/login", timeout=timeout,
@@ -192,6 +195,10 @@ class RootClient:
         kwargs.setdefault("timeout", self.timeout)
         headers = dict(kwargs.pop("headers", None) or {})
         self._resolve_token()
+        if self._token is None and not path.startswith(_PUBLIC_PATHS):
+            # no token at all: log in first (the development account on a loopback root) rather
+            # than call anonymously, which a development root admits on some routes, with a warning
+            self._reauthenticate()
         try:
             return self._send(method, path, headers, kwargs)
         except Unauthorized as exc:
