@@ -321,7 +321,8 @@ class ClusterOrchestrator:
             telemetry = doc.get("telemetry") or {}
             nodes[doc["node_id"]] = ObservedNode(doc["node_id"], bool(doc.get("online")),
                                                  frozenset(telemetry.get("stages") or ()),
-                                                 doc.get("last_seen"), str(doc.get("name") or ""))
+                                                 doc.get("last_seen"), str(doc.get("name") or ""),
+                                                 str(doc.get("data_endpoint") or ""))
         with self._workers_lock:
             workers = frozenset(d for d, t in self._workers.items() if t.is_alive())
         return Observed(nodes, workers, dict(self._sent_at))

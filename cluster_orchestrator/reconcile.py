@@ -71,6 +71,7 @@ class ObservedNode:
     stages: frozenset[str] = frozenset()
     telemetry_at: float | None = None
     name: str = ""  # for messages people read
+    endpoint: str = ""  # its data-plane address now ("" unknown); a restart may change it
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now:
         want = desired[deployment_id]
         if deployment_id in observed.workers:
             continue
-        plan = _plan_action(want, online, now, settings, names)
+        plan = _plan_action(want, online, now, settings, names) or _moved(want, observed)
         if plan is not None:
             actions.append(plan)
         elif want.status is JobStatus.RUNNING and want.placement is not None:
@@ -183,6 +184,20 @@ def _plan_action(want: DesiredDeployment, online: frozenset[str], now: float,
         return Plan(want.deployment_id, f"measured stage times drifted from the plan for "
                                         f"{now - want.drift_since:.0f} s", improve=True)
     return None
+
+
+def _moved(want: DesiredDeployment, observed: Observed) -> Plan | None:
+    """A RUNNING placement whose stage names an address its node no longer serves (the node
+    restarted on another port): the routes between its stages are wrong, so it is re-planned."""
+    if want.status is not JobStatus.RUNNING or want.placement is None:
+        return None
+    moved = sorted({s.node_id for s in want.placement.all_stages()
+                    if (node := observed.nodes.get(s.node_id)) is not None and node.endpoint
+                    and node.endpoint != s.endpoint})
+    if not moved:
+        return None
+    names = ", ".join(observed.nodes[n].name or n for n in moved)
+    return Plan(want.deployment_id, f"node {names} serves at a new address")
 
 
 def _redeploys(want: DesiredDeployment, placement: Placement, observed: Observed, now: float,

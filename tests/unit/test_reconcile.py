@@ -174,3 +174,12 @@ def test_property_never_deletes_a_desired_stage_and_is_deterministic(nodes: list
             key = stage_key(command.deployment_id, command.stage or 0, command.generation or 0)
             assert (action.node_id, key) not in desired
             assert obs.nodes[action.node_id].online
+
+
+def test_a_node_serving_at_a_new_address_gets_its_deployment_re_planned() -> None:
+    moved = replace(node("b", stages=("d-0/1/1",)), endpoint="tcp://b-new", name="rpi4-1")
+    obs = observed(replace(node("a", stages=("d-0/1/0",)), endpoint="tcp://a"), moved)
+    assert reconcile({"d-0": running()}, obs, NOW) == [Plan("d-0", "node rpi4-1 serves at a new address")]
+    same = observed(replace(node("a", stages=("d-0/1/0",)), endpoint="tcp://a"),
+                    replace(node("b", stages=("d-0/1/1",)), endpoint="tcp://b"))
+    assert reconcile({"d-0": running()}, same, NOW) == []
