@@ -6,6 +6,11 @@ sends register, deploy, plan and profile requests whose bodies are random bytes,
 (any nesting), valid documents with one field replaced by random JSON, or valid documents under
 another content type; each answer must be < 500 and, when an error, carry
 ``{"error": {code, message, details}}``.
+
+Schemathesis over the cluster's own OpenAPI document (``GET /api/openapi.json``), on a cluster app
+with every credential check on (the root's token, join tokens): each operation is sent the token its
+declared ``security`` accepts (the root's token, else the initial join token), positive and
+negative cases, about 20 s; no answer may be a 5xx.
 """
 
 from __future__ import annotations
@@ -22,13 +27,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
-from cluster_orchestrator.api import create_app
+from benchmarks.hardening import fuzz_root
+from cluster_orchestrator.api import ClusterAccess, create_app
+from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import InMemoryClusterStateStore
 from model_zoo.tiny import tiny_dag_bytes
 from treeline_common.clock import FakeClock
 from treeline_common.jobs import JobRequest, ModelRef
+from treeline_common.messages import NodeTelemetry
+from treeline_common.wsgi import make_http_server
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +154,80 @@ def test_a_body_over_one_mib_is_413_over_http(cluster_url: str) -> None:
     answer = requests.post(f"{cluster_url}/api/node/register", data=big,
                            headers={"Content-Type": "application/json"}, timeout=10)
     assert answer.status_code == 413 and answer.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+# -- schemathesis over the cluster's OpenAPI document ----------------------------------------------
+
+ROOT_TOKEN = "fuzz-root-token-0123456789abcdef"
+JOIN_TOKEN = "fuzz-initial-join-token-0123456789"
+EXAMPLES = 12  # per operation and mode: about 330 requests
+
+
+@pytest.fixture(scope="module")
+def secured_cluster_url() -> Iterator[str]:
+    """A cluster with the credential checks of ``python -m cluster_orchestrator`` (the root's token,
+    join tokens with a given initial one) and an online node, served by the production server."""
+    config = ClusterConfig(name="fuzz", root_url="http://127.0.0.1:9", public_url="http://127.0.0.1:10100",
+                           mqtt_host="127.0.0.1", mqtt_port=1883)
+    store = InMemoryClusterStateStore()
+    store.set_setting("cluster_id", "cid-fuzz")
+    clock = FakeClock()
+    core = ClusterOrchestrator(config, store, RootClient(config.root_url, timeout=0.2), _Bus(), clock)
+    core.artifacts.put(MODEL_SHA, MODEL)
+    node = core.register_node(REGISTER)["node_id"]
+    core.on_telemetry(node, NodeTelemetry(node_id=node, ts=clock.now(), cpu_percent=5.0, cpu_count=4,
+                                          memory_percent=40.0, memory_total_mb=8000, memory_available_mb=3000,
+                                          memory_limit_mb=4096, profile="server"))
+    tokens = JoinTokens(store, clock)
+    tokens.ensure_initial(JOIN_TOKEN)
+    app = create_app(core, access=ClusterAccess(root_token=ROOT_TOKEN, join_tokens=tokens))
+    server = make_http_server(app, "127.0.0.1", 0, production=True)
+    thread = server.serve_in_thread("fuzz-cluster-http")
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def test_schemathesis_finds_no_server_error(secured_cluster_url: str) -> None:
+    doc = requests.get(f"{secured_cluster_url}/api/openapi.json", timeout=10).json()
+    root_ops = {(method.upper(), path) for path, ops in doc["paths"].items() for method, op in ops.items()
+                if {"rootToken": []} in op["security"]}
+    assert {("POST", "/api/plan"), ("POST", "/api/service/{service_id}/{instance}")} <= root_ops
+    found = {}
+    for token, skip in ((ROOT_TOKEN, lambda m, p: (m, p) not in root_ops),
+                        (JOIN_TOKEN, lambda m, p: (m, p) in root_ops)):
+        headers = {"Authorization": f"Bearer {token}"}
+        found[token] = fuzz_root(secured_cluster_url, headers, EXAMPLES, skip=skip)
+    samples = [s for run in found.values() for s in run["server_error_samples"]]
+    assert sum(run["server_errors"] for run in found.values()) == 0, json.dumps(samples, indent=1)[:4000]
+    operations = sum(run["fuzz_operations"] for run in found.values())
+    assert operations == sum(len(ops) for ops in doc["paths"].values()) - 1  # all but the document itself
+    assert sum(run["schemathesis_cases"] for run in found.values()) >= 5 * operations
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: the cluster maps the root's 404 for an artifact to 503 "
+                                       "(RootClient.download raises Unavailable on any non-200, and "
+                                       "dryrun.plan_summary turns every download error into Unavailable)")
+def test_known_bug_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> None:
+    """Found by the schemathesis run with more examples: a valid job whose model digest the cluster
+    does not cache and the root answers 404 for. Kept out of the run above by its fixed seed."""
+    def no_artifacts(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+        return [b'{"error": {"code": "NOT_FOUND", "message": "no such artifact", "details": []}}']
+
+    root = make_server("127.0.0.1", 0, no_artifacts, threaded=True)
+    thread = threading.Thread(target=root.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root_url = f"http://127.0.0.1:{root.port}"
+        config = ClusterConfig(name="fuzz", root_url=root_url, public_url="http://127.0.0.1:10100",
+                               mqtt_host="127.0.0.1", mqtt_port=1883)
+        store = InMemoryClusterStateStore()
+        store.set_setting("cluster_id", "cid-fuzz")
+        core = ClusterOrchestrator(config, store, RootClient(root_url, timeout=2), _Bus(), FakeClock())
+        job = {**JOB, "model": {**JOB["model"], "sha256": "ab" * 32}}
+        answer = create_app(core).test_client().post("/api/plan", json=job)
+        assert answer.status_code < 500, answer.get_json()
+    finally:
+        root.shutdown()
+        thread.join(timeout=10)

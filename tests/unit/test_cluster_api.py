@@ -1,4 +1,5 @@
-"""The cluster REST layer over an in-memory store: validation errors name their fields."""
+"""The cluster REST layer over an in-memory store: validation errors name their fields; the
+OpenAPI document lists exactly the served routes, with the credential each one checks."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema
 import pytest
 from flask.testing import FlaskClient
 
-from cluster_orchestrator.api import create_app
+from cluster_orchestrator.api import ClusterAccess, create_app, served_credentials
+from cluster_orchestrator.nodes import JoinTokens
+from cluster_orchestrator.openapi import ROUTES, Credential, openapi_path
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import InMemoryClusterStateStore
@@ -267,3 +271,105 @@ def test_plan_leaves_the_model_where_a_deployment_expects_it(cluster: Cluster) -
     assert cluster.http.post("/api/plan", json=cluster.job()).status_code == 200
     assert cluster.core.artifacts.get(cluster.sha256) == cluster.model
     assert cluster.http.get(f"/api/artifacts/{cluster.sha256}").data == cluster.model
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------------
+
+ROOT_TOKEN = "root-token-0123456789abcdef"
+INITIAL_JOIN = "initial-join-token-0123456789"
+
+
+class Secured:
+    """A cluster app with every check on: the root's token and join tokens (an initial one given)."""
+
+    def __init__(self) -> None:
+        config = ClusterConfig(name="c1", root_url="http://127.0.0.1:9", public_url="http://c1:10100",
+                               mqtt_host="127.0.0.1", mqtt_port=1883)
+        store = InMemoryClusterStateStore()
+        store.set_setting("cluster_id", "cid-1")
+        core = ClusterOrchestrator(config, store, RootClient(config.root_url), RecordingBus(), FakeClock())
+        self.tokens = JoinTokens(store, core.clock)
+        self.tokens.ensure_initial(INITIAL_JOIN)
+        self.other_join = self.tokens.create("node")[1]  # a join token that is not the initial one
+        self.app = create_app(core, access=ClusterAccess(root_token=ROOT_TOKEN, join_tokens=self.tokens))
+        self.http = self.app.test_client()
+
+
+def _served(app: Any) -> set[tuple[str, str]]:
+    return {(m, rule.rule) for rule in app.url_map.iter_rules() for m in rule.methods - {"HEAD", "OPTIONS"}
+            if rule.endpoint != "static"}
+
+
+def test_openapi_lists_exactly_the_served_routes(client: FlaskClient) -> None:
+    secured = Secured()
+    served = _served(secured.app)
+    assert served == {(r.method, r.rule) for r in ROUTES}
+    credentials = served_credentials(secured.app)
+    assert set(credentials) == served, "every view declares its credential"
+    for http in (secured.http, client):  # public on a cluster with credentials, and on one without
+        answer = http.get("/api/openapi.json")
+        assert answer.status_code == 200
+        doc = answer.get_json()
+        assert doc["openapi"] == "3.1.0" and doc["servers"][0]["url"].startswith("http://")
+        listed = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+        assert listed == {(method, openapi_path(rule)) for method, rule in served}
+        for (method, rule), credential in credentials.items():
+            op = doc["paths"][openapi_path(rule)][method.lower()]
+            assert op["security"] == credential.security and op["x-treeline-access"] == credential.summary
+            for alternative in op["security"]:
+                assert set(alternative) <= set(doc["components"]["securitySchemes"])
+            ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if "$ref" in ref:
+                assert ref["$ref"].removeprefix("#/components/schemas/") in doc["components"]["schemas"]
+    root_routes = [("POST", "/api/service/<service_id>/<instance>"), ("POST", "/api/plan"),
+                   ("POST", "/api/models/profile"), ("DELETE", "/api/service/<service_id>/<instance>")]
+    assert {credentials[route] for route in root_routes} == {Credential.ROOT}
+    assert credentials[("POST", "/api/node/register")] is Credential.JOIN
+    assert credentials[("GET", "/api/openapi.json")] is Credential.PUBLIC
+
+
+def _concrete(rule: str) -> str:
+    return rule.replace("<service_id>", "s1").replace("<instance>", "0").replace("<token_id>", "nope") \
+        .replace("<sha256>", "0" * 64)
+
+
+def test_each_route_checks_the_credential_the_document_declares() -> None:
+    secured = Secured()
+    tokens = {"rootToken": [ROOT_TOKEN], "joinToken": [INITIAL_JOIN, secured.other_join],
+              "initialJoinToken": [INITIAL_JOIN]}
+    for (method, rule), credential in served_credentials(secured.app).items():
+        path = _concrete(rule)
+        accepted = {token for alternative in credential.security for scheme in alternative
+                    for token in tokens[scheme]}
+
+        def status(token: str | None, method: str = method, path: str = path) -> int:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return secured.http.open(path, method=method, headers=headers, json={}).status_code
+
+        assert (status(None) == 401) == (credential is not Credential.PUBLIC), (method, rule)
+        for token in accepted:
+            assert status(token) != 401, (method, rule, token)
+        for token in {ROOT_TOKEN, INITIAL_JOIN, secured.other_join, "wrong-token"} - accepted:
+            if credential is not Credential.PUBLIC:
+                assert status(token) == 401, (method, rule, token)
+
+
+def test_the_body_schemas_accept_what_the_routes_accept(cluster: Cluster) -> None:
+    doc = cluster.http.get("/api/openapi.json").get_json()
+
+    def valid(name: str, body: Any) -> bool:
+        schema = {**doc, "$ref": f"#/components/schemas/{name}"}
+        return not list(jsonschema.Draft202012Validator(schema).iter_errors(body))
+
+    job = cluster.job()
+    assert valid("JobRequest", job) and valid("NodeRegistration", REG)
+    assert valid("ProfileRequest", _profile_body(cluster)) and valid("JoinTokenRequest", {"name": "n"})
+    for name, bad in [("JobRequest", {**job, "instance": -1}),
+                      ("JobRequest", {**job, "model": {**job["model"], "sha256": "xyz"}}),
+                      ("JobRequest", {**job, "microservice": {"microservice_name": "x"}}),
+                      ("NodeRegistration", {**REG, "cpu_count": 0}),
+                      ("NodeRegistration", {**REG, "data_endpoint": "127.0.0.1:7001"}),
+                      ("ProfileRequest", _profile_body(cluster, device_class="bad class")),
+                      ("JoinTokenRequest", {"name": "x" * 129})]:
+        assert not valid(name, bad), (name, bad)
+    assert cluster.http.post("/api/plan", json={**job, "instance": -1}).status_code == 400
