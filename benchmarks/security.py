@@ -1,4 +1,4 @@
-"""Security benchmark: what authentication costs per request at the root.
+"""Security benchmark: what authentication costs per request at the root, and per hop on the data plane.
 
 Run ``python -m benchmarks.security [--quick] [--json PATH]``. Prints a table and writes JSON
 (default ``benchmarks/results/security.json``):
@@ -13,9 +13,13 @@ Run ``python -m benchmarks.security [--quick] [--json PATH]``. Prints a table an
 - ``login_ms_p50``: ``POST /api/auth/login`` (one argon2 verification; deliberately slow).
 - ``upload_peak_rss_mb``, ``schemathesis_cases``, ``server_errors`` (and their context keys): the
   hardened-API figures measured on a real root process by :mod:`benchmarks.hardening`.
+- ``curve_hop_overhead_ms`` and ``auth_hop_overhead_ms``: what CURVE encryption and the data
+  key's authenticator add to one 100 KB data-plane hop (p50 minus plain TCP's p50), measured by
+  :func:`benchmarks.dataplane.run` on real zmq sockets (``dataplane_hop_plain_p50_ms`` and
+  ``dataplane_requests_per_mode`` give the context; ``python -m benchmarks.dataplane`` has the rest).
 
 No stack or network for the authentication figures: an in-process root on a temporary SQLite
-store (the hardened-API figures start one root process).
+store (the hardened-API figures start one root process; the data-plane figures loopback nodes).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import hardening
+from benchmarks import dataplane, hardening
 from benchmarks.report import add_json_option, benchmark_parser, report
 from root_orchestrator.app import create_app
 from root_orchestrator.auth import AuthService, SecurityConfig
@@ -58,9 +62,23 @@ def _p(times: list[float], q: float) -> float:
     return float(np.percentile(times, q))
 
 
-def run(quick: bool = False, hardened: bool = True) -> dict[str, Any]:
+# the data-plane figures this report carries, from benchmarks.dataplane.run (key there -> key here)
+DATA_PLANE_KEYS = {"curve_hop_overhead_ms": "curve_hop_overhead_ms",
+                   "auth_hop_overhead_ms": "auth_hop_overhead_ms",
+                   "hop_plain_p50_ms": "dataplane_hop_plain_p50_ms",
+                   "requests_per_mode": "dataplane_requests_per_mode"}
+
+
+def data_plane(quick: bool = False) -> dict[str, Any]:
+    """The data plane's per-hop security overheads, as :func:`benchmarks.dataplane.run` measures them."""
+    measured = dataplane.run(quick)
+    return {ours: measured[theirs] for theirs, ours in DATA_PLANE_KEYS.items()}
+
+
+def run(quick: bool = False, hardened: bool = True, data_plane_hops: bool = True) -> dict[str, Any]:
     """Every security metric as a flat dict (the JSON report); ``hardened``: with the figures of
-    :mod:`benchmarks.hardening` (a real root process, about 10 s)."""
+    :mod:`benchmarks.hardening` (a real root process, about 10 s); ``data_plane_hops``: with the
+    data plane's hop overheads (:mod:`benchmarks.dataplane`, about 10 s)."""
     reps = 300 if quick else 2000
     with tempfile.TemporaryDirectory() as tmp:
         stores = open_stores(f"sqlite:///{Path(tmp) / 'root'}")
@@ -89,12 +107,13 @@ def run(quick: bool = False, hardened: bool = True) -> dict[str, Any]:
             "login_ms_p50": statistics.median(logins), "security_repetitions": reps,
             # hardened APIs on a real root process: upload_peak_rss_mb, schemathesis_cases,
             # server_errors (benchmarks.hardening)
-            **(hardening.run(quick) if hardened else {})}
+            **(hardening.run(quick) if hardened else {}),
+            **(data_plane(quick) if data_plane_hops else {})}
 
 
 def auth_overhead_ms_p50(quick: bool = True) -> float:
     """p50 milliseconds the root spends authenticating one request with a user's bearer token."""
-    return float(run(quick, hardened=False)["auth_overhead_ms_p50"])
+    return float(run(quick, hardened=False, data_plane_hops=False)["auth_overhead_ms_p50"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_json_option(parser, "security")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("node_engine").setLevel(logging.WARNING)  # the data-plane nodes' start/stop lines
     result = run(args.quick)
     report(result, args.json)
     return 0
