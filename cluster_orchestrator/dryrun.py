@@ -31,7 +31,14 @@ from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from cluster_orchestrator.profiler import classes_to_profile
 from deployment_descriptors import load_profile
 from ml_scheduler.costmodel import CostModel
-from treeline_common.errors import InvalidInput, TreelineError, Unavailable, Unschedulable
+from treeline_common.errors import (
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    TreelineError,
+    Unavailable,
+    Unschedulable,
+)
 from treeline_common.jobs import JobRequest
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,10 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
 
     try:
         model, graph = core.models.get(spec.model_sha256, model_bytes)
-    except TreelineError as exc:
+    except (NotFound, IntegrityError) as exc:  # the root answered: the job names a model it lacks
+        raise InvalidInput(f"model download: {exc.message}",
+                           [{"path": "model.sha256", "message": exc.message}]) from None
+    except TreelineError as exc:  # the root cannot be reached now
         raise Unavailable(f"model download: {exc.message}", exc.details) from None
     except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
         raise InvalidInput(f"model {spec.model_sha256} is not valid ONNX: {exc}",

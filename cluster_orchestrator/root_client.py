@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from treeline_common.errors import IntegrityError, Unavailable
+from treeline_common.errors import IntegrityError, NotFound, Unavailable
 from treeline_common.http import call_json
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class RootClient:
             response = self._session.get(url, headers=self._headers(url), timeout=self.timeout)
         except requests.RequestException as exc:
             raise Unavailable(f"GET {url}: {exc}") from None
+        if response.status_code == 404:
+            raise NotFound(f"GET {url}: the root has no such artifact",
+                           [{"path": "model.sha256", "message": "the root holds no artifact with this digest"}])
         if response.status_code >= 400:
             raise Unavailable(f"GET {url}: HTTP {response.status_code}")
         data = response.content

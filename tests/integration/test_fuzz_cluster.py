@@ -205,10 +205,7 @@ def test_schemathesis_finds_no_server_error(secured_cluster_url: str) -> None:
     assert sum(run["schemathesis_cases"] for run in found.values()) >= 5 * operations
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the cluster maps the root's 404 for an artifact to 503 "
-                                       "(RootClient.download raises Unavailable on any non-200, and "
-                                       "dryrun.plan_summary turns every download error into Unavailable)")
-def test_known_bug_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> None:
+def test_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> None:
     """Found by the schemathesis run with more examples: a valid job whose model digest the cluster
     does not cache and the root answers 404 for. Kept out of the run above by its fixed seed."""
     def no_artifacts(environ: Any, start_response: Any) -> list[bytes]:
@@ -227,7 +224,8 @@ def test_known_bug_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> Non
         core = ClusterOrchestrator(config, store, RootClient(root_url, timeout=2), _Bus(), FakeClock())
         job = {**JOB, "model": {**JOB["model"], "sha256": "ab" * 32}}
         answer = create_app(core).test_client().post("/api/plan", json=job)
-        assert answer.status_code < 500, answer.get_json()
+        assert answer.status_code == 400, answer.get_json()
+        assert answer.get_json()["error"]["details"][0]["path"] == "model.sha256"
     finally:
         root.shutdown()
         thread.join(timeout=10)
