@@ -74,7 +74,7 @@ class RootClient:
             raise Unavailable(f"GET {url}: {exc}") from None
         if response.status_code == 404:
             raise NotFound(f"GET {url}: the root has no such artifact",
-                           [{"path": "model.sha256", "message": "the root holds no artifact with this digest"}])
+                           [{"path": "model.sha256", "message": "no artifact with this digest at the root"}])
         if response.status_code >= 400:
             raise Unavailable(f"GET {url}: HTTP {response.status_code}")
         data = response.content
