@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cluster_orchestrator import planning
+from cluster_orchestrator import keys, planning
 from cluster_orchestrator.aggregate import compute_aggregate
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployer import Attempt, Deployer, DeployerSettings, ModelCache
@@ -168,7 +168,7 @@ class ClusterOrchestrator:
         deployments are re-derived from it, also after a restart)."""
         value = self.store.get_setting(DATA_SECRET_KEY)
         if not value:
-            value = planning.new_cluster_secret().hex()
+            value = keys.new_cluster_secret().hex()
             self.store.set_setting(DATA_SECRET_KEY, value)
         return bytes.fromhex(str(value))
 

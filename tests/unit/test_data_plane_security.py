@@ -19,8 +19,8 @@ import pytest
 import zmq
 from treeline_test_helpers import start_data_plane_server as _server
 
-from cluster_orchestrator import planning
-from cluster_orchestrator.planning import DataPlaneSecurity, EncryptionUnavailable, NodeCurve
+from cluster_orchestrator import keys, planning
+from cluster_orchestrator.keys import DataPlaneSecurity, EncryptionUnavailable, NodeCurve
 from node_engine.commands import CommandHandler
 from node_engine.data_plane.client import DataPlaneError, TensorClient, new_request_id
 from node_engine.data_plane.security import StageAccess
@@ -179,8 +179,8 @@ def test_keys_derive_per_deployment_generation_and_never_reach_the_root() -> Non
     assert len({one, planning.data_key(SECRET, "svc-0", 2), planning.data_key(SECRET, "svc-1", 1),
                 planning.data_key(OTHER_SECRET, "svc-0", 1)}) == 4
     assert planning.caller_key(SECRET, "svc-0") not in (one, planning.caller_key(SECRET, "svc-1"))
-    assert len(planning.new_cluster_secret()) == 32
-    assert planning.new_cluster_secret() != planning.new_cluster_secret()
+    assert len(keys.new_cluster_secret()) == 32
+    assert keys.new_cluster_secret() != keys.new_cluster_secret()
     placement = _placement("svc-0", ["tcp://a:1", "tcp://b:2"])
     security = DataPlaneSecurity(SECRET, authenticate_callers=True)
     commands = planning.deploy_commands(placement, "http://root", security)
@@ -210,7 +210,7 @@ def test_encryption_needs_every_receiving_node_to_report_a_curve_key() -> None:
         {"node_id": "n1", "telemetry": {"data_curve_endpoint": "tcp://b:3", "curve_public_key": "B" * 40}},
         {"node_id": "n2", "data_curve_endpoint": "tcp://c:3"},  # no key: not a CURVE node
     ]
-    assert planning.node_curve_keys(docs) == curve
+    assert keys.node_curve_keys(docs) == curve
 
 
 # ---------------------------------------------------------------- authenticated pipelines
