@@ -331,3 +331,16 @@ def running_nodes(cluster_url: str, specs: Iterable[tuple[str, str]], tmp: Path,
         for node in nodes:
             observer.wait_for(topics.status(node.node_id), NodeStatus, lambda s: s.state == "online", timeout)
         yield nodes
+
+
+def tiny_mlp(seed: int, input_name: str = "input") -> bytes:
+    """``input[1,8] -> MatMul -> Relu -> MatMul -> output[1,4]`` with named nodes (so it can be cut),
+    weights drawn from ``seed``: the small model the end-to-end tests deploy."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", [input_name, "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
+    return onnx_bytes(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 8])],
+                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treeline_test_helpers import onnx_bytes
+from treeline_test_helpers import tiny_mlp
 
 from treeline_cli.root_client import DeploymentFailed, RootClient, login
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
@@ -31,18 +31,7 @@ INPUT = "input"
 
 
 def tiny_model() -> bytes:
-    """input[1,8] -> MatMul -> Relu -> MatMul -> output[1,4]."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
-    nodes = [helper.make_node("MatMul", [INPUT, "w1"], ["h"], name="mm1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
-    return onnx_bytes(nodes, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 8])],
-                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])
+    return tiny_mlp(0, INPUT)
 
 
 def sla(app: str, constraints: list[dict[str, Any]] | None = None) -> dict[str, Any]:

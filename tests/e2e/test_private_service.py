@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from treeline_test_helpers import ort_run
+from treeline_test_helpers import ort_run, tiny_mlp
 
 from node_engine.data_plane.client import DataPlaneError, TensorClient
 from treeline_cli.inference import run_requests, service_resolver
@@ -21,18 +21,7 @@ INPUT = "input"
 
 
 def tiny_model() -> bytes:
-    """input[1,8] -> MatMul -> Relu -> MatMul -> output[1,4] (named nodes, so it can be cut)."""
-    from onnx import TensorProto, helper, numpy_helper
-    from treeline_test_helpers import onnx_bytes
-
-    rng = np.random.default_rng(3)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
-    nodes = [helper.make_node("MatMul", [INPUT, "w1"], ["h"], name="mm1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
-    return onnx_bytes(nodes, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 8])],
-                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])
+    return tiny_mlp(3, INPUT)
 
 
 def private_sla() -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import requests
-from treeline_test_helpers import onnx_bytes
+from treeline_test_helpers import tiny_mlp
 
 from treeline_cli.inference import run_requests, service_resolver
 from treeline_cli.root_client import RootClient
@@ -47,18 +47,7 @@ EXPECTED_WARNINGS = (re.compile(r"WARNING root_orchestrator\.auth\.service: deve
 
 
 def tiny_model() -> bytes:
-    """input[1,8] -> MatMul -> Relu -> MatMul -> output[1,4]."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(1)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
-    nodes = [helper.make_node("MatMul", [INPUT, "w1"], ["h"], name="mm1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
-    return onnx_bytes(nodes, [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 8])],
-                      [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])
+    return tiny_mlp(1, INPUT)
 
 
 def sla(app: str) -> dict[str, Any]:
