@@ -15,10 +15,11 @@ its :class:`~cluster_orchestrator.openapi.Credential` with the check it runs (``
   /api/models/profile``): the root's credential, ``Authorization: Bearer <the cluster token>``
   (the one this cluster uses with the root, ``--root-token``) when the cluster has one;
 - ``/api/join-tokens``: the root's credential or the cluster's initial join token;
-- open: ``GET /api/health``, ``GET /status``, ``GET /api/openapi.json``, ``GET /api/nodes``,
-  ``GET /api/deployments/...``
-  (read-only views without secrets) and ``GET /api/artifacts/<sha256>`` (content-addressed
-  partitions the nodes download; see the contract for why it is still open).
+- ``GET /api/artifacts/<sha256>`` (the models and partitions nodes download): a valid join token
+  (the node engine sends the one it registered with) or the root's credential, when the cluster
+  has join tokens;
+- open: ``GET /api/health``, ``GET /status``, ``GET /api/openapi.json``, ``GET /api/nodes`` and
+  ``GET /api/deployments/...`` (read-only views without secrets).
 
 A missing or wrong credential is 401 ``UNAUTHORIZED`` with ``WWW-Authenticate: Bearer``. An app
 built without an access (tests, embedding) leaves every route open, as before.
@@ -134,6 +135,14 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
         if guard.join_tokens is not None and guard.join_tokens.find(_bearer()) is None:
             raise _unauthorized("a valid join token is required (node engine --join-token)")
 
+    def node() -> None:
+        """Artifact downloads: a join token (or the root's credential) when this cluster has join tokens."""
+        if guard.join_tokens is None:
+            return
+        token = _bearer()
+        if not (_is_root(guard, token) or guard.join_tokens.find(token) is not None):
+            raise _unauthorized("a valid join token is required (the node engine's --join-token)")
+
     def admin() -> None:
         """``/api/join-tokens``: the root's credential or the initial join token."""
         token = _bearer()
@@ -143,7 +152,7 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
 
     checks: dict[Credential, Callable[[], None]] = {
         Credential.PUBLIC: lambda: None, Credential.ROOT: from_root, Credential.JOIN: joining,
-        Credential.JOIN_ADMIN: admin}
+        Credential.JOIN_ADMIN: admin, Credential.NODE: node}
 
     def needs(credential: Credential) -> Callable[[View], View]:
         """Run ``credential``'s check before the view, and declare it (for the OpenAPI document)."""
@@ -230,7 +239,7 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
         return jsonify({"service_id": service_id, "instance": doc["instance"], "status": doc["status"]})
 
     @app.get("/api/artifacts/<sha256>")
-    @needs(Credential.PUBLIC)
+    @needs(Credential.NODE)
     def artifact(sha256: str) -> Any:
         return core.artifact(sha256), 200, {"Content-Type": "application/octet-stream"}
 

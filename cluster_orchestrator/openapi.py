@@ -38,6 +38,7 @@ class Credential(enum.Enum):
     ROOT = "root"  # the root's cluster token (--root-token), when the cluster has one
     JOIN = "join"  # any join token, when the cluster has join tokens
     JOIN_ADMIN = "join-admin"  # the root's cluster token or the cluster's initial join token
+    NODE = "node"  # any join token or the root's cluster token, when the cluster has join tokens
 
     @property
     def summary(self) -> str:
@@ -54,11 +55,13 @@ _SUMMARIES = {
     Credential.ROOT: "the root's cluster token (the cluster's --root-token), when the cluster has one",
     Credential.JOIN: "a join token, when the cluster has join tokens",
     Credential.JOIN_ADMIN: "the root's cluster token or the cluster's initial join token",
+    Credential.NODE: "a join token (the node's own) or the root's cluster token, "
+                     "when the cluster has join tokens",
 }
 ROOT_TOKEN, JOIN_TOKEN, INITIAL_JOIN_TOKEN = "rootToken", "joinToken", "initialJoinToken"
 _SCHEMES: dict[Credential, tuple[str, ...]] = {
     Credential.PUBLIC: (), Credential.ROOT: (ROOT_TOKEN,), Credential.JOIN: (JOIN_TOKEN,),
-    Credential.JOIN_ADMIN: (ROOT_TOKEN, INITIAL_JOIN_TOKEN)}
+    Credential.JOIN_ADMIN: (ROOT_TOKEN, INITIAL_JOIN_TOKEN), Credential.NODE: (JOIN_TOKEN, ROOT_TOKEN)}
 SECURITY_SCHEMES = {
     ROOT_TOKEN: {"type": "http", "scheme": "bearer",
                  "description": "The token the root calls this cluster with: the cluster token this "
@@ -106,7 +109,7 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/service/<service_id>/<instance>", "Undeploy one instance -> {service_id, instance, "
           "status}", None, (200, 401, 404)),
     Route("GET", "/api/artifacts/<sha256>", "A model or partition this cluster holds (bytes)", None,
-          (200, 404)),
+          (200, 401, 404)),
     Route("GET", "/api/deployments/<service_id>/<instance>",
           "{status, status_detail, placement, pending, generation, attempts, retry_at, events, ...}",
           None, (200, 404)),

@@ -4,6 +4,9 @@ The deploy command names the digest the cluster computed; a node MUST refuse byt
 do not match (a truncated transfer or a wrong artifact would otherwise be served as if
 it were the planned partition). Files are content-addressed (``<sha256>.onnx``), so a
 partition already on disk is verified and reused instead of downloaded again.
+
+The cluster serves its artifacts only to callers with a join token when it has join tokens: the
+node engine sends the one it registered with (``token``) as ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -55,12 +58,14 @@ def fetch_artifact(
     *,
     stop: threading.Event | None = None,
     timeout: float = 30.0,
+    token: str | None = None,
 ) -> Path:
     """Return the local path of the verified artifact, downloading it when needed.
 
     The body is streamed to a temporary file while hashing in chunks; on a mismatch the
     file is deleted and :class:`DigestMismatch` says ``sha256 mismatch: expected X got Y``
     (:data:`treeline_common.errors.SHA256_MISMATCH` is the reason code a cluster matches).
+    ``token`` (the node's join token), when given, goes as ``Authorization: Bearer <token>``.
     """
     import requests
 
@@ -75,7 +80,8 @@ def fetch_artifact(
     partial = data_dir / f"{expected}.{os.getpid()}.{threading.get_ident()}.part"
     digest = hashlib.sha256()
     try:
-        with requests.get(url, stream=True, timeout=timeout) as response:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
             if response.status_code >= 400:
                 raise ArtifactError(f"download failed: HTTP {response.status_code} from {url}")
             with partial.open("wb") as fh:

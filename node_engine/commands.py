@@ -63,7 +63,10 @@ class CommandHandler:
         report: Reporter,
         clock: Clock,
         stop: threading.Event,
+        *,
+        join_token: str | None = None,
     ) -> None:
+        """``join_token``: sent on artifact downloads (the cluster asks for it when it has join tokens)."""
         self._node_id = node_id
         self._stages = stages
         self._data_dir = data_dir
@@ -71,6 +74,7 @@ class CommandHandler:
         self._report = report
         self._clock = clock
         self._stop = stop
+        self._join_token = join_token
         self._queue: queue.Queue[DeployCommand | DeleteCommand | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -133,7 +137,8 @@ class CommandHandler:
             return
         self._state(cmd, "DOWNLOADING")
         try:
-            path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop)
+            path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop,
+                                  token=self._join_token)
         except DownloadCancelled:
             log.info("deploy of %s cancelled by shutdown", key)
             return

@@ -242,7 +242,7 @@ class NodeEngine:
             log.info("registered as %s in cluster %s (profile %s, data plane %s)", self.node_id,
                      registration.cluster_id, self.config.profile.name, endpoint)
             commands = CommandHandler(self.node_id, self.stages, data_dir, self._load, self._report_state,
-                                      self.clock, self.stop)
+                                      self.clock, self.stop, join_token=self.config.join_token)
             tls = (self.config.mqtt_tls_files if registration.mqtt_tls or self.config.mqtt_tls else None)
             link = MqttLink(f"treeline-node-{self.node_id}", registration.mqtt_host, registration.mqtt_port,
                             will=self._next_will, on_connected=self._on_connected,
@@ -256,7 +256,8 @@ class NodeEngine:
             profile = self.config.profile
             profiler = ProfileWorker(self.node_id, profile.device_class, data_dir, self._publish_profile,
                                      self.clock, self.stop, threads=self.config.threads,
-                                     speed_factor=profile.speed_factor if profile.emulated else 1.0)
+                                     speed_factor=profile.speed_factor if profile.emulated else 1.0,
+                                     join_token=self.config.join_token)
             link.subscribe(topics.control_profile(self.node_id), profiler.on_profile)
             self._link = link
             commands.start()

@@ -160,7 +160,8 @@ class ProfileWorker:
 
     def __init__(self, node_id: str, device_class: str, data_dir: Path, publish: Publisher, clock: Clock,
                  stop: threading.Event, *, threads: int = 0, speed_factor: float = 1.0,
-                 profiler: Profiler | None = None) -> None:
+                 profiler: Profiler | None = None, join_token: str | None = None) -> None:
+        """``join_token``: sent on the model download (the cluster asks for it when it has join tokens)."""
         self._node_id = node_id
         self._device_class = device_class
         self._data_dir = data_dir
@@ -170,6 +171,7 @@ class ProfileWorker:
         self._threads = threads
         self._speed_factor = speed_factor
         self._profiler = profiler
+        self._join_token = join_token
         self._queue: queue.Queue[ProfileCommand | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -202,7 +204,8 @@ class ProfileWorker:
         """Profile synchronously; None only when the node is shutting down."""
         log.info("profiling model %s (%d runs, %d warmup)", cmd.sha256[:12], cmd.runs, cmd.warmup)
         try:
-            path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop)
+            path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop,
+                                  token=self._join_token)
             profiler = self._profiler if self._profiler is not None else profile_model
             op_ms, total, runs = profile_file(path, cmd, threads=self._threads,
                                               speed_factor=self._speed_factor, profiler=profiler)

@@ -14,6 +14,11 @@ Anonymous development-mode registrations bind nothing. The bindings are kept bes
 tokens (``bind-<sha256(name)[:32]>``, owner ``cluster-binding``, never a valid token, left out
 of the token listings); an admin frees a name with ``DELETE /api/clusters/tokens/<that id>``.
 
+A cluster's push (``POST /api/information/<cluster_id>``) is accepted only from the identity the
+cluster's name is bound to (or an admin user): another valid cluster token, or a user other than
+an admin, is 403 ``FORBIDDEN`` and the push changes nothing. A name bound to nothing (anonymous
+development-mode registration) accepts any caller the route admits.
+
 The token a cluster authenticates with (at registration, and on each push from the name's own
 identity) is what the root sends back on its calls to that cluster (``ClusterClient``).
 """
@@ -31,6 +36,7 @@ from flask import Blueprint, jsonify, request
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, auth_service, principal
 from root_orchestrator.api.oakestra import cluster_view, listing
+from root_orchestrator.auth.errors import Forbidden
 from root_orchestrator.auth.principals import CLUSTER_KIND, CLUSTER_READ, INFRASTRUCTURE, INTERNAL, Principal
 from root_orchestrator.auth.service import public_token
 from root_orchestrator.ranking import is_active
@@ -181,16 +187,34 @@ def get_cluster(cluster_id: str) -> Any:
     return jsonify(_view(c.stores.clusters.get(cluster_id), c.clock.now(), c.active_window_s))
 
 
+def _own_cluster(users: UserStore, cluster: dict[str, Any], token: str | None) -> bool:
+    """Whether the caller may act for ``cluster``: 403 when the name is bound to another identity
+    (admins may always). True when the caller is the bound identity itself."""
+    who = principal()
+    bound = _bound(users, str(cluster.get("cluster_name")))
+    caller = _identity(who, token)
+    if bound in (None, ANONYMOUS) or bound == caller:
+        return bound == caller
+    if who.is_admin:
+        return False
+    log.warning("cluster %s: a push from an identity that did not register it refused",
+                cluster.get("cluster_name"))
+    raise Forbidden(f"cluster {cluster.get('cluster_name')!r} was registered with another token; "
+                    "call with the token that registered it (or register again at its URL)",
+                    [{"path": "Authorization", "message": "not the identity that registered this cluster"}])
+
+
 @bp.post("/api/information/<cluster_id>")
 @access(INTERNAL)
 def information(cluster_id: str) -> Any:
+    """A cluster's push: only from the identity bound to its name (:func:`_own_cluster`)."""
     c = ctx()
-    answer = c.instances.apply_push(cluster_id, json_body(request))
-    token = _bearer()
-    if token:  # the cluster's own credential: what the root sends on its calls to it
-        cluster = c.stores.clusters.get(cluster_id)
-        if _bound(c.stores.users, str(cluster.get("cluster_name"))) == _identity(principal(), token):
-            c.cluster_client.remember_token(str(cluster.get("url", "")), token)
+    body, token = json_body(request), _bearer()  # a malformed body is 400 whatever the cluster id
+    cluster = c.stores.clusters.get(cluster_id)
+    own = _own_cluster(c.stores.users, cluster, token)
+    answer = c.instances.apply_push(cluster_id, body)
+    if token and own:  # the cluster's own credential: what the root sends on its calls to it
+        c.cluster_client.remember_token(str(cluster.get("url", "")), token)
     return jsonify(answer)
 
 

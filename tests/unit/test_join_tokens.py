@@ -11,6 +11,7 @@ another URL is 409, the root sends each cluster the token it authenticated with.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,12 +142,32 @@ def test_the_roots_routes_need_the_roots_token_and_views_stay_open(cluster: Clus
     assert cluster.client().get("/api/deployments/s1/0").status_code == 404
 
 
+def test_artifacts_need_a_join_token_or_the_roots_token(cluster: Cluster) -> None:
+    data = b"partition bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    cluster.core.artifacts.put(sha, data)
+    path = f"/api/artifacts/{sha}"
+    for token in (None, "wrong-token-0123456789", GIVEN + "x"):
+        assert "join token" in _unauthorized(cluster.client(token).get(path))["message"]
+    made = cluster.client(GIVEN).post("/api/join-tokens", json={"name": "rack"}).get_json()
+    for token in (GIVEN, made["token"], ROOT_TOKEN):
+        answer = cluster.client(token).get(path)
+        assert answer.status_code == 200 and answer.data == data
+    assert cluster.client(GIVEN).get(f"/api/artifacts/{'0' * 64}").status_code == 404
+    assert cluster.client(GIVEN).delete(f"/api/join-tokens/{made['token_id']}").status_code == 200
+    _unauthorized(cluster.client(made["token"]).get(path))  # a revoked token downloads nothing
+
+
 def test_without_an_access_every_route_stays_open(tmp_path: Path) -> None:
     made = Cluster(tmp_path)
     open_app = create_app(made.core)
     answer = open_app.test_client().post("/api/node/register", json=REG)
     assert answer.status_code == 200 and "mqtt_password" not in answer.get_json()
     assert open_app.test_client().post("/api/join-tokens").status_code == 404
+    made.core.artifacts.put(hashlib.sha256(b"x").hexdigest(), b"x")
+    assert open_app.test_client().get(f"/api/artifacts/{hashlib.sha256(b'x').hexdigest()}").data == b"x"
+    no_join = create_app(made.core, access=ClusterAccess(root_token=ROOT_TOKEN))  # no join tokens: open
+    assert no_join.test_client().get(f"/api/artifacts/{hashlib.sha256(b'x').hexdigest()}").status_code == 200
 
 
 # ---------------------------------------------------------------- root: cluster identity
@@ -260,3 +281,30 @@ def test_pushes_teach_the_root_the_token_and_the_client_sends_it(root: Any) -> N
     assert http._headers("http://edge:1") == {"Authorization": f"Bearer {token}"}
     assert http._headers("http://other:1") == {"Authorization": "Bearer fallback"}
     assert HttpClusterClient(default_token="")._headers("http://other:1") is None
+
+
+def test_only_the_registering_token_or_an_admin_pushes_for_a_cluster(root: Any) -> None:
+    client, new_token, clusters, admin_token = root
+    owner, other = new_token(), new_token()
+    cluster_id = _register(client(owner), "http://edge:1").get_json()["cluster_id"]
+    ok = {"aggregate": {"cpu_percent": 10.0}, "jobs": []}
+    assert client(owner).post(f"/api/information/{cluster_id}", json=ok).status_code == 200
+    seen = client(admin_token).get(f"/api/clusters/{cluster_id}").get_json()
+    clusters.tokens.clear()
+    for intruder in (other, STATIC):  # valid cluster tokens that did not register this cluster
+        refused = client(intruder).post(f"/api/information/{cluster_id}",
+                                        json={"aggregate": {"cpu_percent": 99.0}, "jobs": []})
+        assert refused.status_code == 403
+        error = refused.get_json()["error"]
+        assert error["code"] == "FORBIDDEN"
+        assert error["details"] == [{"path": "Authorization",
+                                     "message": "not the identity that registered this cluster"}]
+    assert clusters.tokens == {}  # nothing learnt, and the push changed nothing
+    assert client(admin_token).get(f"/api/clusters/{cluster_id}").get_json() == seen
+    # its own cluster stays the other token's to push for
+    mine = _register(client(other), "http://edge:2", name="cluster-2").get_json()["cluster_id"]
+    assert client(other).post(f"/api/information/{mine}", json=ok).status_code == 200
+    assert client(owner).post(f"/api/information/{mine}", json=ok).status_code == 403
+    # admins keep access (and teach the root no token)
+    assert client(admin_token).post(f"/api/information/{cluster_id}", json=ok).status_code == 200
+    assert clusters.tokens == {"http://edge:2": other}

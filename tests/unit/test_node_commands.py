@@ -14,20 +14,32 @@ import numpy as np
 import pytest
 from treeline_test_helpers import chain_models
 
+from node_engine.artifacts import fetch_artifact
 from node_engine.commands import CommandHandler
+from node_engine.profiling import ProfileWorker
 from node_engine.registration import backoff_delay, register
 from node_engine.runtime import load_partition
 from node_engine.stages import LoadedStage, StageTable
 from treeline_common.clock import FakeClock
 from treeline_common.errors import InvalidInput
-from treeline_common.messages import DeleteCommand, DeployCommand, NextStage, StageState, encode
+from treeline_common.messages import (
+    DeleteCommand,
+    DeployCommand,
+    NextStage,
+    ProfileCommand,
+    ProfileResult,
+    StageState,
+    encode,
+)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     files: ClassVar[dict[str, bytes]] = {}
+    authorizations: ClassVar[list[str | None]] = []  # the Authorization header of each GET
     register_status = 200
 
     def do_GET(self) -> None:
+        self.authorizations.append(self.headers.get("Authorization"))
         data = self.files.get(self.path)
         self.send_response(200 if data is not None else 404)
         self.end_headers()
@@ -107,6 +119,27 @@ def test_sha_mismatch_fails_and_deletes_the_file(http_base: str, handler: Handle
     assert [r.state for r in reports] == ["DOWNLOADING", "FAILED"]
     assert reports[-1].reason == f"sha256 mismatch: expected {wrong} got {_sha('part0')}"
     assert table.keys() == [] and list(tmp_path.iterdir()) == []
+
+
+def test_downloads_send_the_join_token_only_when_the_node_has_one(http_base: str, tmp_path: Path) -> None:
+    """The cluster serves artifacts to join-token holders: deploys and profiling send the node's."""
+    _Handler.authorizations.clear()
+    fetch_artifact(f"{http_base}/part0", _sha("part0"), tmp_path / "plain")
+    reports: list[StageState] = []
+    commands = CommandHandler("n1", StageTable(), tmp_path / "deploy", load_partition, reports.append,
+                              FakeClock(), threading.Event(), join_token="tlj_id_secret")
+    commands.deploy(_deploy(http_base, "part1"))
+    assert reports[-1].state == "READY"
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no profiler here")
+
+    results: list[ProfileResult] = []
+    worker = ProfileWorker("n1", "server", tmp_path / "profile", results.append, FakeClock(), threading.Event(),
+                           profiler=refuse, join_token="tlj_id_secret")
+    result = worker.handle(ProfileCommand("r1", f"{http_base}/part0", _sha("part0"), runs=1, warmup=0))
+    assert result is not None and "no profiler here" in str(result.error)
+    assert _Handler.authorizations == [None, "Bearer tlj_id_secret", "Bearer tlj_id_secret"]
 
 
 def test_missing_artifact_and_bad_model_fail_with_reason(http_base: str, handler: Handled) -> None:
