@@ -146,10 +146,13 @@ def start_remeasure(core: ClusterOrchestrator, body: Any,
         what = f"of device class {device_class!r}" if device_class else "at all"
         raise Unschedulable(f"no online node {what} in cluster {core.config.name}",
                             [{"path": "device_class", "message": f"no online node {what}"}])
-    url = planning.artifact_url(core.config.root_url, sha256)
+    # nodes fetch the model from this cluster's cache, with their join token, as for a deployment
+    root_url = planning.artifact_url(core.config.root_url, sha256)
+    url = planning.artifact_url(core.config.public_url or core.config.root_url, sha256)
 
     def measure() -> None:
         try:
+            core.artifacts.fetch(sha256, lambda: core.root.download(root_url, sha256))
             results = core.profiles.collect(publish, chosen, url, sha256, core.config.profile_timeout,
                                             threading.Event())
         except Exception:  # a background thread: log, never die silently
