@@ -7,8 +7,8 @@ others (Ray Serve's controller lesson):
 - **reconcile**: on every relevant event (a node flips, a stage report, a worker ends, a
   job arrives) and at least every ``reconcile_period``, the pure rule of
   :mod:`.reconcile` compares the desired deployments (store) with the observed nodes and
-  the actions are carried out here: start a deployment worker (one per deployment at a
-  time, :mod:`.deployer`), re-send a lost stage, delete a stage nobody wants;
+  :mod:`.actions` carries out the actions: start a deployment worker (one per deployment
+  at a time, :mod:`.deployer`), re-send a lost stage, delete a stage nobody wants;
 - **liveness**: flips nodes offline after missed heartbeats (held while the broker is
   unreachable or most nodes go silent together, see :class:`~.nodes.NodeRegistry`);
 - **root sync** (:mod:`.rootsync`): registration and the information push.
@@ -21,44 +21,37 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from cluster_orchestrator import keys, planning
+from cluster_orchestrator.actions import ActionRunner
 from cluster_orchestrator.aggregate import compute_aggregate
 from cluster_orchestrator.artifacts import ArtifactCache
-from cluster_orchestrator.deployer import Attempt, Deployer, DeployerSettings, ModelCache
+from cluster_orchestrator.config import ClusterConfig
+from cluster_orchestrator.deployer import Deployer, DeployerSettings, ModelCache
 from cluster_orchestrator.deployments import (
     DeploymentBook,
     deployment_view,
     desired_of,
     job_report,
-    placement_of,
     status_of,
 )
 from cluster_orchestrator.drift import DriftTracker
+from cluster_orchestrator.jobs import parse_job
 from cluster_orchestrator.liveness import heartbeat_timeout
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
 from cluster_orchestrator.profiler import ProfileCollector
-from cluster_orchestrator.reconcile import (
-    Action,
-    Delete,
-    Observed,
-    ObservedNode,
-    Plan,
-    Redeploy,
-    Settings,
-    reconcile,
-)
+from cluster_orchestrator.reconcile import Action, Observed, ObservedNode, Settings, reconcile
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.rootsync import RootSync
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from cluster_orchestrator.tracker import StageTracker
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
-from treeline_common.errors import InvalidInput, NotFound, TreelineError
-from treeline_common.jobs import ACTIVE, ClusterPush, JobRequest, JobStatus, deployment_id_of
+from treeline_common.errors import NotFound, TreelineError
+from treeline_common.jobs import ACTIVE, ClusterPush, JobStatus, deployment_id_of
 from treeline_common.messages import (
     DeleteCommand,
     NodeStatus,
@@ -68,47 +61,12 @@ from treeline_common.messages import (
     StageStats,
 )
 
+# ClusterConfig and parse_job are imported from here by callers (app, tests): keep them importable.
+__all__ = ["DATA_SECRET_KEY", "ClusterConfig", "ClusterOrchestrator", "parse_job"]
+
 log = logging.getLogger(__name__)
 
 DATA_SECRET_KEY = "data_secret"
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Settings of one cluster orchestrator (seconds unless named otherwise)."""
-
-    name: str
-    root_url: str
-    public_url: str
-    mqtt_host: str
-    mqtt_port: int
-    location: str = ""
-    telemetry_interval: float = 2.0
-    heartbeat_misses: int = 3
-    push_interval: float = 15.0
-    stage_timeout: float = 60.0
-    liveness_period: float = 0.5
-    profile_timeout: float = 30.0
-    reconcile_period: float = 1.0
-    max_attempts: int = 5
-    replan_margin: float = 0.25
-    drift_window: float = 30.0
-
-
-def parse_job(service_id: str, instance: str, body: Any) -> JobRequest:
-    """The job of ``POST /api/service/<service_id>/<instance>``, validated; InvalidInput names
-    each bad field (the path wins over the body for ``service_id`` and ``instance``)."""
-    if not isinstance(body, Mapping):
-        raise InvalidInput("invalid job", [{"path": "", "message": "must be a JSON object"}])
-    details: list[dict[str, Any]] = []
-    if body.get("service_id") is not None and str(body["service_id"]) != service_id:
-        details.append({"path": "service_id", "message": f"differs from the path ({service_id})"})
-    if body.get("instance") is not None and str(body["instance"]) != instance:
-        details.append({"path": "instance", "message": f"differs from the path ({instance})"})
-    if not instance.isdigit():
-        details.append({"path": "instance", "message": "must be a non-negative integer"})
-    return planning.parse_job_body(
-        {**body, "service_id": service_id, "instance": int(instance) if instance.isdigit() else 0}, details)
 
 
 class ClusterOrchestrator:
@@ -135,10 +93,9 @@ class ClusterOrchestrator:
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._workers: dict[str, threading.Thread] = {}
-        self._workers_lock = threading.Lock()
-        self._sent_at: dict[tuple[str, str], float] = {}
         self._reconcile_lock = threading.Lock()
+        self.actions = ActionRunner(self.book, self.nodes, self.drift, config.public_url, self.data_secret,
+                                    self._publish, self._changed, self._deployer, self._stop, self._kick)
         self.sync = RootSync(store, root, config.name, config.location, config.public_url,
                              config.push_interval, self.push_body, self._stop)
         self.cluster_registered = self.sync.registered
@@ -186,8 +143,7 @@ class ClusterOrchestrator:
         self._stop.set()
         self._kick.set()
         self.sync.join(timeout)
-        with self._workers_lock:
-            threads = [*self._threads, *self._workers.values()]
+        threads = [*self._threads, *self.actions.workers()]
         for thread in threads:
             thread.join(timeout)
         self.nodes.flush()
@@ -323,9 +279,7 @@ class ClusterOrchestrator:
                                                  frozenset(telemetry.get("stages") or ()),
                                                  doc.get("last_seen"), str(doc.get("name") or ""),
                                                  str(doc.get("data_endpoint") or ""))
-        with self._workers_lock:
-            workers = frozenset(d for d, t in self._workers.items() if t.is_alive())
-        return Observed(nodes, workers, dict(self._sent_at))
+        return Observed(nodes, self.actions.running(), self.actions.sent_at())
 
     def reconcile_once(self) -> list[Action]:
         """Run the rule once over the current state and carry out its actions."""
@@ -340,82 +294,10 @@ class ClusterOrchestrator:
             actions = reconcile(desired, self.observed(), now, self.rules)
             for action in actions:
                 try:
-                    self._apply(action, desired, now)
+                    self.actions.apply(action, desired, now)
                 except Exception:  # one failing action must not stop the others
                     log.exception("reconcile action %s failed", action)
             return actions
-
-    def _apply(self, action: Action, desired: Mapping[str, Any], now: float) -> None:
-        if isinstance(action, Plan):
-            self._start_attempt(action, desired[action.deployment_id])
-        elif isinstance(action, Redeploy):
-            doc = self.book.require(action.deployment_id)
-            placement = placement_of(doc)
-            if placement is None or placement.generation != action.generation:
-                return
-            microservice = planning.parse_job_microservice((doc.get("job") or {}).get("microservice"))
-            commands = planning.secured_commands(placement, self.config.public_url, self.data_secret(),
-                                                 microservice, self.nodes.list_nodes())
-            for node_id, command in commands:
-                if node_id == action.node_id and command.stage == action.stage:
-                    log.info("re-sending stage %s to node %s (not in its telemetry)",
-                             action.stage_key, node_id)
-                    self._publish(topics.control_deploy(node_id), command)
-            self._sent_at[(action.node_id, action.stage_key)] = now
-        elif isinstance(action, Delete):
-            key = (action.node_id, f"delete:{action.command}")
-            if now - self._sent_at.get(key, -1e9) < 2.0:
-                return
-            log.info("deleting %s g%s/%s on node %s: %s", action.command.deployment_id,
-                     action.command.generation, action.command.stage, action.node_id, action.reason)
-            self._publish(topics.control_delete(action.node_id), action.command)
-            self._sent_at[key] = now
-
-    def _start_attempt(self, plan: Plan, want: Any) -> None:
-        reprofile: frozenset[str] = frozenset()
-        if plan.improve and want.placement is not None and want.drift_since is not None:
-            drifted = set(self.drift.drifted_stages(want.placement))
-            reprofile = frozenset(s.profile for s in want.placement.stages
-                                  if s.index in drifted and s.profile)
-            self.drift.handled(want.placement)
-
-        def build(current: Doc | None) -> Doc | None:
-            if current is None:
-                return None
-            status = status_of(current)
-            doc = dict(current)
-            if status is JobStatus.RUNNING and not plan.improve:
-                doc.update(status=JobStatus.DEGRADED.value, status_detail=f"{plan.cause}; re-planning")
-            elif status is JobStatus.FAILED:
-                doc.update(status=JobStatus.REQUESTED.value, status_detail=plan.cause, attempts=0,
-                           failed_capacity=None)
-            return doc
-
-        doc = self.book.request(plan.deployment_id, build)
-        if doc is None or status_of(doc) is JobStatus.DELETED:
-            return
-        log.info("deployment %s: %s (%s)", plan.deployment_id,
-                 "improving" if plan.improve else "planning", plan.cause)
-        self._changed(plan.deployment_id)
-        if self._stop.is_set():
-            return
-        deployer = self._deployer()
-        attempt = Attempt(plan.cause, plan.improve, reprofile)
-        epoch = int(doc["epoch"])
-
-        def work() -> None:
-            try:
-                deployer.run(plan.deployment_id, epoch, attempt)
-            finally:
-                with self._workers_lock:
-                    if self._workers.get(plan.deployment_id) is threading.current_thread():
-                        del self._workers[plan.deployment_id]
-                self._kick.set()
-
-        thread = threading.Thread(target=work, name=f"deploy-{plan.deployment_id}-{epoch}", daemon=True)
-        with self._workers_lock:
-            self._workers[plan.deployment_id] = thread
-        thread.start()
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
