@@ -32,140 +32,55 @@ which. And readiness never trusts a port alone: every launch gets a fresh instan
 child's id, so another stack's server on the same port is never taken for ours. Children
 are started in dependency order (root, then cluster, then nodes, each once the one before
 answers) so that none of them logs a connection failure at a normal start.
+
+The parts live in their own modules, and everything public stays importable from here:
+:mod:`.stack_config` (:class:`StackConfig`, :func:`pick_ports`), :mod:`.stack_checks` (the port
+checks), :mod:`.stack_secrets` (the tokens) and :mod:`.processes` (one child, its log).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
 
-from cluster_orchestrator.nodes import JOIN_TOKEN_ENV, new_join_token
+from cluster_orchestrator.nodes import JOIN_TOKEN_ENV
 from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
-from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV, new_cluster_token
+from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV
 from treeline_cli.broker import BrokerProcess, die_with_parent, mosquitto_binary, start_broker
+from treeline_cli.processes import ManagedProcess, last_error, tail
+from treeline_cli.stack_checks import (
+    PortClaim,
+    PortInUse,
+    check_ports,
+    port_claims,
+    port_holder,
+    port_is_free,
+)
+from treeline_cli.stack_config import StackConfig, default_data_dir, pick_ports
+from treeline_cli.stack_secrets import stack_secrets
 from treeline_common.config import INSTANCE_ID_ENV
 from treeline_common.http import call_json
-from treeline_common.mqtt_acl import (
-    CLUSTER_USER,
-    PASSWORD_ENV,
-    BrokerAuth,
-    TlsFiles,
-    new_password,
-    write_private,
-)
-from treeline_common.netutil import free_port
-from treeline_common.profiles import DEFAULT_DEMO_PROFILES, get_profile
+from treeline_common.mqtt_acl import CLUSTER_USER, PASSWORD_ENV, BrokerAuth, new_password
+from treeline_common.profiles import get_profile
+
+# The public API of starting a stack stays importable from here (commands, tests, benchmarks).
+__all__ = [
+    "CLOCK_SLACK_S", "ManagedProcess", "PortClaim", "PortInUse", "Stack", "StackConfig", "check_ports",
+    "default_data_dir", "last_error", "node_args", "pick_ports", "port_claims", "port_holder",
+    "port_is_free", "stack_secrets", "start_stack", "tail",
+]
 
 log = logging.getLogger(__name__)
 
 # Registration times come from the cluster's wall clock, launch times from ours (the same machine):
 # slack for the clocks' resolution only.
 CLOCK_SLACK_S = 0.5
-
-
-@dataclass
-class ManagedProcess:
-    """One child process and the ``python -m`` arguments it was started with."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-    args: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)  # set on top of this process's environment
-    frozen: bool = False
-    # what this launch reports in GET /api/health (a fresh one per launch; see the module docstring)
-    instance_id: str = ""
-    started_at: float = 0.0  # wall clock (time.time()) of the launch
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self, timeout: float = 10.0) -> None:
-        """SIGKILL and reap: a crash (no will sent, nothing flushed). Idempotent."""
-        if self.alive():
-            self.process.kill()
-        self.process.wait(timeout=timeout)
-        self.frozen = False
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process keeps its sockets open but answers nothing (a hung device)."""
-        if self.alive():
-            self.process.send_signal(signal.SIGSTOP)
-            self.frozen = True
-
-    def thaw(self) -> None:
-        """SIGCONT after :meth:`freeze`."""
-        if self.alive():
-            self.process.send_signal(signal.SIGCONT)
-        self.frozen = False
-
-    def terminate(self, timeout: float = 8.0) -> None:
-        """SIGTERM (thawing a frozen process so it can act on it), SIGKILL after ``timeout``."""
-        self.request_stop()
-        self.wait_or_kill(timeout)
-
-    def request_stop(self) -> None:
-        """Send SIGTERM (and SIGCONT to a frozen process); does not wait."""
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            if self.frozen:
-                self.thaw()
-
-    def wait_or_kill(self, timeout: float) -> None:
-        """Wait ``timeout`` seconds for the process to exit, then SIGKILL it."""
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout)
-            self.kill(timeout)
-
-
-@dataclass
-class StackConfig:
-    data_dir: Path
-    nodes: int = 3
-    profiles: tuple[str, ...] = DEFAULT_DEMO_PROFILES
-    mqtt_url: str | None = None  # external broker; None = start one
-    broker_kind: str = "auto"
-    host: str = "127.0.0.1"
-    root_port: int = 10000
-    cluster_port: int = 10100
-    broker_port: int = 0  # the broker the stack starts; 0: a free one
-    telemetry_interval: float = 2.0
-    push_interval: float = 15.0
-    heartbeat_misses: int = 3
-    # Extra command-line arguments for each kind of process (tests shorten timeouts with them).
-    root_args: tuple[str, ...] = ()
-    cluster_args: tuple[str, ...] = ()
-    node_args: tuple[str, ...] = ()
-    node_threads: int = 0
-    log_level: str = "INFO"
-    # Extra labels per node name; by default the first rpi4 is the "camera" the example SLAs
-    # pin private inputs to.
-    node_labels: dict[str, str] = field(default_factory=lambda: {"rpi4-1": "camera"})
-    # MQTT identities and ACL on the broker the stack starts (Mosquitto only; see the module docstring)
-    mqtt_auth: bool = True
-    # MQTT over TLS on the broker the stack starts: its cert/key, and the CA the clients verify it with
-    mqtt_tls: TlsFiles | None = None
-
-    def node_profile(self, index: int) -> str:
-        return self.profiles[index % len(self.profiles)]
 
 
 @dataclass
@@ -396,82 +311,6 @@ class Stack:
             time.sleep(interval)
 
 
-class PortInUse(RuntimeError):
-    """A port the stack needs is held by another process; raised before anything starts.
-
-    ``holder`` says who answers there when it is a Treeline process (``a Treeline root,
-    instance 1f2e...``), else is empty.
-    """
-
-    def __init__(self, claim: PortClaim, holder: str = "") -> None:
-        who = f" by {holder}" if holder else " by another process"
-        super().__init__(f"port {claim.port} ({claim.role}) is already in use{who}")
-        self.claim = claim
-        self.holder = holder
-
-
-@dataclass(frozen=True)
-class PortClaim:
-    """A port the stack will listen on: which process, and the setting that chose it."""
-
-    port: int
-    role: str  # root | cluster | broker
-    setting: str  # root_port | cluster_port | broker_port
-
-
-def port_claims(config: StackConfig) -> list[PortClaim]:
-    """Every fixed port the stack will listen on. Node data ports are picked free by each node
-    (never fixed by ``up``), and a broker on port 0 takes a free one, so neither is claimed."""
-    claims = [PortClaim(config.root_port, "root", "root_port"),
-              PortClaim(config.cluster_port, "cluster", "cluster_port")]
-    if not config.mqtt_url and config.broker_port:
-        claims.append(PortClaim(config.broker_port, "broker", "broker_port"))
-    return claims
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """Whether ``host:port`` can be bound now, the way our servers bind it (``SO_REUSEADDR``:
-    a port left in TIME_WAIT by a stopped stack counts as free, a listening one does not)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def port_holder(host: str, port: int, timeout: float = 0.5) -> str:
-    """``a Treeline root (instance 1f2e3d4c)`` when a Treeline process answers ``GET /api/health``
-    on the port, else ``""``. Bounded by ``timeout``: it only makes an error message better."""
-    try:
-        answer: Any = call_json("GET", f"http://{host}:{port}/api/health", timeout=timeout)
-    except Exception:  # noqa: BLE001 - not HTTP, not ours, or not answering: nothing to say
-        return ""
-    if not isinstance(answer, dict) or "instance_id" not in answer:
-        return ""
-    name = str(answer.get("name") or "process")
-    kind = "root" if name == "root" else f"cluster ({name})"
-    return f"a Treeline {kind}, instance {str(answer['instance_id'])[:8]}"
-
-
-def check_ports(config: StackConfig) -> None:
-    """Raise before anything starts if the stack cannot have all of its ports.
-
-    ValueError when two claims name the same port (a usage error); :class:`PortInUse` for the
-    first port another process holds. Fast (one bind per port, plus one short health probe of
-    a busy port), so ``treeline up`` fails well within 2 seconds.
-    """
-    claims = port_claims(config)
-    for index, claim in enumerate(claims):
-        for other in claims[:index]:
-            if other.port == claim.port:
-                raise ValueError(f"{other.setting} and {claim.setting} are both {claim.port}")
-    for claim in claims:
-        if not port_is_free(config.host, claim.port):
-            raise PortInUse(claim, port_holder(config.host, claim.port))
-
-
 def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
     """Start broker, root, cluster and nodes; on any failure stop what was started.
 
@@ -550,47 +389,3 @@ def node_args(config: StackConfig, cluster_url: str, profile: str, name: str, la
             "--data-dir", str(config.data_dir / "nodes" / name),
             "--threads", str(config.node_threads), "--labels", labels,
             "--log-level", config.log_level, *tls_args, *config.node_args]
-
-
-def stack_secrets(data_dir: Path) -> tuple[str, str]:
-    """``(cluster token, join token)`` of the stack on ``data_dir``: made once, then kept in
-    ``<data_dir>/stack_secrets.json`` (0600) so a restart keeps the cluster's identity at the root."""
-    path = data_dir / "stack_secrets.json"
-    try:
-        stored = json.loads(path.read_text())
-        if isinstance(stored, dict) and stored.get("cluster_token") and stored.get("join_token"):
-            return str(stored["cluster_token"]), str(stored["join_token"])
-    except (OSError, ValueError):
-        pass
-    secrets = {"cluster_token": new_cluster_token(), "join_token": new_join_token()[0]}
-    write_private(path, json.dumps(secrets))
-    return secrets["cluster_token"], secrets["join_token"]
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    """The last lines of a log file, for error messages."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def last_error(path: Path, lines: int = 30) -> str:
-    """The message of the last ERROR/CRITICAL line among the last ``lines`` of a log ("" if none)."""
-    for line in reversed(tail(path, lines).splitlines()):
-        for level in (" ERROR ", " CRITICAL "):
-            if level in line:
-                message = line.split(level, 1)[1]
-                return message.split(": ", 1)[1] if ": " in message else message
-    return ""
-
-
-def pick_ports(config: StackConfig) -> StackConfig:
-    """Replace the default ports by free ones (tests run stacks side by side)."""
-    config.root_port = free_port()
-    config.cluster_port = free_port()
-    return config
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("TREELINE_DATA_DIR", Path.cwd() / ".treeline"))
