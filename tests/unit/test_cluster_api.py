@@ -234,7 +234,9 @@ def test_remeasure_asks_one_node_per_class_and_puts_results(cluster: Cluster) ->
         time.sleep(0.01)
     [(topic, command)] = cluster.bus.sent
     assert topic == topics.control_profile(server) and command.sha256 == cluster.sha256
-    assert command.artifact_url == f"http://root.test:10000/api/artifacts/{cluster.sha256}"
+    # the node fetches the model from its cluster's cache (filled from the root), as for a deployment
+    assert command.artifact_url == f"http://c1:10100/api/artifacts/{cluster.sha256}"
+    assert cluster.core.artifacts.get(cluster.sha256) == cluster.model
     cluster.core.on_profile_result(server, ProfileResult(
         node_id=server, request_id=command.request_id, sha256=cluster.sha256, device_class="server",
         op_ms={"a": 1.0}, total_ms=1.0, runs=20))
