@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import enum
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from cluster_orchestrator import __doc__ as _pkg_doc
@@ -28,6 +26,7 @@ from cluster_orchestrator import nodes
 from cluster_orchestrator.dryrun import DEVICE_CLASS_RE, SHA256_RE
 from deployment_descriptors import sla_schema
 from treeline_common.jobs import JobRequest
+from treeline_common.openapi import SCHEMAS, Route, error_response, openapi_path, operation
 from treeline_common.wire import json_schema
 
 
@@ -74,16 +73,7 @@ SECURITY_SCHEMES = {
 }
 
 
-@dataclass(frozen=True)
-class Route:
-    method: str
-    rule: str  # Flask rule, e.g. /api/deployments/<service_id>/<instance>
-    summary: str
-    request: str | None = None  # "json" | None
-    responses: tuple[int, ...] = (200,)
-    body: str | None = None  # a components/schemas name for the JSON body (the schema that validates it)
-    body_required: bool = True
-
+_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/status",
@@ -120,18 +110,6 @@ ROUTES: tuple[Route, ...] = (
           "{name, version, sha256, device_class|null}: re-measure op times in the background -> "
           "{name, version, device_classes, nodes}", "json", (202, 400, 401, 422), "ProfileRequest"),
 )
-
-_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "code": {"type": "string"}, "message": {"type": "string"},
-    "details": {"type": "array", "items": {"type": "object"}}}}}}
-_SIMPLE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
-SCHEMAS = "#/components/schemas/"
-
-
-def openapi_path(rule: str) -> str:
-    return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
-
 
 def _types(types: tuple[type, ...]) -> dict[str, Any]:
     return {"type": "number" if float in types else _SIMPLE[types[0]]}
@@ -201,28 +179,13 @@ def openapi_document(server_url: str | None = None,
     operation's ``security`` (``[]`` for public routes) and ``x-treeline-access``."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        params = [{"name": name, "in": "path", "required": True,
-                   "schema": {"type": "integer" if conv == "int" else "string"}}
-                  for conv, name in _PARAM.findall(route.rule)]
-        op: dict[str, Any] = {"summary": route.summary, "parameters": params, "responses": {}}
-        for status in route.responses:
-            if status < 400:
-                op["responses"][str(status)] = {"description": "OK"}
-            else:
-                op["responses"][str(status)] = {"description": "Error",
-                                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-        if route.request == "json":
-            schema = {"$ref": f"{SCHEMAS}{route.body}"} if route.body else {"type": "object"}
-            op["requestBody"] = {"required": route.body_required,
-                                 "content": {"application/json": {"schema": schema}}}
+        op = operation(route)
         credential = (credentials or {}).get((route.method, route.rule))
         if credential is not None:
             op["security"] = credential.security
             op["x-treeline-access"] = credential.summary
             if credential is not Credential.PUBLIC:
-                op["responses"].setdefault("401", {
-                    "description": "Missing or wrong token",
-                    "content": {"application/json": {"schema": _ERROR_SCHEMA}}})
+                op["responses"].setdefault("401", error_response("Missing or wrong token"))
         paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = op
     doc: dict[str, Any] = {"openapi": "3.1.0",
                            "info": {"title": "Treeline cluster orchestrator", "version": "0.1.0",

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from deployment_descriptors import sla_schema
 from root_orchestrator import __doc__ as _pkg_doc
 from root_orchestrator.auth.principals import Access
 from treeline_common.jobs import ClusterPush
+from treeline_common.openapi import Route, error_response, openapi_path, operation
 from treeline_common.wire import json_schema
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    rule: str  # Flask rule, e.g. /api/service/<service_id>
-    summary: str
-    request: str | None = None  # "json" | "bytes" | None
-    responses: tuple[int, ...] = (200,)
-    body: str | None = None  # a components/schemas name for the JSON body (the schema that validates it)
-
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/health",
@@ -131,16 +119,6 @@ ROUTES: tuple[Route, ...] = (
           "json", (200, 400, 404), "ClusterPush"),
 )
 
-_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
-_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "object", "properties": {
-    "code": {"type": "string"}, "message": {"type": "string"},
-    "details": {"type": "array", "items": {"type": "object"}}}}}}
-
-
-def openapi_path(rule: str) -> str:
-    return _PARAM.sub(lambda m: "{" + m.group(2) + "}", rule)
-
-
 def body_schemas() -> dict[str, Any]:
     """The request body schemas, taken from what validates the bodies (OpenAPI 3.1 is JSON Schema
     2020-12): the SLA v2.0 schema of deployment_descriptors (its ``$defs`` become ``Sla.<name>``
@@ -170,22 +148,7 @@ def openapi_document(server_url: str | None = None,
     ``security`` (``[]`` for public routes) and ``x-treeline-access`` (who may call it)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        params = [{"name": name, "in": "path", "required": True,
-                   "schema": {"type": "integer" if conv == "int" else "string"}}
-                  for conv, name in _PARAM.findall(route.rule)]
-        op: dict[str, Any] = {"summary": route.summary, "parameters": params, "responses": {}}
-        for status in route.responses:
-            if status < 400:
-                op["responses"][str(status)] = {"description": "OK"}
-            else:
-                op["responses"][str(status)] = {"description": "Error",
-                                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-        if route.request == "json":
-            schema = {"$ref": f"#/components/schemas/{route.body}"} if route.body else {"type": "object"}
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-        elif route.request == "bytes":
-            op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"}}}}
+        op = operation(route)
         rule_access = (access or {}).get((route.method, route.rule))
         if rule_access is not None:
             op["security"] = [] if rule_access.public else [{BEARER: []}]
@@ -193,8 +156,7 @@ def openapi_document(server_url: str | None = None,
             if not rule_access.public:
                 for status, text in ((401, "Missing, forged, expired or revoked token"),
                                      (403, "The caller's role may not use this route")):
-                    op["responses"].setdefault(str(status), {
-                        "description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}})
+                    op["responses"].setdefault(str(status), error_response(text))
         paths.setdefault(openapi_path(route.rule), {})[route.method.lower()] = op
     doc: dict[str, Any] = {"openapi": "3.1.0",
                            "info": {"title": "Treeline root orchestrator", "version": "0.1.0",
