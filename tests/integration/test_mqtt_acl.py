@@ -75,15 +75,23 @@ def connect(broker: BrokerProcess, username: str | None, password: str | None = 
         client.tls_set(ca_certs=tls.ca or None)
     made = Client(client)
 
+    pending: set[int] = set()
+
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         made.answer.append(str(reason))
-        if not reason.is_failure:
-            for topic in subscribe:
-                c.subscribe(topic, qos=1)
-            time.sleep(0.2)  # let the SUBACKs come back before the test publishes
+        if reason.is_failure:
+            return
+        pending.update(c.subscribe(topic, qos=1)[1] for topic in subscribe)
+        if not pending:
+            made.connected.set()
+
+    def on_subscribe(_c: mqtt.Client, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+        pending.discard(mid)  # connected once every SUBACK is back: the test may publish then
+        if not pending:
             made.connected.set()
 
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
     client.on_message = lambda _c, _u, msg: made.got.append((msg.topic, bytes(msg.payload)))
     try:
         client.connect(broker.host, broker.port)
@@ -202,9 +210,11 @@ def test_a_node_publishes_only_under_its_own_prefix(setup: Setup) -> None:
         # then A's own telemetry, and a real command from the cluster to B: both arrive
         publish(node_a, topics.information(a_id), b"mine")
         publish(cluster, topics.control_deploy(b_id), b"real")
+        # Barriers, no quiet period: every spoof was acknowledged (so handled by the broker) before
+        # "mine" and "real" were published, and the broker delivers to one subscriber in order, so a
+        # spoof it let through would have reached the cluster before "mine" and B before "real".
         wait_for(cluster, topics.information(a_id), b"mine")
         wait_for(node_b, topics.control_deploy(b_id), b"real")
-        time.sleep(0.3)
 
         # Assert: no spoof reached anybody; A saw nothing of B (not even the real command)
         assert [t for t, p in cluster.got if p == b"spoof"] == []
@@ -232,12 +242,14 @@ def test_a_node_link_with_its_credentials_is_born_and_heard_by_the_cluster(setup
     link.start()
     try:
         assert link.connected.wait(10)
-        time.sleep(0.2)
-        assert link.publish_and_wait(topics.status(node_id), b"{}", retain=False)
+        # its subscription may still be on the way: publish until it hears itself, within a deadline
         deadline = time.monotonic() + 5
         while not heard and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert heard == [b"{}"]
+            assert link.publish_and_wait(topics.status(node_id), b"{}", retain=False)
+            deadline_one = time.monotonic() + 0.2
+            while not heard and time.monotonic() < deadline_one:
+                time.sleep(0.02)
+        assert heard and set(heard) == {b"{}"}
     finally:
         link.stop()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,9 @@ def test_the_stacks_broker_refuses_anonymous_clients_and_spoofed_commands(stack:
     watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     watcher.username_pw_set(stack.mqtt_username, stack.mqtt_password)
     seen: list[str] = []
+    subscribed = threading.Event()
     watcher.on_message = lambda _c, _u, msg: seen.append(msg.topic)
+    watcher.on_subscribe = lambda *_a: subscribed.set()
     watcher.connect(stack.broker.host, stack.broker.port)
     watcher.subscribe(f"nodes/{victim['node_id']}/control/#", qos=1)
     watcher.loop_start()
@@ -98,10 +101,16 @@ def test_the_stacks_broker_refuses_anonymous_clients_and_spoofed_commands(stack:
     spoofer.connect(stack.broker.host, stack.broker.port)
     spoofer.loop_start()
     try:
-        time.sleep(0.3)
+        assert subscribed.wait(5)
         spoofer.publish(topics.control_delete(victim["node_id"]), b'{"v": 1}', qos=1).wait_for_publish(5)
-        time.sleep(0.5)
-        assert seen == []
+        # barrier: the spoof was acknowledged, so handled, before the watcher (the cluster's identity)
+        # publishes this marker; the broker delivers in order, so a spoof let through comes first
+        barrier = topics.control_profile(victim["node_id"])
+        watcher.publish(barrier, b"barrier", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while barrier not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert seen == [barrier]
     finally:
         for client in (watcher, spoofer):
             client.disconnect()
