@@ -71,9 +71,9 @@ class BrokerProcess:
 
     The handle outlives its process: :meth:`kill` (SIGKILL, an unclean crash: no session
     state is saved, clients' last wills are NOT sent by a dead broker) or :meth:`stop`
-    (SIGTERM) end it, and :meth:`restart` starts the same command line on the same port
-    again, so clients configured with :attr:`url` can reconnect. Fault-injection tests
-    use this to take the broker away for a while.
+    (SIGTERM) end it, :meth:`freeze` / :meth:`thaw` hang and resume it, and :meth:`restart`
+    starts the same command line on the same port again, so clients configured with :attr:`url`
+    can reconnect. Fault-injection tests use this to take the broker away for a while.
     """
 
     kind: str  # "mosquitto" | "amqtt"
@@ -103,9 +103,10 @@ class BrokerProcess:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL); idempotent."""
+        """Terminate the broker (SIGTERM, then SIGKILL; a frozen one is thawed first); idempotent."""
         if self.process.poll() is None:
             self.process.terminate()
+            self.thaw()
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -117,6 +118,16 @@ class BrokerProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=timeout)
+
+    def freeze(self) -> None:
+        """SIGSTOP: the broker keeps its connections open and forwards nothing (a hung broker)."""
+        if self.alive():
+            self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self.alive():
+            self.process.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 15.0) -> None:
         """Start the same command on the same port again (stopping a live one first) and wait

@@ -1,41 +1,48 @@
 """Start and stop a whole Treeline stack as separate OS processes.
 
 ``treeline up``, ``treeline demo`` and the end-to-end tests all go through :class:`Stack`:
-a broker (unless an external one is given), the root orchestrator, one cluster
-orchestrator and N node engines, each its own process. Children get a parent-death
+the root orchestrator and one or more clusters, each cluster its own orchestrator, broker
+(unless an external one is given) and node engines, each its own process. Children get a parent-death
 signal, so even a SIGKILLed ``treeline up`` leaves no orphan; :meth:`Stack.stop` sends
 SIGTERM to all and SIGKILL to what has not exited in time.
 
 Fault injection: every child keeps the command line it was started with, so a test can
 ``kill`` (SIGKILL), ``freeze`` (SIGSTOP) / ``thaw`` (SIGCONT) and ``restart`` any one of
-them (``root``, ``cluster``, ``node-<name>``) as the same process would be restarted by a
-supervisor: same arguments, same data directory, same ports, log appended. The broker the
-stack started is restarted on its own port (:meth:`Stack.restart_broker`).
+them (``root``, ``cluster``, ``cluster-<i>``, ``node-<name>``) as the same process would be
+restarted by a supervisor: same arguments, same data directory, same ports, log appended. A
+broker the stack started (``broker``, ``broker-<i>``) is restarted on its own port
+(:meth:`Stack.restart_broker`, or ``restart`` with its name).
 
-Each stack generates one cluster token and hands it to the root (``TREELINE_CLUSTER_TOKEN``) and
-to the cluster (``TREELINE_ROOT_TOKEN``) through the environment, never the command line; the
-root sends it back on its calls to the cluster. Likewise one join token goes to the cluster and
-to every node engine (``TREELINE_JOIN_TOKEN``). Both are kept in ``<data_dir>/stack_secrets.json``
-(0600), so a stack started again on the same data directory keeps its cluster's identity at the
-root. When the stack starts Mosquitto itself (and ``mqtt_auth`` is on), the broker refuses
-anonymous clients and enforces the ACL of :mod:`treeline_common.mqtt_acl`: the stack writes the
-password and ACL files into the broker's directory, and the cluster (``--mqtt-auth-dir``, its
-password in ``TREELINE_MQTT_PASSWORD``) adds every node's credentials there and signals the
-broker to reload (:attr:`Stack.mqtt_username` / :attr:`Stack.mqtt_password` log in as the cluster).
+Several clusters (``StackConfig.clusters``): :attr:`Stack.clusters` lists them as
+:class:`~.stack_clusters.ClusterInfo` records (name, URL, process and broker names, broker port,
+node names); cluster 1 keeps the names a one-cluster stack always had, so :attr:`Stack.cluster_url`,
+:attr:`Stack.broker`, :attr:`Stack.mqtt_username` and the tokens below are cluster 1's. See
+:mod:`.stack_clusters` for the layout.
+
+Each stack generates a cluster token per cluster and hands them all to the root
+(``TREELINE_CLUSTER_TOKEN``, comma-separated) and each to its cluster (``TREELINE_ROOT_TOKEN``)
+through the environment, never the command line; the root sends it back on its calls to that
+cluster. Likewise a join token per cluster goes to the cluster and to its node engines
+(``TREELINE_JOIN_TOKEN``). They are kept in ``<data_dir>/stack_secrets.json`` (0600), so a stack
+started again on the same data directory keeps its clusters' identities at the root. When the
+stack starts Mosquitto itself (and ``mqtt_auth`` is on), each broker refuses anonymous clients
+and enforces the ACL of :mod:`treeline_common.mqtt_acl`: the stack writes the password and ACL
+files into the broker's directory, and the cluster (``--mqtt-auth-dir``, its password in
+``TREELINE_MQTT_PASSWORD``) adds every node's credentials there and signals the broker to reload
+(:attr:`Stack.mqtt_username` / :attr:`Stack.mqtt_password` log in as cluster 1, each
+:class:`~.stack_clusters.ClusterInfo` carries its own).
 
 Two stacks never collide. :func:`check_ports` runs before anything starts: a port the stack
-needs (root, cluster, the broker's when it is fixed) that another process holds fails at once
-with :class:`PortInUse`, which names the port and, when a Treeline process answers there,
-which. And readiness never trusts a port alone: every launch gets a fresh instance id
-(``TREELINE_INSTANCE_ID`` in its environment), the root and the cluster report it in
-``GET /api/health``, and :meth:`Stack.wait_ready` accepts only the answer carrying its own
-child's id, so another stack's server on the same port is never taken for ours. Children
-are started in dependency order (root, then cluster, then nodes, each once the one before
-answers) so that none of them logs a connection failure at a normal start.
+needs (root, every cluster, every broker's when it is fixed) that another process holds fails at
+once with :class:`PortInUse`, which names the port and, when a Treeline process answers there,
+which. And readiness never trusts a port alone (:mod:`.stack_ready`). Children are started in
+dependency order (root, then the clusters, then nodes, each once the one before answers) so
+that none of them logs a connection failure at a normal start.
 
 The parts live in their own modules, and everything public stays importable from here:
 :mod:`.stack_config` (:class:`StackConfig`, :func:`pick_ports`), :mod:`.stack_checks` (the port
-checks), :mod:`.stack_secrets` (the tokens) and :mod:`.processes` (one child, its log).
+checks), :mod:`.stack_secrets` (the tokens), :mod:`.stack_clusters` (a cluster and its broker),
+:mod:`.stack_ready` (waiting for our own children) and :mod:`.processes` (one child, its log).
 """
 
 from __future__ import annotations
@@ -46,13 +53,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cluster_orchestrator.nodes import JOIN_TOKEN_ENV
-from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
 from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV
-from treeline_cli.broker import BrokerProcess, die_with_parent, mosquitto_binary, start_broker
+from treeline_cli.broker import BrokerProcess, die_with_parent
 from treeline_cli.processes import ManagedProcess, last_error, tail
 from treeline_cli.stack_checks import (
     PortClaim,
@@ -62,39 +67,41 @@ from treeline_cli.stack_checks import (
     port_holder,
     port_is_free,
 )
+from treeline_cli.stack_clusters import (
+    ClusterInfo,
+    cluster_command,
+    find_cluster,
+    node_plan,
+    start_cluster_broker,
+)
 from treeline_cli.stack_config import StackConfig, default_data_dir, pick_ports
-from treeline_cli.stack_secrets import stack_secrets
+from treeline_cli.stack_ready import CLOCK_SLACK_S, wait_answering, wait_ready
+from treeline_cli.stack_secrets import cluster_secrets, stack_secrets
 from treeline_common.config import INSTANCE_ID_ENV
-from treeline_common.http import call_json
-from treeline_common.mqtt_acl import CLUSTER_USER, PASSWORD_ENV, BrokerAuth, new_password
 from treeline_common.profiles import get_profile
 
 # The public API of starting a stack stays importable from here (commands, tests, benchmarks).
 __all__ = [
-    "CLOCK_SLACK_S", "ManagedProcess", "PortClaim", "PortInUse", "Stack", "StackConfig", "check_ports",
-    "default_data_dir", "last_error", "node_args", "pick_ports", "port_claims", "port_holder",
+    "CLOCK_SLACK_S", "ClusterInfo", "ManagedProcess", "PortClaim", "PortInUse", "Stack", "StackConfig",
+    "check_ports", "default_data_dir", "last_error", "node_args", "pick_ports", "port_claims", "port_holder",
     "port_is_free", "stack_secrets", "start_stack", "tail",
 ]
 
 log = logging.getLogger(__name__)
 
-# Registration times come from the cluster's wall clock, launch times from ours (the same machine):
-# slack for the clocks' resolution only.
-CLOCK_SLACK_S = 0.5
-
 
 @dataclass
 class Stack:
-    """A running stack; build it with :func:`start_stack`."""
+    """A running stack; build it with :func:`start_stack`.
+
+    The single-cluster attributes (:attr:`cluster_url`, :attr:`broker`, :attr:`mqtt_url`, the
+    tokens, the MQTT identity) are cluster 1's; :attr:`clusters` has every cluster's.
+    """
 
     config: StackConfig
-    broker: BrokerProcess | None = None
-    mqtt_url: str = ""
     processes: list[ManagedProcess] = field(default_factory=list)
-    cluster_token: str = ""  # this stack's cluster authenticates to its root with it
-    join_token: str = ""  # this stack's node engines register with it
-    mqtt_username: str = ""  # the cluster's MQTT identity when the broker enforces identities
-    mqtt_password: str = ""
+    started_clusters: list[ClusterInfo] = field(default_factory=list)  # as started, without node names
+    node_clusters: dict[str, int] = field(default_factory=dict)  # node name -> its cluster's index
 
     @property
     def root_url(self) -> str:
@@ -103,6 +110,54 @@ class Stack:
     @property
     def cluster_url(self) -> str:
         return f"http://{self.config.host}:{self.config.cluster_port}"
+
+    @property
+    def clusters(self) -> list[ClusterInfo]:
+        """Every cluster, cluster 1 first, each with the node engines the stack started in it."""
+        names = self.node_names
+        return [c.with_nodes(tuple(n for n in names if self.node_clusters.get(n) == c.index))
+                for c in self.started_clusters]
+
+    def cluster(self, ref: int | str = 1) -> ClusterInfo:
+        """One cluster by index (1-based), name (``cluster-2``), process or broker name."""
+        return find_cluster(self.clusters, ref)
+
+    def _first(self) -> ClusterInfo | None:
+        return self.started_clusters[0] if self.started_clusters else None
+
+    @property
+    def broker(self) -> BrokerProcess | None:
+        """Cluster 1's broker when the stack started it (None with an external broker)."""
+        first = self._first()
+        return first.broker_handle if first else None
+
+    @property
+    def mqtt_url(self) -> str:
+        first = self._first()
+        return first.mqtt_url if first else ""
+
+    @property
+    def cluster_token(self) -> str:
+        """Cluster 1's credential at the root (any cluster token may list the root's clusters)."""
+        first = self._first()
+        return first.cluster_token if first else ""
+
+    @property
+    def join_token(self) -> str:
+        """What cluster 1's node engines register with."""
+        first = self._first()
+        return first.join_token if first else ""
+
+    @property
+    def mqtt_username(self) -> str:
+        """Cluster 1's MQTT identity when its broker enforces identities ("" otherwise)."""
+        first = self._first()
+        return first.mqtt_username if first else ""
+
+    @property
+    def mqtt_password(self) -> str:
+        first = self._first()
+        return first.mqtt_password if first else ""
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         """Start ``python -m <args>`` as a child whose output goes to ``<data_dir>/logs/<name>.log``;
@@ -142,39 +197,49 @@ class Stack:
 
     @property
     def node_names(self) -> list[str]:
-        """Names of the node engines (``server-1``, ...), in start order."""
+        """Names of the node engines (``server-1``, ...), in start order, over every cluster."""
         return [m.name.removeprefix("node-") for m in self.processes if m.name.startswith("node-")]
 
     def node(self, name: str) -> ManagedProcess:
         """The node engine process of node ``name`` (``server-1``, not ``node-server-1``)."""
         return self.process(f"node-{name}")
 
-    def kill(self, name: str) -> ManagedProcess:
-        """SIGKILL the child ``name`` (``root``, ``cluster``, ``node-<name>``) and reap it."""
+    def _is_broker(self, name: str) -> bool:
+        return any(c.broker == name for c in self.started_clusters)
+
+    def kill(self, name: str) -> ManagedProcess | BrokerProcess:
+        """SIGKILL the child ``name`` (``root``, ``cluster``, ``cluster-<i>``, ``node-<name>``, or a
+        broker: ``broker``, ``broker-<i>``) and reap it."""
+        if self._is_broker(name):
+            return self.kill_broker(name)
         managed = self.process(name)
         managed.kill()
         log.info("killed %s (pid %s)", name, managed.pid)
         return managed
 
-    def freeze(self, name: str) -> ManagedProcess:
-        managed = self.process(name)
-        managed.freeze()
-        log.info("froze %s (pid %s)", name, managed.pid)
-        return managed
+    def freeze(self, name: str) -> ManagedProcess | BrokerProcess:
+        """SIGSTOP the child ``name`` (a broker too): it keeps its sockets and answers nothing."""
+        target = self._own_broker(name) if self._is_broker(name) else self.process(name)
+        target.freeze()
+        log.info("froze %s (pid %s)", name, target.process.pid)
+        return target
 
-    def thaw(self, name: str) -> ManagedProcess:
-        managed = self.process(name)
-        managed.thaw()
-        return managed
+    def thaw(self, name: str) -> ManagedProcess | BrokerProcess:
+        target = self._own_broker(name) if self._is_broker(name) else self.process(name)
+        target.thaw()
+        return target
 
-    def restart(self, name: str, *, graceful: bool = False) -> ManagedProcess:
+    def restart(self, name: str, *, graceful: bool = False) -> ManagedProcess | BrokerProcess:
         """Start child ``name`` again with its own command line (same data dir and ports).
 
         A live process is first killed (SIGKILL), or stopped with SIGTERM when ``graceful``.
-        The new process replaces the old in :attr:`processes`; its log is appended to.
+        The new process replaces the old in :attr:`processes`; its log is appended to. A broker
+        name restarts that broker on its own port (:meth:`restart_broker`).
         Call it from a thread that outlives the child (the main thread): the parent-death
         signal fires when the *thread* that started a child exits.
         """
+        if self._is_broker(name):
+            return self.restart_broker(name)
         index, old = next((i, m) for i, m in enumerate(self.processes) if m.name == name)
         if graceful:
             old.terminate()
@@ -185,31 +250,44 @@ class Stack:
         self.processes[index] = managed
         return managed
 
-    def add_node(self, profile: str, name: str | None = None, labels: str = "") -> ManagedProcess:
-        """Start one more node engine (a node joining the running cluster)."""
+    def add_node(self, profile: str, name: str | None = None, labels: str = "",
+                 cluster: int | str = 1) -> ManagedProcess:
+        """Start one more node engine, joining ``cluster`` (index, name or process name; cluster 1
+        by default). Its name must be new to the whole stack."""
         get_profile(profile)
+        target = self.cluster(cluster)
         if name is None:
             taken = set(self.node_names)
             name = next(f"{profile}-{i}" for i in range(1, len(taken) + 2) if f"{profile}-{i}" not in taken)
-        return self.spawn(f"node-{name}", node_args(self.config, self.cluster_url, profile, name, labels),
-                          env=self.node_env())
+        managed = self.spawn(f"node-{name}", node_args(self.config, target.url, profile, name, labels),
+                             env=self.node_env(target.index))
+        self.node_clusters[name] = target.index
+        return managed
 
-    def node_env(self) -> dict[str, str]:
-        """The environment a node engine of this stack gets (its join token)."""
-        return {JOIN_TOKEN_ENV: self.join_token} if self.join_token else {}
+    def node_env(self, cluster: int | str = 1) -> dict[str, str]:
+        """The environment a node engine of ``cluster`` gets (that cluster's join token)."""
+        token = self.cluster(cluster).join_token if self.started_clusters else ""
+        return {JOIN_TOKEN_ENV: token} if token else {}
 
-    def kill_broker(self) -> None:
-        """SIGKILL the broker this stack started (an external one cannot be touched)."""
-        self._own_broker().kill()
+    def kill_broker(self, cluster: int | str = 1) -> BrokerProcess:
+        """SIGKILL the broker this stack started for ``cluster`` (index, cluster or broker name;
+        cluster 1 by default). An external broker cannot be touched."""
+        broker = self._own_broker(cluster)
+        broker.kill()
+        log.info("killed the broker of %s (pid %s)", self.cluster(cluster).name, broker.process.pid)
+        return broker
 
-    def restart_broker(self) -> None:
-        """Start the stack's broker again on the same port (after :meth:`kill_broker`)."""
-        self._own_broker().restart()
+    def restart_broker(self, cluster: int | str = 1) -> BrokerProcess:
+        """Start ``cluster``'s broker again on the same port (after :meth:`kill_broker`)."""
+        broker = self._own_broker(cluster)
+        broker.restart()
+        return broker
 
-    def _own_broker(self) -> BrokerProcess:
-        if self.broker is None:
+    def _own_broker(self, cluster: int | str = 1) -> BrokerProcess:
+        broker = self.cluster(cluster).broker_handle
+        if broker is None:
             raise RuntimeError("this stack uses an external broker; it did not start one")
-        return self.broker
+        return broker
 
     def check_alive(self) -> None:
         """Raise if any child has exited: the first line names it with the last ERROR its log
@@ -221,7 +299,7 @@ class Stack:
                                    f"{f' ({reason})' if reason else ''}:\n{tail(managed.log_path)}")
 
     def stop(self, timeout: float = 8.0) -> None:
-        """Stop orchestrators first, then nodes, then the broker; SIGKILL stragglers. Idempotent.
+        """Stop orchestrators first, then nodes, then the brokers; SIGKILL stragglers. Idempotent.
 
         Orchestrators go first so that nodes leaving at shutdown are not mistaken for node
         failures (which would re-plan, then fail, every deployment on the way down).
@@ -234,146 +312,57 @@ class Stack:
             for managed in group:
                 managed.wait_or_kill(timeout)
                 managed.log_file.close()
-        if self.broker is not None:
-            self.broker.stop()
+        for cluster in self.started_clusters:
+            if cluster.broker_handle is not None:
+                cluster.broker_handle.stop()
 
-    # ------------------------------------------------------------------ waiting
+    # ------------------------------------------------------------------ waiting (see .stack_ready)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Wait until our root and our cluster answer, the cluster is registered with the root
-        and every node is online.
-
-        "Our": the root's and the cluster's ``GET /api/health`` must carry the instance id this
-        stack gave the child (another stack's server on the same port is never taken for ours),
-        the cluster the root lists must have our cluster's URL, and a node counts only when
-        online under our node's name AND registered after we started that node's process (a
-        cluster restarted on an old data directory still lists the previous run's nodes as
-        online for a while). A child that exits meanwhile fails the wait at once, with the tail
-        of its log.
-        """
-        self.wait_answering("root", self.root_url, timeout)
-        self.wait_answering("cluster", self.cluster_url, timeout)
-
-        def root_has_our_cluster() -> bool:
-            headers = {"Authorization": f"Bearer {self.cluster_token}"} if self.cluster_token else None
-            answer = call_json("GET", f"{self.root_url}/api/clusters/", headers=headers, timeout=2)
-            clusters = answer.get("clusters", []) if isinstance(answer, dict) else answer
-            return any(c.get("url") == self.cluster_url and c.get("active", True) for c in clusters)
-
-        self._poll_alive(root_has_our_cluster, timeout, "the cluster to register with the root")
-
-        def nodes_online() -> bool:
-            nodes = call_json("GET", f"{self.cluster_url}/api/nodes", timeout=2)["nodes"]
-            launched = {name: self.node(name).started_at for name in self.node_names}
-            ready = {n.get("name") for n in nodes if n.get("online") and n.get("name") in launched
-                     and float(n.get("registered_at") or 0) >= launched[n["name"]] - CLOCK_SLACK_S}
-            return len(ready) == len(launched)
-
-        self._poll_alive(nodes_online, timeout, f"{len(self.node_names)} nodes to come online")
+        """Wait until our root and every cluster of ours answer, every cluster is registered and
+        active at the root, and every node is online in its own cluster (:func:`.stack_ready.wait_ready`)."""
+        wait_ready(self, timeout)
 
     def wait_answering(self, name: str, url: str, timeout: float = 60.0) -> None:
-        """Wait until ``url``'s ``GET /api/health`` answers with child ``name``'s instance id.
-
-        An answer with another id is another process on that port (our child has not bound it
-        yet, or cannot): it is remembered for the error message, never accepted.
-        """
-        managed = self.process(name)
-        seen: list[str] = []
-
-        def answers_as_ours() -> bool:
-            answer = call_json("GET", f"{url}/api/health", timeout=2)
-            instance = answer.get("instance_id") if isinstance(answer, dict) else None
-            if instance == managed.instance_id:
-                return True
-            seen[:] = [f"{url} answers as another process (instance {instance})"]
-            return False
-
-        try:
-            self._poll_alive(answers_as_ours, timeout, f"the {name} to answer at {url}", interval=0.05)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; {seen[0]}" if seen else str(exc)) from None
-
-    def _poll_alive(self, probe: Callable[[], bool], timeout: float, what: str,
-                    interval: float = 0.2) -> None:
-        """``poll_until`` that raises at once (with its log) when a child has exited."""
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            self.check_alive()
-            try:
-                if probe():
-                    return
-            except Exception as exc:  # noqa: BLE001 - the peer may not be up yet
-                last_error = exc
-            if time.monotonic() >= deadline:
-                suffix = f" (last error: {last_error})" if last_error else ""
-                raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{suffix}")
-            time.sleep(interval)
+        """Wait until ``url``'s ``GET /api/health`` answers with child ``name``'s instance id."""
+        wait_answering(self, name, url, timeout)
 
 
 def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
-    """Start broker, root, cluster and nodes; on any failure stop what was started.
+    """Start the brokers, the root, the clusters and the nodes; on any failure stop what was started.
 
-    Checks every port first (:func:`check_ports`). The cluster starts once the root answers
-    as our root, the nodes once the cluster answers as ours (``timeout`` bounds each wait), so
-    no child retries a connection at a normal start; :meth:`Stack.wait_ready` then waits for
-    registration and the nodes.
+    Checks the layout and every port first (:func:`check_ports`). The clusters start once the
+    root answers as our root, the nodes once their cluster answers as ours (``timeout`` bounds
+    each wait), so no child retries a connection at a normal start; :meth:`Stack.wait_ready`
+    then waits for registration and the nodes.
     """
+    config.validate()
     for profile in config.profiles:
         get_profile(profile)  # unknown names fail before anything starts
     check_ports(config)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config)
     try:
-        stack.cluster_token, stack.join_token = stack_secrets(config.data_dir)
-        cluster_mqtt: list[str] = []
-        cluster_env = {ROOT_TOKEN_ENV: stack.cluster_token, JOIN_TOKEN_ENV: stack.join_token}
-        if config.mqtt_url:
-            stack.mqtt_url = config.mqtt_url
-        else:
-            workdir = config.data_dir / "broker"
-            auth = None
-            if config.mqtt_auth and (config.broker_kind == "mosquitto"
-                                     or (config.broker_kind == "auto" and mosquitto_binary())):
-                auth = BrokerAuth(workdir)
-                stack.mqtt_username, stack.mqtt_password = CLUSTER_USER, new_password()
-                auth.write(stack.mqtt_password)
-                cluster_mqtt += ["--mqtt-auth-dir", str(workdir), "--mqtt-username", CLUSTER_USER]
-                cluster_env[PASSWORD_ENV] = stack.mqtt_password
-            stack.broker = start_broker(config.broker_kind, port=config.broker_port or None,
-                                        workdir=workdir, auth=auth, tls=config.mqtt_tls)
-            stack.mqtt_url = stack.broker.url
-            if config.mqtt_tls is not None:
-                ca = ["--mqtt-ca", config.mqtt_tls.ca] if config.mqtt_tls.ca else []
-                cluster_mqtt += ["--mqtt-tls", *ca]
-        level = ["--log-level", config.log_level]
+        commands: list[tuple[list[str], dict[str, str]]] = []
+        secrets = cluster_secrets(config.data_dir, config.clusters)
+        for index, (cluster_token, join_token) in enumerate(secrets, start=1):
+            cluster, mqtt, env = start_cluster_broker(config, index, cluster_token, join_token)
+            stack.started_clusters.append(cluster)
+            commands.append((cluster_command(config, cluster, stack.root_url, mqtt), env))
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
-             "--public-url", stack.root_url,
-             "--data-dir", str(config.data_dir / "root"), *level, *config.root_args],
-            env={CLUSTER_TOKEN_ENV: stack.cluster_token},
+             "--public-url", stack.root_url, "--data-dir", str(config.data_dir / "root"),
+             "--log-level", config.log_level, *config.root_args],
+            env={CLUSTER_TOKEN_ENV: ",".join(token for token, _ in secrets)},
         )
         stack.wait_answering("root", stack.root_url, timeout)
-        stack.spawn(
-            "cluster",
-            ["cluster_orchestrator", "--host", config.host, "--port", str(config.cluster_port),
-             "--public-url", stack.cluster_url,
-             "--root-url", stack.root_url, "--mqtt-url", stack.mqtt_url,
-             "--data-dir", str(config.data_dir / "cluster"), "--name", "cluster-1",
-             "--push-interval", str(config.push_interval),
-             "--telemetry-interval", str(config.telemetry_interval),
-             "--heartbeat-misses", str(config.heartbeat_misses), *cluster_mqtt, *level, *config.cluster_args],
-            env=cluster_env,
-        )
-        stack.wait_answering("cluster", stack.cluster_url, timeout)
-        counts: dict[str, int] = {}
-        for index in range(config.nodes):
-            profile = config.node_profile(index)
-            counts[profile] = counts.get(profile, 0) + 1
-            name = f"{profile}-{counts[profile]}"
-            stack.spawn(f"node-{name}", node_args(config, stack.cluster_url, profile, name,
-                                                  config.node_labels.get(name, "")), env=stack.node_env())
+        for cluster, (args, env) in zip(stack.started_clusters, commands, strict=True):
+            stack.spawn(cluster.process, args, env=env)
+        for cluster in stack.started_clusters:
+            stack.wait_answering(cluster.process, cluster.url, timeout)
+        for index, profile, name in node_plan(config):
+            stack.add_node(profile, name, config.node_labels.get(name, ""), cluster=index)
     except BaseException:
         stack.stop()
         raise

@@ -1,7 +1,7 @@
 """Port checks a stack runs before it starts anything, so that two stacks never collide.
 
-A port the stack needs (root, cluster, the broker's when it is fixed) that another process
-holds fails at once with :class:`PortInUse`, which names the port and, when a Treeline process
+A port the stack needs (the root's, every cluster's, every broker's when it is fixed) that
+another process holds fails at once with :class:`PortInUse`, which names the port and, when a Treeline process
 answers there, which.
 """
 
@@ -34,18 +34,31 @@ class PortClaim:
     """A port the stack will listen on: which process, and the setting that chose it."""
 
     port: int
-    role: str  # root | cluster | broker
+    role: str  # root | cluster | broker | cluster-<i> | broker-<i> (cluster i > 1 and its broker)
     setting: str  # root_port | cluster_port | broker_port
+
+    def describe(self) -> str:
+        """The setting, and the role when the setting does not say it (``cluster_port (cluster-2)``)."""
+        return self.setting if self.setting == f"{self.role}_port" else f"{self.setting} ({self.role})"
 
 
 def port_claims(config: StackConfig) -> list[PortClaim]:
-    """Every fixed port the stack will listen on. Node data ports are picked free by each node
-    (never fixed by ``up``), and a broker on port 0 takes a free one, so neither is claimed."""
-    claims = [PortClaim(config.root_port, "root", "root_port"),
-              PortClaim(config.cluster_port, "cluster", "cluster_port")]
-    if not config.mqtt_url and config.broker_port:
-        claims.append(PortClaim(config.broker_port, "broker", "broker_port"))
+    """Every fixed port the stack will listen on: the root's, each cluster's and each broker's.
+    Node data ports are picked free by each node (never fixed by ``up``), and a broker on port 0
+    takes a free one, so neither is claimed."""
+    claims = [PortClaim(config.root_port, "root", "root_port")]
+    for index, port in enumerate(config.cluster_ports(), start=1):
+        claims.append(PortClaim(port, numbered("cluster", index), "cluster_port"))
+    if not config.mqtt_url:
+        for index, port in enumerate(config.broker_ports(), start=1):
+            if port:
+                claims.append(PortClaim(port, numbered("broker", index), "broker_port"))
     return claims
+
+
+def numbered(role: str, index: int) -> str:
+    """``cluster`` for cluster 1 (the name a single-cluster stack always had), ``cluster-2`` after."""
+    return role if index == 1 else f"{role}-{index}"
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -85,7 +98,7 @@ def check_ports(config: StackConfig) -> None:
     for index, claim in enumerate(claims):
         for other in claims[:index]:
             if other.port == claim.port:
-                raise ValueError(f"{other.setting} and {claim.setting} are both {claim.port}")
+                raise ValueError(f"{other.describe()} and {claim.describe()} are both {claim.port}")
     for claim in claims:
         if not port_is_free(config.host, claim.port):
             raise PortInUse(claim, port_holder(config.host, claim.port))

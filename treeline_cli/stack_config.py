@@ -1,4 +1,13 @@
-"""What a stack is made of and where it listens (:class:`StackConfig`), and its defaults."""
+"""What a stack is made of and where it listens (:class:`StackConfig`), and its defaults.
+
+Several clusters (``clusters > 1``): cluster ``i`` (1-based) listens on ``cluster_port + i - 1``
+unless :attr:`StackConfig.more_cluster_ports` names the ports of clusters 2..N (tests take free
+ones with :func:`pick_ports`), and its own broker on ``broker_port + i - 1`` when ``broker_port`` is
+fixed (else a free port each). Nodes: ``nodes`` in every cluster, or ``nodes_per_cluster`` (one
+count per cluster). Node profiles cycle over the nodes in start order across the clusters, so
+``--nodes 2,1 --profiles server,server,rpi4`` puts two servers in cluster 1 and the rpi4 in
+cluster 2.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +23,14 @@ from treeline_common.profiles import DEFAULT_DEMO_PROFILES
 @dataclass
 class StackConfig:
     data_dir: Path
-    nodes: int = 3
+    nodes: int = 3  # node engines in each cluster (unless nodes_per_cluster)
     profiles: tuple[str, ...] = DEFAULT_DEMO_PROFILES
-    mqtt_url: str | None = None  # external broker; None = start one
+    mqtt_url: str | None = None  # external broker; None = start one per cluster
     broker_kind: str = "auto"
     host: str = "127.0.0.1"
     root_port: int = 10000
-    cluster_port: int = 10100
-    broker_port: int = 0  # the broker the stack starts; 0: a free one
+    cluster_port: int = 10100  # cluster 1's
+    broker_port: int = 0  # the broker the stack starts for cluster 1; 0: a free one
     telemetry_interval: float = 2.0
     push_interval: float = 15.0
     heartbeat_misses: int = 3
@@ -38,15 +47,53 @@ class StackConfig:
     mqtt_auth: bool = True
     # MQTT over TLS on the broker the stack starts: its cert/key, and the CA the clients verify it with
     mqtt_tls: TlsFiles | None = None
+    clusters: int = 1  # cluster orchestrators, each with its own broker
+    nodes_per_cluster: tuple[int, ...] = ()  # one count per cluster; () = `nodes` in each
+    more_cluster_ports: tuple[int, ...] = ()  # ports of clusters 2..N; () = after cluster_port
 
     def node_profile(self, index: int) -> str:
         return self.profiles[index % len(self.profiles)]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the setting when the cluster layout does not add up."""
+        if self.clusters < 1:
+            raise ValueError(f"clusters must be at least 1, not {self.clusters}")
+        if self.nodes_per_cluster and len(self.nodes_per_cluster) != self.clusters:
+            raise ValueError(f"nodes lists {len(self.nodes_per_cluster)} counts for {self.clusters} "
+                             f"cluster{'s' if self.clusters != 1 else ''}")
+        if any(n < 0 for n in self.node_counts()):
+            raise ValueError("node counts must not be negative")
+        if self.more_cluster_ports and len(self.more_cluster_ports) != self.clusters - 1:
+            raise ValueError(f"more_cluster_ports needs {self.clusters - 1} ports, "
+                             f"not {len(self.more_cluster_ports)}")
+        if self.mqtt_url and self.clusters > 1:
+            raise ValueError("mqtt_url names one broker, and every cluster needs its own: "
+                             "leave it unset so that the stack starts one per cluster")
+
+    def node_counts(self) -> tuple[int, ...]:
+        """How many node engines each cluster gets, cluster 1 first."""
+        return self.nodes_per_cluster or (self.nodes,) * self.clusters
+
+    @property
+    def total_nodes(self) -> int:
+        return sum(self.node_counts())
+
+    def cluster_ports(self) -> tuple[int, ...]:
+        """The port of each cluster orchestrator, cluster 1 first."""
+        if self.more_cluster_ports:
+            return (self.cluster_port, *self.more_cluster_ports)
+        return tuple(self.cluster_port + i for i in range(self.clusters))
+
+    def broker_ports(self) -> tuple[int, ...]:
+        """The port of each cluster's broker; 0 where a free one is taken at start."""
+        return tuple(self.broker_port + i if self.broker_port else 0 for i in range(self.clusters))
 
 
 def pick_ports(config: StackConfig) -> StackConfig:
     """Replace the default ports by free ones (tests run stacks side by side)."""
     config.root_port = free_port()
     config.cluster_port = free_port()
+    config.more_cluster_ports = tuple(free_port() for _ in range(config.clusters - 1))
     return config
 
 

@@ -1,5 +1,11 @@
 """``up`` (the whole stack as processes until Ctrl-C) and ``demo`` (up + MobileNetV2 + table).
 
+Several clusters: ``--clusters N`` starts N clusters, each with its own broker; ``--nodes K`` puts
+K node engines in each, ``--nodes K1,K2,...`` one count per cluster (the list alone implies
+``--clusters`` of its length; a list of another length than ``--clusters`` is a usage error naming
+``--nodes``). A list is a flag-only form: ``TREELINE_NODES`` and ``nodes`` in treeline.toml take one
+count.
+
 Every setting is checked (``--nodes 0``, an unknown profile) before anything starts, and so is
 every port the stack will listen on: a port another process holds (another stack's, typically)
 ends ``up`` at once with one line naming it, exit code 1 (a failure: the options are valid, the
@@ -18,7 +24,7 @@ from typing import Any
 
 import click
 
-from treeline_cli.commands.common import output, setting, settings, verbose_option
+from treeline_cli.commands.common import invocation, output, setting, settings, verbose_option
 from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
 from treeline_cli.stack import PortInUse, Stack, StackConfig, check_ports, start_stack
@@ -27,19 +33,28 @@ from treeline_common.profiles import PROFILES
 from treeline_common.shutdown import ShutdownSignal
 
 F = Any
+NODES = OPTIONS_BY_NAME["nodes"]
 
 
 def stack_options(f: F) -> F:
     for decorator in reversed([
-        setting("nodes", metavar="N"),
+        click.option("--clusters", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="cluster orchestrators to start, each with its own broker [default: 1, or the "
+                          "length of a --nodes list]"),
+        click.option(NODES.flag, "node_counts", default=None, callback=_store_nodes, metavar="N|N1,N2",
+                     help=f"{NODES.help} in each cluster, or one count per cluster, e.g. 2,4 "
+                          f"[env {NODES.env}: N]"),
         setting("profiles", metavar="P1,P2", help=f"emulation profiles cycled over the nodes; known: "
                                                   f"{', '.join(PROFILES)} [env TREELINE_PROFILES]"),
         setting("broker_url", "--mqtt-url", metavar="URL"),
         setting("broker", type=click.Choice(("auto", "mosquitto", "amqtt"))),
-        setting("broker_port", metavar="PORT"),
+        setting("broker_port", metavar="PORT", help="port of the broker `up` starts for cluster 1 (0: a "
+                                                    "free one each); cluster i's is PORT+i-1 "
+                                                    "[env TREELINE_BROKER_PORT]"),
         setting("data_dir", metavar="DIR"),
         setting("root_port", metavar="PORT"),
-        setting("cluster_port", metavar="PORT"),
+        setting("cluster_port", metavar="PORT", help="port of cluster 1's orchestrator; cluster i listens on "
+                                                     "PORT+i-1 [env TREELINE_CLUSTER_PORT]"),
         setting("threads", metavar="N"),
         setting("log_level", metavar="LEVEL"),
         click.option("--node-label", "node_labels", multiple=True, metavar="NAME=LABEL[,LABEL]",
@@ -52,8 +67,37 @@ def stack_options(f: F) -> F:
     return f
 
 
-def stack_config(config: Settings, node_labels: tuple[str, ...], verbose: bool) -> StackConfig:
-    extra: dict[str, Any] = {}
+def _store_nodes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...]:
+    """``--nodes N`` becomes the ``nodes`` setting (checked with its source like any setting);
+    ``--nodes N1,N2,...`` is returned as one count per cluster."""
+    if value is None:
+        return ()
+    if "," not in value:
+        invocation(ctx).flags["nodes"] = value
+        return ()
+    try:
+        counts = tuple(int(item) for item in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 0 or sum(counts) < 1:
+        raise UsageError(f"--nodes {value!r} is not N or a list N1,N2,... of node counts",
+                         "give one count per cluster, e.g. --nodes 2,1")
+    return counts
+
+
+def cluster_layout(clusters: int | None, node_counts: tuple[int, ...]) -> dict[str, Any]:
+    """The :class:`StackConfig` fields of ``--clusters`` and a ``--nodes`` list."""
+    if node_counts and clusters is not None and len(node_counts) != clusters:
+        counts, wanted = plural(len(node_counts), "count"), plural(clusters, "cluster")
+        raise UsageError(f"--nodes lists {counts} for {wanted}",
+                         f"give one count per cluster (e.g. --nodes {','.join(['1'] * clusters)}) "
+                         f"or one count for every cluster")
+    return {"clusters": clusters or len(node_counts) or 1, "nodes_per_cluster": node_counts}
+
+
+def stack_config(config: Settings, node_labels: tuple[str, ...], verbose: bool,
+                 layout: dict[str, Any] | None = None) -> StackConfig:
+    extra: dict[str, Any] = dict(layout or {})
     if node_labels:
         pairs = [item.partition("=") for item in node_labels]
         bad = [item for item, (name, sep, _) in zip(node_labels, pairs, strict=True) if not name or not sep]
@@ -95,13 +139,20 @@ def check_stack_ports(config: StackConfig) -> None:
 
 
 @contextlib.contextmanager
-def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float) -> Iterator[Stack]:
+def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float,
+                layout: dict[str, Any] | None = None) -> Iterator[Stack]:
     """Start the stack from the settings, wait until it is ready, stop it afterwards."""
-    config = stack_config(settings(), node_labels, bool(out.verbose))
+    config = stack_config(settings(), node_labels, bool(out.verbose), layout)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc), "see `treeline up --help`") from exc
     check_stack_ports(config)  # before any output or process: a busy port is one line on stderr
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     logs = config.data_dir / "logs"
-    with out.step(f"starting broker, root, cluster and {plural(config.nodes, 'node engine')} "
+    what = ("broker, root, cluster" if config.clusters == 1
+            else f"root, {config.clusters} clusters each with its own broker,")
+    with out.step(f"starting {what} and {plural(config.total_nodes, 'node engine')} "
                   f"(state in {config.data_dir})"):
         try:
             stack = start_stack(config, timeout=timeout)
@@ -111,7 +162,8 @@ def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float) -> It
             raise Failure(f"could not start the stack: {str(exc).splitlines()[0]}",
                           f"see the logs in {logs}") from exc
     try:
-        with out.step(f"waiting until the cluster and {plural(config.nodes, 'node')} are online"):
+        clusters = "the cluster" if config.clusters == 1 else f"{config.clusters} clusters"
+        with out.step(f"waiting until {clusters} and {plural(config.total_nodes, 'node')} are online"):
             try:
                 stack.wait_ready(timeout=timeout)
             except (RuntimeError, TimeoutError) as exc:
@@ -135,14 +187,20 @@ def wait_for_signal(stack: Stack, out: Output) -> None:
 
 @click.command()
 @stack_options
-def up(node_labels: tuple[str, ...], timeout: float) -> None:
-    """Start a broker, the root, one cluster and N node engines, each its own process; Ctrl-C or
-    SIGTERM stops all of them."""
+def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
+       node_counts: tuple[int, ...]) -> None:
+    """Start the root and one cluster (or --clusters N), each cluster with its own broker and
+    node engines, each its own process; Ctrl-C or SIGTERM stops all of them."""
     out = output()
-    with ready_stack(out, node_labels, timeout) as stack:
+    with ready_stack(out, node_labels, timeout, cluster_layout(clusters, node_counts)) as stack:
         out.line(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
-        out.line(f"Cluster API   {stack.cluster_url}")
-        out.line(f"MQTT broker   {stack.mqtt_url}")
+        if len(stack.clusters) == 1:
+            out.line(f"Cluster API   {stack.cluster_url}")
+            out.line(f"MQTT broker   {stack.mqtt_url}")
+        for cluster in stack.clusters if len(stack.clusters) > 1 else []:
+            nodes = ", ".join(cluster.node_names) or "no nodes"
+            out.line(f"{cluster.name:<13} {cluster.url}   broker {cluster.mqtt_url} (port "
+                     f"{cluster.broker_port})   {nodes}")
         out.line(f"Logs          {stack.config.data_dir / 'logs'}  (`treeline logs COMPONENT -f`)")
         out.line("Ready. Ctrl-C stops every process.")
         sys.stdout.flush()
@@ -154,12 +212,13 @@ def up(node_labels: tuple[str, ...], timeout: float) -> None:
 @click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True,
               help="requests sent to each deployment")
 @click.option("--keep", is_flag=True, help="leave the stack running afterwards (until Ctrl-C)")
-def demo(node_labels: tuple[str, ...], timeout: float, requests: int, keep: bool) -> None:
+def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, node_counts: tuple[int, ...],
+         requests: int, keep: bool) -> None:
     """up + register MobileNetV2 + deploy it three ways + send requests + print a table."""
     from treeline_cli.demo import run_demo  # imports torch-free model_zoo and numpy: only here
 
     out = output()
-    with ready_stack(out, node_labels, timeout) as stack:
+    with ready_stack(out, node_labels, timeout, cluster_layout(clusters, node_counts)) as stack:
         out.line(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
         run_demo(stack, sys.stdout, requests=requests)
         if keep:
