@@ -29,14 +29,17 @@ def log_files(data_dir: Path) -> dict[str, Path]:
     """component name -> log file, from what ``treeline up`` wrote under ``data_dir``.
 
     Processes log to ``logs/<name>.log`` (node engines as ``node-<node name>``, listed here by
-    the node's name); the broker the stack started logs in ``broker/<kind>.log``.
+    the node's name); each broker the stack started logs in ``broker/<kind>.log`` (cluster i's,
+    i > 1, in ``broker-<i>/<kind>.log``, listed as ``broker-<i>``).
     """
     found: dict[str, Path] = {}
     for path in sorted((data_dir / "logs").glob("*.log")):
         found[path.stem.removeprefix("node-")] = path
-    if "broker" not in found:
-        for path in sorted((data_dir / "broker").glob("*.log")):
-            found["broker"] = path
+    brokers = [data_dir / "broker", *sorted(data_dir.glob("broker-*"))]
+    for folder in brokers:
+        if folder.name not in found:
+            for path in sorted(folder.glob("*.log")):
+                found[folder.name] = path
     return found
 
 

@@ -198,9 +198,8 @@ def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
             out.line(f"Cluster API   {stack.cluster_url}")
             out.line(f"MQTT broker   {stack.mqtt_url}")
         for cluster in stack.clusters if len(stack.clusters) > 1 else []:
-            nodes = ", ".join(cluster.node_names) or "no nodes"
-            out.line(f"{cluster.name:<13} {cluster.url}   broker {cluster.mqtt_url} (port "
-                     f"{cluster.broker_port})   {nodes}")
+            nodes = ", ".join(cluster.node_names) or "-"
+            out.line(f"{cluster.name:<13} {cluster.url}   MQTT broker {cluster.mqtt_url}   nodes: {nodes}")
         out.line(f"Logs          {stack.config.data_dir / 'logs'}  (`treeline logs COMPONENT -f`)")
         out.line("Ready. Ctrl-C stops every process.")
         sys.stdout.flush()
