@@ -54,10 +54,11 @@ class RootClient:
             raise Unavailable(f"root answered registration without cluster_id: {body!r}")
         return str(cluster_id)
 
-    def push_information(self, cluster_id: str, body: dict[str, Any]) -> None:
-        """``POST /api/information/<cluster_id>`` with ``{aggregate, jobs}``."""
+    def push_information(self, cluster_id: str, body: dict[str, Any]) -> Any:
+        """``POST /api/information/<cluster_id>`` with ``{aggregate, jobs}``; the root's answer
+        (``{updated, ignored, release}``)."""
         target = f"{self.root_url}/api/information/{cluster_id}"
-        call_json("POST", target, json=body, headers=self._headers(target), timeout=self.timeout,
+        return call_json("POST", target, json=body, headers=self._headers(target), timeout=self.timeout,
                   session=self._session)
 
     def put_artifact(self, sha256: str, data: bytes) -> None:

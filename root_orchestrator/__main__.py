@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from root_orchestrator.api.context import context_of
 from root_orchestrator.app import create_app
 from root_orchestrator.auth import AuthService, SecurityConfig
 from root_orchestrator.auth.settings import (
@@ -76,8 +77,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--instance-id", default=os.environ.get(INSTANCE_ID_ENV) or PROCESS_INSTANCE_ID,
                         help=f"what GET /api/health reports as instance_id [env {INSTANCE_ID_ENV}; "
                              "default: a new uuid]")
+    parser.add_argument("--ask-clusters", type=int, default=3,
+                        help="how many candidate clusters are asked for a dry-run plan before a deployment "
+                             "(the cheapest predicted plan wins; default 3)")
     parser.add_argument("--active-window", type=float, default=30.0,
-                        help="a cluster is active if it pushed or registered within this many seconds")
+                        help="a cluster is active if it pushed or registered within this many seconds; "
+                             "the deployments of a cluster inactive this long fail over to another cluster")
     parser.add_argument("--cluster-timeout", type=float, default=10.0)
     parser.add_argument("--log-level", default=settings.log_level, type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -123,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "`treeline admin create --root-data-dir %s --username NAME --password-stdin`", data_dir)
     app = create_app(stores, clock, HttpClusterClient(timeout=args.cluster_timeout),
                      public_url=public_url, active_window_s=args.active_window, security=security,
-                     instance_id=args.instance_id)
+                     instance_id=args.instance_id, ask_clusters=args.ask_clusters)
     try:
         server = make_http_server(app, args.host, args.port, production=security.production)
     except OSError as exc:  # the port is taken: one clear line, not a traceback
@@ -131,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stores.close()
         return 1
     shutdown = ShutdownSignal()
+    failover = context_of(app).failover
+    failover.start()
     thread = server.serve_in_thread("root-http")
     log.info("root orchestrator listening on %s:%d (%s; public %s, store %s, %s mode%s, instance %s)",
              args.host, server.port, "waitress" if security.production else "werkzeug development server",
@@ -139,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              args.instance_id)
     shutdown.wait()
     log.info("signal %s received; shutting down", shutdown.received)
+    failover.stop()
     server.shutdown()
     thread.join(timeout=10)
     stores.close()

@@ -22,8 +22,10 @@ from root_orchestrator.api.context import RootContext, install
 from root_orchestrator.api.guard import install_guard
 from root_orchestrator.apply import Applier
 from root_orchestrator.auth import AuthService, SecurityConfig
+from root_orchestrator.cluster_choice import DEFAULT_ASK, ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.dryrun import DryRun
+from root_orchestrator.failover import ClusterFailover
 from root_orchestrator.identity import PROCESS_INSTANCE_ID
 from root_orchestrator.instances import InstanceManager
 from root_orchestrator.ranking import DEFAULT_ACTIVE_WINDOW_S
@@ -40,9 +42,10 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
                public_url: str = "http://127.0.0.1:10000",
                active_window_s: float = DEFAULT_ACTIVE_WINDOW_S,
                max_upload_mb: int | None = None, instance_id: str = PROCESS_INSTANCE_ID,
-               security: SecurityConfig | None = None) -> Flask:
+               security: SecurityConfig | None = None, ask_clusters: int = DEFAULT_ASK) -> Flask:
     """A root app over already-opened ``stores``; ``public_url`` is where clusters reach it;
-    ``instance_id`` is what ``GET /api/health`` reports (the process's, unless a test sets one)."""
+    ``instance_id`` is what ``GET /api/health`` reports (the process's, unless a test sets one);
+    ``ask_clusters`` is how many candidate clusters are asked for a dry-run plan per choice."""
     app = Flask("root_orchestrator", static_folder=None)
     app.url_map.strict_slashes = False  # before any rule is added: /api/applications == /api/applications/
     # request bodies: 1 MiB unless the route takes more (uploads: max_upload_mb, default
@@ -52,11 +55,12 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
     app.config["TREELINE_MAX_MODEL_BYTES"] = model_bytes
     install_body_limits(app, body_limits(model_bytes))
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    manager = InstanceManager(stores, clock, cluster_client, public_url, active_window_s)
+    manager = InstanceManager(stores, clock, cluster_client, public_url, active_window_s,
+                              ClusterChooser(cluster_client, ask=ask_clusters))
     public_url = public_url.rstrip("/")
     install(app, RootContext(stores, clock, cluster_client, public_url, active_window_s, manager,
                              Applier(stores, manager), DryRun(stores, manager, cluster_client, public_url),
-                             instance_id))
+                             instance_id, ClusterFailover(manager)))
     install_guard(app, AuthService(stores.users, clock,
                                    security or SecurityConfig(jwt_secret=secrets.token_hex(32))))
     for bp in BLUEPRINTS:

@@ -2,7 +2,8 @@
 
 For each ``ml-model`` microservice of the SLA the root does what a real deployment does up to
 the point of no return: resolve the model version in the registry, rank the active clusters
-(:mod:`.ranking`), and hand the best one the same :class:`~treeline_common.jobs.JobRequest`
+(:mod:`.cluster_filter`, :mod:`.cluster_choice`: the best few are asked and the cheapest plan
+is answered, with every candidate's answer), and hand them the same :class:`~treeline_common.jobs.JobRequest`
 an instance would get, at ``POST <cluster>/api/plan`` instead of ``/api/service/...``. The
 cluster plans it over its nodes with stored profiles only and answers the plan summary; it
 publishes no artifact, sends no command and measures nothing. A cluster that cannot be
@@ -17,45 +18,22 @@ Other microservices (containers) are not Treeline's to plan and are left out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from deployment_descriptors import Sla
 from root_orchestrator.cluster_client import ClusterClient
-from root_orchestrator.instances import ML_VIRTUALIZATION, InstanceManager
+from root_orchestrator.dryrun_summary import summary_of
+from root_orchestrator.instances import ML_VIRTUALIZATION, InstanceManager, objective_of
 from root_orchestrator.stores import Stores
 from treeline_common.errors import TreelineError, Unavailable
 from treeline_common.jobs import JobRequest, ModelRef
 
 log = logging.getLogger(__name__)
 
-STAGE_FIELDS = ("index", "node_name", "flops", "cut_bytes", "predicted_compute_ms")
-
-
 def _prefixed(exc: TreelineError, prefix: str) -> TreelineError:
     """The same error class with every detail path under ``prefix``."""
     details = [dict(d, path=f"{prefix}.{d.get('path', '')}".rstrip(".")) for d in exc.details]
     return type(exc)(exc.message, details or [{"path": prefix, "message": exc.message}])
-
-
-def summary_of(answer: Any) -> dict[str, Any]:
-    """The documented fields of a cluster's plan answer; Unavailable when it is not one."""
-    if not isinstance(answer, Mapping) or not isinstance(answer.get("schedulable"), bool):
-        raise Unavailable("cluster answered no plan summary (no boolean 'schedulable')")
-    stages = [{k: s.get(k) for k in STAGE_FIELDS}
-              for s in answer.get("stages") or [] if isinstance(s, Mapping)]
-    raw_reasons = answer.get("reasons")
-    reasons = {str(k): str(v) for k, v in raw_reasons.items()} if isinstance(raw_reasons, Mapping) else {}
-    predicted = answer.get("predicted")
-    summary = {"schedulable": answer["schedulable"], "strategy": str(answer.get("strategy") or ""),
-               "predicted": dict(predicted) if isinstance(predicted, Mapping) else {},
-               "stages": stages,
-               "reasons": reasons,
-               "message": str(answer.get("message") or "")}
-    profiles = answer.get("profiles")
-    if isinstance(profiles, Mapping):
-        summary["profiles"] = dict(profiles)
-    return summary
 
 
 class DryRun:
@@ -70,7 +48,7 @@ class DryRun:
 
     def plan(self, sla: Sla) -> list[dict[str, Any]]:
         """One row per ML microservice, in SLA order; see the module docstring."""
-        jobs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        jobs: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]] = []
         for a_index, app in enumerate(sla.applications):
             stored = self.stores.applications.find_applications(sla.customer_id, app.name)
             existing = {str(s.get("microservice_name")): str(s["service_id"])
@@ -94,15 +72,25 @@ class DryRun:
                 row = {"application_name": app.name, "microservice_name": ms.name, "service_id": service_id,
                        "model": {"name": version["name"], "version": version["version"],
                                  "sha256": version["sha256"]}}
-                jobs.append((row, job))
-        if not jobs:
-            return []
-        ranked = self.instances.ranked_clusters()
-        return [self._ask(row, job, ranked) for row, job in jobs]
+                jobs.append((row, job, ms.raw, version))
+        return [self._ask(row, job, ms_raw, version) for row, job, ms_raw, version in jobs]
 
-    def _ask(self, row: dict[str, Any], job: dict[str, Any], ranked: list[dict[str, Any]]) -> dict[str, Any]:
+    def _ask(self, row: dict[str, Any], job: dict[str, Any], microservice: dict[str, Any],
+             version: dict[str, Any]) -> dict[str, Any]:
+        """The plan of the cluster a deployment would go to (:mod:`.cluster_choice`), with every
+        candidate's answer (``candidates``) and why the other clusters were filtered (``rejected``)."""
+        candidates, rejected = self.instances.candidates(microservice, version)
+        choice = self.instances.chooser.choose(candidates, job, objective_of({"microservice": microservice}),
+                                               rejected)
+        extra = {"candidates": list(choice.answers), "rejected": dict(choice.rejected)}
+        for cluster in choice.order:
+            summary = choice.summaries.get(str(cluster["cluster_id"]))
+            if summary is not None:
+                return {**row, "cluster_id": cluster["cluster_id"], "cluster_name": cluster["cluster_name"],
+                        **summary, **extra}
         failures: list[dict[str, Any]] = []
-        for cluster in ranked:
+        asked = {str(a.get("cluster_id")) for a in choice.answers}
+        for cluster in [c for c in choice.order if str(c["cluster_id"]) not in asked]:
             try:
                 summary = summary_of(self.client.plan(cluster["url"], job))
             except TreelineError as exc:
@@ -112,6 +100,8 @@ class DryRun:
                                  "message": f"{exc.code}: {exc}"})
                 continue
             return {**row, "cluster_id": cluster["cluster_id"], "cluster_name": cluster["cluster_name"],
-                    **summary}
+                    **summary, **extra}
+        failures += [{"path": f"clusters.{a['cluster_name']}", "message": str(a.get("error"))}
+                     for a in choice.answers if not a.get("ok")]
         raise Unavailable(f"no cluster could plan {row['application_name']}/{row['microservice_name']}",
                           failures)

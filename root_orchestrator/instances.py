@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from root_orchestrator.auth.principals import Role
+from root_orchestrator.cluster_choice import ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
-from root_orchestrator.ranking import last_seen, rank_clusters
+from root_orchestrator.cluster_filter import filter_clusters, needs_of
+from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
 from treeline_common.clock import Clock
@@ -29,7 +31,7 @@ from treeline_common.errors import (
     Unavailable,
     Unschedulable,
 )
-from treeline_common.jobs import ClusterPush, JobReport, JobRequest, JobStatus, ModelRef
+from treeline_common.jobs import JobRequest, ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _RETRIES = 8
 Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
-def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
+def mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
     """Service-level status fields follow the most recently changed instance."""
     if inst is None:
         fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None,
@@ -52,7 +54,7 @@ def _mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, An
     return fields
 
 
-def _callers_sign(service: dict[str, Any]) -> bool:
+def callers_sign(service: dict[str, Any]) -> bool:
     """Whether the service's SLA makes callers sign requests (a ``privacy`` block whose
     ``authenticate_callers`` is not false): only then does its owner need the caller key."""
     model = ((service.get("microservice") or {}).get("model") or {}) if isinstance(service, dict) else {}
@@ -60,18 +62,32 @@ def _callers_sign(service: dict[str, Any]) -> bool:
     return isinstance(privacy, dict) and privacy.get("authenticate_callers", True) is not False
 
 
-def _find(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
+def find_instance(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
     return next((i for i in instances if i.get("instance") == instance), None)
 
 
+def add_event(inst: dict[str, Any], event: dict[str, Any]) -> None:
+    """Append one root-side event to an instance's history (newest :data:`MAX_EVENTS` kept)."""
+    inst["events"] = (list(inst.get("events") or []) + [event])[-MAX_EVENTS:]
+
+
+def objective_of(service: dict[str, Any]) -> str:
+    model = (service.get("microservice") or {}).get("model") or {}
+    return str(model.get("objective") or "latency") if isinstance(model, dict) else "latency"
+
+
 class InstanceManager:
+    """Creates, deletes and redeploys service instances; the cluster choice is
+    :mod:`.cluster_filter` (filter, coarse order) then :class:`.ClusterChooser` (dry runs)."""
+
     def __init__(self, stores: Stores, clock: Clock, client: ClusterClient, public_url: str,
-                 active_window_s: float) -> None:
+                 active_window_s: float, chooser: ClusterChooser | None = None) -> None:
         self.stores = stores
         self.clock = clock
         self.client = client
         self.public_url = public_url.rstrip("/")
         self.active_window_s = active_window_s
+        self.chooser = chooser or ClusterChooser(client)
 
     def _update(self, service_id: str, mutate: Mutator) -> dict[str, Any]:
         """Read, compute fields with ``mutate`` (None = nothing to write), write under the
@@ -133,6 +149,32 @@ class InstanceManager:
                 for c in clusters] or [{"path": "clusters", "message": "no cluster registered"}])
         return ranked
 
+    def candidates(self, microservice: dict[str, Any], version: dict[str, Any],
+                   exclude: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """The clusters that may take ``microservice`` (coarse order) and why the others may not;
+        Unschedulable naming every cluster when none may ("no active cluster" when none is active)."""
+        now = self.clock.now()
+        clusters = self.stores.clusters.list()
+        needs = needs_of(microservice, int(version.get("size") or 0))
+        candidates, rejected = filter_clusters(clusters, needs, now, self.active_window_s, exclude)
+        if candidates:
+            return candidates, rejected
+        if not clusters:
+            raise Unschedulable("no active cluster",
+                                [{"path": "clusters", "message": "no cluster registered"}])
+        message = ("no active cluster" if not rank_clusters(clusters, now, self.active_window_s)
+                   else "no cluster meets the SLA")
+        raise Unschedulable(message, [{"path": f"clusters.{name}", "message": reason}
+                                      for name, reason in sorted(rejected.items())])
+
+    def job_for(self, service: dict[str, Any], number: int, version: dict[str, Any]) -> dict[str, Any]:
+        """The :class:`JobRequest` (as a dict) of instance ``number`` of ``service``."""
+        return JobRequest(service_id=str(service["service_id"]), instance=number,
+                          microservice=service.get("microservice") or {},
+                          model=ModelRef(name=str(version["name"]), version=int(version["version"]),
+                                         sha256=str(version["sha256"]), signature=version.get("signature")),
+                          root_url=self.public_url).to_dict()
+
     def create_instance(self, service_id: str) -> dict[str, Any]:
         service = self.stores.applications.get_service(service_id)
         try:
@@ -141,7 +183,7 @@ class InstanceManager:
         except NotFound:
             owner = ""
         version = self.resolve_model(service, owner)
-        ranked = self.ranked_clusters()
+        candidates, rejected = self.candidates(service.get("microservice") or {}, version)
         resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
         reserved: dict[str, int] = {}
 
@@ -152,18 +194,15 @@ class InstanceManager:
             inst = {"instance": number, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
                     "placement": None, "model": resolved}
             reserved["n"] = number
-            return _mirror({"instances": instances + [inst], "next_instance": number + 1,
+            return mirror({"instances": instances + [inst], "next_instance": number + 1,
                             "model": {**doc["model"], "resolved": resolved}}, inst)
 
         service = self._update(service_id, reserve)
         number = reserved["n"]
-        job = JobRequest(service_id=service_id, instance=number,
-                         microservice=service.get("microservice") or {},
-                         model=ModelRef(name=str(version["name"]), version=int(version["version"]),
-                                        sha256=str(version["sha256"]), signature=version.get("signature")),
-                         root_url=self.public_url).to_dict()
+        job = self.job_for(service, number, version)
+        choice = self.chooser.choose(candidates, job, objective_of(service), rejected)
         failures: list[dict[str, Any]] = []
-        for cluster in ranked:
+        for cluster in choice.order:
             try:
                 self.client.deploy(cluster["url"], service_id, number, job)
             except TreelineError as exc:
@@ -172,20 +211,23 @@ class InstanceManager:
                 failures.append({"path": f"clusters.{cluster['cluster_name']}",
                                  "message": f"{exc.code}: {exc}"})
                 continue
-            self._set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True)
+            self._set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True,
+                               event=choice.event(cluster, "deploy", self.clock.now()))
             log.info("service %s instance %s scheduled on cluster %s",
                      service_id, number, cluster["cluster_name"])
-            return {"service_id": service_id, "instance": number, "cluster_id": cluster["cluster_id"]}
+            return {"service_id": service_id, "instance": number, "cluster_id": cluster["cluster_id"],
+                    "cluster_name": cluster["cluster_name"]}
         detail = "no cluster accepted the job: " + "; ".join(f["message"] for f in failures)
-        self._set_instance(service_id, number, status="FAILED", status_detail=detail)
+        self._set_instance(service_id, number, status="FAILED", status_detail=detail,
+                           event=choice.event(None, "deploy", self.clock.now()))
         raise Unavailable("no cluster accepted the job", failures)
 
     def _set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None,
                       scheduled: bool = False, status: str | None = None,
-                      status_detail: str | None = None) -> None:
+                      status_detail: str | None = None, event: dict[str, Any] | None = None) -> None:
         def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
             instances = [dict(i) for i in doc.get("instances") or []]
-            inst = _find(instances, number)
+            inst = find_instance(instances, number)
             if inst is None:  # deleted meanwhile
                 return None
             if cluster_id is not None and inst.get("cluster_id") is None:
@@ -196,20 +238,29 @@ class InstanceManager:
                 inst["status"] = status
             if status_detail is not None:
                 inst["status_detail"] = status_detail
-            return _mirror({"instances": instances}, inst)
+            if event is not None:
+                add_event(inst, event)
+            return mirror({"instances": instances}, inst)
 
         self._update(service_id, mutate)
 
     # -- delete ---------------------------------------------------------------------------------------
 
     def _undeploy(self, inst: dict[str, Any], service_id: str) -> None:
-        cluster_id = inst.get("cluster_id")
-        if not cluster_id:
-            return
+        """Undeploy from the instance's cluster and from the one it is moving to. An inactive
+        cluster is not called: it learns from the answer to its next push (``release``)."""
+        for cluster_id in dict.fromkeys(c for c in (inst.get("cluster_id"), inst.get("moving_to")) if c):
+            self._undeploy_on(str(cluster_id), inst, service_id)
+
+    def _undeploy_on(self, cluster_id: str, inst: dict[str, Any], service_id: str) -> None:
         try:
             cluster = self.stores.clusters.get(cluster_id)
         except NotFound:
             log.warning("instance %s/%s names unknown cluster %s", service_id, inst["instance"], cluster_id)
+            return
+        if not is_active(cluster, self.clock.now(), self.active_window_s):
+            log.info("cluster %s is inactive: it releases %s/%s on its next push",
+                     cluster.get("cluster_name"), service_id, inst["instance"])
             return
         try:
             self.client.undeploy(cluster["url"], service_id, int(inst["instance"]))
@@ -218,7 +269,7 @@ class InstanceManager:
 
     def delete_instance(self, service_id: str, number: int) -> dict[str, Any]:
         service = self.stores.applications.get_service(service_id)
-        inst = _find(service.get("instances") or [], number)
+        inst = find_instance(service.get("instances") or [], number)
         if inst is None:
             raise NotFound(f"service {service_id} has no instance {number}",
                            [{"path": "instance", "message": f"no instance {number}"}])
@@ -226,7 +277,7 @@ class InstanceManager:
 
         def remove(doc: dict[str, Any]) -> dict[str, Any]:
             remaining = [i for i in doc.get("instances") or [] if i.get("instance") != number]
-            return _mirror({"instances": remaining}, remaining[-1] if remaining else None)
+            return mirror({"instances": remaining}, remaining[-1] if remaining else None)
 
         self._update(service_id, remove)
         return {"service_id": service_id, "instance": number, "deleted": True}
@@ -275,58 +326,6 @@ class InstanceManager:
                 failures.append({"path": f"{service['service_id']}/{inst['instance']}", "message": str(exc)})
         return failures
 
-    # -- cluster push ---------------------------------------------------------------------------------
-
-    def apply_push(self, cluster_id: str, body: Any) -> dict[str, Any]:
-        """Fold a cluster's :class:`ClusterPush` in; InvalidInput names every bad field."""
-        push = ClusterPush.from_dict(body)
-        self.stores.clusters.update_aggregate(cluster_id, push.aggregate, self.clock.now())
-        updated = 0
-        ignored: list[dict[str, Any]] = []
-        for index, job in enumerate(push.jobs):
-            reason = self._apply_job(cluster_id, job)
-            if reason is None:
-                updated += 1
-            else:
-                log.warning("cluster %s push: jobs[%d] ignored: %s", cluster_id, index, reason)
-                ignored.append({"path": f"jobs[{index}]", "message": reason})
-        return {"updated": updated, "ignored": ignored}
-
-    def _apply_job(self, cluster_id: str, job: JobReport) -> str | None:
-        """Fold one job report into its service; returns why it was ignored, or None."""
-        status = job.status
-        if status is JobStatus.REQUESTED:
-            # The cluster's REQUESTED means "accepted by this cluster": from the root's point of
-            # view the instance is SCHEDULED (to that cluster), and must not move back.
-            status = JobStatus.SCHEDULED
-        outcome: list[str] = []
-
-        def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
-            instances = [dict(i) for i in doc.get("instances") or []]
-            inst = _find(instances, job.instance)
-            if inst is None:
-                if status is not JobStatus.DELETED:  # a deleted instance's last reports are expected
-                    outcome.append("unknown instance")
-                return None
-            if inst.get("cluster_id") not in (None, cluster_id):
-                outcome.append(f"instance belongs to cluster {inst['cluster_id']}")
-                return None
-            inst.update(cluster_id=cluster_id, status=status.value, status_detail=job.status_detail)
-            inst["placement"] = job.placement.to_dict() if job.placement else None
-            if job.explanation is not None:
-                inst["explanation"] = job.explanation  # the scheduler's reasons and scores
-            if job.events:
-                inst["events"] = _merge_events(inst.get("events") or [], job.events)
-            if job.caller_key and _callers_sign(doc):  # only owners (and admins) see a service
-                inst["caller_key"] = job.caller_key
-            return _mirror({"instances": instances}, inst)
-
-        try:
-            self._update(job.service_id, mutate)
-        except NotFound:
-            return None if status is JobStatus.DELETED else "unknown service"
-        return outcome[0] if outcome else None
-
     def events(self, service_id: str) -> list[dict[str, Any]]:
         """Every instance's events (re-plans with their cause and predicted costs, failures,
         retries), oldest first, each tagged with its instance."""
@@ -335,9 +334,3 @@ class InstanceManager:
                   for e in inst.get("events") or []]
         return sorted(merged, key=lambda e: float(e.get("ts") or 0.0))
 
-
-def _merge_events(known: list[dict[str, Any]], new: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
-    """Known events plus the new ones not seen yet (a cluster re-sends its recent events)."""
-    seen = {(e.get("ts"), e.get("kind"), e.get("cause")) for e in known}
-    merged = known + [dict(e) for e in new if (e.get("ts"), e.get("kind"), e.get("cause")) not in seen]
-    return merged[-MAX_EVENTS:]

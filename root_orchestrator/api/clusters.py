@@ -39,6 +39,7 @@ from root_orchestrator.api.oakestra import cluster_view, listing
 from root_orchestrator.auth.errors import Forbidden
 from root_orchestrator.auth.principals import CLUSTER_KIND, CLUSTER_READ, INFRASTRUCTURE, INTERNAL, Principal
 from root_orchestrator.auth.service import public_token
+from root_orchestrator.pushes import apply_push
 from root_orchestrator.ranking import is_active
 from root_orchestrator.stores.base import UserStore, not_found
 from treeline_common.errors import Conflict, InvalidInput, NotFound
@@ -212,7 +213,7 @@ def information(cluster_id: str) -> Any:
     body, token = json_body(request), _bearer()  # a malformed body is 400 whatever the cluster id
     cluster = c.stores.clusters.get(cluster_id)
     own = _own_cluster(c.stores.users, cluster, token)
-    answer = c.instances.apply_push(cluster_id, body)
+    answer = apply_push(c.instances, cluster_id, body)
     if token and own:  # the cluster's own credential: what the root sends on its calls to it
         c.cluster_client.remember_token(str(cluster.get("url", "")), token)
     return jsonify(answer)

@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from root_orchestrator.apply import Applier
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.dryrun import DryRun
+from root_orchestrator.failover import ClusterFailover
 from root_orchestrator.instances import InstanceManager
 from root_orchestrator.stores import Stores
 from treeline_common.clock import Clock
@@ -25,7 +26,8 @@ EXTENSION = "treeline_root"
 @dataclass(frozen=True)
 class RootContext:
     """The root's injected dependencies; ``public_url`` has no trailing slash; ``instance_id``
-    names this process in ``GET /api/health`` (:mod:`root_orchestrator.identity`)."""
+    names this process in ``GET /api/health`` (:mod:`root_orchestrator.identity`); ``failover``
+    is built but not started (``python -m root_orchestrator`` starts it)."""
 
     stores: Stores
     clock: Clock
@@ -36,6 +38,7 @@ class RootContext:
     applier: Applier
     dryrun: DryRun
     instance_id: str
+    failover: ClusterFailover
 
 
 def install(app: Flask, context: RootContext) -> None:
@@ -43,6 +46,14 @@ def install(app: Flask, context: RootContext) -> None:
     if EXTENSION in app.extensions:
         raise RuntimeError(f"{app.name} already has a {EXTENSION} context")
     app.extensions[EXTENSION] = context
+
+
+def context_of(app: Flask) -> RootContext:
+    """The context :func:`install` attached to ``app`` (outside a request too)."""
+    context = app.extensions[EXTENSION]
+    if not isinstance(context, RootContext):
+        raise RuntimeError(f"app.extensions[{EXTENSION!r}] is not a RootContext: {context!r}")
+    return context
 
 
 def ctx() -> RootContext:

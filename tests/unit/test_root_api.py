@@ -336,7 +336,7 @@ def test_instance_forwards_job_to_best_cluster_and_schedules(root: Root) -> None
     sid = root.submit()
     r = root.http.post(f"/api/service/{sid}/instance")
     assert r.status_code == 200
-    assert r.get_json() == {"service_id": sid, "instance": 0, "cluster_id": big}
+    assert r.get_json() == {"service_id": sid, "instance": 0, "cluster_id": big, "cluster_name": "big"}
     [(url, job_sid, instance, job)] = root.clusters.deployed
     assert (url, job_sid, instance) == ("http://big:1", sid, 0)
     assert job["service_id"] == sid and job["instance"] == 0 and job["root_url"] == PUBLIC
@@ -412,7 +412,7 @@ def test_cluster_push_updates_status_and_placement(root: Root) -> None:
                       "placement": placement}]}
     root.clock.advance(5)
     r = root.http.post(f"/api/information/{cid}", json=push)
-    assert r.status_code == 200 and r.get_json() == {"updated": 1, "ignored": []}
+    assert r.status_code == 200 and r.get_json() == {"updated": 1, "ignored": [], "release": []}
     svc = root.http.get(f"/api/service/{sid}").get_json()
     typed = Placement.from_dict(placement).to_dict()  # stored as decoded: defaults filled in
     assert (svc["status"], svc["status_detail"], svc["placement"]) == ("RUNNING", "2 stages", typed)
@@ -566,7 +566,9 @@ def test_pushed_events_are_kept_once_and_listed(root: Root) -> None:
     root.http.post(f"/api/information/{cid}",
                    json={"aggregate": {}, "jobs": [dict(job, events=[replan, later])]})
     body = root.http.get(f"/api/service/{sid}/events").get_json()
-    assert body["events"] == [dict(replan, instance=0), dict(later, instance=0)]
+    [choice] = [e for e in body["events"] if e["kind"] == "cluster_choice"]  # the root's own event
+    assert choice["chosen"] == "a" and choice["cause"] == "deploy"
+    assert [e for e in body["events"] if e is not choice] == [dict(replan, instance=0), dict(later, instance=0)]
     _error(root.http.get("/api/service/nope/events"), 404, "NOT_FOUND")
 
 

@@ -188,9 +188,12 @@ def test_plan_asks_the_best_cluster_and_deploys_nothing(root: Root) -> None:
     model = root.register_model()
     root.register_cluster("small", "http://small:1", active_nodes=1)
     big = root.register_cluster("big", "http://big:1", active_nodes=3)
+    root.clusters.plans["http://small:1"] = {**PLAN_SUMMARY, "predicted": {"latency_ms": 40.0}}
     r = root.http.post("/api/plan", json=two_services())
     assert r.status_code == 200, r.get_json()
     [row] = r.get_json()["services"]  # the container is not Treeline's to plan
+    candidates = {c["cluster_name"]: c["cost"] for c in row.pop("candidates")}
+    assert candidates == {"big": 4.5, "small": 40.0} and row.pop("rejected") == {}
     assert row == {"application_name": "vision", "microservice_name": "classifier", "service_id": None,
                    "model": {"name": "tiny", "version": 1, "sha256": model["sha256"]},
                    "cluster_id": big, "cluster_name": "big", "schedulable": True, "strategy": "dp-latency",
@@ -198,8 +201,8 @@ def test_plan_asks_the_best_cluster_and_deploys_nothing(root: Root) -> None:
                    "stages": [{"index": 0, "node_name": "n1", "flops": 8, "cut_bytes": 0,
                                "predicted_compute_ms": 1.5}],
                    "reasons": {"n2": "offline"}, "message": ""}
-    [(url, job)] = root.clusters.planned
-    assert url == "http://big:1"
+    assert sorted(url for url, _ in root.clusters.planned) == ["http://big:1", "http://small:1"]
+    job = root.clusters.planned[0][1]
     assert job["model"] == {"name": "tiny", "version": 1, "sha256": model["sha256"],
                             "signature": model["signature"]}
     assert job["microservice"]["microservice_name"] == "classifier"
