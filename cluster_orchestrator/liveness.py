@@ -60,3 +60,61 @@ def accepts_status(node: Mapping[str, Any], status: NodeStatus) -> bool:
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
     """Exponential backoff for ``attempt`` (0-based), capped; deterministic (no jitter needed here)."""
     return min(cap, base * (2 ** max(attempt, 0)))
+
+
+# Departures (nodes flipping offline) and the re-plans they cause: see DepartureHold.
+DEPARTURE_DEBOUNCE = 0.2  # s after any departure before re-plans start (the failure may be spreading)
+MASS_DEPARTURE_SETTLE = 1.0  # s without a new departure that ends a mass departure
+MASS_DEPARTURE_MIN = 5  # departures in one burst that make it a mass departure whatever the cluster size
+MAX_DEPARTURE_HOLD = 10.0  # s: a trickle of departures never holds re-plans longer than this
+
+
+def is_mass_departure(departed: int, online_before: int) -> bool:
+    """Whether ``departed`` nodes of ``online_before`` leaving in one burst is a mass departure:
+    at least :data:`MASS_DEPARTURE_MIN`, or at least two and more than half (the mass-silence rule)."""
+    return departed >= MASS_DEPARTURE_MIN or (departed >= 2 and departed * 2 > online_before)
+
+
+class DepartureHold:
+    """When re-plans may start after nodes went offline (pure: the caller passes ``now``).
+
+    Why: a broker-side crash of many nodes (a simulator, a rack, a power cut) arrives as a burst
+    of last wills within about a second. Re-planning after the first will would place
+    deployments on nodes whose wills are still on their way, fail, and re-plan again: a storm.
+    So every departure holds re-plans for :data:`DEPARTURE_DEBOUNCE`; a burst that turns out
+    to be a mass departure (:func:`is_mass_departure`) holds them until no node has left for
+    :data:`MASS_DEPARTURE_SETTLE`; no burst holds them longer than :data:`MAX_DEPARTURE_HOLD`
+    from its first departure. The nodes are marked offline at once all the same; only the
+    decision about what to do with their deployments waits for the state to settle, and is
+    then taken once, on the final state. Not thread-safe (the node registry's lock guards it).
+    """
+
+    def __init__(self, debounce: float = DEPARTURE_DEBOUNCE, settle: float = MASS_DEPARTURE_SETTLE,
+                 max_hold: float = MAX_DEPARTURE_HOLD) -> None:
+        self._debounce = debounce
+        self._settle = settle
+        self._max_hold = max_hold
+        self._first: float | None = None  # first departure of the current burst
+        self._last = float("-inf")
+        self._count = 0
+        self._online_before = 0
+
+    def departed(self, now: float, online_before: int) -> None:
+        """One node went offline at ``now``; ``online_before`` were online just before it."""
+        if self._first is None or now - self._last > max(self._settle, self._debounce):
+            self._first, self._count, self._online_before = now, 0, online_before
+        self._count += 1
+        self._last = now
+
+    @property
+    def mass(self) -> bool:
+        """Whether the current (or last) burst is a mass departure."""
+        return is_mass_departure(self._count, self._online_before)
+
+    def held_until(self, now: float) -> float | None:
+        """When re-plans may start, or None when they may start now."""
+        if self._first is None:
+            return None
+        until = self._last + (self._settle if self.mass else self._debounce)
+        until = min(until, self._first + self._max_hold)
+        return until if now < until else None

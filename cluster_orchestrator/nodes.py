@@ -1,29 +1,39 @@
-"""Node registry: registration (idempotent by name), telemetry and status ingest, liveness sweep;
-and the join tokens a node must show to register (:class:`JoinTokens`).
+"""Node registry: registration (idempotent by name), telemetry and status ingest, liveness sweep.
 
 All node state lives in the store; this class serialises read-modify-write of node
 documents (MQTT thread, REST threads and the liveness sweep all touch them) and reports
 online/offline transitions to its caller, which decides what they mean for deployments.
+The join tokens a node must show to register live in :mod:`.join_tokens` (re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import hmac
 import logging
-import secrets
 import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from cluster_orchestrator.liveness import accepts_status, is_online
+from cluster_orchestrator.join_tokens import (
+    JOIN_PREFIX,
+    JOIN_TOKEN_ENV,
+    JOIN_TOKENS_KEY,
+    MIN_JOIN_TOKEN_CHARS,
+    JoinTokens,
+    new_join_token,
+    public_join_token,
+)
+from cluster_orchestrator.liveness import DepartureHold, accepts_status, is_online
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, InvalidInput, NotFound
 from treeline_common.messages import NodeStatus, NodeTelemetry
+
+# the join-token names stay importable from here (stack, api, app and tests import them so)
+__all__ = ["JOIN_PREFIX", "JOIN_TOKENS_KEY", "JOIN_TOKEN_ENV", "MIN_JOIN_TOKEN_CHARS", "JoinTokens",
+           "NodeRegistry", "new_join_token", "public_join_token", "validate_registration"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +129,14 @@ class NodeRegistry:
     more than half of the online nodes (at least two) fall silent in the same sweep, the
     silence is taken as a broker or network fault and held for ``mass_silence_hold``
     heartbeat timeouts before anyone is declared dead. Last wills still count at once.
+
+    Departures (nodes flipping offline, by will or silence) feed a
+    :class:`~.liveness.DepartureHold`: :meth:`plans_held_until` tells the reconcile loop when
+    re-plans may start, so a mass departure is re-planned once, on its final state.
+
+    Copies: documents are replaced, never changed in place, once handed out (copy on write),
+    so :meth:`list_nodes` returns shallow copies that stay consistent; their nested values
+    (telemetry, lists) are shared and MUST NOT be mutated by callers.
     """
 
     def __init__(self, store: ClusterStateStore, clock: Clock, heartbeat_timeout: float,
@@ -133,6 +151,8 @@ class NodeRegistry:
         self._dirty: set[str] = set()
         self._last_flush = 0.0
         self._silence_since: float | None = None
+        self._departures = DepartureHold()
+        self._by_name: dict[str, str] = {}  # name -> node_id
         # nodes heard from by this process: a node only known from the store (a previous run of
         # the cluster) holds its name by nothing but the start-up grace, so a new process may take it
         self._heard: set[str] = set()
@@ -140,11 +160,13 @@ class NodeRegistry:
     def _all(self) -> dict[str, Doc]:
         if self._docs is None:
             self._docs = {d["node_id"]: d for d in self._store.list_nodes()}
+            self._by_name = {d["name"]: d["node_id"] for d in self._docs.values()}
         return self._docs
 
     def _save(self, doc: Doc) -> None:
         self._store.put_node(doc)
         self._all()[doc["node_id"]] = doc
+        self._by_name[doc["name"]] = doc["node_id"]
         self._dirty.discard(doc["node_id"])
 
     def register(self, body: Mapping[str, Any]) -> tuple[Doc, bool]:
@@ -156,7 +178,8 @@ class NodeRegistry:
         fields = validate_registration(body)
         now = self._clock.now()
         with self._lock:
-            existing = next((d for d in self._all().values() if d["name"] == fields["name"]), None)
+            docs = self._all()
+            existing = docs.get(self._by_name.get(fields["name"], ""))
             heard = existing is not None and existing["node_id"] in self._heard
             if existing is not None and heard and _held_by_another(existing, fields):
                 raise Conflict(
@@ -187,27 +210,44 @@ class NodeRegistry:
             return copy.deepcopy(doc)
 
     def list_nodes(self) -> list[Doc]:
-        """All nodes (copies, by name) with ``online`` as last decided by the sweep and messages."""
+        """All nodes (shallow copies, by name: see the class docstring) with ``online`` as last
+        decided by the sweep and messages. Cheap enough for every reconcile pass at 1,000 nodes."""
         with self._lock:
-            return [copy.deepcopy(d) for d in sorted(self._all().values(), key=lambda d: d["name"])]
+            return [dict(d) for d in sorted(self._all().values(), key=lambda d: d["name"])]
+
+    def plans_held_until(self, now: float) -> float | None:
+        """When re-plans may start after the latest departures (None: now); see DepartureHold."""
+        with self._lock:
+            return self._departures.held_until(now)
+
+    def _departed(self, now: float) -> None:
+        """Record one online -> offline flip (under the lock, after the doc was changed)."""
+        online = sum(1 for d in self._all().values() if d.get("online"))
+        self._departures.departed(now, online + 1)
 
     def _update(self, node_id: str, change: Any, persist: bool) -> tuple[bool, bool] | None:
         """Apply ``change(doc)`` under the lock; return (was_online, is_online) or None if unknown."""
         with self._lock:
-            doc = self._all().get(node_id)
-            if doc is None:
+            docs = self._all()
+            current = docs.get(node_id)
+            if current is None:
                 log.debug("message from unregistered node %s dropped", node_id)
                 return None
-            was = bool(doc.get("online"))
+            was = bool(current.get("online"))
+            doc = dict(current)  # copy on write: copies handed out keep the old one
             if change(doc) is False:
                 return was, was
-            now_online = is_online(doc, self._clock.now(), self.heartbeat_timeout)
+            now = self._clock.now()
+            now_online = is_online(doc, now, self.heartbeat_timeout)
             # silence alone never flips a node here: only the sweep judges heartbeats
             doc["online"] = now_online if (now_online or doc.get("status_state") == "offline") else was
             if persist or doc["online"] != was:
                 self._save(doc)
             else:
+                docs[node_id] = doc
                 self._dirty.add(node_id)
+            if was and not doc["online"]:
+                self._departed(now)
             return was, bool(doc["online"])
 
     def on_telemetry(self, node_id: str, telemetry: NodeTelemetry) -> tuple[bool, bool] | None:
@@ -266,13 +306,14 @@ class NodeRegistry:
                     hold = False
             elif not silent:
                 self._silence_since = None
-            for node_id, doc in docs.items():
+            for node_id, current in list(docs.items()):
                 online = verdicts[node_id]
-                if online == bool(doc.get("online")) or (hold and node_id in silent):
+                if online == bool(current.get("online")) or (hold and node_id in silent):
                     continue
-                doc["online"] = online
-                self._save(doc)
+                self._save(dict(current, online=online))
                 flipped.append((node_id, online))
+                if not online:
+                    self._departed(now)
             if now - self._last_flush >= self._flush_interval:
                 self.flush()
         return flipped
@@ -293,115 +334,9 @@ class NodeRegistry:
         still time out a heartbeat window later)."""
         now = self._clock.now()
         with self._lock:
-            for doc in self._all().values():
+            docs = self._all()
+            for node_id, doc in list(docs.items()):
                 if doc.get("online"):
-                    doc["last_seen"] = max(float(doc.get("last_seen") or 0.0), now)
-                    self._dirty.add(doc["node_id"])
+                    docs[node_id] = dict(doc, last_seen=max(float(doc.get("last_seen") or 0.0), now))
+                    self._dirty.add(node_id)
             self._silence_since = None
-
-
-# ---------------------------------------------------------------- join tokens (node admission)
-
-JOIN_TOKEN_ENV = "TREELINE_JOIN_TOKEN"
-JOIN_PREFIX = "tlj_"
-JOIN_TOKENS_KEY = "join_tokens"  # store setting: [{token_id, name, created_at, initial, sha256}]
-MIN_JOIN_TOKEN_CHARS = 16
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_join_token() -> tuple[str, str]:
-    """``(token, token_id)``: ``tlj_<id>_<secret>`` (the id names it in listings and revocations)."""
-    token_id = secrets.token_hex(4)
-    return f"{JOIN_PREFIX}{token_id}_{secrets.token_urlsafe(24)}", token_id
-
-
-class JoinTokens:
-    """The tokens a node must show (``Authorization: Bearer``) to register with this cluster.
-
-    Like kubeadm/k3s join tokens: the cluster makes one at its first start (or takes the one it is
-    given with ``--join-token``), kept as a SHA-256 digest in the store setting ``join_tokens``
-    (the token itself is shown once: in the log when made here, in the answer when made over the
-    API). The first one is the *initial* token; it may also create, list and revoke tokens
-    (``/api/join-tokens``), which tokens made over the API may not. Thread-safe.
-    """
-
-    def __init__(self, store: ClusterStateStore, clock: Clock) -> None:
-        self._store = store
-        self._clock = clock
-        self._lock = threading.Lock()
-
-    def _docs(self) -> list[Doc]:
-        stored = self._store.get_setting(JOIN_TOKENS_KEY)
-        return [dict(d) for d in stored if isinstance(d, dict)] if isinstance(stored, list) else []
-
-    def _add(self, token: str, token_id: str, name: str, initial: bool) -> Doc:
-        doc = {"token_id": token_id, "name": name, "created_at": self._clock.now(), "initial": initial,
-               "sha256": _digest(token)}
-        self._store.set_setting(JOIN_TOKENS_KEY, [*self._docs(), doc])
-        return doc
-
-    def ensure_initial(self, given: str | None = None) -> str | None:
-        """Make sure an initial token exists; returns a token only when one was made just now.
-
-        ``given`` (``--join-token``): accepted from now on as an initial token (kept as a digest).
-        Without it, the first start makes a random one and returns it, for the log.
-        """
-        with self._lock:
-            docs = self._docs()
-            if given:
-                if len(given.strip()) < MIN_JOIN_TOKEN_CHARS:
-                    need = f"needs at least {MIN_JOIN_TOKEN_CHARS} characters"
-                    raise InvalidInput("join token too short", [{"path": "join_token", "message": need}])
-                given = given.strip()
-                if not any(d.get("sha256") == _digest(given) for d in docs):
-                    self._add(given, f"given-{_digest(given)[:8]}", "--join-token", initial=True)
-                return None
-            if any(d.get("initial") for d in docs):
-                return None
-            token, token_id = new_join_token()
-            self._add(token, token_id, "initial", initial=True)
-            return token
-
-    def create(self, name: str = "") -> tuple[Doc, str]:
-        """A new (non-initial) token: ``(its doc without the digest, the token)``."""
-        token, token_id = new_join_token()
-        with self._lock:
-            doc = self._add(token, token_id, name, initial=False)
-        log.info("join token %s (%s) created", token_id, name or "unnamed")
-        return public_join_token(doc), token
-
-    def list(self) -> list[Doc]:
-        with self._lock:
-            return [public_join_token(d) for d in self._docs()]
-
-    def revoke(self, token_id: str) -> Doc:
-        with self._lock:
-            docs = self._docs()
-            doc = next((d for d in docs if d.get("token_id") == token_id), None)
-            if doc is None:
-                raise NotFound(f"join token {token_id!r} not found",
-                               [{"path": "token_id", "message": f"no join token {token_id!r}"}])
-            self._store.set_setting(JOIN_TOKENS_KEY, [d for d in docs if d is not doc])
-        log.info("join token %s revoked", token_id)
-        return public_join_token(doc)
-
-    def find(self, token: str | None) -> Doc | None:
-        """The stored doc of ``token`` (constant-time digest comparison), None when it is not one."""
-        if not token:
-            return None
-        digest = _digest(token)
-        with self._lock:
-            docs = self._docs()
-        match = None
-        for doc in docs:
-            if hmac.compare_digest(digest, str(doc.get("sha256", ""))):
-                match = doc
-        return match
-
-
-def public_join_token(doc: Mapping[str, Any]) -> Doc:
-    """A join token doc without its digest."""
-    return {k: v for k, v in doc.items() if k != "sha256"}

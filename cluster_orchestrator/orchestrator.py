@@ -279,7 +279,8 @@ class ClusterOrchestrator:
                                                  frozenset(telemetry.get("stages") or ()),
                                                  doc.get("last_seen"), str(doc.get("name") or ""),
                                                  str(doc.get("data_endpoint") or ""))
-        return Observed(nodes, self.actions.running(), self.actions.sent_at())
+        held = self.nodes.plans_held_until(self.clock.now()) is not None  # nodes still leaving
+        return Observed(nodes, self.actions.running(), self.actions.sent_at(), plans_held=held)
 
     def reconcile_once(self) -> list[Action]:
         """Run the rule once over the current state and carry out its actions."""
@@ -301,7 +302,9 @@ class ClusterOrchestrator:
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
-            self._kick.wait(self.config.reconcile_period)
+            held = self.nodes.plans_held_until(self.clock.now())  # run again as soon as a hold ends
+            wait = self.config.reconcile_period if held is None else held - self.clock.now() + 0.01
+            self._kick.wait(min(self.config.reconcile_period, max(0.01, wait)))
             self._kick.clear()
             if self._stop.is_set():
                 return

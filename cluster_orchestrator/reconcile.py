@@ -26,6 +26,11 @@ Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
    ``drain`` seconds so callers can move to the new entry). "FAILED but still serving"
    cannot persist.
 
+While ``Observed.plans_held`` is set (nodes are still leaving: a mass last will, see
+:class:`~.liveness.DepartureHold`) no Plan is emitted at all: the deployments a departure
+touches are re-planned once the departures have settled, on the final state, instead of
+once per departing node. Redeploys and deletes go on (they only address online nodes).
+
 Nothing here does I/O or reads a clock: ``now`` is an argument.
 """
 
@@ -81,6 +86,7 @@ class Observed:
     nodes: Mapping[str, ObservedNode]
     workers: frozenset[str] = frozenset()  # deployment ids with a worker running now
     resent_at: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (node_id, key) -> time
+    plans_held: bool = False  # nodes are still leaving: start no worker yet (module docstring)
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ def reconcile(desired: Mapping[str, DesiredDeployment], observed: Observed, now:
             continue
         plan = _plan_action(want, online, now, settings, names) or _moved(want, observed)
         if plan is not None:
-            actions.append(plan)
+            if not observed.plans_held:
+                actions.append(plan)
         elif want.status is JobStatus.RUNNING and want.placement is not None:
             actions.extend(_redeploys(want, want.placement, observed, now, settings))
     actions.extend(_orphans(desired, observed, now, settings))
