@@ -1,6 +1,7 @@
 """What can be checked about the Docker deployment without a Docker engine: the compose file
-parses, every Dockerfile and COPY source and mounted config exists, no host networking, and
-the node image carries no orchestrator code (contracts.md: the node runs without them)."""
+parses, every Dockerfile and COPY source and mounted config exists, no host networking, the
+node image carries no orchestrator code (contracts.md: the node runs without them), and the
+root has two clusters, each with its own broker, name, ports and state."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ def test_commands_match_the_contracts() -> None:
 
 def test_every_built_service_has_its_dockerfile() -> None:
     built = built_services()
-    assert {name for name, _, _ in built} == {"root", "cluster", "node"}
+    assert {name for name, _, _ in built} == {"root", "cluster", "node", "cluster2", "node2"}
+    # the second cluster and its node run the same two images as the first ones
+    assert {services()[n]["image"] for n in ("cluster", "cluster2")} == {"treeline/cluster:0.1.0"}
+    assert {services()[n]["image"] for n in ("node", "node2")} == {"treeline/node:0.1.0"}
     for name, context, dockerfile in built:
         assert context == REPO, name
         assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
@@ -92,14 +96,16 @@ def test_every_copy_source_exists_and_passes_the_dockerignore(role: str) -> None
     missing = [s for s in sources if not (REPO / s).exists()]
     assert not missing, f"{dockerfile.name} copies paths that do not exist: {missing}"
     ignore = REPO / "docker" / f"{role}.Dockerfile.dockerignore"
-    allowed = {line[1:].strip() for line in ignore.read_text(encoding="utf-8").splitlines() if line.startswith("!")}
+    lines = ignore.read_text(encoding="utf-8").splitlines()
+    allowed = {line[1:].strip() for line in lines if line.startswith("!")}
     assert set(sources) <= allowed, f"{ignore.name} excludes {set(sources) - allowed}"
 
 
 @pytest.mark.parametrize("role", ["root", "cluster", "node"])
 def test_images_run_unprivileged_from_slim_python(role: str) -> None:
     text = (REPO / "docker" / f"{role}.Dockerfile").read_text(encoding="utf-8")
-    assert all(line.split()[1].startswith("python:3.11-slim") for line in text.splitlines() if line.startswith("FROM "))
+    bases = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert all(base.startswith("python:3.11-slim") for base in bases)
     assert re.search(r"^USER (?!root)\S+", text, re.MULTILINE)
     assert "pip install" in text and "torch" not in text.split("pip install", 1)[1].split("\n", 1)[0]
     assert re.search(r"^EXPOSE \d+", text, re.MULTILINE) or role == "node"
@@ -134,11 +140,59 @@ def test_no_host_networking_and_ports_published() -> None:
     for name, service in services().items():
         assert service.get("network_mode") not in ("host",), name
         assert "host" not in (service.get("networks") or {}), name
-    for name, port in (("root", "10000"), ("cluster", "10100"), ("cluster_mqtt", "1883"), ("node", "10200")):
+    for name, port in (("root", "10000"), ("cluster", "10100"), ("cluster_mqtt", "1883"), ("node", "10200"),
+                       ("cluster2", "10100"), ("cluster2_mqtt", "1883"), ("node2", "10200")):
         assert any(str(p).endswith(f":{port}") for p in services()[name]["ports"]), name
 
 
 def test_every_service_belongs_to_a_host_role_profile() -> None:
     for name, service in services().items():
         profiles = set(service.get("profiles", []))
-        assert "all" in profiles and profiles & {"root", "cluster", "node"}, name
+        assert "all" in profiles and profiles & {"root", "cluster", "cluster2", "node"}, name
+
+
+def in_profile(profile: str) -> set[str]:
+    return {name for name, service in services().items() if profile in service.get("profiles", [])}
+
+
+def published(name: str) -> set[str]:
+    """The host side (``${VAR:-PORT}`` or ``PORT``) of a service's published ports."""
+    return {str(p).rsplit(":", 1)[0] for p in services()[name].get("ports", [])}
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def state(name: str) -> set[str]:
+    """A service's named volumes (its state; mounted config files are shared read-only)."""
+    volumes = [str(v) for v in services()[name].get("volumes", [])]
+    return {v.split(":", 1)[0] for v in volumes if not v.startswith(".")}
+
+
+def test_the_root_has_two_clusters_each_with_its_own_broker() -> None:
+    # "all" is a root with two clusters; a cluster host ("cluster") still starts one cluster
+    assert {"root", "cluster", "cluster_mqtt", "cluster2", "cluster2_mqtt", "node", "node2"} <= in_profile(
+        "all")
+    assert in_profile("cluster") == {"cluster", "cluster_mqtt"}
+    assert in_profile("cluster2") == {"cluster2", "cluster2_mqtt", "node2"}
+    first, second = services()["cluster"], services()["cluster2"]
+    # each cluster talks to its own Mosquitto service and waits for it
+    assert option(first["command"], "--mqtt-url").startswith("mqtt://${TREELINE_MQTT_HOST:-cluster_mqtt}")
+    assert option(second["command"], "--mqtt-url") == "${TREELINE_MQTT2_URL:-mqtt://cluster2_mqtt:1883}"
+    assert "cluster_mqtt" in first["depends_on"] and "cluster2_mqtt" in second["depends_on"]
+    assert services()["cluster2_mqtt"]["image"] == services()["cluster_mqtt"]["image"]
+    # distinct names, public URLs, published ports and state
+    assert option(first["command"], "--name") != option(second["command"], "--name")
+    assert option(first["command"], "--public-url") != option(second["command"], "--public-url")
+    for a, b in (("cluster", "cluster2"), ("cluster_mqtt", "cluster2_mqtt"), ("node", "node2")):
+        assert published(a).isdisjoint(published(b)), (a, b)
+        assert state(a).isdisjoint(state(b)), (a, b)
+    defaults = [re.sub(r"\$\{[A-Z0-9_]+:-(\d+)\}", r"\1", port) for n in in_profile("all")
+                for port in published(n)]
+    assert len(defaults) == len(set(defaults)), f"one host port published twice: {sorted(defaults)}"
+    # each node joins its own cluster; the root accepts the second cluster's own token
+    node2 = services()["node2"]["command"]
+    assert option(node2, "--cluster-url") == option(second["command"], "--public-url")
+    assert "TREELINE_CLUSTER2_TOKEN" in services()["root"]["environment"]["TREELINE_CLUSTER_TOKEN"]
+    assert "TREELINE_CLUSTER2_TOKEN" in second["environment"]["TREELINE_ROOT_TOKEN"]
