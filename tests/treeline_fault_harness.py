@@ -91,11 +91,11 @@ def start_fault_stack(data_dir: Path, profiles: Sequence[str] = ("server", "serv
                       timeout: float = 60.0, **config: Any) -> Stack:
     """Start a stack owning its broker (so it can be killed and restarted) and wait until every
     node is online. Ports are free ones; ``config`` overrides any other :class:`StackConfig` field."""
+    fields: dict[str, Any] = {"push_interval": 2.0, "node_threads": 1, "node_labels": {}, **config}
     stack_config = pick_ports(StackConfig(
         data_dir=data_dir, nodes=len(profiles), profiles=tuple(profiles), mqtt_url=None,
         broker_kind="mosquitto" if mosquitto_binary() else "amqtt", telemetry_interval=telemetry_interval,
-        heartbeat_misses=heartbeat_misses, push_interval=2.0, node_threads=1, node_labels={},
-        cluster_args=tuple(cluster_args), **config))
+        heartbeat_misses=heartbeat_misses, cluster_args=tuple(cluster_args), **fields))
     stack = start_stack(stack_config)
     try:
         stack.wait_ready(timeout=timeout)
