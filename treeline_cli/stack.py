@@ -69,6 +69,7 @@ from treeline_cli.stack_checks import (
 )
 from treeline_cli.stack_clusters import (
     ClusterInfo,
+    FirstCluster,
     cluster_command,
     find_cluster,
     node_plan,
@@ -122,42 +123,13 @@ class Stack:
         """One cluster by index (1-based), name (``cluster-2``), process or broker name."""
         return find_cluster(self.clusters, ref)
 
-    def _first(self) -> ClusterInfo | None:
-        return self.started_clusters[0] if self.started_clusters else None
-
-    @property
-    def broker(self) -> BrokerProcess | None:
-        """Cluster 1's broker when the stack started it (None with an external broker)."""
-        first = self._first()
-        return first.broker_handle if first else None
-
-    @property
-    def mqtt_url(self) -> str:
-        first = self._first()
-        return first.mqtt_url if first else ""
-
-    @property
-    def cluster_token(self) -> str:
-        """Cluster 1's credential at the root (any cluster token may list the root's clusters)."""
-        first = self._first()
-        return first.cluster_token if first else ""
-
-    @property
-    def join_token(self) -> str:
-        """What cluster 1's node engines register with."""
-        first = self._first()
-        return first.join_token if first else ""
-
-    @property
-    def mqtt_username(self) -> str:
-        """Cluster 1's MQTT identity when its broker enforces identities ("" otherwise)."""
-        first = self._first()
-        return first.mqtt_username if first else ""
-
-    @property
-    def mqtt_password(self) -> str:
-        first = self._first()
-        return first.mqtt_password if first else ""
+    # The single-cluster API: cluster 1's (blank before the stack has started one).
+    broker = FirstCluster[BrokerProcess | None]("broker_handle")  # None with an external broker
+    mqtt_url = FirstCluster[str]("mqtt_url")
+    cluster_token = FirstCluster[str]("cluster_token")  # any cluster token may list the root's clusters
+    join_token = FirstCluster[str]("join_token")
+    mqtt_username = FirstCluster[str]("mqtt_username")  # "" when its broker enforces no identities
+    mqtt_password = FirstCluster[str]("mqtt_password")
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         """Start ``python -m <args>`` as a child whose output goes to ``<data_dir>/logs/<name>.log``;

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 from cluster_orchestrator.nodes import JOIN_TOKEN_ENV
 from cluster_orchestrator.root_client import ROOT_TOKEN_ENV
@@ -27,6 +28,8 @@ from treeline_cli.broker import BrokerProcess, mosquitto_binary, start_broker
 from treeline_cli.stack_checks import numbered
 from treeline_cli.stack_config import StackConfig
 from treeline_common.mqtt_acl import CLUSTER_USER, PASSWORD_ENV, BrokerAuth, new_password
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,22 @@ class ClusterInfo:
 
     def with_nodes(self, names: tuple[str, ...]) -> ClusterInfo:
         return dataclasses.replace(self, node_names=names)
+
+
+NO_CLUSTER = ClusterInfo(index=1, name="", url="", process="cluster", broker="broker", broker_port=0,
+                         mqtt_url="")
+
+
+class FirstCluster(Generic[T]):
+    """A read-only attribute of a stack that is cluster 1's field ``field_name``: how the Stack API
+    of a one-cluster stack (``stack.broker``, ``stack.join_token``, ...) keeps its meaning."""
+
+    def __init__(self, field_name: str) -> None:
+        self.field_name = field_name
+
+    def __get__(self, stack: Any, owner: Any = None) -> T:
+        clusters = getattr(stack, "started_clusters", None) or [NO_CLUSTER]
+        return cast(T, getattr(clusters[0], self.field_name))
 
 
 def cluster_name(index: int) -> str:
