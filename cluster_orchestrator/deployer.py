@@ -19,6 +19,13 @@ mid-deploy or a download error schedules a retry with exponential backoff (``ret
 up to ``max_attempts``; only "nothing can be scheduled" makes a deployment FAILED, with the
 reason per node and the set of nodes that were online, so the reconcile loop retries it
 when capacity returns. A stale epoch (deleted or re-requested meanwhile) ends a run silently.
+
+What is stored stays bounded however large the cluster: the scheduler's explanation and the
+reasons per node name every node, which at 1,000 nodes made each deployment document about
+150 KB, re-read on every reconcile pass and root push. Beyond :data:`EXPLAIN_NODES_KEPT` nodes
+the stored copy keeps the best-ranked scores, the shortlist and the chosen nodes, the first
+filtered nodes, and counts for the rest (per plugin and reason code, as Nomad's AllocMetric
+does); ``omitted`` says how many were left out (:func:`bounded_explanation`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +58,8 @@ from treeline_common.errors import TreelineError
 from treeline_common.jobs import JobRequest, JobStatus, Placement, event
 
 log = logging.getLogger(__name__)
+
+EXPLAIN_NODES_KEPT = 32  # nodes per section of a stored explanation (and reasons) before counting
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,8 @@ class Deployer:
         serving = status_of(doc) is JobStatus.RUNNING and doc.get("placement") is not None
         nodes = ", ".join(s.node_name for s in placement.stages)
         fields: dict[str, Any] = {"pending": placement.to_dict(), "generation": placement.generation,
-                                  "reasons": outcome.reasons, "explanation": outcome.explanation}
+                                  "reasons": bounded_reasons(outcome.reasons),
+                                  "explanation": bounded_explanation(outcome.explanation, outcome.node_ids)}
         if not (attempt.improve and serving):
             fields.update(status=JobStatus.DEGRADED if doc.get("placement") else JobStatus.DEPLOYING,
                           status_detail=f"{attempt.cause}: bringing up {len(placement.stages)} stage(s) "
@@ -272,14 +282,16 @@ class Deployer:
     # ---------------------------------------------------------------- outcomes
     def _unschedulable(self, deployment_id: str, epoch: int, attempt: Attempt, outcome: planning.PlanOutcome,
                        online: list[str], serving: Placement | None) -> None:
-        detail = "; ".join(f"{n}: {r}" for n, r in sorted(outcome.reasons.items())) or "no online nodes"
+        reasons = bounded_reasons(outcome.reasons)
+        detail = "; ".join(f"{n}: {r}" for n, r in sorted(reasons.items())) or "no online nodes"
         if attempt.improve and serving is not None:
             self._commit(deployment_id, epoch, considered=online, drift_since=None)
             self._book.add_event(deployment_id, event(self._clock.now(), "kept", attempt.cause,
                                                       detail=f"no other plan fits: {detail}"))
             return
         self._commit(deployment_id, epoch, status=JobStatus.FAILED, status_detail=f"unschedulable: {detail}",
-                     reasons=outcome.reasons, explanation=outcome.explanation, pending=None,
+                     reasons=reasons, explanation=bounded_explanation(outcome.explanation, outcome.node_ids),
+                     pending=None,
                      failed_capacity=online, retry_at=None)
         self._book.add_event(deployment_id, event(self._clock.now(), "failed", attempt.cause,
                                                   detail=f"unschedulable: {detail}"))
@@ -348,3 +360,36 @@ def _better(new: float | None, old: float | None, margin: float) -> bool:
     if old is None:
         return True
     return new < old * (1.0 - margin)
+
+
+def bounded_reasons(reasons: dict[str, str], keep: int = EXPLAIN_NODES_KEPT) -> dict[str, str]:
+    """``reasons`` as they are up to ``keep`` nodes; beyond, the first ``keep`` by name and one
+    ``"..."`` entry saying how many more (and their most common reason)."""
+    if len(reasons) <= keep:
+        return reasons
+    names = sorted(reasons)
+    rest = [reasons[n] for n in names[keep:]]
+    common = max(set(rest), key=rest.count)
+    return {**{n: reasons[n] for n in names[:keep]}, "...": f"{len(rest)} more nodes (most: {common})"}
+
+
+def bounded_explanation(explanation: dict[str, Any], chosen: Sequence[str],
+                        keep: int = EXPLAIN_NODES_KEPT) -> dict[str, Any]:
+    """The stored copy of a scheduler explanation (see the module docstring); unchanged when no
+    section has more than ``keep`` nodes. ``scores`` keeps rank order (best first) and always
+    the shortlist and ``chosen``; ``filtered_counts`` counts every filtered node by plugin/code."""
+    scores = explanation.get("scores")
+    filtered = explanation.get("filtered")
+    if not isinstance(scores, dict) or not isinstance(filtered, dict) \
+            or (len(scores) <= keep and len(filtered) <= keep):
+        return explanation
+    wanted = {*list(scores)[:keep], *(explanation.get("shortlist") or []), *chosen}
+    kept_scores = {n: v for n, v in scores.items() if n in wanted}
+    counts: dict[str, int] = {}
+    for entry in filtered.values():
+        key = f"{entry.get('plugin')}/{entry.get('code')}" if isinstance(entry, dict) else str(entry)
+        counts[key] = counts.get(key, 0) + 1
+    kept_filtered = {n: filtered[n] for n in list(filtered)[:keep]}
+    omitted = {"scores": len(scores) - len(kept_scores), "filtered": len(filtered) - len(kept_filtered)}
+    return {**explanation, "scores": kept_scores, "filtered": kept_filtered, "filtered_counts": counts,
+            "omitted": omitted}

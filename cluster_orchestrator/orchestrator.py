@@ -286,13 +286,16 @@ class ClusterOrchestrator:
         """Run the rule once over the current state and carry out its actions."""
         with self._reconcile_lock:
             now = self.clock.now()
+            # observed first: a worker that ends after this read committed before the desired state
+            # is read, so a deployment it just finished never looks unattended (a spurious re-plan)
+            observed = self.observed()
             desired = {}
             for doc in self.book.list_deployments():
                 want = desired_of(doc)
                 if want.status is JobStatus.RUNNING and want.placement is not None:
                     want = replace(want, drift_since=self.drift.since(want.placement, now))
                 desired[want.deployment_id] = want
-            actions = reconcile(desired, self.observed(), now, self.rules)
+            actions = reconcile(desired, observed, now, self.rules)
             for action in actions:
                 try:
                     self.actions.apply(action, desired, now)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from treeline_common.messages import (
     DeleteCommand,
@@ -86,7 +87,7 @@ class VirtualNode:
     def memory_mb(self) -> int:
         return self.profile.memory_limit_mb or DEFAULT_MEMORY_MB
 
-    def registration_body(self, data_endpoint: str) -> dict[str, object]:
+    def registration_body(self, data_endpoint: str) -> dict[str, Any]:
         """Body of ``POST /api/node/register``, as :func:`node_engine.telemetry.registration_body`
         builds it, with declared (virtual) figures instead of host readings."""
         p = self.profile
