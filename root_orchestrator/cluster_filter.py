@@ -12,7 +12,9 @@ one of them; ``amd64`` = ``x86_64``, ``arm64`` = ``aarch64``); ``vgpus`` > 0 and
 ``needs`` name accelerator kinds some online node must have; memory: the model's weights must fit
 the cluster's *total* free memory when the SLA lets the scheduler split it
 (``max_partitions`` > 1), else its *largest* free node (a whole model runs on one node). A
-cluster that never pushed an aggregate is kept (it may have just registered) and ranked last.
+cluster that never pushed an aggregate, or whose nodes are not online yet, is kept and ranked
+last: it may have just registered, and a job it takes waits there for capacity (the cluster
+places it when nodes join) rather than being refused.
 
 Score: fastest device (``best_speed_factor``), then online nodes, then total free memory,
 then name (deterministic).
@@ -34,7 +36,6 @@ REASON_NOT_ALLOWED = "not_allowed"
 REASON_ARCH = "arch"
 REASON_ACCELERATOR = "accelerator"
 REASON_MEMORY = "memory"
-REASON_NO_NODES = "no_online_nodes"
 REASON_EXCLUDED = "excluded"
 
 
@@ -108,11 +109,9 @@ def reject_reason(cluster: Mapping[str, Any], needs: ClusterNeeds) -> str | None
     if needs.allowed is not None and name not in needs.allowed:
         return f"{REASON_NOT_ALLOWED}: the SLA allows only {sorted(needs.allowed)}"
     aggregate = cluster.get("aggregate")
-    if not isinstance(aggregate, Mapping) or not aggregate:
-        return None  # never pushed: kept, ranked last
-    nodes = _number(aggregate, "active_nodes", "online_nodes")
-    if nodes is not None and nodes <= 0:
-        return f"{REASON_NO_NODES}: no node is online"
+    if not _reports_nodes(aggregate):
+        return None  # never pushed, or no node online yet: kept, ranked last
+    assert isinstance(aggregate, Mapping)
     archs = aggregate.get("architectures")
     if needs.architectures and isinstance(archs, Mapping):
         have = {normal_arch(str(a)) for a, n in archs.items() if n}
@@ -138,10 +137,18 @@ def reject_reason(cluster: Mapping[str, Any], needs: ClusterNeeds) -> str | None
     return None
 
 
+def _reports_nodes(aggregate: Any) -> bool:
+    """Whether an aggregate says something about online nodes (pushed, and some are online)."""
+    if not isinstance(aggregate, Mapping) or not aggregate:
+        return False
+    nodes = _number(aggregate, "active_nodes", "online_nodes")
+    return nodes is None or nodes > 0
+
+
 def _score(cluster: Mapping[str, Any]) -> tuple[float, float, float, float, str]:
     raw = cluster.get("aggregate")
     aggregate: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    pushed = 0.0 if aggregate else 1.0
+    pushed = 0.0 if _reports_nodes(aggregate) else 1.0
     return (pushed, -(_number(aggregate, "best_speed_factor") or 0.0),
             -(_number(aggregate, "active_nodes", "online_nodes") or 0.0),
             -(_number(aggregate, "memory_total_free_mb", "memory", "free_memory_mb") or 0.0),
