@@ -44,6 +44,7 @@ def wait_ready(stack: Stack, timeout: float = 60.0) -> None:
     poll_alive(stack, lambda: _root_has_our_clusters(stack), timeout,
                f"{plural_clusters(len(stack.started_clusters))} to register with the root")
     poll_alive(stack, lambda: _nodes_online(stack), timeout, f"{len(stack.node_names)} nodes to come online")
+    poll_alive(stack, lambda: _root_sees_nodes(stack), timeout, "the root to see every cluster's nodes")
 
 
 def _root_has_our_clusters(stack: Stack) -> bool:
@@ -52,6 +53,15 @@ def _root_has_our_clusters(stack: Stack) -> bool:
     listed = answer.get("clusters", []) if isinstance(answer, dict) else answer
     active = {c.get("url") for c in listed if c.get("active", True)}
     return all(c.url in active for c in stack.started_clusters)
+
+
+def _root_sees_nodes(stack: Stack) -> bool:
+    """Each cluster's last push at the root counts at least the nodes the stack started in it."""
+    headers = {"Authorization": f"Bearer {stack.cluster_token}"} if stack.cluster_token else None
+    answer = call_json("GET", f"{stack.root_url}/api/clusters/", headers=headers, timeout=2)
+    listed = answer.get("clusters", []) if isinstance(answer, dict) else answer
+    online = {c.get("url"): int((c.get("aggregate") or {}).get("active_nodes") or 0) for c in listed}
+    return all(online.get(c.url, 0) >= len(c.node_names) for c in stack.started_clusters)
 
 
 def _nodes_online(stack: Stack) -> bool:
