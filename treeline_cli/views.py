@@ -269,13 +269,18 @@ VERSION_COLUMNS = (
 )
 
 
+def cluster_costs(answers: Sequence[Doc]) -> list[str]:
+    """Each cluster's dry-run answer in a few words: ``cluster-2 3.1 ms`` or why it has no cost."""
+    return [f"{a.get('cluster_name')} {ms(a['cost'])} ms" if isinstance(a.get("cost"), int | float)
+            else f"{a.get('cluster_name')} {'unschedulable' if a.get('ok') else 'no answer'}"
+            for a in answers]
+
+
 def event_detail(event: Doc) -> str:
     """The figures of one event in a few words (nodes, cost before -> after, duration, detail)."""
     parts = []
     if event.get("kind") == "cluster_choice":
-        costs = [f"{a.get('cluster_name')} {ms(a['cost'])} ms" if isinstance(a.get("cost"), int | float)
-                 else f"{a.get('cluster_name')} {'unschedulable' if a.get('ok') else 'no answer'}"
-                 for a in event.get("candidates") or []]
+        costs = cluster_costs(event.get("candidates") or [])
         parts.append(f"chose {event.get('chosen') or 'none'}" + (f" ({', '.join(costs)})" if costs else ""))
     if event.get("kind") in ("moved", "move_failed", "failover_blocked") and event.get("message"):
         parts.append(str(event["message"]))

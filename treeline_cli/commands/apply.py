@@ -22,7 +22,7 @@ from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
 from treeline_cli.reasons import reason_lines
 from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
-from treeline_cli.views import World, kind_named, ms
+from treeline_cli.views import World, cluster_costs, kind_named, ms
 from treeline_common.jobs import JobStatus
 
 DEFAULT_TIMEOUT = 180.0
@@ -179,10 +179,23 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
         else:
             out.line(f"{name}: NOT schedulable on {cluster}" + (f": {plan['message']}" if plan.get("message")
                                                                   else ""))
+        for line in _cluster_lines(plan):
+            out.line(line)
         # reasons: {node name or id: "code: message"}, grouped so each reason shows once
         explanation = {"filtered_or_unused": plan.get("reasons") or {}}
         for line in reason_lines({"status": "FAILED", "explanation": explanation}):
             out.line(line)
+
+
+def _cluster_lines(plan: dict[str, Any]) -> list[str]:
+    """The clusters the root compared (their dry-run answers) and those it filtered out."""
+    lines = []
+    answers = plan.get("candidates") or []
+    if len(answers) > 1:
+        lines.append(f"  clusters compared: {', '.join(cluster_costs(answers))}")
+    for name, reason in sorted((plan.get("rejected") or {}).items()):
+        lines.append(f"  cluster {name} left out: {reason}")
+    return lines
 
 
 @click.command()
