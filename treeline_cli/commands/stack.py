@@ -143,6 +143,9 @@ def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float,
                 layout: dict[str, Any] | None = None) -> Iterator[Stack]:
     """Start the stack from the settings, wait until it is ready, stop it afterwards."""
     config = stack_config(settings(), node_labels, bool(out.verbose), layout)
+    if config.mqtt_url and config.clusters > 1:
+        raise UsageError(f"--mqtt-url names one broker and each of {config.clusters} clusters needs its own",
+                         "leave --mqtt-url (TREELINE_BROKER_URL) unset: `up` starts one broker per cluster")
     try:
         config.validate()
     except ValueError as exc:
