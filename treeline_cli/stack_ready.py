@@ -10,12 +10,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from treeline_cli.processes import ManagedProcess
+from treeline_cli.stack_clusters import ClusterInfo
 from treeline_common.http import call_json
 
-if TYPE_CHECKING:
-    from treeline_cli.stack import Stack
+
+class Stack(Protocol):
+    """What waiting reads of a :class:`treeline_cli.stack.Stack` (a protocol: no import cycle)."""
+
+    @property
+    def root_url(self) -> str: ...
+
+    @property
+    def cluster_token(self) -> str: ...
+
+    started_clusters: list[ClusterInfo]
+
+    @property
+    def clusters(self) -> list[ClusterInfo]: ...
+
+    @property
+    def node_names(self) -> list[str]: ...
+
+    def node(self, name: str) -> ManagedProcess: ...
+
+    def process(self, name: str) -> ManagedProcess: ...
+
+    def check_alive(self) -> None: ...
 
 # Registration times come from the cluster's wall clock, launch times from ours (the same machine):
 # slack for the clocks' resolution only.
