@@ -34,7 +34,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -368,9 +368,10 @@ def bounded_reasons(reasons: dict[str, str], keep: int = EXPLAIN_NODES_KEPT) -> 
     if len(reasons) <= keep:
         return reasons
     names = sorted(reasons)
-    rest = [reasons[n] for n in names[keep:]]
-    common = max(set(rest), key=rest.count)
-    return {**{n: reasons[n] for n in names[:keep]}, "...": f"{len(rest)} more nodes (most: {common})"}
+    rest = Counter(reasons[n] for n in names[keep:])
+    common = rest.most_common(1)[0][0]
+    return {**{n: reasons[n] for n in names[:keep]},
+            "...": f"{rest.total()} more nodes (most: {common})"}
 
 
 def bounded_explanation(explanation: dict[str, Any], chosen: Sequence[str],

@@ -305,9 +305,11 @@ class ClusterOrchestrator:
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
-            held = self.nodes.plans_held_until(self.clock.now())  # run again as soon as a hold ends
-            wait = self.config.reconcile_period if held is None else held - self.clock.now() + 0.01
-            self._kick.wait(min(self.config.reconcile_period, max(0.01, wait)))
+            held = self.nodes.plans_held_until(self.clock.now())
+            if held is not None:  # nodes are leaving: one pass once they have left, not one per departure
+                self._stop.wait(max(0.01, held - self.clock.now() + 0.01))
+                continue
+            self._kick.wait(self.config.reconcile_period)
             self._kick.clear()
             if self._stop.is_set():
                 return

@@ -29,7 +29,8 @@ Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
 While ``Observed.plans_held`` is set (nodes are still leaving: a mass last will, see
 :class:`~.liveness.DepartureHold`) no Plan is emitted at all: the deployments a departure
 touches are re-planned once the departures have settled, on the final state, instead of
-once per departing node. Redeploys and deletes go on (they only address online nodes).
+once per departing node. Redeploys and deletes are still emitted (they only address online
+nodes); the orchestrator does not even run the rule while a hold lasts.
 
 Nothing here does I/O or reads a clock: ``now`` is an argument.
 """

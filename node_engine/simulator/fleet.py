@@ -24,6 +24,7 @@ threads (they only touch in-memory state and queue an answer).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import random
@@ -146,10 +147,15 @@ class Fleet:
         if self._scheduler is not None:
             self._scheduler.join(timeout)
         if self._transport is not None:
-            for node in self.nodes:
-                self._transport.publish(node, topics.status(node.node_id), encode(node.leave(self._now())),
-                                        qos=1, retain=True)
-            self._transport.stop(timeout)
+            transport = self._transport
+            sent = [transport.publish(node, topics.status(node.node_id), encode(node.leave(self._now())),
+                                      qos=1, retain=True) for node in self.nodes]
+            deadline = time.monotonic() + timeout / 2
+            for info in sent:  # acknowledged before the DISCONNECT (see FleetTransport.stop)
+                with contextlib.suppress(RuntimeError, ValueError):  # a session that went down meanwhile
+                    if info is not None:
+                        info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            transport.stop(timeout / 2)
             self._transport = None
         self._profiler.stop()
 

@@ -166,14 +166,20 @@ class FleetTransport:
         return True
 
     def publish(self, node: VirtualNode, topic: str, payload: bytes, *, qos: int = 0,
-                retain: bool = False) -> None:
-        """Queue one message on the session carrying ``node`` (any thread; dropped while down)."""
+                retain: bool = False) -> mqtt.MQTTMessageInfo | None:
+        """Queue one message on the session carrying ``node`` (any thread); None when that
+        session is down (the message is dropped), else paho's info (``wait_for_publish``)."""
         client = self._client_of.get(node.node_id)
         if client is not None and client.is_connected():
-            client.publish(topic, payload, qos=qos, retain=retain)
+            return client.publish(topic, payload, qos=qos, retain=retain)
+        return None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Leave cleanly: DISCONNECT every session (the broker discards the wills), end the threads."""
+        """Leave cleanly: DISCONNECT every session (the broker discards the wills), end the threads.
+
+        Wait for the acknowledgements of QoS 1 messages first: a socket closed with unread data
+        (a PUBACK still in its buffer) is reset, and a reset makes the broker drop what it had
+        not read yet, the last messages included."""
         per_shard = timeout / max(1, len(self._shards))
         for shard in self._shards:
             shard.disconnect_all(per_shard)
