@@ -72,8 +72,9 @@ def as_scores(registry: Mapping[str, PluginFactory], names: Iterable[str]) -> tu
 
 
 def _typed(registry: Mapping[str, PluginFactory], name: str, kind: type, label: str) -> Plugin:
-    known = sorted(n for n, f in registry.items() if isinstance(f(), kind))
     if name not in registry or not isinstance(plugin := registry[name](), kind):
+        # only for the message: every plugin built and checked (runtime Protocol checks are slow)
+        known = sorted(n for n, f in registry.items() if isinstance(f(), kind))
         raise UnknownPlugin(f"unknown {label} plugin {name!r}; known: {', '.join(known)}",
                             [{"path": f"weights.{name}" if label == "score" else name,
                               "message": f"not a {label} plugin; known: {', '.join(known)}"}])

@@ -206,16 +206,22 @@ class NetworkShard:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(4096)
                     continue
-                if mask & selectors.EVENT_READ:
-                    session.client.loop_read()
-                if mask & selectors.EVENT_WRITE and session.sock is not None:
-                    session.client.loop_write()
-                    self._watch_writes(session)
+                try:
+                    if mask & selectors.EVENT_READ:
+                        session.client.loop_read()
+                    if mask & selectors.EVENT_WRITE and session.sock is not None:
+                        session.client.loop_write()
+                        self._watch_writes(session)
+                except Exception:  # one session's failure must not stop the others' loop
+                    log.exception("shard %s: %s failed", self.name, session.name)
             self._drain()
             now = time.monotonic()
             if now >= next_misc:
                 next_misc = now + MISC_INTERVAL
-                self._misc(now)
+                try:
+                    self._misc(now)
+                except Exception:
+                    log.exception("shard %s: keepalive pass failed", self.name)
 
     def _drain(self) -> None:
         while True:

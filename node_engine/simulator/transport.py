@@ -30,6 +30,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from node_engine.mqtt_link import _guarded  # the node engine's own guard: nothing reaches paho
 from node_engine.simulator.network import NetworkShard, Session
 from node_engine.simulator.virtual_node import VirtualNode
 from treeline_common import topics
@@ -41,18 +42,6 @@ PER_NODE, MULTIPLEXED = "per-node", "multiplexed"
 MODES = (PER_NODE, MULTIPLEXED)
 
 Handler = Callable[[VirtualNode, str, bytes], None]  # (node, topic suffix after nodes/<id>/, payload)
-
-
-def _guarded(name: str, callback: Callable[..., None]) -> Callable[..., None]:
-    """``callback`` that never lets an exception reach paho (paho 2.x would re-raise it)."""
-
-    def call(*args: Any) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("simulator MQTT %s callback failed", name)
-
-    return call
 
 
 class FleetTransport:
