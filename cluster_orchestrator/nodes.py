@@ -126,9 +126,11 @@ class NodeRegistry:
 
     Failure detection (:meth:`sweep`) tells a dead node from a dead broker: while the
     cluster's own broker connection is down nobody is declared dead by silence, and when
-    more than half of the online nodes (at least two) fall silent in the same sweep, the
-    silence is taken as a broker or network fault and held for ``mass_silence_hold``
-    heartbeat timeouts before anyone is declared dead. Last wills still count at once.
+    at least two nodes time out while more than half of the online nodes have been quiet for
+    half the timeout (heartbeats are spread over the interval: a fleet silenced at once
+    crosses the timeout over a whole interval, not in one sweep), the silence is taken as a
+    broker or network fault and held for ``mass_silence_hold`` heartbeat timeouts before
+    anyone is declared dead. Last wills still count at once.
 
     Departures (nodes flipping offline, by will or silence) feed a
     :class:`~.liveness.DepartureHold`: :meth:`plans_held_until` tells the reconcile loop when
@@ -296,7 +298,11 @@ class NodeRegistry:
             silent = [nid for nid, d in docs.items() if d.get("online") and not verdicts[nid]
                       and d.get("status_state") != "offline"]
             online_before = sum(1 for d in docs.values() if d.get("online"))
-            hold = not bus_connected or (len(silent) >= 2 and len(silent) * 2 > online_before)
+            # heartbeats are spread over the interval, so a fleet that fell silent at once crosses
+            # the timeout over a whole interval: count who is quiet for half the timeout already
+            quiet = sum(1 for d in docs.values() if d.get("online") and d.get("status_state") != "offline"
+                        and not is_online(d, now, self.heartbeat_timeout / 2))
+            hold = not bus_connected or (len(silent) >= 2 and quiet * 2 > online_before)
             if hold and silent:
                 if self._silence_since is None:
                     self._silence_since = now

@@ -58,12 +58,12 @@ def placed_nodes(stack: Stack, service_id: str, instance: int) -> set[str]:
 def test_a_thousand_virtual_nodes_online_deployed_and_killed_without_a_replan_storm(stack: Stack) -> None:
     fleet = Fleet(fleet_config(stack, 1000))
     try:
-        fleet.start(timeout=90)
-        wait_online_count(stack, 1000, timeout=60)
+        fleet.start(timeout=120)
+        wait_online_count(stack, 1000, timeout=90)
         assert node_states(stack) == (1000, 1000)
 
         services = submit_deployments(stack, 3)
-        wait_all_running(stack, services, timeout=60)
+        wait_all_running(stack, services, timeout=90)
         held = fleet.stages()
         for service_id, instance in services:
             nodes = placed_nodes(stack, service_id, instance)

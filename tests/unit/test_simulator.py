@@ -23,7 +23,7 @@ from node_engine.simulator.profiling import OP_OVERHEAD_MS, synthetic_op_ms
 from node_engine.simulator.virtual_node import VirtualNode
 from treeline_common.clock import FakeClock
 from treeline_common.jobs import JobStatus, Placement, StagePlacement
-from treeline_common.messages import DeleteCommand, DeployCommand, NodeStatus, stage_key
+from treeline_common.messages import DeleteCommand, DeployCommand, NodeStatus, NodeTelemetry, stage_key
 from treeline_common.profiles import get_profile
 
 
@@ -189,3 +189,23 @@ def test_a_large_explanation_is_stored_bounded_with_counts() -> None:
     assert bounded_explanation(small, []) is small
     reasons = bounded_reasons({f"f{i:03d}": "no memory" for i in range(100)})
     assert len(reasons) == EXPLAIN_NODES_KEPT + 1 and "68 more" in reasons["..."]
+
+
+def test_a_fleet_silenced_at_once_is_held_although_its_heartbeats_were_spread() -> None:
+    clock = FakeClock(990.0)
+    registry = NodeRegistry(InMemoryClusterStateStore(), clock, heartbeat_timeout=6.0)
+    for i in range(40):  # telemetry spread over a 2 s interval, then everybody silent at 1000 s
+        doc, _ = registry.register({"name": f"n{i}", "profile": "rpi4", "arch": "aarch64", "cpu_count": 4,
+                                    "memory_limit_mb": 4096, "speed_factor": 0.25,
+                                    "data_endpoint": f"tcp://192.0.2.1:{i + 1}"})
+        clock.advance(998.0 + i * 0.05 - clock.now())
+        registry.on_telemetry(doc["node_id"], NodeTelemetry(
+            node_id=doc["node_id"], ts=clock.now(), cpu_percent=5.0, cpu_count=4, memory_percent=40.0,
+            memory_total_mb=4096, memory_available_mb=3000, memory_limit_mb=4096))
+    flipped = []
+    for step in range(1, 9):  # sweeps every 0.5 s while the first quarter times out, then the next...
+        clock.advance(1004.0 + step * 0.5 - clock.now())
+        flipped += registry.sweep()
+    assert flipped == []  # held as a broker fault, not declared dead a quarter at a time
+    clock.advance(1004.5 + 3 * 6.0 + 0.1 - clock.now())  # held from the first timeout for 3 timeouts
+    assert len(registry.sweep()) == 40
