@@ -97,7 +97,9 @@ class ClusterOrchestrator:
         self.actions = ActionRunner(self.book, self.nodes, self.drift, config.public_url, self.data_secret,
                                     self._publish, self._changed, self._deployer, self._stop, self._kick)
         self.sync = RootSync(store, root, config.name, config.location, config.public_url,
-                             config.push_interval, self.push_body, self._stop)
+                             config.push_interval, self.push_body, self._stop,
+                             aggregate=lambda: compute_aggregate(self.nodes.list_nodes()),
+                             on_release=self.release_job)
         self.cluster_registered = self.sync.registered
 
     # ---------------------------------------------------------------- wiring
@@ -201,6 +203,15 @@ class ClusterOrchestrator:
             self._publish(topics.control_delete(node_id), DeleteCommand(deployment_id))
         self._changed(deployment_id)
         return doc
+
+    def release_job(self, service_id: str, instance: int) -> None:
+        """The root moved (or deleted) this deployment: delete it here unless already deleted."""
+        try:
+            doc = self.book.require(deployment_id_of(service_id, str(instance)))
+        except NotFound:
+            return
+        if doc.get("status") != JobStatus.DELETED.value:
+            self.delete_job(service_id, str(instance))
 
     def artifact(self, sha256: str) -> bytes:
         """A model or partition this cluster serves to its nodes; NotFound when it has none."""
