@@ -200,8 +200,8 @@ def measure_cluster(nodes: int = 1000, deployments: int = 100, mode: str = PER_N
     """Start a stack and a fleet of ``nodes`` virtual nodes, measure (see the module docstring).
 
     Keys: ``cluster_cpu_percent_1000_nodes``, ``cluster_rss_mb_1000_nodes``, ``simulator_cpu_percent``,
-    ``schedule_ms_p50_1000_nodes``, ``schedule_ms_max_1000_nodes``, ``nodes_registered_s``, ``nodes_online_s``,
-    ``deployments_running_s``, ``mass_will_offline_s``, ``mass_will_replan_attempts``,
+    ``schedule_ms_p50_1000_nodes``, ``schedule_ms_max_1000_nodes``, ``nodes_registered_s``,
+    ``nodes_online_s``, ``deployments_running_s``, ``mass_will_offline_s``, ``mass_will_replan_attempts``,
     ``mass_will_replan_attempts_max_per_deployment``, plus ``nodes`` and ``deployments``
     (the ``_1000_nodes`` names are kept whatever ``nodes`` is: ``nodes`` says how many).
     """
