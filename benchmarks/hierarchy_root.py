@@ -156,6 +156,7 @@ def measure_root(clusters: int = 20, choices: int = 30, ask: int = 3, push_inter
                 cheapest += int(best is not None and best["cluster_id"] == answer["cluster_id"])
                 if (i + 1) % 10 == 0:
                     progress(f"{i + 1}/{choices} choices, p50 {statistics.median(times):.1f} ms")
+            deployments = sum(len(sim.deployed) for sim in sims)
         finally:
             for sim in sims:
                 sim.stop()
@@ -167,7 +168,7 @@ def measure_root(clusters: int = 20, choices: int = 30, ask: int = 3, push_inter
                                                              2),
             "root_choice_asked_max": asked_max,
             "root_choice_cheapest_share": round(cheapest / max(1, choices), 3),
-            "root_choice_clusters": clusters}
+            "root_choice_clusters": clusters, "root_choice_deployments": deployments}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
