@@ -61,6 +61,27 @@ class Accelerator:
     emulated: bool = False
 
 
+_LINK_SOURCE = {"pattern": r"^(probe|passive)$", "pattern_message": "must be 'probe' or 'passive'"}
+
+
+@dataclass(frozen=True)
+class LinkReading:
+    """A measured link from the reporting node to ``peer`` (node engine, :mod:`node_engine.links`).
+
+    ``rtt_ms``: round trip of a tiny message (ms); ``mbps``: throughput of the sender's
+    uplink towards ``peer`` (Mbit/s); ``samples``: how many measurements the figures rest on;
+    ``measured_at``: wall-clock seconds of the latest one; ``source``: ``probe`` (active
+    probe on the data plane) or ``passive`` (real forwarded tensors).
+    """
+
+    peer: str
+    rtt_ms: float = field(metadata=_NONNEG)
+    mbps: float = field(metadata={"min": 1e-9})
+    samples: int = field(default=1, metadata={"min": 1})
+    measured_at: float = field(default=0.0, metadata=_NONNEG)
+    source: str = field(default="probe", metadata=_LINK_SOURCE)
+
+
 @dataclass(frozen=True)
 class NodeTelemetry:
     """Periodic telemetry on ``nodes/<id>/information`` (default every 2 s).
@@ -89,6 +110,7 @@ class NodeTelemetry:
     battery: Battery | None = None
     stages: list[str] = field(default_factory=list)
     seq: int = field(default=0, metadata=_NONNEG)
+    links: list[LinkReading] | None = None  # measured links to peers; None: this node measures none
 
 
 @dataclass(frozen=True)
