@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, jsonify, request
 
-from cluster_orchestrator import dryrun
+from cluster_orchestrator import dryrun, inference_v2
 from cluster_orchestrator.mqtt_auth import MqttCredentials
 from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.openapi import Credential, openapi_document
@@ -261,4 +261,5 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
         # the core's own publish (it drops messages while no bus is set); core has no public one yet
         return jsonify(dryrun.start_remeasure(core, json_body(request), core.publish)), 202
 
+    inference_v2.register(app, core, needs(Credential.PUBLIC))
     return app

@@ -109,6 +109,17 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/models/profile",
           "{name, version, sha256, device_class|null}: re-measure op times in the background -> "
           "{name, version, device_classes, nodes}", "json", (202, 400, 401, 422), "ProfileRequest"),
+    # The Open Inference Protocol (KServe v2 REST) for every deployment here (.inference_v2)
+    Route("GET", "/v2/health/live", "{live: true}"),
+    Route("GET", "/v2/health/ready", "{ready: true}"),
+    Route("GET", "/v2", "Server metadata {name, version, extensions}"),
+    Route("GET", "/v2/models/<name>", "Model metadata {name, versions, platform, inputs, outputs}; <name> is "
+          "a service id, a deployment id or a microservice name", None, (200, 400, 404)),
+    Route("GET", "/v2/models/<name>/ready", "200 while the deployment is RUNNING, else 503", None,
+          (200, 404, 503)),
+    Route("POST", "/v2/models/<name>/infer", "v2 inference request (JSON tensors, or JSON + binary tensors "
+          "with Inference-Header-Content-Length) -> outputs; forwarded to the deployment's current entry",
+          "bytes", (200, 400, 401, 404, 413, 503)),
 )
 
 def _types(types: tuple[type, ...]) -> dict[str, Any]:
