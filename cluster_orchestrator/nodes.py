@@ -257,11 +257,16 @@ class NodeRegistry:
 
         Telemetry from a birth newer than an ``offline`` the cluster holds proves the node
         alive: the offline was a stale or foreign status, and the node is online again.
+        Measured links (``telemetry.links``) are kept from the last telemetry that had them
+        when a newer one carries none (``None``); an empty list clears them.
         """
         self._heard.add(node_id)
 
         def change(doc: Doc) -> None:
+            held = (doc.get("telemetry") or {}).get("links")
             doc["telemetry"] = dataclasses.asdict(telemetry)
+            if telemetry.links is None and held:  # the latest measured links stay until new ones come
+                doc["telemetry"]["links"] = held
             doc["last_seen"] = self._clock.now()
             seen = doc.get("status_seq")
             if doc.get("status_state") == "offline" and seen is not None and telemetry.seq > int(seen):

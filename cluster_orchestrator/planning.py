@@ -21,7 +21,8 @@ from cluster_orchestrator.keys import (  # re-exported: the deployer and orchest
     data_key,
     security_for,
 )
-from deployment_descriptors import parse_microservice
+from deployment_descriptors import parse_microservice, signature_inputs, signature_problems
+from ml_scheduler.costmodel.links import link_figures_of, sender_figures
 from ml_scheduler.extract import extract_partitions
 from ml_scheduler.scheduler import MlScheduler
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
@@ -80,11 +81,14 @@ def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _device_figures(doc: Mapping[str, Any], telemetry: Mapping[str, Any]) -> dict[str, Any]:
-    """Declared power and link figures, device class, load and emulation flag (NodeView extras)."""
+    """Declared power, link figures (measured ones where telemetry has them), device class,
+    load and emulation flag (NodeView extras)."""
     fields: dict[str, Any] = {
-        key: float(doc[key]) for key in ("power_w", "radio_nj_per_byte", "uplink_mbps", "link_rtt_ms")
-        if doc.get(key) is not None
+        key: float(doc[key]) for key in ("power_w", "radio_nj_per_byte") if doc.get(key) is not None
     }
+    links = link_figures_of(telemetry.get("links"))
+    fields["links"] = links
+    fields.update(sender_figures(links, doc.get("uplink_mbps"), doc.get("link_rtt_ms")))
     fields["device_class"] = str(doc.get("device_class") or doc.get("profile") or "")
     fields["cpu_percent"] = float(telemetry.get("cpu_percent") or 0.0)
     if telemetry.get("memory_available_mb") is not None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ml_scheduler.baselines.amp4ec import amp4ec_greedy
 from ml_scheduler.costmodel import CostModel, build_problem
+from ml_scheduler.costmodel.links import link_explanation
 from ml_scheduler.energy import plan_within_energy
 from ml_scheduler.framework import PlacementRequest, explain, run_filters_and_scores
 from ml_scheduler.graph import ModelGraph
@@ -124,7 +125,8 @@ class MlScheduler:
             return ScheduleResult(False, strategy, reasons=reasons, explanation=explanation,
                                   message="no feasible partitioning on the shortlisted nodes")
         predicted = plan_summary(chosen, problem)
-        explanation = {**explanation, "plan": predicted}
+        explanation = {**explanation, "plan": predicted,  # and which link figures were measured:
+                       "links": link_explanation(devices, [problem.device_ids[d] for d in chosen.devices])}
         violation = self._sla_violation(chosen, constraints)
         if violation is not None:
             code, message = violation

@@ -13,6 +13,22 @@ from types import MappingProxyType
 
 import numpy as np
 
+LINK_MEASURED, LINK_DECLARED = "measured", "declared"
+
+
+@dataclass(frozen=True)
+class LinkFigure:
+    """A measured link from a node to ``peer`` (a node id): ``rtt_ms`` (ms), ``mbps`` (Mbit/s).
+
+    ``source`` is how the node measured it: ``probe`` (active probe) or ``passive`` (real
+    tensors); see ``treeline_common.messages.LinkReading``.
+    """
+
+    peer: str
+    rtt_ms: float
+    mbps: float
+    source: str = "probe"
+
 
 @dataclass(frozen=True)
 class NodeView:
@@ -27,6 +43,11 @@ class NodeView:
     ``uplink_mbps`` and ``link_rtt_ms``. ``cpu_percent`` and ``memory_available_mb`` are the
     latest telemetry (``None``: not reported). ``runtimes`` are the model runtimes the node
     can execute. Fields after ``labels`` have defaults so older constructors keep working.
+
+    Measured links: ``links`` are the node's measured links to its peers (the cost model uses
+    the one towards a stage's actual next node where there is one); ``link_figures`` says
+    where ``uplink_mbps`` / ``link_rtt_ms`` come from: ``measured`` (the median of ``links``)
+    or ``declared`` (the profile's figures).
     """
 
     node_id: str
@@ -48,6 +69,8 @@ class NodeView:
     memory_available_mb: float | None = None
     runtimes: tuple[str, ...] = ("onnxruntime",)
     emulated: bool = False
+    links: tuple[LinkFigure, ...] = ()
+    link_figures: str = LINK_DECLARED
 
 
 def _index(keys_per_node: Iterable[tuple[str, ...]]) -> Mapping[str, tuple[int, ...]]:

@@ -41,6 +41,7 @@ class NodeConfig:
     host: str = "127.0.0.1"
     data_port: int = 0
     telemetry_interval: float | None = None  # None: the cluster's answer, else 2.0 s
+    link_probe_interval: float = 60.0  # s between link probes of each peer (node_engine.links)
     data_dir: str | None = None
     threads: int = 0
     log_level: str = "INFO"
@@ -67,6 +68,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--data-port", type=int, default=0, help="data plane port (0: pick a free one)")
     parser.add_argument("--telemetry-interval", type=float, default=None,
                         help="seconds between telemetry messages (default: the cluster's, else 2.0)")
+    parser.add_argument("--link-probe-interval", type=float, default=60.0,
+                        help="seconds between link probes of each node this one sends tensors to "
+                             "(default 60; a new peer is probed at once)")
     parser.add_argument("--data-dir", default=None,
                         help=f"directory for downloaded partitions and the node's keys "
                              f"(default: <data_dir>/nodes/<name>, under {settings.data_dir})")
@@ -98,15 +102,24 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     args = parser.parse_args(argv)
     if args.telemetry_interval is not None and args.telemetry_interval <= 0:
         parser.error("--telemetry-interval must be positive")
+    if args.link_probe_interval <= 0:
+        parser.error("--link-probe-interval must be positive")
     if args.threads < 0:
         parser.error("--threads must be >= 0")
+    profile = get_profile(args.profile)
+    if args.memory_limit_mb is not None:
+        if args.memory_limit_mb <= 0:
+            parser.error("--memory-limit-mb must be positive")
+        cap = min(args.memory_limit_mb, profile.memory_limit_mb or args.memory_limit_mb)
+        profile = dataclasses.replace(profile, memory_limit_mb=cap)
     return NodeConfig(
         cluster_url=args.cluster_url.rstrip("/"),
-        profile=get_profile(args.profile),
+        profile=profile,
         name=args.name,
         host=args.host,
         data_port=args.data_port,
         telemetry_interval=args.telemetry_interval,
+        link_probe_interval=args.link_probe_interval,
         data_dir=args.data_dir or str(Path(settings.data_dir) / "nodes" / args.name),
         threads=args.threads,
         log_level=args.log_level.upper(),

@@ -22,6 +22,7 @@ the stages and closes the sockets; it takes well under two seconds. All state li
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import signal
@@ -37,6 +38,7 @@ from node_engine.config import NodeConfig, parse_args
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import Emulator
 from node_engine.identity import curve_secret_key
+from node_engine.links import LinkMonitor
 from node_engine.mqtt_link import MqttLink
 from node_engine.profiling import ProfileWorker
 from node_engine.registration import register
@@ -208,6 +210,7 @@ class NodeEngine:
         self._first_seq = int(self.clock.now() * 1000)
         self._liveness: Liveness | None = None
         self._link: MqttLink | None = None
+        self._links: LinkMonitor | None = None
 
     # ------------------------------------------------------------------ main flow
 
@@ -219,9 +222,12 @@ class NodeEngine:
         # emulated throughput); a real host overlaps two. Either way, requests waiting on a
         # downstream stage do not hold a worker, so the pipeline still has many in flight.
         workers = 1 if self.config.profile.emulated else 2
+        links = self._links = LinkMonitor(self.stages, lambda: (server.endpoint, server.curve_endpoint),
+                                          self.clock, self.stop, delay_ms=runner.link_delay_ms,
+                                          interval=self.config.link_probe_interval)
         server = DataPlaneServer(self.stages, runner, host=self.config.host, port=self.config.data_port,
                                  workers=workers, clock=self.clock, name=self.config.name,
-                                 curve_secret_key=curve_secret_key(data_dir))
+                                 curve_secret_key=curve_secret_key(data_dir), on_transfer=links.on_transfer)
         commands: CommandHandler | None = None
         profiler: ProfileWorker | None = None
         try:
@@ -261,6 +267,7 @@ class NodeEngine:
             link.subscribe(topics.control_profile(self.node_id), profiler.on_profile)
             self._link = link
             commands.start()
+            links.start()
             profiler.start()
             liveness.start()
             link.start()
@@ -274,6 +281,7 @@ class NodeEngine:
                 self._liveness.close()
             if commands is not None:
                 commands.stop()
+            links.close()
             if profiler is not None:
                 profiler.stop()
             server.close()
@@ -300,6 +308,8 @@ class NodeEngine:
     def _publish_telemetry(self, link: MqttLink) -> None:
         seq = self._liveness.seq if self._liveness is not None else 0
         sample = read_telemetry(self.node_id, self.config.profile, self.stages.keys(), self.clock, seq)
+        if self._links is not None:  # measured links (node_engine.links)
+            sample = dataclasses.replace(sample, links=self._links.readings() or None)
         link.publish(topics.information(self.node_id), encode(sample))
         for stage in self.stages.all():
             requests, mean_ms = stage.counters.snapshot()

@@ -3,7 +3,8 @@
 Why here: every planner reads the same matrix and vectors, so the one place that turns device
 figures into costs must agree with what the node engines emulate (docs/contracts.md,
 "Scheduler v2 additions"): the link ``d -> e`` costs the *sender's* ``link_rtt_ms`` plus bytes
-over the sender's ``uplink_mbps * 125`` bytes per ms; memory limits are MiB (None: unlimited).
+over the sender's ``uplink_mbps * 125`` bytes per ms, or ``d``'s measured link to ``e`` where it
+has one (:mod:`ml_scheduler.costmodel.links`); memory limits are MiB (None: unlimited).
 
 Also the helpers the benchmarks and the scheduler's explanation use to compare predictions
 with measurements: :func:`stage_times` and :func:`prediction_error`. Pure: numpy only.
@@ -17,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from ml_scheduler.costmodel.links import link_matrices
 from ml_scheduler.costmodel.model import CostModel
 from ml_scheduler.graph import ModelGraph
 from ml_scheduler.problem import OBJECTIVES, PlanningProblem
 
 MIB = 1024 * 1024
-BYTES_PER_MS_PER_MBIT = 125.0  # 1 Mbit/s = 125 bytes per ms
 # NodeView fields added by scheduler v2, with the defaults of treeline_common.profiles.DeviceProfile.
 DEVICE_DEFAULTS: dict[str, Any] = {"power_w": 10.0, "radio_nj_per_byte": 20.0, "uplink_mbps": 1000.0,
                                    "link_rtt_ms": 0.5, "device_class": ""}
@@ -70,17 +71,16 @@ def build_problem(
                           dtype=float)
     mem_bytes = np.array([np.inf if d.memory_limit_mb is None else float(d.memory_limit_mb) * MIB
                           for d in devices])
-    rtt = np.array([float(_figure(d, "link_rtt_ms")) for d in devices])
-    uplink = np.array([float(_figure(d, "uplink_mbps")) for d in devices]) * BYTES_PER_MS_PER_MBIT
-    m = len(devices)
+    rtt, bandwidth = link_matrices(devices, np.array([float(_figure(d, "uplink_mbps")) for d in devices]),
+                                   np.array([float(_figure(d, "link_rtt_ms")) for d in devices]))
     return PlanningProblem(
         op_ms=op_ms,
         param_bytes=param_bytes,
         live_bytes=live_bytes,
         cut_bytes=cut_bytes,
         mem_bytes=mem_bytes,
-        rtt_ms=np.repeat(rtt[:, None], m, axis=1),
-        bandwidth=np.repeat(uplink[:, None], m, axis=1),
+        rtt_ms=rtt,
+        bandwidth=bandwidth,
         device_ids=tuple(str(d.node_id) for d in devices),
         source=source_idx,
         sink=sink_idx,

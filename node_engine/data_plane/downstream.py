@@ -27,6 +27,13 @@ Contract, failing fast instead of after ``timeout``:
 
 Every error text names the downstream endpoint and stage.
 
+Passive link figures: each forward remembers when it left, its payload bytes and its
+emulated uplink wait. When its answer comes back, the time the link took is the round trip
+(plus that wait) less the time the later stages report in the answer's ``timings``
+(compute and their own links): ``on_transfer(endpoint, payload bytes, ms)`` hears it (see
+:mod:`node_engine.links`). Queueing at the downstream is not reported in the timings, so a
+busy downstream makes the link look slower, never faster.
+
 Security: a forward is signed with its ``key`` (the deployment's data key) when it has
 one. A forward with a ``curve_server_key`` goes over a CURVE-encrypted link (one DEALER per
 endpoint and server key; this node's client keypair is made per instance: the server
@@ -47,19 +54,22 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from node_engine.data_plane.forwarding import Forward
+from node_engine.data_plane.forwarding import Forward, link_timing_key
 from treeline_common.tensor_wire import (
     DOWNSTREAM_TIMEOUT,
     UNREACHABLE,
     FramingError,
     TensorHeader,
     pack,
+    payload_bytes,
 )
 
 log = logging.getLogger(__name__)
 
 # answer(caller's request id, frames for the caller, kind: "reply" | "error")
 Answer = Callable[[str, list[Any], str], None]
+# on_transfer(downstream endpoint, payload bytes, link ms): one passive sample per answered forward
+TransferObserver = Callable[[str, int, float], None]
 
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -81,6 +91,10 @@ class _Pending:
     endpoint: str
     stage: str
     deadline: float
+    sent_at: float = 0.0  # monotonic s
+    payload: int = 0  # tensor bytes sent
+    link_wait_ms: float = 0.0  # emulated uplink wait before it left
+    known: frozenset[str] = frozenset()  # timing keys it carried (the rest come from later stages)
 
 
 @dataclass
@@ -108,8 +122,10 @@ class Downstreams:
     """Downstream links (one DEALER + monitor per endpoint) and the forwards awaiting answers."""
 
     def __init__(self, ctx: zmq.Context[Any], poller: zmq.Poller, *, name: str, timeout: float,
-                 connect_timeout: float = 1.0, heartbeat_s: float = 1.0) -> None:
+                 connect_timeout: float = 1.0, heartbeat_s: float = 1.0,
+                 on_transfer: TransferObserver | None = None) -> None:
         self._ctx = ctx
+        self._on_transfer = on_transfer
         self._poller = poller
         self._name = name
         self._timeout = timeout
@@ -161,7 +177,7 @@ class Downstreams:
         if sock is link.monitor:
             self._on_monitor(link, now, answer)
         else:
-            self._relay_back(link.dealer, answer)
+            self._relay_back(link.dealer, now, answer)
 
     def tick(self, now: float, answer: Answer) -> None:
         """Retry waiting forwards, give up on those past their wait, expire unanswered ones."""
@@ -218,8 +234,10 @@ class Downstreams:
         except zmq.Again:  # no live connection yet, or the downstream's queue is full
             return False
         forward = waiting.forward
-        self._pending[waiting.local_id] = _Pending(forward.request_id, forward.endpoint, forward.stage,
-                                                   now + self._timeout)
+        self._pending[waiting.local_id] = _Pending(
+            forward.request_id, forward.endpoint, forward.stage, now + self._timeout, now,
+            payload_bytes(forward.outputs), forward.timings.get(link_timing_key(forward.source), 0.0),
+            frozenset(forward.timings))
         return True
 
     def _flush(self, link: _Link, now: float, answer: Answer) -> None:
@@ -272,7 +290,7 @@ class Downstreams:
         message = f"downstream {endpoint} (stage {stage}) unreachable from {self._name}: {reason}"
         answer(request_id, pack("error", request_id, {}, error=message, code=UNREACHABLE), "error")
 
-    def _relay_back(self, dealer: zmq.Socket[Any], answer: Answer) -> None:
+    def _relay_back(self, dealer: zmq.Socket[Any], now: float, answer: Answer) -> None:
         """Relay one downstream reply/error to its original caller, tensors untouched (and undelayed)."""
         while dealer.poll(0):
             frames = dealer.recv_multipart(copy=False)
@@ -285,5 +303,21 @@ class Downstreams:
             if entry is None:
                 log.debug("late downstream reply %s dropped", header.request_id)
                 continue
+            if header.kind == "reply":
+                self._observe(entry, header, now)
             header.request_id = entry.request_id
             answer(entry.request_id, [header.to_bytes(), *frames[1:]], header.kind)
+
+    def _observe(self, entry: _Pending, header: TensorHeader, now: float) -> None:
+        """Hand one passive link sample to ``on_transfer`` (never lets it break the poll loop)."""
+        if self._on_transfer is None:
+            return
+        later = sum(float(ms) for key, ms in header.timings.items()
+                    if key not in entry.known and isinstance(ms, int | float))
+        link_ms = (now - entry.sent_at) * 1000.0 + entry.link_wait_ms - later
+        if link_ms <= 0.0:
+            return
+        try:
+            self._on_transfer(entry.endpoint, entry.payload, link_ms)
+        except Exception:
+            log.exception("passive link observer failed")

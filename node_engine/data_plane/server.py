@@ -57,9 +57,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from node_engine.data_plane.downstream import Downstreams
+from node_engine.data_plane.downstream import Downstreams, TransferObserver
 from node_engine.data_plane.forwarding import Forward, LinkQueue, link_timing_key
 from node_engine.data_plane.ledger import Admission, Ledger
+from node_engine.data_plane.probe import PROBE_STAGE, probe_reply
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import (
@@ -124,7 +125,8 @@ class DataPlaneServer:
     which :attr:`endpoint` is the address to advertise, and with ``curve_secret_key`` (a
     Z85 CURVE secret key, e.g. from ``zmq.curve_keypair()``) also :attr:`curve_endpoint`
     (on ``curve_port``, 0: a free one) and :attr:`curve_public_key`. :meth:`close` is idempotent.
-    See the module docstring for the contract and the meaning of each bound.
+    See the module docstring for the contract and the meaning of each bound. ``on_transfer``
+    hears every answered forward's passive link sample (see :data:`.downstream.TransferObserver`).
     """
 
     def __init__(
@@ -144,6 +146,7 @@ class DataPlaneServer:
         name: str = "node",
         curve_secret_key: bytes | None = None,
         curve_port: int = 0,
+        on_transfer: TransferObserver | None = None,
     ) -> None:
         self._stages = stages
         self._runner = runner
@@ -161,6 +164,7 @@ class DataPlaneServer:
         self._curve_router: zmq.Socket[Any] | None = None
         self._curve_secret_key = curve_secret_key
         self._curve_port = curve_port
+        self._on_transfer = on_transfer
         self.curve_public_key = zmq.curve_public(curve_secret_key).decode() if curve_secret_key else ""
         self.curve_endpoint = ""
         self._wake_pull: zmq.Socket[Any] | None = None
@@ -244,7 +248,7 @@ class DataPlaneServer:
         for router in routers:
             poller.register(router, zmq.POLLIN)
         downstream = Downstreams(self._ctx, poller, name=self._name, timeout=self._forward_timeout,
-                                 connect_timeout=self._connect_timeout)
+                                 connect_timeout=self._connect_timeout, on_transfer=self._on_transfer)
         links: LinkQueue[_Delayed] = LinkQueue()
         try:
             while not self._stopping.is_set():
@@ -298,6 +302,9 @@ class DataPlaneServer:
 
         if header.kind != "request" or not rid:
             refuse(f"expected a request with an id, got {header.kind!r} id {rid!r}", BAD_REQUEST)
+            return
+        if header.stage == PROBE_STAGE:  # a link probe (see .probe): answered at once, nothing kept
+            self._send(envelope, probe_reply(header))
             return
         stage = self._stages.get(header.stage)
         refusal = stage.access.refusal(header, body[1:], over_curve) if stage is not None else ""
