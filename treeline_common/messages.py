@@ -49,8 +49,13 @@ class NodeStatus:
 
 @dataclass(frozen=True)
 class Battery:
+    """A battery's charge. ``plugged``: on mains power (None: unknown); ``emulated``: declared by an
+    emulation profile, not read from the device."""
+
     percent: float = field(metadata=_PCT)
     charging: bool = False
+    plugged: bool | None = None
+    emulated: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,59 @@ class LinkReading:
 
 
 @dataclass(frozen=True)
+class DiskReading:
+    """Usage of the filesystem holding ``path`` (MB, %) and the host's block IO rates (bytes/s;
+    None on the first sample or where the kernel exposes no IO counters)."""
+
+    path: str
+    total_mb: int = field(metadata=_NONNEG)
+    used_mb: int = field(metadata=_NONNEG)
+    percent: float = field(metadata=_PCT)
+    read_bytes_per_s: float | None = field(default=None, metadata=_NONNEG)
+    write_bytes_per_s: float | None = field(default=None, metadata=_NONNEG)
+
+
+@dataclass(frozen=True)
+class NetworkReading:
+    """Receive/transmit rates (bytes/s) summed over ``interfaces`` (loopback excluded); None on the
+    first sample, which has no earlier counters to compare with."""
+
+    rx_bytes_per_s: float | None = field(default=None, metadata=_NONNEG)
+    tx_bytes_per_s: float | None = field(default=None, metadata=_NONNEG)
+    interfaces: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU. ``vendor``: ``nvidia`` (NVML) or ``nvidia-tegra`` (a Jetson's integrated GPU, sysfs).
+    A figure the device does not report is None (never 0): MB, degrees Celsius, watts, percent."""
+
+    index: int = field(metadata=_NONNEG)
+    name: str
+    vendor: str
+    utilization_percent: float | None = field(default=None, metadata=_PCT)
+    memory_used_mb: int | None = field(default=None, metadata=_NONNEG)
+    memory_total_mb: int | None = field(default=None, metadata=_NONNEG)
+    temperature_c: float | None = None
+    power_w: float | None = field(default=None, metadata=_NONNEG)
+
+
+_POWER_SOURCE = {"pattern": r"rapl|ina3221|profile",
+                 "pattern_message": "must be 'rapl', 'ina3221' or 'profile'"}
+
+
+@dataclass(frozen=True)
+class PowerReading:
+    """The device's power draw in watts. ``source``: ``rapl`` (CPU package energy counters),
+    ``ina3221`` (a Jetson's input rail) or ``profile`` (declared ``power_w`` times CPU load:
+    ``estimated`` is then True)."""
+
+    watts: float = field(metadata=_NONNEG)
+    source: str = field(metadata=_POWER_SOURCE)
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
 class NodeTelemetry:
     """Periodic telemetry on ``nodes/<id>/information`` (default every 2 s).
 
@@ -111,6 +169,29 @@ class NodeTelemetry:
     stages: list[str] = field(default_factory=list)
     seq: int = field(default=0, metadata=_NONNEG)
     links: list[LinkReading] | None = None  # measured links to peers; None: this node measures none
+    # Device readings from node_engine.sources (all optional; schema version kept). A reading
+    # whose source is absent on the device is null / empty, never zero: ``sources`` says which.
+    cpu_per_core: list[float] = field(default_factory=list)
+    disk: DiskReading | None = None
+    network: NetworkReading | None = None
+    temperatures_c: dict[str, float] | None = None
+    gpus: list[GpuReading] = field(default_factory=list)
+    power: PowerReading | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for i, pct in enumerate(self.cpu_per_core):
+            if not 0.0 <= pct <= 100.0:
+                raise ValueError(f"cpu_per_core[{i}] must be within 0..100, not {pct!r}")
+        for name, state in self.sources.items():
+            if state not in SOURCE_STATES and not state.startswith("error: "):
+                raise ValueError(f"sources.{name} must be one of {', '.join(SOURCE_STATES)} "
+                                 f"or 'error: <reason>', not {state[:40]!r}")
+
+
+SOURCE_STATES = ("ok", "absent", "emulated")
+"""States of a telemetry source in ``NodeTelemetry.sources`` (besides ``error: <reason>``): ``ok``
+read this sample; ``absent`` not on this device; ``emulated`` replaced by the emulation profile."""
 
 
 @dataclass(frozen=True)
