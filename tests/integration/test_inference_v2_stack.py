@@ -1,0 +1,108 @@
+"""The Open Inference Protocol (KServe v2 REST) at the cluster, on a real stack.
+
+Real processes on loopback: Mosquitto, root, cluster and two node engines; a small chain model
+split over both nodes. Plain HTTP (``requests``) as curl or Triton's client would send it: the
+metadata names the model's tensors; JSON and binary requests answer what onnxruntime computes on
+the whole model; bad requests are 4xx naming the field; a service whose callers must sign needs
+its caller key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+from treeline_fault_harness import INPUT_NAME, OUTPUT_NAME, chain_model, deploy, model_sla, model_stack
+
+from treeline_cli.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+MODEL = chain_model(width=32, layers=4)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir: Path = tmp_path_factory.mktemp("v2")
+    with model_stack(data_dir, MODEL, profiles=("server", "server")) as running:
+        yield running
+
+
+def whole_model(x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+
+
+def infer_json(url: str, x: np.ndarray, **headers: str) -> requests.Response:
+    doc = {"id": "q1", "inputs": [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.reshape(-1).tolist()}]}
+    return requests.post(url, json=doc, headers=headers, timeout=30)
+
+
+def sla(app: str, private: bool = False) -> dict[str, Any]:
+    doc = copy.deepcopy(model_sla(app, "chain", [1, 32], max_partitions=2))
+    if private:
+        doc["applications"][0]["microservices"][0]["model"]["privacy"] = {"authenticate_callers": True}
+    return doc
+
+
+def test_v2_rest_answers_like_the_whole_model(stack: Stack) -> None:
+    service = deploy(stack, sla("v2-open"))
+    assert len(service.placement()["stages"]) == 2
+    base = f"{stack.cluster_url}/v2/models/{service.service_id}"
+    assert requests.get(f"{stack.cluster_url}/v2/health/ready", timeout=5).json() == {"ready": True}
+    assert requests.get(f"{base}/ready", timeout=5).status_code == 200
+    meta = requests.get(base, timeout=5).json()
+    assert meta["inputs"] == [{"name": INPUT_NAME, "datatype": "FP32", "shape": [1, 32]}]
+    assert meta["outputs"][0]["name"] == OUTPUT_NAME and meta["platform"] == "onnxruntime_onnx"
+    by_name = requests.get(f"{stack.cluster_url}/v2/models/svc", timeout=5).json()  # the microservice name
+    assert by_name["deployment_id"] == meta["deployment_id"]
+
+    x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
+    answer = infer_json(f"{base}/infer", x)
+    assert answer.status_code == 200, answer.text
+    [out] = answer.json()["outputs"]
+    assert out["name"] == OUTPUT_NAME and out["datatype"] == "FP32" and answer.json()["id"] == "q1"
+    np.testing.assert_allclose(np.array(out["data"], dtype=np.float32).reshape(out["shape"]), whole_model(x),
+                               rtol=1e-5, atol=1e-6)
+
+    # the binary tensor data extension, both ways
+    head = json.dumps({"inputs": [{"name": INPUT_NAME, "shape": [1, 32], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    binary = requests.post(f"{base}/infer", data=head + x.tobytes(), timeout=30,
+                           headers={"Inference-Header-Content-Length": str(len(head)),
+                                    "Content-Type": "application/octet-stream"})
+    assert binary.status_code == 200, binary.text
+    split = int(binary.headers["Inference-Header-Content-Length"])
+    [meta_out] = json.loads(binary.content[:split])["outputs"]
+    got = np.frombuffer(binary.content[split:], dtype=np.float32).reshape(meta_out["shape"])
+    np.testing.assert_allclose(got, whole_model(x), rtol=1e-5, atol=1e-6)
+
+    # the caller's mistakes: 4xx naming the field, never a 500
+    wrong = requests.post(f"{base}/infer", timeout=30, json={"inputs": [
+        {"name": INPUT_NAME, "shape": [1, 32], "datatype": "FP32", "data": [1.0]}]})
+    assert wrong.status_code == 400 and "inputs[0].data" in wrong.json()["error"]
+    unknown = requests.post(f"{stack.cluster_url}/v2/models/nope/infer", timeout=30, json={})
+    assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
+    shape = infer_json(f"{base}/infer", np.zeros((1, 31), dtype=np.float32))
+    assert shape.status_code == 503 and "error" in shape.json()  # the stage refused it: the reason is given
+
+
+def test_a_service_whose_callers_sign_needs_its_caller_key(stack: Stack) -> None:
+    service = deploy(stack, sla("v2-private", private=True))
+    url = f"{stack.cluster_url}/v2/models/{service.service_id}/infer"
+    x = np.ones((1, 32), dtype=np.float32)
+    assert infer_json(url, x).status_code == 401
+    assert infer_json(url, x, Authorization="Bearer " + "0" * 64).status_code == 401
+    key = service.doc().get("caller_key")
+    assert key, "the owner reads the caller key at the root"
+    answer = infer_json(url, x, Authorization=f"Bearer {key}")
+    assert answer.status_code == 200, answer.text
