@@ -8,7 +8,7 @@ COPY treeline_common ./treeline_common
 COPY deployment_descriptors ./deployment_descriptors
 COPY ml_scheduler ./ml_scheduler
 COPY cluster_orchestrator ./cluster_orchestrator
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".[cluster]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

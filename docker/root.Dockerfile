@@ -9,7 +9,7 @@ COPY treeline_common ./treeline_common
 COPY deployment_descriptors ./deployment_descriptors
 COPY ml_scheduler ./ml_scheduler
 COPY root_orchestrator ./root_orchestrator
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".[root]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -5,6 +5,11 @@ do not match (a truncated transfer or a wrong artifact would otherwise be served
 it were the planned partition). Files are content-addressed (``<sha256>.onnx``), so a
 partition already on disk is verified and reused instead of downloaded again.
 
+A node also refuses bytes it has no room for: with ``max_bytes`` an artifact that announces a
+larger ``Content-Length`` is refused before any byte is read, and one that streams past the
+limit is cut off there (:class:`ArtifactTooLarge`), so an oversized partition never fills the
+disk or the memory of a small device.
+
 The cluster serves its artifacts only to callers with a join token when it has join tokens: the
 node engine sends the one it registered with (``token``) as ``Authorization: Bearer <token>``.
 """
@@ -43,6 +48,17 @@ class DigestMismatch(ArtifactError):
         self.got = got
 
 
+class ArtifactTooLarge(ArtifactError):
+    """The artifact is larger than ``limit`` bytes. ``size`` is its announced or on-disk size,
+    or None when the transfer was cut off at the limit without announcing one."""
+
+    def __init__(self, size: int | None, limit: int) -> None:
+        what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+        super().__init__(f"artifact is {what}, over the {limit} bytes this node can take")
+        self.size = size
+        self.limit = limit
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -59,6 +75,7 @@ def fetch_artifact(
     stop: threading.Event | None = None,
     timeout: float = 30.0,
     token: str | None = None,
+    max_bytes: int | None = None,
 ) -> Path:
     """Return the local path of the verified artifact, downloading it when needed.
 
@@ -66,6 +83,8 @@ def fetch_artifact(
     file is deleted and :class:`DigestMismatch` says ``sha256 mismatch: expected X got Y``
     (:data:`treeline_common.errors.SHA256_MISMATCH` is the reason code a cluster matches).
     ``token`` (the node's join token), when given, goes as ``Authorization: Bearer <token>``.
+    ``max_bytes``: refuse (:class:`ArtifactTooLarge`) an artifact larger than that, on disk,
+    announced or streamed; the partial file is deleted.
     """
     import requests
 
@@ -73,6 +92,9 @@ def fetch_artifact(
     data_dir.mkdir(parents=True, exist_ok=True)
     final = data_dir / f"{expected}.onnx"
     if final.exists():
+        size = final.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise ArtifactTooLarge(size, max_bytes)  # kept: the same bytes may fit a later budget
         if sha256_file(final) == expected:
             log.info("artifact %s already on disk", expected[:12])
             return final
@@ -84,10 +106,17 @@ def fetch_artifact(
         with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
             if response.status_code >= 400:
                 raise ArtifactError(f"download failed: HTTP {response.status_code} from {url}")
+            announced = _content_length(response.headers.get("Content-Length"))
+            if max_bytes is not None and announced is not None and announced > max_bytes:
+                raise ArtifactTooLarge(announced, max_bytes)
+            received = 0
             with partial.open("wb") as fh:
                 for chunk in response.iter_content(chunk_size=CHUNK):
                     if stop is not None and stop.is_set():
                         raise DownloadCancelled("download cancelled: node is stopping")
+                    received += len(chunk)
+                    if max_bytes is not None and received > max_bytes:
+                        raise ArtifactTooLarge(None, max_bytes)
                     digest.update(chunk)
                     fh.write(chunk)
     except requests.RequestException as exc:
@@ -102,3 +131,10 @@ def fetch_artifact(
         raise DigestMismatch(expected, got)
     partial.replace(final)
     return final
+
+
+def _content_length(value: str | None) -> int | None:
+    """The announced body size in bytes, or None when absent or not a non-negative integer."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())

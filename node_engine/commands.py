@@ -20,7 +20,13 @@ Contract (see :class:`treeline_common.messages.DeployCommand`):
   command selects and report REMOVED for each, with that stage's own generation; deleting
   a named stage that is not loaded still reports REMOVED for it (idempotent), with the
   command's generation (0 when it names none);
-- a payload that does not decode is logged and dropped.
+- refusals (:mod:`node_engine.refusals`), each a FAILED with a reason and nothing else done,
+  never a crash: a payload that does not decode (``"bad command: <field> <reason>"``, when the
+  stage it meant is readable from it; otherwise it is logged and dropped); a command that
+  decodes but makes no sense (negative stage, a next hop that is not ``tcp://host:port``, ...);
+  a partition that does not fit in the node's memory limit minus what its loaded stages take
+  (``"memory limit exceeded: ..."``, refused before or while downloading). Unknown fields are
+  logged and tolerated (forward compatibility of every wire contract).
 """
 
 from __future__ import annotations
@@ -32,10 +38,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.artifacts import ArtifactError, ArtifactTooLarge, DownloadCancelled, fetch_artifact
 from node_engine.data_plane.security import StageAccess
+from node_engine.refusals import (
+    artifact_budget,
+    delete_problems,
+    deploy_problems,
+    identity_of,
+    loaded_bytes,
+    memory_refusal,
+    unknown_fields,
+)
 from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
 from treeline_common.clock import Clock
+from treeline_common.errors import BAD_COMMAND
 from treeline_common.messages import (
     DeleteCommand,
     DeployCommand,
@@ -65,8 +81,10 @@ class CommandHandler:
         stop: threading.Event,
         *,
         join_token: str | None = None,
+        memory_limit_bytes: int | None = None,
     ) -> None:
-        """``join_token``: sent on artifact downloads (the cluster asks for it when it has join tokens)."""
+        """``join_token``: sent on artifact downloads (the cluster asks for it when it has join tokens).
+        ``memory_limit_bytes``: the memory the node offers to its stages (None: no limit checked)."""
         self._node_id = node_id
         self._stages = stages
         self._data_dir = data_dir
@@ -75,7 +93,9 @@ class CommandHandler:
         self._clock = clock
         self._stop = stop
         self._join_token = join_token
-        self._queue: queue.Queue[DeployCommand | DeleteCommand | None] = queue.Queue()
+        self._memory_limit = memory_limit_bytes
+        # commands, and refusals of payloads that did not decode (reported in arrival order)
+        self._queue: queue.Queue[DeployCommand | DeleteCommand | StageState | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -100,8 +120,16 @@ class CommandHandler:
         try:
             command = decode(cls, payload)
         except PayloadError as exc:
-            log.warning("dropping bad %s payload: %s", cls.__name__, exc)
+            meant = identity_of(payload)
+            if meant is None:
+                log.warning("dropping bad %s payload (no stage readable from it): %s", cls.__name__, exc)
+                return
+            log.warning("refusing bad %s payload for %s: %s", cls.__name__, meant, exc)
+            self._queue.put(self._make_state(meant[0], meant[1], "FAILED", meant[2], f"{BAD_COMMAND}: {exc}"))
             return
+        unknown = unknown_fields(cls, payload)
+        if unknown:
+            log.warning("%s carries fields this node does not know (ignored): %s", cls.__name__, unknown)
         self._queue.put(command)
 
     # ------------------------------------------------------------------ worker
@@ -112,7 +140,9 @@ class CommandHandler:
             if command is None:
                 return
             try:
-                if isinstance(command, DeployCommand):
+                if isinstance(command, StageState):
+                    self._report(command)
+                elif isinstance(command, DeployCommand):
                     self.deploy(command)
                 else:
                     self.delete(command)
@@ -121,6 +151,11 @@ class CommandHandler:
 
     def deploy(self, cmd: DeployCommand) -> None:
         """Apply one deploy command synchronously (the worker calls this)."""
+        problems = deploy_problems(cmd)
+        if problems:
+            log.warning("refusing deploy of %s/%s: %s", cmd.deployment_id, cmd.stage, problems)
+            self._state(cmd, "FAILED", reason=f"{BAD_COMMAND}: {'; '.join(problems)}")
+            return
         key = stage_key(cmd.deployment_id, cmd.stage, cmd.generation)
         current = self._stages.get(key)
         if current is not None and current.sha256 == cmd.sha256.lower():
@@ -135,12 +170,19 @@ class CommandHandler:
             log.info("relay stage %s READY (next=%s)", key, cmd.next.stage_key if cmd.next else None)
             self._state(cmd, "READY")
             return
+        used, loaded = self._stages.memory_bytes(excluding=key)  # a replaced stage frees its share
         self._state(cmd, "DOWNLOADING")
         try:
             path = fetch_artifact(cmd.artifact_url, cmd.sha256, self._data_dir, stop=self._stop,
-                                  token=self._join_token)
+                                  token=self._join_token, max_bytes=artifact_budget(self._memory_limit, used))
         except DownloadCancelled:
             log.info("deploy of %s cancelled by shutdown", key)
+            return
+        except ArtifactTooLarge as exc:
+            assert self._memory_limit is not None  # only a budget makes an artifact too large
+            reason = memory_refusal(exc.size, self._memory_limit, used, loaded)
+            log.warning("stage %s: %s", key, reason)
+            self._state(cmd, "FAILED", reason=reason)
             return
         except ArtifactError as exc:
             log.warning("stage %s: %s", key, exc)
@@ -168,6 +210,7 @@ class CommandHandler:
             counters=current.counters if current is not None else StageCounters(),
             outputs=tuple(cmd.outputs),
             access=StageAccess.from_command(cmd),
+            memory_bytes=loaded_bytes(path.stat().st_size),
         )
         previous = self._stages.put(stage)
         if previous is not None:
@@ -180,8 +223,17 @@ class CommandHandler:
         """Apply one delete command synchronously (the worker calls this).
 
         Selection by ``generation`` and ``stage`` as :class:`DeleteCommand` states it; every
-        unloaded stage is reported REMOVED with its own index and generation.
+        unloaded stage is reported REMOVED with its own index and generation. A command that
+        makes no sense (negative stage, ...) removes nothing: FAILED for the stage it names, or
+        logged when it names none.
         """
+        problems = delete_problems(cmd)
+        if problems:
+            log.warning("refusing delete of %s/%s: %s", cmd.deployment_id, cmd.stage, problems)
+            if cmd.stage is not None:
+                self._report(self._make_state(cmd.deployment_id, cmd.stage, "FAILED", cmd.generation or 0,
+                                              f"{BAD_COMMAND}: {'; '.join(problems)}; nothing was deleted"))
+            return
         removed = self._stages.remove_matching(cmd.deployment_id, stage=cmd.stage, generation=cmd.generation)
         for stage in removed:
             stage.session.close()

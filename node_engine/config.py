@@ -12,11 +12,16 @@ Security: ``--join-token`` (default ``$TREELINE_JOIN_TOKEN``) is shown to the cl
 registration; the MQTT username and password come in the cluster's answer. ``--mqtt-tls``
 (or the cluster's answer saying ``mqtt_tls``) connects to the broker over TLS, verified against
 ``--mqtt-ca`` (default: the system's CAs), with ``--mqtt-cert``/``--mqtt-key`` for mutual TLS.
+
+``--memory-limit-mb`` caps the memory the node offers below its profile's (and the host's): the
+node reports it in telemetry and refuses a partition that does not fit in it
+(:mod:`node_engine.commands`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 from collections.abc import Sequence
@@ -51,10 +56,10 @@ class NodeConfig:
     mqtt_tls_files: TlsFiles = field(default_factory=TlsFiles)  # CA / client cert / key (empty: defaults)
 
 
-def build_parser(settings: Settings) -> argparse.ArgumentParser:
+def build_parser(settings: Settings, prog: str = "python -m node_engine") -> argparse.ArgumentParser:
     """The command line, with defaults from ``settings`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m node_engine",
+        prog=prog,
         description="Treeline node engine: serves model partitions on this (emulated) device.",
     )
     add_config_argument(parser)
@@ -74,6 +79,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help=f"directory for downloaded partitions and the node's keys "
                              f"(default: <data_dir>/nodes/<name>, under {settings.data_dir})")
+    parser.add_argument("--memory-limit-mb", type=int, default=None, metavar="MB",
+                        help="memory this node offers to partitions "
+                             "(default: the profile's, else the host's)")
     parser.add_argument("--threads", type=int, default=settings.threads,
                         help="onnxruntime intra-op threads (0: ORT default; default: threads)")
     parser.add_argument("--log-level", default=settings.log_level, type=str.upper, choices=LOG_LEVELS,
@@ -91,14 +99,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
+def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_engine") -> NodeConfig:
     """Parse ``argv`` (default ``sys.argv[1:]``); exits with status 2 on a bad command line or
     an invalid setting in the environment or the config file."""
     try:
         settings = process_settings(argv)
     except ConfigError as exc:
-        argparse.ArgumentParser(prog="python -m node_engine").error(str(exc))
-    parser = build_parser(settings)
+        argparse.ArgumentParser(prog=prog).error(str(exc))
+    parser = build_parser(settings, prog)
     args = parser.parse_args(argv)
     if args.telemetry_interval is not None and args.telemetry_interval <= 0:
         parser.error("--telemetry-interval must be positive")

@@ -41,10 +41,11 @@ from node_engine.identity import curve_secret_key
 from node_engine.links import LinkMonitor
 from node_engine.mqtt_link import MqttLink
 from node_engine.profiling import ProfileWorker
+from node_engine.refusals import MIB
 from node_engine.registration import register
 from node_engine.runtime import load_partition
 from node_engine.stages import Session, StageRunner, StageTable
-from node_engine.telemetry import read_telemetry, registration_body
+from node_engine.telemetry import memory_limit_mb, read_telemetry, registration_body
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
@@ -248,7 +249,8 @@ class NodeEngine:
             log.info("registered as %s in cluster %s (profile %s, data plane %s)", self.node_id,
                      registration.cluster_id, self.config.profile.name, endpoint)
             commands = CommandHandler(self.node_id, self.stages, data_dir, self._load, self._report_state,
-                                      self.clock, self.stop, join_token=self.config.join_token)
+                                      self.clock, self.stop, join_token=self.config.join_token,
+                                      memory_limit_bytes=memory_limit_mb(self.config.profile) * MIB)
             tls = (self.config.mqtt_tls_files if registration.mqtt_tls or self.config.mqtt_tls else None)
             link = MqttLink(f"treeline-node-{self.node_id}", registration.mqtt_host, registration.mqtt_port,
                             will=self._next_will, on_connected=self._on_connected,

@@ -75,6 +75,7 @@ class LoadedStage:
     outputs: tuple[str, ...] = ()  # what the plan says this stage sends on; () = the session's outputs
     relay: bool = False  # no model: the inputs are the outputs (session is RELAY_SESSION)
     access: StageAccess = OPEN  # who may send here, and the key forwards are signed with
+    memory_bytes: int = 0  # what the stage is charged against the node's memory limit (node_engine.refusals)
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -205,6 +206,12 @@ class StageTable:
     def all(self) -> list[LoadedStage]:
         with self._lock:
             return [self._stages[k] for k in sorted(self._stages)]
+
+    def memory_bytes(self, excluding: str | None = None) -> tuple[int, int]:
+        """``(bytes charged, stages counted)`` over every stage but the one keyed ``excluding``."""
+        with self._lock:
+            charged = [s.memory_bytes for k, s in self._stages.items() if k != excluding]
+            return sum(charged), len(charged)
 
     def clear(self) -> list[LoadedStage]:
         with self._lock:

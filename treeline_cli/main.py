@@ -25,6 +25,7 @@ from treeline_cli.commands.get import describe, get
 from treeline_cli.commands.infer import infer
 from treeline_cli.commands.misc import config, logs, treeline_version, version
 from treeline_cli.commands.model import model
+from treeline_cli.commands.node import node
 from treeline_cli.commands.stack import demo, up
 from treeline_cli.errors import INTERRUPTED, classify
 from treeline_common.config import OPTIONS
@@ -72,7 +73,7 @@ def cli() -> None:
 
 
 for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version,
-                login, logout, admin):
+                login, logout, admin, node):
     cli.add_command(command)
 
 

@@ -98,6 +98,10 @@ class UnsupportedMediaType(TreelineError):
 # the digest its deploy command named: ``"sha256 mismatch: expected X got Y"``. A cluster seeing it
 # knows its copy (or the transfer) is bad and fetches the artifact again instead of retrying as is.
 SHA256_MISMATCH = "sha256 mismatch"
+# Reason prefixes of the node's other refusals (node_engine.refusals): a partition that does not fit
+# in the memory the node offers, and a command that does not decode or makes no sense.
+MEMORY_LIMIT = "memory limit exceeded"
+BAD_COMMAND = "bad command"
 
 
 _HTTP_STATUS = {
