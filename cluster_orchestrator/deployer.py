@@ -188,7 +188,8 @@ class Deployer:
             return
         generation = int(doc.get("generation", 0)) + 1
         placement = planning.build_placement(
-            deployment_id, generation, outcome.strategy, planning.input_spec_for(spec, outcome.input_names),
+            deployment_id, generation, outcome.strategy,
+            planning.input_specs_for(spec, outcome.input_names, model),
             spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
             {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
         self._publish(outcome)

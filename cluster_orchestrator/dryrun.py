@@ -49,8 +49,11 @@ DRYRUN_DEPLOYMENT = "dryrun"
 
 
 def parse_plan_job(body: Any) -> JobRequest:
-    """The JobRequest of a plan request; InvalidInput names every bad field (as a deploy does)."""
-    return planning.parse_job_body(body)
+    """The JobRequest of a plan request; InvalidInput names every bad field (as a deploy does),
+    declared model inputs that disagree with the job's model signature included."""
+    job = planning.parse_job_body(body)
+    planning.check_job_inputs(job)
+    return job
 
 
 def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
@@ -98,7 +101,8 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
     }
     if outcome.schedulable:
         placement = planning.build_placement(
-            DRYRUN_DEPLOYMENT, 0, outcome.strategy, planning.input_spec_for(spec, outcome.input_names),
+            DRYRUN_DEPLOYMENT, 0, outcome.strategy,
+            planning.input_specs_for(spec, outcome.input_names, model),
             spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
             {str(n["node_id"]): n for n in nodes}, outcome.predicted, outcome.relay_node_id)
         summary["stages"] = [

@@ -1,7 +1,10 @@
 """The job a client posts to the cluster (``POST /api/service/<service_id>/<instance>``), validated.
 
 The body's own checks live in :func:`~cluster_orchestrator.planning.parse_job_body`; this adds
-the ones that compare it with the path.
+the ones that compare it with the path, and the SLA's declared model inputs with the model's
+signature the job carries (:func:`~cluster_orchestrator.planning.check_job_inputs`: a wrong name,
+shape or dtype is a 400 naming ``microservice.model.inputs[i]...`` instead of a deployment that
+reaches RUNNING and fails at the first request).
 """
 
 from __future__ import annotations
@@ -26,5 +29,7 @@ def parse_job(service_id: str, instance: str, body: Any) -> JobRequest:
         details.append({"path": "instance", "message": f"differs from the path ({instance})"})
     if not instance.isdigit():
         details.append({"path": "instance", "message": "must be a non-negative integer"})
-    return planning.parse_job_body(
+    job = planning.parse_job_body(
         {**body, "service_id": service_id, "instance": int(instance) if instance.isdigit() else 0}, details)
+    planning.check_job_inputs(job)
+    return job

@@ -3,7 +3,7 @@
 The deployer does the I/O; this module holds the decisions in between, so they are
 unit-testable without a broker or a root: which nodes the scheduler sees (a frozen
 snapshot of the online nodes, telemetry over registration), what the job asks for
-(input spec, max partitions), and the exact placement dict of docs/contracts.md with the
+(input specs, max partitions), and the exact placement dict of docs/contracts.md with the
 DeployCommand of every stage (stage i forwards to stage i+1; the last replies).
 """
 
@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import onnx
+
 from cluster_orchestrator.keys import (  # re-exported: the deployer and orchestrator use them from here
     DataPlaneSecurity,
     EncryptionUnavailable,
@@ -21,6 +23,7 @@ from cluster_orchestrator.keys import (  # re-exported: the deployer and orchest
     data_key,
     security_for,
 )
+from cluster_orchestrator.model_inputs import index_limits
 from deployment_descriptors import parse_microservice, signature_inputs, signature_problems
 from ml_scheduler.costmodel.links import link_figures_of, sender_figures
 from ml_scheduler.extract import extract_partitions
@@ -117,7 +120,7 @@ class JobSpec:
     model_sha256: str
     model_url: str
     max_partitions: int
-    input_spec: dict[str, Any] | None
+    input_specs: tuple[dict[str, Any], ...]  # [{name, shape, dtype}]; () when neither SLA nor signature says
     output_names: tuple[str, ...]
     microservice: Any = None  # deployment_descriptors.Microservice view
     model_name: str = ""
@@ -166,18 +169,15 @@ def job_spec(job: JobRequest, root_url: str) -> JobSpec:
     """Read a job into a :class:`JobSpec`; artifacts resolve against ``root_url``.
 
     The SLA model block comes through deployment_descriptors' ``ModelSpec`` (defaults
-    applied there, once); the registry signature fills the input the SLA leaves open.
+    applied there, once); the registry signature fills the inputs the SLA leaves open.
     """
     view = parse_job_microservice(job.microservice)
     spec = view.model
     signature = job.model.signature or {}
-    input_spec: Mapping[str, Any] | None = None
-    if spec.input_name is not None:
-        input_spec = {"name": spec.input_name, "shape": list(spec.input_shape or ()),
-                      "dtype": spec.input_dtype}
+    if spec.inputs:
+        input_specs = tuple(i.to_dict() for i in spec.inputs)
     else:
-        sig_inputs = signature.get("inputs") or []
-        input_spec = sig_inputs[0] if sig_inputs and isinstance(sig_inputs[0], Mapping) else None
+        input_specs = tuple(signature_inputs(signature))
     outputs = tuple(str(o.get("name")) for o in signature.get("outputs") or [] if isinstance(o, Mapping))
     return JobSpec(
         service_id=job.service_id,
@@ -185,7 +185,7 @@ def job_spec(job: JobRequest, root_url: str) -> JobSpec:
         model_sha256=job.model.sha256.lower(),
         model_url=artifact_url(root_url, job.model.sha256.lower()),
         max_partitions=int(spec.max_partitions),
-        input_spec=dict(input_spec) if input_spec else None,
+        input_specs=input_specs,
         output_names=outputs,
         microservice=view,
         model_name=job.model.name or spec.name,
@@ -240,20 +240,39 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
                        explanation=result.explanation, relay_node_id=relay, message=result.message)
 
 
-def input_spec_for(request: JobSpec, input_names: Sequence[str]) -> dict[str, Any]:
-    """The placement's ``input``: the SLA/registry spec, else the graph's first input name."""
-    if request.input_spec:
-        spec = request.input_spec
-        return {"name": str(spec.get("name") or (input_names[0] if input_names else "input")),
-                "shape": list(spec.get("shape") or []), "dtype": str(spec.get("dtype") or "float32")}
-    return {"name": input_names[0] if input_names else "input", "shape": [], "dtype": "float32"}
+def input_specs_for(request: JobSpec, input_names: Sequence[str],
+                    model: onnx.ModelProto | None = None) -> list[dict[str, Any]]:
+    """The placement's ``inputs``: the SLA's (or the registry signature's) specs, else one
+    shapeless float32 spec per graph input name (a job whose model has no known signature).
+    With ``model``, an input that indexes a table carries ``index_limit`` (its row count,
+    :func:`~cluster_orchestrator.model_inputs.index_limits`): valid values are below it."""
+    limits = index_limits(model) if model is not None else {}
+    if request.input_specs:
+        specs = [{"name": str(s.get("name")), "shape": list(s.get("shape") or []),
+                  "dtype": str(s.get("dtype") or "float32")} for s in request.input_specs]
+    else:
+        specs = [{"name": name, "shape": [], "dtype": "float32"} for name in input_names or ("input",)]
+    return [{**s, "index_limit": limits[s["name"]]} if s["name"] in limits else s for s in specs]
+
+
+def check_job_inputs(job: JobRequest, signature: Mapping[str, Any] | None = None) -> None:
+    """InvalidInput when the SLA's declared inputs disagree with the model's signature (the
+    job's, or ``signature`` when given, e.g. read from the fetched model): paths start with
+    ``microservice.model.inputs[i]`` (see :func:`deployment_descriptors.signature_problems`).
+    Nothing to check when the SLA declares no inputs or no signature is known."""
+    spec = parse_job_microservice(job.microservice).model
+    problems = signature_problems(spec.inputs or (), spec.inputs_key,
+                                  signature if signature is not None else job.model.signature)
+    if problems:
+        raise InvalidInput("the SLA's model inputs do not match the model",
+                           [dict(p, path=f"microservice.{p['path']}") for p in problems])
 
 
 def build_placement(
     deployment_id: str,
     generation: int,
     strategy: str,
-    input_spec: Mapping[str, Any],
+    input_specs: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     outputs: Sequence[str],
     partitions: Sequence[Any],
     node_ids: Sequence[str],
@@ -263,11 +282,15 @@ def build_placement(
 ) -> Placement:
     """The :class:`~treeline_common.jobs.Placement` of a plan (all stages start PENDING).
 
+    ``input_specs``: one ``{name, shape, dtype}`` per model input (a single mapping: one input);
+    the placement's ``input`` is the first of them.
+
     With ``predicted`` (the scheduler's plan summary) each stage carries its predicted
     compute and inbound transfer ms, and the placement its predicted latency, throughput
     and energy. With ``relay_node_id``, ``relay`` describes the entry stage on that node.
     Stage keys carry the generation, so two generations can be served side by side.
     """
+    specs = [input_specs] if isinstance(input_specs, Mapping) else list(input_specs)
     predicted_stages = {int(s["index"]): s for s in (predicted or {}).get("stages", [])}
     stages = []
     for part, node_id in zip(partitions, node_ids, strict=True):
@@ -293,7 +316,8 @@ def build_placement(
                                inputs=stages[0].inputs, outputs=stages[0].inputs)
     first = relay or (stages[0] if stages else None)
     return Placement(
-        deployment_id=deployment_id, generation=generation, strategy=strategy, input=dict(input_spec),
+        deployment_id=deployment_id, generation=generation, strategy=strategy,
+        input=dict(specs[0]) if specs else {}, inputs=tuple(dict(s) for s in specs),
         outputs=tuple(outputs), stages=tuple(stages), relay=relay,
         entry=Entry(first.node_id, first.endpoint, first.stage_key) if first else None,
         predicted={k: v for k, v in predicted.items() if k != "stages"} if predicted else None,

@@ -9,6 +9,7 @@ One definition of the SLA for every part: the root validates submissions with
 from __future__ import annotations
 
 from .example_slas import example_path, example_sla
+from .inputs import InputSpec, signature_inputs, signature_problems
 from .profiles import SchedulerProfile, load_profile, profile_from_dict
 from .validation import format_path, sla_schema, validate_microservice, validate_sla
 from .views import (
@@ -25,6 +26,7 @@ from .views import (
 
 __all__ = [
     "Application",
+    "InputSpec",
     "Microservice",
     "MlConstraints",
     "ModelSpec",
@@ -39,6 +41,8 @@ __all__ = [
     "parse_microservice",
     "parse_sla",
     "profile_from_dict",
+    "signature_inputs",
+    "signature_problems",
     "sla_schema",
     "validate_microservice",
     "validate_sla",

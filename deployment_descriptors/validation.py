@@ -2,7 +2,8 @@
 
 The JSON Schema (``sla_v2.schema.json``) is the one definition of the SLA's shape; this module
 runs it and adds the few rules a schema cannot state (duplicate names, exactly one of node/label,
-a ``model`` block only on ``ml-model`` services, one ML constraint of each kind). The result is
+a ``model`` block only on ``ml-model`` services, one ML constraint of each kind, unique model
+input names and ``input``/``inputs`` agreeing: :mod:`.inputs`). The result is
 what the root answers in a 400 body, so it must be readable by a person who only has the JSON in
 front of them: paths look like ``applications[0].microservices[1].model.max_partitions`` and the
 list is sorted, so the same document always yields the same list.
@@ -18,6 +19,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
+
+from .inputs import declaration_problems
 
 SCHEMA_FILE = "sla_v2.schema.json"
 ML_VIRTUALIZATION = "ml-model"
@@ -160,6 +163,8 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
     if "model" in ms and ms.get("virtualization") != ML_VIRTUALIZATION:
         yield path + ["model"], f"is only allowed when virtualization is '{ML_VIRTUALIZATION}'"
     if isinstance(model, Mapping):
+        for parts, message in declaration_problems(model):
+            yield path + ["model", *parts], message
         for end in ("source", "sink"):
             if end in model:
                 yield from _selector_problems(model[end], path + ["model", end])

@@ -17,6 +17,7 @@ from typing import Any
 
 from treeline_common.errors import InvalidInput
 
+from .inputs import InputSpec, declared_inputs
 from .validation import ML_VIRTUALIZATION, validate_microservice, validate_sla
 
 DEFAULT_VERSION = "latest"
@@ -71,15 +72,16 @@ class Privacy:
 class ModelSpec:
     """The ``model`` block of an ``ml-model`` microservice, defaults applied.
 
-    ``input_*`` are ``None`` when the SLA leaves the input to the registered model's signature.
+    ``inputs`` is ``None`` when the SLA leaves the inputs to the registered model's signature;
+    ``inputs_key`` names the field they came from (``"inputs"``, or ``"input"`` for the single
+    form) so errors can point at it. ``input_*`` read the first input (single-input callers).
     ``version`` is an int (a registry version) or a string (``"latest"`` or an alias).
     """
 
     name: str
     version: int | str = DEFAULT_VERSION
-    input_name: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    input_dtype: str | None = None
+    inputs: tuple[InputSpec, ...] | None = None
+    inputs_key: str | None = None
     objective: str = DEFAULT_OBJECTIVE
     max_partitions: int = DEFAULT_MAX_PARTITIONS
     variants: tuple[str, ...] = DEFAULT_VARIANTS
@@ -88,6 +90,18 @@ class ModelSpec:
     sink: NodeSelector | None = None
     scheduler_profile: str = "default"
     privacy: Privacy | None = None  # None: no privacy asked (open entry, plain tensors)
+
+    @property
+    def input_name(self) -> str | None:
+        return self.inputs[0].name if self.inputs else None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return self.inputs[0].shape if self.inputs else None
+
+    @property
+    def input_dtype(self) -> str | None:
+        return self.inputs[0].dtype if self.inputs else None
 
     @property
     def encrypt_tensors(self) -> bool:
@@ -99,13 +113,12 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ModelSpec:
-        inp = doc.get("input")
+        inputs, key = declared_inputs(doc)
         return cls(
             name=doc["name"],
             version=doc.get("version", DEFAULT_VERSION),
-            input_name=inp["name"] if inp else None,
-            input_shape=tuple(inp["shape"]) if inp else None,
-            input_dtype=inp["dtype"] if inp else None,
+            inputs=inputs,
+            inputs_key=key,
             objective=doc.get("objective", DEFAULT_OBJECTIVE),
             max_partitions=doc.get("max_partitions", DEFAULT_MAX_PARTITIONS),
             variants=tuple(doc.get("variants", DEFAULT_VARIANTS)),

@@ -11,6 +11,8 @@ Contract:
   then create; a rolling update is the lifecycle issue's job). Added microservices become new
   services (REQUESTED, not deployed, as with ``POST /api/application/``); removed ones are
   undeployed and deleted, as ``DELETE /api/service/<id>`` does.
+- A microservice whose declared model inputs (``model.inputs``) disagree with the registered
+  model's signature is refused before anything is written (400, :mod:`.signature_check`).
 - What an SLA cannot name unambiguously is refused before anything is written: two
   applications of one SLA with the same name (400), or a stored application or service that
   the key matches twice (409, naming the ids).
@@ -33,6 +35,7 @@ from typing import Any
 
 from deployment_descriptors import Application, Microservice, Sla
 from root_orchestrator.instances import InstanceManager
+from root_orchestrator.signature_check import check_inputs
 from root_orchestrator.sla_diff import Change, diff
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import APPLICATION_KEPT_FIELDS
@@ -93,6 +96,7 @@ class Applier:
 
     def apply(self, sla: Sla) -> list[dict[str, Any]]:
         """Apply every application of ``sla``; see the module docstring for the contract."""
+        self.check_inputs(sla)
         with _APPLY_LOCK:
             targets = self._targets(sla)
             return [self._apply(sla.customer_id, t) for t in targets]
@@ -101,6 +105,7 @@ class Applier:
         """``POST /api/application/``: store every application of ``sla`` as new, under
         ``sla.customer_id``; Conflict (nothing stored) when that user already has an application of
         one of its names (``POST /api/apply`` is the way to update one)."""
+        self.check_inputs(sla)
         with _APPLY_LOCK:
             taken = [{"path": f"applications[{i}].application_name",
                       "message": f"application {app.name!r} exists ("
@@ -118,6 +123,12 @@ class Applier:
                          len(doc["microservices"]))
                 created.append(doc)
             return created
+
+    def check_inputs(self, sla: Sla) -> None:
+        """InvalidInput (nothing written) when a microservice's declared model inputs disagree
+        with the registered model's signature (:mod:`.signature_check`)."""
+        check_inputs(sla, self.stores.models, lambda model_owner: self.instances.may_use(sla.customer_id,
+                                                                                           model_owner))
 
     def rename(self, application_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """``PUT /api/application/<id>``: set application-level fields; Conflict when the new name is

@@ -15,6 +15,8 @@ requests signed with its caller key (docs/contracts.md, "Data-plane security"). 
 :func:`service_resolver` takes it from the service document the root returns to the
 service's owner (``caller_key``), on every resolve, so a rotated key is picked up; a key
 given to :func:`run_requests` is used when the document names none.
+
+``random_inputs`` is re-exported from :mod:`treeline_cli.input_values` (valid values per input).
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from node_engine.data_plane.service_client import Resolver, RetryPolicy, ServiceClient
+from treeline_cli.input_values import Sample, placement_inputs, random_inputs
 from treeline_cli.root_client import RootClient
 
 log = logging.getLogger(__name__)
+
+__all__ = ["InferenceReport", "merge", "random_inputs", "run_requests", "service_resolver", "static_resolver",
+           "summarize"]
 
 
 LINK_SUFFIX = "->link"  # timing keys "<stage_key>->link": emulated transfer time to the next stage
@@ -54,19 +59,6 @@ class InferenceReport:
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)  # timing key -> ms
     failed: int = 0  # requests that got no answer by their deadline (or a non-retryable error)
     errors: dict[str, int] = field(default_factory=dict)  # failure reason -> how many requests
-
-
-def random_inputs(input_spec: dict[str, Any], n: int, seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """``n`` random inputs of the model's declared name, shape and dtype."""
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(d) for d in input_spec["shape"])
-    dtype = np.dtype(input_spec.get("dtype", "float32"))
-    for _ in range(n):
-        if dtype.kind == "f":
-            data = rng.standard_normal(shape).astype(dtype)
-        else:
-            data = rng.integers(0, 100, size=shape).astype(dtype)
-        yield {str(input_spec["name"]): data}
 
 
 def static_resolver(placement: dict[str, Any]) -> Resolver:
@@ -105,19 +97,23 @@ def caller_key_of(service: dict[str, Any]) -> str:
 def run_requests(
     placement: dict[str, Any], n: int, in_flight: int = 1, seed: int = 0, timeout: float = 60.0,
     resolver: Resolver | None = None, policy: RetryPolicy | None = None, service: str = "",
-    key: str = "",
+    key: str = "", feed: list[Sample] | None = None,
 ) -> InferenceReport:
-    """Send ``n`` random requests to the service and measure them.
+    """Send ``n`` requests to the service and measure them.
 
-    ``placement`` gives the input spec, and the entry unless ``resolver`` is given (pass
-    :func:`service_resolver` to follow the service to a new placement). ``timeout`` is each
-    request's deadline, retries included, unless ``policy`` says otherwise. ``key``: the
-    service's hex caller key, used when the resolver names none.
+    ``placement`` gives the input specs (every input gets valid values of its kind,
+    :mod:`treeline_cli.input_values`), and the entry unless ``resolver`` is given (pass
+    :func:`service_resolver` to follow the service to a new placement). ``feed`` (samples, e.g.
+    from an ``--inputs`` file) is sent instead, in turn. ``timeout`` is each request's deadline,
+    retries included, unless ``policy`` says otherwise. ``key``: the service's hex caller key,
+    used when the resolver names none.
     """
     resolve = resolver or static_resolver(placement)
     if policy is None:
         policy = RetryPolicy(deadline=timeout, attempt_timeout=min(RetryPolicy.attempt_timeout, timeout))
-    inputs = list(random_inputs(placement["input"], n, seed))  # generated before the clock starts
+    # generated before the clock starts
+    inputs = ([feed[i % len(feed)] for i in range(n)] if feed
+              else list(random_inputs(placement_inputs(placement), n, seed)))
     name = service or str(placement.get("service_id") or placement["entry"].get("stage_key", "service"))
     with ServiceClient(resolve, service=name, policy=policy, key=key) as client:
         started = time.perf_counter()

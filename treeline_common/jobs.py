@@ -146,7 +146,8 @@ class StagePlacement:
 class Placement:
     """A deployment's plan at one ``generation``: stages in order, the entry, the prediction.
 
-    ``input`` is the request input spec ``{name, shape, dtype}``; ``predicted`` the
+    ``inputs`` are the request's input specs ``[{name, shape, dtype}]``, one per model input;
+    ``input`` repeats the first (for readers of single-input placements); ``predicted`` the
     planner's summary (latency_ms, throughput_rps, energy_mj, ...).
     """
 
@@ -157,6 +158,7 @@ class Placement:
     input: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     entry: Entry | None = None
+    inputs: tuple[dict[str, Any], ...] = ()
     relay: StagePlacement | None = None
     predicted: dict[str, Any] | None = None
 
