@@ -25,7 +25,8 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -56,12 +57,12 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 
 class V2Gateway:
-    """Finds deployments by name and sends requests to their entries (one client per thread and
-    deployment: zmq sockets stay in the thread that made them)."""
+    """Finds deployments by name and sends requests to their entries through pooled clients."""
 
     def __init__(self, core: ClusterOrchestrator) -> None:
         self.core = core
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pools: dict[str, list[ServiceClient]] = {}
 
     def find(self, name: str) -> dict[str, Any]:
         """The deployment a model name means (see the module docstring); NotFound otherwise."""
@@ -108,13 +109,21 @@ class V2Gateway:
             return str(entry["endpoint"]), str(entry["stage_key"]), key
         return resolve
 
-    def client(self, deployment_id: str) -> ServiceClient:
-        clients: dict[str, ServiceClient] = getattr(self._local, "clients", None) or {}
-        self._local.clients = clients
-        if deployment_id not in clients:
-            clients[deployment_id] = ServiceClient(self._resolver(deployment_id), service=deployment_id,
-                                                   policy=POLICY)
-        return clients[deployment_id]
+    @contextmanager
+    def client(self, deployment_id: str) -> Iterator[ServiceClient]:
+        """A client of ``deployment_id`` for this request only: taken from the deployment's pool
+        (or made) and put back afterwards, so concurrent requests never share a zmq socket and a
+        request never pays for a new connection (a zmq socket may change threads between uses)."""
+        with self._lock:
+            pool = self._pools.setdefault(deployment_id, [])
+            client = pool.pop() if pool else None
+        if client is None:
+            client = ServiceClient(self._resolver(deployment_id), service=deployment_id, policy=POLICY)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._pools.setdefault(deployment_id, []).append(client)
 
 
 def metadata(doc: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +187,8 @@ def register(app: Flask, core: ClusterOrchestrator, public: Callable[[Any], Any]
             gateway.check_caller(doc, request.headers.get("Authorization", ""))
             body = request.get_data(cache=False)  # the app limits it to MAX_BODY (413 beyond)
             req = decode_request(body, request.headers.get(HEADER_LENGTH))
-            [outcome] = gateway.client(str(doc["deployment_id"])).infer_many([req.inputs], max_in_flight=1)
+            with gateway.client(str(doc["deployment_id"])) as client:
+                [outcome] = client.infer_many([req.inputs], max_in_flight=1)
             if outcome.error is not None:
                 raise Unavailable(f"the service did not answer: {outcome.error.reason}",
                                   [{"path": "inputs", "message": outcome.error.reason}])
