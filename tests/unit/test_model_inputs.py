@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,15 @@ def test_inputs_list_is_valid_and_viewed_in_order() -> None:
     assert problems(inputs=[IDS, MASK]) == {}
     spec = parse_microservice(microservice(inputs=[IDS, MASK])).model
     assert spec is not None and spec.inputs_key == "inputs"
-    assert spec.inputs == (InputSpec("input_ids", (1, 8), "int64"), InputSpec("attention_mask", (1, 8), "int64"))
+    assert spec.inputs == (InputSpec("input_ids", (1, 8), "int64"),
+                           InputSpec("attention_mask", (1, 8), "int64"))
     assert (spec.input_name, spec.input_shape, spec.input_dtype) == ("input_ids", (1, 8), "int64")
 
 
 def test_single_input_still_accepted() -> None:
     spec = parse_microservice(microservice(input=IDS)).model
-    assert spec is not None and spec.inputs_key == "input" and [i.name for i in spec.inputs or ()] == ["input_ids"]
+    assert spec is not None and spec.inputs_key == "input"
+    assert [i.name for i in spec.inputs or ()] == ["input_ids"]
     none = parse_microservice(microservice()).model
     assert none is not None and none.inputs is None and none.input_name is None
 
@@ -115,11 +117,13 @@ def test_matching_inputs_bind_symbolic_dims() -> None:
      "model has no input 'mask'; its inputs are ['attention_mask', 'input_ids']"),
     ([IDS], "model.inputs", "missing model input 'attention_mask' (int64 [1, seq])"),
     ([IDS, {**MASK, "shape": [1, 8, 1]}], "model.inputs[1].shape", "model expects rank 2 [1, seq]"),
-    ([IDS, {**MASK, "shape": [2, 8]}], "model.inputs[1].shape[0]", "model expects 1 (shape [1, seq]), SLA says 2"),
+    ([IDS, {**MASK, "shape": [2, 8]}], "model.inputs[1].shape[0]",
+     "model expects 1 (shape [1, seq]), SLA says 2"),
     ([IDS, {**MASK, "shape": [1, 9]}], "model.inputs[1].shape[1]",
      "model dimension 'seq' is bound to 8 by model.inputs[0].shape[1], SLA says 9"),
 ])
-def test_mismatches_name_the_field_and_both_sides(inputs: list[dict[str, Any]], path: str, message: str) -> None:
+def test_mismatches_name_the_field_and_both_sides(inputs: list[dict[str, Any]], path: str,
+                                                  message: str) -> None:
     found = check(inputs)
     assert path in found, found
     assert found[path].startswith(message)

@@ -88,7 +88,8 @@ def test_npz_one_sample_or_a_stack(tmp_path: Path) -> None:
      "array 'input_ids' in"),
     ({"input_ids": np.ones((1, 16)), "attention_mask": np.ones((1, 16), dtype=np.int64)},
      "has dtype float64; the service expects int64"),
-    ({"input_ids": np.ones((2, 1, 16), dtype=np.int64), "attention_mask": np.ones((3, 1, 16), dtype=np.int64)},
+    ({"input_ids": np.ones((2, 1, 16), dtype=np.int64),
+      "attention_mask": np.ones((3, 1, 16), dtype=np.int64)},
      "different numbers of samples"),
 ])
 def test_npz_errors_are_one_line_naming_the_array(tmp_path: Path, arrays: dict[str, np.ndarray],
@@ -107,7 +108,7 @@ def test_npz_unreadable(tmp_path: Path) -> None:
         load_npz(tmp_path / "missing.npz", [IDS])
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(InputFileError, match="not a .npz file"):
+    with pytest.raises(InputFileError, match=r"not a \.npz file"):
         load_npz(junk, [IDS])
 
 
