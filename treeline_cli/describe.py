@@ -135,9 +135,46 @@ def describe_node(world: World, node: Doc) -> tuple[Doc, list[str]]:
              f"Data plane:   {node.get('data_endpoint')}",
              f"Telemetry:    CPU {tele.get('cpu_percent', '-')}%, memory {tele.get('memory_percent', '-')}%, "
              f"battery {(tele.get('battery') or {}).get('percent', '-') if tele.get('battery') else '-'}",
+             *device_lines(tele),
              f"Stages ({len(tele.get('stages') or [])}):",
              *[f"  {key}" for key in tele.get("stages") or []]]
     return node, lines
+
+
+def _rate(value: Any) -> str:
+    return f"{float(value) / 1e3:.1f} kB/s" if isinstance(value, int | float) else "-"
+
+
+def device_lines(tele: Mapping[str, Any]) -> list[str]:
+    """The device readings of a node's telemetry (node_engine.sources): GPUs, power, disk, network,
+    temperatures, and which sources are absent or failing. Nothing for a node that sends none."""
+    lines = []
+    for gpu in tele.get("gpus") or []:
+        figure = {k: "-" if v is None else v for k, v in gpu.items()}
+        lines.append(f"{'GPU ' + str(figure.get('index')) + ':':<14}{figure.get('name')}, "
+                     f"use {figure.get('utilization_percent')}%, "
+                     f"memory {figure.get('memory_used_mb')}/{figure.get('memory_total_mb')} MB, "
+                     f"{figure.get('temperature_c')} °C, {figure.get('power_w')} W")
+    if power := tele.get("power"):
+        lines.append(f"Power:        {power.get('watts')} W ({power.get('source')}"
+                     f"{', estimated' if power.get('estimated') else ''})")
+    if disk := tele.get("disk"):
+        lines.append(f"Disk:         {disk.get('percent')}% of {disk.get('total_mb')} MB used "
+                     f"({disk.get('path')}), read {_rate(disk.get('read_bytes_per_s'))}, "
+                     f"write {_rate(disk.get('write_bytes_per_s'))}")
+    if network := tele.get("network"):
+        lines.append(f"Network:      in {_rate(network.get('rx_bytes_per_s'))}, out "
+                     f"{_rate(network.get('tx_bytes_per_s'))} ({', '.join(network.get('interfaces') or [])})")
+    if temperatures := tele.get("temperatures_c"):
+        lines.append("Temperatures: " + ", ".join(f"{k} {v} °C" for k, v in temperatures.items()))
+    sources = tele.get("sources") or {}
+    for state in ("absent", "emulated"):
+        names = [n for n, s in sources.items() if s == state]
+        if names:
+            lines.append(f"{state.capitalize() + ':':<14}{', '.join(names)}")
+    lines += [f"Source error: {n}: {s.removeprefix('error: ')}" for n, s in sources.items()
+              if s.startswith("error: ")]
+    return lines
 
 
 def describe_cluster(world: World, cluster: Doc) -> tuple[Doc, list[str]]:

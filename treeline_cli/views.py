@@ -136,6 +136,21 @@ def telemetry(node: Doc, key: str) -> str:
     return f"{float(value):.0f}" if isinstance(value, int | float) else "-"
 
 
+def gpu_use(node: Doc) -> str:
+    """Mean utilisation of the node's measured GPUs (``37%``), ``-`` when it reports none."""
+    loads = [g["utilization_percent"] for g in (node.get("telemetry") or {}).get("gpus") or []
+             if isinstance(g, dict) and isinstance(g.get("utilization_percent"), int | float)]
+    return f"{sum(loads) / len(loads):.0f}%" if loads else "-"
+
+
+def power(node: Doc) -> str:
+    """The node's power draw (``6.6W``; ``~6.6W`` when estimated from its profile), ``-`` when unknown."""
+    reading = (node.get("telemetry") or {}).get("power")
+    if not isinstance(reading, dict) or not isinstance(reading.get("watts"), int | float):
+        return "-"
+    return f"{'~' if reading.get('estimated') else ''}{float(reading['watts']):.1f}W"
+
+
 # ---------------------------------------------------------------- the kinds
 
 
@@ -199,6 +214,8 @@ KINDS: tuple[Kind, ...] = (
         Column("CPU%", lambda n: telemetry(n, "cpu_percent")),
         Column("MEM%", lambda n: telemetry(n, "memory_percent")),
         Column("BATTERY", battery),
+        Column("GPU%", gpu_use),
+        Column("POWER", power),
         Column("STAGES", lambda n: len((n.get("telemetry") or {}).get("stages") or [])),
         Column("SEEN", lambda n: age(n.get("last_seen"))),
         Column("ID", lambda n: n.get("node_id")),

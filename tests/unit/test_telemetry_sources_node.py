@@ -4,6 +4,7 @@ cluster's decoder validates the new readings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from test_telemetry_sources import fake_pynvml
 
 from node_engine.sources import SOURCES, SourceContext
 from node_engine.telemetry import TelemetryReader, TelemetryUnavailable, read_telemetry
+from treeline_cli.describe import device_lines
+from treeline_cli.views import gpu_use, power
 from treeline_common.clock import FakeClock
 from treeline_common.messages import Battery, NodeTelemetry, PayloadError, PowerReading, decode, encode
 from treeline_common.profiles import get_profile
@@ -139,3 +142,14 @@ def test_bad_readings_are_refused_naming_the_field(extra: dict[str, Any], path: 
     with pytest.raises(PayloadError) as caught:
         decode(NodeTelemetry, json.dumps({**BASE, **extra, "v": 1}).encode())
     assert path in str(caught.value), str(caught.value)
+
+
+def test_cli_shows_the_readings_and_what_is_absent(tmp_path: Path) -> None:
+    tele = dataclasses.asdict(reader("native", tmp_path).read("n", []))
+    tele["gpus"] = [{"index": 0, "name": "NVIDIA H200", "utilization_percent": 40.0, "memory_used_mb": 500,
+                     "memory_total_mb": 143000, "temperature_c": None, "power_w": 75.2}]
+    lines = device_lines(tele)
+    assert "GPU 0:        NVIDIA H200, use 40.0%, memory 500/143000 MB, - °C, 75.2 W" in lines
+    assert any(line.startswith("Absent:") and "battery" in line for line in lines)
+    assert power({"telemetry": tele}).startswith("~") and gpu_use({"telemetry": tele}) == "40%"
+    assert power({}) == gpu_use({}) == "-" and device_lines({}) == []
