@@ -25,6 +25,7 @@ pipeline where only the node-to-node hop changes mode (the caller reaches the op
 plain TCP every time; the forwarding stage signs and the next verifies). ``mac_us`` holds
 the cost of the authenticator itself for 100 KB (sign = verify), with keyed BLAKE2b for
 comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire``).
+``link_estimate_error`` [<= 0.10] and the ``link_*`` figures come from :mod:`benchmarks.links`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from benchmarks.links import run as measure_links
 from benchmarks.report import add_json_option, benchmark_parser, report
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.security import StageAccess
@@ -219,6 +221,7 @@ def run(quick: bool) -> dict[str, Any]:
     result["mac_us"] = mac_cost_us(x, 200 if quick else 2000)
     for name, us in result["mac_us"].items():
         result[f"mac_{name}_us"] = us
+    result.update(measure_links(quick))  # link_estimate_error and its per-profile figures (benchmarks.links)
     return result
 
 

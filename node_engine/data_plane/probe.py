@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import statistics
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ PROBE_STAGE = "_probe"  # reserved stage key: never a deployment's (those read "
 PING_BYTES = 16
 BURST_BYTES = 256 * 1024
 BYTES_PER_MS_PER_MBIT = 125.0
+SPIN_S = 0.001  # the last ms of an emulated wait is waited out precisely (see Prober._wait_until)
 MIN_TRANSFER_MS = 1e-3  # a burst faster than this (loopback) is reported at this floor: ~2 Tbit/s
 
 
@@ -75,7 +77,8 @@ class Prober:
 
     ``delay_ms(bytes)`` is the sender's emulated uplink (``StageRunner.link_delay_ms``; 0
     for a native node), waited out on ``stop`` before each probe leaves. A round trip that
-    gets no answer within ``timeout`` s raises TimeoutError.
+    gets no answer within ``timeout`` s raises TimeoutError. ``clock`` must be a real one
+    (the waits are real).
     """
 
     def __init__(self, ctx: zmq.Context[Any], endpoint: str, clock: Clock, stop: threading.Event, *,
@@ -95,12 +98,23 @@ class Prober:
     def close(self) -> None:
         self._sock.close(0)
 
-    def measure(self, pings: int = 5, bursts: int = 3, burst_bytes: int = BURST_BYTES) -> ProbeResult:
+    def measure(self, pings: int = 10, bursts: int = 3, burst_bytes: int = BURST_BYTES) -> ProbeResult:
         """``pings`` pings then ``bursts`` bursts; the first ping also opens the connection."""
         self.round_trip_ms(PING_BYTES)  # warm-up: the connection handshake is no part of the RTT
         ping = [self.round_trip_ms(PING_BYTES) for _ in range(pings)]
         burst = [self.round_trip_ms(burst_bytes) for _ in range(bursts)]
         return estimate(ping, burst, burst_bytes)
+
+    def _wait_until(self, due: float) -> bool:
+        """Wait until monotonic ``due`` on the stop event, the last :data:`SPIN_S` by yielding
+        (a timed wait overshoots by a few tenths of a ms, which is 5 % of a 5 ms RTT); True if stopping."""
+        while (remaining := due - self._clock.monotonic()) > 0:
+            if remaining > SPIN_S:
+                if self._stop.wait(remaining - SPIN_S):
+                    return True
+            else:
+                time.sleep(0)  # yield the GIL; at most SPIN_S per probe message
+        return self._stop.is_set()
 
     def round_trip_ms(self, size: int) -> float:
         """Milliseconds from the probe's start (the emulated uplink included) to its answer."""
@@ -108,7 +122,7 @@ class Prober:
         frames = pack("request", rid, {"pad": np.zeros(size, dtype=np.uint8)}, stage=PROBE_STAGE)
         start = self._clock.monotonic()
         wait_ms = self._delay_ms(size)
-        if wait_ms > 0.0 and self._stop.wait(wait_ms / 1000.0):  # the emulated uplink, as for tensors
+        if wait_ms > 0.0 and self._wait_until(start + wait_ms / 1000.0):  # the emulated uplink
             raise TimeoutError("stopping")
         self._sock.send_multipart(frames, copy=False)
         deadline = start + wait_ms / 1000.0 + self._timeout
