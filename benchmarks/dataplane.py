@@ -25,7 +25,8 @@ pipeline where only the node-to-node hop changes mode (the caller reaches the op
 plain TCP every time; the forwarding stage signs and the next verifies). ``mac_us`` holds
 the cost of the authenticator itself for 100 KB (sign = verify), with keyed BLAKE2b for
 comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire``).
-``link_estimate_error`` [<= 0.10] and the ``link_*`` figures come from :mod:`benchmarks.links`.
+``link_estimate_error`` [<= 0.10] and the ``link_*`` figures come from :mod:`benchmarks.links`;
+``node_idle_rss_mb`` [<= 80] and ``node_idle_cpu_percent`` [<= 1] from :mod:`benchmarks.node_idle`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import numpy as np
 import zmq
 
 from benchmarks.links import run as measure_links
+from benchmarks.node_idle import run as measure_node_idle
 from benchmarks.report import add_json_option, benchmark_parser, report
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.security import StageAccess
@@ -222,6 +224,7 @@ def run(quick: bool) -> dict[str, Any]:
     for name, us in result["mac_us"].items():
         result[f"mac_{name}_us"] = us
     result.update(measure_links(quick))  # link_estimate_error and its per-profile figures (benchmarks.links)
+    result.update(measure_node_idle(quick))  # node_idle_rss_mb, node_idle_cpu_percent (benchmarks.node_idle)
     return result
 
 
