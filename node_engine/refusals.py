@@ -39,11 +39,14 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 
 Identity = tuple[str, int, int]  # (deployment_id, stage, generation)
+RELAY_STAGE = -1  # the index the cluster gives the relay entry on the data's source node
 
 
 def deploy_problems(cmd: DeployCommand) -> list[str]:
     """Everything semantically wrong with ``cmd``, as ``"<field>: <reason>"`` ([] when sound)."""
     problems = _identity_problems(cmd.deployment_id, cmd.stage, cmd.generation)
+    if cmd.stage == RELAY_STAGE and not cmd.relay:
+        problems.append(f"stage: {RELAY_STAGE} is the relay entry's index, and relay is false")
     if not cmd.relay:
         if not _SHA256.fullmatch(cmd.sha256):
             problems.append("sha256: must be 64 hex digits")
@@ -82,8 +85,8 @@ def _identity_problems(deployment_id: str, stage: int | None, generation: int | 
     elif "/" in deployment_id:
         problems.append("deployment_id: must not contain '/' (stage keys are "
                         "<deployment>/<generation>/<stage>)")
-    if stage is not None and stage < 0:
-        problems.append(f"stage: must be >= 0, not {stage}")
+    if stage is not None and stage < RELAY_STAGE:
+        problems.append(f"stage: must be >= 0 (or {RELAY_STAGE}, a relay entry), not {stage}")
     if generation is not None and generation < 0:
         problems.append(f"generation: must be >= 0, not {generation}")
     return problems

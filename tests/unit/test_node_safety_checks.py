@@ -100,7 +100,8 @@ GOOD = DeployCommand(deployment_id="d", stage=1, artifact_url="http://cluster:80
 
 
 @pytest.mark.parametrize(("changes", "problem"), [
-    ({"stage": -1}, "stage: must be >= 0, not -1"),
+    ({"stage": -2}, "stage: must be >= 0 (or -1, a relay entry), not -2"),
+    ({"stage": -1}, "stage: -1 is the relay entry's index, and relay is false"),
     ({"generation": -3}, "generation: must be >= 0, not -3"),
     ({"deployment_id": ""}, "deployment_id: must not be empty"),
     ({"deployment_id": "a/b"}, "deployment_id: must not contain '/'"),
@@ -207,10 +208,10 @@ def test_an_oversized_file_already_on_disk_is_kept_but_refused(base: str, tmp_pa
 
 def test_semantically_bad_deploys_and_deletes_fail_without_side_effects(base: str, tmp_path: Path) -> None:
     handler, reports, table = _handler(tmp_path)
-    handler.deploy(_deploy(base, "part0", stage=-1))
+    handler.deploy(_deploy(base, "part0", stage=-2))
     handler.deploy(_deploy(base, "part0", next=NextStage("n2", "127.0.0.1", "d/1/1")))
-    assert [(r.stage, r.state) for r in reports] == [(-1, "FAILED"), (0, "FAILED")]
-    assert reports[0].reason == "bad command: stage: must be >= 0, not -1"
+    assert [(r.stage, r.state) for r in reports] == [(-2, "FAILED"), (0, "FAILED")]
+    assert reports[0].reason == "bad command: stage: must be >= 0 (or -1, a relay entry), not -2"
     assert reports[1].reason == "bad command: next.endpoint: must be tcp://host:port, not '127.0.0.1'"
     handler.deploy(_deploy(base, "part0"))
     reports.clear()
