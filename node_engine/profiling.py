@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from node_engine.artifacts import ArtifactError, DownloadCancelled, fetch_artifact
+from node_engine.onnx_nodes import graph_nodes
 from node_engine.runtime import profile_model
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, ProfileCommand, ProfileResult, decode
@@ -60,20 +61,18 @@ class KernelNamer:
     @classmethod
     def from_model_file(cls, path: str | Path) -> KernelNamer:
         """Node names as :func:`ml_scheduler.graph.analyze_model` names them (``op_type_index``
-        for unnamed nodes), and the producing node of every tensor."""
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
+        for unnamed nodes), and the producing node of every tensor. Read without the ``onnx``
+        package (:mod:`node_engine.onnx_nodes`): a device install does not have it."""
         names: list[str] = []
         producers: dict[str, str] = {}
         used: set[str] = set()
-        for idx, node in enumerate(model.graph.node):
+        for idx, node in enumerate(graph_nodes(path)):
             name = node.name or f"{node.op_type}_{idx}"
             if name in used:
                 name = f"{name}_{idx}"
             used.add(name)
             names.append(name)
-            for out in node.output:
+            for out in node.outputs:
                 if out:
                     producers[out] = name
         return cls(names, producers)

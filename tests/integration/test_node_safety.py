@@ -98,8 +98,8 @@ def test_refusals_are_reported_and_the_node_keeps_serving(node: subprocess.Popen
     assert _failed(observer, 13, generation=0).reason.startswith("bad command: DeleteCommand:")
 
     # commands that decode but make no sense
-    observer.publish(control, encode(_deploy(cluster, -1, "part0")))
-    assert _failed(observer, -1).reason == "bad command: stage: must be >= 0, not -1"
+    observer.publish(control, encode(_deploy(cluster, -2, "part0")))
+    assert _failed(observer, -2).reason == "bad command: stage: must be >= 0 (or -1, a relay entry), not -2"
     bad_route = NextStage(NODE_ID, "localhost", "x/1/1")
     observer.publish(control, encode(_deploy(cluster, 14, "part0", next=bad_route)))
     assert _failed(observer, 14).reason.startswith("bad command: next.endpoint: must be tcp://host:port")

@@ -150,3 +150,30 @@ def test_every_node_dependency_has_a_manylinux_aarch64_wheel(tmp_path: Path) -> 
         assert platform == "any" or "aarch64" in platform, wheel
     names = {_name(w.split("-", 1)[0].replace("_", "-")) for w in wheels}
     assert {_name(r).replace("_", "-") for r in NODE_DEPENDENCIES} <= names, (names, NODE_DEPENDENCIES)
+
+
+def test_graph_nodes_match_onnx_without_importing_it(tmp_path: Path) -> None:
+    """Profiling names kernels from the model file with node_engine.onnx_nodes, not the onnx package."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from node_engine.onnx_nodes import graph_nodes
+
+    weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"),
+             helper.make_node("Relu", ["a"], ["b"]),  # unnamed, as exporters often leave them
+             helper.make_node("Relu", ["b"], ["c"]),
+             helper.make_node("Add", ["c", "a"], ["y"], name="mm")]  # a duplicate name
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [weight])
+    model = helper.make_model(graph)
+    onnx.save(model, tmp_path / "external.onnx", save_as_external_data=True, size_threshold=0)
+    onnx.save(model, tmp_path / "inline.onnx")
+    expected = [(n.name, n.op_type, tuple(n.output)) for n in model.graph.node]
+    for name in ("external.onnx", "inline.onnx"):
+        assert [(n.name, n.op_type, n.outputs) for n in graph_nodes(tmp_path / name)] == expected
+    (tmp_path / "cut.onnx").write_bytes((tmp_path / "inline.onnx").read_bytes()[:-40])
+    with pytest.raises(ValueError, match="truncated"):
+        graph_nodes(tmp_path / "cut.onnx")
+
