@@ -63,7 +63,6 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
     ``instance_id`` names this process: the cluster refuses the name while another live
     process holds it (two stacks, or two nodes started with one name, never share it).
     """
-    battery = emulated_battery(profile)
     return {
         "name": name,
         "instance_id": instance_id,
@@ -74,7 +73,9 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
         "memory_limit_mb": memory_limit_mb(profile),
         "speed_factor": profile.speed_factor,
         "accelerators": [dataclasses.asdict(a) for a in emulated_accelerators(profile)],
-        "battery": dataclasses.asdict(battery) if battery else None,
+        # the registration contract's battery is {percent, charging}; telemetry carries the rest
+        "battery": ({"percent": profile.battery.percent, "charging": profile.battery.charging}
+                    if profile.battery else None),
         "labels": list(dict.fromkeys([*profile.labels, *labels])),
         "data_endpoint": data_endpoint,
         # Declared device figures for the planner's energy and link costs (docs/contracts.md,
