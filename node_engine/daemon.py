@@ -45,7 +45,7 @@ from node_engine.refusals import MIB
 from node_engine.registration import register
 from node_engine.runtime import load_partition
 from node_engine.stages import Session, StageRunner, StageTable
-from node_engine.telemetry import memory_limit_mb, read_telemetry, registration_body
+from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemetry, registration_body
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
@@ -212,6 +212,7 @@ class NodeEngine:
         self._liveness: Liveness | None = None
         self._link: MqttLink | None = None
         self._links: LinkMonitor | None = None
+        self._telemetry: TelemetryReader | None = None
 
     # ------------------------------------------------------------------ main flow
 
@@ -231,6 +232,8 @@ class NodeEngine:
                                  curve_secret_key=curve_secret_key(data_dir), on_transfer=links.on_transfer)
         commands: CommandHandler | None = None
         profiler: ProfileWorker | None = None
+        # one reader for the node's life: rates (disk, network, RAPL) need the previous sample
+        self._telemetry = TelemetryReader(self.config.profile, self.clock, disk_path=str(data_dir))
         try:
             endpoint = server.start()
             body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
@@ -284,6 +287,8 @@ class NodeEngine:
             if commands is not None:
                 commands.stop()
             links.close()
+            if self._telemetry is not None:
+                self._telemetry.close()
             if profiler is not None:
                 profiler.stop()
             server.close()
@@ -309,7 +314,8 @@ class NodeEngine:
 
     def _publish_telemetry(self, link: MqttLink) -> None:
         seq = self._liveness.seq if self._liveness is not None else 0
-        sample = read_telemetry(self.node_id, self.config.profile, self.stages.keys(), self.clock, seq)
+        sample = read_telemetry(self.node_id, self.config.profile, self.stages.keys(), self.clock, seq,
+                                reader=self._telemetry)
         if self._links is not None:  # measured links (node_engine.links)
             sample = dataclasses.replace(sample, links=self._links.readings() or None)
         link.publish(topics.information(self.node_id), encode(sample))
