@@ -35,6 +35,7 @@ from benchmarks.hardening import (
     write_big_onnx,
 )
 from deployment_descriptors import example_path
+from model_zoo.tiny import INPUT_SHAPE as TINY_INPUT_SHAPE
 from model_zoo.tiny import tiny_dag_bytes
 
 pytestmark = pytest.mark.integration
@@ -170,6 +171,8 @@ def _service_and_push(root: RootProcess, http: requests.Session, name: str) -> t
     sla = json.loads(example_path("mobilenet_v2_single").read_text())
     sla["applications"][0]["application_name"] = name
     sla["applications"][0]["microservices"][0]["model"]["name"] = "tiny"
+    # the declared input must be tiny's: the root checks it against the registered signature
+    sla["applications"][0]["microservices"][0]["model"]["input"]["shape"] = list(TINY_INPUT_SHAPE)
     created = http.post(f"{root.url}/api/application/", json=sla, timeout=30).json()
     app = created[0] if isinstance(created, list) else created["applications"][0]
     sid = app["microservices"][0]
