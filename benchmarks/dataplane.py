@@ -26,7 +26,11 @@ plain TCP every time; the forwarding stage signs and the next verifies). ``mac_u
 the cost of the authenticator itself for 100 KB (sign = verify), with keyed BLAKE2b for
 comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire``).
 ``link_estimate_error`` [<= 0.10] and the ``link_*`` figures come from :mod:`benchmarks.links`;
-``node_idle_rss_mb`` [<= 80] and ``node_idle_cpu_percent`` [<= 1] from :mod:`benchmarks.node_idle`.
+``node_idle_rss_mb`` [<= 80] and ``node_idle_cpu_percent`` [<= 1] from :mod:`benchmarks.node_idle`;
+``serving_overhead_ratio`` [<= 1.10] (whole MobileNetV2 through one node over raw
+``session.run``), ``hop_overhead_ms`` [<= 0.3] (p50 per extra stage, 100 KB),
+``local_hop_overhead_ms`` (the same with the stages on one node) and
+``pipeline_efficiency_k2/k3/k4`` [>= 0.90] from :mod:`benchmarks.serving`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import zmq
 from benchmarks.links import run as measure_links
 from benchmarks.node_idle import run as measure_node_idle
 from benchmarks.report import add_json_option, benchmark_parser, report
+from benchmarks.serving import run as measure_serving
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.security import StageAccess
 from node_engine.data_plane.server import DataPlaneServer
@@ -225,6 +230,7 @@ def run(quick: bool) -> dict[str, Any]:
         result[f"mac_{name}_us"] = us
     result.update(measure_links(quick))  # link_estimate_error and its per-profile figures (benchmarks.links)
     result.update(measure_node_idle(quick))  # node_idle_rss_mb, node_idle_cpu_percent (benchmarks.node_idle)
+    result.update(measure_serving(quick))  # serving_overhead_ratio, hop_overhead_ms, pipeline_efficiency_k*
     return result
 
 

@@ -1,0 +1,321 @@
+"""Serving overhead of the data plane: whole model, extra stages and pipelines, on loopback.
+
+Run ``python -m benchmarks.serving [--quick] [--json PATH]`` (its figures are also part of
+``python -m benchmarks.dataplane``). Every server here is the real
+:class:`~node_engine.data_plane.server.DataPlaneServer` with the real
+:class:`~node_engine.stages.StageRunner`, started **in this process** (its poll thread and
+workers, as a node engine runs them) and reached by a real
+:class:`~node_engine.data_plane.client.TensorClient` over loopback TCP. Goals in brackets.
+
+- ``serving_overhead_ratio`` [<= 1.10]: the whole MobileNetV2 (``model_zoo``, input
+  1x3x224x224 float32) served by one node, request in and answer out, p50, over the p50 of
+  ``PartitionSession.run`` called directly on the very same session (same options, same
+  threads) in this process. The two are interleaved in rounds so drift hits both alike.
+  ``serving_overhead_ms`` is the difference of the p50s.
+- ``hop_overhead_ms`` [<= 0.3]: p50 added by each extra stage on another node for a 100 KB
+  float32 tensor: chains of 1..4 nodes (every stage but the last passes the tensor on, the
+  last answers its sum, one request in flight), the least-squares slope of p50 over the
+  number of stages. ``chain_<k>_p50_ms`` are the points. ``local_hop_overhead_ms`` is the
+  same slope with every stage on ONE node, where the next stage gets the arrays in-process
+  (no socket, no serialisation, no copy).
+- ``pipeline_efficiency_k<k>`` [>= 0.90] for k = 2, 3, 4: k emulated equal devices, each a
+  process of its own serving one stage with one worker (as an emulated node engine runs),
+  each stage one real elementwise pass over a 100 KB tensor and then the rest of
+  ``STAGE_MS`` waited out (see :class:`_Device` for why a fixed time), fed by one client
+  keeping ``2k`` requests in flight: measured requests/s over the planner's throughput bound
+  ``1000 / bottleneck_ms`` (``ml_scheduler.problem``; equal stages on loopback, no link
+  term: the bottleneck is one stage's time), the stage time measured on one device alone,
+  one request at a time, in the same run (``pipeline_stage_ms``, mean).
+  ``pipeline_stage_ms_k<k>`` is the slowest stage's mean time the devices reported while
+  pipelined: when it exceeds ``pipeline_stage_ms`` the host, not the data plane, slowed
+  the devices down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import model_zoo
+from benchmarks.report import add_json_option, benchmark_parser, report
+from node_engine.data_plane.client import TensorClient
+from node_engine.data_plane.server import DataPlaneServer
+from node_engine.runtime import PartitionSession
+from node_engine.stages import LoadedStage, Session, StageRunner, StageTable
+from treeline_common.messages import NextStage
+
+TENSOR_VALUES = 25_600  # 100 KB of float32
+SERVING_GOAL = 1.10
+HOP_GOAL_MS = 0.3
+EFFICIENCY_GOAL = 0.90
+STAGE_MS = 8.0  # target emulated stage time of the pipeline benchmark
+PIPELINE_KS = (2, 3, 4)
+START_TIMEOUT_S = 30.0
+
+
+class _Pass:
+    """A stage that sends its input on unchanged."""
+
+    input_names: tuple[str, ...] = ("x",)
+    output_names: tuple[str, ...] = ("x",)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"x": inputs["x"]}
+
+    def close(self) -> None:
+        pass
+
+
+class _Sum(_Pass):
+    """A last stage whose answer is small (the sum), so the reply costs next to nothing."""
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"x": np.asarray(inputs["x"].sum(), dtype=np.float32)}
+
+
+class _Device(_Pass):
+    """An emulated device of fixed speed: one real elementwise pass over the 100 KB tensor, then
+    the rest of ``stage_ms`` waited out (an accelerator computing while the host CPU is free).
+
+    A fixed stage time rather than the emulator's proportional slowdown: that slowdown multiplies
+    whatever the real compute took, host contention included (by 1/speed, 10-25x for stages of
+    a few ms here), so on a small shared host it measures the host's load, not the data plane.
+    """
+
+    def __init__(self, seed: int, stage_ms: float) -> None:
+        self._weight = np.random.default_rng(seed).standard_normal(TENSOR_VALUES).astype(np.float32)
+        self._stage_s = stage_ms / 1000.0
+        self._busy = threading.Event()  # never set: waited on for the emulated rest of the stage
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        x = np.tanh(inputs["x"] * self._weight)
+        self._busy.wait(max(0.0, self._stage_s - (time.perf_counter() - started)))
+        return {"x": x}
+
+
+def _stage(key: str, session: Session, nxt: NextStage | None = None) -> LoadedStage:
+    deployment, generation, index = key.split("/")
+    return LoadedStage(key, deployment, int(index), "x", int(generation), session, nxt)
+
+
+@contextmanager
+def _server(stages: Sequence[LoadedStage], runner: StageRunner | None = None,
+            workers: int = 2) -> Iterator[DataPlaneServer]:
+    table = StageTable()
+    for stage in stages:
+        table.put(stage)
+    server = DataPlaneServer(table, runner or StageRunner(), workers=workers)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _p50_ms(samples: Sequence[float]) -> float:
+    return float(statistics.median(samples))
+
+
+def _timed(call: Any, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000.0)
+    return samples
+
+
+# ---------------------------------------------------------------- whole model, one node
+
+def serving_overhead(model_path: Path, n: int, rounds: int, warmup: int) -> dict[str, float]:
+    """MobileNetV2 through one node vs ``session.run`` on the same session (interleaved rounds)."""
+    session = PartitionSession(model_path)
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    feed = {session.input_names[0]: x}
+    key = "serve/1/0"
+    raw: list[float] = []
+    served: list[float] = []
+    with _server([_stage(key, session)]) as server, TensorClient(server.endpoint) as client:
+        def direct() -> None:
+            session.run(feed)
+
+        def through_node() -> None:
+            client.infer(key, feed)
+
+        _timed(direct, warmup)
+        _timed(through_node, warmup)
+        per_round = max(1, n // rounds)
+        for _ in range(rounds):
+            raw.extend(_timed(direct, per_round))
+            served.extend(_timed(through_node, per_round))
+    raw_p50, served_p50 = _p50_ms(raw), _p50_ms(served)
+    return {"serving_raw_p50_ms": raw_p50, "serving_node_p50_ms": served_p50,
+            "serving_overhead_ms": served_p50 - raw_p50, "serving_overhead_ratio": served_p50 / raw_p50,
+            "serving_goal_met": served_p50 / raw_p50 <= SERVING_GOAL}
+
+
+# ---------------------------------------------------------------- extra stages
+
+def _chain_stages(k: int, prefix: str) -> list[str]:
+    return [f"{prefix}{k}/1/{i}" for i in range(k)]
+
+
+def _remote_chain(stack: ExitStack, k: int) -> tuple[str, str]:
+    """k nodes, one stage each; returns (entry endpoint, entry stage key)."""
+    keys = _chain_stages(k, "remote")
+    nxt: NextStage | None = None
+    endpoint = ""
+    for i in reversed(range(k)):
+        session: Session = _Sum() if i == k - 1 else _Pass()
+        server = stack.enter_context(_server([_stage(keys[i], session, nxt)]))
+        endpoint = server.endpoint
+        nxt = NextStage(f"n{i}", endpoint, keys[i])
+    return endpoint, keys[0]
+
+
+def _local_chain(stack: ExitStack, k: int) -> tuple[str, str]:
+    """One node serving all k stages, each routed to the next on the same node."""
+    keys = _chain_stages(k, "local")
+    table = StageTable()
+    server = DataPlaneServer(table, StageRunner())
+    endpoint = server.start()  # the routes name the node's own endpoint: known once it is bound
+    stack.callback(server.close)
+    for i in range(k):
+        nxt = NextStage("self", endpoint, keys[i + 1]) if i < k - 1 else None
+        table.put(_stage(keys[i], _Sum() if i == k - 1 else _Pass(), nxt))
+    return endpoint, keys[0]
+
+
+def _slope(xs: Sequence[int], ys: Sequence[float]) -> float:
+    return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0])
+
+
+def extra_stages(n: int, rounds: int, warmup: int) -> dict[str, float]:
+    """p50 of chains of 1..4 stages, on separate nodes and on one node; the per-stage slopes."""
+    x = np.random.default_rng(1).standard_normal(TENSOR_VALUES).astype(np.float32)
+    ks = (1, 2, 3, 4)
+    result: dict[str, float] = {}
+    with ExitStack() as stack:
+        calls = {}
+        for where, build in (("chain", _remote_chain), ("local_chain", _local_chain)):
+            for k in ks:
+                endpoint, key = build(stack, k)
+                client = stack.enter_context(TensorClient(endpoint))
+                calls[f"{where}_{k}"] = (lambda c=client, s=key: c.infer(s, {"x": x}))
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for call in calls.values():
+            _timed(call, warmup)
+        per_round = max(1, n // rounds)
+        for _ in range(rounds):
+            for name, call in calls.items():
+                samples[name].extend(_timed(call, per_round))
+    for name, values in samples.items():
+        result[f"{name}_p50_ms"] = _p50_ms(values)
+    result["hop_overhead_ms"] = _slope(ks, [result[f"chain_{k}_p50_ms"] for k in ks])
+    result["local_hop_overhead_ms"] = _slope(ks, [result[f"local_chain_{k}_p50_ms"] for k in ks])
+    result["hop_goal_met"] = result["hop_overhead_ms"] <= HOP_GOAL_MS
+    return result
+
+
+# ---------------------------------------------------------------- pipelines of emulated devices
+
+def _serve_device(key: str, nxt: NextStage | None, seed: int, conn: Connection) -> None:
+    """Child process: one emulated device (one worker) serving ``key``; sends its endpoint, serves
+    until the parent closes the pipe."""
+    with _server([_stage(key, _Device(seed, STAGE_MS), nxt)], workers=1) as server:
+        conn.send(server.endpoint)
+        with contextlib.suppress(EOFError):
+            conn.recv()
+
+
+@contextmanager
+def _device_process(key: str, nxt: NextStage | None, seed: int) -> Iterator[str]:
+    """A :func:`_serve_device` process; yields its endpoint."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_serve_device, args=(key, nxt, seed, child), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(START_TIMEOUT_S):
+            raise RuntimeError(f"emulated device for {key} did not start within {START_TIMEOUT_S}s")
+        yield str(parent.recv())
+    finally:
+        parent.close()
+        process.join(5.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def pipeline_efficiency(requests: int) -> dict[str, float]:
+    """Throughput of k emulated equal devices against the planner's bound, k in PIPELINE_KS."""
+    x = np.random.default_rng(2).standard_normal(TENSOR_VALUES).astype(np.float32)
+    result: dict[str, float] = {}
+    with ExitStack() as stack:  # one device alone, one request at a time: the planner's stage time
+        key = "alone/1/0"
+        client = stack.enter_context(TensorClient(stack.enter_context(_device_process(key, None, 0))))
+        _timed(lambda: client.infer(key, {"x": x}), 20)
+        stage_ms = statistics.fmean(client.infer(key, {"x": x})[1][key] for _ in range(50))
+    result["pipeline_stage_ms"] = stage_ms
+    bound_rps = 1000.0 / stage_ms  # ml_scheduler.problem: throughput = 1000 / bottleneck_ms
+    for k in PIPELINE_KS:
+        keys = _chain_stages(k, "pipe")
+        with ExitStack() as stack:
+            nxt: NextStage | None = None
+            endpoint = ""
+            for i in reversed(range(k)):  # one process per emulated device, as node engines run
+                endpoint = stack.enter_context(_device_process(keys[i], nxt, i))
+                nxt = NextStage(f"n{i}", endpoint, keys[i])
+            client = stack.enter_context(TensorClient(endpoint))
+            client.infer_many(keys[0], [{"x": x}] * (4 * k), max_in_flight=2 * k)  # warm up
+            started = time.perf_counter()
+            answers = client.infer_many(keys[0], [{"x": x}] * requests, max_in_flight=2 * k)
+            rps = requests / (time.perf_counter() - started)
+        # the stage times the devices reported while pipelined (contention on this host shows here)
+        result[f"pipeline_stage_ms_k{k}"] = max(statistics.fmean(timings[key] for _, timings, _ in answers)
+                                               for key in keys)
+        result[f"pipeline_rps_k{k}"] = rps
+        result[f"pipeline_efficiency_k{k}"] = rps / bound_rps
+    result["pipeline_bound_rps"] = bound_rps
+    efficiencies = [result[f"pipeline_efficiency_k{k}"] for k in PIPELINE_KS]
+    result["pipeline_goal_met"] = min(efficiencies) >= EFFICIENCY_GOAL
+    return result
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Every figure of the module docstring."""
+    cache = Path(os.environ.get("TREELINE_MODEL_CACHE", Path(tempfile.gettempdir()) / "treeline-models"))
+    model_zoo.cached_onnx("mobilenet_v2", cache)
+    n, rounds, warmup = (200, 5, 20) if quick else (1000, 10, 50)
+    result: dict[str, Any] = {}
+    result.update(serving_overhead(cache / "mobilenet_v2.onnx", n // 2, rounds, warmup))
+    result.update(extra_stages(n, rounds, warmup))
+    result.update(pipeline_efficiency(150 if quick else 600))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = benchmark_parser(__doc__, "fewer requests (about 20 s)")
+    add_json_option(parser, "serving")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    report(run(args.quick), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
