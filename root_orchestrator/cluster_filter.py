@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from root_orchestrator.ranking import is_active, last_seen
-
-ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64", "armv8": "aarch64",
-                "arm": "armv7l", "armhf": "armv7l", "armv7": "armv7l"}
+from treeline_common.arch import normal_arch
 
 REASON_INACTIVE = "inactive"
 REASON_NOT_ALLOWED = "not_allowed"
@@ -37,11 +35,6 @@ REASON_ARCH = "arch"
 REASON_ACCELERATOR = "accelerator"
 REASON_MEMORY = "memory"
 REASON_EXCLUDED = "excluded"
-
-
-def normal_arch(name: str) -> str:
-    key = name.strip().lower()
-    return ARCH_ALIASES.get(key, key)
 
 
 @dataclass(frozen=True)

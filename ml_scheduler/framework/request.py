@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from deployment_descriptors.views import Microservice, NodeSelector
+from treeline_common.arch import spellings
 
 if TYPE_CHECKING:
     from ml_scheduler.graph import ModelGraph
@@ -107,4 +108,6 @@ class PlacementRequest:
             energy_budget_mj=ml.energy_mj,
             latency_ms=ml.latency_ms,
             max_partitions=model.max_partitions if model is not None else 1,
+            allowed_archs=tuple(dict.fromkeys(spelling for arch in ms.raw.get("arch") or ()
+                                              for spelling in spellings(str(arch)))),
         )

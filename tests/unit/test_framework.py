@@ -287,3 +287,18 @@ def test_no_filtered_node_is_ever_shortlisted(nodes: list[NodeView], request: Pl
     totals = [result.scores[n].total for n in result.candidate_ids]
     assert totals == sorted(totals, reverse=True)
     json.dumps(explain(result))
+
+
+def test_the_slas_arch_list_filters_nodes_in_any_spelling() -> None:
+    """An SLA's ``arch`` (Docker's ``amd64``/``arm64`` or ``platform.machine()`` names) is enforced
+    inside the cluster too, not only by the root's choice of cluster."""
+    from deployment_descriptors.views import Microservice
+    from ml_scheduler.framework.request import GraphStats, PlacementRequest
+
+    raw = {"microservice_name": "m", "microservice_namespace": "n", "virtualization": "ml-model",
+           "arch": ["amd64"], "constraints": []}
+    request = PlacementRequest.from_microservice(Microservice.from_dict(raw), GraphStats(1, 1, 1, 1))
+    assert "x86_64" in request.allowed_archs and "amd64" in request.allowed_archs
+    assert "aarch64" not in request.allowed_archs
+    none = PlacementRequest.from_microservice(Microservice.from_dict({**raw, "arch": []}), GraphStats(1, 1, 1, 1))
+    assert none.allowed_archs == ()
