@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from treeline_common import wire
+from treeline_common.aggregate_schema import aggregate_problems
 from treeline_common.errors import InvalidInput
 
 SCHEMA_VERSION = 1
@@ -227,4 +228,11 @@ class ClusterPush:
 
     @classmethod
     def from_dict(cls, body: Any) -> ClusterPush:
-        return _decode(cls, body, "cluster information")
+        """Validated decode: the jobs by their schema, the aggregate's known fields by
+        :func:`treeline_common.aggregate_schema.aggregate_problems`; InvalidInput names each."""
+        push = _decode(cls, body, "cluster information")
+        problems = aggregate_problems(push.aggregate)
+        if problems:
+            first = problems[0]
+            raise InvalidInput(f"invalid cluster information: {first['path']}: {first['message']}", problems)
+        return push

@@ -181,3 +181,24 @@ def test_deleting_an_instance_of_an_inactive_cluster_does_not_wait_for_it(root: 
     answer = push(root, b, report(sid, "RUNNING"))
     assert answer["release"] == [{"service_id": sid, "instance": 0, "reason": "unknown instance"}]
     assert push(root, b, report(sid, "DELETED"))["release"] == []  # its last report is expected
+
+
+@pytest.mark.parametrize(("patch", "path"), [
+    ({"active_nodes": "many"}, "aggregate.active_nodes"),
+    ({"architectures": [1, 2]}, "aggregate.architectures"),
+    ({"architectures": {"riscv64": "x"}}, "aggregate.architectures.riscv64"),
+    ({"memory_total_free_mb": -5}, "aggregate.memory_total_free_mb"),
+    ({"battery_share": 7}, "aggregate.battery_share"),
+    ({"accelerator_kinds": ["gpu"]}, "aggregate.accelerator_kinds"),
+    ({"best_device_class": 3}, "aggregate.best_device_class"),
+    ({"links": {"rtt_ms_median": -1}}, "aggregate.links.rtt_ms_median"),
+    ({"cpu_percent": 250}, "aggregate.cpu_percent"),
+])
+def test_a_malformed_aggregate_is_refused_whole_and_nothing_is_stored(root: Root, patch: dict[str, Any],
+                                                                      path: str) -> None:
+    cid = root.register_cluster("a", "http://a:1", active_nodes=1, architectures={"x86_64": 1})
+    r = root.http.post(f"/api/information/{cid}", json={"aggregate": {"active_nodes": 2, **patch}, "jobs": []})
+    assert r.status_code == 400, r.get_json()
+    assert path in [d["path"] for d in r.get_json()["error"]["details"]]
+    stored = root.http.get(f"/api/clusters/{cid}").get_json()["aggregate"]
+    assert stored == {"active_nodes": 1, "architectures": {"x86_64": 1}}  # the last good push stays
