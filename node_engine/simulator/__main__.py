@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 
 from node_engine.simulator.config import parse_args
 from node_engine.simulator.fleet import Fleet
+from treeline_common.errors import TreelineError, Unauthorized
 from treeline_common.shutdown import ShutdownSignal
 
 
@@ -21,10 +23,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s [simulator] %(name)s: %(message)s")
     shutdown = ShutdownSignal()
     fleet = Fleet(config)
-    try:
-        fleet.start()
-    except (TimeoutError, RuntimeError, OSError) as exc:
-        print(f"simulator: {exc}", file=sys.stderr)
+    failure: list[BaseException] = []
+    started = threading.Event()
+
+    def start() -> None:  # on a thread: a signal during registration still stops the simulator
+        try:
+            fleet.start()
+        except (TreelineError, TimeoutError, RuntimeError, OSError) as exc:
+            failure.append(exc)
+        finally:
+            started.set()
+
+    threading.Thread(target=start, name="fleet-start", daemon=True).start()
+    while not started.wait(0.2):
+        if shutdown.received is not None:  # SIGTERM/SIGINT while registering
+            print("simulator: stopped while starting", file=sys.stderr)
+            fleet.kill()
+            return 1
+    if failure:
+        hint = " (give the cluster's join token: --join-token or TREELINE_JOIN_TOKEN)" if isinstance(
+            failure[0], Unauthorized) else ""
+        print(f"simulator: {failure[0]}{hint}", file=sys.stderr)
+        fleet.kill()
         return 1
     print(f"simulator: {len(fleet.nodes)} virtual nodes online ({config.mode}); Ctrl-C to stop",
           file=sys.stderr)

@@ -101,6 +101,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[FleetConfig, str]:
     """``(config, log level)``; exits with status 2 on a bad command line."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
     try:
         config = FleetConfig(
             cluster_url=args.cluster_url.rstrip("/"), nodes=args.nodes, mode=args.mode,
