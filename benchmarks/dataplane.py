@@ -235,7 +235,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, "fewer requests (about 10 s)")
+    parser = benchmark_parser(__doc__, "fewer requests (about 30 s)")
     add_json_option(parser, "dataplane")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
