@@ -368,7 +368,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, "fewer requests (about 20 s)")
+    parser = benchmark_parser(__doc__, "fewer requests (about 12 s)")
     add_json_option(parser, "serving")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
