@@ -68,6 +68,7 @@ from treeline_cli.stack_checks import (
     port_is_free,
 )
 from treeline_cli.stack_clusters import (
+    FIRST_CLUSTER_ALIASES,
     ClusterInfo,
     FirstCluster,
     cluster_command,
@@ -160,10 +161,13 @@ class Stack:
                               instance_id=instance_id, started_at=started_at)
 
     def process(self, name: str) -> ManagedProcess:
+        """The child ``name``; ``cluster-1`` is cluster 1's process ``cluster`` (its name at the root)."""
+        name = FIRST_CLUSTER_ALIASES.get(name, name)
         for managed in self.processes:
             if managed.name == name:
                 return managed
-        raise KeyError(name)
+        known = ", ".join(m.name for m in self.processes)
+        raise KeyError(f"no process {name!r} in this stack (it has {known})")
 
     # ------------------------------------------------------------------ fault injection
 
@@ -177,6 +181,7 @@ class Stack:
         return self.process(f"node-{name}")
 
     def _is_broker(self, name: str) -> bool:
+        name = FIRST_CLUSTER_ALIASES.get(name, name)
         return any(c.broker == name for c in self.started_clusters)
 
     def kill(self, name: str) -> ManagedProcess | BrokerProcess:

@@ -83,11 +83,15 @@ def cluster_name(index: int) -> str:
     return f"cluster-{index}"
 
 
+# cluster 1's processes keep a one-cluster stack's names; its name at the root is cluster-1
+FIRST_CLUSTER_ALIASES = {"cluster-1": "cluster", "broker-1": "broker"}
+
+
 def find_cluster(clusters: list[ClusterInfo], ref: int | str) -> ClusterInfo:
     """The cluster ``ref`` names: its index (1-based), its name (``cluster-2``), its process name
     (``cluster``, ``cluster-2``) or its broker's name (``broker``, ``broker-2``). KeyError otherwise."""
     for cluster in clusters:
-        names = (cluster.name, cluster.process, cluster.broker)
+        names = (cluster.name, cluster.process, cluster.broker, f"broker-{cluster.index}")
         if (ref == cluster.index) if isinstance(ref, int) else (ref in names):
             return cluster
     known = ", ".join(c.name for c in clusters)

@@ -66,6 +66,12 @@ class StackConfig:
         if self.more_cluster_ports and len(self.more_cluster_ports) != self.clusters - 1:
             raise ValueError(f"more_cluster_ports needs {self.clusters - 1} ports, "
                              f"not {len(self.more_cluster_ports)}")
+        for what, ports in (("cluster_port", self.cluster_ports()), ("broker_port", self.broker_ports()),
+                            ("root_port", (self.root_port,))):
+            if any(not 0 <= port <= 65535 for port in ports):
+                raise ValueError(f"{what} {ports[0]} leaves no room for {self.clusters} clusters "
+                                 f"(ports end at 65535)" if what != "root_port" else
+                                 f"root_port must be 0..65535, not {self.root_port}")
         if self.mqtt_url and self.clusters > 1:
             raise ValueError("mqtt_url names one broker, and every cluster needs its own: "
                              "leave it unset so that the stack starts one per cluster")

@@ -98,3 +98,26 @@ def test_find_cluster_by_index_name_process_or_broker() -> None:
                                                           "broker-2")] == [1, 2, 1, 1, 1, 2, 2]
     with pytest.raises(KeyError, match="cluster-3"):
         find_cluster(clusters, "cluster-3")
+
+
+def test_ports_past_65535_are_a_usage_error_naming_the_setting(tmp_path: Path) -> None:
+    from treeline_cli.stack_config import StackConfig
+
+    with pytest.raises(ValueError, match="cluster_port 65535 leaves no room for 2 clusters"):
+        StackConfig(data_dir=tmp_path, clusters=2, cluster_port=65535).validate()
+    with pytest.raises(ValueError, match="broker_port 65534 leaves no room for 3 clusters"):
+        StackConfig(data_dir=tmp_path, clusters=3, cluster_port=20000, broker_port=65534).validate()
+    StackConfig(data_dir=tmp_path, clusters=2, cluster_port=65534).validate()  # 65534, 65535: fits
+
+
+def test_cluster_1_names_cluster_ones_process(tmp_path: Path) -> None:
+    """The root calls cluster 1 ``cluster-1``; its process keeps a one-cluster stack's name."""
+    from types import SimpleNamespace
+
+    from treeline_cli.stack import Stack
+
+    first, second = SimpleNamespace(name="cluster"), SimpleNamespace(name="cluster-2")
+    stack = Stack(StackConfig(data_dir=tmp_path, clusters=2), processes=[first, second])  # type: ignore[list-item]
+    assert stack.process("cluster-1") is first and stack.process("cluster-2") is second
+    with pytest.raises(KeyError, match="no process 'cluster-3' in this stack"):
+        stack.process("cluster-3")

@@ -57,6 +57,9 @@ def logs(component: str, follow: bool, tail_lines: int | None) -> None:
     if not files:
         raise Failure(f"no logs under {data_dir}",
                       "`treeline up` writes them there; pass --data-dir if it ran elsewhere")
+    from treeline_cli.stack_clusters import FIRST_CLUSTER_ALIASES
+
+    component = FIRST_CLUSTER_ALIASES.get(component, component)  # cluster 1's processes: cluster, broker
     path = files.get(component) or files.get(component.removeprefix("node-"))
     if path is None:
         raise Failure(f"no log of {component!r} under {data_dir}", f"there are: {', '.join(sorted(files))}")
