@@ -164,8 +164,13 @@ class InstanceManager:
                                 [{"path": "clusters", "message": "no cluster registered"}])
         message = ("no active cluster" if not rank_clusters(clusters, now, self.active_window_s)
                    else "no cluster meets the SLA")
-        raise Unschedulable(message, [{"path": f"clusters.{name}", "message": reason}
-                                      for name, reason in sorted(rejected.items())])
+        details = [{"path": f"clusters.{name}", "message": reason}
+                   for name, reason in sorted(rejected.items())]
+        known = {str(c.get("cluster_name")) for c in clusters}
+        details += [{"path": "constraints", "message": f"no cluster named {name!r} is registered "
+                     f"(there are {', '.join(sorted(known))})"}
+                    for name in sorted((needs.allowed or set()) - known)]
+        raise Unschedulable(message, details)
 
     def job_for(self, service: dict[str, Any], number: int, version: dict[str, Any]) -> dict[str, Any]:
         """The :class:`JobRequest` (as a dict) of instance ``number`` of ``service``."""
@@ -183,7 +188,13 @@ class InstanceManager:
         except NotFound:
             owner = ""
         version = self.resolve_model(service, owner)
-        candidates, rejected = self.candidates(service.get("microservice") or {}, version)
+        try:
+            candidates, rejected = self.candidates(service.get("microservice") or {}, version)
+        except Unschedulable as exc:  # say so on the service: `describe` shows why nothing runs
+            reasons = "; ".join(f"{d.get('path')}: {d.get('message')}" for d in exc.details)
+            detail = f"not deployed: {exc.message}: {reasons}"
+            self._update(service_id, lambda doc: None if doc.get("instances") else {"status_detail": detail})
+            raise
         resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
         reserved: dict[str, int] = {}
 

@@ -270,8 +270,8 @@ KINDS: tuple[Kind, ...] = (
         Column("AGE", lambda e: age(e.get("ts"))),
         Column("SERVICE", lambda e: e.get("microservice_name")),
         Column("KIND", lambda e: e.get("kind")),
-        Column("CAUSE", lambda e: e.get("cause")),
-        Column("DETAIL", lambda e: event_detail(e)),
+        Column("CAUSE", lambda e: clip(e.get("cause"), 48)),
+        Column("DETAIL", lambda e: clip(event_detail(e), 120)),
     ), _no_single_event),
 )
 
@@ -284,6 +284,12 @@ VERSION_COLUMNS = (
     Column("CREATED", lambda v: age(v.get("created_at"))),
     Column("DESCRIPTION", lambda v: v.get("description") or ""),
 )
+
+
+def clip(value: Any, width: int) -> str:
+    """``value`` as text of at most ``width`` characters (an ellipsis marks a cut; -o json has it all)."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def cluster_costs(answers: Sequence[Doc]) -> list[str]:
@@ -301,6 +307,8 @@ def event_detail(event: Doc) -> str:
         parts.append(f"chose {event.get('chosen') or 'none'}" + (f" ({', '.join(costs)})" if costs else ""))
     if event.get("kind") in ("moved", "move_failed", "failover_blocked") and event.get("message"):
         parts.append(str(event["message"]))
+    if event.get("kind") == "failover_blocked" and isinstance(event.get("reasons"), dict):
+        parts += [f"{path.removeprefix('clusters.')}: {reason}" for path, reason in event["reasons"].items()]
     if event.get("nodes"):
         parts.append("on " + ",".join(str(n) for n in event["nodes"]))
     old, new = event.get("old_cost_ms"), event.get("new_cost_ms")

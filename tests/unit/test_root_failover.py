@@ -94,7 +94,15 @@ def test_an_sla_pinned_to_clusters_is_never_sent_elsewhere(root: Root) -> None:
     sid2 = root.submit(sla)
     r = root.http.post(f"/api/service/{sid2}/instance")
     assert r.status_code == 422, r.get_json()
-    assert {d["path"] for d in r.get_json()["error"]["details"]} == {"clusters.a", "clusters.b"}
+    details = {d["path"]: d["message"] for d in r.get_json()["error"]["details"]}
+    assert set(details) == {"clusters.a", "clusters.b", "constraints"}
+    assert details["constraints"] == "no cluster named 'zzz' is registered (there are a, b)"
+    service = root.http.get(f"/api/service/{sid2}").get_json()  # describe says why nothing runs
+    assert service["status"] == "REQUESTED" and service["status_detail"].startswith("not deployed: no cluster meets")
+    sla["applications"][0]["microservices"][0]["constraints"] = [{"type": "clusters", "allowed": []}]
+    sla["applications"][0]["application_name"] = "third"
+    empty = root.http.post("/api/application/", json=sla)
+    assert empty.status_code == 400 and "allowed" in empty.get_json()["error"]["details"][0]["path"]
 
 
 def test_failover_moves_once_switches_on_running_and_releases_the_old_cluster(root: Root) -> None:
