@@ -50,6 +50,7 @@ import zmq
 from benchmarks.links import run as measure_links
 from benchmarks.node_idle import run as measure_node_idle
 from benchmarks.report import add_json_option, benchmark_parser, report
+from benchmarks.serving import PassStage
 from benchmarks.serving import run as measure_serving
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.security import StageAccess
@@ -72,19 +73,6 @@ class _Sum:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"y": np.asarray(inputs["x"].sum(), dtype=np.float32)}
-
-    def close(self) -> None:
-        pass
-
-
-class _Pass:
-    """A first stage that sends its input on unchanged (a real partition would compute)."""
-
-    input_names: tuple[str, ...] = ("x",)
-    output_names: tuple[str, ...] = ("x",)
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"x": inputs["x"]}
 
     def close(self) -> None:
         pass
@@ -166,7 +154,7 @@ def pipeline(x: np.ndarray, n: int, rounds: int, warmup: int) -> dict[str, list[
             nxt = NextStage("b", node_b.curve_endpoint if curve else node_b.endpoint, second,
                             curve_server_key=node_b.curve_public_key if curve else "")
             first = f"pipe-{mode}/1/0"
-            entry = _stage(first, _Pass(), _access(mode, entry=True), nxt)
+            entry = _stage(first, PassStage(), _access(mode, entry=True), nxt)
             node_a = stack.enter_context(_node(f"{mode}-a", [entry]))
             clients[mode] = (stack.enter_context(TensorClient(node_a.endpoint)), first)
         return _interleaved(clients, x, n, rounds, warmup)

@@ -72,8 +72,8 @@ PIPELINE_KS = (2, 3, 4)
 START_TIMEOUT_S = 30.0
 
 
-class _Pass:
-    """A stage that sends its input on unchanged."""
+class PassStage:
+    """A stage that sends its input on unchanged (a real partition would compute)."""
 
     input_names: tuple[str, ...] = ("x",)
     output_names: tuple[str, ...] = ("x",)
@@ -85,14 +85,14 @@ class _Pass:
         pass
 
 
-class _Sum(_Pass):
+class _Sum(PassStage):
     """A last stage whose answer is small (the sum), so the reply costs next to nothing."""
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"x": np.asarray(inputs["x"].sum(), dtype=np.float32)}
 
 
-class _Device(_Pass):
+class _Device(PassStage):
     """An emulated device of fixed speed: one real elementwise pass over the 100 KB tensor, then
     the rest of ``stage_ms`` waited out (an accelerator computing while the host CPU is free).
 
@@ -113,7 +113,7 @@ class _Device(_Pass):
         return {"x": x}
 
 
-class _Constant(_Pass):
+class _Constant(PassStage):
     """Answers a fixed ``shape`` of zeros whatever it gets: the data plane's own share of a request."""
 
     def __init__(self, input_name: str, shape: tuple[int, ...]) -> None:
@@ -223,7 +223,7 @@ def _remote_chain(stack: ExitStack, k: int) -> tuple[str, str]:
     nxt: NextStage | None = None
     endpoint = ""
     for i in reversed(range(k)):
-        session: Session = _Sum() if i == k - 1 else _Pass()
+        session: Session = _Sum() if i == k - 1 else PassStage()
         server = stack.enter_context(_server([_stage(keys[i], session, nxt)]))
         endpoint = server.endpoint
         nxt = NextStage(f"n{i}", endpoint, keys[i])
@@ -239,7 +239,7 @@ def _local_chain(stack: ExitStack, k: int) -> tuple[str, str]:
     stack.callback(server.close)
     for i in range(k):
         nxt = NextStage("self", endpoint, keys[i + 1]) if i < k - 1 else None
-        table.put(_stage(keys[i], _Sum() if i == k - 1 else _Pass(), nxt))
+        table.put(_stage(keys[i], _Sum() if i == k - 1 else PassStage(), nxt))
     return endpoint, keys[0]
 
 
