@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from node_engine.data_plane.service_client import Resolver, RetryPolicy, ServiceClient
+from node_engine.data_plane.service_client import Outcome, Resolver, RetryPolicy, ServiceClient
 from treeline_cli.input_values import Sample, placement_inputs, random_inputs
 from treeline_cli.root_client import RootClient
 
 log = logging.getLogger(__name__)
+CHUNK = 200  # requests sent per infer_many call by run_requests (at least 10 x in flight)
 
 __all__ = ["InferenceReport", "merge", "random_inputs", "run_requests", "service_resolver", "static_resolver",
            "summarize"]
@@ -115,10 +116,19 @@ def run_requests(
     inputs = ([feed[i % len(feed)] for i in range(n)] if feed
               else list(random_inputs(placement_inputs(placement), n, seed)))
     name = service or str(placement.get("service_id") or placement["entry"].get("stage_key", "service"))
+    outcomes: list[Outcome] = []
+    wall_s = 0.0
+    chunk = max(CHUNK, in_flight * 10)
     with ServiceClient(resolve, service=name, policy=policy, key=key) as client:
-        started = time.perf_counter()
-        outcomes = client.infer_many(inputs, max_in_flight=in_flight)
-        wall_s = time.perf_counter() - started
+        for first in range(0, n, chunk):  # in chunks: a service that is gone stops the run early
+            started = time.perf_counter()
+            done = client.infer_many(inputs[first:first + chunk], max_in_flight=in_flight)
+            wall_s += time.perf_counter() - started
+            outcomes += done
+            if done and all(o.error is not None for o in done) and first + chunk < n:
+                log.error("every one of the last %d requests failed; %d not sent", len(done),
+                          n - first - chunk)
+                break
     samples: dict[str, list[float]] = {}
     errors: Counter[str] = Counter()
     latencies: list[float] = []
@@ -129,6 +139,9 @@ def run_requests(
         latencies.append(outcome.latency_s * 1000.0)
         for key, ms in outcome.timings.items():
             samples.setdefault(key, []).append(float(ms))
+    unsent = n - len(outcomes)
+    if unsent:
+        errors["not sent: every request of the chunk before failed"] += unsent
     if errors:
         log.warning("%d of %d requests failed: %s", sum(errors.values()), n, dict(errors))
     return summarize(latencies, wall_s, samples, in_flight, failed=sum(errors.values()), errors=dict(errors))

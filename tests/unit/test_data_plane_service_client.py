@@ -225,6 +225,23 @@ def test_run_requests_follows_the_resolver_and_counts_failures(servers: list[Dat
     assert merged.requests == 12 and merged.failed == 3
 
 
+def test_run_requests_stops_when_a_whole_chunk_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that is gone (its root unreachable) ends the run after one chunk, not after n
+    deadlines; what was not sent is counted as failed, with the reason."""
+    monkeypatch.setattr(inference, "CHUNK", 20)
+    calls: list[int] = []
+
+    def gone() -> tuple[str, str]:
+        calls.append(1)
+        raise RuntimeError("cannot reach the root")
+
+    stale = {"entry": {"endpoint": "tcp://127.0.0.1:1", "stage_key": KEY}, "input": PLACEMENT_INPUT}
+    report = inference.run_requests(stale, 100, in_flight=2, timeout=0.2, resolver=gone)
+    assert report.requests == 0 and report.failed == 100
+    assert report.errors["not sent: every request of the chunk before failed"] == 80
+    assert calls  # it did try
+
+
 def test_service_resolver_reads_the_entry_from_the_root(monkeypatch: pytest.MonkeyPatch) -> None:
     documents: list[dict[str, Any]] = [{"status": "DEPLOYING", "placement": None},
                  {"status": "RUNNING", "placement": {"entry": {"endpoint": "tcp://h:1", "stage_key": KEY}}}]
