@@ -58,14 +58,25 @@ class Choice:
     duration_ms: float = 0.0
     summaries: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # cluster id -> plan summary
 
+    @property
+    def tie(self) -> bool:
+        """The two cheapest schedulable answers predict the same cost (within 1 %): the coarse
+        order decided (typically no cluster has measured profiles yet, so both predict from the
+        same regression)."""
+        costs = sorted(float(a["cost"]) for a in self.answers
+                       if a.get("ok") and a.get("schedulable") and isinstance(a.get("cost"), int | float))
+        return len(costs) >= 2 and costs[1] - costs[0] <= 0.01 * max(costs[0], 1e-9)
+
     def event(self, chosen: Mapping[str, Any] | None, cause: str, now: float) -> dict[str, Any]:
         """The ``cluster_choice`` event for the service's history (``chosen`` = where it went)."""
+        message = f"deployed to {chosen.get('cluster_name')}" if chosen else "no cluster took it"
+        if chosen and self.tie:
+            message += " (a tie on predicted cost: the clusters' aggregates decided)"
         return {"ts": now, "kind": "cluster_choice", "cause": cause,
                 "chosen": chosen.get("cluster_name") if chosen else None,
                 "chosen_id": chosen.get("cluster_id") if chosen else None,
                 "candidates": list(self.answers), "rejected": dict(self.rejected),
-                "duration_ms": round(self.duration_ms, 2),
-                "message": (f"deployed to {chosen.get('cluster_name')}" if chosen else "no cluster took it")}
+                "duration_ms": round(self.duration_ms, 2), "tie": self.tie, "message": message}
 
 
 class ClusterChooser:

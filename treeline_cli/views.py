@@ -223,8 +223,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("clusters", ("cluster",), lambda w: w.clusters, (
         Column("NAME", lambda c: c.get("cluster_name")),
         Column("ACTIVE", lambda c: yes_no(c.get("active", True))),
-        Column("NODES", lambda c: f"{(c.get('aggregate') or {}).get('active_nodes', '-')}/"
-                                  f"{(c.get('aggregate') or {}).get('total_nodes', '-')}"),
+        Column("NODES", lambda c: cluster_nodes(c)),
         Column("URL", lambda c: c.get("url")),
         Column("PUSHED", lambda c: age(c.get("last_push"))),
         Column("ID", lambda c: c.get("cluster_id")),
@@ -286,6 +285,14 @@ VERSION_COLUMNS = (
 )
 
 
+def cluster_nodes(cluster: Doc) -> str:
+    """``online/total`` from the cluster's last push; an inactive cluster's count is stale, so it
+    is shown as what it was (``? (was 2/2)``)."""
+    aggregate = cluster.get("aggregate") or {}
+    counted = f"{aggregate.get('active_nodes', '-')}/{aggregate.get('total_nodes', '-')}"
+    return counted if cluster.get("active", True) else f"? (was {counted})"
+
+
 def clip(value: Any, width: int) -> str:
     """``value`` as text of at most ``width`` characters (an ellipsis marks a cut; -o json has it all)."""
     text = "" if value is None else str(value)
@@ -304,7 +311,8 @@ def event_detail(event: Doc) -> str:
     parts = []
     if event.get("kind") == "cluster_choice":
         costs = cluster_costs(event.get("candidates") or [])
-        parts.append(f"chose {event.get('chosen') or 'none'}" + (f" ({', '.join(costs)})" if costs else ""))
+        parts.append(f"chose {event.get('chosen') or 'none'}" + (f" ({', '.join(costs)})" if costs else "")
+                     + ("; a tie, decided by the clusters' aggregates" if event.get("tie") else ""))
     if event.get("kind") in ("moved", "move_failed", "failover_blocked") and event.get("message"):
         parts.append(str(event["message"]))
     if event.get("kind") == "failover_blocked" and isinstance(event.get("reasons"), dict):

@@ -152,3 +152,14 @@ def test_a_dry_run_that_answers_nonsense_is_a_failed_answer_not_an_error() -> No
     choice = ClusterChooser(client).choose([cluster("a"), cluster("b")], {}, "latency")
     assert names(list(choice.order)) == ["b", "a"]
     assert choice.answers[1]["ok"] is False
+
+
+def test_a_tie_on_predicted_cost_is_labelled() -> None:
+    client = PlanningClient({"http://a:1": summary(64.21), "http://b:1": summary(64.21),
+                             "http://c:1": summary(90.0)})
+    choice = ClusterChooser(client).choose([cluster("a"), cluster("b"), cluster("c")], {}, "latency")
+    event = choice.event(choice.order[0], "deploy", NOW)
+    assert choice.tie and event["tie"] and "a tie on predicted cost" in event["message"]
+    clear = ClusterChooser(PlanningClient({"http://a:1": summary(9.0), "http://b:1": summary(3.0)})).choose(
+        [cluster("a"), cluster("b")], {}, "latency")
+    assert not clear.tie and "tie" not in clear.event(clear.order[0], "deploy", NOW)["message"]
