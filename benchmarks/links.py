@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from node_engine.data_plane.probe import Prober
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import EmulatedLink, Emulator
 from node_engine.links import LinkBook
-from node_engine.stages import LoadedStage, StageRunner, StageTable
+from node_engine.stages import RELAY_SESSION, LoadedStage, StageRunner, StageTable
 from treeline_common.clock import SystemClock
 from treeline_common.messages import NextStage
 from treeline_common.profiles import get_profile
@@ -35,17 +35,6 @@ from treeline_common.profiles import get_profile
 PROFILES = ("rpi4", "rpi-zero", "jetson-nano")
 GOAL = 0.10
 TENSOR_FLOATS = 25_600  # 100 KB
-
-
-class _Echo:
-    input_names: tuple[str, ...] = ()
-    output_names: tuple[str, ...] = ()
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(inputs)
-
-    def close(self) -> None:
-        pass
 
 
 def _error(measured: float, declared: float) -> float:
@@ -64,9 +53,10 @@ def measure_profile(name: str, requests: int) -> dict[str, float]:
                              on_transfer=lambda _e, size, ms: book.record_passive("sink", size, ms))
     ctx: zmq.Context[Any] = zmq.Context()
     try:
-        sink_table.put(LoadedStage("b/1", "b", 1, "x", 1, _Echo(), None))
+        sink_table.put(LoadedStage("b/1", "b", 1, "x", 1, RELAY_SESSION, None))
         sink.start()
-        sender_table.put(LoadedStage("b/0", "b", 0, "x", 1, _Echo(), NextStage("sink", sink.endpoint, "b/1")))
+        sender_table.put(LoadedStage("b/0", "b", 0, "x", 1, RELAY_SESSION,
+                                     NextStage("sink", sink.endpoint, "b/1")))
         sender.start()
         prober = Prober(ctx, sink.endpoint, clock, threading.Event(), delay_ms=link.delay_ms)
         try:

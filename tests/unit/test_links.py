@@ -4,7 +4,6 @@ passive samples from forwarded tensors, and the cost model's choice of measured 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 
 import numpy as np
 import pytest
@@ -26,20 +25,9 @@ from node_engine.data_plane.probe import Prober, ProbeResult, estimate
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import EmulatedLink
 from node_engine.links import LinkBook, ewma, passive_mbps, routed_peers
-from node_engine.stages import LoadedStage, StageTable
+from node_engine.stages import RELAY_SESSION, LoadedStage, StageTable
 from treeline_common.clock import FakeClock, SystemClock
 from treeline_common.messages import LinkReading, NextStage, NodeTelemetry, PayloadError, decode, encode
-
-
-class Echo:
-    input_names: tuple[str, ...] = ()
-    output_names: tuple[str, ...] = ()
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(inputs)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -91,9 +79,9 @@ def test_link_book_passive_uses_the_probe_rtt_and_old_readings_expire() -> None:
 
 def test_routed_peers_skip_colocated_stages() -> None:
     table = StageTable()
-    table.put(LoadedStage("d/0", "d", 0, "x", 1, Echo(), NextStage("n2", "tcp://h:2", "d/1")))
-    table.put(LoadedStage("d/1", "d", 1, "x", 1, Echo(), NextStage("n1", "tcp://h:1", "d/2")))
-    table.put(LoadedStage("d/2", "d", 2, "x", 1, Echo(), None))
+    table.put(LoadedStage("d/0", "d", 0, "x", 1, RELAY_SESSION, NextStage("n2", "tcp://h:2", "d/1")))
+    table.put(LoadedStage("d/1", "d", 1, "x", 1, RELAY_SESSION, NextStage("n1", "tcp://h:1", "d/2")))
+    table.put(LoadedStage("d/2", "d", 2, "x", 1, RELAY_SESSION, None))
     assert list(routed_peers(table, ("tcp://h:1",))) == ["n2"]
 
 
@@ -118,10 +106,10 @@ def test_forwards_report_passive_samples_with_the_emulated_wait(servers: list[Da
     samples: list[tuple[str, int, float]] = []
     table_a, table_b = StageTable(), StageTable()
     server_b = _server(servers, table_b, "b")
-    table_b.put(LoadedStage("d/1", "d", 1, "x", 1, Echo(), None))
+    table_b.put(LoadedStage("d/1", "d", 1, "x", 1, RELAY_SESSION, None))
     server_a = _server(servers, table_a, "a", EmulatedLink(uplink_mbps=100.0, rtt_ms=2.0),
                        on_transfer=lambda *s: samples.append(s))
-    table_a.put(LoadedStage("d/0", "d", 0, "x", 1, Echo(), NextStage("b", server_b.endpoint, "d/1")))
+    table_a.put(LoadedStage("d/0", "d", 0, "x", 1, RELAY_SESSION, NextStage("b", server_b.endpoint, "d/1")))
     x = np.zeros(25_000, dtype=np.float32)  # 100 kB: 2 + 8 = 10 ms on the emulated uplink
     with TensorClient(server_a.endpoint) as client:
         client.infer_many("d/0", [{"x": x}] * 3, max_in_flight=1, timeout=10.0)
