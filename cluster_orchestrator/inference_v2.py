@@ -33,6 +33,7 @@ from flask import Flask, Response, jsonify, request
 
 from cluster_orchestrator.keys import caller_key
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
+from deployment_descriptors.views import callers_must_sign
 from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
 from treeline_common.errors import (
     InvalidInput,
@@ -86,9 +87,7 @@ class V2Gateway:
     def callers_sign(doc: dict[str, Any]) -> bool:
         """Whether the service's SLA makes callers sign (a ``privacy`` block, unless
         ``authenticate_callers`` is false)."""
-        model = ((doc.get("job") or {}).get("microservice") or {}).get("model") or {}
-        privacy = model.get("privacy") if isinstance(model, dict) else None
-        return isinstance(privacy, dict) and privacy.get("authenticate_callers", True) is not False
+        return callers_must_sign((doc.get("job") or {}).get("microservice"))
 
     def check_caller(self, doc: dict[str, Any], authorization: str) -> None:
         """Unauthorized unless the service lets anybody call or the caller shows its key."""

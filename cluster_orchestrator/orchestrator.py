@@ -98,7 +98,7 @@ class ClusterOrchestrator:
                                     self._publish, self._changed, self._deployer, self._stop, self._kick)
         self.sync = RootSync(store, root, config.name, config.location, config.public_url,
                              config.push_interval, self.push_body, self._stop,
-                             aggregate=lambda: compute_aggregate(self.nodes.list_nodes()),
+                             aggregate=self.aggregate,
                              on_release=self.release_job)
         self.cluster_registered = self.sync.registered
 
@@ -357,7 +357,11 @@ class ClusterOrchestrator:
         jobs = tuple(
             replace(job_report(doc), caller_key=planning.caller_key(secret, str(doc["deployment_id"])))
             for doc in self.book.list_deployments())
-        return ClusterPush(aggregate=compute_aggregate(self.nodes.list_nodes()), jobs=jobs)
+        return ClusterPush(aggregate=self.aggregate(), jobs=jobs)
+
+    def aggregate(self) -> dict[str, Any]:
+        """What this cluster tells the root about its nodes (:func:`compute_aggregate`)."""
+        return compute_aggregate(self.nodes.list_nodes())
 
     def push_once(self) -> bool:
         """Push to the root now; False when it failed or the cluster is not registered."""

@@ -263,6 +263,15 @@ def parse_sla(doc: Any) -> Sla:
     return Sla.from_dict(copy.deepcopy(doc))
 
 
+def callers_must_sign(microservice: Any) -> bool:
+    """Whether an SLA microservice dict makes callers sign their requests: its model has a
+    ``privacy`` block whose ``authenticate_callers`` is not false (:class:`Privacy`). False for
+    anything malformed (what the root stores and what a cluster's job carries both read it)."""
+    model = microservice.get("model") if isinstance(microservice, Mapping) else None
+    privacy = model.get("privacy") if isinstance(model, Mapping) else None
+    return isinstance(privacy, Mapping) and privacy.get("authenticate_callers", True) is not False
+
+
 def parse_microservice(doc: Any) -> Microservice:
     """Validate and view one SLA microservice (what a cluster receives from the root).
 

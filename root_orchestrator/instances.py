@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from deployment_descriptors.views import callers_must_sign
 from root_orchestrator.auth.principals import Role
 from root_orchestrator.cluster_choice import ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
@@ -57,9 +58,7 @@ def mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any
 def callers_sign(service: dict[str, Any]) -> bool:
     """Whether the service's SLA makes callers sign requests (a ``privacy`` block whose
     ``authenticate_callers`` is not false): only then does its owner need the caller key."""
-    model = ((service.get("microservice") or {}).get("model") or {}) if isinstance(service, dict) else {}
-    privacy = model.get("privacy") if isinstance(model, dict) else None
-    return isinstance(privacy, dict) and privacy.get("authenticate_callers", True) is not False
+    return isinstance(service, dict) and callers_must_sign(service.get("microservice"))
 
 
 def find_instance(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
@@ -162,8 +161,8 @@ class InstanceManager:
         if not clusters:
             raise Unschedulable("no active cluster",
                                 [{"path": "clusters", "message": "no cluster registered"}])
-        message = ("no active cluster" if not rank_clusters(clusters, now, self.active_window_s)
-                   else "no cluster meets the SLA")
+        any_active = any(is_active(c, now, self.active_window_s) for c in clusters)
+        message = "no cluster meets the SLA" if any_active else "no active cluster"
         details = [{"path": f"clusters.{name}", "message": reason}
                    for name, reason in sorted(rejected.items())]
         known = {str(c.get("cluster_name")) for c in clusters}
