@@ -10,6 +10,13 @@ A *relay* stage (``DeployCommand.relay``) has no model: it hands its inputs on u
 It exists so a request can enter on the node where the data is when the first partition
 runs elsewhere; shipping the raw input then costs that node's (emulated) uplink, which is
 exactly what the planner charged for the placement.
+
+Boundary compression (:mod:`treeline_common.tensor_codec`): a stage whose route names a codec
+(``next.compression``, set by the cluster only on a route to another node) sends its float32
+outputs compressed: :meth:`LoadedStage.select_outputs` encodes them, so the data plane's
+emulated uplink is charged on the compressed bytes. :meth:`StageRunner.run` decodes compressed
+inputs before a partition runs; a relay stage hands them on untouched. Co-located stages are
+routed without a codec, so their arrays are still handed over without a copy.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import numpy as np
 
 from node_engine.data_plane.security import OPEN, StageAccess
 from node_engine.emulation import Emulator
+from treeline_common import tensor_codec
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.messages import DeployCommand, NextStage, stage_key
 
@@ -79,22 +87,27 @@ class LoadedStage:
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The tensors this stage sends on: the declared outputs, in declared order.
+        """The tensors this stage sends on: the declared outputs, in declared order, in wire form.
 
         A declared name the partition does not produce is passed through from the stage's
         inputs: a skip connection that crosses this stage (produced before it, consumed
-        after it) must travel on with the activations. ValueError if it is in neither.
+        after it) must travel on with the activations, compressed or not as it came.
+        ValueError if it is in neither. Wire form: compressed with ``next.compression`` when
+        the route names a codec; decoded for the caller when this is the last stage.
         """
         if not self.outputs:
-            return dict(produced)
-        selected: dict[str, np.ndarray] = {}
-        for name in self.outputs:
-            if name in produced:
-                selected[name] = produced[name]
-            elif name in inputs:
-                selected[name] = inputs[name]
-            else:
-                raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor receives it")
+            selected = dict(produced)
+        else:
+            selected = {}
+            for name in self.outputs:
+                carried = {name: produced[name]} if name in produced else tensor_codec.entries_for(inputs, name)
+                if carried is None:
+                    raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor receives it")
+                selected.update(carried)
+        if self.next is None:
+            return tensor_codec.decode(selected)
+        if self.next.compression:
+            return tensor_codec.encode(selected, self.next.compression)
         return selected
 
     def with_route(self, next_stage: NextStage | None, generation: int,
@@ -227,7 +240,9 @@ class StageRunner:
     the timings a caller sees are those of the device being emulated.
 
     A relay stage computes nothing, so it is neither timed nor slowed down: it reports
-    0 ms and only counts the request.
+    0 ms and only counts the request. Compressed inputs (:mod:`treeline_common.tensor_codec`)
+    are decoded before a partition runs (the decode is part of the stage's compute time);
+    a relay passes them on untouched. A malformed compressed tensor raises CodecError.
     """
 
     def __init__(self, emulator: Emulator | None = None, clock: Clock | None = None) -> None:
@@ -244,7 +259,7 @@ class StageRunner:
             stage.counters.add(0.0)
             return dict(inputs), 0.0
         start = self._clock.monotonic()
-        outputs = stage.session.run(inputs)
+        outputs = stage.session.run(tensor_codec.decode(inputs))
         self._emulator.slow_down(self._clock.monotonic() - start)
         compute_ms = (self._clock.monotonic() - start) * 1000.0
         stage.counters.add(compute_ms)

@@ -239,6 +239,7 @@ _HEX_KEY = {"pattern": "([0-9a-f]{64})?",
             "pattern_message": "must be 64 lowercase hex digits (32 bytes) or empty"}
 _CURVE_KEY = {"pattern": "([0-9a-zA-Z.:+=^!/*?&<>()\\[\\]{}@%$#-]{40})?",
               "pattern_message": "must be a 40-character Z85 CURVE public key or empty"}
+_COMPRESSION = {"pattern": "(fp16|int8)?", "pattern_message": "must be 'fp16', 'int8' or empty"}
 
 
 @dataclass(frozen=True)
@@ -246,13 +247,16 @@ class NextStage:
     """Where a stage sends its outputs: the next node's data endpoint and stage key.
 
     With ``curve_server_key`` (the next node's Z85 CURVE public key) ``endpoint`` is that
-    node's CURVE endpoint and the forward travels encrypted; empty: plain TCP.
+    node's CURVE endpoint and the forward travels encrypted; empty: plain TCP. ``compression``
+    (``fp16`` | ``int8``; empty: none) is the codec the stage's float32 outputs travel in
+    (:mod:`treeline_common.tensor_codec`); the cluster sets it only on a route to another node.
     """
 
     node_id: str
     endpoint: str
     stage_key: str
     curve_server_key: str = field(default="", metadata=_CURVE_KEY)
+    compression: str = field(default="", metadata=_COMPRESSION)
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,10 @@ def encode(tensors: Mapping[str, np.ndarray], codec: str) -> dict[str, np.ndarra
     """
     check_codec(codec)
     out: dict[str, np.ndarray] = {}
+    scales = {name[: -len(INT8_SUFFIX)] + SCALE_SUFFIX for name, x in tensors.items()
+              if name.endswith(INT8_SUFFIX) and x.dtype == np.int8}
     for name, x in tensors.items():
-        if codec == NONE or x.dtype != np.float32:
+        if codec == NONE or x.dtype != np.float32 or name in scales:
             out[name] = x
         elif codec == FP16:
             half = _fp16(x)

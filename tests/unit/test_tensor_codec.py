@@ -97,6 +97,8 @@ def test_entries_for_passes_a_compressed_tensor_on_without_decoding() -> None:
     sent = codec.encode({"skip": np.ones(4, np.float32)}, codec.INT8)
     assert set(codec.entries_for(sent, "skip") or {}) == {"skip::int8", "skip::scale"}
     assert codec.entries_for(sent, "other") is None
+    again = codec.encode(sent, codec.FP16)  # already compressed: passed on as it is, scale included
+    assert set(again) == {"skip::int8", "skip::scale"} and again["skip::scale"] is sent["skip::scale"]
 
 
 def test_encoded_tensors_survive_the_wire() -> None:
