@@ -100,9 +100,11 @@ class LoadedStage:
         else:
             selected = {}
             for name in self.outputs:
-                carried = {name: produced[name]} if name in produced else tensor_codec.entries_for(inputs, name)
+                carried = ({name: produced[name]} if name in produced
+                           else tensor_codec.entries_for(inputs, name))
                 if carried is None:
-                    raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor receives it")
+                    raise ValueError(f"stage {self.key} must send {name!r} but neither computes nor "
+                                     "receives it")
                 selected.update(carried)
         if self.next is None:
             return tensor_codec.decode(selected)
