@@ -7,13 +7,16 @@ modules import their shared helpers with ``from treeline_test_helpers import ...
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import pymongo
 import pytest
+from treeline_test_helpers import Observer
 
 from treeline_cli.broker import BrokerProcess, start_broker
-from treeline_test_helpers import Observer
+from treeline_cli.mongo_server import MongoServerProcess, start_mongo_server
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +42,24 @@ def servers() -> Iterator[list[Any]]:
     yield made
     for server in made:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServerProcess]:
+    """One embedded MongoDB wire-protocol server (nx-27017) for the whole session."""
+    server = start_mongo_server(tmp_path_factory.mktemp("mongo"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(mongo_server: MongoServerProcess) -> Iterator[str]:
+    """``mongodb://host:port/<fresh database>`` on the session's embedded server (one per test,
+    dropped afterwards)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield mongo_server.db_url(name)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_server.url)
+    try:
+        client.drop_database(name)
+    finally:
+        client.close()

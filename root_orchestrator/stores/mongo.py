@@ -1,8 +1,13 @@
-"""The production backend: pymongo collections, artifacts in GridFS.
+"""The root's store on MongoDB: pymongo collections, artifacts in GridFS.
 
-Written only with what mongomock also supports (see design/pitfalls.md): legacy
-``gridfs.GridFS`` (never ``GridFSBucket``), no sessions/transactions, no bulk updates.
-Atomicity comes from single-document operations instead: version numbers from a counter
+It runs against a real MongoDB and against the embedded wire-protocol server ``treeline up``
+starts (``nx-27017``, :mod:`treeline_cli.mongo_server`); every operation here is one both
+answer the same way. Two of the embedded server's gaps shape the code: an upsert by
+``find_one_and_update`` ignores ``$setOnInsert`` and an upserting ``replace_one`` ignores the
+filter's ``_id`` (so both are written as ``update_one(upsert)`` / an explicit ``_id``), and a
+reply over 48 MB fails (so GridFS files are read in bounded chunk ranges,
+:mod:`~root_orchestrator.stores.gridfs_reader`). No sessions or transactions are needed:
+atomicity comes from single-document operations: version numbers from a counter
 (``find_one_and_update`` + ``$inc`` + upsert) backed by a unique ``(name, version)`` index,
 aliases as one ``$set`` on the model document, optimistic service updates filtered on
 ``revision``. GridFS files use the sha256 as ``_id``, so a duplicate put is detected by the
@@ -17,7 +22,7 @@ import logging
 import tempfile
 from collections.abc import Hashable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import gridfs
 from pymongo import ASCENDING, ReturnDocument
@@ -48,6 +53,7 @@ from root_orchestrator.stores.base import (
     username_taken,
     with_aliases,
 )
+from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader
 from treeline_common.errors import Conflict, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -66,9 +72,17 @@ def ensure_indexes(db: Database) -> None:
 
 
 class MongoArtifactStore(ArtifactStore):
-    def __init__(self, db: Database, collection: str = "artifacts") -> None:
+    """Artifacts as GridFS files named by their sha256 (``_id``), read back in bounded ranges of
+    ``chunks_per_query`` chunks (no reply above ``chunk_size * chunks_per_query`` bytes);
+    ``chunk_size`` is GridFS's own default (255 KiB) unless given."""
+
+    def __init__(self, db: Database, collection: str = "artifacts", *, chunk_size: int | None = None,
+                 chunks_per_query: int = DEFAULT_CHUNKS_PER_QUERY) -> None:
         self.fs = gridfs.GridFS(db, collection=collection)
         self._files = db[f"{collection}.files"]
+        self._chunks = db[f"{collection}.chunks"]
+        self._chunk_size = chunk_size
+        self._chunks_per_query = chunks_per_query
 
     def put(self, data: Data, expected_sha256: str | None = None) -> PutResult:
         if expected_sha256 is not None:
@@ -115,7 +129,8 @@ class MongoArtifactStore(ArtifactStore):
             self.fs.delete(sha256)
             self._forget(sha256)
         try:
-            self.fs.put(verified, _id=sha256, filename=sha256)
+            extra = {} if self._chunk_size is None else {"chunkSize": self._chunk_size}
+            self.fs.put(verified, _id=sha256, filename=sha256, **extra)
         except (gridfs.errors.FileExists, DuplicateKeyError):
             return PutResult(sha256, size, created=False)
         log.debug("stored artifact %s (%d bytes) in GridFS", sha256, size)
@@ -123,10 +138,18 @@ class MongoArtifactStore(ArtifactStore):
 
     def _open_raw(self, sha256: str) -> IO[bytes]:
         check_sha256(sha256)
+        doc = self._files.find_one({"_id": sha256})
+        if doc is None:
+            raise not_found("artifact", sha256, "sha256")
+        return cast(IO[bytes], BoundedGridReader(self._chunks, doc, self._chunks_per_query))
+
+    def stored_digest(self, sha256: str) -> str:
+        """As the base class; a file with a missing chunk reads as damaged (never as a NotFound)."""
         try:
-            return self.fs.get(sha256)
-        except gridfs.errors.NoFile:
-            raise not_found("artifact", sha256, "sha256") from None
+            return super().stored_digest(sha256)
+        except OSError as exc:
+            log.error("artifact %s is incomplete in GridFS: %s", sha256, exc)
+            return "incomplete"
 
     def _fingerprint(self, sha256: str) -> Hashable | None:
         doc = self._files.find_one({"_id": sha256}, {"length": True, "uploadDate": True})
@@ -139,8 +162,11 @@ class MongoArtifactStore(ArtifactStore):
         return bool(self.fs.exists(sha256))
 
     def size(self, sha256: str) -> int:
-        with self._open_raw(sha256) as grid_out:
-            return int(grid_out.length)  # type: ignore[attr-defined]
+        check_sha256(sha256)
+        doc = self._files.find_one({"_id": sha256}, {"length": True})
+        if doc is None:
+            raise not_found("artifact", sha256, "sha256")
+        return int(doc["length"])
 
     def delete(self, sha256: str) -> bool:
         self._forget(sha256)
@@ -159,9 +185,10 @@ class MongoModelRegistry(ModelRegistry):
                        created_at: float = 0.0, owner: str | None = None) -> dict[str, Any]:
         # The model document first (its owner set once, atomically, by the upsert that creates it),
         # so a version is never numbered under another user's model.
-        model = self.db.models.find_one_and_update(
+        self.db.models.update_one(
             {"_id": name}, {"$setOnInsert": {"aliases": {}, "last_version": 0, "owner": owner or ""}},
-            upsert=True, return_document=ReturnDocument.AFTER)
+            upsert=True)
+        model = self.db.models.find_one({"_id": name})
         if model is not None and owner is not None and model.get("owner", "") != owner:
             raise model_taken(name)
         counter = self.db.counters.find_one_and_update(
@@ -226,7 +253,8 @@ class MongoModelRegistry(ModelRegistry):
         # JSON text: its op_ms keys are ONNX node names, which may contain '.' or start with '$'.
         self.db.model_profiles.replace_one(
             {"_id": f"{name}:{version}:{device_class}"},
-            {"name": name, "version": version, "device_class": device_class,
+            {"_id": f"{name}:{version}:{device_class}", "name": name, "version": version,
+             "device_class": device_class,
              "json": json.dumps(doc, separators=(",", ":"))}, upsert=True)
         return doc
 

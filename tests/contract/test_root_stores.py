@@ -1,7 +1,8 @@
 """One contract suite for the root's stores, run on every backend.
 
-sqlite and mongomock always run; real MongoDB runs when TREELINE_MONGO_URL is set (each test
-gets a fresh database, dropped afterwards).
+``embedded`` (the nx-27017 MongoDB wire-protocol server ``treeline up`` starts, one per session,
+a fresh database per test), ``sqlite`` and ``mongomock`` always run; a real MongoDB runs when
+TREELINE_MONGO_URL is set (each test gets a fresh database, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -13,45 +14,53 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pymongo
 import pytest
 
 from root_orchestrator.stores import Stores, known_schemes, open_stores
 from treeline_common.errors import Conflict, IntegrityError, InvalidInput, NotFound
 
 SIG = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, "N"]}], "outputs": []}
+IN_MEMORY = ("mongomock",)  # backends whose state does not survive re-opening
 
 
 def _mongodb_url() -> str | None:
     return os.environ.get("TREELINE_MONGO_URL")
 
 
-@pytest.fixture(params=["sqlite", "mongomock", "mongodb"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Stores]]:
-    """A function that (re)opens the same backend, so persistence can be checked by re-opening."""
-    opened: list[Stores] = []
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/root"
+@pytest.fixture(params=["embedded", "sqlite", "mongomock", "mongodb"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, empty store of the backend the test is parametrized with."""
+    if request.param == "embedded":
+        yield request.getfixturevalue("mongo_url")
+    elif request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/root"
     elif request.param == "mongomock":
-        url = f"mongomock://t{uuid.uuid4().hex[:8]}"
+        yield f"mongomock://t{uuid.uuid4().hex[:8]}"
     else:
         base = _mongodb_url()
         if not base:
             pytest.skip("TREELINE_MONGO_URL not set")
         url = base.rstrip("/") + f"/treeline_test_{uuid.uuid4().hex[:8]}"
+        yield url
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url)
+        client.drop_database(url.rsplit("/", 1)[1])
+        client.close()
+
+
+@pytest.fixture
+def opener(store_url: str) -> Iterator[Callable[[], Stores]]:
+    """A function that (re)opens the same backend, so persistence can be checked by re-opening."""
+    opened: list[Stores] = []
 
     def _open() -> Stores:
-        stores = open_stores(url)
+        stores = open_stores(store_url)
         opened.append(stores)
         return stores
 
     yield _open
-    if request.param == "mongodb":
-        import pymongo
-
-        client = pymongo.MongoClient(url)
-        client.drop_database(url.rsplit("/", 1)[1])
-        client.close()
     for stores in opened:
         stores.close()
 
@@ -455,8 +464,8 @@ def test_cluster_aggregate_update(stores: Stores) -> None:
 # -- persistence ---------------------------------------------------------------------------------------
 
 def test_state_survives_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["opener"] == "mongomock":
-        pytest.skip("mongomock is in-memory per client")
+    if request.node.callspec.params["store_url"] in IN_MEMORY:
+        pytest.skip("in-memory per client")
     first = opener()
     sha = first.artifacts.put(b"model bytes").sha256
     first.models.create_version("m", sha, 11, SIG)
@@ -480,8 +489,8 @@ def test_unknown_scheme_lists_known_ones() -> None:
 
 
 def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["opener"] == "mongomock":
-        pytest.skip("mongomock is in-memory per client")
+    if request.node.callspec.params["store_url"] in IN_MEMORY:
+        pytest.skip("in-memory per client")
     first = opener()
     first.models.create_version("m", _sha(b"m"), 1, SIG)
     first.models.put_profile("m", 1, "server", {"op_ms": {"x": 1.0}})
@@ -491,8 +500,8 @@ def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytes
 
 def test_users_and_owners_survive_reopening(opener: Callable[[], Stores],
                                             request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["opener"] == "mongomock":
-        pytest.skip("mongomock is in-memory per client")
+    if request.node.callspec.params["store_url"] in IN_MEMORY:
+        pytest.skip("in-memory per client")
     first = opener()
     alice = first.users.create_user("alice", "h", ["application_provider"], 1.0)
     first.users.create_cluster_token("t1", _sha(b"s"), alice["user_id"], "", 1.0)
