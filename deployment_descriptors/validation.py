@@ -25,7 +25,7 @@ from .inputs import declaration_problems
 SCHEMA_FILE = "sla_v2.schema.json"
 ML_VIRTUALIZATION = "ml-model"
 # Constraint types that configure one value each; a second one would be ambiguous.
-SINGLE_ML_CONSTRAINTS = ("e2e_latency", "energy", "battery", "privacy_pin")
+SINGLE_ML_CONSTRAINTS = ("e2e_latency", "energy", "battery", "privacy_pin", "boundary_compression")
 
 PathPart = str | int
 Problem = dict[str, str]

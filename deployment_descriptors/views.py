@@ -139,6 +139,10 @@ class MlConstraints:
     min_battery_percent: float | None = None
     privacy_pin_node: str | None = None
     privacy_pin_label: str | None = None
+    # boundary_compression: codecs the planner may use on a bottleneck link (() = never), and the
+    # largest change of any model output it accepts from them (None: any)
+    compression_allow: tuple[str, ...] = ()
+    compression_max_abs_diff: float | None = None
 
     @property
     def privacy_pin(self) -> NodeSelector | None:
@@ -151,12 +155,15 @@ class MlConstraints:
     def from_list(cls, constraints: list[Mapping[str, Any]]) -> MlConstraints:
         by_type = {c["type"]: c for c in reversed(constraints)}  # validation forbids repeats
         pin = by_type.get("privacy_pin", {})
+        compression = by_type.get("boundary_compression", {})
         return cls(
             latency_ms=_number(by_type.get("e2e_latency", {}).get("threshold_ms")),
             energy_mj=_number(by_type.get("energy", {}).get("max_mj_per_inference")),
             min_battery_percent=_number(by_type.get("battery", {}).get("min_percent")),
             privacy_pin_node=pin.get("node"),
             privacy_pin_label=pin.get("label"),
+            compression_allow=tuple(compression.get("allow", ())),
+            compression_max_abs_diff=_number(compression.get("max_output_abs_diff")),
         )
 
 
