@@ -6,8 +6,17 @@ senders pass them to ``send_multipart(..., copy=False)`` and receivers wrap the 
 ``zmq.Frame.buffer`` with :func:`numpy.frombuffer` — no copy on either side.
 
 The header carries the request id, the stage key it is addressed to, ``kind``
-(``request`` | ``reply`` | ``error``), per-tensor name/dtype/shape and ``timings``: each
-stage adds ``{stage_key: compute_ms}`` so the caller sees where the time went.
+(``request`` | ``reply`` | ``error`` | ``ack`` | ``answer``), per-tensor name/dtype/shape and
+``timings``: each stage adds ``{stage_key: compute_ms}`` so the caller sees where the time went.
+
+**Answers go straight back.** A request forwarded between stages carries ``reply_to``
+(:class:`ReplyTo`): the data-plane endpoint of the node that holds the caller (the entry),
+its CURVE server key when that endpoint is a CURVE socket, and the entry's request id. The
+next stage answers the sender with an ``ack`` (no tensors) as soon as it took the request
+in; the last stage, or any stage that fails, sends an ``answer`` to ``reply_to``: request id
+= ``reply_to.request_id``, the reply's tensors and timings, or ``error`` and ``code`` (an
+answer with a ``code`` is an error, one without is a reply). A header without ``reply_to``
+(a caller, or an older peer) decodes with ``reply_to=None`` and is answered hop by hop.
 An ``error`` message also carries ``code``, one of :data:`ERROR_CODES`, so a caller can
 tell what is worth retrying (:data:`RETRYABLE`) without parsing the message; a header
 without a code (an older peer) decodes with ``code=""``, which is treated as not retryable.
@@ -19,15 +28,18 @@ computes with a 32-byte key (a deployment's data key, or its caller key):
     auth   = hex HMAC-SHA256( key, "treeline-dp/1\n" || canonical header || "\n" || digest )
 
 where the canonical header is the JSON of ``[kind, request_id, stage, tensors, timings]``
-with sorted keys and no spaces, rebuilt from the parsed header on the receiving side (so
-it does not depend on how the sender spaced its JSON). Everything a stage acts on is
-covered: the id, the addressed stage, every tensor's name, dtype, shape and bytes, and the
-timings. Hashing the frames once and keying only the short tail means a receiver that
-accepts several keys (an entry stage) pays the frame hash once. HMAC-SHA256 was chosen
-over keyed BLAKE2b because it measured faster here (SHA-NI: 60 us against 113 us for
-100 KB; ``python -m benchmarks.dataplane``). A header without ``auth`` decodes with
+(plus ``reply_to`` when present) with sorted keys and no spaces, rebuilt from the parsed
+header on the receiving side (so it does not depend on how the sender spaced its JSON).
+Everything a stage acts on is covered: the id, the addressed stage, every tensor's name,
+dtype, shape and bytes, the timings, and where the answer goes (so a forwarded request's
+answer cannot be redirected, nor a signed answer be moved to another request). Hashing the
+frames once and keying only the short tail means a receiver that accepts several keys (an
+entry stage) pays the frame hash once. HMAC-SHA256 was chosen over keyed BLAKE2b because
+it measured faster here (SHA-NI: 60 us against 113 us for 100 KB;
+``python -m benchmarks.dataplane``). A header without ``auth`` decodes with
 ``auth=""``; peers that predate it ignore the field. Replies are not authenticated: they
-travel back over the connection the request came on.
+travel back over the connection the request came on. Answers are signed with the
+deployment's data key, so the entry can refuse a forged one.
 
 This module imports numpy and the standard library only; sockets live in the node
 engine and the client.
@@ -45,7 +57,7 @@ from typing import Any
 import numpy as np
 
 WIRE_VERSION = 1
-KINDS = ("request", "reply", "error")
+KINDS = ("request", "reply", "error", "ack", "answer")
 
 # Error codes of ``error`` messages: written once here, used by the node and every client.
 UNKNOWN_STAGE = "unknown_stage"  # the addressed stage is not served here (moved, not yet deployed)
@@ -65,6 +77,40 @@ class FramingError(ValueError):
     """A multipart message that does not follow the framing."""
 
 
+@dataclass(frozen=True)
+class ReplyTo:
+    """Where a forwarded request's answer goes: the entry node, and its id for the request there.
+
+    ``endpoint`` is a ``tcp://`` data-plane endpoint; with ``curve_server_key`` (Z85, 40
+    characters) it is that node's CURVE socket and the answer travels encrypted.
+    """
+
+    endpoint: str
+    request_id: str
+    curve_server_key: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        body = {"endpoint": self.endpoint, "request_id": self.request_id}
+        if self.curve_server_key:
+            body["curve_server_key"] = self.curve_server_key
+        return body
+
+    @classmethod
+    def from_json(cls, body: object) -> ReplyTo:
+        """Decode and validate; FramingError naming the field and the reason."""
+        if not isinstance(body, dict):
+            raise FramingError(f"reply_to must be an object, got {type(body).__name__}")
+        endpoint, request_id = body.get("endpoint"), body.get("request_id")
+        key = body.get("curve_server_key", "")
+        if not isinstance(endpoint, str) or not endpoint.startswith("tcp://") or len(endpoint) > 256:
+            raise FramingError(f"reply_to.endpoint must be a tcp:// endpoint, got {endpoint!r:.80}")
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 256:
+            raise FramingError(f"reply_to.request_id must be a non-empty string, got {request_id!r:.80}")
+        if not isinstance(key, str) or len(key) not in (0, 40):
+            raise FramingError("reply_to.curve_server_key must be a 40-character Z85 key or empty")
+        return cls(endpoint, request_id, key)
+
+
 @dataclass
 class TensorHeader:
     """Header frame of one data-plane message."""
@@ -76,7 +122,8 @@ class TensorHeader:
     timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
     code: str = ""  # error messages: one of ERROR_CODES
-    auth: str = ""  # requests: hex authenticator (see the module docstring); "" when unsigned
+    auth: str = ""  # requests, answers: hex authenticator (see the module docstring); "" when unsigned
+    reply_to: ReplyTo | None = None  # forwarded requests: where the answer goes (None: back to the sender)
 
     def to_bytes(self) -> bytes:
         body: dict[str, Any] = {
@@ -91,12 +138,19 @@ class TensorHeader:
         }
         if self.auth:
             body["auth"] = self.auth
+        if self.reply_to is not None:
+            body["reply_to"] = self.reply_to.to_json()
         return json.dumps(body, separators=(",", ":")).encode()
 
     def signed_part(self) -> bytes:
-        """The canonical bytes the authenticator covers (everything but ``error``, ``code``, ``auth``)."""
-        return json.dumps([self.kind, self.request_id, self.stage, self.tensors, self.timings],
-                          separators=(",", ":"), sort_keys=True).encode()
+        """The canonical bytes the authenticator covers (everything but ``error``, ``code``, ``auth``).
+
+        ``reply_to`` is appended only when present, so headers without it sign as before.
+        """
+        part: list[Any] = [self.kind, self.request_id, self.stage, self.tensors, self.timings]
+        if self.reply_to is not None:
+            part.append(self.reply_to.to_json())
+        return json.dumps(part, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes | memoryview) -> TensorHeader:
@@ -108,6 +162,7 @@ class TensorHeader:
             raise FramingError(f"header version {body.get('v') if isinstance(body, dict) else None!r}")
         if body.get("kind") not in KINDS:
             raise FramingError(f"header kind {body.get('kind')!r} not in {KINDS}")
+        reply_to = body.get("reply_to")
         return cls(
             kind=body["kind"],
             request_id=str(body.get("request_id", "")),
@@ -117,6 +172,7 @@ class TensorHeader:
             error=str(body.get("error", "")),
             code=str(body.get("code", "")),
             auth=str(body.get("auth", "")),
+            reply_to=None if reply_to is None else ReplyTo.from_json(reply_to),
         )
 
 
@@ -130,6 +186,7 @@ def pack(
     error: str = "",
     code: str = "",
     key: bytes = b"",
+    reply_to: ReplyTo | None = None,
 ) -> list[Any]:
     """Frames for one message: ``[header, tensor0, tensor1, ...]``.
 
@@ -150,6 +207,7 @@ def pack(
         timings=dict(timings or {}),
         error=error,
         code=code,
+        reply_to=reply_to,
     )
     if key:
         header.auth = authenticator(key, header, frames_digest(arrays))

@@ -6,9 +6,19 @@ poller and hands readable ones to :meth:`Downstreams.handle`.
 
 Each forward gets a node-local request id (two callers may pick the same id, and a local
 id never collides with another node's or another run's: it carries a random per-instance
-prefix) mapped back to the caller's request id. Every forward ends in exactly one call of
-the ``answer`` callback with the caller's id: the downstream's reply or error relayed
-(tensors untouched), or an error made here.
+prefix) mapped back to the caller's request id. A forward with a ``reply_to`` (see
+:mod:`.answers`) is held only until the downstream acknowledges it (``ack``): then it is
+forgotten and, on a middle node (``Forward.entry`` False), ``on_ack`` hears the caller's id
+so the server forgets the request too; its answer goes from the last stage straight to the
+entry. A forward ends either so, or in exactly one call of the ``answer`` callback with the
+caller's id: an error made here (unreachable, no ack in time), a downstream's refusal
+(error instead of ack), or the reply of a downstream that predates ``reply_to``, relayed
+(tensors untouched).
+
+:meth:`Downstreams.send_answer` sends an answer to an entry over the same kind of link
+(one DEALER per endpoint, ``ZMQ_IMMEDIATE``, monitored); nothing comes back for it. An
+answer that cannot leave (the entry's link is down, or does not connect within
+``connect_timeout``) is dropped with a warning: the entry's deadline answers its caller.
 
 Contract, failing fast instead of after ``timeout``:
 
@@ -22,17 +32,18 @@ Contract, failing fast instead of after ``timeout``:
   waits up to ``connect_timeout`` for the handshake, then fails;
 - ZMTP heartbeats (``heartbeat_s``) turn a peer that vanished without closing its
   connection (power loss, cable) into a lost connection within ``3 * heartbeat_s``;
-- a downstream that is connected but does not answer within ``timeout`` (a hung peer) gets
-  a ``downstream_timeout`` error.
+- a downstream that is connected but does not answer (or, with ``reply_to``, acknowledge)
+  within ``timeout`` (a hung peer) gets a ``downstream_timeout`` error.
 
 Every error text names the downstream endpoint and stage.
 
 Passive link figures: each forward remembers when it left, its payload bytes and its
-emulated uplink wait. When its answer comes back, the time the link took is the round trip
-(plus that wait) less the time the later stages report in the answer's ``timings``
-(compute and their own links): ``on_transfer(endpoint, payload bytes, ms)`` hears it (see
-:mod:`node_engine.links`). Queueing at the downstream is not reported in the timings, so a
-busy downstream makes the link look slower, never faster.
+emulated uplink wait. When its ack comes back, the time the link took is the ack's round
+trip plus that wait (the ack leaves the downstream's poll thread before any compute); for a
+relayed reply (an older downstream) it is the round trip plus that wait less the time the
+later stages report in the reply's ``timings``: ``on_transfer(endpoint, payload bytes, ms)``
+hears it (see :mod:`node_engine.links`). A busy downstream poll thread makes the link look
+slower, never faster.
 
 Security: a forward is signed with its ``key`` (the deployment's data key) when it has
 one. A forward with a ``curve_server_key`` goes over a CURVE-encrypted link (one DEALER per
@@ -70,6 +81,8 @@ log = logging.getLogger(__name__)
 Answer = Callable[[str, list[Any], str], None]
 # on_transfer(downstream endpoint, payload bytes, link ms): one passive sample per answered forward
 TransferObserver = Callable[[str, int, float], None]
+# on_ack(caller's request id): a middle node's forward was taken over by the next stage
+AckObserver = Callable[[str], None]
 
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -95,14 +108,15 @@ class _Pending:
     payload: int = 0  # tensor bytes sent
     link_wait_ms: float = 0.0  # emulated uplink wait before it left
     known: frozenset[str] = frozenset()  # timing keys it carried (the rest come from later stages)
+    forget_on_ack: bool = False  # a middle node's forward: the ack ends it here
 
 
 @dataclass
 class _Waiting:
-    """A forward not yet sent: its link is connecting (or its queue was full)."""
+    """A forward (or an answer: ``forward`` None) not yet sent: its link is connecting (or full)."""
 
     local_id: str
-    forward: Forward
+    forward: Forward | None
     frames: list[Any]
     give_up_at: float
 
@@ -123,9 +137,10 @@ class Downstreams:
 
     def __init__(self, ctx: zmq.Context[Any], poller: zmq.Poller, *, name: str, timeout: float,
                  connect_timeout: float = 1.0, heartbeat_s: float = 1.0,
-                 on_transfer: TransferObserver | None = None) -> None:
+                 on_transfer: TransferObserver | None = None, on_ack: AckObserver | None = None) -> None:
         self._ctx = ctx
         self._on_transfer = on_transfer
+        self._on_ack = on_ack
         self._poller = poller
         self._name = name
         self._timeout = timeout
@@ -141,6 +156,10 @@ class Downstreams:
     def sockets(self) -> list[zmq.Socket[Any]]:
         """Every socket the poll loop must watch for input (dealers and their monitors)."""
         return list(self._by_socket)
+
+    def pending(self) -> int:
+        """Forwards sent and not yet acknowledged or answered (the per-request state held here)."""
+        return len(self._pending)
 
     def poll_timeout_ms(self, cap_ms: int) -> int:
         """Poll sooner while forwards wait for a connection or a free queue."""
@@ -164,10 +183,21 @@ class Downstreams:
         self._seq += 1
         local_id = f"{self._prefix}-{self._seq}"
         frames = pack("request", local_id, forward.outputs, stage=forward.stage, timings=forward.timings,
-                      key=forward.key)
-        waiting = _Waiting(local_id, forward, frames, now + self._connect_timeout)
+                      key=forward.key, reply_to=forward.reply_to)
+        self._queue(link, _Waiting(local_id, forward, frames, now + self._connect_timeout), now)
+
+    def send_answer(self, endpoint: str, curve_server_key: str, frames: list[Any], now: float) -> None:
+        """Send an answer to an entry (see :mod:`.answers`); dropped with a warning if it cannot leave."""
+        link = self._link(endpoint, curve_server_key)
+        if link.state == "down":
+            log.warning("answer to %s dropped: %s (its entry's deadline answers the caller)", endpoint,
+                        link.reason)
+            return
+        self._queue(link, _Waiting("", None, frames, now + self._connect_timeout), now)
+
+    def _queue(self, link: _Link, waiting: _Waiting, now: float) -> None:
         if link.backlog or not self._try_send(link, waiting, now):
-            link.backlog.append(waiting)  # keep order behind earlier waiting forwards
+            link.backlog.append(waiting)  # keep order behind earlier waiting messages
 
     def handle(self, sock: zmq.Socket[Any], now: float, answer: Answer) -> None:
         """Process what is readable on ``sock`` (one of :meth:`sockets`)."""
@@ -192,12 +222,13 @@ class Downstreams:
             frames = pack("error", entry.request_id, {}, error=message, code=DOWNSTREAM_TIMEOUT)
             answer(entry.request_id, frames, "error")
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close every link; ``linger_ms`` lets messages already sent (last answers) leave."""
         for link in self._links.values():
             with contextlib.suppress(zmq.ZMQError):
                 link.dealer.disable_monitor()
             link.monitor.close(0)
-            link.dealer.close(0)
+            link.dealer.close(linger_ms)
         self._links.clear()
         self._by_socket.clear()
         self._pending.clear()
@@ -234,10 +265,12 @@ class Downstreams:
         except zmq.Again:  # no live connection yet, or the downstream's queue is full
             return False
         forward = waiting.forward
+        if forward is None:  # an answer: nothing comes back for it
+            return True
         self._pending[waiting.local_id] = _Pending(
             forward.request_id, forward.endpoint, forward.stage, now + self._timeout, now,
             payload_bytes(forward.outputs), forward.timings.get(link_timing_key(forward.source), 0.0),
-            frozenset(forward.timings))
+            frozenset(forward.timings), forget_on_ack=forward.reply_to is not None and not forward.entry)
         return True
 
     def _flush(self, link: _Link, now: float, answer: Answer) -> None:
@@ -255,7 +288,11 @@ class Downstreams:
                 return
             link.backlog.pop(0)
             forward = waiting.forward
-            self._fail(forward.request_id, link.endpoint, forward.stage, reason, answer)
+            if forward is None:
+                log.warning("answer to %s dropped: %s (its entry's deadline answers the caller)",
+                            link.endpoint, reason)
+            else:
+                self._fail(forward.request_id, link.endpoint, forward.stage, reason, answer)
 
     def _on_monitor(self, link: _Link, now: float, answer: Answer) -> None:
         while link.monitor.poll(0):
@@ -291,7 +328,7 @@ class Downstreams:
         answer(request_id, pack("error", request_id, {}, error=message, code=UNREACHABLE), "error")
 
     def _relay_back(self, dealer: zmq.Socket[Any], now: float, answer: Answer) -> None:
-        """Relay one downstream reply/error to its original caller, tensors untouched (and undelayed)."""
+        """Take the downstream's acks; relay its replies/errors to the original caller, tensors untouched."""
         while dealer.poll(0):
             frames = dealer.recv_multipart(copy=False)
             try:
@@ -299,9 +336,17 @@ class Downstreams:
             except FramingError as exc:
                 log.warning("dropping malformed downstream message: %s", exc)
                 continue
+            if header.kind not in ("ack", "reply", "error"):
+                log.warning("dropping a downstream %r message: not an answer to a forward", header.kind)
+                continue
             entry = self._pending.pop(header.request_id, None)
             if entry is None:
                 log.debug("late downstream reply %s dropped", header.request_id)
+                continue
+            if header.kind == "ack":  # the next stage has it; its answer goes straight to the entry
+                self._report(entry, (now - entry.sent_at) * 1000.0 + entry.link_wait_ms)
+                if entry.forget_on_ack and self._on_ack is not None:
+                    self._on_ack(entry.request_id)
                 continue
             if header.kind == "reply":
                 self._observe(entry, header, now)
@@ -314,8 +359,10 @@ class Downstreams:
             return
         later = sum(float(ms) for key, ms in header.timings.items()
                     if key not in entry.known and isinstance(ms, int | float))
-        link_ms = (now - entry.sent_at) * 1000.0 + entry.link_wait_ms - later
-        if link_ms <= 0.0:
+        self._report(entry, (now - entry.sent_at) * 1000.0 + entry.link_wait_ms - later)
+
+    def _report(self, entry: _Pending, link_ms: float) -> None:
+        if self._on_transfer is None or link_ms <= 0.0:
             return
         try:
             self._on_transfer(entry.endpoint, entry.payload, link_ms)

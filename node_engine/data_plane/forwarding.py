@@ -10,10 +10,11 @@ never involved, so while one request's tensors are "on the wire" the next reques
 already computing, as on a real device whose NIC and CPU work in parallel. Native nodes
 have no emulated link and their forwards go out at once.
 
-Only the forward path is charged: replies relayed back to the caller travel unchanged
-and undelayed. The link model (docs/contracts.md, "Scheduler v2 additions") costs the
-tensors a stage sends to the next one; answers are small (class scores), so leaving them
-out keeps the emulation and the planner's cost model the same thing.
+Only the forward path is charged: answers sent straight back to the entry (and replies
+relayed back by an older downstream) travel unchanged and undelayed. The link model
+(docs/contracts.md, "Scheduler v2 additions") costs the tensors a stage sends to the next
+one; answers are small (class scores), so leaving them out keeps the emulation and the
+planner's cost model the same thing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+
+from treeline_common.tensor_wire import ReplyTo
 
 T = TypeVar("T")
 
@@ -49,6 +52,8 @@ class Forward:
     timings: dict[str, float]
     key: bytes = b""  # sign the request with this data key (b"": unsigned)
     curve_server_key: str = ""  # the downstream's CURVE public key: ``endpoint`` is its CURVE socket
+    reply_to: ReplyTo | None = None  # where the answer goes (None: relayed back hop by hop)
+    entry: bool = True  # this node holds the caller; False: a middle node, which forgets it on the ack
 
 
 @dataclass(order=True)

@@ -11,6 +11,12 @@ compute the request twice:
   computation. Only ``reply`` answers are stored: an error (unreachable downstream,
   overload) is worth computing again on retry.
 
+A request forwarded from another stage with a ``reply_to`` is admitted with
+``storable=False``: its "caller" is the entry node, which keeps the reply for retries
+itself, and the node-local id it came with is never asked for again. Once such a request is
+handed on to a later stage (the later stage acknowledged it), :meth:`Ledger.hand_on`
+forgets it: no state is kept here for its answer.
+
 Request ids are random uuid4 hex strings chosen by callers, so the id alone is the key;
 two callers picking the same id is not a case worth guarding.
 
@@ -41,6 +47,7 @@ class Admission(enum.Enum):
 @dataclass
 class _Flight:
     envelopes: list[Envelope]
+    storable: bool = True  # keep the reply for retries of the id (False: reply_to requests)
 
 
 @dataclass
@@ -69,12 +76,13 @@ class Ledger:
         """Replies held for retries."""
         return len(self._answered)
 
-    def admit(self, request_id: str, envelope: Envelope, now: float) -> tuple[Admission, Frames | None]:
+    def admit(self, request_id: str, envelope: Envelope, now: float,
+              storable: bool = True) -> tuple[Admission, Frames | None]:
         """Classify an arriving request; NEW requests are recorded as in flight.
 
         Returns ``(admission, stored reply frames or None)``. The caller checks its own
         in-flight bound only for NEW (a duplicate costs nothing) and calls :meth:`reject`
-        if it then refuses the request.
+        if it then refuses the request. With ``storable=False`` its reply is not kept.
         """
         flight = self._flights.get(request_id)
         if flight is not None:
@@ -85,11 +93,18 @@ class Ledger:
         answered = self._answered.get(request_id)
         if answered is not None:
             return Admission.CACHED, answered.frames
-        self._flights[request_id] = _Flight([envelope])
+        self._flights[request_id] = _Flight([envelope], storable)
         return Admission.NEW, None
 
     def reject(self, request_id: str) -> None:
         """Forget a request just admitted as NEW that the node refuses (e.g. overloaded)."""
+        self._flights.pop(request_id, None)
+
+    def hand_on(self, request_id: str) -> None:
+        """Forget a request a later stage took over (its answer goes to the entry, not through here).
+
+        Idempotent; a later :meth:`finish` of the id returns ``[]``.
+        """
         self._flights.pop(request_id, None)
 
     def finish(self, request_id: str, frames: Frames, *, store: bool, now: float) -> list[Envelope]:
@@ -101,7 +116,7 @@ class Ledger:
         flight = self._flights.pop(request_id, None)
         if flight is None:
             return []
-        if store:
+        if store and flight.storable:
             self._store(request_id, frames, now)
         return flight.envelopes
 
@@ -151,5 +166,8 @@ def _same(a: Envelope, b: Envelope) -> bool:
     return len(a) == len(b) and all(_raw(x) == _raw(y) for x, y in zip(a, b, strict=True))
 
 
-def _raw(frame: Any) -> bytes:
-    return bytes(getattr(frame, "bytes", frame))
+def _raw(frame: Any) -> Any:
+    """A frame's bytes; anything else (a reply address the envelope holds) compares as itself."""
+    if isinstance(frame, bytes | bytearray | memoryview) or hasattr(frame, "bytes"):
+        return bytes(getattr(frame, "bytes", frame))
+    return frame

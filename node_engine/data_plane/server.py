@@ -3,26 +3,44 @@
 Threading model (zmq sockets are not thread-safe, so exactly one thread touches them):
 
 - the **poll thread** owns the ROUTER, the downstream links (:mod:`.downstream`), the
-  request ledger (:mod:`.ledger`) and the wake socket; it reads requests, hands them to
-  workers, sends replies and forwards, and relays downstream replies back to the caller;
-- **worker threads** run partitions (onnxruntime releases the GIL; the emulated slowdown
-  waits there, never in the poll thread) and hand results back through a queue plus a
-  one-frame wake message on an inproc PUSH/PULL pair.
+  request ledger (:mod:`.ledger`), the awaited answers (:mod:`.answers`) and the wake
+  socket; it reads requests and answers, acknowledges forwarded requests, hands work to
+  workers, sends replies, answers and forwards;
+- **worker threads** run partitions (:mod:`.chain`; onnxruntime releases the GIL; the
+  emulated slowdown waits there, never in the poll thread) and hand results back through a
+  queue plus a one-frame wake message on an inproc PUSH/PULL pair.
+
+**The answer goes straight back** (:mod:`.answers`). The node a caller sends a request to
+is that request's *entry*: when its stages hand the request to another node, the forward
+carries ``reply_to`` (this node's endpoint, its CURVE endpoint and key when the forward is
+encrypted, and the caller's request id) and the entry awaits the answer until ONE deadline
+for the whole pipeline (``forward_timeout``). A node that receives a request with
+``reply_to`` acknowledges it to the sender at once (``ack``, from the poll thread, before
+any compute), and a middle node forgets a request once the next stage acknowledged it: no
+per-request state, no timeout for its reply. The last stage, or any stage that fails or
+cannot reach the next one, sends the reply or error as an ``answer`` to ``reply_to``,
+signed with the deployment's data key; the entry admits an answer only for a request it
+awaits, signed with the key and over the socket it expects, and only once. So a middle
+node that dies after its ack loses nothing computed after it; the caller of a request lost
+inside the dead node hears ``downstream_timeout`` from the entry's deadline. A request
+without ``reply_to`` (from a caller, or an older node) is answered to its sender as before.
 
 Contract with callers (a request is identified by its caller-chosen request id):
 
 - **at most once per id**: an id already in flight here is not computed again, the retry
   gets the same answer; an id answered in the last ``reply_ttl`` seconds gets the stored
   reply (bounded: ``reply_cache`` entries);
-- **bounded**: at most ``max_in_flight`` requests (computing, or waiting for the emulated
-  link or a downstream answer) are in flight; beyond that a new request is answered at once
-  with an ``overloaded`` error (code :data:`~treeline_common.tensor_wire.OVERLOADED`)
-  instead of queueing without bound;
+- **bounded**: at most ``max_in_flight`` requests (computing, waiting for the emulated
+  link, for a downstream's ack, or, at the entry, for the pipeline's answer) are in
+  flight; beyond that a new request is answered at once with an ``overloaded`` error
+  (code :data:`~treeline_common.tensor_wire.OVERLOADED`) instead of queueing without bound;
 - **fail fast**: a downstream that cannot be reached yields an ``unreachable`` error naming
-  it within about ``connect_timeout`` (at once when its connection is known lost); one that
-  is connected but silent, a ``downstream_timeout`` error after ``forward_timeout``;
+  it within about ``connect_timeout`` (at once when its connection is known lost), sent to
+  the entry at once; one that is connected but silent (no ack), and a pipeline whose answer
+  does not reach the entry, a ``downstream_timeout`` error after ``forward_timeout``;
 - every error carries a code from :data:`~treeline_common.tensor_wire.ERROR_CODES`;
-- on :meth:`close` every request still in flight is answered with ``unreachable``.
+- on :meth:`close` every request still in flight here is answered with ``unreachable``
+  (requests already acknowledged by a later stage are not here any more).
 
 A next stage on this same node (either of its endpoints) is run in-process: the arrays are
 handed over without touching a socket.
@@ -35,7 +53,11 @@ is admitted (before the ledger, so an unauthenticated peer can neither attach to
 in flight nor read a stored reply) its stage's :class:`~.security.StageAccess` checks the
 authenticator and the socket; a refusal is an ``unauthorized`` error. Forwards are signed
 with the sending stage's data key and go to the next stage's CURVE endpoint when the route
-names a ``curve_server_key``.
+names a ``curve_server_key``; such a forward's ``reply_to`` names this node's CURVE
+endpoint, so the answer travels encrypted too. A request with ``reply_to`` is refused at an
+entry stage (callers do not choose where answers go); an inner stage of a keyed deployment
+admits it only signed with the data key, which covers ``reply_to``. (A deployment without a
+data key admits anything, so there its inner stages send answers where a request says.)
 
 An emulated node charges its uplink before a forward leaves (``runner.link_delay_ms``):
 the forward waits in a :class:`~.forwarding.LinkQueue` that the poll loop drains on time,
@@ -54,9 +76,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import zmq
 
+from node_engine.data_plane.answers import AwaitedAnswers, answer_frames, caller_frames
+from node_engine.data_plane.chain import Job, Result, StageChain
 from node_engine.data_plane.downstream import Downstreams, TransferObserver
 from node_engine.data_plane.forwarding import Forward, LinkQueue, link_timing_key
 from node_engine.data_plane.ledger import Admission, Ledger
@@ -66,11 +89,12 @@ from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import (
     BAD_REQUEST,
     OVERLOADED,
-    STAGE_FAILED,
     UNAUTHORIZED,
     UNKNOWN_STAGE,
     UNREACHABLE,
     FramingError,
+    ReplyTo,
+    TensorHeader,
     pack,
     payload_bytes,
     unpack,
@@ -78,36 +102,21 @@ from treeline_common.tensor_wire import (
 
 log = logging.getLogger(__name__)
 
-MAX_LOCAL_HOPS = 64  # guards against a stage routed to itself in a loop
 POLL_MS = 100  # longest the poll loop blocks (stop flag, deadlines); link due times cut it shorter
 ACCEPT_BATCH = 32  # requests read per loop turn before results and downstream replies get their turn
 SHUTDOWN_LINGER_MS = 200  # how long close() lets the last error replies leave
-# First frame of every routing envelope the ledger keeps: which socket the caller is on.
-PLAIN, CURVE = b"p", b"c"
+# First frame of every routing envelope the ledger keeps: which socket the caller is on, or
+# ANSWER: the caller is an entry elsewhere, [ANSWER, ReplyTo, data key to sign the answer with].
+PLAIN, CURVE, ANSWER = b"p", b"c", b"a"
 
 
-@dataclass
-class _Job:
-    request_id: str
-    stage: str
-    inputs: dict[str, np.ndarray]
-    timings: dict[str, float]
+@dataclass(frozen=True)
+class Held:
+    """Per-request state a node holds (read from another thread: a snapshot, for tests and stats)."""
 
-
-@dataclass
-class _Result:
-    """What a worker hands back: a reply/error for the caller, or a forward downstream."""
-
-    job: _Job
-    kind: str  # "reply" | "error" | "forward"
-    outputs: dict[str, np.ndarray]
-    stage: str = ""  # forward: the downstream stage key
-    endpoint: str = ""  # forward: the downstream node's endpoint
-    error: str = ""
-    code: str = ""  # error: one of tensor_wire.ERROR_CODES
-    source: str = ""  # forward: the last stage run here (names the link timing)
-    key: bytes = b""  # forward: the data key to sign it with
-    curve_server_key: str = ""  # forward: the downstream's CURVE key (endpoint is its CURVE socket)
+    in_flight: int  # requests in the ledger (computing, queued for the link, awaiting an ack or answer)
+    awaiting_ack: int  # forwards sent and not yet acknowledged (or answered, by an older downstream)
+    awaiting_answer: int  # requests this node is the entry of, whose answer comes straight back
 
 
 @dataclass
@@ -170,12 +179,21 @@ class DataPlaneServer:
         self._wake_pull: zmq.Socket[Any] | None = None
         self._wake_push: zmq.Socket[Any] | None = None
         self._wake_lock = threading.Lock()
-        self._results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._chain = StageChain(stages, runner, self._local, name)
+        self._answers = AwaitedAnswers(forward_timeout)
+        self._downstream: Downstreams | None = None  # the poll thread's, while it runs
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
         self.endpoint = ""
+
+    def held(self) -> Held:
+        """How much per-request state this node holds now (see :class:`Held`)."""
+        downstream = self._downstream
+        return Held(len(self._ledger), downstream.pending() if downstream is not None else 0,
+                    len(self._answers))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,7 +266,9 @@ class DataPlaneServer:
         for router in routers:
             poller.register(router, zmq.POLLIN)
         downstream = Downstreams(self._ctx, poller, name=self._name, timeout=self._forward_timeout,
-                                 connect_timeout=self._connect_timeout, on_transfer=self._on_transfer)
+                                 connect_timeout=self._connect_timeout, on_transfer=self._on_transfer,
+                                 on_ack=self._ledger.hand_on)
+        self._downstream = downstream
         links: LinkQueue[_Delayed] = LinkQueue()
         try:
             while not self._stopping.is_set():
@@ -269,7 +289,10 @@ class DataPlaneServer:
                             if not router.poll(0):
                                 break
                 self._send_due(downstream, links)
-                downstream.tick(self._clock.monotonic(), self._finish)
+                now = self._clock.monotonic()
+                downstream.tick(now, self._finish)
+                for rid, frames in self._answers.expired(now):
+                    self._finish(rid, frames, "error")
         except zmq.ContextTerminated:
             pass
         except Exception:
@@ -278,7 +301,8 @@ class DataPlaneServer:
             if links:
                 log.info("dropping %d forward(s) still waiting on the emulated link", len(links))
             answered = self._answer_all_closing()
-            downstream.close()
+            downstream.close(SHUTDOWN_LINGER_MS if answered else 0)
+            self._downstream = None
             for router in routers:
                 router.close(SHUTDOWN_LINGER_MS if answered else 0)
             wake.close(0)
@@ -300,6 +324,9 @@ class DataPlaneServer:
         def refuse(message: str, code: str) -> None:
             self._send(envelope, pack("error", rid, {}, stage=header.stage, error=message, code=code))
 
+        if header.kind == "answer":
+            self._take_answer(header, body[1:], over_curve)
+            return
         if header.kind != "request" or not rid:
             refuse(f"expected a request with an id, got {header.kind!r} id {rid!r}", BAD_REQUEST)
             return
@@ -312,30 +339,58 @@ class DataPlaneServer:
             log.warning("refusing a request on %s: %s", "CURVE" if over_curve else "plain TCP", refusal)
             refuse(refusal, UNAUTHORIZED)
             return
-        admission, stored = self._ledger.admit(rid, envelope, self._clock.monotonic())
+        reply_to = header.reply_to
+        if reply_to is not None and stage is not None and stage.access.entry:
+            refuse(f"stage {header.stage} is a service's entry: callers may not set reply_to", BAD_REQUEST)
+            return
+        # a forwarded request's caller is its entry: the answer goes there, signed, and is not stored here
+        waiting = envelope if reply_to is None or stage is None \
+            else [ANSWER, reply_to, stage.access.signing_key]
+        admission, stored = self._ledger.admit(rid, waiting, self._clock.monotonic(),
+                                               storable=reply_to is None)
         if admission is Admission.ATTACHED:
             log.debug("request %s is already in flight here; the retry waits for it", rid)
+            self._ack(envelope, header)
             return
         if admission is Admission.CACHED:
             log.debug("request %s was answered lately; sending the stored reply", rid)
             assert stored is not None
-            self._send(envelope, stored)
+            self._ack(envelope, header)
+            self._send(waiting, stored)
             return
         if stage is None:
             self._ledger.reject(rid)
-            refuse(self._unknown_stage(header.stage), UNKNOWN_STAGE)
+            refuse(self._chain.unknown_stage(header.stage), UNKNOWN_STAGE)
             return
         if len(self._ledger) > self._max_in_flight:
             self._ledger.reject(rid)
             refuse(f"overloaded: {len(self._ledger)} requests in flight at {self._name}", OVERLOADED)
             return
-        job = _Job(rid, header.stage, arrays, dict(header.timings))
+        self._ack(envelope, header)
+        if reply_to is not None:  # open the link to the entry now: its handshake overlaps the compute
+            downstream.connect(reply_to.endpoint, reply_to.curve_server_key)
+        job = Job(rid, header.stage, arrays, dict(header.timings), reply_to)
         if stage.relay and not self._local(stage):
             # nothing to compute: pass it on here rather than queue behind a busy worker
-            self._dispatch(downstream, links, self._chain_or_error(job))
+            self._dispatch(downstream, links, self._chain.run(job))
             return
         assert self._pool is not None
         self._pool.submit(self._work, job)
+
+    def _ack(self, envelope: list[Any], header: TensorHeader) -> None:
+        """Tell the stage that forwarded ``header``'s request that this node has it (reply_to only)."""
+        if header.reply_to is not None:
+            self._send(envelope, [TensorHeader("ack", header.request_id, header.stage).to_bytes()])
+
+    def _take_answer(self, header: TensorHeader, tensor_frames: list[Any], over_curve: bool) -> None:
+        """An answer from the pipeline's last stage (or a failing one) for a request entered here."""
+        refusal = self._answers.admit(header, tensor_frames, over_curve)
+        if refusal:
+            log.log(logging.DEBUG if "matches no request" in refusal else logging.WARNING,
+                    "refusing an answer: %s", refusal)
+            return
+        frames, kind = caller_frames(header, tensor_frames)
+        self._finish(header.request_id, frames, kind)
 
     def _drain_results(self, downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
         """Dispatch what workers finished."""
@@ -346,13 +401,18 @@ class DataPlaneServer:
                 return
             self._dispatch(downstream, links, result)
 
-    def _dispatch(self, downstream: Downstreams, links: LinkQueue[_Delayed], result: _Result) -> None:
+    def _dispatch(self, downstream: Downstreams, links: LinkQueue[_Delayed], result: Result) -> None:
         """Answer the caller, or forward (after the emulated link, if any)."""
         job = result.job
         if result.kind == "forward":
-            forward = Forward(job.request_id, result.source, result.stage, result.endpoint,
-                              result.outputs, job.timings, result.key, result.curve_server_key)
             now = self._clock.monotonic()
+            forward = Forward(job.request_id, result.source, result.stage, result.endpoint,
+                              result.outputs, job.timings, result.key, result.curve_server_key,
+                              reply_to=job.reply_to or self._reply_address(job.request_id, result),
+                              entry=job.reply_to is None)
+            if forward.entry:
+                self._answers.expect(job.request_id, now, key=result.key, curve=bool(result.curve_server_key),
+                                     pipeline=f"next stage {result.stage} at {result.endpoint}")
             delay_ms = self._runner.link_delay_ms(payload_bytes(result.outputs))
             if delay_ms > 0.0 and downstream.connect(result.endpoint, result.curve_server_key) != "down":
                 links.push(now + delay_ms / 1000.0, _Delayed(forward, now))
@@ -373,8 +433,15 @@ class DataPlaneServer:
             forward.timings[link_timing_key(forward.source)] = (now - delayed.queued_at) * 1000.0
             downstream.send(forward, now, self._finish)
 
+    def _reply_address(self, request_id: str, result: Result) -> ReplyTo:
+        """Where the answer to a request entered here comes: this node's socket of the forward's kind."""
+        if result.curve_server_key and self.curve_endpoint:
+            return ReplyTo(self.curve_endpoint, request_id, self.curve_public_key)
+        return ReplyTo(self.endpoint, request_id)
+
     def _finish(self, request_id: str, frames: list[Any], kind: str) -> None:
         """The one way a request in flight ends: answer every caller waiting on its id."""
+        self._answers.forget(request_id)
         now = self._clock.monotonic()
         envelopes = self._ledger.finish(request_id, frames, store=kind == "reply", now=now)
         if not envelopes:
@@ -393,7 +460,13 @@ class DataPlaneServer:
         return len(flights)
 
     def _send(self, envelope: list[Any], frames: list[Any]) -> None:
-        """Send to the caller ``envelope`` names, on the socket its request came in on."""
+        """Send to the caller ``envelope`` names, on the socket its request came in on (or to its entry)."""
+        if envelope[0] == ANSWER:
+            reply_to, key = envelope[1], envelope[2]
+            assert self._downstream is not None
+            self._downstream.send_answer(reply_to.endpoint, reply_to.curve_server_key,
+                                         answer_frames(frames, reply_to, key), self._clock.monotonic())
+            return
         router = self._curve_router if envelope[0] == CURVE else self._router
         assert router is not None
         try:
@@ -406,41 +479,12 @@ class DataPlaneServer:
         return stage.next is not None and bool(stage.next.endpoint) \
             and stage.next.endpoint in (self.endpoint, self.curve_endpoint)
 
-    def _unknown_stage(self, key: str) -> str:
-        return f"unknown stage {key!r} on node {self._name}; serving {self._stages.keys()}"
-
     # ------------------------------------------------------------------ workers
 
-    def _work(self, job: _Job) -> None:
+    def _work(self, job: Job) -> None:
         """Run the job's stage and any following stages on this node; queue the result."""
-        self._results.put(self._chain_or_error(job))
+        self._results.put(self._chain.run(job))
         self._wake()
-
-    def _chain_or_error(self, job: _Job) -> _Result:
-        try:
-            return self._run_chain(job)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-            log.warning("stage %s failed: %s", job.stage, exc)
-            return _Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}", code=STAGE_FAILED)
-
-    def _run_chain(self, job: _Job) -> _Result:
-        key, inputs = job.stage, job.inputs
-        for _ in range(MAX_LOCAL_HOPS):
-            stage = self._stages.get(key)
-            if stage is None:
-                return _Result(job, "error", {}, error=self._unknown_stage(key), code=UNKNOWN_STAGE)
-            produced, compute_ms = self._runner.run(stage, inputs)
-            job.timings[key] = compute_ms
-            outputs = stage.select_outputs(inputs, produced)
-            if stage.next is None:
-                return _Result(job, "reply", outputs)
-            if not self._local(stage):
-                return _Result(job, "forward", outputs, stage=stage.next.stage_key,
-                               endpoint=stage.next.endpoint, source=key, key=stage.access.signing_key,
-                               curve_server_key=stage.next.curve_server_key)
-            key, inputs = stage.next.stage_key, outputs  # co-located: hand the arrays over in-process
-        return _Result(job, "error", {}, error=f"stage {job.stage}: more than {MAX_LOCAL_HOPS} local hops",
-                       code=STAGE_FAILED)
 
 
 def _split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:
