@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=settings.data_dir / "cluster",
                    help=f"default: <data_dir>/cluster ({settings.data_dir / 'cluster'})")
     p.add_argument("--name", default="cluster-1")
+    p.add_argument("--store-url", default=None, metavar="URL",
+                   help="the cluster's state: mongodb://host:port/<database> (what `treeline up` passes: "
+                        "its MongoDB, one database per cluster); "
+                        "default: SQLite in <data-dir>/cluster.sqlite")
     p.add_argument("--location", default="")
     p.add_argument("--public-url", default=_explicit_cluster_url(settings),
                    help="URL the root uses to reach this cluster (default: cluster_url when set, "
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         mqtt_tls=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key) if args.mqtt_tls else None,
         production=args.production)
     runtime = ClusterRuntime(config, args.data_dir, args.host, args.port, args.mqtt_url,
-                             instance_id=args.instance_id, security=security)
+                             instance_id=args.instance_id, security=security, store_url=args.store_url)
     if args.root_token:
         runtime.root.set_token(args.root_token)  # else the client read $TREELINE_ROOT_TOKEN itself
     shutdown = ShutdownSignal()

@@ -24,7 +24,7 @@ from cluster_orchestrator.mqtt_bus import MqttBus, can_connect, parse_mqtt_url
 from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
-from cluster_orchestrator.store import SqliteClusterStateStore
+from cluster_orchestrator.store_mongo import open_cluster_store
 from treeline_common.clock import Clock
 from treeline_common.mqtt_acl import CLUSTER_USER, TlsFiles
 from treeline_common.wsgi import HttpServer, make_http_server
@@ -63,13 +63,13 @@ class ClusterSecurity:
 class ClusterRuntime:
     def __init__(self, config: ClusterConfig, data_dir: str | Path, host: str, port: int,
                  mqtt_url: str, clock: Clock | None = None, *, instance_id: str | None = None,
-                 security: ClusterSecurity | None = None) -> None:
+                 security: ClusterSecurity | None = None, store_url: str | None = None) -> None:
         self.config = config
         self.host = host
         self.port = port
         self.instance_id = instance_id
         self.security = security or ClusterSecurity()
-        self.store = SqliteClusterStateStore.in_data_dir(data_dir)
+        self.store = open_cluster_store(store_url, data_dir)  # None: SQLite in data_dir
         self.root = RootClient(config.root_url)
         self.core = ClusterOrchestrator(config, self.store, self.root, clock=clock,
                                         artifacts=ArtifactCache(Path(data_dir) / "artifacts"))

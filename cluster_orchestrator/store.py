@@ -86,7 +86,7 @@ class ClusterStateStore(ABC):
         return None
 
 
-def _check_version(deployment_id: str, stored: Doc | None, expected: int | None) -> int:
+def check_version(deployment_id: str, stored: Doc | None, expected: int | None) -> int:
     """The current version; raise Conflict when it is not the one the writer read."""
     current = int(stored.get("version", 0)) if stored else 0
     if expected is not None and current != expected:
@@ -139,7 +139,7 @@ class InMemoryClusterStateStore(ClusterStateStore):
     def put_deployment(self, doc: Doc, expected_version: int | None = None) -> Doc:
         with self._lock:
             dep_id = doc["deployment_id"]
-            current = _check_version(dep_id, self._deployments.get(dep_id), expected_version)
+            current = check_version(dep_id, self._deployments.get(dep_id), expected_version)
             stored = copy.deepcopy(doc)
             stored["version"] = current + 1
             self._deployments[dep_id] = stored
@@ -233,7 +233,7 @@ class SqliteClusterStateStore(ClusterStateStore):
                 row = self._db.execute(
                     "SELECT version FROM deployments WHERE deployment_id=?", (dep_id,)
                 ).fetchone()
-                current = _check_version(dep_id, {"version": row[0]} if row else None, expected_version)
+                current = check_version(dep_id, {"version": row[0]} if row else None, expected_version)
                 stored = dict(doc, version=current + 1)
                 self._db.execute(
                     "INSERT INTO deployments(deployment_id, version, doc) VALUES(?, ?, ?) "
