@@ -34,24 +34,23 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import onnx
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployments import DeploymentBook, Superseded, placement_of, status_of
 from cluster_orchestrator.liveness import backoff_delay
+from cluster_orchestrator.models import LoadedModel, ModelCache, declared_shapes, profile_key, profiles_for
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.tracker import StageTracker
 from deployment_descriptors import load_profile
+from ml_scheduler.binding import BindingError
 from ml_scheduler.costmodel import CostModel
-from ml_scheduler.graph import ModelGraph, analyze_model
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError
@@ -89,39 +88,6 @@ class Attempt:
 
 class AttemptFailed(Exception):
     """This attempt failed for a reason worth retrying (download, stage, node lost, timeout)."""
-
-
-class ModelCache:
-    """Parsed models and their graphs by digest (a re-plan does not download again), and the
-    last op-time profiles seen per model (so a re-plan while the root is down still has them).
-    Thread-safe."""
-
-    def __init__(self, size: int = 4) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._items: OrderedDict[str, tuple[onnx.ModelProto, ModelGraph]] = OrderedDict()
-        self._profiles: dict[str, dict[str, dict[str, Any]]] = {}
-
-    def profiles(self, sha256: str) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return dict(self._profiles.get(sha256, {}))
-
-    def remember_profiles(self, sha256: str, profiles: dict[str, dict[str, Any]]) -> None:
-        with self._lock:
-            self._profiles.setdefault(sha256, {}).update(profiles)
-
-    def get(self, sha256: str, load: Callable[[], bytes]) -> tuple[onnx.ModelProto, ModelGraph]:
-        with self._lock:
-            if sha256 in self._items:
-                self._items.move_to_end(sha256)
-                return self._items[sha256]
-        model = onnx.load_model_from_string(load())
-        item = (model, analyze_model(model))
-        with self._lock:
-            self._items[sha256] = item
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return item
 
 
 class Deployer:
@@ -170,10 +136,11 @@ class Deployer:
         job = JobRequest.from_dict(doc["job"])
         spec = planning.job_spec(job, self._settings.root_url)
         serving = placement_of(doc)
-        model, graph = self._fetch(spec)
+        loaded = self._fetch(spec)
+        model = loaded.model
         nodes = self._nodes()
         online = sorted(n["node_id"] for n in nodes if n.get("online"))
-        outcome = self._decide(spec, model, graph, nodes, attempt)
+        outcome = self._decide(spec, loaded, nodes, attempt)
         if not outcome.schedulable:
             self._unschedulable(deployment_id, epoch, attempt, outcome, online, serving)
             return
@@ -214,19 +181,33 @@ class Deployer:
         """Where nodes fetch an artifact: this cluster's cache (the root when none is configured)."""
         return planning.artifact_url(self._settings.artifact_base_url or self._settings.root_url, sha256)
 
-    def _fetch(self, spec: planning.JobSpec) -> tuple[onnx.ModelProto, ModelGraph]:
+    def _fetch(self, spec: planning.JobSpec) -> LoadedModel:
+        """The model bound to the SLA's input shapes (:mod:`.models`); a bound model is put where
+        nodes fetch artifacts, since they profile it."""
         try:
-            return self._models.get(spec.model_sha256, lambda: self._model_bytes(spec))
+            loaded = self._models.get(spec.model_sha256, lambda: self._model_bytes(spec),
+                                      declared_shapes(spec.input_specs))
+        except BindingError as exc:
+            raise AttemptFailed(f"the SLA's input shapes do not fit the model: "
+                                f"microservice.model.{exc}") from None
         except TreelineError as exc:
             raise AttemptFailed(f"model download: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001 - onnx parse errors have no common base
             raise AttemptFailed(f"model is not valid ONNX: {exc}") from None
+        if loaded.data is not None:
+            self._artifacts.put(loaded.sha256, loaded.data)
+            if not self._settings.artifact_base_url:  # nodes fetch from the root
+                try:
+                    self._root.put_artifact(loaded.sha256, loaded.data)
+                except TreelineError as exc:
+                    raise AttemptFailed(f"bound model upload: {exc.message}") from None
+        return loaded
 
-    def _decide(self, spec: planning.JobSpec, model: onnx.ModelProto, graph: ModelGraph,
-                nodes: list[dict[str, Any]], attempt: Attempt) -> planning.PlanOutcome:
+    def _decide(self, spec: planning.JobSpec, loaded: LoadedModel, nodes: list[dict[str, Any]],
+                attempt: Attempt) -> planning.PlanOutcome:
         profile = load_profile(spec.microservice.model.scheduler_profile)
-        cost_model = self._cost_model(spec, graph, nodes, attempt.reprofile)
-        return planning.plan(model, graph, nodes, spec.microservice, profile, cost_model)
+        cost_model = self._cost_model(spec, loaded, nodes, attempt.reprofile)
+        return planning.plan(loaded.model, loaded.graph, nodes, spec.microservice, profile, cost_model)
 
     def _publish(self, outcome: planning.PlanOutcome) -> None:
         """Partitions into this cluster's cache (nodes fetch them here), and a copy to the root,
@@ -327,31 +308,33 @@ class Deployer:
                                                   retry_in_s=delay))
 
     # ---------------------------------------------------------------- cost model
-    def _cost_model(self, spec: planning.JobSpec, graph: ModelGraph, nodes: list[dict[str, Any]],
+    def _cost_model(self, spec: planning.JobSpec, loaded: LoadedModel, nodes: list[dict[str, Any]],
                     reprofile: frozenset[str]) -> CostModel:
-        """Op-time profiles for the model: those the root keeps (minus drifted classes), plus fresh
-        ones for device classes that have none (one node per class measures; stored at the root)."""
-        stored = self._models.profiles(spec.model_sha256)
+        """Op-time profiles for the model as bound (:mod:`.models`): those the root keeps (minus
+        drifted classes), plus fresh ones for device classes that have none (one node per class
+        measures the bound model; stored at the root under :func:`.models.profile_key`)."""
+        cached = self._models.profiles(spec.model_sha256)
         try:
-            stored.update(self._root.model_profiles(spec.model_name, spec.model_version))
-            self._models.remember_profiles(spec.model_sha256, stored)
+            cached.update(self._root.model_profiles(spec.model_name, spec.model_version))
+            self._models.remember_profiles(spec.model_sha256, cached)
         except TreelineError as exc:
             log.warning("could not read stored profiles of %s v%s (using %d cached): %s",
-                        spec.model_name, spec.model_version, len(stored), exc)
-        stored = {k: v for k, v in stored.items() if k not in reprofile}
+                        spec.model_name, spec.model_version, len(cached), exc)
+        stored = {k: v for k, v in profiles_for(loaded, cached).items() if k not in reprofile}
         missing = classes_to_profile(nodes, set(stored))
         if missing and self._profiles is not None:
-            results = self._profiles.collect(self._bus.publish, missing, self._node_url(spec.model_sha256),
-                                             spec.model_sha256, self._settings.profile_timeout, self._stop)
+            results = self._profiles.collect(self._bus.publish, missing, self._node_url(loaded.sha256),
+                                             loaded.sha256, self._settings.profile_timeout, self._stop)
             for device_class, result in results.items():
                 body = dataclasses.asdict(result)
                 stored[device_class] = body
-                self._models.remember_profiles(spec.model_sha256, {device_class: body})
+                key = profile_key(device_class, loaded)
+                self._models.remember_profiles(spec.model_sha256, {key: body})
                 try:
-                    self._root.put_model_profile(spec.model_name, spec.model_version, device_class, body)
+                    self._root.put_model_profile(spec.model_name, spec.model_version, key, body)
                 except TreelineError as exc:
-                    log.warning("could not store the %s profile at the root: %s", device_class, exc)
-        return CostModel.from_profiles(graph, stored)
+                    log.warning("could not store the %s profile at the root: %s", key, exc)
+        return CostModel.from_profiles(loaded.graph, stored)
 
 
 def _better(new: float | None, old: float | None, margin: float) -> bool:

@@ -27,9 +27,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from cluster_orchestrator import planning
+from cluster_orchestrator.models import declared_shapes, profiles_for
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from cluster_orchestrator.profiler import classes_to_profile
 from deployment_descriptors import load_profile
+from ml_scheduler.binding import BindingError
 from ml_scheduler.costmodel import CostModel
 from treeline_common.errors import (
     IntegrityError,
@@ -72,7 +74,10 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
                                     lambda: core.root.download(spec.model_url, spec.model_sha256))
 
     try:
-        model, graph = core.models.get(spec.model_sha256, model_bytes)
+        loaded = core.models.get(spec.model_sha256, model_bytes, declared_shapes(spec.input_specs))
+    except BindingError as exc:
+        raise InvalidInput(f"the SLA's input shapes do not fit the model: {exc}",
+                           [{"path": f"microservice.model.{exc.path}", "message": exc.message}]) from None
     except (NotFound, IntegrityError) as exc:  # the root answered: the job names a model it lacks
         raise InvalidInput(f"model download: {exc.message}",
                            [{"path": "model.sha256", "message": exc.message}]) from None
@@ -84,9 +89,10 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
     nodes = core.nodes.list_nodes()
     stored: dict[str, dict[str, Any]] = {}
     try:
-        stored = core.root.model_profiles(spec.model_name, spec.model_version)
+        stored = profiles_for(loaded, core.root.model_profiles(spec.model_name, spec.model_version))
     except TreelineError as exc:
         log.warning("dry run: no stored profiles of %s v%s: %s", spec.model_name, spec.model_version, exc)
+    model, graph = loaded.model, loaded.graph
     outcome = planning.plan(model, graph, nodes, spec.microservice,
                             load_profile(spec.microservice.model.scheduler_profile),
                             CostModel.from_profiles(graph, stored))

@@ -29,7 +29,7 @@ from cluster_orchestrator.actions import ActionRunner
 from cluster_orchestrator.aggregate import compute_aggregate
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.config import ClusterConfig
-from cluster_orchestrator.deployer import Deployer, DeployerSettings, ModelCache
+from cluster_orchestrator.deployer import Deployer, DeployerSettings
 from cluster_orchestrator.deployments import (
     DeploymentBook,
     deployment_view,
@@ -40,6 +40,7 @@ from cluster_orchestrator.deployments import (
 from cluster_orchestrator.drift import DriftTracker
 from cluster_orchestrator.jobs import parse_job
 from cluster_orchestrator.liveness import heartbeat_timeout
+from cluster_orchestrator.models import ModelCache
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
 from cluster_orchestrator.profiler import ProfileCollector

@@ -15,7 +15,9 @@ Contract (see docs/contracts.md, "ml_scheduler API"):
   ``ops[p:]``, plus graph outputs produced before ``p``. Every ``p`` in 1..n-1 is a valid cut:
   ``ops[:p]`` is a prefix of a topological order, hence closed under predecessors.
 - FLOPs count a multiply-add as 2 FLOPs. Byte sizes come from shape inference; a symbolic
-  dimension (e.g. a dynamic batch) is taken as 1, matching the batch-1 serving path.
+  dimension is taken as 1 here, so callers bind symbolic inputs to the SLA's shapes first
+  (:func:`ml_scheduler.binding.bind_input_shapes`). A position whose cut set holds anything but
+  a tensor of known size is :attr:`ModelGraph.uncuttable` and never offered to a planner.
 
 Pure: no I/O, no clock, no global state; onnx only (never onnxruntime).
 """
@@ -85,10 +87,15 @@ class ModelGraph:
     _interval_starts: tuple[int, ...] = field(repr=False)
     _cut_bytes: tuple[int, ...] = field(repr=False)  # index p in 0..n
     _flops_prefix: tuple[int, ...] = field(repr=False)  # index p in 0..n
+    # Interior positions whose cut set holds a non-tensor (sequence, map, optional) or a tensor
+    # of unknown size: never offered to a planner (an extracted partition could not be sized
+    # or framed).
+    uncuttable: frozenset[int] = field(default=frozenset(), repr=False)
 
     def cut_positions(self) -> list[int]:
-        """All valid cut positions 1..len(ops)-1 (every prefix of a topological order is one)."""
-        return list(range(1, len(self.ops)))
+        """The valid cut positions in 1..len(ops)-1: every prefix of a topological order is one,
+        except the :attr:`uncuttable` positions."""
+        return [p for p in range(1, len(self.ops)) if p not in self.uncuttable]
 
     def _check_position(self, p: int) -> None:
         if not 0 <= p <= len(self.ops):
@@ -347,6 +354,14 @@ def analyze_model(model: onnx.ModelProto) -> ModelGraph:
     for p in range(n + 1):
         running += diff[p]
         cut_bytes.append(running)
+    unsized = {name for _, _, name in intervals if _type_bytes(types.get(name)) is None}
+    blocked = [0] * (n + 2)  # unsized tensors live across each position
+    for start, end, name in intervals:
+        if name in unsized:
+            blocked[start + 1] += 1
+            blocked[end + 1] -= 1
+    live_unsized = list(itertools.accumulate(blocked))
+    uncuttable = frozenset(p for p in range(1, n) if live_unsized[p] > 0)
     flops_prefix = [0]
     for op in ops:
         flops_prefix.append(flops_prefix[-1] + op.flops)
@@ -371,6 +386,7 @@ def analyze_model(model: onnx.ModelProto) -> ModelGraph:
         _interval_starts=tuple(start for start, _, _ in intervals),
         _cut_bytes=tuple(cut_bytes),
         _flops_prefix=tuple(flops_prefix),
+        uncuttable=uncuttable,
     )
 
 

@@ -16,6 +16,7 @@ Pure and deterministic.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -122,6 +123,14 @@ def balanced_cuts(graph: ModelGraph, k: int) -> list[int]:
     Raises ValueError unless ``1 <= k <= len(graph.ops)`` (every partition holds >= 1 op).
     """
     n = len(graph.ops)
-    positions = min_max_split([op.flops for op in graph.ops], [graph.cut_bytes(p) for p in range(n + 1)], k)
+    if not graph.uncuttable:
+        positions = min_max_split([op.flops for op in graph.ops],
+                                  [graph.cut_bytes(p) for p in range(n + 1)], k)
+    else:  # split runs of ops between the allowed positions instead, at most one partition per run
+        bounds = [0, *graph.cut_positions(), n]
+        runs = list(itertools.pairwise(bounds))
+        chosen = min_max_split([graph.range_flops(a, b) for a, b in runs],
+                               [graph.cut_bytes(p) for p in bounds], min(k, len(runs)))
+        positions = [bounds[i] for i in chosen]
     logger.debug("balanced_cuts k=%d positions=%s", k, positions)
     return positions

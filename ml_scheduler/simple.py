@@ -135,6 +135,8 @@ class SimpleScheduler:
         smallest_need: float | None = None
         for k in range(min(max_partitions, len(candidates), len(graph.ops)), 0, -1):
             positions = balanced_cuts(graph, k)
+            if len(positions) != k - 1:  # fewer allowed cut positions than k-1 (graph.uncuttable)
+                continue
             ranges = graph.ranges(positions)
             weights = [graph.range_param_bytes(a, b) * self.memory_factor for a, b in ranges]
             flops = [graph.range_flops(a, b) for a, b in ranges]

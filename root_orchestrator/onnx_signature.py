@@ -2,8 +2,9 @@
 
 Only ``onnx`` is imported (no onnxruntime): the root never runs models. Parsing arbitrary bytes
 as protobuf can "succeed" on garbage, so a model must also carry an IR version, an opset and at
-least one graph output. Models whose weights live in external data files are refused: the
-artifact alone would be incomplete (save them with ``save_as_external_data=False``).
+least one graph output. A raw model whose weights live in external data files is refused here: the
+artifact alone would be incomplete; such a model is uploaded as an archive
+(:mod:`root_orchestrator.model_intake`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def load_onnx(data: bytes) -> onnx.ModelProto:
         raise _bad("missing ir_version, opset_import or graph outputs")
     for tensor in model.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise _bad(f"initializer {tensor.name!r} uses external data; save the model as one file")
+            raise _bad(f"initializer {tensor.name!r} uses external data; upload the .onnx and its data "
+                       "files as one archive (tar or zip), or save the model as one file")
     return model
 
 
@@ -46,7 +48,7 @@ def _dtype_name(elem_type: int) -> str | None:
         return None
 
 
-def _value_info(info: onnx.ValueInfoProto) -> dict[str, Any]:
+def value_info(info: onnx.ValueInfoProto) -> dict[str, Any]:
     """``{name, dtype, shape}``; symbolic dims are their names, unknown dims are None."""
     tensor = info.type.tensor_type if info.type.HasField("tensor_type") else None
     if tensor is None:
@@ -68,7 +70,7 @@ def extract_signature(model: onnx.ModelProto) -> dict[str, Any]:
     """Graph inputs (minus initializers, which old exporters list as inputs) and outputs."""
     initializers = {t.name for t in model.graph.initializer}
     return {
-        "inputs": [_value_info(i) for i in model.graph.input if i.name not in initializers],
-        "outputs": [_value_info(o) for o in model.graph.output],
+        "inputs": [value_info(i) for i in model.graph.input if i.name not in initializers],
+        "outputs": [value_info(o) for o in model.graph.output],
         "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
     }

@@ -237,12 +237,14 @@ class RootClient:
     # ---------------------------------------------------------------- models
 
     def register_model(self, name: str, onnx_bytes: bytes, description: str = "",
-                       alias: str | None = None) -> dict[str, Any]:
-        """Upload ONNX bytes as a new version of ``name``; returns the version document."""
+                       alias: str | None = None,
+                       content_type: str = "application/octet-stream") -> dict[str, Any]:
+        """Upload ONNX bytes (or, with an archive ``content_type``, a tar/zip of a model and its
+        external data) as a new version of ``name``; returns the version document."""
         query = {"description": description, **({"alias": alias} if alias else {})}
         return dict(self.call(
             "POST", f"/api/models/{_q(name)}/versions?{urllib.parse.urlencode(query)}",
-            data=onnx_bytes, headers={"Content-Type": "application/octet-stream"}, timeout=60))
+            data=onnx_bytes, headers={"Content-Type": content_type}, timeout=60))
 
     def models(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/api/models/")["models"])

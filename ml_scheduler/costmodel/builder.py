@@ -66,7 +66,8 @@ def build_problem(
     op_ms = np.vstack([cost_model.op_ms(graph, c, float(d.speed_factor))[0]
                        for c, d in zip(classes, devices, strict=True)])
     param_bytes = np.array([op.param_bytes for op in graph.ops], dtype=float)
-    cut_bytes = np.array([graph.cut_bytes(p) for p in range(n + 1)], dtype=float)
+    cut_bytes = np.array([np.inf if p in graph.uncuttable else graph.cut_bytes(p) for p in range(n + 1)],
+                         dtype=float)  # an uncuttable position costs an infinite transfer: never chosen
     live_bytes = np.array([graph.cut_bytes(i) + op.output_bytes for i, op in enumerate(graph.ops)],
                           dtype=float)
     mem_bytes = np.array([np.inf if d.memory_limit_mb is None else float(d.memory_limit_mb) * MIB

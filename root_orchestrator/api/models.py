@@ -1,6 +1,7 @@
 """Model registry and content-addressed artifacts.
 
-Uploads are raw bytes (``application/octet-stream``): the ONNX model is parsed to validate it
+Uploads are raw bytes (``application/octet-stream``), or an archive of a model with its external
+data files (:mod:`root_orchestrator.model_intake`): the ONNX model is parsed to validate it
 and extract its signature, stored once by sha256, then a new version row points at it.
 Downloads stream from the artifact store in chunks, never loading a whole model in memory.
 """
@@ -8,6 +9,7 @@ Downloads stream from the artifact store in chunks, never loading a whole model 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -15,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, claims_model_name, model_owner, principal, visible_model
 from root_orchestrator.auth.principals import INTERNAL, OWNER
+from root_orchestrator.model_intake import PROTOBUF_LIMIT, complete_signature, is_archive, unpack_archive
 from root_orchestrator.onnx_signature import extract_signature
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
 from root_orchestrator.uploads import check_bytes_type, load_onnx_header, spool_body
@@ -51,12 +54,21 @@ def create_version(name: str) -> Any:
     c = ctx()
     # streamed to disk while hashing (never the whole body in memory); 413 past the model limit
     check_bytes_type(request)
-    upload = spool_body(request, c.stores.artifacts.staging_dir)
+    staging = c.stores.artifacts.staging_dir
+    upload = spool_body(request, staging)
+    unpacked: Path | None = None
     try:
-        signature = extract_signature(load_onnx_header(upload.path))
-        stored = c.stores.artifacts.put_file(upload.path, upload.sha256)
+        path, sha256 = upload.path, upload.sha256
+        if is_archive(upload.path, request.mimetype or ""):  # a model with external data (model_intake)
+            unpacked, sha256, _ = unpack_archive(upload.path, staging or upload.path.parent,
+                                                 request.max_content_length or PROTOBUF_LIMIT)
+            path = unpacked
+        signature = complete_signature(path, extract_signature(load_onnx_header(path)))
+        stored = c.stores.artifacts.put_file(path, sha256)
     finally:
         upload.discard()
+        if unpacked is not None:
+            unpacked.unlink(missing_ok=True)
     doc = c.stores.models.create_version(name, stored.sha256, stored.size, signature, description,
                                          fmt="onnx", created_at=c.clock.now(), owner=model_owner(name))
     if alias is not None:

@@ -12,6 +12,7 @@ import click
 import model_zoo
 from treeline_cli.commands.common import output, output_option, root_client, root_options, setting, settings
 from treeline_cli.errors import Failure, UsageError
+from treeline_cli.model_files import upload_body
 from treeline_cli.output import Output, plural
 from treeline_cli.resolve import split_model_ref
 
@@ -63,10 +64,12 @@ def register(file: Path | None, builtin: str | None, name: str | None, alias: st
         assert file is not None
         if not file.is_file():
             raise UsageError(f"no such file: {file}", "check the path")
-        data = file.read_bytes()
+        data, content_type = upload_body(file)
         name = name or _model_name(file)
-    with out.step(f"uploading {name} ({len(data) / 1e6:.1f} MB)"):
-        version = client.register_model(name, data, description=description, alias=alias)
+    with out.step(f"uploading {name} ({len(data) / 1e6:.1f} MB"
+                  f"{', with its external data' if content_type != 'application/octet-stream' else ''})"):
+        version = client.register_model(name, data, description=description, alias=alias,
+                                        content_type=content_type)
     out.result(version, lambda: out.line(
         f"registered {version.get('name')} version {version.get('version')} "
         f"({int(version.get('size') or 0) / 1e6:.2f} MB, sha256 {str(version.get('sha256'))[:12]})"))
