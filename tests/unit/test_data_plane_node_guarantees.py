@@ -183,6 +183,18 @@ def test_ledger_bounds_its_store_by_age_entries_and_bytes() -> None:
     assert ledger.finish("huge", [], store=False, now=13.0) == []  # answered once
 
 
+def test_ledger_keeps_nothing_for_a_request_handed_on_or_answered_to_its_entry() -> None:
+    ledger = Ledger()
+    entry = [b"a", "reply address"]  # a forwarded request's "caller" is its entry, not a socket
+    assert ledger.admit("fwd", entry, 0.0, storable=False)[0] is Admission.NEW
+    assert ledger.admit("fwd", entry, 0.0)[0] is Admission.ATTACHED
+    assert ledger.finish("fwd", [b"reply"], store=True, now=0.0) == [entry]
+    assert ledger.stored() == 0  # the entry keeps the reply for retries, not this node
+    assert ledger.admit("next", entry, 0.0, storable=False)[0] is Admission.NEW
+    ledger.hand_on("next")  # the next stage acknowledged it: nothing is held here for its answer
+    assert len(ledger) == 0 and ledger.finish("next", [b"late"], store=True, now=1.0) == []
+
+
 # ---------------------------------------------------------------- failing fast downstream
 
 

@@ -7,7 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from treeline_common.tensor_wire import FramingError, TensorHeader, pack, payload_bytes, unpack
+from treeline_common.tensor_wire import (
+    FramingError,
+    ReplyTo,
+    TensorHeader,
+    pack,
+    payload_bytes,
+    signed_by,
+    unpack,
+)
 
 DTYPES = ["float32", "float64", "float16", "int64", "int32", "int8", "uint8", "bool"]
 
@@ -88,3 +96,33 @@ def test_wrong_byte_count_raises() -> None:
 def test_header_bytes_round_trip() -> None:
     header = TensorHeader(kind="reply", request_id="x", stage="s", timings={"s": 1.0})
     assert TensorHeader.from_bytes(header.to_bytes()) == header
+
+
+def test_reply_to_round_trips_and_is_signed() -> None:
+    key = bytes(range(32))
+    reply_to = ReplyTo("tcp://127.0.0.1:5555", "abc", "k" * 40)
+    frames = pack("request", "r1", {"x": np.ones(3, np.float32)}, stage="d/1", key=key, reply_to=reply_to)
+    header, arrays = unpack(frames)
+    assert header.reply_to == reply_to
+    assert signed_by(header, list(arrays.values()), [key])
+    header.reply_to = ReplyTo("tcp://10.0.0.1:1", "abc")  # redirected: no longer verifies
+    assert not signed_by(header, list(arrays.values()), [key])
+
+
+def test_headers_without_reply_to_sign_as_before() -> None:
+    header = TensorHeader("request", "r1", "d/0", timings={"a": 1.0})
+    assert header.signed_part() == b'["request","r1","d/0",[],{"a":1.0}]'
+    assert "reply_to" not in json.loads(header.to_bytes())
+    assert TensorHeader.from_bytes(header.to_bytes()).reply_to is None
+
+
+@pytest.mark.parametrize(("reply_to", "field"), [
+    ("tcp://a:1", "reply_to must be an object"),
+    ({"endpoint": "ipc:///x", "request_id": "r"}, "reply_to.endpoint"),
+    ({"endpoint": "tcp://a:1", "request_id": ""}, "reply_to.request_id"),
+    ({"endpoint": "tcp://a:1", "request_id": "r", "curve_server_key": "short"}, "reply_to.curve_server_key"),
+])
+def test_bad_reply_to_names_the_field(reply_to: object, field: str) -> None:
+    body = {"v": 1, "kind": "request", "request_id": "r", "reply_to": reply_to}
+    with pytest.raises(FramingError, match=field):
+        TensorHeader.from_bytes(json.dumps(body).encode())
