@@ -16,6 +16,8 @@ from typing import Any
 
 import onnx
 
+from cluster_orchestrator.compression import decide as decide_compression
+from cluster_orchestrator.compression import route_codecs
 from cluster_orchestrator.keys import (  # re-exported: the deployer and orchestrator use them from here
     DataPlaneSecurity,
     EncryptionUnavailable,
@@ -234,10 +236,14 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
     if len(partitions) != len(result.node_ids):
         raise ValueError(f"scheduler gave {len(result.node_ids)} nodes for {len(partitions)} partitions")
     relay = result.source_node_id if result.source_node_id not in (None, result.node_ids[0]) else None
+    compressed = decide_compression(model, partitions, result.compression, result.predicted,
+                                    microservice.ml_constraints.compression_max_abs_diff,
+                                    [i.to_dict() for i in microservice.model.inputs or ()])
     return PlanOutcome(schedulable=True, strategy=result.strategy, partitions=partitions,
                        node_ids=[str(n) for n in result.node_ids], reasons=reasons,
-                       input_names=input_names, output_names=output_names, predicted=result.predicted,
-                       explanation=result.explanation, relay_node_id=relay, message=result.message)
+                       input_names=input_names, output_names=output_names, predicted=compressed.predicted,
+                       explanation={**result.explanation, **compressed.explanation}, relay_node_id=relay,
+                       message=result.message)
 
 
 def input_specs_for(request: JobSpec, input_names: Sequence[str],
@@ -348,14 +354,19 @@ def deploy_commands(placement: Placement, root_url: str,
     relay = placement.relay
     entry_key = relay.stage_key if relay is not None else (stages[0].stage_key if stages else "")
 
-    def route(sender: str, target: StagePlacement) -> NextStage:
-        if not encrypt or target.node_id == sender:  # same node: handed over in-process
+    codecs = route_codecs(placement.predicted)  # boundary compression, on routes to another node only
+
+    def route(sender: str, target: StagePlacement, codec: str = "") -> NextStage:
+        if target.node_id == sender:  # same node: handed over in-process
             return NextStage(target.node_id, target.endpoint, target.stage_key)
+        if not encrypt:
+            return NextStage(target.node_id, target.endpoint, target.stage_key, compression=codec)
         curve = security.curve.get(target.node_id)
         if curve is None:
             raise EncryptionUnavailable(f"{placement.deployment_id}: privacy.encrypt_tensors asks for CURVE, "
                                         f"but node {target.node_name or target.node_id} reports no CURVE key")
-        return NextStage(target.node_id, curve.endpoint, target.stage_key, curve_server_key=curve.public_key)
+        return NextStage(target.node_id, curve.endpoint, target.stage_key, curve_server_key=curve.public_key,
+                         compression=codec)
 
     def command(stage: StagePlacement, nxt: NextStage | None, **fields: Any) -> DeployCommand:
         is_entry = bool(key) and stage.stage_key == entry_key
@@ -367,7 +378,7 @@ def deploy_commands(placement: Placement, root_url: str,
     commands = []
     for i, stage in enumerate(stages):
         following = stages[i + 1] if i + 1 < len(stages) else None
-        nxt = route(stage.node_id, following) if following else None
+        nxt = route(stage.node_id, following, codecs.get(stage.index, "")) if following else None
         commands.append((stage.node_id, command(
             stage, nxt, artifact_url=artifact_url(root_url, stage.sha256), sha256=stage.sha256,
             outputs=list(stage.outputs))))

@@ -25,6 +25,7 @@ from ml_scheduler.energy import plan_within_energy
 from ml_scheduler.framework import PlacementRequest, explain, run_filters_and_scores
 from ml_scheduler.graph import ModelGraph
 from ml_scheduler.planner import plan as exact_plan
+from ml_scheduler.planner.compression import proposal_document
 from ml_scheduler.problem import Plan, PlanningProblem, evaluate
 from ml_scheduler.simple import SimpleScheduler
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
@@ -55,6 +56,9 @@ class ScheduleResult:
     predicted: dict[str, Any] = field(default_factory=dict)
     explanation: dict[str, Any] = field(default_factory=dict)
     source_node_id: str | None = None
+    # boundary compression the planner proposes for the plan's bottleneck links (None: none);
+    # see ml_scheduler.planner.compression.proposal_document; the cluster measures and decides
+    compression: dict[str, Any] | None = None
 
 
 def _matching(devices: ClusterSnapshot, selector: Any) -> int | None:
@@ -146,6 +150,8 @@ class MlScheduler:
             node_ids=[problem.device_ids[d] for d in chosen.devices], reasons=reasons,
             predicted=predicted, explanation=explanation,
             source_node_id=problem.device_ids[source] if source is not None else None,
+            compression=proposal_document(problem, chosen, constraints.compression_allow,
+                                          lambda p: plan_summary(p, problem)),
         )
 
     @staticmethod

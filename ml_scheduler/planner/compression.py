@@ -32,8 +32,9 @@ Pure: numpy only, no I/O.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -130,3 +131,21 @@ def propose(problem: PlanningProblem, plan: Plan, allowed: Sequence[str]) -> Com
             raise AssertionError("a plan became infeasible by sending fewer bytes")
         plans[codec] = dataclasses.replace(evaluated, notes=plan.notes)
     return CompressionProposal(edges, codecs, plans)
+
+
+def proposal_document(problem: PlanningProblem, plan: Plan, allowed: Sequence[str],
+                      summary: Callable[[Plan], dict[str, Any]]) -> dict[str, Any] | None:
+    """:func:`propose` as a JSON-able document for whoever measures the codecs' effect (the cluster):
+    ``{"edges": [{stage, position, from, to, bytes_before, transfer_ms}], "codecs": [...],
+    "options": {codec: {"predicted": summary(plan), "bytes_after": [...], "predicted_ms_saved"}}}``,
+    the ``""`` option being the uncompressed plan; None when nothing is proposed."""
+    proposal = propose(problem, plan, allowed)
+    if proposal is None:
+        return None
+    edges = [{"stage": e.stage, "position": e.position, "from": problem.device_ids[e.sender],
+              "to": problem.device_ids[e.receiver], "bytes_before": int(e.bytes_before),
+              "transfer_ms": round(e.transfer_ms, 4)} for e in proposal.edges]
+    options = {codec: {"predicted": summary(p), "bytes_after": [int(b) for b in proposal.bytes_after(codec)],
+                       "predicted_ms_saved": round(proposal.ms_saved(codec), 4)}
+               for codec, p in proposal.plans.items()}
+    return {"edges": edges, "codecs": list(proposal.codecs), "options": options}
