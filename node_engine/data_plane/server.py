@@ -10,20 +10,15 @@ Threading model (zmq sockets are not thread-safe, so exactly one thread touches 
   emulated slowdown waits there, never in the poll thread) and hand results back through a
   queue plus a one-frame wake message on an inproc PUSH/PULL pair.
 
-**The answer goes straight back** (:mod:`.answers`). The node a caller sends a request to
-is that request's *entry*: when its stages hand the request to another node, the forward
-carries ``reply_to`` (this node's endpoint, its CURVE endpoint and key when the forward is
-encrypted, and the caller's request id) and the entry awaits the answer until ONE deadline
-for the whole pipeline (``forward_timeout``). A node that receives a request with
-``reply_to`` acknowledges it to the sender at once (``ack``, from the poll thread, before
-any compute), and a middle node forgets a request once the next stage acknowledged it: no
-per-request state, no timeout for its reply. The last stage, or any stage that fails or
-cannot reach the next one, sends the reply or error as an ``answer`` to ``reply_to``,
-signed with the deployment's data key; the entry admits an answer only for a request it
-awaits, signed with the key and over the socket it expects, and only once. So a middle
-node that dies after its ack loses nothing computed after it; the caller of a request lost
-inside the dead node hears ``downstream_timeout`` from the entry's deadline. A request
-without ``reply_to`` (from a caller, or an older node) is answered to its sender as before.
+**The answer goes straight back** (details in :mod:`.answers`). The node a caller sends a
+request to is its *entry*; a forward to another node carries ``reply_to`` (the entry's
+endpoint, CURVE when the forward is, and the caller's id) and the entry awaits the answer
+under ONE deadline for the whole pipeline (``forward_timeout``). A receiver acknowledges a
+``reply_to`` request at once (``ack``, poll thread, before compute); a middle node forgets
+it on the next stage's ack. The last stage, or any stage that fails or cannot reach the
+next, sends the reply or error as a signed ``answer`` to ``reply_to``; the entry admits it
+only for a request it awaits, signed and over the socket it expects, and only once. A
+request without ``reply_to`` (a caller's, or an older node's) is answered to its sender.
 
 Contract with callers (a request is identified by its caller-chosen request id):
 
@@ -53,16 +48,13 @@ is admitted (before the ledger, so an unauthenticated peer can neither attach to
 in flight nor read a stored reply) its stage's :class:`~.security.StageAccess` checks the
 authenticator and the socket; a refusal is an ``unauthorized`` error. Forwards are signed
 with the sending stage's data key and go to the next stage's CURVE endpoint when the route
-names a ``curve_server_key``; such a forward's ``reply_to`` names this node's CURVE
-endpoint, so the answer travels encrypted too. A request with ``reply_to`` is refused at an
-entry stage (callers do not choose where answers go); an inner stage of a keyed deployment
-admits it only signed with the data key, which covers ``reply_to``. (A deployment without a
-data key admits anything, so there its inner stages send answers where a request says.)
+names a ``curve_server_key`` (its ``reply_to`` is then this node's CURVE endpoint). A
+request with ``reply_to`` is refused at an entry stage (callers do not choose where answers
+go); an inner stage of a keyed deployment admits it only signed with the data key, which
+covers ``reply_to`` (a keyless deployment admits anything, answers included).
 
-An emulated node charges its uplink before a forward leaves (``runner.link_delay_ms``):
-the forward waits in a :class:`~.forwarding.LinkQueue` that the poll loop drains on time,
-so the workers go on computing meanwhile; the wait shows up in the request's timings as
-``"<stage_key>->link"``. Relay stages (no model) are passed on straight from the poll
+An emulated node charges its uplink before a forward leaves (:mod:`.uplink`), while the
+workers go on computing. Relay stages (no model) are passed on straight from the poll
 thread when their next stage is remote, so they never queue behind a busy worker.
 """
 
@@ -81,9 +73,10 @@ import zmq
 from node_engine.data_plane.answers import AwaitedAnswers, answer_frames, caller_frames
 from node_engine.data_plane.chain import Job, Result, StageChain
 from node_engine.data_plane.downstream import Downstreams, TransferObserver
-from node_engine.data_plane.forwarding import Forward, LinkQueue, link_timing_key
+from node_engine.data_plane.forwarding import Forward
 from node_engine.data_plane.ledger import Admission, Ledger
 from node_engine.data_plane.probe import PROBE_STAGE, probe_reply
+from node_engine.data_plane.uplink import Uplink
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import (
@@ -96,7 +89,6 @@ from treeline_common.tensor_wire import (
     ReplyTo,
     TensorHeader,
     pack,
-    payload_bytes,
     unpack,
 )
 
@@ -117,14 +109,6 @@ class Held:
     in_flight: int  # requests in the ledger (computing, queued for the link, awaiting an ack or answer)
     awaiting_ack: int  # forwards sent and not yet acknowledged (or answered, by an older downstream)
     awaiting_answer: int  # requests this node is the entry of, whose answer comes straight back
-
-
-@dataclass
-class _Delayed:
-    """A forward waiting out the emulated uplink, and when it started waiting."""
-
-    forward: Forward
-    queued_at: float
 
 
 class DataPlaneServer:
@@ -269,27 +253,27 @@ class DataPlaneServer:
                                  connect_timeout=self._connect_timeout, on_transfer=self._on_transfer,
                                  on_ack=self._ledger.hand_on)
         self._downstream = downstream
-        links: LinkQueue[_Delayed] = LinkQueue()
+        uplink = Uplink(downstream, self._runner.link_delay_ms)
         try:
             while not self._stopping.is_set():
                 now = self._clock.monotonic()
-                timeout_ms = downstream.poll_timeout_ms(links.poll_timeout_ms(now, POLL_MS))
+                timeout_ms = downstream.poll_timeout_ms(uplink.poll_timeout_ms(now, POLL_MS))
                 events = dict(poller.poll(timeout_ms))
                 if wake in events:
                     while wake.poll(0):
                         wake.recv()
-                    self._drain_results(downstream, links)
+                    self._drain_results(uplink)
                 for sock in downstream.sockets():
                     if sock in events:
                         downstream.handle(sock, self._clock.monotonic(), self._finish)
                 for router in routers:
                     if router in events:
                         for _ in range(ACCEPT_BATCH):
-                            self._accept(router, downstream, links)
+                            self._accept(router, downstream, uplink)
                             if not router.poll(0):
                                 break
-                self._send_due(downstream, links)
                 now = self._clock.monotonic()
+                uplink.send_due(now, self._finish)
                 downstream.tick(now, self._finish)
                 for rid, frames in self._answers.expired(now):
                     self._finish(rid, frames, "error")
@@ -298,8 +282,7 @@ class DataPlaneServer:
         except Exception:
             log.exception("data plane poll loop failed")
         finally:
-            if links:
-                log.info("dropping %d forward(s) still waiting on the emulated link", len(links))
+            uplink.drop()
             answered = self._answer_all_closing()
             downstream.close(SHUTDOWN_LINGER_MS if answered else 0)
             self._downstream = None
@@ -307,7 +290,7 @@ class DataPlaneServer:
                 router.close(SHUTDOWN_LINGER_MS if answered else 0)
             wake.close(0)
 
-    def _accept(self, router: zmq.Socket[Any], downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
+    def _accept(self, router: zmq.Socket[Any], downstream: Downstreams, uplink: Uplink) -> None:
         """Read one message: answer it at once (error, duplicate, overload) or take it into flight."""
         frames = router.recv_multipart(copy=False)
         over_curve = router is self._curve_router
@@ -372,7 +355,7 @@ class DataPlaneServer:
         job = Job(rid, header.stage, arrays, dict(header.timings), reply_to)
         if stage.relay and not self._local(stage):
             # nothing to compute: pass it on here rather than queue behind a busy worker
-            self._dispatch(downstream, links, self._chain.run(job))
+            self._dispatch(uplink, self._chain.run(job))
             return
         assert self._pool is not None
         self._pool.submit(self._work, job)
@@ -392,16 +375,16 @@ class DataPlaneServer:
         frames, kind = caller_frames(header, tensor_frames)
         self._finish(header.request_id, frames, kind)
 
-    def _drain_results(self, downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
+    def _drain_results(self, uplink: Uplink) -> None:
         """Dispatch what workers finished."""
         while True:
             try:
                 result = self._results.get_nowait()
             except queue.Empty:
                 return
-            self._dispatch(downstream, links, result)
+            self._dispatch(uplink, result)
 
-    def _dispatch(self, downstream: Downstreams, links: LinkQueue[_Delayed], result: Result) -> None:
+    def _dispatch(self, uplink: Uplink, result: Result) -> None:
         """Answer the caller, or forward (after the emulated link, if any)."""
         job = result.job
         if result.kind == "forward":
@@ -413,25 +396,11 @@ class DataPlaneServer:
             if forward.entry:
                 self._answers.expect(job.request_id, now, key=result.key, curve=bool(result.curve_server_key),
                                      pipeline=f"next stage {result.stage} at {result.endpoint}")
-            delay_ms = self._runner.link_delay_ms(payload_bytes(result.outputs))
-            if delay_ms > 0.0 and downstream.connect(result.endpoint, result.curve_server_key) != "down":
-                links.push(now + delay_ms / 1000.0, _Delayed(forward, now))
-            else:
-                downstream.send(forward, now, self._finish)  # a down link fails it at once
+            uplink.forward(forward, now, self._finish)
             return
         frames = pack(result.kind, job.request_id, result.outputs, stage=job.stage,
                       timings=job.timings, error=result.error, code=result.code)
         self._finish(job.request_id, frames, result.kind)
-
-    def _send_due(self, downstream: Downstreams, links: LinkQueue[_Delayed]) -> None:
-        """Send the forwards whose emulated transfer is over."""
-        if not links:
-            return
-        now = self._clock.monotonic()
-        for delayed in links.pop_due(now):
-            forward = delayed.forward
-            forward.timings[link_timing_key(forward.source)] = (now - delayed.queued_at) * 1000.0
-            downstream.send(forward, now, self._finish)
 
     def _reply_address(self, request_id: str, result: Result) -> ReplyTo:
         """Where the answer to a request entered here comes: this node's socket of the forward's kind."""
