@@ -68,7 +68,8 @@ def sample_specs(model: onnx.ModelProto, declared: Sequence[Mapping[str, Any]] =
     return [{**s, "index_limit": limits[s["name"]]} if s["name"] in limits else s for s in specs]
 
 
-def _session(model_bytes: bytes) -> ort.InferenceSession:
+def measurement_session(model_bytes: bytes) -> ort.InferenceSession:
+    """A one-thread, non-spinning CPU session of a partition (the measurement shares a busy host)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -134,7 +135,7 @@ def decide(model: onnx.ModelProto, partitions: Sequence[Any], proposal: Mapping[
                           for e in edges),
         "edges": edges, "codec": NONE, "max_output_abs_diff": max_diff, "tried": []}
     try:
-        sessions = [_session(p.model_bytes) for p in partitions]
+        sessions = [measurement_session(p.model_bytes) for p in partitions]
         outputs = [tuple(p.outputs) for p in partitions]
         sample = next(random_inputs(sample_specs(model, declared_inputs), 1, seed=SAMPLE_SEED))
         reference, _, _ = run_chain(sessions, outputs, sample)
