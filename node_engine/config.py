@@ -16,6 +16,9 @@ registration; the MQTT username and password come in the cluster's answer. ``--m
 ``--memory-limit-mb`` caps the memory the node offers below its profile's (and the host's): the
 node reports it in telemetry and refuses a partition that does not fit in it
 (:mod:`node_engine.commands`).
+
+``--v2-port`` (default ``$TREELINE_NODE_V2_PORT``, else off; 0: a free port) serves the Open
+Inference Protocol for the deployments whose entry is on this node (:mod:`node_engine.v2_http`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from treeline_common.mqtt_acl import TlsFiles
 from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
 
 JOIN_TOKEN_ENV = "TREELINE_JOIN_TOKEN"
+V2_PORT_ENV = "TREELINE_NODE_V2_PORT"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class NodeConfig:
     join_token: str | None = field(default=None, repr=False)  # shown to the cluster at registration
     mqtt_tls: bool = False  # TLS to the broker even if the cluster's answer does not ask for it
     mqtt_tls_files: TlsFiles = field(default_factory=TlsFiles)  # CA / client cert / key (empty: defaults)
+    v2_port: int | None = None  # KServe v2 REST of the entries here (node_engine.v2_http); None: off, 0: free
 
 
 def build_parser(settings: Settings, prog: str = "python -m node_engine") -> argparse.ArgumentParser:
@@ -96,6 +101,9 @@ def build_parser(settings: Settings, prog: str = "python -m node_engine") -> arg
     parser.add_argument("--mqtt-ca", default="", help="CA file verifying the broker (default: the system's)")
     parser.add_argument("--mqtt-cert", default="", help="client certificate for mutual TLS")
     parser.add_argument("--mqtt-key", default="", help="client key for mutual TLS")
+    parser.add_argument("--v2-port", type=int, default=None, metavar="PORT",
+                        help=f"serve the Open Inference Protocol (KServe v2 REST) for the deployments "
+                             f"whose entry is here on PORT (0: a free one; default ${V2_PORT_ENV}, else off)")
     return parser
 
 
@@ -114,6 +122,14 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_en
         parser.error("--link-probe-interval must be positive")
     if args.threads < 0:
         parser.error("--threads must be >= 0")
+    v2_port = args.v2_port
+    if v2_port is None and os.environ.get(V2_PORT_ENV, "").strip():
+        try:
+            v2_port = int(os.environ[V2_PORT_ENV])
+        except ValueError:
+            parser.error(f"{V2_PORT_ENV} must be a port number, not {os.environ[V2_PORT_ENV]!r}")
+    if v2_port is not None and not 0 <= v2_port <= 65535:
+        parser.error(f"--v2-port must be between 0 and 65535, not {v2_port}")
     profile = get_profile(args.profile)
     if args.memory_limit_mb is not None:
         if args.memory_limit_mb <= 0:
@@ -135,4 +151,5 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_en
         join_token=(args.join_token or "").strip() or None,
         mqtt_tls=args.mqtt_tls,
         mqtt_tls_files=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key),
+        v2_port=v2_port,
     )

@@ -46,6 +46,7 @@ from node_engine.registration import register
 from node_engine.runtime import load_partition
 from node_engine.stages import Session, StageRunner, StageTable
 from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemetry, registration_body
+from node_engine.v2_http import V2Server, start_v2
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
@@ -232,10 +233,17 @@ class NodeEngine:
                                  curve_secret_key=curve_secret_key(data_dir), on_transfer=links.on_transfer)
         commands: CommandHandler | None = None
         profiler: ProfileWorker | None = None
+        v2: V2Server | None = None  # the Open Inference Protocol of the entries here (--v2-port)
         # one reader for the node's life: rates (disk, network, RAPL) need the previous sample
         self._telemetry = TelemetryReader(self.config.profile, self.clock, disk_path=str(data_dir))
         try:
             endpoint = server.start()
+            try:
+                v2 = start_v2(self.config.v2_port, self.stages, endpoint, host=self.config.host,
+                              cluster_url=self.config.cluster_url, name=self.config.name)
+            except OSError as exc:
+                log.error("cannot serve the v2 REST API on port %s: %s", self.config.v2_port, exc)
+                return 2
             body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
                                      self.instance_id)
             # the encrypted data plane: where and with which key other nodes reach this one
@@ -291,6 +299,8 @@ class NodeEngine:
                 self._telemetry.close()
             if profiler is not None:
                 profiler.stop()
+            if v2 is not None:
+                v2.close()
             server.close()
             for stage in self.stages.clear():
                 stage.session.close()

@@ -64,6 +64,23 @@ class PartitionSession:
         results = self._session.run(list(self.output_names), feed)
         return {name: np.asarray(value) for name, value in zip(self.output_names, results, strict=False)}
 
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """``{"inputs": [...], "outputs": [...]}``, each ``{name, dtype, shape}`` as onnxruntime
+        declares them: dtype a numpy name (``float32``) or the ONNX type (``string``), shape a
+        list of ints, dimension names or None (what the v2 metadata of :mod:`node_engine.v2_models`
+        shows). Empty lists once the session is closed."""
+        if self._session is None:
+            return {"inputs": [], "outputs": []}
+
+        def spec(arg: Any) -> dict[str, Any]:
+            dtype = _ORT_DTYPES.get(arg.type)
+            onnx_type = str(arg.type).removeprefix("tensor(").rstrip(")")
+            name = np.dtype(dtype).name if dtype is not None else onnx_type
+            return {"name": arg.name, "dtype": name, "shape": list(arg.shape)}
+
+        return {"inputs": [spec(a) for a in self._session.get_inputs()],
+                "outputs": [spec(a) for a in self._session.get_outputs()]}
+
     def close(self) -> None:
         """Drop the session so its memory can be freed (ORT has no explicit close)."""
         self._session = None
