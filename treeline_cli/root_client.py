@@ -61,12 +61,16 @@ def _short_reason(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", **kwargs: Any) -> Any:
-    """One JSON request; the decoded answer, the server's error class, or RootUnreachable."""
+def http_call(method: str, url: str, *, timeout: float = 10.0, what: str = "", raw: bool = False,
+              **kwargs: Any) -> Any:
+    """One JSON request; the decoded answer (with ``raw``: the body's bytes), the server's error
+    class, or RootUnreachable."""
     try:
         response = requests.request(method, url, timeout=timeout, **kwargs)
     except requests.RequestException as exc:
         raise RootUnreachable(f"cannot reach {what or url} ({_short_reason(exc)})") from None
+    if raw and response.status_code < 400:
+        return response.content
     return json_answer(response, method, url)
 
 
@@ -245,6 +249,10 @@ class RootClient:
         return dict(self.call(
             "POST", f"/api/models/{_q(name)}/versions?{urllib.parse.urlencode(query)}",
             data=onnx_bytes, headers={"Content-Type": content_type}, timeout=60))
+
+    def artifact(self, sha256: str) -> bytes:
+        """The bytes of a content-addressed artifact (a model or a partition), by digest."""
+        return bytes(self.call("GET", f"/api/artifacts/{_q(sha256)}", raw=True))
 
     def models(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/api/models/")["models"])
