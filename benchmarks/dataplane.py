@@ -30,7 +30,9 @@ comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire`
 ``serving_overhead_ratio`` [<= 1.10] (whole MobileNetV2 through one node over raw
 ``session.run``), ``hop_overhead_ms`` [<= 0.3] (p50 per extra stage, 100 KB),
 ``local_hop_overhead_ms`` (the same with the stages on one node) and
-``pipeline_efficiency_k2/k3/k4`` [>= 0.90] from :mod:`benchmarks.serving`.
+``pipeline_efficiency_k2/k3/k4`` [>= 0.90] from :mod:`benchmarks.serving`; ``compressed_link_speedup``
+and ``compressed_output_max_abs_diff`` (MobileNetV2 cut in two over an emulated rpi4 uplink, best of
+fp16/int8) from :mod:`benchmarks.compression`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from benchmarks.compression import run as measure_compression
 from benchmarks.links import run as measure_links
 from benchmarks.node_idle import run as measure_node_idle
 from benchmarks.report import add_json_option, benchmark_parser, report
@@ -219,6 +222,7 @@ def run(quick: bool) -> dict[str, Any]:
     result.update(measure_links(quick))  # link_estimate_error and its per-profile figures (benchmarks.links)
     result.update(measure_node_idle(quick))  # node_idle_rss_mb, node_idle_cpu_percent (benchmarks.node_idle)
     result.update(measure_serving(quick))  # serving_overhead_ratio, hop_overhead_ms, pipeline_efficiency_k*
+    result.update(measure_compression(quick))  # compressed_link_speedup, compressed_output_max_abs_diff
     return result
 
 
