@@ -22,7 +22,6 @@ signs the data-plane request with it. Errors are the protocol's ``{"error": "...
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -44,7 +43,13 @@ from treeline_common.errors import (
     http_status,
 )
 from treeline_common.http import install_body_limits
-from treeline_common.inference_v2 import HEADER_LENGTH, decode_request, encode_response, tensor_metadata
+from treeline_common.inference_v2 import (
+    HEADER_LENGTH,
+    bearer_matches,
+    decode_request,
+    encode_response,
+    tensor_metadata,
+)
 from treeline_common.jobs import JobStatus
 
 log = logging.getLogger(__name__)
@@ -93,8 +98,7 @@ class V2Gateway:
         """Unauthorized unless the service lets anybody call or the caller shows its key."""
         if not self.callers_sign(doc):
             return
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self._key(doc)):
+        if not bearer_matches(authorization, self._key(doc)):
             raise Unauthorized("this service's callers must sign: send Authorization: Bearer <caller key>",
                                [{"path": "Authorization", "message": "missing or wrong caller key"}])
 

@@ -21,7 +21,6 @@ Everything here is pure over a :class:`~node_engine.stages.StageTable` snapshot:
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from node_engine.stages import LoadedStage, StageTable
 from treeline_common.errors import InvalidInput, NotFound, Unauthorized
-from treeline_common.inference_v2 import datatype_of, tensor_metadata
+from treeline_common.inference_v2 import bearer_matches, datatype_of, tensor_metadata
 
 
 class NotHere(NotFound):
@@ -90,10 +89,7 @@ def check_caller(stage: LoadedStage, authorization: str) -> None:
     expected = caller_key(stage)
     if not expected:
         return
-    scheme, _, token = authorization.strip().partition(" ")
-    # bytes: compare_digest refuses non-ASCII str, and a header may carry any latin-1 text
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1", "replace"),
-                                                             expected.encode()):
+    if not bearer_matches(authorization, expected):
         raise Unauthorized("this service's callers must sign: send Authorization: Bearer <caller key>",
                            [{"path": "Authorization", "message": "missing or wrong caller key"}])
 

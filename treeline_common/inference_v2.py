@@ -20,6 +20,7 @@ numeric tensors).
 
 from __future__ import annotations
 
+import hmac
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -219,3 +220,13 @@ def tensor_metadata(signature: Sequence[Mapping[str, Any]]) -> list[dict[str, An
              "shape": [d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else -1
                        for d in t.get("shape") or []]}
             for t in signature]
+
+
+def bearer_matches(authorization: str, key: str) -> bool:
+    """Whether an ``Authorization`` header is ``Bearer <key>`` (constant-time; the one rule the
+    cluster's v2 gateway and the entry node's both apply to a service whose callers must sign).
+    Compared as bytes: ``hmac.compare_digest`` raises on non-ASCII text, and a header may carry
+    any latin-1 character."""
+    scheme, _, token = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and bool(key) and hmac.compare_digest(
+        token.strip().encode("latin-1", "replace"), key.encode("latin-1", "replace"))

@@ -12,6 +12,7 @@ from treeline_common.errors import InvalidInput
 from treeline_common.inference_v2 import (
     HEADER_LENGTH,
     InferRequest,
+    bearer_matches,
     datatype_of,
     decode_request,
     encode_response,
@@ -19,7 +20,7 @@ from treeline_common.inference_v2 import (
 )
 
 
-def body(doc: dict[str, Any]) -> bytes:
+def body(doc: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
@@ -38,7 +39,8 @@ def test_binary_extension_round_trip() -> None:
     mask = np.ones((1, 4), dtype=np.int64)
     head = body({"inputs": [
         {"name": "x", "shape": [2, 3], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}},
-        {"name": "mask", "shape": [1, 4], "datatype": "INT64", "parameters": {"binary_data_size": mask.nbytes}}],
+        {"name": "mask", "shape": [1, 4], "datatype": "INT64",
+         "parameters": {"binary_data_size": mask.nbytes}}],
         "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "z"}]})
     req = decode_request(head + x.tobytes() + mask.tobytes(), str(len(head)))
     assert np.array_equal(req.inputs["x"], x) and np.array_equal(req.inputs["mask"], mask)
@@ -66,19 +68,23 @@ def test_json_response_without_binary_has_no_header() -> None:
     (b"{nope", None, "body"),
     (body([1, 2]), None, "body"),
     (body({"inputs": []}), None, "inputs"),
-    (body({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}), None, "inputs[0].data"),
+    (body({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1]}]}), None,
+     "inputs[0].data"),
     (body({"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}), None,
      "inputs[0].datatype"),
-    (body({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": []}]}), None, "inputs[0].shape"),
+    (body({"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": []}]}), None,
+     "inputs[0].shape"),
     (body({"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": ["a", "b"]}]}), None,
      "inputs[0].data"),
     (body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]},
-                      {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), None, "inputs[1].name"),
+                      {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), None,
+     "inputs[1].name"),
     (body({"inputs": [{"name": "x", "shape": [1 << 20, 1 << 20], "datatype": "FP32", "data": []}]}), None,
      "inputs[0].shape"),
     (body({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32"}]}), None, "inputs[0]"),
     (body({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32",
-                       "parameters": {"binary_data_size": 4}}]}), "10", "inputs[0].parameters.binary_data_size"),
+                       "parameters": {"binary_data_size": 4}}]}), "10",
+     "inputs[0].parameters.binary_data_size"),
     (body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}), "x", HEADER_LENGTH),
     (body({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}], "outputs": "y"}), None,
      "outputs"),
@@ -109,3 +115,12 @@ def test_metadata_from_a_registry_signature() -> None:
     assert datatype_of(np.float16) == "FP16" and datatype_of("double") == "FP64"
     with pytest.raises(InvalidInput):
         datatype_of("string")
+
+
+@pytest.mark.parametrize(("header", "ok"), [
+    ("Bearer k3y", True), ("bearer  k3y ", True), ("Bearer k3y2", False), ("Basic k3y", False), ("", False),
+    ("k3y", False), ("Bearer \xe9t\xe9", False),  # non-ASCII: refused, never a TypeError
+])
+def test_bearer_matches_the_caller_key(header: str, ok: bool) -> None:
+    assert bearer_matches(header, "k3y") is ok
+    assert not bearer_matches("Bearer ", "")  # no key: nothing matches
