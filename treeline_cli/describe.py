@@ -67,6 +67,9 @@ def explanation_lines(service: Doc, node_names: Mapping[str, str], indent: str =
         score = scores.get(node_id) or {}
         plugins = ", ".join(f"{k} {v}" for k, v in sorted((score.get("by_plugin") or {}).items()))
         lines.append(f"{indent}shortlisted {name(node_id)}: score {score.get('total', '-')} ({plugins})")
+    compression = explanation.get("compression")
+    if isinstance(compression, Mapping):
+        lines.append(f"{indent}{compression_line(compression)}")
     used = {s.get("node_id") for s in stages_of(service)}
     if service.get("status") != "FAILED":
         for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
@@ -78,6 +81,17 @@ def explanation_lines(service: Doc, node_names: Mapping[str, str], indent: str =
     for line in reason_lines(shown, names, indent=""):
         lines.append(f"{indent}not schedulable on {line}")
     return lines
+
+
+def compression_line(entry: Mapping[str, Any]) -> str:
+    """One line for the explanation's boundary ``compression`` (cluster_orchestrator.compression)."""
+    where = f"compression {entry.get('codec') or 'none'} on {entry.get('edge', '?')}"
+    if not entry.get("codec"):
+        return f"{where}: {entry.get('note', '')}"
+    bound = entry.get("max_output_abs_diff")
+    return (f"{where}: {entry.get('bytes_before')} -> {entry.get('bytes_after')} bytes, "
+            f"{entry.get('predicted_ms_saved')} ms saved (predicted), outputs changed by "
+            f"{float(entry.get('output_max_abs_diff') or 0.0):.3g}" + (f" (max {bound:g})" if bound else ""))
 
 
 def history_lines(events: list[Doc], indent: str = "  ") -> list[str]:

@@ -18,6 +18,7 @@ from cluster_orchestrator.compression import decide, max_abs_diff, route_codecs,
 from cluster_orchestrator.planning import build_placement, deploy_commands
 from ml_scheduler.extract import Partition, extract_partitions
 from ml_scheduler.graph import analyze_model
+from treeline_cli.describe import compression_line
 
 CUT = 25  # two tensors cross it (a skip connection): 702 KB
 LATE_CUT = 90  # one 31 KB tensor close to the logits: int8 visibly changes them more than fp16
@@ -58,6 +59,10 @@ def test_int8_kept_when_within_the_bound(mobilenet: tuple[onnx.ModelProto, list[
     assert entry["predicted_ms_saved"] == 80.0 and entry["edge"] == "stage 0 (pi) -> stage 1 (box)"
     assert decision.predicted == {"latency_ms": 50.0, "compression": {"codec": "int8", "stages": [0]}}
     assert route_codecs(decision.predicted) == {0: "int8"}
+    line = compression_line(entry)  # what `treeline describe` shows
+    assert line.startswith("compression int8 on stage 0 (pi) -> stage 1 (box): "
+                           "702464 -> 175624 bytes, 80.0 ms")
+    assert line.endswith("(max 1)")
 
 
 def test_codecs_dropped_in_order_when_outputs_change_too_much(model: onnx.ModelProto) -> None:
