@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from treeline_cli.broker import die_with_parent
 from treeline_common.netutil import free_port, poll_until
@@ -67,11 +69,27 @@ class MongoServerProcess:
                 self.process.wait(timeout=timeout)
 
 
-def server_command(data_dir: Path, host: str, port: int) -> list[str]:
-    """The command line of an ``nx-27017`` server with its data, log and pid files in ``data_dir``."""
-    return [sys.executable, "-m", "nx_27017.nx_27017", "--data-dir", str(data_dir / "db"),
-            "--host", host, "-p", str(port), "--log-file", str(data_dir / LOG_NAME),
-            "--pid-file", str(data_dir / PID_NAME)]
+def server_args(data_dir: Path, host: str, port: int) -> list[str]:
+    """``python -m`` arguments of an ``nx-27017`` server with its databases in ``data_dir/db`` and
+    its log and pid files in ``data_dir``."""
+    return ["nx_27017.nx_27017", "--data-dir", str(data_dir / "db"), "--host", host, "-p", str(port),
+            "--log-file", str(data_dir / LOG_NAME), "--pid-file", str(data_dir / PID_NAME)]
+
+
+def database_url(base: str, database: str) -> str:
+    """``base`` (``mongodb://host:port[/db][?options]``) naming ``database`` instead, options kept:
+    the stack gives the root and each cluster its own database on one server."""
+    parsed = urlsplit(base)
+    return urlunsplit((parsed.scheme, parsed.netloc, f"/{database}", parsed.query, ""))
+
+
+def wait_answering(url: str, alive: Callable[[], bool], timeout: float) -> None:
+    """Poll (with a deadline) until the server at ``url`` answers ``ping``; RuntimeError as soon as
+    ``alive()`` says its process has exited, TimeoutError if it never answers."""
+    poll_until(lambda: not alive() or ping(url, timeout_s=0.5), timeout, interval=0.1,
+               what=f"MongoDB wire server at {url}")
+    if not alive():
+        raise RuntimeError(f"the MongoDB wire server for {url} exited while starting")
 
 
 def ping(url: str, timeout_s: float = 1.0) -> bool:
@@ -97,19 +115,18 @@ def start_mongo_server(data_dir: Path, port: int | None = None, host: str = "127
     data_dir = Path(data_dir)
     (data_dir / "db").mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    cmd = server_command(data_dir, host, port)
+    cmd = [sys.executable, "-m", *server_args(data_dir, host, port)]
     with open(data_dir / "mongo.stdout", "ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    preexec_fn=die_with_parent)
     server = MongoServerProcess(host, port, data_dir, process, cmd)
 
     try:
-        poll_until(lambda: not server.alive() or ping(server.url, timeout_s=0.5), timeout, interval=0.1,
-                   what=f"MongoDB wire server on port {port}")
+        wait_answering(server.url, server.alive, timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (exit code {process.returncode}); see {server.log_path}") from None
     except Exception:
         server.stop()
         raise
-    if not server.alive():
-        raise RuntimeError(f"the MongoDB wire server exited with {process.returncode}; see {server.log_path}")
     log.info("MongoDB wire server (nx-27017) on %s, data in %s", server.url, data_dir)
     return server

@@ -77,6 +77,7 @@ from treeline_cli.stack_clusters import (
     start_cluster_broker,
 )
 from treeline_cli.stack_config import StackConfig, default_data_dir, pick_ports
+from treeline_cli.stack_mongo import MONGO_PROCESS, cluster_store_url, root_store_url, start_store
 from treeline_cli.stack_ready import CLOCK_SLACK_S, wait_answering, wait_ready
 from treeline_cli.stack_secrets import cluster_secrets, stack_secrets
 from treeline_common.config import INSTANCE_ID_ENV
@@ -104,6 +105,7 @@ class Stack:
     processes: list[ManagedProcess] = field(default_factory=list)
     started_clusters: list[ClusterInfo] = field(default_factory=list)  # as started, without node names
     node_clusters: dict[str, int] = field(default_factory=dict)  # node name -> its cluster's index
+    mongo_url: str = ""  # the MongoDB server of the root and the clusters (see .stack_mongo)
 
     @property
     def root_url(self) -> str:
@@ -276,14 +278,16 @@ class Stack:
                                    f"{f' ({reason})' if reason else ''}:\n{tail(managed.log_path)}")
 
     def stop(self, timeout: float = 8.0) -> None:
-        """Stop orchestrators first, then nodes, then the brokers; SIGKILL stragglers. Idempotent.
+        """Stop orchestrators first, then nodes, then the MongoDB server the stack started, then the
+        brokers; SIGKILL stragglers. Idempotent.
 
         Orchestrators go first so that nodes leaving at shutdown are not mistaken for node
         failures (which would re-plan, then fail, every deployment on the way down).
         """
-        orchestrators = [m for m in self.processes if not m.name.startswith("node-")]
         nodes = [m for m in self.processes if m.name.startswith("node-")]
-        for group in (orchestrators, nodes):
+        store = [m for m in self.processes if m.name == MONGO_PROCESS]  # last: the others write to it
+        orchestrators = [m for m in self.processes if m not in nodes and m not in store]
+        for group in (orchestrators, nodes, store):
             for managed in group:
                 managed.request_stop()
             for managed in group:
@@ -320,16 +324,19 @@ def start_stack(config: StackConfig, timeout: float = 60.0) -> Stack:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config)
     try:
+        mongo = stack.mongo_url = start_store(stack, timeout)
         commands: list[tuple[list[str], dict[str, str]]] = []
         secrets = cluster_secrets(config.data_dir, config.clusters)
         for index, (cluster_token, join_token) in enumerate(secrets, start=1):
             cluster, mqtt, env = start_cluster_broker(config, index, cluster_token, join_token)
             stack.started_clusters.append(cluster)
-            commands.append((cluster_command(config, cluster, stack.root_url, mqtt), env))
+            commands.append((cluster_command(config, cluster, stack.root_url, mqtt,
+                                             cluster_store_url(mongo, index)), env))
         stack.spawn(
             "root",
             ["root_orchestrator", "--host", config.host, "--port", str(config.root_port),
              "--public-url", stack.root_url, "--data-dir", str(config.data_dir / "root"),
+             "--store-url", root_store_url(mongo),
              "--log-level", config.log_level, *config.root_args],
             env={CLUSTER_TOKEN_ENV: ",".join(token for token, _ in secrets)},
         )

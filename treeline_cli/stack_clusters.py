@@ -133,11 +133,14 @@ def start_cluster_broker(config: StackConfig, index: int, cluster_token: str,
     return record, mqtt, env
 
 
-def cluster_command(config: StackConfig, cluster: ClusterInfo, root_url: str, mqtt: list[str]) -> list[str]:
-    """The ``python -m cluster_orchestrator`` arguments of ``cluster``."""
+def cluster_command(config: StackConfig, cluster: ClusterInfo, root_url: str, mqtt: list[str],
+                    store_url: str | None = None) -> list[str]:
+    """The ``python -m cluster_orchestrator`` arguments of ``cluster`` (its state in ``store_url``,
+    a MongoDB database; None: SQLite in its data dir)."""
     port = cluster.url.rsplit(":", 1)[1]
+    store = ["--store-url", store_url] if store_url else []
     return ["cluster_orchestrator", "--host", config.host, "--port", port, "--public-url", cluster.url,
-            "--root-url", root_url, "--mqtt-url", cluster.mqtt_url,
+            *store, "--root-url", root_url, "--mqtt-url", cluster.mqtt_url,
             "--data-dir", str(config.data_dir / cluster.dir_name), "--name", cluster.name,
             "--push-interval", str(config.push_interval),
             "--telemetry-interval", str(config.telemetry_interval),

@@ -50,6 +50,10 @@ class StackConfig:
     clusters: int = 1  # cluster orchestrators, each with its own broker
     nodes_per_cluster: tuple[int, ...] = ()  # one count per cluster; () = `nodes` in each
     more_cluster_ports: tuple[int, ...] = ()  # ports of clusters 2..N; () = after cluster_port
+    # The store of the root and the clusters (see treeline_cli.stack_mongo): an external MongoDB,
+    # or None: the stack starts the embedded MongoDB wire server, on mongo_port (0: a free one).
+    mongo_url: str | None = None
+    mongo_port: int = 0
 
     def node_profile(self, index: int) -> str:
         return self.profiles[index % len(self.profiles)]

@@ -48,6 +48,10 @@ def stack_options(f: F) -> F:
                                                   f"{', '.join(PROFILES)} [env TREELINE_PROFILES]"),
         setting("broker_url", "--mqtt-url", metavar="URL"),
         setting("broker", type=click.Choice(("auto", "mosquitto", "amqtt"))),
+        click.option("--mongo-url", default=None, metavar="URL",
+                     help="the MongoDB of the root and the clusters (each its own database), e.g. "
+                          "mongodb://db:27017 [default: `up` starts the embedded MongoDB wire server, "
+                          "data in DIR/mongo]"),
         setting("broker_port", metavar="PORT", help="port of the broker `up` starts for cluster 1 (0: a "
                                                     "free one each); cluster i's is PORT+i-1 "
                                                     "[env TREELINE_BROKER_PORT]"),
@@ -191,12 +195,15 @@ def wait_for_signal(stack: Stack, out: Output) -> None:
 @click.command()
 @stack_options
 def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
-       node_counts: tuple[int, ...]) -> None:
+       node_counts: tuple[int, ...], mongo_url: str | None) -> None:
     """Start the root and one cluster (or --clusters N), each cluster with its own broker and
     node engines, each its own process; Ctrl-C or SIGTERM stops all of them."""
     out = output()
-    with ready_stack(out, node_labels, timeout, cluster_layout(clusters, node_counts)) as stack:
+    layout = {**cluster_layout(clusters, node_counts), "mongo_url": mongo_url}
+    with ready_stack(out, node_labels, timeout, layout) as stack:
         out.line(f"Root API      {stack.root_url}   (OpenAPI: {stack.root_url}/api/openapi.json)")
+        where = "" if mongo_url else f"   (embedded, data in {stack.config.data_dir / 'mongo'})"
+        out.line(f"MongoDB       {stack.mongo_url.split('@')[-1]}{where}")
         if len(stack.clusters) == 1:
             out.line(f"Cluster API   {stack.cluster_url}")
             out.line(f"MQTT broker   {stack.mqtt_url}")
@@ -215,12 +222,13 @@ def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
               help="requests sent to each deployment")
 @click.option("--keep", is_flag=True, help="leave the stack running afterwards (until Ctrl-C)")
 def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, node_counts: tuple[int, ...],
-         requests: int, keep: bool) -> None:
+         mongo_url: str | None, requests: int, keep: bool) -> None:
     """up + register MobileNetV2 + deploy it three ways + send requests + print a table."""
     from treeline_cli.demo import run_demo  # imports torch-free model_zoo and numpy: only here
 
     out = output()
-    with ready_stack(out, node_labels, timeout, cluster_layout(clusters, node_counts)) as stack:
+    layout = {**cluster_layout(clusters, node_counts), "mongo_url": mongo_url}
+    with ready_stack(out, node_labels, timeout, layout) as stack:
         out.line(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
         run_demo(stack, sys.stdout, requests=requests)
         if keep:
