@@ -4,13 +4,15 @@ Real processes on loopback: Mosquitto, root, cluster and two node engines; a sma
 split over both nodes. Plain HTTP (``requests``) as curl or Triton's client would send it: the
 metadata names the model's tensors; JSON and binary requests answer what onnxruntime computes on
 the whole model; bad requests are 4xx naming the field; a service whose callers must sign needs
-its caller key.
+its caller key. The node engines run with ``--v2-port 0``: the entry node answers the same
+requests itself (the fast path), the other node redirects them to the cluster's stable address.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import requests
-from treeline_fault_harness import INPUT_NAME, OUTPUT_NAME, chain_model, deploy, model_sla, model_stack
+from treeline_fault_harness import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Deployment,
+    chain_model,
+    deploy,
+    model_sla,
+    model_stack,
+    wait_until,
+)
 
 from treeline_cli.stack import Stack
 
@@ -31,7 +42,7 @@ MODEL = chain_model(width=32, layers=4)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir: Path = tmp_path_factory.mktemp("v2")
-    with model_stack(data_dir, MODEL, profiles=("server", "server")) as running:
+    with model_stack(data_dir, MODEL, profiles=("server", "server"), node_args=("--v2-port", "0")) as running:
         yield running
 
 
@@ -44,6 +55,30 @@ def infer_json(url: str, x: np.ndarray, **headers: str) -> requests.Response:
     doc = {"id": "q1", "inputs": [{"name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32",
                                    "data": x.reshape(-1).tolist()}]}
     return requests.post(url, json=doc, headers=headers, timeout=30)
+
+
+def node_v2_urls(stack: Stack) -> dict[str, str]:
+    """Each node's data-plane endpoint -> its v2 URL, read from the lines its log starts with."""
+    def read() -> dict[str, str] | None:
+        urls = {}
+        for process in stack.processes:
+            if process.name.startswith("node-"):
+                text = process.log_path.read_text(encoding="utf-8", errors="replace")
+                data = re.search(r"data plane serving on (tcp://\S+)", text)
+                v2 = re.search(r"v2 REST \(Open Inference Protocol\) on (http://\S+)/v2", text)
+                if data is None or v2 is None:
+                    return None
+                urls[data.group(1)] = v2.group(1)
+        return urls
+    return wait_until(read, 10.0, "the nodes' v2 addresses in their logs")
+
+
+def entry_and_inner(stack: Stack, service: Deployment) -> tuple[str, str]:
+    """``(the entry node's v2 URL, the other node's)`` of a deployment split over both nodes."""
+    urls = node_v2_urls(stack)
+    entry = urls[service.placement()["entry"]["endpoint"]]
+    [inner] = [url for url in urls.values() if url != entry]
+    return entry, inner
 
 
 def sla(app: str, private: bool = False) -> dict[str, Any]:
@@ -95,6 +130,26 @@ def test_v2_rest_answers_like_the_whole_model(stack: Stack) -> None:
     shape = infer_json(f"{base}/infer", np.zeros((1, 31), dtype=np.float32))
     assert shape.status_code == 503 and "error" in shape.json()  # the stage refused it: the reason is given
 
+    # the entry node answers the same requests itself; the other node sends callers to the cluster
+    entry, inner = entry_and_inner(stack, service)
+    node_base = f"{entry}/v2/models/{service.service_id}"
+    assert requests.get(node_base, timeout=5).json()["inputs"] == meta["inputs"]
+    direct = infer_json(f"{node_base}/infer", x)
+    assert direct.status_code == 200, direct.text
+    [out] = direct.json()["outputs"]
+    np.testing.assert_allclose(np.array(out["data"], dtype=np.float32).reshape(out["shape"]), whole_model(x),
+                               rtol=1e-5, atol=1e-6)
+    node_binary = requests.post(f"{node_base}/infer", data=head + x.tobytes(), timeout=30,
+                                headers={"Inference-Header-Content-Length": str(len(head))})
+    assert node_binary.status_code == 200 and node_binary.content == binary.content
+    at_node = infer_json(f"{node_base}/infer", np.zeros((1, 31), dtype=np.float32))
+    assert at_node.status_code == 400 and "inputs[0].shape" in at_node.json()["error"]
+    moved = requests.post(f"{inner}/v2/models/{service.service_id}/infer", json={}, timeout=5,
+                          allow_redirects=False)
+    assert moved.status_code == 307 and moved.headers["Location"] == f"{base}/infer"
+    followed = infer_json(f"{inner}/v2/models/{service.service_id}/infer", x)  # requests follows the 307
+    assert followed.status_code == 200 and followed.json()["outputs"][0]["data"] == out["data"]
+
 
 def test_a_service_whose_callers_sign_needs_its_caller_key(stack: Stack) -> None:
     service = deploy(stack, sla("v2-private", private=True))
@@ -106,3 +161,10 @@ def test_a_service_whose_callers_sign_needs_its_caller_key(stack: Stack) -> None
     assert key, "the owner reads the caller key at the root"
     answer = infer_json(url, x, Authorization=f"Bearer {key}")
     assert answer.status_code == 200, answer.text
+    # the entry node applies the same rule, and its data plane checks the signature it adds
+    entry, _ = entry_and_inner(stack, service)
+    at_node = f"{entry}/v2/models/{service.service_id}/infer"
+    assert infer_json(at_node, x).status_code == 401
+    assert infer_json(at_node, x, Authorization="Bearer " + "0" * 64).status_code == 401
+    direct = infer_json(at_node, x, Authorization=f"Bearer {key}")
+    assert direct.status_code == 200 and direct.json()["outputs"] == answer.json()["outputs"]
