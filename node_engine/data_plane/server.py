@@ -60,7 +60,6 @@ thread when their next stage is remote, so they never queue behind a busy worker
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -76,6 +75,7 @@ from node_engine.data_plane.downstream import Downstreams, TransferObserver
 from node_engine.data_plane.forwarding import Forward
 from node_engine.data_plane.ledger import Admission, Ledger
 from node_engine.data_plane.probe import PROBE_STAGE, probe_reply
+from node_engine.data_plane.sockets import Wake, bind_router
 from node_engine.data_plane.uplink import Uplink
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
@@ -160,9 +160,7 @@ class DataPlaneServer:
         self._on_transfer = on_transfer
         self.curve_public_key = zmq.curve_public(curve_secret_key).decode() if curve_secret_key else ""
         self.curve_endpoint = ""
-        self._wake_pull: zmq.Socket[Any] | None = None
-        self._wake_push: zmq.Socket[Any] | None = None
-        self._wake_lock = threading.Lock()
+        self._wake: Wake | None = None
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self._chain = StageChain(stages, runner, self._local, name)
         self._answers = AwaitedAnswers(forward_timeout)
@@ -184,15 +182,11 @@ class DataPlaneServer:
     def start(self) -> str:
         """Bind the ROUTER, start workers and the poll thread; return the endpoint."""
         self._ctx = zmq.Context()
-        self._router, self.endpoint = self._bind(self._port)
+        self._router, self.endpoint = bind_router(self._ctx, self._host, self._port)
         if self._curve_secret_key:
-            self._curve_router, self.curve_endpoint = self._bind(self._curve_port, self._curve_secret_key)
-        wake_addr = f"inproc://treeline-wake-{id(self)}"
-        self._wake_pull = self._ctx.socket(zmq.PULL)
-        self._wake_pull.bind(wake_addr)
-        self._wake_push = self._ctx.socket(zmq.PUSH)
-        self._wake_push.setsockopt(zmq.LINGER, 0)
-        self._wake_push.connect(wake_addr)
+            self._curve_router, self.curve_endpoint = bind_router(self._ctx, self._host, self._curve_port,
+                                                                  self._curve_secret_key)
+        self._wake = Wake(self._ctx, str(id(self)))
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="stage-worker")
         self._thread = threading.Thread(target=self._loop, name="data-plane", daemon=True)
         self._thread.start()
@@ -200,50 +194,32 @@ class DataPlaneServer:
                  f" and {self.curve_endpoint} (CURVE)" if self.curve_endpoint else "")
         return self.endpoint
 
-    def _bind(self, port: int, curve_secret_key: bytes | None = None) -> tuple[zmq.Socket[Any], str]:
-        assert self._ctx is not None
-        router = self._ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable reply raises instead of vanishing
-        if curve_secret_key:
-            router.curve_server = True
-            router.curve_secretkey = curve_secret_key
-        if port:
-            router.bind(f"tcp://{self._host}:{port}")
-        else:
-            port = router.bind_to_random_port(f"tcp://{self._host}")
-        return router, f"tcp://{self._host}:{port}"
-
     def close(self, timeout: float = 2.0) -> None:
         """Stop the poll thread, answer in-flight requests with an error and close every socket."""
         if self._closed:
             return
         self._closed = True
         self._stopping.set()
-        self._wake()
+        self._ring()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._wake_lock:
-            if self._wake_push is not None:
-                self._wake_push.close(0)
-                self._wake_push = None
+        if self._wake is not None:
+            self._wake.close_push()
         if self._ctx is not None and (self._thread is None or not self._thread.is_alive()):
             self._ctx.term()  # every socket is closed by now, so this does not block
         log.info("data plane %s closed", self.endpoint)
 
-    def _wake(self) -> None:
-        with self._wake_lock:
-            if self._wake_push is not None:
-                with contextlib.suppress(zmq.ZMQError):  # a wake is already queued; that one will do
-                    self._wake_push.send(b"", zmq.NOBLOCK)
+    def _ring(self) -> None:
+        if self._wake is not None:
+            self._wake.ring()
 
     # ------------------------------------------------------------------ poll thread
 
     def _loop(self) -> None:
-        assert self._router is not None and self._wake_pull is not None and self._ctx is not None
-        wake = self._wake_pull
+        assert self._router is not None and self._wake is not None and self._ctx is not None
+        wake = self._wake.pull
         routers = [self._router, *([self._curve_router] if self._curve_router is not None else [])]
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
@@ -260,8 +236,7 @@ class DataPlaneServer:
                 timeout_ms = downstream.poll_timeout_ms(uplink.poll_timeout_ms(now, POLL_MS))
                 events = dict(poller.poll(timeout_ms))
                 if wake in events:
-                    while wake.poll(0):
-                        wake.recv()
+                    self._wake.drain()
                     self._drain_results(uplink)
                 for sock in downstream.sockets():
                     if sock in events:
@@ -453,7 +428,7 @@ class DataPlaneServer:
     def _work(self, job: Job) -> None:
         """Run the job's stage and any following stages on this node; queue the result."""
         self._results.put(self._chain.run(job))
-        self._wake()
+        self._ring()
 
 
 def _split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:
