@@ -2,11 +2,12 @@
 
 Known schemes:
 
-- ``sqlite:///abs/dir`` (or ``sqlite://rel/dir``): a directory holding ``root.db`` and ``artifacts/``;
-  the zero-setup default, persistent across restarts.
 - ``mongodb://host:port/dbname`` / ``mongodb+srv://...``: MongoDB, artifacts in GridFS (db default
-  ``treeline``).
-- ``mongomock://[dbname]``: the MongoDB backend's code on an in-memory mongomock client (tests).
+  ``treeline``): a real MongoDB, or the embedded wire-protocol server ``treeline up`` starts
+  (:mod:`treeline_cli.mongo_server`). What ``treeline up`` and the test suite use.
+- ``sqlite:///abs/dir`` (or ``sqlite://rel/dir``): a directory holding ``root.db`` and ``artifacts/``;
+  the default of ``python -m root_orchestrator`` run alone (no server to start), persistent across
+  restarts.
 
 An unknown scheme fails at start-up with the list of known ones.
 """
@@ -17,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from root_orchestrator.stores.base import (
@@ -30,7 +31,7 @@ from root_orchestrator.stores.base import (
 from treeline_common.errors import InvalidInput
 
 if TYPE_CHECKING:  # pymongo is only imported when a MongoDB store is opened
-    from pymongo.database import Database
+    import pymongo
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,7 @@ def _open_sqlite(url: str) -> Stores:
                   SqliteApplicationStore(db), SqliteClusterStore(db), SqliteUserStore(db), url, db.close)
 
 
-class _MongoClient(Protocol):
-    """What the MongoDB stores need of a client: pymongo's and mongomock's both have it."""
-
-    def __getitem__(self, name: str) -> Database[Any]: ...
-
-    def close(self) -> None: ...
-
-
-def _mongo_stores(client: _MongoClient, db_name: str, url: str) -> Stores:
+def _mongo_stores(client: pymongo.MongoClient[dict[str, Any]], db_name: str, url: str) -> Stores:
     from root_orchestrator.stores.mongo import (
         MongoApplicationStore,
         MongoArtifactStore,
@@ -116,20 +109,10 @@ def _open_mongodb(url: str) -> Stores:
     return _mongo_stores(client, _db_name(url), url)
 
 
-def _open_mongomock(url: str) -> Stores:
-    import mongomock
-    import mongomock.gridfs
-
-    mongomock.gridfs.enable_gridfs_integration()
-    name = urlparse(url).netloc or _db_name(url)
-    return _mongo_stores(mongomock.MongoClient(), name or "treeline", url)
-
-
 _OPENERS: dict[str, Callable[[str], Stores]] = {
     "sqlite": _open_sqlite,
     "mongodb": _open_mongodb,
     "mongodb+srv": _open_mongodb,
-    "mongomock": _open_mongomock,
 }
 
 

@@ -17,6 +17,7 @@ The GridFS layout is the standard one (``<bucket>.files`` with ``length`` and ``
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 from pymongo import ASCENDING
@@ -30,12 +31,15 @@ class BoundedGridReader(io.RawIOBase):
 
     ``file_doc`` is the file's ``<bucket>.files`` document (``_id``, ``length`` in bytes,
     ``chunkSize`` in bytes). At most one range of chunks is held in memory. A missing or short
-    chunk raises OSError (the file is damaged), never returns fewer bytes silently.
+    chunk raises ``damaged(reason)`` (default OSError): the file is damaged; it never returns fewer
+    bytes silently.
     """
 
     def __init__(self, chunks: Collection[Any], file_doc: dict[str, Any],
-                 chunks_per_query: int = DEFAULT_CHUNKS_PER_QUERY) -> None:
+                 chunks_per_query: int = DEFAULT_CHUNKS_PER_QUERY,
+                 damaged: Callable[[str], Exception] = OSError) -> None:
         super().__init__()
+        self._damaged = damaged
         if chunks_per_query < 1:
             raise ValueError("chunks_per_query must be at least 1")
         self._chunks = chunks
@@ -60,10 +64,10 @@ class BoundedGridReader(io.RawIOBase):
         parts: list[bytes] = []
         for expected, doc in enumerate(found, start=first):
             if int(doc["n"]) != expected:
-                raise OSError(f"GridFS file {self._id!r} lacks chunk {expected}")
+                raise self._damaged(f"GridFS file {self._id!r} lacks chunk {expected}")
             parts.append(bytes(doc["data"]))
         if len(parts) != last - first:
-            raise OSError(f"GridFS file {self._id!r} lacks chunks {first + len(parts)}..{last - 1}")
+            raise self._damaged(f"GridFS file {self._id!r} lacks chunks {first + len(parts)}..{last - 1}")
         self._buffer, self._offset, self._next_n = b"".join(parts), 0, last
 
     def read(self, size: int | None = -1) -> bytes:
@@ -75,7 +79,7 @@ class BoundedGridReader(io.RawIOBase):
             if self._offset >= len(self._buffer):
                 self._fetch()
                 if not self._buffer:
-                    raise OSError(f"GridFS file {self._id!r} is shorter than its length {self.length}")
+                    raise self._damaged(f"GridFS file {self._id!r} is shorter than its length {self.length}")
             piece = self._buffer[self._offset:self._offset + wanted]
             self._offset += len(piece)
             self.position += len(piece)

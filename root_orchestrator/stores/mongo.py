@@ -41,6 +41,7 @@ from root_orchestrator.stores.base import (
     UserStore,
     check_alias,
     check_sha256,
+    corrupt_artifact,
     iter_chunks,
     model_taken,
     new_cluster_doc,
@@ -54,7 +55,7 @@ from root_orchestrator.stores.base import (
     with_aliases,
 )
 from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader
-from treeline_common.errors import Conflict, IntegrityError
+from treeline_common.errors import Conflict, CorruptArtifact, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +142,20 @@ class MongoArtifactStore(ArtifactStore):
         doc = self._files.find_one({"_id": sha256})
         if doc is None:
             raise not_found("artifact", sha256, "sha256")
-        return cast(IO[bytes], BoundedGridReader(self._chunks, doc, self._chunks_per_query))
+        return cast(IO[bytes], BoundedGridReader(self._chunks, doc, self._chunks_per_query,
+                                                 damaged=lambda why: self._damaged(sha256, why)))
+
+    def _damaged(self, sha256: str, why: str) -> CorruptArtifact:
+        """A stored file with chunks missing: corrupt (409, repaired by uploading it again)."""
+        self._forget(sha256)
+        log.error("artifact %s is incomplete in GridFS: %s", sha256, why)
+        return corrupt_artifact(sha256, "incomplete")
 
     def stored_digest(self, sha256: str) -> str:
         """As the base class; a file with a missing chunk reads as damaged (never as a NotFound)."""
         try:
             return super().stored_digest(sha256)
-        except OSError as exc:
-            log.error("artifact %s is incomplete in GridFS: %s", sha256, exc)
+        except CorruptArtifact:
             return "incomplete"
 
     def _fingerprint(self, sha256: str) -> Hashable | None:

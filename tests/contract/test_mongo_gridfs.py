@@ -79,5 +79,7 @@ def test_missing_chunks_read_as_corrupt_and_a_put_repairs_them(
     fresh = MongoArtifactStore(db, chunk_size=1024, chunks_per_query=4)  # nothing verified yet
     with pytest.raises(CorruptArtifact):
         fresh.get(sha)
+    with pytest.raises(CorruptArtifact):  # also a reader that had verified it before
+        b"".join(store.iter_bytes(sha))
     assert fresh.put(data).created  # the damaged copy is replaced
     assert fresh.get(sha) == data and hashlib.sha256(fresh.get(sha)).hexdigest() == sha

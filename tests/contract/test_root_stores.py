@@ -1,8 +1,8 @@
 """One contract suite for the root's stores, run on every backend.
 
 ``embedded`` (the nx-27017 MongoDB wire-protocol server ``treeline up`` starts, one per session,
-a fresh database per test), ``sqlite`` and ``mongomock`` always run; a real MongoDB runs when
-TREELINE_MONGO_URL is set (each test gets a fresh database, dropped afterwards).
+a fresh database per test) and ``sqlite`` always run; a real MongoDB runs when TREELINE_MONGO_URL
+is set (each test gets a fresh database, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -23,22 +23,19 @@ from root_orchestrator.stores import Stores, known_schemes, open_stores
 from treeline_common.errors import Conflict, IntegrityError, InvalidInput, NotFound
 
 SIG = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1, "N"]}], "outputs": []}
-IN_MEMORY = ("mongomock",)  # backends whose state does not survive re-opening
 
 
 def _mongodb_url() -> str | None:
     return os.environ.get("TREELINE_MONGO_URL")
 
 
-@pytest.fixture(params=["embedded", "sqlite", "mongomock", "mongodb"])
+@pytest.fixture(params=["embedded", "sqlite", "mongodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh, empty store of the backend the test is parametrized with."""
     if request.param == "embedded":
         yield request.getfixturevalue("mongo_url")
     elif request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/root"
-    elif request.param == "mongomock":
-        yield f"mongomock://t{uuid.uuid4().hex[:8]}"
     else:
         base = _mongodb_url()
         if not base:
@@ -463,9 +460,7 @@ def test_cluster_aggregate_update(stores: Stores) -> None:
 
 # -- persistence ---------------------------------------------------------------------------------------
 
-def test_state_survives_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["store_url"] in IN_MEMORY:
-        pytest.skip("in-memory per client")
+def test_state_survives_reopening(opener: Callable[[], Stores]) -> None:
     first = opener()
     sha = first.artifacts.put(b"model bytes").sha256
     first.models.create_version("m", sha, 11, SIG)
@@ -488,9 +483,7 @@ def test_unknown_scheme_lists_known_ones() -> None:
         assert scheme in exc.value.message
 
 
-def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["store_url"] in IN_MEMORY:
-        pytest.skip("in-memory per client")
+def test_profiles_survive_reopening(opener: Callable[[], Stores]) -> None:
     first = opener()
     first.models.create_version("m", _sha(b"m"), 1, SIG)
     first.models.put_profile("m", 1, "server", {"op_ms": {"x": 1.0}})
@@ -498,10 +491,7 @@ def test_profiles_survive_reopening(opener: Callable[[], Stores], request: pytes
     assert opener().models.get_profile("m", 1, "server") == {"op_ms": {"x": 1.0}}
 
 
-def test_users_and_owners_survive_reopening(opener: Callable[[], Stores],
-                                            request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["store_url"] in IN_MEMORY:
-        pytest.skip("in-memory per client")
+def test_users_and_owners_survive_reopening(opener: Callable[[], Stores]) -> None:
     first = opener()
     alice = first.users.create_user("alice", "h", ["application_provider"], 1.0)
     first.users.create_cluster_token("t1", _sha(b"s"), alice["user_id"], "", 1.0)

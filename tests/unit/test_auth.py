@@ -29,9 +29,9 @@ PUBLIC_ROUTES = {("GET", "/api/health"), ("GET", "/api/openapi.json"), ("GET", "
                  ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh")}
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://auth"
+    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
     stores = open_stores(url)
     yield Root(stores)
     stores.close()

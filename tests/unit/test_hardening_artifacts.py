@@ -25,9 +25,10 @@ from treeline_common.errors import SHA256_MISMATCH, CorruptArtifact, IntegrityEr
 DATA = bytes(range(256)) * 1024  # 256 KiB: several store chunks
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite" else f"mongomock://hard{id(tmp_path)}"
+    url = (f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite"
+           else request.getfixturevalue("mongo_url"))
     opened = open_stores(url)
     yield opened
     opened.close()
@@ -44,11 +45,16 @@ def corrupt(store: ArtifactStore, sha256: str, offset: int = 1000) -> None:
             fh.seek(offset)
             fh.write(bytes([byte[0] ^ 0xFF]))
         return
+    # GridFS: the chunks written again with one byte flipped (the embedded MongoDB server maps
+    # chunks onto its own tables: it deletes and inserts them, it does not update one in place).
     chunks = store._files.database[store._files.name.replace(".files", ".chunks")]  # type: ignore[attr-defined]
-    doc = chunks.find_one({"files_id": sha256, "n": 0})
-    data = bytearray(doc["data"])
+    docs = sorted(chunks.find({"files_id": sha256}), key=lambda d: d["n"])
+    data = bytearray(docs[0]["data"])
     data[offset] ^= 0xFF
-    chunks.update_one({"_id": doc["_id"]}, {"$set": {"data": bytes(data)}})
+    docs[0]["data"] = bytes(data)
+    chunks.delete_many({"files_id": sha256})
+    for doc in docs:
+        chunks.insert_one({"files_id": sha256, "n": doc["n"], "data": doc["data"]})
 
 
 def test_a_corrupt_artifact_is_not_served(stores: Stores) -> None:

@@ -59,9 +59,10 @@ def admin(app: Flask) -> FlaskClient:
     return client
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite" else f"mongomock://up{id(tmp_path)}"
+    url = (f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite"
+           else request.getfixturevalue("mongo_url"))
     opened = open_stores(url)
     yield opened
     opened.close()

@@ -196,9 +196,10 @@ class Remembering(ClusterClient):
         raise AssertionError
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    stores = open_stores(f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://ids")
+    stores = open_stores(f"sqlite:///{tmp_path}/root" if request.param == "sqlite"
+                         else request.getfixturevalue("mongo_url"))
     security = SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1", cluster_tokens=[STATIC],
                                     allow_anonymous_internal=False)
     clusters = Remembering()

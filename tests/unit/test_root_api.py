@@ -168,9 +168,9 @@ class Root:
         return r.get_json()[0]["microservices"][0]
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://api"
+    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
     stores = open_stores(url)
     yield Root(stores)
     stores.close()

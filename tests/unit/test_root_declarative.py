@@ -17,9 +17,9 @@ from root_orchestrator.stores import open_stores
 from treeline_common.errors import Unavailable, Unschedulable
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://declarative"
+    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
     stores = open_stores(url)
     yield Root(stores)
     stores.close()

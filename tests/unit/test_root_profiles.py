@@ -32,9 +32,9 @@ class NoClusters(ClusterClient):
         raise AssertionError("not used")
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["embedded", "sqlite"])
 def http(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlaskClient]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else "mongomock://profiles"
+    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
     stores = open_stores(url)
     client = Root(stores, clusters=NoClusters()).http
     for seed in (0, 1):
