@@ -15,13 +15,19 @@ Each part has its own database on the one server: the root ``treeline``, cluster
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from treeline_cli.mongo_server import database_url, server_args, wait_answering
+from treeline_cli.stack_config import StackConfig
 from treeline_common.netutil import free_port
 
-if TYPE_CHECKING:
-    from treeline_cli.stack import Stack
+
+class Spawner(Protocol):
+    """What :func:`start_store` needs of a :class:`treeline_cli.stack.Stack` (no import cycle)."""
+
+    config: StackConfig
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Any: ...
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ def cluster_database(index: int) -> str:
     return f"treeline_cluster_{index}"
 
 
-def start_store(stack: Stack, timeout: float) -> str:
+def start_store(stack: Spawner, timeout: float) -> str:
     """Start the embedded server (unless the config names an external MongoDB) and wait until it
     answers; returns the server's ``mongodb://`` URL. RuntimeError if the embedded server exits
     while starting, TimeoutError if the server does not answer within ``timeout`` seconds."""
