@@ -240,7 +240,8 @@ class NodeEngine:
             endpoint = server.start()
             try:
                 v2 = start_v2(self.config.v2_port, self.stages, endpoint, host=self.config.host,
-                              cluster_url=self.config.cluster_url, name=self.config.name)
+                              cluster_url=self.config.cluster_url, name=self.config.name,
+                              runner=None if self.config.profile.emulated else runner)
             except OSError as exc:
                 log.error("cannot serve the v2 REST API on port %s: %s", self.config.v2_port, exc)
                 return 2

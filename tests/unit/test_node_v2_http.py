@@ -216,3 +216,21 @@ def test_the_v2_port_option(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(V2_PORT_ENV, bad_env)
         with pytest.raises(SystemExit):
             parse_args([*base, *bad_args])
+
+
+def test_a_one_stage_deployment_runs_in_the_http_thread_on_a_native_node(tmp_path: Path) -> None:
+    """With the node's runner (native devices) no data plane is needed: its endpoint here is dead."""
+    path = tiny_model(tmp_path / "m.onnx")
+    stages = StageTable()
+    stage = LoadedStage(stage_key(OPEN, 0, 0), OPEN, 0, "", 0, load_partition(path), None)
+    stages.put(stage)
+    v2 = V2Server(stages, "tcp://127.0.0.1:1", runner=StageRunner(), timeout=1.0)
+    url = v2.start()
+    try:
+        feed = inputs()
+        answer = requests.post(f"{url}/v2/models/{OPEN}/infer", json=json_doc(feed), timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert_y(answer.json()["outputs"][0], path, feed)
+        assert stage.counters.snapshot()[0] == 1  # counted like a data-plane request
+    finally:
+        v2.close()
