@@ -13,8 +13,9 @@ The header carries the request id, the stage key it is addressed to, ``kind``
 (:class:`ReplyTo`): the data-plane endpoint of the node that holds the caller (the entry),
 its CURVE server key when that endpoint is a CURVE socket, and the entry's request id. The
 next stage answers the sender with an ``ack`` (no tensors) as soon as it took the request
-in; the last stage, or any stage that fails, sends an ``answer`` to ``reply_to``: request id
-= ``reply_to.request_id``, the reply's tensors and timings, or ``error`` and ``code`` (an
+in, with ``last`` set when that node answers the request itself (its stages end there);
+the last stage, or any stage that fails, sends an ``answer`` to ``reply_to``: request id =
+``reply_to.request_id``, the reply's tensors and timings, or ``error`` and ``code`` (an
 answer with a ``code`` is an error, one without is a reply). A header without ``reply_to``
 (a caller, or an older peer) decodes with ``reply_to=None`` and is answered hop by hop.
 An ``error`` message also carries ``code``, one of :data:`ERROR_CODES`, so a caller can
@@ -124,6 +125,7 @@ class TensorHeader:
     code: str = ""  # error messages: one of ERROR_CODES
     auth: str = ""  # requests, answers: hex authenticator (see the module docstring); "" when unsigned
     reply_to: ReplyTo | None = None  # forwarded requests: where the answer goes (None: back to the sender)
+    last: bool = False  # acks: the acking node answers the request itself (the pipeline ends there)
 
     def to_bytes(self) -> bytes:
         body: dict[str, Any] = {
@@ -140,6 +142,8 @@ class TensorHeader:
             body["auth"] = self.auth
         if self.reply_to is not None:
             body["reply_to"] = self.reply_to.to_json()
+        if self.last:
+            body["last"] = True
         return json.dumps(body, separators=(",", ":")).encode()
 
     def signed_part(self) -> bytes:
@@ -162,7 +166,9 @@ class TensorHeader:
             raise FramingError(f"header version {body.get('v') if isinstance(body, dict) else None!r}")
         if body.get("kind") not in KINDS:
             raise FramingError(f"header kind {body.get('kind')!r} not in {KINDS}")
-        reply_to = body.get("reply_to")
+        reply_to, last = body.get("reply_to"), body.get("last", False)
+        if not isinstance(last, bool):
+            raise FramingError(f"header last must be true or false, got {last!r:.40}")
         return cls(
             kind=body["kind"],
             request_id=str(body.get("request_id", "")),
@@ -173,6 +179,7 @@ class TensorHeader:
             code=str(body.get("code", "")),
             auth=str(body.get("auth", "")),
             reply_to=None if reply_to is None else ReplyTo.from_json(reply_to),
+            last=last,
         )
 
 

@@ -12,7 +12,11 @@ This module holds both ends, free of sockets:
 
 - :class:`AwaitedAnswers` is the entry's side: what it expects (request id, the data key the
   answer must be signed with, whether it must come over CURVE) and ONE deadline for the
-  whole pipeline. An answer is admitted only if it matches a request awaited here, is
+  whole pipeline. When the entry's next node acknowledges a request as its last stage (the
+  ack's ``last``), that node is the request's *holder*: if the entry's link to it goes down,
+  the request is failed at once with ``unreachable`` (fail fast, as when replies retraced
+  the hops); a request that went on past the next node waits for the deadline instead, since
+  a later stage may still answer it. An answer is admitted only if it matches a request awaited here, is
   signed as expected and came over the expected socket; it is admitted once (a duplicate
   finds nothing awaited and is dropped).
 - :func:`answer_frames` turns a stage's reply or error frames into an answer for
@@ -32,6 +36,7 @@ from typing import Any
 from treeline_common.tensor_wire import (
     DOWNSTREAM_TIMEOUT,
     STAGE_FAILED,
+    UNREACHABLE,
     ReplyTo,
     TensorHeader,
     authenticator,
@@ -51,6 +56,7 @@ class _Awaited:
     key: bytes  # the data key the answer must be signed with (b"": unsigned deployment)
     curve: bool  # the answer must arrive on the CURVE socket (encrypted deployment)
     pipeline: str  # names the next stage and its node, for the timeout error
+    holder: str = ""  # endpoint of the next node when it said it answers itself (its ack's ``last``)
 
 
 class AwaitedAnswers:
@@ -66,6 +72,25 @@ class AwaitedAnswers:
     def expect(self, request_id: str, now: float, *, key: bytes, curve: bool, pipeline: str) -> None:
         """Await the answer of ``request_id`` until ``now + timeout`` (the whole pipeline's deadline)."""
         self._awaited[request_id] = _Awaited(now + self._timeout, key, curve, pipeline)
+
+    def held_by(self, request_id: str, endpoint: str) -> None:
+        """The node at ``endpoint`` acknowledged ``request_id`` as its last stage."""
+        awaited = self._awaited.get(request_id)
+        if awaited is not None:
+            awaited.holder = endpoint
+
+    def lost(self, endpoint: str, reason: str) -> list[tuple[str, Frames]]:
+        """The link to ``endpoint`` went down: ``(request id, unreachable error)`` for each it held.
+
+        Those requests are no longer awaited.
+        """
+        gone = [rid for rid, awaited in self._awaited.items() if awaited.holder == endpoint]
+        errors: list[tuple[str, Frames]] = []
+        for rid in gone:
+            awaited = self._awaited.pop(rid)
+            message = f"{awaited.pipeline} unreachable before it answered: {reason}"
+            errors.append((rid, pack("error", rid, {}, error=message, code=UNREACHABLE)))
+        return errors
 
     def forget(self, request_id: str) -> None:
         """The request ended another way (an error made here, or shutdown); idempotent."""

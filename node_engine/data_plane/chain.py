@@ -69,6 +69,17 @@ class StageChain:
         """The error text for a stage not served here."""
         return f"unknown stage {key!r} on node {self._name}; serving {self._stages.keys()}"
 
+    def ends_here(self, key: str) -> bool:
+        """Whether a request to stage ``key`` is answered by this node (no later stage elsewhere)."""
+        for _ in range(MAX_LOCAL_HOPS):
+            stage = self._stages.get(key)
+            if stage is None or stage.next is None:
+                return True  # the last stage (or an unknown one: the error is made here)
+            if not self._local(stage):
+                return False
+            key = stage.next.stage_key
+        return True
+
     def run(self, job: Job) -> Result:
         """Run the job's stages; every failure becomes an error result (code ``stage_failed``)."""
         try:

@@ -8,12 +8,14 @@ Each forward gets a node-local request id (two callers may pick the same id, and
 id never collides with another node's or another run's: it carries a random per-instance
 prefix) mapped back to the caller's request id. A forward with a ``reply_to`` (see
 :mod:`.answers`) is held only until the downstream acknowledges it (``ack``): then it is
-forgotten and, on a middle node (``Forward.entry`` False), ``on_ack`` hears the caller's id
-so the server forgets the request too; its answer goes from the last stage straight to the
-entry. A forward ends either so, or in exactly one call of the ``answer`` callback with the
-caller's id: an error made here (unreachable, no ack in time), a downstream's refusal
-(error instead of ack), or the reply of a downstream that predates ``reply_to``, relayed
-(tensors untouched).
+forgotten here and ``on_ack`` hears it (the caller's id, the downstream, whether that node
+answers it itself, whether this node is the entry): a middle node forgets the request, the
+entry notes which node will answer. ``on_down(endpoint, reason)`` hears every link that
+goes down, so the entry can fail at once the requests such a node was to answer. A forward
+ends either so, or in exactly one call of the ``answer`` callback with the caller's id: an
+error made here (unreachable, no ack in time), a downstream's refusal (error instead of
+ack), or the reply of a downstream that predates ``reply_to``, relayed (tensors
+untouched).
 
 :meth:`Downstreams.send_answer` sends an answer to an entry over the same kind of link
 (one DEALER per endpoint, ``ZMQ_IMMEDIATE``, monitored); nothing comes back for it. An
@@ -81,8 +83,10 @@ log = logging.getLogger(__name__)
 Answer = Callable[[str, list[Any], str], None]
 # on_transfer(downstream endpoint, payload bytes, link ms): one passive sample per answered forward
 TransferObserver = Callable[[str, int, float], None]
-# on_ack(caller's request id): a middle node's forward was taken over by the next stage
-AckObserver = Callable[[str], None]
+# on_ack(caller's request id, downstream endpoint, it answers itself, this node is the entry)
+AckObserver = Callable[[str, str, bool, bool], None]
+# on_down(downstream endpoint, reason): a link went down
+DownObserver = Callable[[str, str], None]
 
 _MONITORED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -108,7 +112,8 @@ class _Pending:
     payload: int = 0  # tensor bytes sent
     link_wait_ms: float = 0.0  # emulated uplink wait before it left
     known: frozenset[str] = frozenset()  # timing keys it carried (the rest come from later stages)
-    forget_on_ack: bool = False  # a middle node's forward: the ack ends it here
+    reply_to: bool = False  # the downstream acks it (its answer goes to the entry)
+    entry: bool = True  # this node holds the caller
 
 
 @dataclass
@@ -137,10 +142,12 @@ class Downstreams:
 
     def __init__(self, ctx: zmq.Context[Any], poller: zmq.Poller, *, name: str, timeout: float,
                  connect_timeout: float = 1.0, heartbeat_s: float = 1.0,
-                 on_transfer: TransferObserver | None = None, on_ack: AckObserver | None = None) -> None:
+                 on_transfer: TransferObserver | None = None, on_ack: AckObserver | None = None,
+                 on_down: DownObserver | None = None) -> None:
         self._ctx = ctx
         self._on_transfer = on_transfer
         self._on_ack = on_ack
+        self._on_down = on_down
         self._poller = poller
         self._name = name
         self._timeout = timeout
@@ -260,17 +267,17 @@ class Downstreams:
         return link
 
     def _try_send(self, link: _Link, waiting: _Waiting, now: float) -> bool:
+        forward = waiting.forward
+        if forward is not None:  # recorded before it leaves: its ack may be read before send returns
+            self._pending[waiting.local_id] = _Pending(
+                forward.request_id, forward.endpoint, forward.stage, now + self._timeout, now,
+                payload_bytes(forward.outputs), forward.timings.get(link_timing_key(forward.source), 0.0),
+                frozenset(forward.timings), reply_to=forward.reply_to is not None, entry=forward.entry)
         try:
             link.dealer.send_multipart(waiting.frames, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:  # no live connection yet, or the downstream's queue is full
+            self._pending.pop(waiting.local_id, None)
             return False
-        forward = waiting.forward
-        if forward is None:  # an answer: nothing comes back for it
-            return True
-        self._pending[waiting.local_id] = _Pending(
-            forward.request_id, forward.endpoint, forward.stage, now + self._timeout, now,
-            payload_bytes(forward.outputs), forward.timings.get(link_timing_key(forward.source), 0.0),
-            frozenset(forward.timings), forget_on_ack=forward.reply_to is not None and not forward.entry)
         return True
 
     def _flush(self, link: _Link, now: float, answer: Answer) -> None:
@@ -321,6 +328,8 @@ class Downstreams:
         for key in lost:
             entry = self._pending.pop(key)
             self._fail(entry.request_id, entry.endpoint, entry.stage, reason, answer)
+        if self._on_down is not None:
+            self._on_down(link.endpoint, reason)
         # the backlog is failed by the caller's _flush (the link is down now)
 
     def _fail(self, request_id: str, endpoint: str, stage: str, reason: str, answer: Answer) -> None:
@@ -345,8 +354,8 @@ class Downstreams:
                 continue
             if header.kind == "ack":  # the next stage has it; its answer goes straight to the entry
                 self._report(entry, (now - entry.sent_at) * 1000.0 + entry.link_wait_ms)
-                if entry.forget_on_ack and self._on_ack is not None:
-                    self._on_ack(entry.request_id)
+                if entry.reply_to and self._on_ack is not None:
+                    self._on_ack(entry.request_id, entry.endpoint, header.last, entry.entry)
                 continue
             if header.kind == "reply":
                 self._observe(entry, header, now)

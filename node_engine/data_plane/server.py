@@ -31,8 +31,9 @@ Contract with callers (a request is identified by its caller-chosen request id):
   (code :data:`~treeline_common.tensor_wire.OVERLOADED`) instead of queueing without bound;
 - **fail fast**: a downstream that cannot be reached yields an ``unreachable`` error naming
   it within about ``connect_timeout`` (at once when its connection is known lost), sent to
-  the entry at once; one that is connected but silent (no ack), and a pipeline whose answer
-  does not reach the entry, a ``downstream_timeout`` error after ``forward_timeout``;
+  the entry at once; so does losing the entry's next node while it holds requests it acked
+  as their last stage; one that is connected but silent (no ack), and a pipeline whose
+  answer does not reach the entry, a ``downstream_timeout`` error after ``forward_timeout``;
 - every error carries a code from :data:`~treeline_common.tensor_wire.ERROR_CODES`;
 - on :meth:`close` every request still in flight here is answered with ``unreachable``
   (requests already acknowledged by a later stage are not here any more).
@@ -227,7 +228,7 @@ class DataPlaneServer:
             poller.register(router, zmq.POLLIN)
         downstream = Downstreams(self._ctx, poller, name=self._name, timeout=self._forward_timeout,
                                  connect_timeout=self._connect_timeout, on_transfer=self._on_transfer,
-                                 on_ack=self._ledger.hand_on)
+                                 on_ack=self._acked, on_down=self._lost)
         self._downstream = downstream
         uplink = Uplink(downstream, self._runner.link_delay_ms)
         try:
@@ -338,7 +339,20 @@ class DataPlaneServer:
     def _ack(self, envelope: list[Any], header: TensorHeader) -> None:
         """Tell the stage that forwarded ``header``'s request that this node has it (reply_to only)."""
         if header.reply_to is not None:
-            self._send(envelope, [TensorHeader("ack", header.request_id, header.stage).to_bytes()])
+            last = self._chain.ends_here(header.stage)
+            self._send(envelope, [TensorHeader("ack", header.request_id, header.stage, last=last).to_bytes()])
+
+    def _acked(self, request_id: str, endpoint: str, last: bool, entry: bool) -> None:
+        """A later stage took a forwarded request: a middle node forgets it; the entry notes the holder."""
+        if not entry:
+            self._ledger.hand_on(request_id)
+        elif last:
+            self._answers.held_by(request_id, endpoint)
+
+    def _lost(self, endpoint: str, reason: str) -> None:
+        """A downstream link went down: fail at once what it was to answer (see :mod:`.answers`)."""
+        for rid, frames in self._answers.lost(endpoint, reason):
+            self._finish(rid, frames, "error")
 
     def _take_answer(self, header: TensorHeader, tensor_frames: list[Any], over_curve: bool) -> None:
         """An answer from the pipeline's last stage (or a failing one) for a request entered here."""

@@ -152,13 +152,13 @@ class FakeLastStage:
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
 
-    def take_request(self) -> tuple[TensorHeader, list[Any]]:
-        """Receive one forwarded request, ack it, and connect to its reply address."""
+    def take_request(self, last: bool = True) -> tuple[TensorHeader, list[Any]]:
+        """Receive one forwarded request, ack it (as its last stage), and connect to its reply address."""
         assert self.router.poll(int(DEADLINE * 1000)), "no request reached the last stage"
         identity, *frames = self.router.recv_multipart()
         header, _ = unpack(frames)
         assert header.reply_to is not None
-        self.router.send_multipart([identity, TensorHeader("ack", header.request_id).to_bytes()])
+        self.router.send_multipart([identity, TensorHeader("ack", header.request_id, last=last).to_bytes()])
         if not self.dealer.get(zmq.LAST_ENDPOINT):
             self.dealer.connect(header.reply_to.endpoint)
         return header, frames[1:]
@@ -182,9 +182,10 @@ def fake_last(ctx: zmq.Context[Any]) -> Iterator[FakeLastStage]:
     fake.close()
 
 
-def _entry_before(fake: FakeLastStage, servers: list[DataPlaneServer], key: bytes) -> DataPlaneServer:
+def _entry_before(fake: FakeLastStage, servers: list[DataPlaneServer], key: bytes,
+                  **options: Any) -> DataPlaneServer:
     table = StageTable()
-    entry = _server(servers, table, "entry")
+    entry = _server(servers, table, "entry", **options)
     table.put(_stage("d/0", Doubling(), NextStage("fake", fake.endpoint, "d/1"),
                      StageAccess(data_key=key, entry=True)))
     return entry
@@ -251,4 +252,26 @@ def test_a_caller_may_not_choose_where_the_entry_answers(ctx: zmq.Context[Any], 
     caller.send_multipart(pack("request", new_request_id(), {"x": X}, stage="d/0", reply_to=elsewhere))
     got, _ = _reply(caller)
     assert got.kind == "error" and got.code == BAD_REQUEST and "reply_to" in got.error
+    caller.close(0)
+
+
+@pytest.mark.parametrize(("last", "code"), [(True, UNREACHABLE), (False, DOWNSTREAM_TIMEOUT)])
+def test_losing_the_node_that_was_to_answer_fails_at_once(
+        ctx: zmq.Context[Any], fake_last: FakeLastStage, servers: list[DataPlaneServer],
+        last: bool, code: str) -> None:
+    """The next node acked as the last stage and died: unreachable at once, not after the deadline.
+
+    Had it handed the request on (``last`` False), a later stage might still answer: the entry
+    waits for the pipeline's deadline (short here).
+    """
+    entry = _entry_before(fake_last, servers, b"", forward_timeout=2.0 if not last else 30.0)
+    caller = _caller(ctx, entry.endpoint)
+    caller.send_multipart(pack("request", new_request_id(), {"x": X}, stage="d/0"))
+    fake_last.take_request(last=last)
+    _wait_for(lambda: entry.held().awaiting_ack == 0, "the entry to take the ack")
+    started = time.monotonic()
+    fake_last.close()  # the node dies holding the request
+    got, _ = _reply(caller)
+    assert (got.kind, got.code) == ("error", code)
+    assert time.monotonic() - started < (1.5 if last else DEADLINE)
     caller.close(0)
