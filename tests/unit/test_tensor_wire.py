@@ -126,3 +126,10 @@ def test_bad_reply_to_names_the_field(reply_to: object, field: str) -> None:
     body = {"v": 1, "kind": "request", "request_id": "r", "reply_to": reply_to}
     with pytest.raises(FramingError, match=field):
         TensorHeader.from_bytes(json.dumps(body).encode())
+
+
+def test_ack_last_round_trips_and_must_be_a_bool() -> None:
+    assert TensorHeader.from_bytes(TensorHeader("ack", "r", last=True).to_bytes()).last
+    assert not TensorHeader.from_bytes(TensorHeader("ack", "r").to_bytes()).last
+    with pytest.raises(FramingError, match="last"):
+        TensorHeader.from_bytes(json.dumps({"v": 1, "kind": "ack", "request_id": "r", "last": 1}).encode())
