@@ -344,3 +344,30 @@ def tiny_mlp(seed: int, input_name: str = "input") -> bytes:
              helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
     return onnx_bytes(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 8])],
                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])
+
+
+# ---------------------------------------------------------------- a whole stack (treeline up, in-process)
+
+@contextmanager
+def running_stack(data_dir: Path, timeout: float = 60.0, **config: Any) -> Iterator[Any]:
+    """``start_stack`` of a :class:`~treeline_cli.stack.StackConfig` on free ports, ready, stopped on exit."""
+    from treeline_cli.stack import StackConfig, pick_ports, start_stack
+
+    running = start_stack(pick_ports(StackConfig(data_dir=data_dir, **config)))
+    try:
+        running.wait_ready(timeout=timeout)
+        yield running
+    finally:
+        running.stop()
+
+
+def run_cli(stack: Any, cwd: Path, *argv: str, timeout: float = 120) -> tuple[int, str, list[str]]:
+    """``python -m treeline_cli ARGV`` against ``stack`` (no TREELINE_* from this environment):
+    ``(exit code, stdout, stderr lines)``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREELINE_")}
+    env.update(TREELINE_ROOT_URL=stack.root_url, TREELINE_DATA_DIR=str(stack.config.data_dir))
+    done = subprocess.run([sys.executable, "-m", "treeline_cli", *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr.splitlines()

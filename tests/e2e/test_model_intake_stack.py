@@ -14,9 +14,6 @@ or refused at upload with its reason.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from treeline_test_helpers import run_cli, running_stack
 
 from ml_scheduler.binding import bind_input_shapes
 from ml_scheduler.graph import analyze_model
 from node_engine.data_plane.client import TensorClient
 from treeline_cli.root_client import RootClient
-from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
+from treeline_cli.stack import Stack
 
 pytestmark = pytest.mark.integration
 OPSET = [helper.make_opsetid("", 17)]
@@ -76,23 +74,13 @@ def sla(app: str, model: str, shape: list[int], partitions: int) -> dict[str, An
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = pick_ports(StackConfig(data_dir=tmp_path_factory.mktemp("stack"), nodes=2,
-                                    profiles=("server", "server"), telemetry_interval=1.0,
-                                    node_threads=1, node_labels={}))
-    running = start_stack(config)
-    try:
-        running.wait_ready(timeout=60)
+    with running_stack(tmp_path_factory.mktemp("stack"), nodes=2, profiles=("server", "server"),
+                       telemetry_interval=1.0, node_threads=1, node_labels={}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def cli(stack: Stack, cwd: Path, *argv: str) -> tuple[int, str, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TREELINE_")}
-    env.update(TREELINE_ROOT_URL=stack.root_url, TREELINE_DATA_DIR=str(stack.config.data_dir))
-    done = subprocess.run([sys.executable, "-m", "treeline_cli", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout, done.stderr.splitlines()
+    return run_cli(stack, cwd, *argv)
 
 
 def deploy(stack: Stack, app: str, model: str, shape: list[int], partitions: int) -> dict[str, Any]:
