@@ -32,7 +32,9 @@ comparison: the reason the wire uses HMAC-SHA256 (``treeline_common.tensor_wire`
 ``local_hop_overhead_ms`` (the same with the stages on one node) and
 ``pipeline_efficiency_k2/k3/k4`` [>= 0.90] from :mod:`benchmarks.serving`; ``compressed_link_speedup``
 and ``compressed_output_max_abs_diff`` (MobileNetV2 cut in two over an emulated rpi4 uplink, best of
-fp16/int8) from :mod:`benchmarks.compression`.
+fp16/int8) from :mod:`benchmarks.compression`; ``v2_http_overhead_ms`` [<= 1] (the KServe v2 REST entry
+over the zmq client, MobileNetV2, on a real stack) and its per-path figures from
+:mod:`benchmarks.inference_v2`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import numpy as np
 import zmq
 
 from benchmarks.compression import run as measure_compression
+from benchmarks.inference_v2 import run as measure_v2
 from benchmarks.links import run as measure_links
 from benchmarks.node_idle import run as measure_node_idle
 from benchmarks.report import add_json_option, benchmark_parser, report
@@ -223,6 +226,8 @@ def run(quick: bool) -> dict[str, Any]:
     result.update(measure_node_idle(quick))  # node_idle_rss_mb, node_idle_cpu_percent (benchmarks.node_idle)
     result.update(measure_serving(quick))  # serving_overhead_ratio, hop_overhead_ms, pipeline_efficiency_k*
     result.update(measure_compression(quick))  # compressed_link_speedup, compressed_output_max_abs_diff
+    # v2_http_overhead_ms (the best stable address: entry node or cluster) and the per-path figures
+    result.update({k: v for k, v in measure_v2(quick).items() if k.startswith("v2_")})
     return result
 
 
