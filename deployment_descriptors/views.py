@@ -69,6 +69,39 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class RolloutSpec:
+    """The ``model.rollout`` block: how a new model version replaces the serving one.
+
+    ``strategy`` ``canary`` (default) or ``immediate``; ``canary_share`` (0..1] of the entry's
+    requests go to the new version; it is promoted after ``min_requests`` answered requests
+    (live and probe) when its latency stays under ``max_latency_ms`` (None: the SLA's
+    ``e2e_latency``, else unchecked) and it disagrees with the serving version on at most
+    ``max_disagreement`` of ``probe`` generated inputs; rolled back otherwise or after
+    ``timeout_s`` seconds.
+    """
+
+    strategy: str = "canary"
+    canary_share: float = 0.1
+    min_requests: int = 20
+    max_latency_ms: float | None = None
+    max_disagreement: float = 0.0
+    probe: int = 8
+    timeout_s: float = 60.0
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any] | None) -> RolloutSpec:
+        doc = doc or {}
+        default = cls()
+        return cls(strategy=str(doc.get("strategy", default.strategy)),
+                   canary_share=float(doc.get("canary_share", default.canary_share)),
+                   min_requests=int(doc.get("min_requests", default.min_requests)),
+                   max_latency_ms=_number(doc.get("max_latency_ms")),
+                   max_disagreement=float(doc.get("max_disagreement", default.max_disagreement)),
+                   probe=int(doc.get("probe", default.probe)),
+                   timeout_s=float(doc.get("timeout_s", default.timeout_s)))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The ``model`` block of an ``ml-model`` microservice, defaults applied.
 
@@ -90,6 +123,7 @@ class ModelSpec:
     sink: NodeSelector | None = None
     scheduler_profile: str = "default"
     privacy: Privacy | None = None  # None: no privacy asked (open entry, plain tensors)
+    rollout: RolloutSpec = RolloutSpec()
 
     @property
     def input_name(self) -> str | None:
@@ -127,6 +161,7 @@ class ModelSpec:
             sink=NodeSelector.from_dict(doc.get("sink")),
             scheduler_profile=str(doc.get("scheduler_profile", "default")),
             privacy=Privacy.from_dict(doc.get("privacy")),
+            rollout=RolloutSpec.from_dict(doc.get("rollout")),
         )
 
 

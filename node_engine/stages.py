@@ -17,11 +17,20 @@ outputs compressed: :meth:`LoadedStage.select_outputs` encodes them, so the data
 emulated uplink is charged on the compressed bytes. :meth:`StageRunner.run` decodes compressed
 inputs before a partition runs; a relay stage hands them on untouched. Co-located stages are
 routed without a codec, so their arrays are still handed over without a copy.
+
+Canary split (:mod:`cluster_orchestrator.rollout`): a relay command with ``divert_from`` makes
+a *router* stage that takes ``divert_share`` of the requests addressed to the serving entry
+(``divert_from``, on this node) and hands them, unchanged, to the new version's entry.
+:meth:`StageTable.get` makes the choice, so callers keep addressing the entry they know and
+the data plane needs no change: the router it gets back is a pass-through stage with the
+entry's access rules and the new generation's route. The router is not ``relay`` (its share
+runs on a worker, never on the poll thread), and removing it ends the split at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -84,6 +93,8 @@ class LoadedStage:
     relay: bool = False  # no model: the inputs are the outputs (session is RELAY_SESSION)
     access: StageAccess = OPEN  # who may send here, and the key forwards are signed with
     memory_bytes: int = 0  # what the stage is charged against the node's memory limit (node_engine.refusals)
+    diverts: str = ""  # a canary router: the stage key whose requests it takes a share of
+    share: float = 0.0  # the share (0..1) of ``diverts``' requests this router takes
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,6 +168,7 @@ def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> Lo
     a request carrying extra tensors does not leak them downstream; with neither declared
     it forwards everything it received.
     """
+    router = bool(cmd.divert_from)
     return LoadedStage(
         key=stage_key(cmd.deployment_id, cmd.stage, cmd.generation),
         deployment_id=cmd.deployment_id,
@@ -167,8 +179,10 @@ def relay_stage(cmd: DeployCommand, counters: StageCounters | None = None) -> Lo
         next=cmd.next,
         counters=counters if counters is not None else StageCounters(),
         outputs=tuple(cmd.outputs or cmd.inputs),
-        relay=True,
+        relay=not router,  # a router's share runs on a worker (module docstring)
         access=StageAccess.from_command(cmd),
+        diverts=cmd.divert_from,
+        share=cmd.divert_share if router else 0.0,
     )
 
 
@@ -178,25 +192,47 @@ class StageTable:
     The key is ``stage_key(deployment_id, index, generation)``, so several generations of
     one deployment's stage live side by side; :meth:`keys` is what the node reports as the
     stages it serves.
+
+    Canary routers (module docstring): ``get`` of a key a router diverts returns the router
+    for a share of the calls, drawn from a generator seeded with ``seed`` (deterministic for
+    one sequence of calls; every call draws, so the share holds whichever call decides).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self._stages: dict[str, LoadedStage] = {}
+        self._routers: dict[str, str] = {}  # diverted stage key -> router stage key
+        self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> LoadedStage | None:
         with self._lock:
-            return self._stages.get(key)
+            stage = self._stages.get(key)
+            router_key = self._routers.get(key)
+            if router_key is None or stage is None:
+                return stage
+            router = self._stages.get(router_key)
+            if router is not None and self._rng.random() < router.share:
+                return router
+            return stage
 
     def put(self, stage: LoadedStage) -> LoadedStage | None:
         """Insert or replace; return the entry it replaced (the caller closes its session)."""
         with self._lock:
             previous = self._stages.get(stage.key)
             self._stages[stage.key] = stage
+            if stage.diverts:
+                self._routers[stage.diverts] = stage.key
             return previous
+
+    def _drop_routes(self, removed: list[str]) -> None:
+        """Forget the splits of removed routers (call with the lock held)."""
+        for diverted, router_key in list(self._routers.items()):
+            if router_key in removed:
+                del self._routers[diverted]
 
     def remove(self, key: str) -> LoadedStage | None:
         with self._lock:
+            self._drop_routes([key])
             return self._stages.pop(key, None)
 
     def remove_deployment(self, deployment_id: str) -> list[LoadedStage]:
@@ -212,6 +248,7 @@ class StageTable:
         with self._lock:
             keys = sorted(key for key, entry in self._stages.items()
                           if entry.selected_by(deployment_id, stage, generation))
+            self._drop_routes(keys)
             return [self._stages.pop(k) for k in keys]
 
     def keys(self) -> list[str]:
@@ -232,6 +269,7 @@ class StageTable:
         with self._lock:
             stages = list(self._stages.values())
             self._stages.clear()
+            self._routers.clear()
             return stages
 
 

@@ -291,6 +291,23 @@ class DeployCommand:
     entry: bool = False  # callers send here (the relay, else stage 0)
     caller_key: str = field(default="", repr=False, metadata=_HEX_KEY)  # entry only: callers sign with it
     encrypt_tensors: bool = False  # inner stages take requests over CURVE only (SLA privacy.encrypt_tensors)
+    # Canary rollout (cluster_orchestrator.rollout; "": none): a relay with ``divert_from`` takes
+    # ``divert_share`` of the requests addressed to that stage key (the serving entry, same node)
+    # and hands them on to its ``next`` (the new version's entry) instead.
+    divert_from: str = ""
+    divert_share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+
+    def __post_init__(self) -> None:
+        if not self.divert_from:
+            return
+        if not self.relay:
+            raise ValueError("divert_from: only a relay stage may divert requests")
+        try:
+            diverted, _, _ = parse_stage_key(self.divert_from)
+        except ValueError:
+            raise ValueError(f"divert_from: not a stage key: {self.divert_from[:80]!r}") from None
+        if diverted != self.deployment_id:
+            raise ValueError("divert_from: must name a stage of the same deployment")
 
 
 @dataclass(frozen=True)
