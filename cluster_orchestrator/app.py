@@ -24,8 +24,10 @@ from cluster_orchestrator.mqtt_bus import MqttBus, can_connect, parse_mqtt_url
 from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.orchestrator import ClusterConfig, ClusterOrchestrator
 from cluster_orchestrator.root_client import RootClient
+from cluster_orchestrator.store_mongo import DEFAULT_DB as CLUSTER_DATABASE
 from cluster_orchestrator.store_mongo import open_cluster_store
 from treeline_common.clock import Clock
+from treeline_common.mongo_server import MongoServerProcess, start_mongo_server
 from treeline_common.mqtt_acl import CLUSTER_USER, TlsFiles
 from treeline_common.wsgi import HttpServer, make_http_server
 
@@ -69,7 +71,12 @@ class ClusterRuntime:
         self.port = port
         self.instance_id = instance_id
         self.security = security or ClusterSecurity()
-        self.store = open_cluster_store(store_url, data_dir)  # None: SQLite in data_dir
+        # run alone (no store URL): a MongoDB wire server of its own, data in <data_dir>/mongo
+        self._embedded: MongoServerProcess | None = None
+        if not store_url:
+            self._embedded = start_mongo_server(Path(data_dir) / "mongo")
+            store_url = self._embedded.db_url(CLUSTER_DATABASE)
+        self.store = open_cluster_store(store_url, data_dir)
         self.root = RootClient(config.root_url)
         self.core = ClusterOrchestrator(config, self.store, self.root, clock=clock,
                                         artifacts=ArtifactCache(Path(data_dir) / "artifacts"))
@@ -135,4 +142,6 @@ class ClusterRuntime:
             self._server_thread.join(5)
         self.root.close()
         self.store.close()
+        if self._embedded is not None:
+            self._embedded.stop()
         log.info("cluster %s stopped", self.config.name)

@@ -8,9 +8,10 @@ is ``<data_dir>/root``, ``--public-url`` is ``root_url`` when one is set, ``--lo
 what ``GET /api/health`` reports: ``treeline up`` gives each child its own and accepts only
 that answer as its root being ready.
 
-Opens the stores (default ``sqlite:///<data-dir>/root``), serves the Flask app with werkzeug's
-threaded server in a background thread, and shuts down cleanly on SIGTERM/SIGINT. Logs go to
-stderr as plain lines (:mod:`treeline_common.logs`); nothing is printed.
+Opens the stores (default: an embedded MongoDB wire server it starts itself, data in
+``<data-dir>/mongo``), serves the Flask app with werkzeug's threaded server in a background
+thread, and shuts down cleanly on SIGTERM/SIGINT. Logs go to stderr as plain lines
+(:mod:`treeline_common.logs`); nothing is printed.
 
 Security (:mod:`root_orchestrator.auth.settings`): development mode when bound to loopback
 without ``--production`` (``Admin``/``Admin`` is created if no user exists; internal routes also
@@ -51,6 +52,7 @@ from treeline_common.config import (
     process_settings,
 )
 from treeline_common.logs import setup_logging
+from treeline_common.mongo_server import ROOT_DATABASE, start_mongo_server
 from treeline_common.shutdown import ShutdownSignal
 from treeline_common.wsgi import make_http_server
 
@@ -70,7 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"default: root_port ({settings.root_port}, {settings.sources['root_port']})")
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir / "root",
                         help=f"default: <data_dir>/root ({settings.data_dir / 'root'})")
-    parser.add_argument("--store-url", default=None, help="default: sqlite:///<data-dir>/root")
+    parser.add_argument("--store-url", default=None,
+                        help="mongodb://host:port/db (default: an embedded MongoDB wire server this process "
+                             "starts, data in <data-dir>/mongo)")
     parser.add_argument("--public-url", default=_explicit_root_url(settings),
                         help="URL clusters use to reach this root (default: root_url when set, "
                              "else http://<host>:<port>)")
@@ -117,7 +121,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    store_url = args.store_url or f"sqlite:///{data_dir / 'root'}"
+    if args.store_url:
+        return _serve(args, data_dir, args.store_url)
+    embedded = start_mongo_server(data_dir / "mongo")  # run alone: a wire server of its own
+    try:
+        return _serve(args, data_dir, embedded.db_url(ROOT_DATABASE))
+    finally:
+        embedded.stop()
+
+
+def _serve(args: argparse.Namespace, data_dir: Path, store_url: str) -> int:
     public_url = args.public_url or f"http://{args.host}:{args.port}"
     security = security_config(args, data_dir)
     stores = open_stores(store_url)

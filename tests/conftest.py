@@ -16,7 +16,7 @@ import pytest
 from treeline_test_helpers import Observer
 
 from treeline_cli.broker import BrokerProcess, start_broker
-from treeline_cli.mongo_server import MongoServerProcess, start_mongo_server
+from treeline_common.mongo_server import MongoServerProcess, start_mongo_server
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ neither: it starts open (and says so in a warning) when asked for either.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from treeline_common.mqtt_acl import PID_FILE, BrokerAuth, TlsFiles
 from treeline_common.netutil import free_port, poll_until
+from treeline_common.shutdown import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +52,6 @@ asyncio.run(main(int(sys.argv[1])))
 """
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGTERM this child when its parent dies, so no child outlives
-    a killed ``treeline up`` (Linux; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from cluster_orchestrator.nodes import JOIN_TOKEN_ENV
 from root_orchestrator.auth.settings import CLUSTER_TOKEN_ENV
-from treeline_cli.broker import BrokerProcess, die_with_parent
+from treeline_cli.broker import BrokerProcess
 from treeline_cli.processes import ManagedProcess, last_error, tail
 from treeline_cli.stack_checks import (
     PortClaim,
@@ -82,6 +82,7 @@ from treeline_cli.stack_ready import CLOCK_SLACK_S, wait_answering, wait_ready
 from treeline_cli.stack_secrets import cluster_secrets, stack_secrets
 from treeline_common.config import INSTANCE_ID_ENV
 from treeline_common.profiles import get_profile
+from treeline_common.shutdown import die_with_parent
 
 # The public API of starting a stack stays importable from here (commands, tests, benchmarks).
 __all__ = [

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from treeline_cli.mongo_server import database_url, server_args, wait_answering
 from treeline_cli.stack_config import StackConfig
+from treeline_common.mongo_server import ROOT_DATABASE, database_url, server_args, wait_answering, write_url
 from treeline_common.netutil import free_port
 
 
@@ -32,7 +32,6 @@ class Spawner(Protocol):
 log = logging.getLogger(__name__)
 
 MONGO_PROCESS = "mongo"
-ROOT_DATABASE = "treeline"
 
 
 def cluster_database(index: int) -> str:
@@ -55,6 +54,7 @@ def start_store(stack: Spawner, timeout: float) -> str:
     managed = stack.spawn(MONGO_PROCESS, server_args(data_dir, config.host, port))
     url = f"mongodb://{config.host}:{port}"
     wait_answering(url, managed.alive, timeout)
+    write_url(data_dir, url)
     return url
 
 

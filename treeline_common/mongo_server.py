@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from treeline_cli.broker import die_with_parent
 from treeline_common.netutil import free_port, poll_until
+from treeline_common.shutdown import die_with_parent
 
 log = logging.getLogger(__name__)
 
+ROOT_DATABASE = "treeline"  # the root's database; cluster i's is treeline_cluster_<i> (treeline up)
 LOG_NAME = "mongo.log"
+URL_NAME = "url"  # <data_dir>/url: where the server on this data dir listens, while it runs
 PID_NAME = "mongo.pid"
 
 
@@ -129,4 +131,20 @@ def start_mongo_server(data_dir: Path, port: int | None = None, host: str = "127
         server.stop()
         raise
     log.info("MongoDB wire server (nx-27017) on %s, data in %s", server.url, data_dir)
+    write_url(data_dir, server.url)
     return server
+
+
+def write_url(data_dir: Path, url: str) -> None:
+    """Record where the server on ``data_dir`` listens, for tools that open the same store
+    (``treeline admin create``); :func:`running_url` reads it."""
+    (Path(data_dir) / URL_NAME).write_text(url + "\n")
+
+
+def running_url(data_dir: Path, timeout_s: float = 1.0) -> str | None:
+    """The URL of the server running on ``data_dir`` (one that answers ``ping``), else None."""
+    try:
+        url = (Path(data_dir) / URL_NAME).read_text().strip()
+    except OSError:
+        return None
+    return url if url and ping(url, timeout_s) else None

@@ -8,7 +8,10 @@ ignores SIGTERM. The handler here only assigns an attribute, and :meth:`wait` po
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import signal
+import sys
 import time
 from types import FrameType
 
@@ -41,3 +44,15 @@ class ShutdownSignal:
                 return False
             time.sleep(poll)
         return True
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGTERM this child when its parent dies, so no child outlives
+    a killed ``treeline up`` (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -4,7 +4,7 @@ Known schemes:
 
 - ``mongodb://host:port/dbname`` / ``mongodb+srv://...``: MongoDB, artifacts in GridFS (db default
   ``treeline``): a real MongoDB, or the embedded wire-protocol server ``treeline up`` starts
-  (:mod:`treeline_cli.mongo_server`). What ``treeline up`` and the test suite use.
+  (:mod:`treeline_common.mongo_server`). What ``treeline up`` and the test suite use.
 - ``sqlite:///abs/dir`` (or ``sqlite://rel/dir``): a directory holding ``root.db`` and ``artifacts/``;
   the default of ``python -m root_orchestrator`` run alone (no server to start), persistent across
   restarts.

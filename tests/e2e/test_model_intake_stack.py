@@ -170,3 +170,9 @@ def test_export_images_writes_a_context_per_partition(stack: Stack, tmp_path: Pa
         assert hashlib.sha256(data).hexdigest() == stage["sha256"]
     code, out, err = cli(stack, tmp_path, "export-images", "exported", str(tmp_path / "images"))
     assert code != 0 and "is not empty" in " ".join(err)
+
+
+def test_register_a_builtin(stack: Stack, tmp_path: Path) -> None:
+    code, out, err = cli(stack, tmp_path, "model", "register", "--builtin", "tiny_dag", "-o", "json")
+    assert code == 0, (out, err)
+    assert '"name": "tiny_dag"' in out

@@ -10,7 +10,7 @@ from typing import Any
 import pymongo
 import pytest
 
-from treeline_cli.mongo_server import MongoServerProcess
+from treeline_common.mongo_server import MongoServerProcess
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
 from treeline_cli.stack_mongo import ROOT_DATABASE, cluster_database
 

@@ -82,7 +82,7 @@ def test_root_process_persists_across_restart(tmp_path: Path) -> None:
         bad = http.post(f"{url}/api/application/", data=b"{",
                             headers={"Content-Type": "application/json"}, timeout=10)
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "INVALID_INPUT"
-    assert (tmp_path / "root" / "root.db").is_file()
+    assert (tmp_path / "mongo" / "db" / "treeline.db").is_file()  # its own embedded MongoDB, run alone
     with root_process(tmp_path) as url:
         http = login(url)
         health = requests.get(f"{url}/api/health", timeout=10).json()

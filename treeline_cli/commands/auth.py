@@ -10,8 +10,11 @@ root has, and works while the root runs.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,6 +32,7 @@ from treeline_cli.commands.common import (
 )
 from treeline_cli.errors import Failure
 from treeline_common.clock import SystemClock
+from treeline_common.mongo_server import ROOT_DATABASE, database_url, running_url, start_mongo_server
 
 
 def _password(from_stdin: bool) -> str:
@@ -86,23 +90,45 @@ def admin() -> None:
 def admin_create(username: str, password_stdin: bool, root_data_dir: Path | None,
                  store_url: str | None) -> None:
     """Create an admin account in the root's store (refused if the name is taken)."""
-    if store_url is None:
-        data_dir = root_data_dir or settings().data_dir / "root"
-        if not (data_dir / "root" / "root.db").exists():
-            raise Failure(f"no root store under {data_dir}",
-                          "pass the root's --data-dir as --root-data-dir, or its --store-url")
-        store_url = f"sqlite:///{(data_dir / 'root').resolve()}"
     password = _password(password_stdin)
-    stores = open_stores(store_url)
-    try:
-        # the signing key is not needed to create an account: a throwaway one keeps the store the only I/O
-        service = AuthService(stores.users, SystemClock(), SecurityConfig(jwt_secret="-" * 32))
-        doc = service.create_user(username, password, [Role.ADMIN.value])
-    finally:
-        stores.close()
+    with root_store(store_url, root_data_dir or settings().data_dir / "root", settings().data_dir) as url:
+        doc = _create_admin(url, username, password)
     out = output()
     if out.structured:
         out.document({"user_id": doc["user_id"], "username": doc["username"], "roles": doc["roles"]})
     else:
         out.line(f"Created admin {doc['username']} ({doc['user_id']}); "
                  f"log in with `treeline login -u {username}`")
+
+
+@contextlib.contextmanager
+def root_store(store_url: str | None, root_data_dir: Path, data_dir: Path) -> Iterator[str]:
+    """The root's store URL: ``store_url``; else the embedded MongoDB of a root run alone
+    (``<root data dir>/mongo``) or of ``treeline up`` (``<data_dir>/mongo``) while it runs; else,
+    for a root run alone that is stopped, its embedded server started for the time of the command."""
+    if store_url:
+        yield store_url
+        return
+    for folder in (root_data_dir / "mongo", data_dir / "mongo"):
+        url = running_url(folder)
+        if url:
+            yield database_url(url, ROOT_DATABASE)
+            return
+    if not (root_data_dir / "mongo" / "db").is_dir():
+        raise Failure(f"no root store under {root_data_dir} (and no running `treeline up` under {data_dir})",
+                      "pass the root's --data-dir as --root-data-dir, or its --store-url")
+    server = start_mongo_server(root_data_dir / "mongo")
+    try:
+        yield server.db_url(ROOT_DATABASE)
+    finally:
+        server.stop()
+
+
+def _create_admin(store_url: str, username: str, password: str) -> dict[str, Any]:
+    stores = open_stores(store_url)
+    try:
+        # the signing key is not needed to create an account: a throwaway one keeps the store the only I/O
+        service = AuthService(stores.users, SystemClock(), SecurityConfig(jwt_secret="-" * 32))
+        return service.create_user(username, password, [Role.ADMIN.value])
+    finally:
+        stores.close()

@@ -60,6 +60,7 @@ def register(file: Path | None, builtin: str | None, name: str | None, alias: st
                               "install it with `pip install -e .[export]`") from None
         name = name or builtin
         description = description or f"built-in {builtin}"
+        content_type = "application/octet-stream"  # built-ins are exported as one file
     else:
         assert file is not None
         if not file.is_file():
