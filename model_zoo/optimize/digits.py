@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from onnx import numpy_helper
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 from torch import nn
 
 DATASET = "sklearn.load_digits"
@@ -126,3 +128,27 @@ def train_digits_cnn(split: DigitsSplit, *, epochs: int = 30, seed: int = 0,
 def example_input() -> torch.Tensor:
     """A zero batch-1 input, [1, 1, 8, 8], for export."""
     return torch.zeros(INPUT_SHAPE, dtype=torch.float32)
+
+
+def digits_cnn_from_onnx(onnx_bytes: bytes) -> DigitsCNN:
+    """Rebuild the torch :class:`DigitsCNN` an ONNX file was exported from (pruning and distillation
+    need torch weights; the registry keeps only ONNX).
+
+    The dynamo exporter names initialisers after the module's parameters (``conv1.weight`` …);
+    widths are read from their shapes. Raises ValueError naming what is missing or inconsistent
+    when the file was not exported from a DigitsCNN.
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    names = [f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2") for kind in ("weight", "bias")]
+    missing = [name for name in names if name not in weights]
+    if missing:
+        raise ValueError(f"not a DigitsCNN export: initialisers {missing} are missing")
+    c1, c2, hidden = (int(weights["conv1.weight"].shape[0]), int(weights["conv2.weight"].shape[0]),
+                      int(weights["fc1.weight"].shape[0]))
+    rebuilt = DigitsCNN(c1=c1, c2=c2, hidden=hidden)
+    try:
+        rebuilt.load_state_dict({name: torch.from_numpy(weights[name].copy()) for name in names})
+    except RuntimeError as exc:
+        raise ValueError(f"not a DigitsCNN export: {' '.join(str(exc).split())}") from None
+    return rebuilt.eval()

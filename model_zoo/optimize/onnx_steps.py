@@ -30,7 +30,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 logger = logging.getLogger(__name__)
 
 
-class ArrayCalibrationReader(CalibrationDataReader):  # type: ignore[misc]
+class ArrayCalibrationReader(CalibrationDataReader):
     """Feeds ``samples`` ([N, ...] float32) one at a time, batch 1, under ``input_name``."""
 
     def __init__(self, input_name: str, samples: np.ndarray) -> None:

@@ -25,12 +25,18 @@ from model_zoo.optimize.digits import DigitsCNN, DigitsSplit, fit
 
 
 def _kept_channels(conv: nn.Conv2d, amount: float) -> torch.Tensor:
-    """Indices (ascending) of the output channels ln_structured keeps in ``conv``."""
-    probe = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-    probe.weight.data.copy_(conv.weight.data)
-    prune.ln_structured(probe, name="weight", amount=amount, n=1, dim=0)
-    mask = probe.weight_mask.flatten(1).sum(dim=1) > 0
-    return torch.nonzero(mask).flatten()
+    """Indices (ascending) of the output channels L1 structured pruning keeps in ``conv`` (the mask
+    ``prune.ln_structured(conv, "weight", amount, n=1, dim=0)`` would install, computed without
+    installing it, so ``conv`` is left as it is)."""
+    weight = conv.weight.detach()
+    mask = prune.LnStructured(amount, n=1, dim=0).compute_mask(weight, default_mask=torch.ones_like(weight))
+    return torch.nonzero(mask.flatten(1).sum(dim=1) > 0).flatten()
+
+
+def _bias(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    if layer.bias is None:  # DigitsCNN's layers all have one
+        raise ValueError(f"{layer}: a bias is expected")
+    return layer.bias
 
 
 def prune_channels(model: DigitsCNN, amount: float) -> DigitsCNN:
@@ -44,11 +50,11 @@ def prune_channels(model: DigitsCNN, amount: float) -> DigitsCNN:
     features = (keep2[:, None] * 16 + torch.arange(16)[None, :]).flatten()
     with torch.no_grad():
         small.conv1.weight.copy_(model.conv1.weight[keep1])
-        small.conv1.bias.copy_(model.conv1.bias[keep1])
+        _bias(small.conv1).copy_(_bias(model.conv1)[keep1])
         small.conv2.weight.copy_(model.conv2.weight[keep2][:, keep1])
-        small.conv2.bias.copy_(model.conv2.bias[keep2])
+        _bias(small.conv2).copy_(_bias(model.conv2)[keep2])
         small.fc1.weight.copy_(model.fc1.weight[:, features])
-        small.fc1.bias.copy_(model.fc1.bias)
+        _bias(small.fc1).copy_(_bias(model.fc1))
         small.fc2.load_state_dict(model.fc2.state_dict())
     return small.eval()
 
