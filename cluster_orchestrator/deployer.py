@@ -46,6 +46,8 @@ from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.models import LoadedModel, ModelCache, declared_shapes, profile_key, profiles_for
 from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
+from cluster_orchestrator.rollout import RolloutPolicy, wants_canary
+from cluster_orchestrator.rollout_runner import RolloutContext, RolloutRunner, keep_serving
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.tracker import StageTracker
 from deployment_descriptors import load_profile
@@ -97,7 +99,7 @@ class Deployer:
                  nodes: Callable[[], list[dict[str, Any]]], on_change: Callable[[str], None],
                  settings: DeployerSettings, stop: threading.Event, clock: Clock,
                  profiles: ProfileCollector | None = None, models: ModelCache | None = None,
-                 artifacts: ArtifactCache | None = None) -> None:
+                 artifacts: ArtifactCache | None = None, rollouts: RolloutRunner | None = None) -> None:
         self._book = book
         self._bus = bus
         self._root = root
@@ -110,6 +112,7 @@ class Deployer:
         self._profiles = profiles
         self._models = models or ModelCache()
         self._artifacts = artifacts or ArtifactCache()
+        self._rollouts = rollouts  # None: a new model version switches as soon as it is READY
 
     def _commit(self, deployment_id: str, epoch: int, **fields: Any) -> dict[str, Any]:
         doc = self._book.commit(deployment_id, epoch, **fields)
@@ -161,16 +164,36 @@ class Deployer:
             {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
         self._publish(outcome)
         self._command_and_wait(deployment_id, epoch, attempt, placement, outcome, spec, nodes)
+        if serving is not None and not self._canary_passed(deployment_id, epoch, doc, serving, placement,
+                                                            spec, nodes, online):
+            return  # rolled back: the serving generation stays
         self._commit(deployment_id, epoch, status=JobStatus.RUNNING, status_detail="all stages ready",
                      placement=placement.with_states("READY").to_dict(), pending=None,
                      placed_at=self._clock.now(), considered=online, attempts=0, retry_at=None,
-                     failed_capacity=None, drift_since=None)
+                     failed_capacity=None, drift_since=None, rollout=None, rolled_back_model=None,
+                     serving_model=spec.model_sha256, serving_version=_label(spec))
         self._book.add_event(deployment_id, event(
             self._clock.now(), "replan" if serving else "deployed", attempt.cause, generation=generation,
             old_cost_ms=old_cost, new_cost_ms=new_cost,
             duration_s=round(self._clock.monotonic() - started, 3),
             nodes=[s.node_name for s in placement.stages]))
         self._on_change(deployment_id)
+
+    def _canary_passed(self, deployment_id: str, epoch: int, doc: dict[str, Any], serving: Placement,
+                       new: Placement, spec: planning.JobSpec, nodes: list[dict[str, Any]],
+                       online: list[str]) -> bool:
+        """Whether the new generation may replace the serving one: True unless a canary
+        (:mod:`.rollout`) is due and rolls it back."""
+        policy = RolloutPolicy.of(spec.microservice)
+        whole = serving.node_ids() <= set(online)
+        serving_model = doc.get("serving_model")
+        if self._rollouts is None or not wants_canary(policy, serving_model, spec.model_sha256, whole):
+            return True
+        settings = self._settings
+        context = RolloutContext(settings.artifact_base_url or settings.root_url, settings.data_secret,
+                                 spec.microservice, nodes, settings.stage_timeout)
+        labels = (str(doc.get("serving_version") or str(serving_model)[:12]), _label(spec))
+        return self._rollouts.run(deployment_id, epoch, serving, new, policy, context, labels)
 
     def _model_bytes(self, spec: planning.JobSpec) -> bytes:
         """The model from this cluster's artifact cache, else from the root (then cached)."""
@@ -271,6 +294,8 @@ class Deployer:
             self._book.add_event(deployment_id, event(self._clock.now(), "kept", attempt.cause,
                                                       detail=f"no other plan fits: {detail}"))
             return
+        if keep_serving(self._book, self._clock, deployment_id, epoch, f"unschedulable: {detail}"):
+            return
         self._commit(deployment_id, epoch, status=JobStatus.FAILED, status_detail=f"unschedulable: {detail}",
                      reasons=reasons, explanation=bounded_explanation(outcome.explanation, outcome.node_ids),
                      pending=None,
@@ -291,6 +316,9 @@ class Deployer:
                                                       detail=f"re-plan failed: {reason}"))
             return
         if attempts >= self._settings.max_attempts:
+            if keep_serving(self._book, self._clock, deployment_id, epoch,
+                            f"failed after {attempts} attempts: {reason}"):
+                return
             online = sorted(n["node_id"] for n in self._nodes() if n.get("online"))
             self._commit(deployment_id, epoch, status=JobStatus.FAILED, pending=None, attempts=attempts,
                          status_detail=f"failed after {attempts} attempts: {reason}", failed_capacity=online,
@@ -335,6 +363,11 @@ class Deployer:
                 except TreelineError as exc:
                     log.warning("could not store the %s profile at the root: %s", key, exc)
         return CostModel.from_profiles(loaded.graph, stored)
+
+
+def _label(spec: planning.JobSpec) -> str:
+    """How events name a model: ``name vN`` (the digest's head when the job names no version)."""
+    return f"{spec.model_name} v{spec.model_version}" if spec.model_name else spec.model_sha256[:12]
 
 
 def _better(new: float | None, old: float | None, margin: float) -> bool:

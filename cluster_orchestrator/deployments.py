@@ -5,6 +5,8 @@ A deployment document (desired state; the observed state is in the node document
     {deployment_id, service_id, instance, job, status, status_detail,
      placement,        # the serving plan (treeline_common.jobs.Placement as a dict)
      pending,          # the generation being brought up (make-before-break), or None
+     rollout,          # a canary in progress (cluster_orchestrator.rollout), or None
+     serving_model, serving_version, rolled_back_model,  # model digests: served / refused by a canary
      generation, epoch, attempts, retry_at, placed_at, considered, failed_capacity,
      drift_since, events, reasons, explanation, created_at, updated_at, version}
 
@@ -22,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cluster_orchestrator.reconcile import DesiredDeployment
+from cluster_orchestrator.rollout import router_of
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, NotFound
@@ -157,6 +160,9 @@ def desired_of(doc: Mapping[str, Any]) -> DesiredDeployment:
         considered=frozenset(doc.get("considered") or ()),
         failed_capacity=frozenset(capacity) if capacity is not None else None,
         drift_since=doc.get("drift_since"),
+        router=router_of(doc),
+        rolled_back=bool(doc.get("rolled_back_model"))
+        and doc.get("rolled_back_model") == (doc.get("job") or {}).get("model", {}).get("sha256"),
     )
 
 
@@ -185,6 +191,8 @@ def deployment_view(doc: Mapping[str, Any]) -> dict[str, Any]:
         "status_detail": doc.get("status_detail") or "",
         "placement": doc.get("placement"),
         "pending": doc.get("pending"),
+        "rollout": doc.get("rollout"),
+        "serving_version": doc.get("serving_version"),
         "deployment_id": doc.get("deployment_id"),
         "service_id": doc.get("service_id"),
         "instance": doc.get("instance"),

@@ -45,6 +45,8 @@ from cluster_orchestrator.mqtt_bus import MessageBus
 from cluster_orchestrator.nodes import NodeRegistry
 from cluster_orchestrator.profiler import ProfileCollector
 from cluster_orchestrator.reconcile import Action, Observed, ObservedNode, Settings, reconcile
+from cluster_orchestrator.rollout_checks import StageStatsBoard
+from cluster_orchestrator.rollout_runner import RolloutRunner
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.rootsync import RootSync
 from cluster_orchestrator.store import ClusterStateStore, Doc
@@ -88,6 +90,7 @@ class ClusterOrchestrator:
         self.profiles = ProfileCollector()
         self.models = ModelCache()
         self.drift = DriftTracker(config.replan_margin)
+        self.stage_stats = StageStatsBoard()  # newest stage figures, for canaries (.rollout_checks)
         self.rules = Settings(drift_window=config.drift_window)
         self._bus = bus
         self._bus_connected = True
@@ -119,9 +122,11 @@ class ClusterOrchestrator:
             data_secret=self.data_secret(), stage_timeout=self.config.stage_timeout,
             profile_timeout=self.config.profile_timeout, max_attempts=self.config.max_attempts,
             margin=self.config.replan_margin)
+        rollouts = RolloutRunner(self.book, self._bus.publish, self.tracker, self.stage_stats, self.clock,
+                                 self._stop, self._changed)
         return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list_nodes, self._changed,
                         settings, self._stop, self.clock, profiles=self.profiles, models=self.models,
-                        artifacts=self.artifacts)
+                        artifacts=self.artifacts, rollouts=rollouts)
 
     def data_secret(self) -> bytes:
         """The cluster's data-plane secret, made once and kept in its store (data keys of running
@@ -175,7 +180,7 @@ class ClusterOrchestrator:
             doc.update({"deployment_id": deployment_id, "service_id": service_id, "instance": job.instance,
                         "job": job.to_dict(), "status": JobStatus.REQUESTED.value,
                         "status_detail": "accepted", "reasons": {}, "attempts": 0, "retry_at": None,
-                        "failed_capacity": None, "pending": None})
+                        "failed_capacity": None, "pending": None, "rollout": None})
             doc.setdefault("placement", None)
             doc.setdefault("generation", 0)
             return doc
@@ -260,6 +265,7 @@ class ClusterOrchestrator:
 
     def on_stage_stats(self, node_id: str, stats: StageStats) -> None:
         self.drift.observe(stats)
+        self.stage_stats.observe(stats)
 
     def on_profile_result(self, node_id: str, result: ProfileResult) -> None:
         self.profiles.report(result)

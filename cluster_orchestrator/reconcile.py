@@ -25,6 +25,11 @@ Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
    how the old pipeline goes after a make-before-break switch, once it has drained for
    ``drain`` seconds so callers can move to the new entry). "FAILED but still serving"
    cannot persist.
+4. **Rollouts** (:mod:`.rollout`): a canary's router stage is desired while the deployment
+   document holds it; a RUNNING deployment that holds one with no worker running (the cluster
+   restarted mid-canary) is planned again, which starts the canary afresh; one whose last new
+   model version was rolled back is not re-planned for a join or drift (that would retry the
+   version the canary refused; a repair still does).
 
 While ``Observed.plans_held`` is set (nodes are still leaving: a mass last will, see
 :class:`~.liveness.DepartureHold`) no Plan is emitted at all: the deployments a departure
@@ -66,6 +71,8 @@ class DesiredDeployment:
     considered: frozenset[str] = frozenset()
     failed_capacity: frozenset[str] | None = None
     drift_since: float | None = None
+    router: tuple[str, str] | None = None  # (node_id, stage key) of a canary router (rollout)
+    rolled_back: bool = False  # the job's model was refused by its canary: serving the previous one
 
 
 @dataclass(frozen=True)
@@ -183,8 +190,12 @@ def _plan_action(want: DesiredDeployment, online: frozenset[str], now: float,
     lost = sorted(want.placement.node_ids() - online)
     if lost:
         return Plan(want.deployment_id, f"node {named(lost)} offline")
+    if want.router is not None:
+        return Plan(want.deployment_id, "a rollout was interrupted: starting its canary again")
     if want.retry_at is not None and now < want.retry_at:
         return None  # an improvement attempt failed recently: back off
+    if want.rolled_back:
+        return None  # re-planning would bring back the version its canary refused
     joined = sorted(online - want.considered)
     if joined:
         return Plan(want.deployment_id, f"node {named(joined)} joined", improve=True)
@@ -233,6 +244,8 @@ def wanted_keys(want: DesiredDeployment) -> frozenset[tuple[str, str]]:
     for placement in (want.placement, want.pending):
         if placement is not None:
             keys.update((s.node_id, s.stage_key) for s in placement.all_stages())
+    if want.router is not None:
+        keys.add(want.router)
     return frozenset(keys)
 
 
