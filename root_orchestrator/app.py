@@ -17,7 +17,17 @@ import secrets
 
 from flask import Flask
 
-from root_orchestrator.api import applications, auth, clusters, declarative, models, profiles, system, users
+from root_orchestrator.api import (
+    applications,
+    auth,
+    clusters,
+    declarative,
+    model_lifecycle,
+    models,
+    profiles,
+    system,
+    users,
+)
 from root_orchestrator.api.context import RootContext, install
 from root_orchestrator.api.guard import install_guard
 from root_orchestrator.apply import Applier
@@ -34,7 +44,8 @@ from root_orchestrator.uploads import body_limits, model_limit_mb
 from treeline_common.clock import Clock
 from treeline_common.http import JSON_BODY_LIMIT, install_body_limits, install_error_handlers
 
-BLUEPRINTS = (system.bp, auth.bp, users.bp, models.bp, profiles.bp, applications.bp, declarative.bp,
+BLUEPRINTS = (system.bp, auth.bp, users.bp, models.bp, model_lifecycle.bp, profiles.bp, applications.bp,
+              declarative.bp,
               clusters.bp)
 
 

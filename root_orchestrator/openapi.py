@@ -49,8 +49,27 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/models/<name>/versions/<ref>", "Version doc; ref = int, latest or an alias", None,
           (200, 404)),
     Route("GET", "/api/models/<name>/versions/<ref>/artifact", "The version's ONNX bytes", None, (200, 404)),
-    Route("PUT", "/api/models/<name>/aliases/<alias>", "Point an alias at {version}", "json",
-          (200, 400, 404)),
+    Route("PATCH", "/api/models/<name>/versions/<ref>",
+          "{description?, tags?, lineage? (set once), metrics?} (treeline_common.registry.VersionUpdate) "
+          "-> version doc; 400 naming each bad field, 409 when the lineage is already set",
+          "json", (200, 400, 404, 409)),
+    Route("DELETE", "/api/models/<name>/versions/<ref>",
+          "Delete one version (and its artifact when unshared) -> "
+          "{deleted, name, version, artifacts_deleted}; "
+          "409 naming the services whose SLA resolves to it or whose running instance uses it",
+          None, (200, 404, 409)),
+    Route("PUT", "/api/models/<name>/versions/<ref>/partitions/<sha256>",
+          "A cluster records a partition of the version: {deployment_id, stage, ops: [start, end], flops, "
+          "param_bytes, cut_bytes}", "json", (200, 400, 404)),
+    Route("PUT", "/api/models/<name>/aliases/<alias>",
+          "Point an alias at {version, expected?}: expected (int, or null = must not exist) is compared "
+          "and set atomically (409 naming the current version)", "json", (200, 400, 404, 409)),
+    Route("DELETE", "/api/models/<name>/aliases/<alias>",
+          "Remove an alias (?expected=N: only if it names N, else 409) -> {name, alias, deleted, version}",
+          None, (200, 400, 404, 409)),
+    Route("GET", "/api/models/<name>/aliases",
+          "{name, aliases: {alias: version}, events: [{alias, version, previous, by, at, seq}]}",
+          None, (200, 404)),
     Route("PUT", "/api/models/<name>/versions/<ref>/profiles/<device_class>",
           "Store a ProfileResult (op ms per ONNX node) for this version and device class; last write wins",
           "json", (200, 400, 404)),

@@ -16,13 +16,13 @@ from flask import Blueprint, Response, jsonify, request
 
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, claims_model_name, model_owner, principal, visible_model
+from root_orchestrator.api.model_lifecycle import referenced_artifacts, services_using, shown
 from root_orchestrator.auth.principals import INTERNAL, OWNER
 from root_orchestrator.model_intake import PROTOBUF_LIMIT, complete_signature, is_archive, unpack_archive
 from root_orchestrator.onnx_signature import extract_signature
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
 from root_orchestrator.uploads import check_bytes_type, load_onnx_header, spool_body
-from treeline_common.errors import Conflict, InvalidInput, NotFound
-from treeline_common.http import json_body
+from treeline_common.errors import Conflict
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ def delete_model(name: str) -> Any:
     check_model_name(name)
     c = ctx()
     visible_model(c.stores, name)  # 404 (also for another user's model) before anything else
-    users = _services_using(name)
+    users = services_using(name)
     if users:
         raise Conflict(f"model {name!r} is used by {len(users)} service(s)", users)
     deleted = c.stores.models.delete_model(name)
-    dropped = sorted({v["sha256"] for v in deleted} - _referenced_artifacts())
+    dropped = sorted({v["sha256"] for v in deleted} - referenced_artifacts())
     for sha256 in dropped:
         c.stores.artifacts.delete(sha256)
     log.info("deleted model %s (%d versions, %d artifacts)", name, len(deleted), len(dropped))
@@ -107,48 +107,20 @@ def delete_model(name: str) -> Any:
                     "artifacts_deleted": dropped})
 
 
-def _referenced_artifacts() -> set[str]:
-    """The sha256 of every version of every model still registered."""
-    models = ctx().stores.models
-    found: set[str] = set()
-    for model in models.list_models():
-        try:
-            found.update(v["sha256"] for v in models.list_versions(model["name"]))
-        except NotFound:  # deleted meanwhile
-            continue
-    return found
-
-
-def _services_using(name: str) -> list[dict[str, str]]:
-    """``{path, message}`` per service whose SLA model block names ``name``."""
-    apps = ctx().stores.applications
-    names: dict[str, str] = {}
-    users = []
-    for svc in apps.list_services():
-        if (svc.get("model") or {}).get("name") != name:
-            continue
-        app_id = str(svc.get("application_id"))
-        if app_id not in names:
-            try:
-                names[app_id] = str(apps.get_application(app_id).get("application_name"))
-            except NotFound:
-                names[app_id] = app_id
-        users.append({"path": f"services.{svc['service_id']}",
-                      "message": f"{names[app_id]}/{svc.get('microservice_name')} uses model {name!r}"})
-    return users
-
-
 @bp.get("/api/models/<name>/versions")
 @access(OWNER)
 def list_versions(name: str) -> Any:
     visible_model(ctx().stores, name)
-    return jsonify({"versions": ctx().stores.models.list_versions(name)})
+    return jsonify({"versions": [shown(v) for v in ctx().stores.models.list_versions(name)]})
 
 
 @bp.get("/api/models/<name>/versions/<ref>")
 @access(OWNER)
 def get_version(name: str, ref: str) -> Any:
-    return jsonify(visible_model(ctx().stores, name, ref))
+    """The version doc with the ``partitions`` clusters recorded for it."""
+    doc = visible_model(ctx().stores, name, ref)
+    partitions = ctx().stores.models.list_partitions(name, int(doc["version"]))
+    return jsonify({**shown(doc), "partitions": partitions})
 
 
 @bp.get("/api/models/<name>/versions/<ref>/artifact")
@@ -156,16 +128,6 @@ def get_version(name: str, ref: str) -> Any:
 def get_version_artifact(name: str, ref: str) -> Any:
     doc = visible_model(ctx().stores, name, ref)
     return _stream(doc["sha256"], f"{name}-v{doc['version']}.onnx")
-
-
-@bp.put("/api/models/<name>/aliases/<alias>")
-@access(OWNER)
-def set_alias(name: str, alias: str) -> Any:
-    visible_model(ctx().stores, name)
-    version = json_body(request).get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise InvalidInput("version must be an integer", [{"path": "version", "message": "not an integer"}])
-    return jsonify(ctx().stores.models.set_alias(name, alias, version))
 
 
 @bp.get("/api/artifacts/<sha256>")

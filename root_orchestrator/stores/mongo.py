@@ -55,6 +55,7 @@ from root_orchestrator.stores.base import (
     with_aliases,
 )
 from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader
+from root_orchestrator.stores.mongo_registry import MongoRegistryLifecycle, ensure_lifecycle_indexes
 from treeline_common.errors import Conflict, CorruptArtifact, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def ensure_indexes(db: Database) -> None:
     db.clusters.create_index([("cluster_name", ASCENDING)], unique=True)
     db.model_profiles.create_index([("name", ASCENDING), ("version", ASCENDING)])
     db.users.create_index([("username", ASCENDING)], unique=True)
+    ensure_lifecycle_indexes(db)
 
 
 class MongoArtifactStore(ArtifactStore):
@@ -183,7 +185,10 @@ class MongoArtifactStore(ArtifactStore):
         return True
 
 
-class MongoModelRegistry(ModelRegistry):
+class MongoModelRegistry(MongoRegistryLifecycle, ModelRegistry):
+    """Versions, aliases and profiles; the lifecycle (metadata, compare-and-set aliases, version
+    delete, partitions) is :class:`~root_orchestrator.stores.mongo_registry.MongoRegistryLifecycle`."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
@@ -204,7 +209,8 @@ class MongoModelRegistry(ModelRegistry):
             raise RuntimeError(f"version counter of model {name!r} was not created")
         version = int(counter["v"])
         doc = {"name": name, "version": version, "sha256": sha256, "size": size, "format": fmt,
-               "signature": signature, "created_at": created_at, "description": description}
+               "signature": signature, "created_at": created_at, "description": description,
+               "tags": {}, "metrics": {}, "lineage": None, "rev": 0}
         self.db.model_versions.insert_one(dict(doc))
         # last_version only moves forward even if two creates finish out of order.
         self.db.models.update_one({"_id": name}, {"$max": {"last_version": version},
@@ -295,6 +301,8 @@ class MongoModelRegistry(ModelRegistry):
         # The model document first: from then on the model reads as absent, whatever is left below.
         self.db.models.delete_one({"_id": name})
         self.db.model_profiles.delete_many({"name": name})
+        self.db.model_partitions.delete_many({"name": name})
+        self.db.model_alias_events.delete_many({"name": name})
         self.db.model_versions.delete_many({"name": name})
         self.db.counters.delete_one({"_id": f"model:{name}"})
         return versions
