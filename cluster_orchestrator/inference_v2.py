@@ -46,6 +46,7 @@ from treeline_common.http import install_body_limits
 from treeline_common.inference_v2 import (
     HEADER_LENGTH,
     bearer_matches,
+    check_inputs,
     decode_request,
     encode_response,
     tensor_metadata,
@@ -149,6 +150,13 @@ class V2Gateway:
                 self._pools.setdefault(deployment_id, []).append(client)
 
 
+def input_specs(doc: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """What the service's inputs are: the placement's specs (the SLA's), else the model signature's."""
+    specs = (doc.get("placement") or {}).get("inputs") or \
+        (((doc.get("job") or {}).get("model") or {}).get("signature") or {}).get("inputs")
+    return list(specs) if specs else None
+
+
 def metadata(doc: dict[str, Any]) -> dict[str, Any]:
     """``GET /v2/models/<name>``: name, versions, platform and the signature's tensors."""
     model = (doc.get("job") or {}).get("model") or {}
@@ -210,6 +218,7 @@ def register(app: Flask, core: ClusterOrchestrator, public: Callable[[Any], Any]
             gateway.check_caller(doc, request.headers.get("Authorization", ""))
             body = request.get_data(cache=False)  # the app limits it to MAX_BODY (413 beyond)
             req = decode_request(body, request.headers.get(HEADER_LENGTH))
+            check_inputs(input_specs(doc), req.inputs)  # a caller's mistake is 400 before anything runs
             with gateway.client(str(doc["deployment_id"])) as client:
                 [outcome] = client.infer_many([req.inputs], max_in_flight=1)
             if outcome.error is not None:

@@ -48,9 +48,9 @@ import zmq
 
 from node_engine.data_plane.client import DataPlaneError, TensorClient
 from node_engine.stages import LoadedStage, StageRunner, StageTable
-from node_engine.v2_models import NotHere, caller_key, check_caller, check_inputs, find, input_specs, metadata
+from node_engine.v2_models import NotHere, caller_key, check_caller, find, input_specs, metadata
 from treeline_common.errors import InvalidInput, PayloadTooLarge, TreelineError, Unavailable, http_status
-from treeline_common.inference_v2 import HEADER_LENGTH, decode_request, encode_response
+from treeline_common.inference_v2 import HEADER_LENGTH, check_inputs, decode_request, encode_response
 from treeline_common.tensor_wire import BAD_REQUEST, UNKNOWN_STAGE
 
 log = logging.getLogger(__name__)

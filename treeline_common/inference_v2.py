@@ -230,3 +230,33 @@ def bearer_matches(authorization: str, key: str) -> bool:
     scheme, _, token = authorization.strip().partition(" ")
     return scheme.lower() == "bearer" and bool(key) and hmac.compare_digest(
         token.strip().encode("latin-1", "replace"), key.encode("latin-1", "replace"))
+
+
+def check_inputs(specs: Sequence[Mapping[str, Any]] | None, inputs: Mapping[str, np.ndarray]) -> None:
+    """InvalidInput naming the field when ``inputs`` (in request order) cannot feed ``specs``:
+    an unknown name, a missing input, another datatype, another rank or fixed dimension.
+    ``specs`` None: nothing known to check against (the stage answers for itself)."""
+    if specs is None:
+        return
+    wanted = {str(s["name"]): s for s in specs}
+    for index, (name, array) in enumerate(inputs.items()):
+        spec = wanted.get(name)
+        path = f"inputs[{index}]"
+        if spec is None:
+            raise _problem(f"{path}.name", f"the model has no input {name!r} (it takes {sorted(wanted)})")
+        try:
+            expected = datatype_of(str(spec["dtype"]))
+        except InvalidInput:
+            expected = ""
+        if expected and datatype_of(array.dtype) != expected:
+            raise _problem(f"{path}.datatype",
+                           f"is {datatype_of(array.dtype)}, input {name!r} takes {expected}")
+        shape = list(spec.get("shape") or [])
+        fixed = [d if isinstance(d, int) and not isinstance(d, bool) and d > 0 else None for d in shape]
+        if len(array.shape) != len(shape) or any(f is not None and f != d for f, d in zip(fixed, array.shape,
+                                                                                           strict=True)):
+            raise _problem(f"{path}.shape", f"is {list(array.shape)}, input {name!r} takes "
+                       f"{[d if d is not None else -1 for d in fixed]}")
+    missing = [name for name in wanted if name not in inputs]
+    if missing:
+        raise _problem("inputs", f"missing input {missing[0]!r} (the model takes {list(wanted)})")

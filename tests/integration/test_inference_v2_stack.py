@@ -128,7 +128,10 @@ def test_v2_rest_answers_like_the_whole_model(stack: Stack) -> None:
     unknown = requests.post(f"{stack.cluster_url}/v2/models/nope/infer", timeout=30, json={})
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
     shape = infer_json(f"{base}/infer", np.zeros((1, 31), dtype=np.float32))
-    assert shape.status_code == 503 and "error" in shape.json()  # the stage refused it: the reason is given
+    assert shape.status_code == 400 and "inputs[0].shape" in shape.json()["error"]  # checked before it runs
+    named = requests.post(f"{base}/infer", timeout=30, json={"inputs": [
+        {"name": "inp", "shape": [1, 32], "datatype": "FP32", "data": [0.0] * 32}]})
+    assert named.status_code == 400 and "inputs[0].name" in named.json()["error"]
 
     # the entry node answers the same requests itself; the other node sends callers to the cluster
     entry, inner = entry_and_inner(stack, service)
