@@ -231,7 +231,7 @@ class V2Routes:
                                   [{"path": "inputs", "message": str(exc)}]) from None
             except TimeoutError as exc:
                 raise Unavailable(f"the service did not answer: {exc}", []) from None
-        payload, extra = encode_response(name, str(entry.generation), request, outputs)
+        payload, extra = encode_response(name, "", request, outputs)  # the registry version is the cluster's
         return Reply(200, payload, extra)
 
 

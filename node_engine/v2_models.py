@@ -129,14 +129,16 @@ def _v2_tensors(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def metadata(stages: StageTable, name: str, entry: LoadedStage) -> dict[str, Any]:
     """``GET /v2/models/<name>``: the inputs from the entry's session, the outputs from the last
-    stage when the whole chain runs here (else ``[]``: the cluster's metadata has them)."""
+    stage when the whole chain runs here (else ``[]``: the cluster's metadata has them, with the
+    model's registry version; the node reports ``versions: []`` and its plan ``generation``)."""
     chain = _local_chain(stages, entry)
     inputs = input_specs(stages, entry)
     last = chain[-1]
     signature = _signature(last) if last.next is None else None
     outputs = [s for s in signature["outputs"] if not last.outputs or s["name"] in last.outputs] \
         if signature is not None else []
-    return {"name": name, "versions": [str(entry.generation)], "platform": "onnxruntime_onnx",
+    # the node knows its plan generation, not the registry version: no version rather than a wrong one
+    return {"name": name, "versions": [], "platform": "onnxruntime_onnx", "generation": entry.generation,
             "deployment_id": entry.deployment_id,
             "inputs": _v2_tensors(inputs) if inputs is not None else
             [{"name": n, "datatype": "", "shape": []} for n in entry.outputs],

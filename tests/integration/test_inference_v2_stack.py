@@ -144,7 +144,12 @@ def test_v2_rest_answers_like_the_whole_model(stack: Stack) -> None:
                                rtol=1e-5, atol=1e-6)
     node_binary = requests.post(f"{node_base}/infer", data=head + x.tobytes(), timeout=30,
                                 headers={"Inference-Header-Content-Length": str(len(head))})
-    assert node_binary.status_code == 200 and node_binary.content == binary.content
+    assert node_binary.status_code == 200
+    node_split = int(node_binary.headers["Inference-Header-Content-Length"])
+    assert node_binary.content[node_split:] == binary.content[split:]  # the same tensor bytes
+    node_head, cluster_head = json.loads(node_binary.content[:node_split]), json.loads(binary.content[:split])
+    assert node_head.pop("model_version") == "" and cluster_head.pop("model_version") == "1"  # the node
+    assert node_head == cluster_head  # knows its plan, not the registry version
     at_node = infer_json(f"{node_base}/infer", np.zeros((1, 31), dtype=np.float32))
     assert at_node.status_code == 400 and "inputs[0].shape" in at_node.json()["error"]
     moved = requests.post(f"{inner}/v2/models/{service.service_id}/infer", json={}, timeout=5,
