@@ -8,9 +8,13 @@ Contract:
 - A microservice whose SLA block changed keeps its service id; its desired state (the stored
   SLA block, ``microservice``, and the views derived from it) is replaced in place, and every
   instance it has is re-deployed from the new state (:meth:`InstanceManager.redeploy`: delete,
-  then create; a rolling update is the lifecycle issue's job). Added microservices become new
+  then create), unless only its model version or rollout block changed: then each instance is
+  rolled onto the new version in place (:mod:`.rollouts`: the cluster runs a canary and the
+  previous version serves until it is promoted). Added microservices become new
   services (REQUESTED, not deployed, as with ``POST /api/application/``); removed ones are
   undeployed and deleted, as ``DELETE /api/service/<id>`` does.
+- An unchanged microservice whose model now resolves to another version (a new ``latest``, an
+  alias moved) is rolled in place too; the answer is then ``updated`` with no ``changes``.
 - A microservice whose declared model inputs (``model.inputs``) disagree with the registered
   model's signature is refused before anything is written (400, :mod:`.signature_check`).
 - What an SLA cannot name unambiguously is refused before anything is written: two
@@ -35,11 +39,12 @@ from typing import Any
 
 from deployment_descriptors import Application, Microservice, Sla
 from root_orchestrator.instances import InstanceManager
+from root_orchestrator.rollouts import roll
 from root_orchestrator.signature_check import check_inputs
 from root_orchestrator.sla_diff import Change, diff
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import APPLICATION_KEPT_FIELDS
-from treeline_common.errors import Conflict, InvalidInput
+from treeline_common.errors import Conflict, InvalidInput, TreelineError
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +222,25 @@ class Applier:
         changes += [{"path": ms_path(str(svc["microservice_name"])), "old": svc.get("microservice"),
                      "new": None} for svc in removed]
         if not changes:
-            return _row(target.stored, UNCHANGED, [], [], [])
+            rolled, failures = self._roll([str(svc["service_id"]) for svc in target.services.values()])
+            if not rolled and not failures:
+                return _row(target.stored, UNCHANGED, [], [], [])
+            return _row(self.stores.applications.get_application(app_id), UPDATED, [], rolled, failures)
         return self._commit(app_id, app, changes, updated, added, removed)
+
+    def _roll(self, service_ids: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Roll each service onto the model version it names now (:func:`.rollouts.roll`)."""
+        rolled: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for sid in service_ids:
+            try:
+                done, failed = roll(self.instances, sid)
+            except TreelineError as exc:
+                failures.append({"path": sid, "message": f"rollout: {exc.code}: {exc}"})
+                continue
+            rolled += [{"service_id": sid, **r} for r in done]
+            failures += failed
+        return rolled, failures
 
     def _commit(self, app_id: str, app: Application, changes: list[Change],
                 updated: Iterable[tuple[dict[str, Any], Microservice]], added: Iterable[Microservice],
@@ -231,7 +253,11 @@ class Applier:
             sid = str(svc["service_id"])
             apps.update_service(sid, desired_fields(ms))
             log.info("apply: service %s (%s) updated in place", sid, ms.name)
-            if svc.get("instances"):
+            if svc.get("instances") and _model_moved_only(changes, ms.name):
+                rolled, failed = self._roll([sid])
+                redeployed += rolled
+                failures += failed
+            elif svc.get("instances"):
                 replaced, failed = self.instances.redeploy(sid)
                 redeployed += [{"service_id": sid, **r} for r in replaced]
                 failures += failed
@@ -243,6 +269,17 @@ class Applier:
             apps.delete_service(str(svc["service_id"]))
             log.info("apply: service %s (%s) removed", svc["service_id"], svc["microservice_name"])
         return _row(apps.get_application(app_id), UPDATED, changes, redeployed, failures)
+
+
+ROLLED_FIELDS = ("version", "rollout")  # model fields whose change rolls a service in place
+
+
+def _model_moved_only(changes: list[Change], name: str) -> bool:
+    """Whether every change of microservice ``name`` is to its model's version or rollout block."""
+    prefix = f"{ms_path(name)}.model."
+    own = [c for c in changes if str(c["path"]).startswith(ms_path(name))]
+    return bool(own) and all(any(str(c["path"]) == prefix + f or str(c["path"]).startswith(prefix + f + ".")
+                                 for f in ROLLED_FIELDS) for c in own)
 
 
 def _row(doc: dict[str, Any], action: str, changes: list[Change], redeployed: list[dict[str, Any]],

@@ -104,6 +104,10 @@ class InstanceManager:
         raise Conflict(f"service {service_id} keeps changing; try again",
                        [{"path": "service_id", "message": "busy"}])
 
+    def update_service(self, service_id: str, mutate: Mutator) -> dict[str, Any]:
+        """A guarded read-modify-write of a service (as :meth:`_update`), for :mod:`.rollouts`."""
+        return self._update(service_id, mutate)
+
     # -- create ---------------------------------------------------------------------------------------
 
     def may_use(self, owner: str, model_owner: str) -> bool:
