@@ -34,8 +34,11 @@ import treeline_common
 
 RUNTIME_PACKAGES = ("onnxruntime", "numpy", "pyzmq")  # what node_engine.serve_partition imports
 PORT = 5555
-BASES = {"edge": "linux/arm64", "cloud": "linux/amd64"}
-EDGE_ARCHS = frozenset({"aarch64", "arm64", "armv7l", "armv7", "arm"})
+BASES = {"edge": "linux/arm64", "cloud": "linux/amd64", "edge-arm32": "linux/arm/v7"}
+EDGE_ARCHS = frozenset({"aarch64", "arm64"})
+ARM32_ARCHS = frozenset({"armv7l", "armv7", "armv6l", "armv6", "arm"})
+ARM32_WARNING = ("onnxruntime publishes no 32-bit ARM wheel on PyPI: `pip install` fails on this base; "
+                 "run the stage's device on a 64-bit OS (edge image) or build onnxruntime from source")
 
 
 def requirements(versions: Callable[[str], str] = metadata.version) -> str:
@@ -76,9 +79,23 @@ def compose(stages: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> str:
 
 
 def image_kind(node: Mapping[str, Any] | None) -> str:
-    """``edge`` for an ARM node, ``cloud`` otherwise (unknown nodes too)."""
+    """``edge`` for a 64-bit ARM node, ``edge-arm32`` for a 32-bit one (armv6l/armv7l: see
+    :data:`ARM32_WARNING`), ``cloud`` otherwise (unknown nodes too)."""
     arch = str((node or {}).get("arch") or "").lower()
-    return "edge" if arch in EDGE_ARCHS else "cloud"
+    return "edge" if arch in EDGE_ARCHS else "edge-arm32" if arch in ARM32_ARCHS else "cloud"
+
+
+def warnings(placement: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """One line per stage whose image cannot be built as written (a 32-bit ARM node)."""
+    known = nodes or {}
+    return [f"stage-{i} runs on a {known.get(str(s.get('node_id')), {}).get('arch')} node: {ARM32_WARNING}"
+            for i, s in enumerate(_model_stages(placement))
+            if image_kind(known.get(str(s.get("node_id")))) == "edge-arm32"]
+
+
+def _model_stages(placement: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return sorted((s for s in placement.get("stages") or [] if int(s.get("index", -1)) >= 0),
+                  key=lambda s: int(s["index"]))
 
 
 def write_contexts(placement: Mapping[str, Any], artifacts: Callable[[str], bytes], out_dir: Path,
@@ -88,8 +105,7 @@ def write_contexts(placement: Mapping[str, Any], artifacts: Callable[[str], byte
 
     ``artifacts(sha256)`` returns a partition's bytes; ValueError when they do not hash to it.
     """
-    stages = sorted((s for s in placement.get("stages") or [] if int(s.get("index", -1)) >= 0),
-                    key=lambda s: int(s["index"]))
+    stages = _model_stages(placement)
     if not stages:
         raise ValueError("the placement has no model stages")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,12 +127,31 @@ def write_contexts(placement: Mapping[str, Any], artifacts: Callable[[str], byte
         for source in sources:
             shutil.copytree(source, app / source.name, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("__pycache__", "simulator"))
-        (folder / "README.txt").write_text(
-            f"Stage {i} ({stage['stage_key']}), {kinds[i]} image.\n"
-            f"  docker build -f Dockerfile.{kinds[i]} -t treeline-stage-{i} .\n"
-            "  or, without Docker: cd app && pip install -r ../requirements.txt && "
-            "TREELINE_MODEL=../partition.onnx python -m node_engine.serve_partition "
-            f"--stage-key {stage['stage_key']}\n")
+        (folder / "README.txt").write_text(_readme(i, stages, kinds[i]))
         folders.append(folder)
     (out_dir / "compose.yaml").write_text(compose(stages, kinds))
     return folders
+
+
+def _readme(i: int, stages: Sequence[Mapping[str, Any]], kind: str) -> str:
+    """How to build stage ``i``'s image, and to run it without Docker on one host (port 5555 + i)."""
+    stage = stages[i]
+    outputs = ",".join(stage.get("outputs") or [])
+    command = (f"TREELINE_MODEL=../partition.onnx TREELINE_OUTPUTS={outputs} "
+               f"python -m node_engine.serve_partition --stage-key {stage['stage_key']} --port {PORT + i}")
+    if i + 1 < len(stages):
+        command += (f" --next-endpoint tcp://127.0.0.1:{PORT + i + 1}"
+                    f" --next-stage-key {stages[i + 1]['stage_key']}")
+    lines = [f"Stage {i} ({stage['stage_key']}), {kind} image ({BASES[kind]}).",
+             f"  docker build -f Dockerfile.{kind} -t treeline-stage-{i} .",
+             "  (or `docker compose up` in the folder above: the whole pipeline)",
+             "Without Docker, every stage on one host (start the last stage first):",
+             "  cd app && pip install -r ../requirements.txt",
+             f"  {command}",
+             "Callers send to stage 0 with the data plane's framing (zmq), e.g. from Python:",
+             "  from node_engine.data_plane.client import TensorClient",
+             f"  TensorClient('tcp://127.0.0.1:{PORT}').infer(",
+             f"      '{stages[0]['stage_key']}', {{'<input name>': array}})"]
+    if kind == "edge-arm32":
+        lines.append(f"Warning: {ARM32_WARNING}.")
+    return "\n".join(lines) + "\n"

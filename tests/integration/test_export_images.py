@@ -19,7 +19,7 @@ import pytest
 from treeline_test_helpers import chain_models, ort_run
 
 from node_engine.data_plane.client import TensorClient
-from treeline_cli.export_images import write_contexts
+from treeline_cli.export_images import image_kind, warnings, write_contexts
 from treeline_common.netutil import free_port
 
 pytestmark = pytest.mark.integration
@@ -61,6 +61,17 @@ def test_every_referenced_file_exists_and_requirements_exclude_torch(
         assert {r.split("==")[0] for r in requirements} == {"onnxruntime", "numpy", "pyzmq"}
         assert all("==" in r for r in requirements) and not any("torch" in r for r in requirements)
         assert (folder / "app" / "node_engine" / "serve_partition.py").is_file()
+    first, last = ((f / "README.txt").read_text() for f in folders)
+    assert "TREELINE_OUTPUTS=h " in first and "--port 5555 --next-endpoint tcp://127.0.0.1:5556" in first
+    assert f"--next-stage-key {STAGE_KEYS[1]}" in first and "--port 5556" in last and "--next" not in last
+
+
+def test_32_bit_arm_nodes_are_warned_about() -> None:
+    assert [image_kind({"arch": a}) for a in ("aarch64", "armv7l", "armv6l", "x86_64", None)] == [
+        "edge", "edge-arm32", "edge-arm32", "cloud", "cloud"]
+    placement = {"stages": [{"index": 0, "node_id": "pi0"}, {"index": 1, "node_id": "srv"}]}
+    [line] = warnings(placement, {"pi0": {"arch": "armv6l"}, "srv": {"arch": "x86_64"}})
+    assert line.startswith("stage-0 runs on a armv6l node: onnxruntime publishes no 32-bit ARM wheel")
 
 
 def serve(folder: Path, port: int, *extra: str) -> subprocess.Popen[str]:

@@ -23,7 +23,7 @@ def export_images(app: str, directory: Path, service: str | None) -> None:
     """Write DIR/stage-<i>/ (Dockerfile.edge for arm64, Dockerfile.cloud for amd64, the partition,
     the node runtime, pinned requirements without torch) for each partition of APP's running
     placement, and DIR/compose.yaml that runs them as the deployed pipeline."""
-    from treeline_cli.export_images import write_contexts  # copies sources: only when exporting
+    from treeline_cli.export_images import warnings, write_contexts  # copies sources: only when exporting
 
     out = output()
     client = root_client(timeout=60)
@@ -41,6 +41,9 @@ def export_images(app: str, directory: Path, service: str | None) -> None:
             folders = write_contexts(target["placement"], client.artifact, directory, nodes)
         except ValueError as exc:
             raise Failure(str(exc), "deploy the service again and retry") from None
+    problems = warnings(target["placement"], nodes)
+    for line in problems:
+        out.warn(line)
     out.result({"directory": str(directory), "stages": [str(f) for f in folders],
-                "compose": str(directory / "compose.yaml")},
+                "compose": str(directory / "compose.yaml"), "warnings": problems},
                lambda: out.line(f"wrote {len(folders)} build context(s) and {directory / 'compose.yaml'}"))
