@@ -45,6 +45,7 @@ from cluster_orchestrator.deployments import DeploymentBook, Superseded, placeme
 from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.models import LoadedModel, ModelCache, declared_shapes, profile_key, profiles_for
 from cluster_orchestrator.mqtt_bus import MessageBus
+from cluster_orchestrator.partition_records import record_partitions
 from cluster_orchestrator.profiler import ProfileCollector, classes_to_profile
 from cluster_orchestrator.rollout import RolloutPolicy, wants_canary
 from cluster_orchestrator.rollout_runner import RolloutContext, RolloutRunner, keep_serving
@@ -163,6 +164,8 @@ class Deployer:
             spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
             {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
         self._publish(outcome)
+        record_partitions(self._root, spec.model_name, spec.model_version, deployment_id, outcome.partitions,
+                          outcome.predicted)
         self._command_and_wait(deployment_id, epoch, attempt, placement, outcome, spec, nodes)
         if serving is not None and not self._canary_passed(deployment_id, epoch, doc, serving, placement,
                                                             spec, nodes, online):

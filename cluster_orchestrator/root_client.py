@@ -97,5 +97,12 @@ class RootClient:
         call_json("PUT", target, json=profile, headers=self._headers(target), timeout=self.timeout,
                   session=self._session)
 
+    def put_partition(self, name: str, version: Any, sha256: str, record: dict[str, Any]) -> None:
+        """Record a partition of a model version at the root (a ``treeline_common.registry``
+        ``PartitionRecord``)."""
+        target = f"{self.root_url}/api/models/{name}/versions/{version}/partitions/{sha256}"
+        call_json("PUT", target, json=record, headers=self._headers(target), timeout=self.timeout,
+                  session=self._session)
+
     def close(self) -> None:
         self._session.close()

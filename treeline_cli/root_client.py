@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from treeline_cli.model_client import ModelCalls, quote_segment
 from treeline_common.errors import NotFound, TreelineError, Unauthorized, Unavailable
 from treeline_common.http import json_answer
 from treeline_common.jobs import JobStatus
@@ -136,7 +137,9 @@ def items(body: Any, key: str) -> list[Any]:
     return list(body or [])
 
 
-class RootClient:
+class RootClient(ModelCalls):
+    """The root's REST API; the model registry's calls come from :class:`ModelCalls`."""
+
     def __init__(self, root_url: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.root_url = root_url.rstrip("/")
         self.timeout = timeout
@@ -238,46 +241,27 @@ class RootClient:
     def health(self) -> dict[str, Any]:
         return dict(self.call("GET", "/api/health", timeout=min(self.timeout, 3.0)))
 
-    # ---------------------------------------------------------------- models
-
-    def register_model(self, name: str, onnx_bytes: bytes, description: str = "",
-                       alias: str | None = None,
-                       content_type: str = "application/octet-stream") -> dict[str, Any]:
-        """Upload ONNX bytes (or, with an archive ``content_type``, a tar/zip of a model and its
-        external data) as a new version of ``name``; returns the version document."""
-        query = {"description": description, **({"alias": alias} if alias else {})}
-        return dict(self.call(
-            "POST", f"/api/models/{_q(name)}/versions?{urllib.parse.urlencode(query)}",
-            data=onnx_bytes, headers={"Content-Type": content_type}, timeout=60))
-
-    def artifact(self, sha256: str) -> bytes:
-        """The bytes of a content-addressed artifact (a model or a partition), by digest."""
-        return bytes(self.call("GET", f"/api/artifacts/{_q(sha256)}", raw=True))
-
-    def models(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/api/models/")["models"])
-
-    def model_versions(self, name: str) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/api/models/{_q(name)}/versions")["versions"])
-
-    def model_version(self, name: str, ref: str | int = "latest") -> dict[str, Any]:
-        return dict(self.call("GET", f"/api/models/{_q(name)}/versions/{_q(str(ref))}"))
-
-    def model_profiles(self, name: str, ref: str | int) -> dict[str, Any]:
-        return dict(self.call("GET", f"/api/models/{_q(name)}/versions/{_q(str(ref))}/profiles")
-                    .get("profiles") or {})
-
-    def profile_model(self, name: str, ref: str | int, device_class: str | None = None) -> dict[str, Any]:
-        """Have a cluster measure the version again (every device class, or one); returns at once with
-        ``{name, version, device_classes_cleared, cluster_id, cluster_name}``: the new profiles
-        appear in :meth:`model_profiles` when measured."""
-        body = {"device_class": device_class} if device_class else {}
-        return dict(self._new_route(
-            "POST", f"/api/models/{_q(name)}/versions/{_q(str(ref))}/profile",
-            "/api/models/{name}/versions/{ref}/profile", json=body, timeout=30) or {})
-
-    def delete_model(self, name: str) -> dict[str, Any]:
-        return dict(self._new_route("DELETE", f"/api/models/{_q(name)}", "/api/models/{name}") or {})
+    def open_stream(self, path: str) -> requests.Response:
+        """``GET path`` as a streamed response (caller closes it), authenticated like :meth:`call`;
+        an error answer raises its class, no answer RootUnreachable."""
+        self._resolve_token()
+        if self._token is None:
+            self._reauthenticate()
+        for attempt in range(2):
+            headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+            try:
+                response = requests.get(self._url(path), headers=headers, stream=True, timeout=self.timeout)
+            except requests.RequestException as exc:
+                raise RootUnreachable(f"cannot reach the root at {self.root_url} "
+                                      f"({_short_reason(exc)})") from None
+            if response.status_code == 401 and attempt == 0 and self._reauthenticate():
+                response.close()
+                continue
+            if response.status_code >= 400:
+                with response:
+                    json_answer(response, "GET", self._url(path))
+            return response
+        raise RootUnreachable(f"the root at {self.root_url} refused the token twice")
 
     # ---------------------------------------------------------------- applications and services
 
@@ -396,6 +380,4 @@ class RootClient:
             raise NotFound(f"no application or service named {app!r}") from None
 
 
-def _q(part: str) -> str:
-    """One URL path segment, quoted."""
-    return urllib.parse.quote(part, safe="")
+_q = quote_segment
