@@ -4,7 +4,8 @@ v1 serves while a caller thread sends requests through its entry (ServiceClient,
 through the root). v2 (the same function, another graph) is registered and the SLA re-applied:
 the entry hands a share of its requests to v2, the checks pass, v2 is promoted. v3 (its answers
 rank the classes the other way round) is registered and the SLA re-applied: the probe disagrees
-and v3 is rolled back within 10 s. No request of the caller fails at any point, and every step is an event on the service.
+and v3 is rolled back within 10 s. No request of the caller fails at any point, and every step
+is an event on the service.
 """
 
 from __future__ import annotations
