@@ -46,6 +46,18 @@ def arch_of(profile: DeviceProfile) -> str:
     return profile.arch if profile.emulated else platform.machine()
 
 
+def emulated_sources(profile: DeviceProfile) -> set[str]:
+    """The telemetry sources an emulated ``profile`` stands in for: power (estimated from the
+    profile) and the accelerator list always; battery when it declares one; an NVIDIA or Jetson
+    GPU when it declares a GPU (``jetson`` when labelled so). The rest are absent on it."""
+    names = {"power", "onnxruntime"}
+    if profile.battery is not None:
+        names.add("battery")
+    if any(a.kind == "gpu" for a in profile.accelerators):
+        names.add("jetson" if "jetson" in profile.labels else "nvidia")
+    return names
+
+
 def emulated_battery(profile: DeviceProfile) -> Battery | None:
     """The profile's declared battery, marked emulated (None when it declares none)."""
     return dataclasses.replace(profile.battery, emulated=True) if profile.battery else None
@@ -144,7 +156,8 @@ class TelemetryReader:
     def discover(self) -> dict[str, str]:
         """Probe the sources now (the first :meth:`read` does it otherwise); their states."""
         if self._sources is None:
-            self._sources = SourceSet.discover(self._context, self.profile.emulated, self._registry)
+            self._sources = SourceSet.discover(self._context, self.profile.emulated, self._registry,
+                                               declared=emulated_sources(self.profile))
         return self._sources.states
 
     def read(self, node_id: str, stages: list[str], seq: int = 0) -> NodeTelemetry:

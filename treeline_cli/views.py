@@ -127,7 +127,8 @@ def model_ref(service: Doc) -> str:
 def battery(node: Doc) -> str:
     level = (node.get("telemetry") or {}).get("battery") or node.get("battery")
     if isinstance(level, dict) and level.get("percent") is not None:
-        return f"{float(level['percent']):.0f}%{' +' if level.get('charging') else ''}"
+        emulated = " (emu)" if level.get("emulated") else ""  # the profile's figure, not a reading
+        return f"{float(level['percent']):.0f}%{' +' if level.get('charging') else ''}{emulated}"
     return "-"
 
 

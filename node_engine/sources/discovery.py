@@ -12,7 +12,7 @@ Threading: a SourceSet is used by one thread (the daemon's telemetry loop).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from node_engine.sources.base import Readings, SourceContext, TelemetrySource
@@ -57,10 +57,13 @@ class SourceSet:
     @classmethod
     def discover(cls, context: SourceContext, emulated: bool,
                  registry: Mapping[str, SourceFactory] = SOURCES,
-                 only: Iterable[str] | None = None) -> SourceSet:
+                 only: Iterable[str] | None = None,
+                 declared: Collection[str] | None = None) -> SourceSet:
         """Probe every source of ``registry`` (``only`` those named, when given); never raises.
 
-        On an emulated node the sources ``replaced_when_emulated`` are not probed.
+        On an emulated node the sources ``replaced_when_emulated`` are not probed: those the
+        profile declares (``declared``; None: all of them) are ``emulated``, the others ``absent``
+        (an emulated Raspberry Pi has no NVIDIA GPU, whatever the host has).
         """
         wanted = set(only) if only is not None else None
         sources: dict[str, TelemetrySource] = {}
@@ -70,7 +73,7 @@ class SourceSet:
                 continue
             source = factory(context)
             if emulated and source.replaced_when_emulated:
-                states[name] = EMULATED
+                states[name] = EMULATED if declared is None or name in declared else ABSENT
                 continue
             try:
                 present = source.probe()

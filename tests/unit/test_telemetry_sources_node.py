@@ -68,12 +68,15 @@ def test_emulated_node_keeps_its_profile_marked(tmp_path: Path, monkeypatch: pyt
     sample = reader("rpi4", tmp_path).read("node-b", [])
     assert sample.battery == Battery(percent=80.0, emulated=True)
     assert sample.gpus == [] and sample.emulated
-    replaced = ("battery", "nvidia", "jetson", "onnxruntime", "power")
-    assert {sample.sources[k] for k in replaced} == {"emulated"}
+    assert {sample.sources[k] for k in ("battery", "onnxruntime", "power")} == {"emulated"}
+    # an rpi4 declares no GPU: the host's GPU is not its own, so NVIDIA and Jetson are absent there
+    assert (sample.sources["nvidia"], sample.sources["jetson"]) == ("absent", "absent")
     assert sample.power == PowerReading(watts=round(6.0 * sample.cpu_percent / 100, 3), source="profile",
                                         estimated=True)
     jetson = reader("jetson-nano", tmp_path).read("node-c", [])
     assert [(a.kind, a.emulated) for a in jetson.accelerators] == [("gpu", True)]
+    assert (jetson.sources["jetson"], jetson.sources["nvidia"], jetson.sources["battery"]) == (
+        "emulated", "absent", "absent")  # a Jetson Nano profile has a GPU and no battery
 
 
 def test_a_broken_source_does_not_stop_the_sample(tmp_path: Path) -> None:
