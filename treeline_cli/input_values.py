@@ -122,7 +122,10 @@ def load_npz(path: str | os.PathLike[str], specs: Sequence[InputSpec]) -> list[S
     except FileNotFoundError:
         raise InputFileError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError) as exc:
-        raise InputFileError(f"{path}: not a .npz file of arrays ({exc})") from None
+        # np.load reads a text file as a pickle and says so: not the hint a user needs
+        reason = "" if "pickle" in str(exc) else f" ({exc})"
+        raise InputFileError(f"{path}: not a .npz file of arrays{reason}; write one with "
+                             "numpy.savez(path, <input name>=array, ...)") from None
     counts: dict[str, int] = {}
     cast: dict[str, np.ndarray] = {}
     for spec in specs:
