@@ -167,6 +167,16 @@ def decide(model: onnx.ModelProto, partitions: Sequence[Any], proposal: Mapping[
     return CompressionDecision(codec, kept, {"compression": entry, "plan": kept})
 
 
+def unapplied(allowed: Sequence[str], decision: CompressionDecision, stages: int) -> dict[str, Any]:
+    """The explanation's ``compression`` entry when the SLA allows codecs but the planner proposed
+    none (``{}`` otherwise): why nothing was compressed, instead of silence."""
+    if not allowed or "compression" in decision.explanation:
+        return {}
+    note = ("not applied: one stage, no link to compress" if stages < 2
+            else "not applied: no link between stages is the plan's bottleneck")
+    return {"compression": {"codec": None, "edge": "-", "note": note}}
+
+
 def route_codecs(predicted: Mapping[str, Any] | None) -> dict[int, str]:
     """``{sending stage index: codec}`` of a placement's prediction (``predicted["compression"]``);
     ``{}`` when it compresses nothing or the entry is malformed."""

@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 from cluster_orchestrator.compression import decide as decide_compression
-from cluster_orchestrator.compression import route_codecs
+from cluster_orchestrator.compression import route_codecs, unapplied
 from cluster_orchestrator.keys import (  # re-exported: the deployer and orchestrator use them from here
     DataPlaneSecurity,
     EncryptionUnavailable,
@@ -239,11 +239,12 @@ def plan(model: Any, graph: Any, nodes: Sequence[Mapping[str, Any]], microservic
     compressed = decide_compression(model, partitions, result.compression, result.predicted,
                                     microservice.ml_constraints.compression_max_abs_diff,
                                     [i.to_dict() for i in microservice.model.inputs or ()])
+    explanation = {**result.explanation, **compressed.explanation,
+                   **unapplied(microservice.ml_constraints.compression_allow, compressed, len(partitions))}
     return PlanOutcome(schedulable=True, strategy=result.strategy, partitions=partitions,
                        node_ids=[str(n) for n in result.node_ids], reasons=reasons,
                        input_names=input_names, output_names=output_names, predicted=compressed.predicted,
-                       explanation={**result.explanation, **compressed.explanation}, relay_node_id=relay,
-                       message=result.message)
+                       explanation=explanation, relay_node_id=relay, message=result.message)
 
 
 def input_specs_for(request: JobSpec, input_names: Sequence[str],

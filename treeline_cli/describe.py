@@ -85,6 +85,8 @@ def explanation_lines(service: Doc, node_names: Mapping[str, str], indent: str =
 
 def compression_line(entry: Mapping[str, Any]) -> str:
     """One line for the explanation's boundary ``compression`` (cluster_orchestrator.compression)."""
+    if not entry.get("codec") and entry.get("edge") in (None, "-"):
+        return f"compression: {entry.get('note', '')}"
     where = f"compression {entry.get('codec') or 'none'} on {entry.get('edge', '?')}"
     if not entry.get("codec"):
         return f"{where}: {entry.get('note', '')}"
@@ -101,6 +103,21 @@ def history_lines(events: list[Doc], indent: str = "  ") -> list[str]:
             f"{'  (' + event_detail(e) + ')' if event_detail(e) else ''}" for e in events]
 
 
+ROLLOUT_EVENTS = ("rollout_requested", "rollout_started", "canary_share", "rollout_check", "promoted",
+                  "rolled_back")
+
+
+def rollout_lines(events: list[Doc]) -> list[str]:
+    """The newest rollout step (cluster_orchestrator.rollout) in one line, with its reason; [] if none."""
+    last = next((e for e in reversed(events) if e.get("kind") in ROLLOUT_EVENTS), None)
+    if last is None:
+        return []
+    share = last.get("share")
+    words = last.get("reason") or (f"{float(share):.0%} of requests to the canary"
+                                   if isinstance(share, int | float) else "")
+    return [f"Rollout:      {last.get('kind')} ({last.get('cause') or ''})" + (f": {words}" if words else "")]
+
+
 def describe_service(world: World, service: Doc) -> tuple[Doc, list[str]]:
     """The service's document (with its events) and its description."""
     events = world.client.service_events(str(service.get("service_id")))
@@ -113,6 +130,7 @@ def describe_service(world: World, service: Doc) -> tuple[Doc, list[str]]:
         + (f" - {service.get('status_detail')}" if service.get("status_detail")
            and service.get("status") != "FAILED" else ""),
         f"Model:        {model_ref(service)}",
+        *rollout_lines(events),
         f"Cluster:      {service.get('cluster_id') or '-'}",
         "Placement:", *placement_lines(service.get("placement") or {}),
         "Scheduler:", *explanation_lines(service, names),

@@ -87,14 +87,25 @@ def microservice(max_partitions: int, **model: object) -> object:
         "model": {"name": "tiny", "max_partitions": max_partitions, **model}})
 
 
-def plan(nodes: list[dict], max_partitions: int, **model: object) -> planning.PlanOutcome:
+def plan(nodes: list[dict], max_partitions: int, constraints: list[dict] | None = None,
+         **model: object) -> planning.PlanOutcome:
     from deployment_descriptors import load_profile
     from ml_scheduler.costmodel import CostModel
     from ml_scheduler.graph import analyze_model
 
     graph = analyze_model(tiny_model())
-    return planning.plan(tiny_model(), graph, nodes, microservice(max_partitions, **model), load_profile(),
-                         CostModel.from_profiles(graph, {}))
+    ms = microservice(max_partitions, **model) if constraints is None else planning.parse_job_microservice({
+        "microservice_name": "m", "microservice_namespace": "test", "virtualization": "ml-model",
+        "constraints": constraints, "model": {"name": "tiny", "max_partitions": max_partitions, **model}})
+    return planning.plan(tiny_model(), graph, nodes, ms, load_profile(), CostModel.from_profiles(graph, {}))
+
+
+def test_compression_opted_in_but_not_applied_says_why() -> None:
+    allow = [{"type": "boundary_compression", "allow": ["fp16"], "max_output_abs_diff": 0.01}]
+    outcome = plan([dict(NODES["n-a"])], max_partitions=1, constraints=allow)
+    assert outcome.explanation["compression"]["codec"] is None
+    assert outcome.explanation["compression"]["note"] == "not applied: one stage, no link to compress"
+    assert "compression" not in plan([dict(NODES["n-a"])], max_partitions=1).explanation  # not asked
 
 
 def test_plan_places_over_online_nodes_only() -> None:
