@@ -24,6 +24,7 @@ from cluster_orchestrator.rollout_checks import outputs_agree
 from deployment_descriptors import parse_microservice
 from node_engine.stages import RELAY_SESSION, LoadedStage, StageTable, relay_stage
 from root_orchestrator.apply import _model_moved_only
+from treeline_cli.describe import rollout_lines
 from treeline_common.jobs import JobStatus, Placement, StagePlacement
 from treeline_common.messages import DeployCommand, PayloadError, decode, encode, stage_key
 
@@ -180,3 +181,14 @@ def test_the_root_rolls_in_place_only_for_a_model_version_or_rollout_change() ->
     assert not _model_moved_only([{"path": base + "max_partitions", "old": 1, "new": 2},
                                   {"path": base + "version", "old": 1, "new": 2}], "m")
     assert not _model_moved_only([], "m")
+
+
+def test_describe_shows_the_newest_rollout_step_with_its_reason() -> None:
+    events = [{"kind": "canary_share", "cause": "model a v1 -> a v2", "share": 0.1},
+              {"kind": "replan", "cause": "new deployment"},
+              {"kind": "rolled_back", "cause": "model a v1 -> a v2", "reason": "latency 80.0 ms exceeds"}]
+    assert rollout_lines(events[:2]) == ["Rollout:      canary_share (model a v1 -> a v2): "
+                                         "10% of requests to the canary"]
+    assert rollout_lines(events) == ["Rollout:      rolled_back (model a v1 -> a v2): "
+                                     "latency 80.0 ms exceeds"]
+    assert rollout_lines(events[1:2]) == []
