@@ -88,10 +88,35 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, *, per_channel: bo
     return StepResult(data, "quantize_int8_static", parameters)
 
 
+def sort_topologically(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs
+    (Kahn's algorithm, stable: among ready nodes the original order is kept). Raises ValueError
+    on a cycle or an input nothing produces."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            missing = sorted({name for n in pending for name in n.input} - available)
+            raise ValueError(f"graph: cannot order nodes, unresolved inputs {missing[:5]}")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
 def convert_fp16(onnx_bytes: bytes) -> StepResult:
     """float16 weights and compute, float32 inputs and outputs (``keep_io_types=True``)."""
     model = onnx.load_from_string(onnx_bytes)
     converted = convert_float_to_float16(model, keep_io_types=True)
+    # the converter appends the input casts after the nodes that read them: onnxruntime runs that,
+    # onnx.checker (and so the registry's intake) refuses it
+    sort_topologically(converted.graph)
     data = converted.SerializeToString()
     logger.info("fp16: %d -> %d bytes", len(onnx_bytes), len(data))
     return StepResult(data, "convert_fp16", {"keep_io_types": True})
