@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from test_root_api import Root, ml_sla, tiny_onnx
 
-from root_orchestrator.stores import open_stores
-from root_orchestrator.stores import mongo_registry
+from root_orchestrator.stores import mongo_registry, open_stores
 
 
 @pytest.fixture
@@ -38,9 +37,10 @@ def _paths(error: dict[str, Any]) -> set[str]:
 def test_patch_merges_tags_and_metrics_by_key(root: Root) -> None:
     root.register_model(description="first")
     patch = root.http.patch
-    r = patch("/api/models/tiny/versions/1", json={"description": "fp32 baseline", "tags": {"a": "1", "b": "2"},
-                                                   "metrics": {"quality": {"accuracy": 0.91, "dataset": "digits"},
-                                                               "latency/server": {"p50_ms": 1.5}}})
+    quality = {"accuracy": 0.91, "dataset": "digits"}
+    r = patch("/api/models/tiny/versions/1", json={
+        "description": "fp32 baseline", "tags": {"a": "1", "b": "2"},
+        "metrics": {"quality": quality, "latency/server": {"p50_ms": 1.5}}})
     assert r.status_code == 200, r.get_json()
     r = patch("/api/models/tiny/versions/latest", json={"tags": {"a": None, "c": "3", "x.y": "dotted"},
                                                         "metrics": {"latency/edge": {"p50_ms": 9.0,
@@ -48,8 +48,8 @@ def test_patch_merges_tags_and_metrics_by_key(root: Root) -> None:
     doc = r.get_json()
     assert doc["description"] == "fp32 baseline" and doc["version"] == 1
     assert doc["tags"] == {"b": "2", "c": "3", "x.y": "dotted"}
-    assert doc["metrics"] == {"quality": {"accuracy": 0.91, "dataset": "digits"},
-                              "latency/server": {"p50_ms": 1.5}, "latency/edge": {"p50_ms": 9.0, "energy_mj": 2.5}}
+    assert doc["metrics"] == {"quality": quality, "latency/server": {"p50_ms": 1.5},
+                              "latency/edge": {"p50_ms": 9.0, "energy_mj": 2.5}}
     r = patch("/api/models/tiny/versions/1", json={"metrics": {"latency/server": None,
                                                                "quality": {"agreement": 0.99}}})
     assert r.get_json()["metrics"] == {"quality": {"agreement": 0.99}, "latency/edge": {"p50_ms": 9.0,
@@ -67,14 +67,16 @@ def test_lineage_is_set_once_and_needs_an_existing_parent_without_cycles(root: R
                "parameters": {"mode": "qdq", "per_channel": True}, "dataset": "digits-calib",
                "tools": {"onnxruntime": "1.31.0"}}
     missing = {**lineage, "parent": {"name": "base", "version": 7}}
-    err = _error(root.http.patch("/api/models/base-int8/versions/1", json={"lineage": missing}), 404, "NOT_FOUND")
+    child = "/api/models/base-int8/versions/1"
+    err = _error(root.http.patch(child, json={"lineage": missing}), 404, "NOT_FOUND")
     assert _paths(err) == {"lineage.parent"}
     r = root.http.patch("/api/models/base-int8/versions/1", json={"lineage": lineage})
     assert r.status_code == 200 and r.get_json()["lineage"] == lineage
-    err = _error(root.http.patch("/api/models/base-int8/versions/1", json={"lineage": lineage}), 409, "CONFLICT")
+    err = _error(root.http.patch(child, json={"lineage": lineage}), 409, "CONFLICT")
     assert _paths(err) == {"lineage"}
     cycle = {**lineage, "parent": {"name": "base-int8", "version": 1}}
-    err = _error(root.http.patch("/api/models/base/versions/1", json={"lineage": cycle}), 400, "INVALID_INPUT")
+    base = "/api/models/base/versions/1"
+    err = _error(root.http.patch(base, json={"lineage": cycle}), 400, "INVALID_INPUT")
     assert _paths(err) == {"lineage.parent"}
     selfish = {**lineage, "parent": {"name": "base", "version": 1}}
     _error(root.http.patch("/api/models/base/versions/1", json={"lineage": selfish}), 400, "INVALID_INPUT")
@@ -121,7 +123,8 @@ BAD_PATCHES: list[tuple[Any, set[str]]] = [
      {"lineage.tools.onnx"}),
     ({"tag": {"a": "b"}}, {"tag"}),
     ({"metrics": {"latency/server": {"p50_ms": "fast"}}}, {"metrics.latency/server.p50_ms"}),
-    ({"tags": {"k": 1}, "metrics": {"latency/server": {"p50_ms": None}}}, {"tags.k", "metrics.latency/server.p50_ms"}),
+    ({"tags": {"k": 1}, "metrics": {"latency/server": {"p50_ms": None}}},
+     {"tags.k", "metrics.latency/server.p50_ms"}),
     ({"metrics": {"latency/server": {"p50_ms": -1, "energy_mj": -2}}, "tags": {"bad key!": "v"}},
      {"tags.bad key!", "metrics.latency/server.p50_ms", "metrics.latency/server.energy_mj"}),
     (["not", "an", "object"], {""}),
@@ -157,7 +160,8 @@ def test_alias_compare_and_set_and_events(root: Root, monkeypatch: pytest.Monkey
     assert "version 1" in err["message"] and err["details"][0]["current"] == 1
     err = _error(put("/api/models/tiny/aliases/prod", json={"version": 2, "expected": 3}), 409, "CONFLICT")
     assert "points at version 1, not version 3" in err["message"]
-    assert put("/api/models/tiny/aliases/prod", json={"version": 2, "expected": 1}).get_json()["aliases"] == ["prod"]
+    moved = put("/api/models/tiny/aliases/prod", json={"version": 2, "expected": 1})
+    assert moved.get_json()["aliases"] == ["prod"]
     assert put("/api/models/tiny/aliases/prod", json={"version": 3}).status_code == 200  # unconditional
     _error(put("/api/models/tiny/aliases/prod", json={"version": 9}), 404, "NOT_FOUND")
     _error(put("/api/models/tiny/aliases/prod", json={"version": "2"}), 400, "INVALID_INPUT")
