@@ -93,7 +93,8 @@ def embedded_root(work: Path) -> Iterator[str]:
     log_file = (work / "root.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "root_orchestrator", "--host", "127.0.0.1",
                              "--port", str(port), "--data-dir", str(work / "root"),
-                             "--store-url", mongo.db_url("bench"), "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=log_file)
+                             "--store-url", mongo.db_url("bench"), "--log-level", "WARNING"],
+                            stdout=subprocess.DEVNULL, stderr=log_file)
     try:
         def healthy() -> bool:
             if proc.poll() is not None:
