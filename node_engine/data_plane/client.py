@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from node_engine.data_plane.sockets import tune_buffers
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import FramingError, TensorHeader, pack, unpack
 
@@ -63,6 +64,7 @@ class TensorClient:
         self._key = bytes.fromhex(key) if key else b""
         self._socket: zmq.Socket[Any] | None = self._ctx.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        tune_buffers(self._socket)
         if curve_server_key:
             set_curve_client(self._socket, curve_server_key)
         self._socket.connect(endpoint)

@@ -68,6 +68,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from node_engine.data_plane.forwarding import Forward, link_timing_key
+from node_engine.data_plane.sockets import readable, tune_buffers
 from treeline_common.tensor_wire import (
     DOWNSTREAM_TIMEOUT,
     UNREACHABLE,
@@ -248,6 +249,7 @@ class Downstreams:
     def _open(self, endpoint: str, curve_server_key: str = "") -> _Link:
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        tune_buffers(dealer)
         if curve_server_key:
             dealer.curve_serverkey = curve_server_key.encode()
             dealer.curve_publickey = self._curve_public
@@ -302,7 +304,7 @@ class Downstreams:
                 self._fail(forward.request_id, link.endpoint, forward.stage, reason, answer)
 
     def _on_monitor(self, link: _Link, now: float, answer: Answer) -> None:
-        while link.monitor.poll(0):
+        while readable(link.monitor):
             try:
                 event = recv_monitor_message(link.monitor, zmq.NOBLOCK)
             except zmq.ZMQError:
@@ -338,7 +340,7 @@ class Downstreams:
 
     def _relay_back(self, dealer: zmq.Socket[Any], now: float, answer: Answer) -> None:
         """Take the downstream's acks; relay its replies/errors to the original caller, tensors untouched."""
-        while dealer.poll(0):
+        while readable(dealer):
             frames = dealer.recv_multipart(copy=False)
             try:
                 header = TensorHeader.from_bytes(frames[0].buffer)

@@ -21,6 +21,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from node_engine.data_plane.client import set_curve_client
+from node_engine.data_plane.sockets import readable, tune_buffers
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class EntryConnection:
         self.state = "connecting"
         self._dealer = ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
+        tune_buffers(self._dealer)
         if curve_server_key:
             set_curve_client(self._dealer, curve_server_key)
         self._dealer.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
@@ -67,7 +69,7 @@ class EntryConnection:
         failure = ""
         was = self.state
         if self._monitor in events:
-            while self._monitor.poll(0):
+            while readable(self._monitor):
                 try:
                     event = int(recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"])
                 except zmq.ZMQError:
@@ -87,7 +89,7 @@ class EntryConnection:
     def received(self) -> list[list[Any]]:
         """Every message waiting on the socket (frames, not copied)."""
         messages: list[list[Any]] = []
-        while self._dealer.poll(0):
+        while readable(self._dealer):
             messages.append(self._dealer.recv_multipart(copy=False))
         return messages
 

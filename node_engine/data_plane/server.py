@@ -6,9 +6,11 @@ Threading model (zmq sockets are not thread-safe, so exactly one thread touches 
   request ledger (:mod:`.ledger`), the awaited answers (:mod:`.answers`) and the wake
   socket; it reads requests and answers, acknowledges forwarded requests, hands work to
   workers, sends replies, answers and forwards;
-- **worker threads** run partitions (:mod:`.chain`; onnxruntime releases the GIL; the
-  emulated slowdown waits there, never in the poll thread) and hand results back through a
-  queue plus a one-frame wake message on an inproc PUSH/PULL pair.
+- **worker threads** (:mod:`.workers`) run partitions (:mod:`.chain`; onnxruntime releases
+  the GIL; the emulated slowdown waits there, never in the poll thread) and hand results back
+  through a queue plus a one-frame wake message on an inproc PUSH/PULL pair; a stage whose
+  recent runs were all shorter than that hand-off (a few hundred microseconds at most) runs
+  on the poll thread instead (see :class:`~.workers.InlinePolicy`).
 
 **The answer goes straight back** (details in :mod:`.answers`). The node a caller sends a
 request to is its *entry*; a forward to another node carries ``reply_to`` (the entry's
@@ -62,22 +64,22 @@ thread when their next stage is remote, so they never queue behind a busy worker
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from node_engine.data_plane.answers import AwaitedAnswers, answer_frames, caller_frames
+from node_engine.data_plane.answers import AwaitedAnswers, caller_frames
 from node_engine.data_plane.chain import Job, Result, StageChain
 from node_engine.data_plane.downstream import Downstreams, TransferObserver
 from node_engine.data_plane.forwarding import Forward
 from node_engine.data_plane.ledger import Admission, Ledger
 from node_engine.data_plane.probe import PROBE_STAGE, probe_reply
-from node_engine.data_plane.sockets import Wake, bind_router
+from node_engine.data_plane.replies import Replies, answer_envelope, split_envelope
+from node_engine.data_plane.sockets import bind_router, readable
 from node_engine.data_plane.uplink import Uplink
+from node_engine.data_plane.workers import Workers
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.tensor_wire import (
@@ -98,9 +100,6 @@ log = logging.getLogger(__name__)
 POLL_MS = 100  # longest the poll loop blocks (stop flag, deadlines); link due times cut it shorter
 ACCEPT_BATCH = 32  # requests read per loop turn before results and downstream replies get their turn
 SHUTDOWN_LINGER_MS = 200  # how long close() lets the last error replies leave
-# First frame of every routing envelope the ledger keeps: which socket the caller is on, or
-# ANSWER: the caller is an entry elsewhere, [ANSWER, ReplyTo, data key to sign the answer with].
-PLAIN, CURVE, ANSWER = b"p", b"c", b"a"
 
 
 @dataclass(frozen=True)
@@ -161,12 +160,11 @@ class DataPlaneServer:
         self._on_transfer = on_transfer
         self.curve_public_key = zmq.curve_public(curve_secret_key).decode() if curve_secret_key else ""
         self.curve_endpoint = ""
-        self._wake: Wake | None = None
-        self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self._chain = StageChain(stages, runner, self._local, name)
         self._answers = AwaitedAnswers(forward_timeout)
         self._downstream: Downstreams | None = None  # the poll thread's, while it runs
-        self._pool: ThreadPoolExecutor | None = None
+        self._replies: Replies | None = None  # the poll thread's, while it runs
+        self._compute: Workers | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._closed = False
@@ -187,8 +185,8 @@ class DataPlaneServer:
         if self._curve_secret_key:
             self._curve_router, self.curve_endpoint = bind_router(self._ctx, self._host, self._curve_port,
                                                                   self._curve_secret_key)
-        self._wake = Wake(self._ctx, str(id(self)))
-        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="stage-worker")
+        self._compute = Workers(self._ctx, str(id(self)), self._workers, self._chain.run, self._clock)
+        self._compute.start()
         self._thread = threading.Thread(target=self._loop, name="data-plane", daemon=True)
         self._thread.start()
         log.info("data plane serving on %s%s", self.endpoint,
@@ -201,26 +199,20 @@ class DataPlaneServer:
             return
         self._closed = True
         self._stopping.set()
-        self._ring()
+        if self._compute is not None:
+            self._compute.close()  # rings the poll thread on its way
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._wake is not None:
-            self._wake.close_push()
         if self._ctx is not None and (self._thread is None or not self._thread.is_alive()):
             self._ctx.term()  # every socket is closed by now, so this does not block
         log.info("data plane %s closed", self.endpoint)
 
-    def _ring(self) -> None:
-        if self._wake is not None:
-            self._wake.ring()
-
     # ------------------------------------------------------------------ poll thread
 
     def _loop(self) -> None:
-        assert self._router is not None and self._wake is not None and self._ctx is not None
-        wake = self._wake.pull
+        assert self._router is not None and self._compute is not None and self._ctx is not None
+        compute = self._compute
+        wake = compute.wake
         routers = [self._router, *([self._curve_router] if self._curve_router is not None else [])]
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
@@ -230,6 +222,7 @@ class DataPlaneServer:
                                  connect_timeout=self._connect_timeout, on_transfer=self._on_transfer,
                                  on_ack=self._acked, on_down=self._lost)
         self._downstream = downstream
+        self._replies = Replies(self._router, self._curve_router, downstream, self._clock)
         uplink = Uplink(downstream, self._runner.link_delay_ms)
         try:
             while not self._stopping.is_set():
@@ -237,8 +230,8 @@ class DataPlaneServer:
                 timeout_ms = downstream.poll_timeout_ms(uplink.poll_timeout_ms(now, POLL_MS))
                 events = dict(poller.poll(timeout_ms))
                 if wake in events:
-                    self._wake.drain()
-                    self._drain_results(uplink)
+                    for result in compute.finished():
+                        self._dispatch(uplink, result)
                 for sock in downstream.sockets():
                     if sock in events:
                         downstream.handle(sock, self._clock.monotonic(), self._finish)
@@ -246,7 +239,7 @@ class DataPlaneServer:
                     if router in events:
                         for _ in range(ACCEPT_BATCH):
                             self._accept(router, downstream, uplink)
-                            if not router.poll(0):
+                            if not readable(router):
                                 break
                 now = self._clock.monotonic()
                 uplink.send_due(now, self._finish)
@@ -261,17 +254,16 @@ class DataPlaneServer:
             uplink.drop()
             answered = self._answer_all_closing()
             downstream.close(SHUTDOWN_LINGER_MS if answered else 0)
-            self._downstream = None
+            self._downstream = self._replies = None
             for router in routers:
                 router.close(SHUTDOWN_LINGER_MS if answered else 0)
-            wake.close(0)
+            compute.close_pull()
 
     def _accept(self, router: zmq.Socket[Any], downstream: Downstreams, uplink: Uplink) -> None:
         """Read one message: answer it at once (error, duplicate, overload) or take it into flight."""
         frames = router.recv_multipart(copy=False)
         over_curve = router is self._curve_router
-        envelope, body = _split_envelope(frames)
-        envelope.insert(0, CURVE if over_curve else PLAIN)
+        envelope, body = split_envelope(frames, over_curve)
         try:
             header, arrays = unpack(body)
         except FramingError as exc:
@@ -304,7 +296,7 @@ class DataPlaneServer:
             return
         # a forwarded request's caller is its entry: the answer goes there, signed, and is not stored here
         waiting = envelope if reply_to is None or stage is None \
-            else [ANSWER, reply_to, stage.access.signing_key]
+            else answer_envelope(reply_to, stage.access.signing_key)
         admission, stored = self._ledger.admit(rid, waiting, self._clock.monotonic(),
                                                storable=reply_to is None)
         if admission is Admission.ATTACHED:
@@ -328,13 +320,12 @@ class DataPlaneServer:
         self._ack(envelope, header)
         if reply_to is not None:  # open the link to the entry now: its handshake overlaps the compute
             downstream.connect(reply_to.endpoint, reply_to.curve_server_key)
-        job = Job(rid, header.stage, arrays, dict(header.timings), reply_to)
-        if stage.relay and not self._local(stage):
-            # nothing to compute: pass it on here rather than queue behind a busy worker
-            self._dispatch(uplink, self._chain.run(job))
-            return
-        assert self._pool is not None
-        self._pool.submit(self._work, job)
+        job = Job(rid, header.stage, arrays, header.timings, reply_to)  # the header's dict: not copied
+        assert self._compute is not None
+        # a relay computes nothing: pass it on here rather than queue behind a busy worker
+        result = self._compute.run_or_submit(job, inline=stage.relay and not self._local(stage))
+        if result is not None:
+            self._dispatch(uplink, result)
 
     def _ack(self, envelope: list[Any], header: TensorHeader) -> None:
         """Tell the stage that forwarded ``header``'s request that this node has it (reply_to only)."""
@@ -363,15 +354,6 @@ class DataPlaneServer:
             return
         frames, kind = caller_frames(header, tensor_frames)
         self._finish(header.request_id, frames, kind)
-
-    def _drain_results(self, uplink: Uplink) -> None:
-        """Dispatch what workers finished."""
-        while True:
-            try:
-                result = self._results.get_nowait()
-            except queue.Empty:
-                return
-            self._dispatch(uplink, result)
 
     def _dispatch(self, uplink: Uplink, result: Result) -> None:
         """Answer the caller, or forward (after the emulated link, if any)."""
@@ -418,35 +400,12 @@ class DataPlaneServer:
         return len(flights)
 
     def _send(self, envelope: list[Any], frames: list[Any]) -> None:
-        """Send to the caller ``envelope`` names, on the socket its request came in on (or to its entry)."""
-        if envelope[0] == ANSWER:
-            reply_to, key = envelope[1], envelope[2]
-            assert self._downstream is not None
-            self._downstream.send_answer(reply_to.endpoint, reply_to.curve_server_key,
-                                         answer_frames(frames, reply_to, key), self._clock.monotonic())
-            return
-        router = self._curve_router if envelope[0] == CURVE else self._router
-        assert router is not None
-        try:
-            router.send_multipart([*envelope[1:], *frames], copy=False, flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # caller gone (EHOSTUNREACH) or its queue full
-            log.warning("could not reply to a caller: %s", exc)
+        """Send to the caller ``envelope`` names (see :mod:`.replies`); poll thread only."""
+        assert self._replies is not None
+        self._replies.send(envelope, frames)
 
     def _local(self, stage: LoadedStage) -> bool:
         """Whether ``stage``'s next stage is served by this node (a route to either endpoint)."""
         return stage.next is not None and bool(stage.next.endpoint) \
             and stage.next.endpoint in (self.endpoint, self.curve_endpoint)
 
-    # ------------------------------------------------------------------ workers
-
-    def _work(self, job: Job) -> None:
-        """Run the job's stage and any following stages on this node; queue the result."""
-        self._results.put(self._chain.run(job))
-        self._ring()
-
-
-def _split_envelope(frames: list[Any]) -> tuple[list[Any], list[Any]]:
-    """ROUTER frames -> (routing envelope, message). A REQ caller adds an empty delimiter."""
-    if len(frames) > 2 and len(frames[1].buffer) == 0:
-        return frames[:2], frames[2:]
-    return frames[:1], frames[1:]
