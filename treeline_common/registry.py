@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from treeline_common import wire
 from treeline_common.errors import InvalidInput
@@ -41,6 +41,7 @@ MAX_ENTRIES = 64  # tags in one update, metric keys, fields per metric, tools
 MAX_PARAMETERS_JSON = 16 * 1024
 NON_NEGATIVE_SUFFIXES = ("_ms", "_mj", "_bytes")
 FIELDS = ("description", "tags", "lineage", "metrics")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,14 @@ class VersionUpdate:
         return body
 
 
+def _decode(cls: type[T], body: Any, what: str) -> T:
+    """``cls`` from a JSON body, or InvalidInput naming every bad field."""
+    try:
+        return wire.from_dict(cls, body)
+    except wire.WireError as exc:
+        raise InvalidInput(f"invalid {what}: {exc}", list(exc.details)) from None
+
+
 def _entries(path: str, entries: dict[str, Any], pattern: str) -> list[dict[str, str]]:
     found = [{"path": f"{path}.{k}", "message": f"key must match {pattern}"}
              for k in entries if not re.fullmatch(pattern, k)]
@@ -184,10 +193,7 @@ class AliasMove:
 
     @classmethod
     def from_body(cls, body: Any) -> AliasMove:
-        try:
-            move = wire.from_dict(cls, body)
-        except wire.WireError as exc:
-            raise InvalidInput(f"invalid alias move: {exc}", list(exc.details)) from None
+        move = _decode(cls, body, "alias move")
         if move.expected is not None and move.expected < 1:
             raise InvalidInput("invalid alias move",
                                [{"path": "expected", "message": "must be >= 1 or null"}])
@@ -210,10 +216,7 @@ class PartitionRecord:
 
     @classmethod
     def from_body(cls, body: Any) -> PartitionRecord:
-        try:
-            record = wire.from_dict(cls, body)
-        except wire.WireError as exc:
-            raise InvalidInput(f"invalid partition record: {exc}", list(exc.details)) from None
+        record = _decode(cls, body, "partition record")
         ops = record.ops
         if ops is not None and (len(ops) != 2 or ops[0] < 0 or ops[1] <= ops[0]):
             raise InvalidInput("invalid partition record", [

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_root_api import Root, ml_sla, tiny_onnx
+from test_root_api import Root, _error, ml_sla, tiny_onnx
 
 from root_orchestrator.stores import mongo_registry, open_stores
 
@@ -19,13 +19,6 @@ def root(mongo_url: str) -> Iterator[Root]:
     stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
-
-
-def _error(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    body = response.get_json()
-    assert body["error"]["code"] == code, body
-    return dict(body["error"])
 
 
 def _paths(error: dict[str, Any]) -> set[str]:
