@@ -42,6 +42,7 @@ from root_orchestrator.auth.tokens import ACCESS
 from root_orchestrator.cluster_client import HttpClusterClient
 from root_orchestrator.stores import open_stores
 from treeline_common.clock import SystemClock
+from treeline_common.mongo_server import start_mongo_server
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def run(quick: bool = False, hardened: bool = True, data_plane_hops: bool = True
     data plane's hop overheads (:mod:`benchmarks.dataplane`, about 10 s)."""
     reps = 300 if quick else 2000
     with tempfile.TemporaryDirectory() as tmp:
-        stores = open_stores(f"sqlite:///{Path(tmp) / 'root'}")
+        server = start_mongo_server(Path(tmp) / "mongo")  # the root's store: an embedded MongoDB server
+        stores = open_stores(server.db_url("bench"))
         try:
             security = SecurityConfig(jwt_secret="benchmark-signing-key-0123456789abcdef")
             app = create_app(stores, SystemClock(), HttpClusterClient(), security=security)
@@ -101,6 +103,7 @@ def run(quick: bool = False, hardened: bool = True, data_plane_hops: bool = True
                                5 if quick else 20)
         finally:
             stores.close()
+            server.stop()
     return {"auth_overhead_ms_p50": _p(user_auth, 50), "auth_overhead_ms_p90": _p(user_auth, 90),
             "cluster_auth_ms_p50": _p(cluster_auth, 50),
             "guarded_request_ms_p50": _p(guarded, 50), "public_request_ms_p50": _p(public, 50),

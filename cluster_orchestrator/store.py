@@ -16,12 +16,9 @@ Contract every backend MUST hold:
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 from treeline_common.errors import Conflict
@@ -164,101 +161,3 @@ CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, name TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS deployments (
     deployment_id TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
 """
-
-
-class SqliteClusterStateStore(ClusterStateStore):
-    """JSON documents in one SQLite file (``<data_dir>/cluster.sqlite``), the zero-setup default.
-
-    One connection shared by all threads behind a lock: the write rate (telemetry of a few
-    nodes every couple of seconds) is far below what that serialisation costs.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-
-    @classmethod
-    def in_data_dir(cls, data_dir: str | Path) -> SqliteClusterStateStore:
-        return cls(Path(data_dir) / "cluster.sqlite")
-
-    def _one(self, sql: str, args: tuple[Any, ...]) -> Doc | None:
-        with self._lock:
-            row = self._db.execute(sql, args).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def get_setting(self, key: str) -> Any | None:
-        with self._lock:
-            row = self._db.execute("SELECT doc FROM settings WHERE key=?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def set_setting(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO settings(key, doc) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET doc=excluded.doc",
-                (key, json.dumps(value)),
-            )
-
-    def put_node(self, doc: Doc) -> None:
-        with self._lock:
-            try:
-                self._db.execute(
-                    "INSERT INTO nodes(node_id, name, doc) VALUES(?, ?, ?) "
-                    "ON CONFLICT(node_id) DO UPDATE SET name=excluded.name, doc=excluded.doc",
-                    (doc["node_id"], doc["name"], json.dumps(doc)),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise Conflict(f"node name {doc['name']!r} is taken: {exc}") from None
-
-    def get_node(self, node_id: str) -> Doc | None:
-        return self._one("SELECT doc FROM nodes WHERE node_id=?", (node_id,))
-
-    def find_node_by_name(self, name: str) -> Doc | None:
-        return self._one("SELECT doc FROM nodes WHERE name=?", (name,))
-
-    def list_nodes(self) -> list[Doc]:
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM nodes ORDER BY name").fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def put_deployment(self, doc: Doc, expected_version: int | None = None) -> Doc:
-        dep_id = doc["deployment_id"]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT version FROM deployments WHERE deployment_id=?", (dep_id,)
-                ).fetchone()
-                current = check_version(dep_id, {"version": row[0]} if row else None, expected_version)
-                stored = dict(doc, version=current + 1)
-                self._db.execute(
-                    "INSERT INTO deployments(deployment_id, version, doc) VALUES(?, ?, ?) "
-                    "ON CONFLICT(deployment_id) DO UPDATE SET version=excluded.version, doc=excluded.doc",
-                    (dep_id, stored["version"], json.dumps(stored)),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return json.loads(json.dumps(stored))
-
-    def get_deployment(self, deployment_id: str) -> Doc | None:
-        return self._one("SELECT doc FROM deployments WHERE deployment_id=?", (deployment_id,))
-
-    def list_deployments(self) -> list[Doc]:
-        with self._lock:
-            rows = self._db.execute("SELECT doc FROM deployments ORDER BY deployment_id").fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def delete_deployment(self, deployment_id: str) -> bool:
-        with self._lock:
-            cur = self._db.execute("DELETE FROM deployments WHERE deployment_id=?", (deployment_id,))
-        return cur.rowcount > 0
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()

@@ -30,7 +30,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
-from cluster_orchestrator.store import ClusterStateStore, Doc, SqliteClusterStateStore, check_version
+from cluster_orchestrator.store import ClusterStateStore, Doc, check_version
 from treeline_common.errors import Conflict, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -127,16 +127,15 @@ class MongoClusterStateStore(ClusterStateStore):
 
 
 def known_schemes() -> list[str]:
-    return ["mongodb", "mongodb+srv", "sqlite"]
+    return ["mongodb", "mongodb+srv"]
 
 
-def open_cluster_store(url: str | None, data_dir: str | Path) -> ClusterStateStore:
+def open_cluster_store(url: str, data_dir: str | Path = "") -> ClusterStateStore:
     """The cluster store ``url`` names: ``mongodb://host:port/<db>`` (database default
-    ``treeline_cluster``; what ``treeline up`` passes), ``sqlite:///<file>``, or None: SQLite in
-    ``<data_dir>/cluster.sqlite`` (a cluster run alone). Raises InvalidInput (path ``store_url``)
-    on an unknown scheme, naming the known ones."""
-    if not url:
-        return SqliteClusterStateStore.in_data_dir(data_dir)
+    ``treeline_cluster``): a real MongoDB or the embedded wire server (``treeline up``'s, or the one
+    a cluster run alone starts: :class:`cluster_orchestrator.app.ClusterRuntime`). Raises
+    InvalidInput (path ``store_url``) on an unknown scheme, naming the known ones. ``data_dir`` is
+    not used (kept for callers that pass it)."""
     parsed = urlparse(url)
     if parsed.scheme in ("mongodb", "mongodb+srv"):
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url, serverSelectionTimeoutMS=5000)
@@ -145,9 +144,6 @@ def open_cluster_store(url: str | None, data_dir: str | Path) -> ClusterStateSto
         store.ensure_indexes()
         log.info("cluster store on MongoDB database %s", name)
         return store
-    if parsed.scheme == "sqlite":
-        raw = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
-        return SqliteClusterStateStore(raw)
     known = ", ".join(known_schemes())
     raise InvalidInput(f"unknown cluster store URL scheme {parsed.scheme!r}; known: {known}",
                        [{"path": "store_url", "message": f"known schemes: {known_schemes()}"}])

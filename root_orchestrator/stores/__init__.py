@@ -4,10 +4,8 @@ Known schemes:
 
 - ``mongodb://host:port/dbname`` / ``mongodb+srv://...``: MongoDB, artifacts in GridFS (db default
   ``treeline``): a real MongoDB, or the embedded wire-protocol server ``treeline up`` starts
-  (:mod:`treeline_common.mongo_server`). What ``treeline up`` and the test suite use.
-- ``sqlite:///abs/dir`` (or ``sqlite://rel/dir``): a directory holding ``root.db`` and ``artifacts/``;
-  the default of ``python -m root_orchestrator`` run alone (no server to start), persistent across
-  restarts.
+  (:mod:`treeline_common.mongo_server`; ``python -m root_orchestrator`` run alone starts one of
+  its own). One code path: the SQLite and mongomock backends are retired.
 
 An unknown scheme fails at start-up with the list of known ones.
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -61,27 +58,6 @@ class Stores:
         self._close()
 
 
-def _open_sqlite(url: str) -> Stores:
-    from root_orchestrator.stores.sqlite import (
-        SqliteApplicationStore,
-        SqliteArtifactStore,
-        SqliteClusterStore,
-        SqliteDatabase,
-        SqliteModelRegistry,
-        SqliteUserStore,
-    )
-
-    parsed = urlparse(url)
-    raw = (parsed.netloc + parsed.path) if parsed.netloc else parsed.path
-    if not raw:
-        raise InvalidInput("sqlite store URL needs a directory", [{"path": "store_url", "message": url}])
-    root = Path(raw)
-    root.mkdir(parents=True, exist_ok=True)
-    db = SqliteDatabase(root / "root.db")
-    return Stores(SqliteArtifactStore(root / "artifacts"), SqliteModelRegistry(db),
-                  SqliteApplicationStore(db), SqliteClusterStore(db), SqliteUserStore(db), url, db.close)
-
-
 def _mongo_stores(client: pymongo.MongoClient[dict[str, Any]], db_name: str, url: str) -> Stores:
     from root_orchestrator.stores.mongo import (
         MongoApplicationStore,
@@ -110,7 +86,6 @@ def _open_mongodb(url: str) -> Stores:
 
 
 _OPENERS: dict[str, Callable[[str], Stores]] = {
-    "sqlite": _open_sqlite,
     "mongodb": _open_mongodb,
     "mongodb+srv": _open_mongodb,
 }

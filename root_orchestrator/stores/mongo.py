@@ -1,7 +1,7 @@
 """The root's store on MongoDB: pymongo collections, artifacts in GridFS.
 
 It runs against a real MongoDB and against the embedded wire-protocol server ``treeline up``
-starts (``nx-27017``, :mod:`treeline_cli.mongo_server`); every operation here is one both
+starts (``nx-27017``, :mod:`treeline_common.mongo_server`); every operation here is one both
 answer the same way. Two of the embedded server's gaps shape the code: an upsert by
 ``find_one_and_update`` ignores ``$setOnInsert`` and an upserting ``replace_one`` ignores the
 filter's ``_id`` (so both are written as ``update_one(upsert)`` / an explicit ``_id``), and a
@@ -54,7 +54,7 @@ from root_orchestrator.stores.base import (
     username_taken,
     with_aliases,
 )
-from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader
+from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader, write_bounded
 from root_orchestrator.stores.mongo_registry import MongoRegistryLifecycle, ensure_lifecycle_indexes
 from treeline_common.errors import Conflict, CorruptArtifact, IntegrityError
 
@@ -131,9 +131,9 @@ class MongoArtifactStore(ArtifactStore):
             log.warning("artifact %s was corrupt in GridFS; replaced by the bytes just uploaded", sha256)
             self.fs.delete(sha256)
             self._forget(sha256)
-        try:
-            extra = {} if self._chunk_size is None else {"chunkSize": self._chunk_size}
-            self.fs.put(verified, _id=sha256, filename=sha256, **extra)
+        try:  # bounded batches: pymongo's GridFS.put holds up to 48 MB of chunks (gridfs_reader)
+            write_bounded(self._files, self._chunks, verified, sha256, size, self._chunk_size,
+                          filename=sha256)
         except (gridfs.errors.FileExists, DuplicateKeyError):
             return PutResult(sha256, size, created=False)
         log.debug("stored artifact %s (%d bytes) in GridFS", sha256, size)

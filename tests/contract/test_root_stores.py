@@ -1,8 +1,8 @@
 """One contract suite for the root's stores, run on every backend.
 
 ``embedded`` (the nx-27017 MongoDB wire-protocol server ``treeline up`` starts, one per session,
-a fresh database per test) and ``sqlite`` always run; a real MongoDB runs when TREELINE_MONGO_URL
-is set (each test gets a fresh database, dropped afterwards).
+a fresh database per test) always runs; a real MongoDB runs when TREELINE_MONGO_URL is set (each
+test gets a fresh database, dropped afterwards). MongoDB is the one store (SQLite is retired).
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ def _mongodb_url() -> str | None:
     return os.environ.get("TREELINE_MONGO_URL")
 
 
-@pytest.fixture(params=["embedded", "sqlite", "mongodb"])
+@pytest.fixture(params=["embedded", "mongodb"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh, empty store of the backend the test is parametrized with."""
     if request.param == "embedded":
         yield request.getfixturevalue("mongo_url")
-    elif request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/root"
     else:
         base = _mongodb_url()
         if not base:
@@ -501,28 +499,3 @@ def test_users_and_owners_survive_reopening(opener: Callable[[], Stores]) -> Non
     assert second.users.find_user("alice") == alice
     assert second.users.get_cluster_token("t1")["secret_sha256"] == _sha(b"s")
     assert second.models.get_version("m", 1)["owner"] == alice["user_id"]
-
-
-def test_sqlite_store_from_before_owners_is_migrated(tmp_path: Path) -> None:
-    """A root.db written before models had owners opens, and its models read as unowned."""
-    import sqlite3
-
-    root = tmp_path / "root"
-    root.mkdir()
-    conn = sqlite3.connect(root / "root.db")
-    conn.executescript("CREATE TABLE models (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL, "
-                       "aliases TEXT NOT NULL);"
-                       "CREATE TABLE model_versions (name TEXT NOT NULL, version INTEGER NOT NULL, "
-                       "doc TEXT NOT NULL, PRIMARY KEY (name, version));"
-                       "INSERT INTO models VALUES ('old', 1, '{}');"
-                       "INSERT INTO model_versions VALUES ('old', 1, '{\"name\": \"old\", \"version\": 1}');")
-    conn.commit()
-    conn.close()
-    stores = open_stores(f"sqlite:///{root}")
-    try:
-        assert stores.models.get_version("old", 1)["owner"] == ""
-        assert stores.models.create_version("old", _sha(b"x"), 1, SIG)["version"] == 2
-        with pytest.raises(Conflict):
-            stores.models.create_version("old", _sha(b"y"), 1, SIG, owner="alice")
-    finally:
-        stores.close()

@@ -29,10 +29,9 @@ PUBLIC_ROUTES = {("GET", "/api/health"), ("GET", "/api/openapi.json"), ("GET", "
                  ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh")}
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
-    stores = open_stores(url)
+@pytest.fixture
+def root(mongo_url: str) -> Iterator[Root]:
+    stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
 
@@ -339,10 +338,10 @@ def test_cluster_tokens_are_shown_once_and_revocable(root: Root) -> None:
     _error(root.client(tampered).get("/api/clusters/"), 401, "UNAUTHORIZED")
 
 
-def test_preseeded_cluster_token(tmp_path: Path) -> None:
+def test_preseeded_cluster_token(mongo_url: str) -> None:
     security = SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1", cluster_tokens=["s" * 20],
                                     allow_anonymous_internal=False)
-    root = Root(open_stores(f"sqlite:///{tmp_path}/root"), security=security)
+    root = Root(open_stores(mongo_url), security=security)
     try:
         assert root.client("s" * 20).post("/api/clusters/register",
                                           json={"cluster_name": "c", "url": "http://c:1"}).status_code == 201
@@ -354,11 +353,11 @@ def test_preseeded_cluster_token(tmp_path: Path) -> None:
 
 
 def test_internal_routes_without_token_only_in_development_on_loopback(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        mongo_url: str, caplog: pytest.LogCaptureFixture) -> None:
     register = {"cluster_name": "c", "url": "http://c:1"}
-    dev = Root(open_stores(f"sqlite:///{tmp_path}/dev"),
+    dev = Root(open_stores(f"{mongo_url}_dev"),
                security=SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1"))
-    prod = Root(open_stores(f"sqlite:///{tmp_path}/prod"),
+    prod = Root(open_stores(f"{mongo_url}_prod"),
                 security=SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1", production=True))
     try:
         anonymous = dev.client()
@@ -380,12 +379,12 @@ def test_internal_routes_without_token_only_in_development_on_loopback(
 
 # -- modes ------------------------------------------------------------------------------------------------
 
-def test_default_admin_only_in_development_mode(tmp_path: Path) -> None:
+def test_default_admin_only_in_development_mode(mongo_url: str) -> None:
     assert SecurityConfig.build(jwt_secret=SECRET, host="0.0.0.0").production  # non-loopback: production
     assert not SecurityConfig.build(jwt_secret=SECRET, host="0.0.0.0").anonymous_internal
     assert not SecurityConfig.build(jwt_secret=SECRET, host="localhost").production
     assert (is_loopback("127.0.0.5"), is_loopback("::1"), is_loopback("10.0.0.1")) == (True, True, False)
-    stores = open_stores(f"sqlite:///{tmp_path}/root")
+    stores = open_stores(mongo_url)
     try:
         prod = AuthService(stores.users, Root(stores).clock,
                            SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1", production=True))

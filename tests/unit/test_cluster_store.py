@@ -1,5 +1,6 @@
 """Every cluster store backend honours the same contract (version guard, unique names, copies):
-MongoDB on the embedded wire server (what ``treeline up`` uses), SQLite and the in-memory twin."""
+MongoDB on the embedded wire server (the one store; what ``treeline up`` uses) and the in-memory twin
+that unit tests of other parts use."""
 
 from __future__ import annotations
 
@@ -9,21 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from cluster_orchestrator.store import ClusterStateStore, InMemoryClusterStateStore, SqliteClusterStateStore
+from cluster_orchestrator.store import ClusterStateStore, InMemoryClusterStateStore
 from cluster_orchestrator.store_mongo import MongoClusterStateStore, open_cluster_store
 from treeline_common.errors import Conflict, InvalidInput
 
 
-@pytest.fixture(params=["mongo", "memory", "sqlite"])
+@pytest.fixture(params=["mongo", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterStateStore]:
     backend: ClusterStateStore
     if request.param == "mongo":
         backend = open_cluster_store(request.getfixturevalue("mongo_url"), tmp_path)
         assert isinstance(backend, MongoClusterStateStore)
-    elif request.param == "memory":
-        backend = InMemoryClusterStateStore()
     else:
-        backend = SqliteClusterStateStore(tmp_path / "c.sqlite")
+        backend = InMemoryClusterStateStore()
     yield backend
     backend.close()
 
@@ -108,16 +107,3 @@ def test_unknown_store_scheme_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as exc:
         open_cluster_store("redis://x", tmp_path)
     assert "mongodb" in exc.value.message and exc.value.details[0]["path"] == "store_url"
-
-
-def test_sqlite_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite"
-    first = SqliteClusterStateStore(path)
-    first.put_node({"node_id": "a", "name": "n1"})
-    first.put_deployment({"deployment_id": "d", "status": "RUNNING"})
-    first.set_setting("cluster_id", "c-1")
-    first.close()
-    again = SqliteClusterStateStore(path)
-    assert again.get_node("a")["name"] == "n1"
-    assert again.get_deployment("d")["version"] == 1 and again.get_setting("cluster_id") == "c-1"
-    again.close()

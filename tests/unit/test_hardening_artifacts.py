@@ -19,17 +19,15 @@ import pytest
 from cluster_orchestrator.artifacts import ArtifactCache
 from node_engine.artifacts import ArtifactError, DigestMismatch, fetch_artifact
 from root_orchestrator.stores import Stores, open_stores
-from root_orchestrator.stores.base import CHUNK, ArtifactStore
+from root_orchestrator.stores.base import ArtifactStore
 from treeline_common.errors import SHA256_MISMATCH, CorruptArtifact, IntegrityError, NotFound, http_status
 
 DATA = bytes(range(256)) * 1024  # 256 KiB: several store chunks
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = (f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite"
-           else request.getfixturevalue("mongo_url"))
-    opened = open_stores(url)
+@pytest.fixture
+def stores(mongo_url: str) -> Iterator[Stores]:
+    opened = open_stores(mongo_url)
     yield opened
     opened.close()
 
@@ -92,40 +90,6 @@ def test_a_reupload_from_a_file_repairs_too(stores: Stores, tmp_path: Path) -> N
     wrong.write_bytes(b"other")
     with pytest.raises(IntegrityError):
         stores.artifacts.put_file(wrong, sha)
-
-
-def test_reads_hash_once_until_the_stored_bytes_change(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    stores = open_stores(f"sqlite:///{tmp_path}")
-    store = stores.artifacts
-    sha = store.put(DATA).sha256
-    hashed: list[str] = []
-    original = type(store).stored_digest
-
-    def counting(self: ArtifactStore, sha256: str) -> str:
-        hashed.append(sha256)
-        return original(self, sha256)
-
-    monkeypatch.setattr(type(store), "stored_digest", counting)
-    for _ in range(3):
-        assert store.get(sha) == DATA
-    assert len(hashed) == 1
-    corrupt(store, sha)  # a write changes the file's mtime/ctime: hashed again, refused
-    with pytest.raises(CorruptArtifact):
-        store.get(sha)
-    assert len(hashed) == 2
-
-
-def test_a_stream_stops_before_its_last_chunk_when_the_bytes_change_underneath(tmp_path: Path) -> None:
-    store = open_stores(f"sqlite:///{tmp_path}").artifacts
-    sha = store.put(DATA).sha256
-    chunks = store.iter_bytes(sha)  # verified now
-    served = [next(chunks)]
-    corrupt(store, sha, offset=len(DATA) - 10)  # in place, after the check: only the stream can see it
-    with pytest.raises(CorruptArtifact):
-        served.extend(chunks)
-    assert sum(map(len, served)) < len(DATA)  # the client gets a short body, never a complete wrong one
-    assert len(DATA) > 2 * CHUNK
 
 
 def test_absent_artifacts_stay_not_found(stores: Stores) -> None:

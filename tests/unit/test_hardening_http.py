@@ -40,6 +40,7 @@ from treeline_common.errors import (
     http_status,
 )
 from treeline_common.http import JSON_BODY_LIMIT, MAX_JSON_DEPTH, parse_json_bytes
+from treeline_common.mongo_server import MongoServerProcess
 
 ROOT_JSON_ROUTES = [
     ("POST", "/api/application/"), ("POST", "/api/apply"), ("POST", "/api/plan"),
@@ -60,8 +61,8 @@ class _Bus:
 
 
 @pytest.fixture(scope="module")
-def root_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    stores = open_stores(f"sqlite:///{tmp_path_factory.mktemp('root')}")
+def root_app(mongo_server: MongoServerProcess) -> Iterator[Flask]:
+    stores = open_stores(mongo_server.db_url("hardening_http"))
     app = create_app(stores, FakeClock(), HttpClusterClient(timeout=0.1),
                      security=SecurityConfig(jwt_secret="hardening-test-signing-key-0123456789"))
     # a model, so the alias and profile routes get as far as their bodies

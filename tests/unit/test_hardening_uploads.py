@@ -59,11 +59,9 @@ def admin(app: Flask) -> FlaskClient:
     return client
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    url = (f"sqlite:///{tmp_path / 'root'}" if request.param == "sqlite"
-           else request.getfixturevalue("mongo_url"))
-    opened = open_stores(url)
+@pytest.fixture
+def stores(mongo_url: str) -> Iterator[Stores]:
+    opened = open_stores(mongo_url)
     yield opened
     opened.close()
 
@@ -177,8 +175,8 @@ def test_a_multipart_upload_is_415_naming_octet_stream(stores: Stores) -> None:
 
 # -- streaming --------------------------------------------------------------------------------------
 
-def test_an_upload_is_streamed_not_buffered(tmp_path: Path) -> None:
-    stores = open_stores(f"sqlite:///{tmp_path / 'root'}")
+def test_an_upload_is_streamed_not_buffered(tmp_path: Path, mongo_url: str) -> None:
+    stores = open_stores(mongo_url)
     http = admin(make_app(stores))
     model = tmp_path / "big.onnx"
     size = write_big_onnx(model, 64 << 20)

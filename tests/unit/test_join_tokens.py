@@ -196,10 +196,9 @@ class Remembering(ClusterClient):
         raise AssertionError
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    stores = open_stores(f"sqlite:///{tmp_path}/root" if request.param == "sqlite"
-                         else request.getfixturevalue("mongo_url"))
+@pytest.fixture
+def root(mongo_url: str) -> Iterator[Any]:
+    stores = open_stores(mongo_url)
     security = SecurityConfig.build(jwt_secret=SECRET, host="127.0.0.1", cluster_tokens=[STATIC],
                                     allow_anonymous_internal=False)
     clusters = Remembering()

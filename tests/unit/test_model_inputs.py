@@ -8,7 +8,6 @@ import copy
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -194,8 +193,8 @@ def test_placement_specs_carry_every_input_and_the_vocabulary(two: TwoInputClust
 # -- the root: apply refuses before writing ------------------------------------------------------------
 
 @pytest.fixture()
-def root(tmp_path: Path) -> Iterator[Root]:
-    stores = open_stores(f"sqlite:///{tmp_path}/root")
+def root(mongo_url: str) -> Iterator[Root]:
+    stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
 

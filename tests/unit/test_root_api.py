@@ -10,7 +10,6 @@ import copy
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -168,10 +167,9 @@ class Root:
         return r.get_json()[0]["microservices"][0]
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
-    stores = open_stores(url)
+@pytest.fixture
+def root(mongo_url: str) -> Iterator[Root]:
+    stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
 
@@ -497,8 +495,8 @@ def test_openapi_lists_exactly_the_served_routes(root: Root) -> None:
 
 # -- persistence ---------------------------------------------------------------------------------------
 
-def test_sqlite_data_survives_reopen(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/root"
+def test_data_survives_reopen(mongo_url: str) -> None:
+    url = mongo_url
     first = Root(open_stores(url))
     doc = first.register_model(alias="prod")
     cid = first.register_cluster("a", "http://a:1")

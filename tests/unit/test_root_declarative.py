@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +16,9 @@ from root_orchestrator.stores import open_stores
 from treeline_common.errors import Unavailable, Unschedulable
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Root]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
-    stores = open_stores(url)
+@pytest.fixture
+def root(mongo_url: str) -> Iterator[Root]:
+    stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,8 @@ PLACEMENT = {"deployment_id": "d", "generation": 1,
 
 
 @pytest.fixture()
-def root(tmp_path: Path) -> Iterator[Root]:
-    stores = open_stores(f"sqlite:///{tmp_path}/root")
+def root(mongo_url: str) -> Iterator[Root]:
+    stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
 

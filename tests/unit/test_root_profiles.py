@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,10 +31,9 @@ class NoClusters(ClusterClient):
         raise AssertionError("not used")
 
 
-@pytest.fixture(params=["embedded", "sqlite"])
-def http(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FlaskClient]:
-    url = f"sqlite:///{tmp_path}/root" if request.param == "sqlite" else request.getfixturevalue("mongo_url")
-    stores = open_stores(url)
+@pytest.fixture
+def http(mongo_url: str) -> Iterator[FlaskClient]:
+    stores = open_stores(mongo_url)
     client = Root(stores, clusters=NoClusters()).http
     for seed in (0, 1):
         r = client.post(f"{BASE}", data=tiny_dag_bytes(seed), content_type="application/octet-stream")
