@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store-url", default=None, metavar="URL",
                    help="the cluster's state: mongodb://host:port/<database> (what `treeline up` passes: "
                         "its MongoDB, one database per cluster); "
-                        "default: SQLite in <data-dir>/cluster.sqlite")
+                        "default: an embedded MongoDB wire server it starts, data in <data-dir>/mongo")
     p.add_argument("--location", default="")
     p.add_argument("--public-url", default=_explicit_cluster_url(settings),
                    help="URL the root uses to reach this cluster (default: cluster_url when set, "

@@ -1,7 +1,7 @@
 """The root's Flask app factory: wires injected stores, clock and cluster client into the blueprints.
 
-``create_app`` does no I/O (stores are opened by the caller), so tests build an app on
-mongomock or a temp SQLite directory with a fake clock and a fake cluster client. The
+``create_app`` does no I/O (stores are opened by the caller), so tests build an app on a fresh
+database of the embedded MongoDB server with a fake clock and a fake cluster client. The
 blueprints receive their dependencies through :mod:`root_orchestrator.api.context`; they never
 import this module.
 
