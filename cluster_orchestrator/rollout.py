@@ -23,6 +23,7 @@ Nothing here does I/O or reads a clock: elapsed time is a figure.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,7 @@ class RolloutPolicy:
                    timeout_s=spec.timeout_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class CanaryFigures:
     disagreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        body = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        body = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
         if not self.first_error:
             body.pop("first_error")
         return body

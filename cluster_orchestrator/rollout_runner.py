@@ -135,8 +135,8 @@ class RolloutRunner:
         assert serving.entry is not None
         entry = new.relay or min(new.stages, key=lambda s: s.index)
         inputs = probe_inputs(new.inputs, policy.probe)
-        old_probe = self._probe(context, serving.generation, serving.entry.endpoint, serving.entry.stage_key,
-                                inputs)
+        old_probe = self._probe(context, deployment_id, serving.generation, serving.entry.endpoint,
+                                serving.entry.stage_key, inputs)
         node_id, command = router_command(new, serving.entry.node_id, serving.entry.endpoint,
                                           serving.entry.stage_key, policy.canary_share, context)
         canary = _Canary(deployment_id, epoch, serving, new, node_id, context,
@@ -157,7 +157,8 @@ class RolloutRunner:
             return False
         self._event(deployment_id, "canary_share", canary.cause, share=policy.canary_share, node=node_id,
                     entry=serving.entry.stage_key)
-        new_probe = self._probe(context, new.generation, entry.endpoint, entry.stage_key, inputs)
+        new_probe = self._probe(context, deployment_id, new.generation, entry.endpoint, entry.stage_key,
+                                inputs)
         verdict, figures = self._judge(canary, policy, old_probe, new_probe, routed_at)
         if verdict.action == PROMOTE:
             self._event(deployment_id, "promoted", canary.cause, reason=verdict.reason,
@@ -166,13 +167,12 @@ class RolloutRunner:
         self._rollback(canary, verdict, figures, routed_at)
         return False
 
-    def _probe(self, context: RolloutContext, generation: int, endpoint: str, key: str,
-               inputs: Sequence[Mapping[str, Any]]) -> ProbeResult:
+    def _probe(self, context: RolloutContext, deployment_id: str, generation: int, endpoint: str,
+               entry_key: str, inputs: Sequence[Mapping[str, Any]]) -> ProbeResult:
         """The probe inputs through one generation's entry (signed with its data key)."""
         if not inputs:
             return ProbeResult()
-        deployment_id = key.rsplit("/", 2)[0]
-        return run_probe(endpoint, key, self._key(context, deployment_id, generation), inputs, self._ms)
+        return run_probe(endpoint, entry_key, self._key(context, deployment_id, generation), inputs, self._ms)
 
     @staticmethod
     def _key(context: RolloutContext, deployment_id: str, generation: int) -> str:
