@@ -120,7 +120,7 @@ def delete_version(name: str, ref: str) -> Any:
     check_model_name(name)
     c = ctx()
     version = int(visible_model(c.stores, name, ref)["version"])
-    users = services_using(name, version)
+    users = users_of(name, version)
     if users:
         raise_in_use(f"{name}:{version}", users)
     deleted = c.stores.models.delete_version(name, version, by=_by(), at=c.clock.now())
@@ -144,9 +144,10 @@ def put_partition(name: str, ref: str, sha256: str) -> Any:
 
 # -- who uses what ------------------------------------------------------------------------------------
 
-def raise_in_use(what: str, users: list[dict[str, str]]) -> None:
-    raise Conflict(f"{what} is used by {len(users)} service(s): "
-                   + ", ".join(u["service"] for u in users), users)
+def raise_in_use(what: str, users: list[tuple[str, dict[str, str]]]) -> None:
+    """Conflict naming every ``(app/service, detail)`` of :func:`users_of`."""
+    names = ", ".join(label for label, _ in users)
+    raise Conflict(f"{what} is used by {len(users)} service(s): {names}", [detail for _, detail in users])
 
 
 def referenced_artifacts() -> set[str]:
@@ -167,7 +168,12 @@ def _service_names() -> dict[str, str]:
 
 
 def services_using(name: str, version: int | None = None) -> list[dict[str, str]]:
-    """``{path, message, service}`` per service that uses model ``name`` (any version when
+    """``{path, message}`` per service that uses model ``name`` (see :func:`users_of`)."""
+    return [detail for _, detail in users_of(name, version)]
+
+
+def users_of(name: str, version: int | None = None) -> list[tuple[str, dict[str, str]]]:
+    """``(app/service, {path, message})`` per service that uses model ``name`` (any version when
     ``version`` is None): its SLA names the model (resolving to ``version`` by number, alias or
     ``latest``), or one of its active instances runs that version."""
     c = ctx()
@@ -181,7 +187,7 @@ def services_using(name: str, version: int | None = None) -> list[dict[str, str]
             app_names = _service_names()
         app_id = str(svc.get("application_id"))
         label = f"{app_names.get(app_id, app_id)}/{svc.get('microservice_name')}"
-        users.append({"path": f"services.{svc['service_id']}", "message": f"{label} {why}", "service": label})
+        users.append((label, {"path": f"services.{svc['service_id']}", "message": f"{label} {why}"}))
     return users
 
 
