@@ -29,10 +29,17 @@ def _tiny_dag() -> bytes:
     return tiny_dag_bytes(seed=0)
 
 
+def _digits_cnn() -> bytes:
+    from model_zoo.optimize.digits import digits_cnn_onnx
+
+    return digits_cnn_onnx(seed=0)
+
+
 # name -> zero-argument builder returning serialised, self-contained ONNX bytes.
 BUILTIN_MODELS: dict[str, Callable[[], bytes]] = {
     "mobilenet_v2": _mobilenet_v2,
     "tiny_dag": _tiny_dag,
+    "digits_cnn": _digits_cnn,  # trained on scikit-learn's digits (model_zoo.optimize), a few seconds
 }
 
 

@@ -27,6 +27,7 @@ from treeline_cli.commands.infer import infer
 from treeline_cli.commands.misc import config, logs, treeline_version, version
 from treeline_cli.commands.model import model
 from treeline_cli.commands.node import node
+from treeline_cli.commands.optimize import optimize
 from treeline_cli.commands.stack import demo, up
 from treeline_cli.errors import INTERRUPTED, classify
 from treeline_common.config import OPTIONS
@@ -76,6 +77,7 @@ def cli() -> None:
 for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version,
                 login, logout, admin, node, export_images):
     cli.add_command(command)
+model.add_command(optimize)  # `treeline model optimize`: its own module (torch only when it runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,8 @@ from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 from torch import nn
 
+from model_zoo.optimize.export import export_onnx
+
 DATASET = "sklearn.load_digits"
 INPUT_SHAPE = (1, 1, 8, 8)
 
@@ -160,3 +162,8 @@ def digits_cnn_from_onnx(onnx_bytes: bytes) -> DigitsCNN:
     except RuntimeError as exc:
         raise ValueError(f"not a DigitsCNN export: {' '.join(str(exc).split())}") from None
     return rebuilt.eval()
+
+
+def digits_cnn_onnx(seed: int = 0, epochs: int = 30) -> bytes:
+    """The built-in ``digits_cnn``: trained on the seeded split and exported (a few seconds)."""
+    return export_onnx(train_digits_cnn(load_split(seed), epochs=epochs, seed=seed), example_input())
