@@ -10,6 +10,9 @@ on a request. Its first frame says how to reach that caller:
   the reply goes there as an ``answer`` signed with that key, over a downstream link
   (:mod:`.answers`, :meth:`~.downstream.Downstreams.send_answer`).
 
+A request this node forwards as its entry names where its answer must come back:
+:meth:`Replies.address`, this node's socket of the same kind as the forward's link.
+
 A reply that cannot be delivered (the caller is gone, its queue is full) is logged and
 dropped: the caller's own timeout (or, for an answer, the entry's deadline) covers it.
 
@@ -27,7 +30,7 @@ import zmq
 from node_engine.data_plane.answers import answer_frames
 from node_engine.data_plane.downstream import Downstreams
 from treeline_common.clock import Clock
-from treeline_common.tensor_wire import ReplyTo
+from treeline_common.tensor_wire import ReplyTo, pack
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,29 @@ class Replies:
     """Sends to the caller an envelope names (see the module docstring)."""
 
     def __init__(self, router: zmq.Socket[Any], curve_router: zmq.Socket[Any] | None,
-                 downstream: Downstreams, clock: Clock) -> None:
+                 downstream: Downstreams, clock: Clock, *, endpoint: str, curve_endpoint: str = "",
+                 curve_public_key: str = "") -> None:
         self._router = router
         self._curve_router = curve_router
         self._downstream = downstream
         self._clock = clock
+        self._endpoint = endpoint
+        self._curve_endpoint = curve_endpoint
+        self._curve_public_key = curve_public_key
+
+    def address(self, request_id: str, curve: bool) -> ReplyTo:
+        """Where the answer to ``request_id`` (entered here) must come: the CURVE socket for a
+        ``curve`` forward when this node has one, else the plain one."""
+        if curve and self._curve_endpoint:
+            return ReplyTo(self._curve_endpoint, request_id, self._curve_public_key)
+        return ReplyTo(self._endpoint, request_id)
+
+    def fail_all(self, flights: dict[str, list[Envelope]], message: str, code: str) -> None:
+        """Answer every caller of every request in ``flights`` with one error (``code``)."""
+        for rid, envelopes in flights.items():
+            frames = pack("error", rid, {}, error=message, code=code)
+            for envelope in envelopes:
+                self.send(envelope, frames)
 
     def send(self, envelope: Envelope, frames: Frames) -> None:
         """Send ``frames`` (a reply or error) to the caller ``envelope`` names; a gone caller is logged."""

@@ -2,15 +2,15 @@
 
 Threading model (zmq sockets are not thread-safe, so exactly one thread touches them):
 
-- the **poll thread** owns the ROUTER, the downstream links (:mod:`.downstream`), the
+- the **poll thread** owns the ROUTERs, the downstream links (:mod:`.downstream`), the
   request ledger (:mod:`.ledger`), the awaited answers (:mod:`.answers`) and the wake
   socket; it reads requests and answers, acknowledges forwarded requests, hands work to
-  workers, sends replies, answers and forwards;
+  workers, sends replies (:mod:`.replies`), answers and forwards;
 - **worker threads** (:mod:`.workers`) run partitions (:mod:`.chain`; onnxruntime releases
-  the GIL; the emulated slowdown waits there, never in the poll thread) and hand results back
-  through a queue plus a one-frame wake message on an inproc PUSH/PULL pair; a stage whose
-  recent runs were all shorter than that hand-off (a few hundred microseconds at most) runs
-  on the poll thread instead (see :class:`~.workers.InlinePolicy`).
+  the GIL; the emulated slowdown waits there) and hand results back through a queue plus a
+  one-frame inproc wake. Only a stage whose last runs each took under 0.2 ms, slowdown
+  included, runs on the poll thread instead: less than the hand-off costs
+  (:class:`~.workers.InlinePolicy`; one slower run sends it back to the workers).
 
 **The answer goes straight back** (details in :mod:`.answers`). The node a caller sends a
 request to is its *entry*; a forward to another node carries ``reply_to`` (the entry's
@@ -43,22 +43,18 @@ Contract with callers (a request is identified by its caller-chosen request id):
 A next stage on this same node (either of its endpoints) is run in-process: the arrays are
 handed over without touching a socket.
 
-Security (:mod:`.security`): with ``curve_secret_key`` the node binds a second ROUTER,
-``curve_endpoint``, a CURVE server (:attr:`curve_public_key` is what senders need), served
-by the same poll thread: replies go back on the socket the request came in on. The plain
-socket stays for callers and deployments that do not ask for encryption. Before a request
-is admitted (before the ledger, so an unauthenticated peer can neither attach to a request
-in flight nor read a stored reply) its stage's :class:`~.security.StageAccess` checks the
-authenticator and the socket; a refusal is an ``unauthorized`` error. Forwards are signed
-with the sending stage's data key and go to the next stage's CURVE endpoint when the route
-names a ``curve_server_key`` (its ``reply_to`` is then this node's CURVE endpoint). A
-request with ``reply_to`` is refused at an entry stage (callers do not choose where answers
-go); an inner stage of a keyed deployment admits it only signed with the data key, which
-covers ``reply_to`` (a keyless deployment admits anything, answers included).
+Security: with ``curve_secret_key`` the node binds a second ROUTER, ``curve_endpoint``, a
+CURVE server (:attr:`curve_public_key` is what senders need), served by the same poll
+thread; replies go back on the socket the request came in on (:mod:`.replies`). Before the
+ledger sees a request, its stage's :class:`~.security.StageAccess` applies the rule of
+:mod:`.security` (a refusal is an ``unauthorized`` error). Forwards are signed with the
+stage's data key and go to the next stage's CURVE endpoint when the route names a
+``curve_server_key`` (``reply_to`` is then this node's CURVE endpoint). A request with
+``reply_to`` is refused at an entry stage (callers do not choose where answers go); an inner
+stage of a keyed deployment admits it only signed with the data key, which covers ``reply_to``.
 
 An emulated node charges its uplink before a forward leaves (:mod:`.uplink`), while the
-workers go on computing. Relay stages (no model) are passed on straight from the poll
-thread when their next stage is remote, so they never queue behind a busy worker.
+workers go on computing.
 """
 
 from __future__ import annotations
@@ -89,7 +85,6 @@ from treeline_common.tensor_wire import (
     UNKNOWN_STAGE,
     UNREACHABLE,
     FramingError,
-    ReplyTo,
     TensorHeader,
     pack,
     unpack,
@@ -222,7 +217,9 @@ class DataPlaneServer:
                                  connect_timeout=self._connect_timeout, on_transfer=self._on_transfer,
                                  on_ack=self._acked, on_down=self._lost)
         self._downstream = downstream
-        self._replies = Replies(self._router, self._curve_router, downstream, self._clock)
+        self._replies = Replies(self._router, self._curve_router, downstream, self._clock,
+                                endpoint=self.endpoint, curve_endpoint=self.curve_endpoint,
+                                curve_public_key=self.curve_public_key)
         uplink = Uplink(downstream, self._runner.link_delay_ms)
         try:
             while not self._stopping.is_set():
@@ -360,9 +357,10 @@ class DataPlaneServer:
         job = result.job
         if result.kind == "forward":
             now = self._clock.monotonic()
-            forward = Forward(job.request_id, result.source, result.stage, result.endpoint,
-                              result.outputs, job.timings, result.key, result.curve_server_key,
-                              reply_to=job.reply_to or self._reply_address(job.request_id, result),
+            assert self._replies is not None
+            reply_to = job.reply_to or self._replies.address(job.request_id, bool(result.curve_server_key))
+            forward = Forward(job.request_id, result.source, result.stage, result.endpoint, result.outputs,
+                              job.timings, result.key, result.curve_server_key, reply_to=reply_to,
                               entry=job.reply_to is None)
             if forward.entry:
                 self._answers.expect(job.request_id, now, key=result.key, curve=bool(result.curve_server_key),
@@ -372,12 +370,6 @@ class DataPlaneServer:
         frames = pack(result.kind, job.request_id, result.outputs, stage=job.stage,
                       timings=job.timings, error=result.error, code=result.code)
         self._finish(job.request_id, frames, result.kind)
-
-    def _reply_address(self, request_id: str, result: Result) -> ReplyTo:
-        """Where the answer to a request entered here comes: this node's socket of the forward's kind."""
-        if result.curve_server_key and self.curve_endpoint:
-            return ReplyTo(self.curve_endpoint, request_id, self.curve_public_key)
-        return ReplyTo(self.endpoint, request_id)
 
     def _finish(self, request_id: str, frames: list[Any], kind: str) -> None:
         """The one way a request in flight ends: answer every caller waiting on its id."""
@@ -392,11 +384,8 @@ class DataPlaneServer:
     def _answer_all_closing(self) -> int:
         """Answer every request still in flight with ``unreachable`` (the caller may retry elsewhere)."""
         flights = self._ledger.drain()
-        for rid, envelopes in flights.items():
-            message = f"node {self._name} ({self.endpoint}) is shutting down"
-            frames = pack("error", rid, {}, error=message, code=UNREACHABLE)
-            for envelope in envelopes:
-                self._send(envelope, frames)
+        assert self._replies is not None
+        self._replies.fail_all(flights, f"node {self._name} ({self.endpoint}) is shutting down", UNREACHABLE)
         return len(flights)
 
     def _send(self, envelope: list[Any], frames: list[Any]) -> None:
