@@ -68,6 +68,8 @@ class TensorClient:
         if curve_server_key:
             set_curve_client(self._socket, curve_server_key)
         self._socket.connect(endpoint)
+        self._poller = zmq.Poller()  # made once: Socket.poll builds a Poller per call
+        self._poller.register(self._socket, zmq.POLLIN)
 
     def __enter__(self) -> TensorClient:
         return self
@@ -166,7 +168,7 @@ class TensorClient:
         sock = self._require_socket()
         while True:
             remaining = deadline - self._clock.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            if remaining <= 0 or not self._poller.poll(int(remaining * 1000) + 1):
                 if self._clock.monotonic() >= deadline:
                     raise TimeoutError(f"no reply from {self.endpoint} (stage {stage_key}) "
                                        f"within {timeout:.1f}s")
