@@ -20,18 +20,25 @@ Reported: ``digits_acc_<variant>`` (``digits_acc_pruned_finetuned``,
 ``<model>_chosen_variant/<class>`` with ``<model>_speedup/<class>`` (fp32 p50 / chosen p50): the
 fastest variant whose quality is at least the floor (fp32's minus 0.01). The JSON also has
 ``chosen_variant`` (every class's choice with the reason each other variant lost) and
-``not_measured`` (figures this suite does not produce, with why). Results go to
-``benchmarks/results/lifecycle.json`` only from a full run (or to ``--json PATH``).
+``not_measured`` (figures not produced, each with why). ``rollout_failed_requests``,
+``rollback_s``, ``promote_s`` come from :func:`benchmarks.rollout.run` (a real stack under
+traffic), ``registry_ops_per_s`` from :func:`benchmarks.registry_ops.registry_ops_per_s` (a root on the
+embedded MongoDB server);
+``--models-only`` skips both. Results go to ``benchmarks/results/lifecycle.json`` only from a
+full run (or to ``--json PATH``).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks import rollout
+from benchmarks.registry_ops import embedded_root, registry_ops_per_s
 from benchmarks.report import RESULTS_DIR, benchmark_parser, print_table, report
 from model_zoo.optimize.pipeline import Measured, PipelineConfig, run_digits
 
@@ -39,11 +46,7 @@ logger = logging.getLogger(__name__)
 
 _DIGITS_NAMES = {"fp32": "fp32", "int8": "int8", "fp16": "fp16", "pruned": "pruned_finetuned",
                  "distilled": "distilled_student"}
-NOT_MEASURED = {
-    "rollout_failed_requests": "rollouts are not part of this suite (issue 11 item 6)",
-    "rollback_s": "rollouts are not part of this suite (issue 11 item 6)",
-    "registry_ops_per_s": "benchmarks/registry_ops.py is absent",
-}
+ROLLOUT_FIGURES = ("rollout_failed_requests", "rollback_s", "promote_s", "rollout_requests")
 
 
 def _variant_rows(prefix: str, measured: Measured) -> dict[str, Any]:
@@ -92,20 +95,47 @@ def _run_effnet(config: PipelineConfig) -> Measured | None:
     return run_effnet(config)
 
 
-def run(quick: bool) -> dict[str, Any]:
-    """Both pipelines; returns the flat result mapping (see the module docstring)."""
+def rollout_figures(quick: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`benchmarks.rollout.run` (a real stack under traffic): its headline figures, or why not."""
+    try:
+        figures = rollout.run(quick)
+    except Exception as exc:  # reported as not measured, with the reason, and main exits 1
+        logger.exception("benchmarks.rollout failed")
+        why = f"benchmarks.rollout failed: {type(exc).__name__}: {exc}"
+        return {}, dict.fromkeys(ROLLOUT_FIGURES, why)
+    return {name: figures[name] for name in ROLLOUT_FIGURES if name in figures}, {}
+
+
+def registry_figures(quick: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`benchmarks.registry_ops.registry_ops_per_s` on a root over the embedded MongoDB server
+    (2 s of operations with ``quick``, else 5 s)."""
+    with tempfile.TemporaryDirectory(prefix="treeline-lifecycle-") as work, embedded_root(Path(work)) as url:
+        return {"registry_ops_per_s": registry_ops_per_s(url, 2.0 if quick else 5.0)}, {}
+
+
+def run(quick: bool, with_stack: bool = True) -> dict[str, Any]:
+    """Both pipelines and, ``with_stack``, the rollout and registry suites; the flat result mapping
+    (see the module docstring)."""
     config = PipelineConfig.quick() if quick else PipelineConfig()
     started = time.perf_counter()
     digits = run_digits(config)
     result: dict[str, Any] = digits_figures(digits)
     chosen = {"digits_cnn": {dc: c.as_dict() for dc, c in digits.choices.items()}}
-    not_measured = dict(NOT_MEASURED)
+    not_measured: dict[str, str] = {}
     effnet = _run_effnet(config)
     if effnet is None:
         not_measured["effnet_int8_top1_agreement"] = "the EfficientNet-Lite0 wheels are not installed"
     else:
         result.update(effnet_figures(effnet))
         chosen["efficientnet_lite0"] = {dc: c.as_dict() for dc, c in effnet.choices.items()}
+    for suite in (rollout_figures, registry_figures):
+        if with_stack:
+            figures, missing = suite(quick)
+        else:
+            figures, missing = {}, {"rollout_failed_requests": "--models-only", "rollback_s": "--models-only",
+                                    "registry_ops_per_s": "--models-only"}
+        result.update(figures)
+        not_measured.update(missing)
     result.update({
         "chosen_variant": chosen,
         "not_measured": not_measured,
@@ -124,15 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the JSON report (default: benchmarks/results/lifecycle.json "
                              "for a full run, none for --quick)")
+    parser.add_argument("--models-only", action="store_true",
+                        help="skip the rollout and registry suites (they start a real stack)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run(args.quick)
+    result = run(args.quick, with_stack=not args.models_only)
     path = args.json if args.json is not None else (None if args.quick else RESULTS_DIR / "lifecycle.json")
     if path is None:
         print_table(sorted(result.items()))
     else:
         report(result, path)
-    return 0
+    failed = [name for name, why in result["not_measured"].items() if "failed" in why]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
