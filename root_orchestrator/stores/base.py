@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
-from treeline_common.errors import Conflict, CorruptArtifact, InvalidInput, NotFound, Unavailable
+from treeline_common.errors import Conflict, CorruptArtifact, InvalidInput, NotFound
 from treeline_common.registry import PartitionRecord, VersionUpdate
 
 log = logging.getLogger(__name__)
@@ -319,57 +319,52 @@ class ModelRegistry(ABC):
         left alone (content-addressed, possibly shared); the caller decides which to drop."""
 
     # The registry's lifecycle (issue 11): metadata, compare-and-set aliases, version delete and
-    # partitions. Not abstract while the SQLite backend (being retired) lacks them: a backend that
-    # does not override one answers Unavailable naming it.
+    # partitions.
 
+    @abstractmethod
     def update_version(self, name: str, version: int, update: VersionUpdate) -> dict[str, Any]:
         """Apply ``update`` to version ``version`` atomically (``description`` replaced, ``tags`` and
         ``metrics`` merged by key, a null value deleting the key; ``lineage`` set once: Conflict
         (path ``lineage``) when already set). The lineage's parent must exist (NotFound, path
         ``lineage.parent``) and must not descend from this version (InvalidInput, same path).
         Returns the new version doc."""
-        raise _unsupported(self, "update_version")
 
+    @abstractmethod
     def move_alias(self, name: str, alias: str, version: int, *, expected: int | None = None,
                    conditional: bool = False, by: str = "", at: float = 0.0) -> dict[str, Any]:
         """Point ``alias`` at existing ``version``; with ``conditional``, in ONE atomic step only if
         it now points at ``expected`` (None: only if it is unset), else Conflict naming the current
         version. Records ``{alias, version, previous, by, at}`` (the last :data:`ALIAS_EVENTS_KEPT`
-        per model). Returns the version doc. Backends MUST override: this default (for backends
-        being retired) is unconditional only."""
-        if conditional:
-            raise _unsupported(self, "move_alias with expected")
-        return self.set_alias(name, alias, version)
+        per model). Returns the version doc."""
 
+    @abstractmethod
     def delete_alias(self, name: str, alias: str, *, expected: int | None = None,
                      conditional: bool = False, by: str = "", at: float = 0.0) -> int:
         """Remove ``alias`` (compare-and-set as :meth:`move_alias`); returns the version it named.
         NotFound (path ``alias``) when it is not set; the removal is recorded as an event."""
-        raise _unsupported(self, "delete_alias")
 
+    @abstractmethod
     def alias_events(self, name: str) -> list[dict[str, Any]]:
         """The model's last alias changes, oldest first: ``{alias, version (None: deleted), previous,
-        by, at}``. A backend that cannot record them has none."""
-        return []
+        by, at, seq}``."""
 
+    @abstractmethod
     def delete_version(self, name: str, version: int, *, by: str = "", at: float = 0.0) -> dict[str, Any]:
         """Delete one version with its profiles and partition records, and the aliases naming it;
         returns the deleted doc (removed aliases are recorded as events by ``by`` at ``at``). Version
         numbers are never reused; ``latest`` falls back to the newest remaining version; deleting
         the last version deletes the model (as :meth:`delete_model`). The artifact is left to the
         caller (possibly shared)."""
-        raise _unsupported(self, "delete_version")
 
+    @abstractmethod
     def put_partition(self, name: str, version: int, sha256: str, record: PartitionRecord,
                       at: float = 0.0) -> dict[str, Any]:
         """Record partition ``sha256`` of the version (idempotent by sha256: the stage facts replaced,
         the deployment id added to ``deployments``); NotFound names the model or version."""
-        raise _unsupported(self, "put_partition")
 
+    @abstractmethod
     def list_partitions(self, name: str, version: int) -> list[dict[str, Any]]:
-        """``[{sha256, stage, ops, flops, param_bytes, cut_bytes, deployments, updated_at}]`` by stage;
-        a backend that cannot record them has none."""
-        return []
+        """``[{sha256, stage, ops, flops, param_bytes, cut_bytes, deployments, updated_at}]`` by stage."""
 
 
 class ApplicationStore(ABC):
@@ -545,11 +540,6 @@ def model_taken(name: str) -> Conflict:
 def new_cluster_doc(cluster_id: str, name: str, location: str, url: str, now: float) -> dict[str, Any]:
     return {"cluster_id": cluster_id, "cluster_name": name, "cluster_location": location, "url": url,
             "registered_at": now, "last_push": None, "aggregate": {}}
-
-
-def _unsupported(store: object, operation: str) -> Unavailable:
-    return Unavailable(f"{type(store).__name__} does not support {operation}; use the MongoDB store",
-                       [{"path": "store_url", "message": "needs mongodb://"}])
 
 
 def not_found(kind: str, ident: str, path: str) -> NotFound:
