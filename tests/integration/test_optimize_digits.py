@@ -1,6 +1,6 @@
 """The digits pipeline for real: train (a few epochs), export, int8, fp16, prune, distill, measure.
 
-One module-scoped run (about 15 s on two cores) feeds every assertion. Bounds, in accuracy
+One module-scoped run (11 s on the busy 2-core host) feeds every assertion. Bounds, in accuracy
 points on the 450 held-out digits: fp32 >= 0.95; int8 within 0.03 of fp32; fp16 within 0.005;
 the pruned + fine-tuned model within 0.03; the student >= 0.90.
 """
@@ -17,7 +17,7 @@ from model_zoo.optimize.pipeline import Measured, PipelineConfig, run_digits
 
 pytestmark = pytest.mark.integration
 
-CONFIG = PipelineConfig(epochs=12, finetune_epochs=4, distill_epochs=12, calibration_samples=64,
+CONFIG = PipelineConfig(epochs=8, finetune_epochs=3, distill_epochs=8, calibration_samples=64,
                         latency_runs=20, warmup=2)
 
 
