@@ -14,5 +14,6 @@ fp16), ``torch_steps`` (structured pruning with physical channel removal, distil
 ``effnet`` (the pretrained EfficientNet-Lite0 from its wheel and scikit-learn's sample images),
 ``measure`` (accuracy, agreement, interleaved latency), ``choose`` (the pure variant chooser),
 ``pipeline`` (the steps in order, each a :class:`~model_zoo.optimize.pipeline.Variant` with
-lineage and metrics).
+lineage and metrics), ``publish`` (each variant as a registry version: register, then PATCH
+lineage, metrics and tags; used by ``treeline model optimize``).
 """

@@ -16,7 +16,9 @@ starts: a CLI without the ``export`` extra keeps working and this command says w
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,9 @@ def optimize(ref: str, steps: str, calibration: str, accuracy_floor: float | Non
     except ImportError as exc:
         raise Failure(f"treeline model optimize needs {exc.name or 'torch'}",
                       "install the export extra: pip install 'treeline[export]'") from None
+    # the exporter's notes (no torchvision, a deprecated pytree check) say nothing to a user of this command
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         step_names = parse_steps(steps)
     except ValueError as exc:
