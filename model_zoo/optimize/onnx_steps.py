@@ -68,8 +68,10 @@ def _input_name(model: onnx.ModelProto) -> str:
 def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray, *, per_channel: bool = True) -> StepResult:
     """Static QDQ int8: weights int8 (per output channel when ``per_channel``), activations uint8.
 
-    ``calibration``: [N, ...] float32 inputs drawn from the *training* data. The graph is
-    pre-processed (shape inference, ORT optimisation) first, as onnxruntime recommends.
+    ``calibration``: [N, ...] float32 inputs drawn from the *training* data. The graph is not
+    pre-processed (``quant_pre_process``, which onnxruntime's warning suggests): on
+    EfficientNet-Lite0 it changed no top-1 agreement here, while per-channel weights did
+    (0.83 against 0.54 per tensor, 24 inputs).
     """
     model = onnx.load_from_string(onnx_bytes)
     parameters: dict[str, Any] = {
