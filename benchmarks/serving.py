@@ -15,13 +15,17 @@ process. Goals in brackets.
   :func:`node_engine.runtime.session_options`). Raw and served requests alternate one by one
   so the host's load hits both alike. ``serving_dataplane_p50_ms`` is the data plane's own
   share, measured alongside: the same request and answer sizes through the same node, to a
-  stage that computes nothing. ``serving_overhead_ms`` is the difference of the p50s. The
+  stage that computes nothing (so it runs on the node's poll thread, see
+  :class:`node_engine.data_plane.workers.InlinePolicy`: the model's request also pays the
+  hand-off to a worker and back). ``serving_overhead_ms`` is the difference of the p50s. The
   ``*_in_process`` figures are the same with the node's threads in this process, serving the
   very session the raw runs use.
 - ``hop_overhead_ms`` [<= 0.3]: p50 added by each extra stage on another node for a 100 KB
   float32 tensor: chains of 1..4 nodes (every stage but the last passes the tensor on, the
   last answers its sum, one request in flight), the least-squares slope of p50 over the
-  number of stages. ``chain_<k>_p50_ms`` are the points. ``local_hop_overhead_ms`` is the
+  number of stages. ``chain_<k>_p50_ms`` are the points. These stages take microseconds, so
+  they run on each node's poll thread (no worker hand-off); a stage that computes for real
+  adds the hand-off too. ``local_hop_overhead_ms`` is the
   same slope with every stage on ONE node, where the next stage gets the arrays in-process
   (no socket, no serialisation, no copy).
 - ``pipeline_efficiency_k<k>`` [>= 0.90] for k = 2, 3, 4: k emulated equal devices, each a

@@ -3,7 +3,9 @@
 A message is one small JSON header frame followed by one raw frame per tensor, in the
 order the header lists them. Raw frames are the arrays' own C-contiguous buffers, so
 senders pass them to ``send_multipart(..., copy=False)`` and receivers wrap the received
-``zmq.Frame.buffer`` with :func:`numpy.frombuffer` — no copy on either side.
+``zmq.Frame.buffer`` with :func:`numpy.frombuffer` — no copy in Python on either side (the
+node's sockets let libzmq copy frames under 1 MiB rather than share them: see
+:mod:`node_engine.data_plane.sockets`).
 
 The header carries the request id, the stage key it is addressed to, ``kind``
 (``request`` | ``reply`` | ``error`` | ``ack`` | ``answer``), per-tensor name/dtype/shape and

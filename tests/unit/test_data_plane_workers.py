@@ -18,7 +18,7 @@ import zmq
 from treeline_test_helpers import start_data_plane_server
 
 from node_engine.data_plane.client import TensorClient
-from node_engine.data_plane.sockets import SOCKET_BUFFER_BYTES, readable, tune_buffers
+from node_engine.data_plane.sockets import COPY_THRESHOLD_BYTES, SOCKET_BUFFER_BYTES, readable, tune_buffers
 from node_engine.data_plane.workers import INLINE_MAX_MS, INLINE_STREAK, TRACKED_STAGES, InlinePolicy
 from node_engine.stages import LoadedStage, StageTable
 
@@ -78,18 +78,19 @@ def test_a_quick_stage_moves_to_the_poll_thread_and_back_after_one_slow_run(serv
     server = start_data_plane_server(servers, table, "switch")
     x = np.arange(16, dtype=np.float32)
     with TensorClient(server.endpoint) as client:
-        for _ in range(INLINE_STREAK):
+        for _ in range(200):  # a preempted run (loaded host) restarts the streak: go on until it is earned
             client.infer(KEY, {"x": x}, timeout=5.0)
-        assert all(name.startswith("stage-worker") for name in session.threads)
-        session.threads.clear()
-        client.infer(KEY, {"x": x}, timeout=5.0)
-        assert session.threads == ["data-plane"]  # the streak earned the poll thread
+            if session.threads[-1] == "data-plane":
+                break
+        assert session.threads[-1] == "data-plane"  # quick runs earned the poll thread
+        assert all(name.startswith("stage-worker") for name in session.threads[:INLINE_STREAK])
         session.slow.set()
-        client.infer(KEY, {"x": x}, timeout=5.0)  # runs inline once more, and is slow
-        outputs, _ = client.infer(KEY, {"x": x}, timeout=5.0)
+        session.threads.clear()
+        for _ in range(3):
+            outputs, _ = client.infer(KEY, {"x": x}, timeout=5.0)
     np.testing.assert_array_equal(outputs["x"], x)
-    assert session.threads[1:] == ["data-plane", session.threads[2]]
-    assert session.threads[2].startswith("stage-worker")  # back on a worker after one slow run
+    # every run is slow now: whichever thread ran the first, the next ones are back on workers
+    assert all(name.startswith("stage-worker") for name in session.threads[1:]), session.threads
 
 
 def test_data_plane_sockets_get_large_kernel_buffers_and_readable_tells_waiting_input() -> None:
@@ -99,6 +100,7 @@ def test_data_plane_sockets_get_large_kernel_buffers_and_readable_tells_waiting_
         tune_buffers(pull)
         assert pull.getsockopt(zmq.RCVBUF) == SOCKET_BUFFER_BYTES
         assert pull.getsockopt(zmq.SNDBUF) == SOCKET_BUFFER_BYTES
+        assert pull.copy_threshold == COPY_THRESHOLD_BYTES
         pull.bind("inproc://test-readable")
         push.connect("inproc://test-readable")
         assert not readable(pull)
