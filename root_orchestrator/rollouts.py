@@ -79,6 +79,29 @@ def roll(manager: InstanceManager, service_id: str) -> tuple[list[dict[str, Any]
     return rolled, failures
 
 
+def roll_alias(manager: InstanceManager, model_name: str, alias: str) -> list[dict[str, Any]]:
+    """After ``alias`` of ``model_name`` moved (or was removed): :func:`roll` every deployed service
+    whose SLA names the model by that alias, so the move rolls out (canary first) without another
+    ``treeline apply``. Only an explicit alias move does this: a version registered under
+    ``latest`` (e.g. an optimised variant) rolls out on the next apply, never by itself.
+    Returns ``[{service_id, old, new, cluster_id, rollout, model}]``; failures are logged."""
+    rolled: list[dict[str, Any]] = []
+    for service in manager.stores.applications.list_services():
+        model = service.get("model") or {}
+        if model.get("name") != model_name or str(model.get("version", "latest")) != alias:
+            continue
+        service_id = str(service["service_id"])
+        try:
+            done, failed = roll(manager, service_id)
+        except TreelineError as exc:  # e.g. the alias is gone: the instances keep their version
+            log.warning("alias %s@%s moved; service %s not rolled: %s", model_name, alias, service_id, exc)
+            continue
+        for failure in failed:
+            log.warning("alias %s@%s moved; %s: %s", model_name, alias, failure["path"], failure["message"])
+        rolled += [{"service_id": service_id, **row} for row in done]
+    return rolled
+
+
 def _record(manager: InstanceManager, service_id: str, number: int, resolved: dict[str, Any],
             label: str) -> None:
     """The instance now asks for ``resolved`` (an event says so); the service names it as resolved."""

@@ -27,6 +27,7 @@ from flask import Blueprint, jsonify, request
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, principal, visible_model
 from root_orchestrator.auth.principals import INTERNAL, OWNER
+from root_orchestrator.rollouts import roll_alias
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
 from treeline_common.errors import Conflict, InvalidInput, NotFound, TreelineError
 from treeline_common.http import json_body
@@ -81,7 +82,8 @@ def set_alias(name: str, alias: str) -> Any:
     move = AliasMove.from_body(json_body(request))
     doc = ctx().stores.models.move_alias(name, alias, move.version, expected=move.expected,
                                          conditional=move.conditional, by=_by(), at=ctx().clock.now())
-    return jsonify(shown(doc))
+    # services that name the model by this alias roll onto the version it names now (canary first)
+    return jsonify({**shown(doc), "rollouts": roll_alias(ctx().instances, name, alias)})
 
 
 @bp.delete("/api/models/<name>/aliases/<alias>")

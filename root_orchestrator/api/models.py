@@ -20,6 +20,7 @@ from root_orchestrator.api.model_lifecycle import referenced_artifacts, services
 from root_orchestrator.auth.principals import INTERNAL, OWNER
 from root_orchestrator.model_intake import PROTOBUF_LIMIT, complete_signature, is_archive, unpack_archive
 from root_orchestrator.onnx_signature import extract_signature
+from root_orchestrator.rollouts import roll_alias
 from root_orchestrator.stores.base import check_alias, check_model_name, check_sha256
 from root_orchestrator.uploads import check_bytes_type, load_onnx_header, spool_body
 from treeline_common.errors import Conflict
@@ -73,6 +74,7 @@ def create_version(name: str) -> Any:
                                          fmt="onnx", created_at=c.clock.now(), owner=model_owner(name))
     if alias is not None:
         doc = c.stores.models.set_alias(name, alias, doc["version"])
+        doc = {**doc, "rollouts": roll_alias(c.instances, name, alias)}  # as a moved alias does
     log.info("registered model %s version %s (%s, %d bytes)", name, doc["version"], stored.sha256,
              stored.size)
     return jsonify(doc), 201
