@@ -20,12 +20,7 @@ up to ``max_attempts``; only "nothing can be scheduled" makes a deployment FAILE
 reason per node and the set of nodes that were online, so the reconcile loop retries it
 when capacity returns. A stale epoch (deleted or re-requested meanwhile) ends a run silently.
 
-What is stored stays bounded however large the cluster: the scheduler's explanation and the
-reasons per node name every node, which at 1,000 nodes made each deployment document about
-150 KB, re-read on every reconcile pass and root push. Beyond :data:`EXPLAIN_NODES_KEPT` nodes
-the stored copy keeps the best-ranked scores, the shortlist and the chosen nodes, the first
-filtered nodes, and counts for the rest (per plugin and reason code, as Nomad's AllocMetric
-does); ``omitted`` says how many were left out (:func:`bounded_explanation`).
+What is stored stays bounded however large the cluster (:mod:`.explanations`).
 """
 
 from __future__ import annotations
@@ -34,14 +29,14 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployments import DeploymentBook, Superseded, placement_of, status_of
+from cluster_orchestrator.explanations import bounded_explanation, bounded_reasons
 from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.models import LoadedModel, ModelCache, declared_shapes, profile_key, profiles_for
 from cluster_orchestrator.mqtt_bus import MessageBus
@@ -61,7 +56,6 @@ from treeline_common.jobs import JobRequest, JobStatus, Placement, event
 
 log = logging.getLogger(__name__)
 
-EXPLAIN_NODES_KEPT = 32  # nodes per section of a stored explanation (and reasons) before counting
 
 
 @dataclass(frozen=True)
@@ -380,37 +374,3 @@ def _better(new: float | None, old: float | None, margin: float) -> bool:
     if old is None:
         return True
     return new < old * (1.0 - margin)
-
-
-def bounded_reasons(reasons: dict[str, str], keep: int = EXPLAIN_NODES_KEPT) -> dict[str, str]:
-    """``reasons`` as they are up to ``keep`` nodes; beyond, the first ``keep`` by name and one
-    ``"..."`` entry saying how many more (and their most common reason)."""
-    if len(reasons) <= keep:
-        return reasons
-    names = sorted(reasons)
-    rest = Counter(reasons[n] for n in names[keep:])
-    common = rest.most_common(1)[0][0]
-    return {**{n: reasons[n] for n in names[:keep]},
-            "...": f"{rest.total()} more nodes (most: {common})"}
-
-
-def bounded_explanation(explanation: dict[str, Any], chosen: Sequence[str],
-                        keep: int = EXPLAIN_NODES_KEPT) -> dict[str, Any]:
-    """The stored copy of a scheduler explanation (see the module docstring); unchanged when no
-    section has more than ``keep`` nodes. ``scores`` keeps rank order (best first) and always
-    the shortlist and ``chosen``; ``filtered_counts`` counts every filtered node by plugin/code."""
-    scores = explanation.get("scores")
-    filtered = explanation.get("filtered")
-    if not isinstance(scores, dict) or not isinstance(filtered, dict) \
-            or (len(scores) <= keep and len(filtered) <= keep):
-        return explanation
-    wanted = {*list(scores)[:keep], *(explanation.get("shortlist") or []), *chosen}
-    kept_scores = {n: v for n, v in scores.items() if n in wanted}
-    counts: dict[str, int] = {}
-    for entry in filtered.values():
-        key = f"{entry.get('plugin')}/{entry.get('code')}" if isinstance(entry, dict) else str(entry)
-        counts[key] = counts.get(key, 0) + 1
-    kept_filtered = {n: filtered[n] for n in list(filtered)[:keep]}
-    omitted = {"scores": len(scores) - len(kept_scores), "filtered": len(filtered) - len(kept_filtered)}
-    return {**explanation, "scores": kept_scores, "filtered": kept_filtered, "filtered_counts": counts,
-            "omitted": omitted}

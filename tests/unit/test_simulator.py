@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from cluster_orchestrator.deployer import EXPLAIN_NODES_KEPT, bounded_explanation, bounded_reasons
+from cluster_orchestrator.explanations import EXPLAIN_NODES_KEPT, bounded_explanation, bounded_reasons
 from cluster_orchestrator.liveness import (
     DEPARTURE_DEBOUNCE,
     MASS_DEPARTURE_SETTLE,
