@@ -23,6 +23,7 @@ from root_orchestrator.cluster_filter import filter_clusters, needs_of
 from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
+from root_orchestrator.variants import BASELINE, VARIANT_TAG, choose_variant, derived_from, fleet_device_class
 from treeline_common.clock import Clock
 from treeline_common.errors import (
     Conflict,
@@ -132,13 +133,46 @@ class InstanceManager:
                                  "message": f"is {service.get('virtualization')!r}, "
                                             f"expected {ML_VIRTUALIZATION!r}"}])
         name = str(model.get("name"))
-        version = self.stores.models.get_version(name, model.get("version", "latest"))
+        ref = model.get("version", "latest")
+        version = self.stores.models.get_version(name, ref)
+        if ref == "latest":  # the newest version that is not an optimised variant of another
+            version = self._named_root(version)
         if owner is not None and not self.may_use(owner, str(version.get("owner") or "")):
             raise not_found("model", name, "model.name")
+        version = self._variant_of(version, model)
         if not self.stores.artifacts.exists(version["sha256"]):
             raise NotFound(f"artifact of model {version['name']} v{version['version']} is missing",
                            [{"path": "model.version", "message": f"no artifact {version['sha256']}"}])
         return version
+
+    def _named_root(self, version: dict[str, Any]) -> dict[str, Any]:
+        """``version``, or for an optimised variant (:mod:`.variants`) the version it derives from."""
+        seen = 0
+        while (version.get("tags") or {}).get(VARIANT_TAG) and seen < 16:
+            parent = (version.get("lineage") or {}).get("parent") or {}
+            if parent.get("name") != version.get("name") or not parent.get("version"):
+                break
+            version = self.stores.models.get_version(str(version["name"]), int(parent["version"]))
+            seen += 1
+        return version
+
+    def _variant_of(self, version: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+        """The variant of ``version`` to deploy under the SLA's ``variants`` and ``accuracy_floor``
+        (:func:`.variants.choose_variant`); ``version`` itself when the SLA allows only fp32. The
+        choice and its reasons ride along as ``variant_choice``."""
+        allowed = tuple(model.get("variants") or (BASELINE,))
+        if allowed == (BASELINE,):
+            return version
+        derived = derived_from(self.stores.models.list_versions(str(version["name"])), version)
+        if not derived:
+            return version
+        now = self.clock.now()
+        active = [c for c in self.stores.clusters.list() if is_active(c, now, self.active_window_s)]
+        chosen, why = choose_variant(version, derived, allowed, float(model.get("accuracy_floor") or 0.0),
+                                     fleet_device_class(active))
+        log.info("model %s v%s: deploying v%s (%s)", version["name"], version["version"], chosen["version"],
+                 why["why"])
+        return {**chosen, "variant_choice": why}
 
     def ranked_clusters(self) -> list[dict[str, Any]]:
         """The active clusters, best first; Unschedulable naming each inactive one when none is."""
@@ -198,7 +232,8 @@ class InstanceManager:
             detail = f"not deployed: {exc.message}: {reasons}"
             self._update(service_id, lambda doc: None if doc.get("instances") else {"status_detail": detail})
             raise
-        resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"]}
+        resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"],
+                    **({"variant_choice": version["variant_choice"]} if "variant_choice" in version else {})}
         reserved: dict[str, int] = {}
 
         def reserve(doc: dict[str, Any]) -> dict[str, Any]:

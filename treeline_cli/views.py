@@ -120,6 +120,10 @@ def model_ref(service: Doc) -> str:
     model = service.get("model") or {}
     resolved = model.get("resolved") or {}
     if resolved:
+        choice = resolved.get("variant_choice") or {}
+        if choice and choice.get("chosen") != choice.get("named"):  # an optimised variant (root/variants)
+            return (f"{resolved.get('name')}:{resolved.get('version')} (variant of v{choice.get('named')}: "
+                    f"{choice.get('why')}, {choice.get('speedup')}x)")
         return f"{resolved.get('name')}:{resolved.get('version')}"
     return f"{model.get('name', '-')}:{model.get('version', 'latest')}" if model else "-"
 
