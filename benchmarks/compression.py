@@ -26,7 +26,6 @@ request in flight; reported per link and codec: ``compression_<link>_<codec>_p50
 
 from __future__ import annotations
 
-import logging
 import os
 import statistics
 import tempfile
@@ -39,7 +38,7 @@ import numpy as np
 import onnx
 
 import model_zoo
-from benchmarks.report import add_json_option, benchmark_parser, report
+from benchmarks.report import quick_main
 from cluster_orchestrator.compression import max_abs_diff, measurement_session, run_chain
 from ml_scheduler.extract import Partition, extract_partitions
 from ml_scheduler.graph import analyze_model
@@ -169,12 +168,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, "fewer requests and images (about 10 s)")
-    add_json_option(parser, "compression")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    report({**run(args.quick), "quick": args.quick}, args.json)
-    return 0
+    return quick_main(__doc__, "compression", "fewer requests and images (about 10 s)", run, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ and ``link_estimate_error`` [<= 0.10]: the worst probe error over every profile 
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.report import add_json_option, benchmark_parser, report
+from benchmarks.report import quick_main
 from node_engine.data_plane.client import TensorClient
 from node_engine.data_plane.probe import Prober
 from node_engine.data_plane.server import DataPlaneServer
@@ -93,12 +92,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, "fewer tensors per profile (a few seconds)")
-    add_json_option(parser, "links")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    report({**run(args.quick), "quick": args.quick}, args.json)
-    return 0
+    return quick_main(__doc__, "links", "fewer tensors per profile (a few seconds)", run, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,15 @@ def report(result: Mapping[str, Any], json_path: Path) -> None:
     print_table(sorted(result.items()))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def quick_main(doc: str | None, suite: str, quick_help: str, run: Callable[[bool], Mapping[str, Any]],
+               argv: Sequence[str] | None = None) -> int:
+    """The ``main`` of a benchmark whose only option is ``--quick``: parse, run, print and write
+    ``benchmarks/results/<suite>.json`` (or ``--json PATH``) with ``quick`` recorded."""
+    parser = benchmark_parser(doc, quick_help)
+    add_json_option(parser, suite)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    report({**run(args.quick), "quick": args.quick}, args.json)
+    return 0

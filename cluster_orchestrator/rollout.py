@@ -37,17 +37,9 @@ IMMEDIATE = "immediate"
 WAIT, PROMOTE, ROLLBACK = "wait", "promote", "rollback"
 
 
-@dataclass(frozen=True)
-class RolloutPolicy:
-    """The SLA's ``model.rollout`` with the latency bound resolved (ms; None: unchecked)."""
-
-    strategy: str = CANARY
-    canary_share: float = 0.1
-    min_requests: int = 20
-    max_latency_ms: float | None = None
-    max_disagreement: float = 0.0
-    probe: int = 8
-    timeout_s: float = 60.0
+class RolloutPolicy(RolloutSpec):
+    """The SLA's ``model.rollout`` (:class:`~deployment_descriptors.views.RolloutSpec`) with the
+    latency bound resolved (ms; None: unchecked)."""
 
     @classmethod
     def of(cls, microservice: Microservice) -> RolloutPolicy:
@@ -56,9 +48,7 @@ class RolloutPolicy:
         spec = microservice.model.rollout if microservice.model is not None else RolloutSpec()
         latency = spec.max_latency_ms if spec.max_latency_ms is not None \
             else microservice.ml_constraints.latency_ms
-        return cls(strategy=spec.strategy, canary_share=spec.canary_share, min_requests=spec.min_requests,
-                   max_latency_ms=latency, max_disagreement=spec.max_disagreement, probe=spec.probe,
-                   timeout_s=spec.timeout_s)
+        return cls(**{**dataclasses.asdict(spec), "max_latency_ms": latency})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
