@@ -351,7 +351,8 @@ class Deployer:
             results = self._profiles.collect(self._bus.publish, missing, self._node_url(loaded.sha256),
                                              loaded.sha256, self._settings.profile_timeout, self._stop)
             for device_class, result in results.items():
-                body = dataclasses.asdict(result)
+                # stored under the registry version's digest (the root checks it); the key says bound
+                body = {**dataclasses.asdict(result), "sha256": spec.model_sha256}
                 stored[device_class] = body
                 key = profile_key(device_class, loaded)
                 self._models.remember_profiles(spec.model_sha256, {key: body})

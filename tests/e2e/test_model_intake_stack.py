@@ -109,6 +109,8 @@ def test_symbolic_inputs_are_planned_at_the_sla_shape(stack: Stack) -> None:
     bound = analyze_model(bind_input_shapes(model, {"x": [1, 3, 32, 32]})).total_flops
     assert planned == bound == analyze_model(model).total_flops * 32 * 32
     answers_like_the_whole_model(service, model, [1, 3, 32, 32])
+    stored = RootClient(stack.root_url).model_profiles("symbolic", 1)  # the bound model's, kept apart
+    assert stored and all(".b" in key for key in stored), stored
 
 
 def test_an_output_without_a_shape_deploys(stack: Stack) -> None:
