@@ -23,7 +23,7 @@ from root_orchestrator.cluster_filter import filter_clusters, needs_of
 from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
-from root_orchestrator.variants import BASELINE, VARIANT_TAG, choose_variant, derived_from, fleet_device_class
+from root_orchestrator.variants import BASELINE, choose_variant, derived_from, fleet_device_class
 from treeline_common.clock import Clock
 from treeline_common.errors import (
     Conflict,
@@ -133,27 +133,14 @@ class InstanceManager:
                                  "message": f"is {service.get('virtualization')!r}, "
                                             f"expected {ML_VIRTUALIZATION!r}"}])
         name = str(model.get("name"))
-        ref = model.get("version", "latest")
-        version = self.stores.models.get_version(name, ref)
-        if ref == "latest":  # the newest version that is not an optimised variant of another
-            version = self._named_root(version)
+        # ``latest``: the newest version that is not an optimised variant of another (the store's rule)
+        version = self.stores.models.get_version(name, model.get("version", "latest"))
         if owner is not None and not self.may_use(owner, str(version.get("owner") or "")):
             raise not_found("model", name, "model.name")
         version = self._variant_of(version, model)
         if not self.stores.artifacts.exists(version["sha256"]):
             raise NotFound(f"artifact of model {version['name']} v{version['version']} is missing",
                            [{"path": "model.version", "message": f"no artifact {version['sha256']}"}])
-        return version
-
-    def _named_root(self, version: dict[str, Any]) -> dict[str, Any]:
-        """``version``, or for an optimised variant (:mod:`.variants`) the version it derives from."""
-        seen = 0
-        while (version.get("tags") or {}).get(VARIANT_TAG) and seen < 16:
-            parent = (version.get("lineage") or {}).get("parent") or {}
-            if parent.get("name") != version.get("name") or not parent.get("version"):
-                break
-            version = self.stores.models.get_version(str(version["name"]), int(parent["version"]))
-            seen += 1
         return version
 
     def _variant_of(self, version: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:

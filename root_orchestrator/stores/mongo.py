@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import gridfs
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
@@ -56,6 +56,7 @@ from root_orchestrator.stores.base import (
 )
 from root_orchestrator.stores.gridfs_reader import DEFAULT_CHUNKS_PER_QUERY, BoundedGridReader, write_bounded
 from root_orchestrator.stores.mongo_registry import MongoRegistryLifecycle, ensure_lifecycle_indexes
+from root_orchestrator.variants import VARIANT_TAG
 from treeline_common.errors import Conflict, CorruptArtifact, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -228,11 +229,25 @@ class MongoModelRegistry(MongoRegistryLifecycle, ModelRegistry):
     def get_version(self, name: str, ref: int | str) -> dict[str, Any]:
         ref = parse_ref(ref)
         last, aliases, owner = self._model(name)
+        if ref == "latest":
+            return with_aliases(self._latest(name), aliases, owner)
         version = resolve_version(name, ref, last, aliases)
         doc = self.db.model_versions.find_one({"name": name, "version": version}, _NO_ID)
         if doc is None:
             raise not_found("version", f"{name}:{ref}", "model.version")
         return with_aliases(doc, aliases, owner)
+
+    def _latest(self, name: str) -> dict[str, Any]:
+        """``latest``: the newest version that is not an optimised variant of another (tag
+        ``optimize.variant``, :mod:`root_orchestrator.variants`), else the newest version."""
+        newest: dict[str, Any] | None = None
+        for doc in self.db.model_versions.find({"name": name}, _NO_ID).sort("version", DESCENDING):
+            newest = newest or doc
+            if not (doc.get("tags") or {}).get(VARIANT_TAG):
+                return dict(doc)
+        if newest is None:
+            raise not_found("version", f"{name}:latest", "model.version")
+        return dict(newest)
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
         _, aliases, owner = self._model(name)
@@ -241,7 +256,8 @@ class MongoModelRegistry(MongoRegistryLifecycle, ModelRegistry):
 
     def list_models(self) -> list[dict[str, Any]]:
         # A model whose first version is still being written (last_version 0) is not listed yet.
-        return [{"name": m["_id"], "latest_version": int(m["last_version"]),
+        return [{"name": m["_id"], "latest_version": int(self._latest(str(m["_id"]))["version"]),
+                 "last_version": int(m["last_version"]),
                  "aliases": dict(m.get("aliases") or {}), "owner": str(m.get("owner") or "")}
                 for m in self.db.models.find().sort("_id", ASCENDING) if int(m["last_version"]) > 0]
 

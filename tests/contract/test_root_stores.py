@@ -161,7 +161,8 @@ def test_aliases_resolve_and_move(stores: Stores) -> None:
     reg.set_alias("m", "champion", 2)
     assert reg.get_version("m", "champion")["version"] == 2
     assert reg.get_version("m", 1)["aliases"] == []
-    assert reg.list_models() == [{"name": "m", "latest_version": 2, "aliases": {"champion": 2}, "owner": ""}]
+    assert reg.list_models() == [{"name": "m", "latest_version": 2, "last_version": 2, "aliases": {"champion": 2},
+                                  "owner": ""}]
 
 
 def test_model_owner_is_set_once_and_checked(stores: Stores) -> None:

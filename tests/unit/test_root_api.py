@@ -215,7 +215,7 @@ def test_versions_latest_alias_and_listing(root: Root) -> None:
     assert get("/api/models/tiny/versions/prod").get_json()["version"] == 1
     moved = root.http.put("/api/models/tiny/aliases/prod", json={"version": 2})
     assert moved.status_code == 200 and moved.get_json()["version"] == 2
-    assert get("/api/models/").get_json() == {"models": [{"name": "tiny", "latest_version": 2,
+    assert get("/api/models/").get_json() == {"models": [{"name": "tiny", "latest_version": 2, "last_version": 2,
                                                           "aliases": {"prod": 2},
                                                           "owner": root.admin["user_id"]}]}
     assert [v["version"] for v in get("/api/models/tiny/versions").get_json()["versions"]] == [1, 2]

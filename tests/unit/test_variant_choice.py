@@ -88,3 +88,16 @@ def test_a_deployment_gets_the_chosen_variant_and_latest_skips_variants(root: Ro
     resolved = root.http.get(f"/api/service/{fast}").get_json()["model"]["resolved"]
     assert resolved["version"] == int8["version"]
     assert resolved["variant_choice"]["measured_on"] == "server" and resolved["variant_choice"]["speedup"] == 2.0
+
+
+def test_latest_is_the_newest_version_that_is_not_a_variant_everywhere(root: Root) -> None:
+    base = root.register_model()
+    variant = root.register_model(data=tiny_onnx(3.0))
+    root.http.patch(f"/api/models/tiny/versions/{variant['version']}", json={
+        "lineage": {"parent": {"name": "tiny", "version": 1}, "operation": "int8", "parameters": {},
+                    "dataset": "d", "tools": {}}, "tags": {"optimize.variant": "int8"}})
+    assert root.http.get("/api/models/tiny/versions/latest").get_json()["version"] == base["version"]
+    [listed] = root.http.get("/api/models/").get_json()["models"]
+    assert (listed["latest_version"], listed["last_version"]) == (1, 2)
+    newer = root.register_model(data=tiny_onnx(4.0))  # a new plain version moves latest
+    assert root.http.get("/api/models/tiny/versions/latest").get_json()["version"] == newer["version"]
