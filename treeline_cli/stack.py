@@ -157,6 +157,10 @@ class Stack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            # its own session: a terminal's Ctrl-C (SIGINT to the foreground group) reaches only
+            # `treeline up`, which stops the children in order (the store last); all at once, the
+            # MongoDB server went first and the clusters hung on it for the stop timeout
+            start_new_session=True,
             env={**os.environ, **env, INSTANCE_ID_ENV: instance_id},
         )
         log.info("started %s (pid %s, instance %s), log %s", name, process.pid, instance_id, log_path)
