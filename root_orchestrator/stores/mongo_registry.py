@@ -178,8 +178,10 @@ class MongoRegistryLifecycle:
         current = self._model(name)[1].get(alias)  # NotFound if the model is gone
         now = f"version {current}" if current is not None else "nothing"
         wanted = f"version {expected}" if expected is not None else "nothing"
+        retry = f"--expected {current}" if current is not None else "--expected none"
         return Conflict(f"alias {alias!r} of {name!r} points at {now}, not {wanted}",
-                        [{"path": "expected", "message": f"current: {current}", "current": current}])
+                        [{"path": "expected", "message": f"it is {now} now: check, then retry with {retry}",
+                          "current": current}])
 
     def _record(self, name: str, before: dict[str, Any], alias: str, version: int | None,
                 previous: Any, by: str, at: float) -> None:
