@@ -120,7 +120,7 @@ def write_contexts(placement: Mapping[str, Any], artifacts: Callable[[str], byte
             raise ValueError(f"stage {i}: artifact does not match sha256 {stage['sha256']}")
         (folder / "partition.onnx").write_bytes(data)
         (folder / "requirements.txt").write_text(requirements())
-        for kind in BASES:
+        for kind in ("edge", "cloud", *(("edge-arm32",) if kinds[i] == "edge-arm32" else ())):
             (folder / f"Dockerfile.{kind}").write_text(dockerfile(kind, str(stage["stage_key"]),
                                                                   list(stage.get("outputs") or [])))
         app = folder / "app"

@@ -57,6 +57,7 @@ def test_every_referenced_file_exists_and_requirements_exclude_torch(
             assert f"FROM --platform={platform} " in dockerfile
             for source in re.findall(r"^COPY (\S+) ", dockerfile, flags=re.MULTILINE):
                 assert (folder / source).exists(), f"{folder.name}/Dockerfile.{kind} copies missing {source}"
+        assert not (folder / "Dockerfile.edge-arm32").exists()  # only for a 32-bit ARM node
         requirements = (folder / "requirements.txt").read_text().splitlines()
         assert {r.split("==")[0] for r in requirements} == {"onnxruntime", "numpy", "pyzmq"}
         assert all("==" in r for r in requirements) and not any("torch" in r for r in requirements)
