@@ -35,7 +35,14 @@ from typing import Any
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.artifacts import ArtifactCache
-from cluster_orchestrator.deployments import DeploymentBook, Superseded, placement_of, status_of
+from cluster_orchestrator.deployments import (
+    DeploymentBook,
+    Superseded,
+    job_sha,
+    placement_of,
+    serving_job,
+    status_of,
+)
 from cluster_orchestrator.explanations import bounded_explanation, bounded_reasons
 from cluster_orchestrator.liveness import backoff_delay
 from cluster_orchestrator.models import LoadedModel, ModelCache, declared_shapes, profile_key, profiles_for
@@ -52,7 +59,7 @@ from ml_scheduler.costmodel import CostModel
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError
-from treeline_common.jobs import JobRequest, JobStatus, Placement, event
+from treeline_common.jobs import JobStatus, Placement, event
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +138,7 @@ class Deployer:
     # ---------------------------------------------------------------- the steps
     def _attempt(self, deployment_id: str, epoch: int, attempt: Attempt, started: float) -> None:
         doc = self._book.require(deployment_id)
-        job = JobRequest.from_dict(doc["job"])
+        job = serving_job(doc)
         spec = planning.job_spec(job, self._settings.root_url)
         serving = placement_of(doc)
         loaded = self._fetch(spec)
@@ -167,8 +174,12 @@ class Deployer:
         self._commit(deployment_id, epoch, status=JobStatus.RUNNING, status_detail="all stages ready",
                      placement=placement.with_states("READY").to_dict(), pending=None,
                      placed_at=self._clock.now(), considered=online, attempts=0, retry_at=None,
-                     failed_capacity=None, drift_since=None, rollout=None, rolled_back_model=None,
-                     serving_model=spec.model_sha256, serving_version=_label(spec))
+                     failed_capacity=None, drift_since=None, rollout=None,
+                     # a refused version stays refused while the re-plan serves the previous one
+                     rolled_back_model=doc.get("rolled_back_model") if job_sha(doc) != spec.model_sha256
+                     else None,
+                     serving_model=spec.model_sha256, serving_version=_label(spec),
+                     serving_ref=dataclasses.asdict(job.model))
         self._book.add_event(deployment_id, event(
             self._clock.now(), "replan" if serving else "deployed", attempt.cause, generation=generation,
             old_cost_ms=old_cost, new_cost_ms=new_cost,

@@ -7,6 +7,7 @@ A deployment document (desired state; the observed state is in the node document
      pending,          # the generation being brought up (make-before-break), or None
      rollout,          # a canary in progress (cluster_orchestrator.rollout), or None
      serving_model, serving_version, rolled_back_model,  # model digests: served / refused by a canary
+     serving_ref,      # the ModelRef (as a dict) the placement serves: re-plans of a refused job use it
      generation, epoch, attempts, retry_at, placed_at, considered, failed_capacity,
      drift_since, events, reasons, explanation, created_at, updated_at, version}
 
@@ -21,14 +22,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from cluster_orchestrator.reconcile import DesiredDeployment
 from cluster_orchestrator.rollout import router_of
 from cluster_orchestrator.store import ClusterStateStore, Doc
+from treeline_common import wire
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, NotFound
-from treeline_common.jobs import ACTIVE, JobReport, JobStatus, Placement
+from treeline_common.jobs import ACTIVE, JobReport, JobRequest, JobStatus, ModelRef, Placement
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +164,43 @@ def desired_of(doc: Mapping[str, Any]) -> DesiredDeployment:
         failed_capacity=frozenset(capacity) if capacity is not None else None,
         drift_since=doc.get("drift_since"),
         router=router_of(doc),
-        rolled_back=bool(doc.get("rolled_back_model"))
-        and doc.get("rolled_back_model") == (doc.get("job") or {}).get("model", {}).get("sha256"),
+        rolled_back=refused(doc),
     )
+
+
+def job_sha(doc: Mapping[str, Any]) -> str | None:
+    """The model digest the deployment's job asks for (None when the document has no job)."""
+    sha = ((doc.get("job") or {}).get("model") or {}).get("sha256")
+    return str(sha).lower() if sha else None
+
+
+def refused(doc: Mapping[str, Any]) -> bool:
+    """Whether the job's model was refused by its canary (or could not be brought up) and the
+    deployment serves the previous version instead."""
+    return bool(doc.get("rolled_back_model")) and str(doc.get("rolled_back_model")).lower() == job_sha(doc)
+
+
+def serving_ref(doc: Mapping[str, Any]) -> ModelRef | None:
+    """The registry version the serving placement was built from (None: unknown, as for
+    placements made before it was recorded, or a malformed record)."""
+    body = doc.get("serving_ref")
+    if not isinstance(body, Mapping) or str(body.get("sha256", "")).lower() != doc.get("serving_model"):
+        return None
+    try:
+        return wire.from_dict(ModelRef, body)
+    except wire.WireError:
+        log.warning("deployment %s: unreadable serving_ref %r", doc.get("deployment_id"), body)
+        return None
+
+
+def serving_job(doc: Mapping[str, Any]) -> JobRequest:
+    """The job a deployment worker plans: the desired job, except that a job whose model was
+    refused (:func:`refused`) plans the version that serves (when known). So a re-plan for a
+    repair or a node that moved (after a restart) brings the serving version up again instead
+    of retrying the refused one; a new request (another model) clears the refusal."""
+    job = JobRequest.from_dict(doc["job"])
+    ref = serving_ref(doc) if refused(doc) else None
+    return replace(job, model=ref) if ref is not None else job
 
 
 def is_active(doc: Mapping[str, Any]) -> bool:
@@ -181,6 +218,8 @@ def job_report(doc: Mapping[str, Any]) -> JobReport:
         explanation=doc.get("explanation"),
         generation=int(doc.get("generation") or 0),
         events=tuple(doc.get("events") or ())[-20:],
+        serving_model=serving_ref(doc),
+        refused_sha256=(job_sha(doc) or "") if refused(doc) else "",
     )
 
 

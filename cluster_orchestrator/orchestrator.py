@@ -35,6 +35,7 @@ from cluster_orchestrator.deployments import (
     deployment_view,
     desired_of,
     job_report,
+    job_sha,
     status_of,
 )
 from cluster_orchestrator.drift import DriftTracker
@@ -177,6 +178,10 @@ class ClusterOrchestrator:
                     (current.get("job") or {}).get("model", {}).get("sha256") == job.model.sha256:
                 return None  # idempotent repeat of a job that is being (or was) deployed
             doc = dict(current or {})
+            if current and not current.get("serving_ref") and current.get("serving_model") \
+                    and current.get("serving_model") == job_sha(current):
+                # what serves (placements made before serving_ref was recorded)
+                doc["serving_ref"] = current["job"]["model"]
             doc.update({"deployment_id": deployment_id, "service_id": service_id, "instance": job.instance,
                         "job": job.to_dict(), "status": JobStatus.REQUESTED.value,
                         "status_detail": "accepted", "reasons": {}, "attempts": 0, "retry_at": None,

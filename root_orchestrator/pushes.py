@@ -6,7 +6,9 @@ holds. Each report lands on its service instance under the store's revision chec
 (:meth:`InstanceManager._update`), with the rules of a hierarchy where deployments can move
 between clusters (:mod:`.failover`):
 
-- a report from the instance's cluster updates it (status, placement, explanation, events);
+- a report from the instance's cluster updates it (status, placement, explanation, events, and
+  the model version its placement serves: ``model``, and the service's ``model.resolved``, follow
+  what the cluster serves, so a rolled-back version never shows as deployed nor counts as in use);
 - a report from the cluster the instance is *moving to* (``moving_to``) updates only the move
   (``move_status``) while the old cluster still serves, so requests keep their entry
   (make-before-break across clusters); when it reports RUNNING the instance switches over at once
@@ -70,6 +72,28 @@ def _report_fields(inst: dict[str, Any], job: JobReport, status: JobStatus, doc:
         inst["events"] = merge_events(inst.get("events") or [], job.events)
     if job.caller_key and callers_sign(doc):  # only owners (and admins) see a service
         inst["caller_key"] = job.caller_key
+    _serving_model(inst, job)
+
+
+def _serving_model(inst: dict[str, Any], job: JobReport) -> None:
+    """The instance's ``model`` is what its placement serves, as the cluster says (a rolled-back
+    canary leaves the previous version serving); ``refused_model`` the digest it refused, if any."""
+    if job.serving_model is not None:
+        ref = job.serving_model
+        current = inst.get("model") or {}
+        if str(current.get("sha256", "")).lower() != ref.sha256.lower():
+            inst["model"] = {"name": ref.name, "version": ref.version, "sha256": ref.sha256}
+    inst["refused_model"] = job.refused_sha256 or None
+
+
+def _service_model(doc: dict[str, Any], inst: dict[str, Any]) -> dict[str, Any]:
+    """Service-level fields that follow the reporting instance: ``model.resolved`` is the
+    version it serves (``treeline describe`` shows it)."""
+    model = doc.get("model")
+    served = inst.get("model")
+    if not isinstance(model, dict) or not isinstance(served, dict) or model.get("resolved") == served:
+        return {}
+    return {"model": {**model, "resolved": served}}
 
 
 def _move_report(manager: InstanceManager, inst: dict[str, Any], job: JobReport, status: JobStatus,
@@ -118,14 +142,14 @@ def _apply_job(manager: InstanceManager, cluster_id: str, job: JobReport) -> tup
         owner = inst.get("cluster_id")
         if inst.get("moving_to") == cluster_id and owner not in (None, cluster_id):
             _move_report(manager, inst, job, status, doc, cluster_id)
-            return mirror({"instances": instances}, inst)
+            return mirror({"instances": instances, **_service_model(doc, inst)}, inst)
         if owner not in (None, cluster_id):
             if not gone:
                 outcome.append((f"instance belongs to cluster {owner}", True))
             return None
         inst["cluster_id"] = cluster_id
         _report_fields(inst, job, status, doc)
-        return mirror({"instances": instances}, inst)
+        return mirror({"instances": instances, **_service_model(doc, inst)}, inst)
 
     try:
         manager._update(job.service_id, mutate)

@@ -45,7 +45,9 @@ def stale_instances(manager: InstanceManager, service: dict[str, Any]) -> tuple[
     if not deployed:
         return None, []
     version = manager.resolve_model(service, owner_of(manager, service))
-    return version, [i for i in deployed if (i.get("model") or {}).get("sha256") != version["sha256"]]
+    # an instance whose cluster refused this very version (rolled back) is not sent it again
+    return version, [i for i in deployed if (i.get("model") or {}).get("sha256") != version["sha256"]
+                     and i.get("refused_model") != version["sha256"]]
 
 
 def roll(manager: InstanceManager, service_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -322,6 +322,7 @@ def event_detail(event: Doc) -> str:
         parts.append(str(event["message"]))
     if event.get("kind") == "failover_blocked" and isinstance(event.get("reasons"), dict):
         parts += [f"{path.removeprefix('clusters.')}: {reason}" for path, reason in event["reasons"].items()]
+    parts += rollout_detail(event)
     if event.get("nodes"):
         parts.append("on " + ",".join(str(n) for n in event["nodes"]))
     old, new = event.get("old_cost_ms"), event.get("new_cost_ms")
@@ -335,6 +336,35 @@ def event_detail(event: Doc) -> str:
     if event.get("detail"):
         parts.append(str(event["detail"]))
     return "; ".join(parts)
+
+
+def rollout_detail(event: Doc) -> list[str]:
+    """The key figures of a rollout event (``cluster_orchestrator.rollout_runner``): the verdict and
+    its reason, the canary's share, answered requests, latency and disagreement, how long it took."""
+    kind = event.get("kind")
+    parts: list[str] = []
+    if kind == "rollout_started" and event.get("new_generation") is not None:
+        parts.append(f"generation {event.get('old_generation')} -> {event['new_generation']} "
+                     f"({event.get('strategy') or 'canary'})")
+    if kind == "canary_share" and isinstance(event.get("share"), int | float):
+        parts.append(f"{float(event['share']):.0%} of requests via {event.get('node') or '?'}")
+    if kind == "rollout_requested" and isinstance(event.get("model"), dict):
+        parts.append(f"model {event['model'].get('name')} v{event['model'].get('version')}")
+    if kind == "rollout_check" and event.get("verdict"):
+        parts.append(str(event["verdict"]))
+    if kind in ("rollout_check", "promoted", "rolled_back") and event.get("reason"):
+        parts.append(str(event["reason"]))
+    figures = event.get("figures") if kind in ("rollout_check", "promoted", "rolled_back") else None
+    if isinstance(figures, dict):
+        parts.append(f"live {figures.get('live_requests', 0)}, probe {figures.get('probe_requests', 0)}")
+        if isinstance(figures.get("latency_ms"), int | float):
+            parts.append(f"latency {ms(figures['latency_ms'])} ms")
+        if isinstance(figures.get("disagreement"), int | float):
+            parts.append(f"disagreement {float(figures['disagreement']):.0%}")
+    for key, words in (("canary_s", "canary"), ("rollback_s", "rollback")):
+        if kind in ("promoted", "rolled_back") and isinstance(event.get(key), int | float):
+            parts.append(f"{words} {float(event[key]):.1f} s")
+    return parts
 
 
 def kind_named(word: str) -> Kind:

@@ -196,6 +196,10 @@ class JobReport:
     generation: int = 0
     events: tuple[dict[str, Any], ...] = ()  # newest last; see :func:`event`
     caller_key: str = ""  # signs requests to the entry of a private service; the root shows it to the owner
+    # the registry version the placement serves (None: unknown, e.g. a cluster before this field)
+    serving_model: ModelRef | None = None
+    # digest of a version the cluster refused (a canary rolled it back): asked for, not served
+    refused_sha256: str = ""
 
     def __post_init__(self) -> None:
         for index, item in enumerate(self.events):
