@@ -28,8 +28,9 @@ Rules, per deployment (``DesiredDeployment``) and node (``ObservedNode``):
 4. **Rollouts** (:mod:`.rollout`): a canary's router stage is desired while the deployment
    document holds it; a RUNNING deployment that holds one with no worker running (the cluster
    restarted mid-canary) is planned again, which starts the canary afresh; one whose last new
-   model version was rolled back is not re-planned for a join or drift (that would retry the
-   version the canary refused; a repair still does).
+   model version was rolled back is not re-planned for a join or drift. A repair or a moved
+   node still re-plans it, and the worker then plans the version that serves, never the refused
+   one (:func:`.deployments.serving_job`).
 
 While ``Observed.plans_held`` is set (nodes are still leaving: a mass last will, see
 :class:`~.liveness.DepartureHold`) no Plan is emitted at all: the deployments a departure

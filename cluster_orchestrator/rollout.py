@@ -14,7 +14,14 @@ pipeline (:mod:`node_engine.stages`), so callers keep addressing the entry they 
   exceeds ``max_latency_ms``;
 - **promote** once the new version answered ``min_requests`` requests (live share plus
   probe) with none of the above;
-- **roll back** when ``timeout_s`` passes first (not enough evidence: Nomad's
+- **promote** an *idle* service's canary: when the router handed it no live request for
+  ``idle_s`` (:data:`IDLE_PROMOTE_S`), or ``timeout_s`` passed, and the probe is *complete*
+  (every one of the policy's ``probe`` inputs answered and compared, and the latency figure,
+  the probe median when no live one exists, is within the bound). A service without live
+  traffic could never reach ``min_requests``, and the probe is then all the evidence there is;
+- at ``timeout_s`` without a complete probe, the evidence still counts: **promote** when
+  anything was answered with a latency figure within the bound and the probe, if the policy
+  asks for one, ran; otherwise **roll back** (no evidence at all: Nomad's
   ``progress_deadline`` with ``auto_revert``);
 - otherwise **wait** for more figures.
 
@@ -35,6 +42,7 @@ CANARY = "canary"
 IMMEDIATE = "immediate"
 
 WAIT, PROMOTE, ROLLBACK = "wait", "promote", "rollback"
+IDLE_PROMOTE_S = 10.0  # s without a live request after which a complete probe is enough evidence
 
 
 class RolloutPolicy(RolloutSpec):
@@ -62,7 +70,8 @@ class CanaryFigures:
     router handed to it; ``probe_requests`` / ``probe_errors``: probe inputs it answered /
     failed on (``first_error`` names one); ``latency_ms``: its latency (None: no figure yet);
     ``disagreement``: share 0..1 of probe inputs on which it disagreed with the serving
-    version (None: no probe ran).
+    version (None: no probe ran); ``idle_s``: since the last live request reached it (since it
+    started taking requests when none did).
     """
 
     elapsed_s: float
@@ -72,6 +81,7 @@ class CanaryFigures:
     first_error: str = ""
     latency_ms: float | None = None
     disagreement: float | None = None
+    idle_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         body = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -88,8 +98,9 @@ class Verdict:
     reason: str
 
 
-def decide(policy: RolloutPolicy, figures: CanaryFigures) -> Verdict:
-    """The verdict on a canary (rules in the module docstring; breaches are checked first)."""
+def decide(policy: RolloutPolicy, figures: CanaryFigures, idle_s: float = IDLE_PROMOTE_S) -> Verdict:
+    """The verdict on a canary (rules in the module docstring; breaches are checked first);
+    ``idle_s``: how long without a live request makes a complete probe enough (s)."""
     if figures.probe_errors:
         return Verdict(ROLLBACK, f"{figures.probe_errors} probe request(s) failed on the new version: "
                                  f"{figures.first_error or 'no reason given'}")
@@ -102,12 +113,24 @@ def decide(policy: RolloutPolicy, figures: CanaryFigures) -> Verdict:
         return Verdict(ROLLBACK, f"latency {figures.latency_ms:.1f} ms exceeds the SLA's "
                                  f"{policy.max_latency_ms:g} ms")
     answered = figures.live_requests + figures.probe_requests
+    counted = f"({figures.live_requests} live, {figures.probe_requests} probe)"
     if answered >= policy.min_requests:
-        return Verdict(PROMOTE, f"{answered} requests answered within the SLA "
-                                f"({figures.live_requests} live, {figures.probe_requests} probe)")
-    if figures.elapsed_s >= policy.timeout_s:
+        return Verdict(PROMOTE, f"{answered} requests answered within the SLA {counted}")
+    timed_out = figures.elapsed_s >= policy.timeout_s
+    probed = policy.probe > 0 and figures.probe_requests >= policy.probe \
+        and figures.disagreement is not None and figures.latency_ms is not None
+    if probed and (timed_out or figures.idle_s >= idle_s):
+        why = f"timeout after {policy.timeout_s:g} s" if timed_out \
+            else f"no live request for {figures.idle_s:.0f} s"
+        return Verdict(PROMOTE, f"{why}; all {figures.probe_requests} probe inputs answered and agreed, "
+                                f"latency within the SLA {counted}")
+    if timed_out:
+        compared = policy.probe == 0 or figures.disagreement is not None
+        if answered and figures.latency_ms is not None and compared:
+            return Verdict(PROMOTE, f"timeout after {policy.timeout_s:g} s: {answered} of "
+                                    f"{policy.min_requests} requests answered, all within the SLA {counted}")
         return Verdict(ROLLBACK, f"timeout: {answered} of {policy.min_requests} requests answered "
-                                 f"in {policy.timeout_s:g} s")
+                                 f"in {policy.timeout_s:g} s, not enough to judge")
     return Verdict(WAIT, f"{answered} of {policy.min_requests} requests answered")
 
 

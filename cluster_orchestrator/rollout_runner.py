@@ -195,12 +195,17 @@ class RolloutRunner:
         indexes = [s.index for s in new.all_stages()]
         seq = self._board.seq()
         reported = False
+        live, live_at = 0, routed_at  # live requests seen so far and when their count last rose
         while True:
             live_ms = self._board.compute_ms(deployment_id, new.generation, indexes)
             latencies = [v for v in (new_probe.median_ms, live_ms) if v is not None]
+            now = self._clock.monotonic()
+            seen = self._board.requests(deployment_id, new.generation, ROUTER_STAGE)
+            if seen > live:
+                live, live_at = seen, now
             figures = CanaryFigures(
-                elapsed_s=self._clock.monotonic() - routed_at,
-                live_requests=self._board.requests(deployment_id, new.generation, ROUTER_STAGE),
+                elapsed_s=now - routed_at, idle_s=now - live_at,
+                live_requests=seen,
                 probe_requests=len(new_probe.latencies_ms), probe_errors=len(new_probe.errors),
                 first_error=new_probe.errors[0] if new_probe.errors else "",
                 latency_ms=max(latencies) if latencies else None,

@@ -6,7 +6,8 @@ instance's model and the service's ``model.resolved`` are v1, so deleting v1 is 
 while deleting the refused v2 is not blocked by the instance). The stack is stopped and started
 again on the same data dir (the node comes back on another port, so the cluster re-plans): the
 service must be RUNNING on v1 again at the new address, answering requests, instead of retrying
-the refused version forever.
+the refused version forever. Then v3 (``2x`` as another graph) is rolled out with no live traffic
+at all: it is promoted on its complete, agreeing probe once the canary was idle for 10 s.
 """
 
 from __future__ import annotations
@@ -82,3 +83,13 @@ def test_a_rolled_back_service_serves_its_version_again_after_a_restart(tmp_path
         assert service["placement"]["entry"]["endpoint"] != old_endpoint
         assert serving_version(root, service_id) == (1, 1)
         assert answer(stack.root_url, service_id) == 2.0
+
+        # an idle service (no live traffic) still promotes a good version: on its complete probe
+        root.register_model("scaler", scaled(2.0, via_add=True))
+        since = time.time()
+        root.apply(sla)
+        verdict = wait_for_event(root, service_id, ("promoted", "rolled_back"), since, DEADLINE_S)
+        assert verdict["kind"] == "promoted" and "no live request" in verdict["reason"], verdict
+        assert verdict["figures"]["live_requests"] == 0 and verdict["figures"]["probe_requests"] == 4, verdict
+        poll_until(lambda: serving_version(root, service_id) == (3, 3), 30.0, interval=0.2,
+                   what="the root to show v3 serving")

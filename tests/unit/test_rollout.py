@@ -42,13 +42,37 @@ POLICY = RolloutPolicy(canary_share=0.1, min_requests=20, max_latency_ms=50.0, m
     (CanaryFigures(1.0, live_requests=99, probe_requests=8, latency_ms=5.0, disagreement=0.25), ROLLBACK,
      "disagrees with the serving one on 25%"),
     (CanaryFigures(0.5, probe_requests=7, probe_errors=1, first_error="boom"), ROLLBACK, "boom"),
-    (CanaryFigures(30.0, live_requests=2, probe_requests=8, latency_ms=5.0, disagreement=0.0), ROLLBACK,
-     "timeout: 10 of 20"),
+    # a timeout counts the evidence there is: a complete, agreeing probe within the bound promotes
+    (CanaryFigures(30.0, live_requests=2, probe_requests=8, latency_ms=5.0, disagreement=0.0), PROMOTE,
+     "timeout after 30 s; all 8 probe inputs"),
+    (CanaryFigures(30.0, live_requests=2, latency_ms=5.0), ROLLBACK, "not enough to judge"),
+    (CanaryFigures(30.0, live_requests=0, probe_requests=0), ROLLBACK, "timeout: 0 of 20"),
+    (CanaryFigures(30.0, live_requests=3, probe_requests=5, latency_ms=5.0, disagreement=0.0), PROMOTE,
+     "8 of 20 requests answered, all within"),
     (CanaryFigures(29.9, live_requests=2, probe_requests=8), WAIT, "10 of 20"),
+    # an idle service: no live request for 10 s and a complete, agreeing probe is enough
+    (CanaryFigures(12.0, probe_requests=8, latency_ms=5.0, disagreement=0.0, idle_s=10.0), PROMOTE,
+     "no live request for 10 s"),
+    (CanaryFigures(12.0, probe_requests=8, latency_ms=5.0, disagreement=0.0, idle_s=9.9), WAIT, "8 of 20"),
+    (CanaryFigures(12.0, probe_requests=7, latency_ms=5.0, disagreement=0.0, idle_s=11.0), WAIT, "7 of 20"),
+    (CanaryFigures(12.0, probe_requests=8, latency_ms=80.0, disagreement=0.0, idle_s=11.0), ROLLBACK,
+     "latency 80.0 ms"),
+    (CanaryFigures(12.0, probe_requests=8, latency_ms=5.0, disagreement=0.5, idle_s=11.0), ROLLBACK,
+     "disagrees"),
 ])
 def test_the_verdict_follows_the_figures(figures: CanaryFigures, action: str, words: str) -> None:
     verdict = decide(POLICY, figures)
     assert verdict.action == action and words in verdict.reason
+
+
+def test_without_a_probe_an_idle_canary_waits_for_the_timeout() -> None:
+    unprobed = replace(POLICY, probe=0)
+    idle = CanaryFigures(12.0, latency_ms=None, idle_s=12.0)
+    assert decide(unprobed, idle).action == WAIT
+    assert decide(unprobed, replace(idle, elapsed_s=30.0)).action == ROLLBACK
+    assert decide(unprobed, replace(idle, elapsed_s=30.0, live_requests=4, latency_ms=3.0)).action == PROMOTE
+    assert decide(POLICY, CanaryFigures(5.0, probe_requests=8, latency_ms=5.0, disagreement=0.0, idle_s=5.0),
+                  idle_s=5.0).action == PROMOTE
 
 
 def test_a_breach_wins_over_enough_requests_and_no_bound_means_no_latency_check() -> None:
@@ -184,7 +208,7 @@ def test_the_root_rolls_in_place_only_for_a_model_version_or_rollout_change() ->
 
 
 def test_describe_shows_the_newest_rollout_step_with_its_reason() -> None:
-    events = [{"kind": "canary_share", "cause": "model a v1 -> a v2", "share": 0.1},
+    events: list[dict[str, Any]] = [{"kind": "canary_share", "cause": "model a v1 -> a v2", "share": 0.1},
               {"kind": "replan", "cause": "new deployment"},
               {"kind": "rolled_back", "cause": "model a v1 -> a v2", "reason": "latency 80.0 ms exceeds"}]
     assert rollout_lines(events[:2]) == ["Rollout:      canary_share (model a v1 -> a v2): "
