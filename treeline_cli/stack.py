@@ -76,7 +76,13 @@ from treeline_cli.stack_clusters import (
     node_plan,
     start_cluster_broker,
 )
-from treeline_cli.stack_config import StackConfig, default_data_dir, pick_ports
+from treeline_cli.stack_config import (
+    StackConfig,
+    default_data_dir,
+    pick_ports,
+    remove_stack_file,
+    write_stack_file,
+)
 from treeline_cli.stack_mongo import MONGO_PROCESS, cluster_store_url, root_store_url, start_store
 from treeline_cli.stack_ready import CLOCK_SLACK_S, wait_answering, wait_ready
 from treeline_cli.stack_secrets import cluster_secrets, stack_secrets
@@ -301,13 +307,17 @@ class Stack:
         for cluster in self.started_clusters:
             if cluster.broker_handle is not None:
                 cluster.broker_handle.stop()
+        remove_stack_file(self.config.data_dir)
 
     # ------------------------------------------------------------------ waiting (see .stack_ready)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until our root and every cluster of ours answer, every cluster is registered and
-        active at the root, and every node is online in its own cluster (:func:`.stack_ready.wait_ready`)."""
+        active at the root, and every node is online in its own cluster (:func:`.stack_ready.wait_ready`);
+        then record where the stack listens (:func:`.stack_config.write_stack_file`), so commands run
+        with the same data dir find it on any ports."""
         wait_ready(self, timeout)
+        write_stack_file(self.config.data_dir, self.root_url, self.cluster_url)
 
     def wait_answering(self, name: str, url: str, timeout: float = 60.0) -> None:
         """Wait until ``url``'s ``GET /api/health`` answers with child ``name``'s instance id."""

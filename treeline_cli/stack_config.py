@@ -11,6 +11,7 @@ cluster 2.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,3 +110,26 @@ def pick_ports(config: StackConfig) -> StackConfig:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("TREELINE_DATA_DIR", Path.cwd() / ".treeline"))
+
+
+STACK_FILE = "stack.json"  # <data_dir>/stack.json: where a running `treeline up` listens
+
+
+def write_stack_file(data_dir: Path, root_url: str, cluster_url: str) -> None:
+    """Record a running stack's addresses (and the pid of the process that runs it)."""
+    (Path(data_dir) / STACK_FILE).write_text(json.dumps(
+        {"root_url": root_url, "cluster_url": cluster_url, "pid": os.getpid()}))
+
+
+def remove_stack_file(data_dir: Path) -> None:
+    (Path(data_dir) / STACK_FILE).unlink(missing_ok=True)
+
+
+def running_stack_urls(data_dir: Path) -> dict[str, str] | None:
+    """The addresses of the stack running on ``data_dir`` (its process alive), else None."""
+    try:
+        doc = json.loads((Path(data_dir) / STACK_FILE).read_text())
+        os.kill(int(doc["pid"]), 0)  # raises when the process is gone
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {k: str(v) for k, v in doc.items() if k.endswith("_url")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -44,6 +45,14 @@ def test_up_starts_everything_and_sigterm_leaves_no_orphan(tmp_path: Path) -> No
         assert ready.wait(90), "treeline up never became ready:\n" + "".join(output)
         nodes = requests.get(f"http://127.0.0.1:{cluster_port}/api/nodes", timeout=5).json()["nodes"]
         assert sum(1 for n in nodes if n["online"]) == 2
+        # a later command with the same data dir finds the stack on its ports (no port given)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TREELINE_")}
+        env["TREELINE_DATA_DIR"] = str(tmp_path)
+        found = subprocess.run([sys.executable, "-m", "treeline_cli", "get", "nodes", "-o", "json"], env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr
+        listed = json.loads(found.stdout)
+        assert len(listed if isinstance(listed, list) else listed["nodes"]) == 2
         children = psutil.Process(up.pid).children(recursive=True)
         # broker + root + cluster + 2 nodes, each a separate process
         assert len(children) >= 5

@@ -26,6 +26,7 @@ from treeline_cli.commands.common import (
     output,
     output_option,
     root_options,
+    root_url,
     setting,
     settings,
     verbose_option,
@@ -52,24 +53,24 @@ def _password(from_stdin: bool) -> str:
 @root_options
 def login(username: str, password_stdin: bool) -> None:
     """Log in to the root and save the token for later commands."""
-    root_url = settings().root_url
-    tokens = rc.login(root_url, username, _password(password_stdin))
-    path = rc.save_credentials(root_url, {"username": username, "token": tokens["token"],
+    url = root_url()
+    tokens = rc.login(url, username, _password(password_stdin))
+    path = rc.save_credentials(url, {"username": username, "token": tokens["token"],
                                           "refresh_token": tokens.get("refresh_token")})
     out = output()
     if out.structured:
-        out.document({"root_url": root_url, "username": username, "credentials": str(path)})
+        out.document({"root_url": url, "username": username, "credentials": str(path)})
     else:
-        out.line(f"Logged in to {root_url} as {username} (token saved in {path})")
+        out.line(f"Logged in to {url} as {username} (token saved in {path})")
 
 
 @click.command()
 @root_options
 def logout() -> None:
     """Forget the token saved for the root."""
-    root_url = settings().root_url
-    rc.save_credentials(root_url, None)
-    output().line(f"Logged out of {root_url}")
+    url = root_url()
+    rc.save_credentials(url, None)
+    output().line(f"Logged out of {url}")
 
 
 @click.group()

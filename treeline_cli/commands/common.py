@@ -106,5 +106,18 @@ def output() -> Output:
     return Output(state.format, state.verbose)
 
 
+def root_url() -> str:
+    """The root's URL: the setting when a flag, the environment or a file gives it; else the
+    running stack's on this data dir (``treeline up --root-port ...`` recorded it), else the default."""
+    current = settings()
+    if str(current.sources.get("root_url", "default")).startswith("default"):
+        from treeline_cli.stack_config import running_stack_urls
+
+        urls = running_stack_urls(current.data_dir)
+        if urls and urls.get("root_url"):
+            return urls["root_url"]
+    return current.root_url
+
+
 def root_client(timeout: float = 10.0) -> RootClient:
-    return RootClient(settings().root_url, timeout=timeout)
+    return RootClient(root_url(), timeout=timeout)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from treeline_cli.commands.common import output, output_option, root_client, root_options, settings
+from treeline_cli.commands.common import output, output_option, root_client, root_options, root_url
 from treeline_cli.errors import Failure
 from treeline_cli.output import plural
 from treeline_cli.resolve import inference_target
@@ -72,7 +72,7 @@ def infer(app: str, service: str | None, n: int, in_flight: int, inputs_file: Pa
         # the client follows the service: on a failure it re-resolves the entry from the root and
         # retries with the same request id, so a re-plan or a lost node costs no request
         report = run_requests(placement, n, in_flight=in_flight,
-                              resolver=service_resolver(settings().root_url, str(target["service_id"])),
+                              resolver=service_resolver(root_url(), str(target["service_id"])),
                               service=str(target["service_id"]), feed=feed)
     summary = {k: v for k, v in asdict(report).items() if k not in ("latencies_ms", "samples")}
     summary = {k: _finite(v) if isinstance(v, float) else v for k, v in summary.items()}
