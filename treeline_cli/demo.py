@@ -4,7 +4,8 @@ Starts the stack, registers the built-in MobileNetV2 and deploys it three ways, 
 the same emulated devices: as the example SLA asks (the exact planner decides), split into
 three FLOPs-balanced partitions (the walking skeleton's splitter, kept as a baseline), and
 whole on the strongest node (the single-node baseline). The same random requests go through
-each; one table shows the stages, the predicted and measured latency and the throughput.
+each; one table shows the stages, the predicted and measured latency and the throughput, and
+``report.html`` (:mod:`treeline_cli.report_html`) draws the same figures.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +34,7 @@ from treeline_cli.inference import (
     service_resolver,
     static_resolver,
 )
+from treeline_cli.report_html import write_report
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack
 from treeline_common.errors import NotFound
@@ -127,9 +132,10 @@ def output_difference(services: list[dict[str, Any]], root_url: str | None = Non
     return max(float(np.max(np.abs(o[k] - outs[0][k]))) for o in outs[1:] for k in o)
 
 
-def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
+def run_demo(stack: Stack, out: TextIO, requests: int = 200, report: Path | None = None) -> dict[str, Any]:
     """Run the demo on a started stack, write its table on ``out`` and return (and save in the
-    stack's data directory as ``demo_results.json``) the figures."""
+    stack's data directory as ``demo_results.json``) the figures; draw them in an HTML report at
+    ``report`` (default ``<data_dir>/report.html``)."""
     client = RootClient(stack.root_url)
     out.write("Exporting MobileNetV2 to ONNX (cached after the first run)...\n")
     onnx_bytes = model_zoo.cached_onnx("mobilenet_v2", stack.config.data_dir / "models")
@@ -154,12 +160,21 @@ def run_demo(stack: Stack, out: TextIO, requests: int = 200) -> dict[str, Any]:
     out.write(render_table(services, results, diff))
     record = {
         "requests": requests,
+        "in_flight": THROUGHPUT_IN_FLIGHT,
+        "rounds": ROUNDS,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})",
         "max_abs_output_difference": diff,
         "deployments": {label: {"placement": services[label]["placement"],
                                 "explanation": services[label].get("explanation"),
                                 **{k: _summary(v) for k, v in results[label].items()}} for label in services},
     }
     (stack.config.data_dir / "demo_results.json").write_text(json.dumps(record, indent=2))
+    target = report or stack.config.data_dir / "report.html"
+    try:
+        out.write(f"Report (plots, opens offline in a browser): {write_report(record, target)}\n")
+    except OSError as exc:  # the figures are saved already; say why the picture is not
+        out.write(f"Report not written to {target}: {exc.strerror or exc}\n")
     return record
 
 

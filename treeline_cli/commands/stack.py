@@ -20,6 +20,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -221,8 +222,10 @@ def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
 @click.option("--requests", type=click.IntRange(min=1), default=200, show_default=True,
               help="requests sent to each deployment")
 @click.option("--keep", is_flag=True, help="leave the stack running afterwards (until Ctrl-C)")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="write the HTML report here  [default: <data dir>/report.html]")
 def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, node_counts: tuple[int, ...],
-         mongo_url: str | None, requests: int, keep: bool) -> None:
+         mongo_url: str | None, requests: int, keep: bool, report: Path | None) -> None:
     """up + register MobileNetV2 + deploy it three ways + send requests + print a table."""
     from treeline_cli.demo import run_demo  # imports torch-free model_zoo and numpy: only here
 
@@ -230,7 +233,7 @@ def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, nod
     layout = {**cluster_layout(clusters, node_counts), "mongo_url": mongo_url}
     with ready_stack(out, node_labels, timeout, layout) as stack:
         out.line(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
-        run_demo(stack, sys.stdout, requests=requests)
+        run_demo(stack, sys.stdout, requests=requests, report=report)
         if keep:
             out.line("--keep: the stack keeps running. Ctrl-C stops every process.")
             sys.stdout.flush()
