@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,6 +57,8 @@ class ActionRunner:
         self._workers: dict[str, threading.Thread] = {}
         self._workers_lock = threading.Lock()
         self._sent_at: dict[tuple[str, str], float] = {}
+        # hears every finished attempt: (cause, improve, seconds it ran); cluster_orchestrator.metrics sets it
+        self.on_attempt: Callable[[str, bool, float], None] | None = None
 
     def running(self) -> frozenset[str]:
         """Deployment ids whose worker thread is alive now."""
@@ -121,8 +124,8 @@ class ActionRunner:
         doc = self.book.request(plan.deployment_id, build)
         if doc is None or status_of(doc) is JobStatus.DELETED:
             return
-        log.info("deployment %s: %s (%s)", plan.deployment_id,
-                 "improving" if plan.improve else "planning", plan.cause)
+        log.info("%s deployment_id=%s cause=%r", "improving" if plan.improve else "planning",
+                 plan.deployment_id, plan.cause)
         self._changed(plan.deployment_id)
         if self._stop.is_set():
             return
@@ -131,9 +134,12 @@ class ActionRunner:
         epoch = int(doc["epoch"])
 
         def work() -> None:
+            started = time.monotonic()
             try:
                 deployer.run(plan.deployment_id, epoch, attempt)
             finally:
+                if self.on_attempt is not None:
+                    self.on_attempt(plan.cause, plan.improve, time.monotonic() - started)
                 with self._workers_lock:
                     if self._workers.get(plan.deployment_id) is threading.current_thread():
                         del self._workers[plan.deployment_id]

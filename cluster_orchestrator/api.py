@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from flask import Flask, Response, jsonify, request
 
 from cluster_orchestrator import dryrun, inference_v2
+from cluster_orchestrator.metrics import ClusterMetrics, core_metrics
 from cluster_orchestrator.mqtt_auth import MqttCredentials
 from cluster_orchestrator.nodes import JoinTokens
 from cluster_orchestrator.openapi import Credential, openapi_document
@@ -108,16 +109,18 @@ def _is_root(access: ClusterAccess, token: str | None) -> bool:
 
 
 def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
-               access: ClusterAccess | None = None) -> Flask:
+               access: ClusterAccess | None = None, metrics: ClusterMetrics | None = None) -> Flask:
     """The REST app over ``core``. ``instance_id`` (default: a new uuid, made once per app, i.e.
     at process start) is what ``GET /api/health`` reports, so ``treeline up`` can tell its own
     cluster from another stack's listening on the same port. ``access``: the credential checks
-    (module docstring); None leaves every route open."""
+    (module docstring); None leaves every route open. ``metrics``: what ``GET /metrics`` serves
+    (default: :func:`~.metrics.core_metrics` of ``core``, without MQTT drops)."""
     app = Flask("cluster_orchestrator")
     app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT  # every body here is a small JSON document
     install_error_handlers(app)
     identity = health_body(instance_id or str(uuid.uuid4()), core.config.name)
     guard = access or ClusterAccess()
+    served_metrics = metrics or core_metrics(core)
 
     def from_root() -> None:
         """The root's routes: its credential when this cluster has one."""
@@ -181,6 +184,12 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
     @needs(Credential.PUBLIC)
     def health() -> Any:
         return jsonify(identity)
+
+    @app.get("/metrics")
+    @needs(Credential.PUBLIC)
+    def prometheus() -> Any:
+        """Prometheus text exposition (:mod:`.metrics`): public, like ``/api/nodes``."""
+        return served_metrics.exposition()
 
     @app.get("/api/openapi.json")
     @needs(Credential.PUBLIC)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cluster_orchestrator.api import ClusterAccess, create_app
 from cluster_orchestrator.artifacts import ArtifactCache
+from cluster_orchestrator.metrics import core_metrics
 from cluster_orchestrator.mqtt_auth import MqttCredentials
 from cluster_orchestrator.mqtt_bus import MqttBus, can_connect, parse_mqtt_url
 from cluster_orchestrator.nodes import JoinTokens
@@ -108,7 +109,8 @@ class ClusterRuntime:
 
     def start(self) -> None:
         # bind first: a taken port fails before anything is made or written
-        app = create_app(self.core, self.instance_id, self.access())
+        app = create_app(self.core, self.instance_id, self.access(),
+                         core_metrics(self.core, self.bus.dropped))
         self._server = make_http_server(app, self.host, self.port, production=self.security.production)
         if self.join_tokens is not None:
             made = self.join_tokens.ensure_initial(self.security.join_token)

@@ -131,6 +131,7 @@ class MqttBus:
         self._handler = handler
         self._connected = threading.Event()
         self._stopping = False
+        self._dropped: dict[str, int] = {}  # messages not handed on, by reason; paho's thread writes
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or f"treeline-cluster-{uuid.uuid4().hex[:8]}",
@@ -148,6 +149,14 @@ class MqttBus:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def dropped(self) -> dict[str, int]:
+        """Messages received and not handled, by reason (``unknown_topic``, ``bad_payload``,
+        ``handler_error``) since start: a copy, safe from any thread."""
+        return self._dropped.copy()
+
+    def _drop(self, reason: str) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
     def start(self) -> None:
         """Connect asynchronously; paho's loop thread keeps reconnecting until :meth:`stop`."""
@@ -214,6 +223,7 @@ class MqttBus:
         route = _route(msg.topic)
         if route is None:
             log.debug("ignoring message on %s", msg.topic)
+            self._drop("unknown_topic")
             return
         cls, method = route
         try:
@@ -221,8 +231,10 @@ class MqttBus:
             payload: object = messages.decode(cls, bytes(msg.payload))
         except Exception as exc:  # noqa: BLE001 - PayloadError, or anything a decoder raises
             log.warning("dropping bad payload on %s: %s", msg.topic, str(exc)[:300])
+            self._drop("bad_payload")
             return
         try:
             getattr(self._handler, method)(node_id, payload)
         except Exception:  # one bad message must not kill paho's loop thread
             log.exception("handler %s failed for %s", method, msg.topic)
+            self._drop("handler_error")

@@ -80,6 +80,7 @@ ROUTES: tuple[Route, ...] = (
           "{cluster_name, cluster_id, registered, aggregate, deployments, broker_connected}"),
     Route("GET", "/api/health",
           "Liveness and identity: {status: ok, instance_id (made at process start), name, version}"),
+    Route("GET", "/metrics", "Prometheus text exposition of this cluster (cluster_orchestrator.metrics)"),
     Route("GET", "/api/openapi.json", "This document"),
     Route("POST", "/api/node/register",
           "A node engine joins -> {node_id, cluster_id, mqtt_host, mqtt_port, telemetry_interval} (plus its "

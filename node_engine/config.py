@@ -19,6 +19,8 @@ node reports it in telemetry and refuses a partition that does not fit in it
 
 ``--v2-port`` (default ``$TREELINE_NODE_V2_PORT``, else off; 0: a free port) serves the Open
 Inference Protocol for the deployments whose entry is on this node (:mod:`node_engine.v2_http`).
+``--metrics-port`` (default ``$TREELINE_NODE_METRICS_PORT``, else off; 0: a free port) serves
+Prometheus ``/metrics`` (:mod:`node_engine.metrics`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
 
 JOIN_TOKEN_ENV = "TREELINE_JOIN_TOKEN"
 V2_PORT_ENV = "TREELINE_NODE_V2_PORT"
+METRICS_PORT_ENV = "TREELINE_NODE_METRICS_PORT"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class NodeConfig:
     mqtt_tls: bool = False  # TLS to the broker even if the cluster's answer does not ask for it
     mqtt_tls_files: TlsFiles = field(default_factory=TlsFiles)  # CA / client cert / key (empty: defaults)
     v2_port: int | None = None  # KServe v2 REST of the entries here (node_engine.v2_http); None: off, 0: free
+    metrics_port: int | None = None  # Prometheus /metrics (node_engine.metrics); None: off, 0: a free port
 
 
 def build_parser(settings: Settings, prog: str = "python -m node_engine") -> argparse.ArgumentParser:
@@ -104,7 +108,23 @@ def build_parser(settings: Settings, prog: str = "python -m node_engine") -> arg
     parser.add_argument("--v2-port", type=int, default=None, metavar="PORT",
                         help=f"serve the Open Inference Protocol (KServe v2 REST) for the deployments "
                              f"whose entry is here on PORT (0: a free one; default ${V2_PORT_ENV}, else off)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help=f"serve Prometheus /metrics on PORT (0: a free one; "
+                             f"default ${METRICS_PORT_ENV}, else off)")
     return parser
+
+
+def _port_option(parser: argparse.ArgumentParser, value: int | None, env: str, flag: str) -> int | None:
+    """``value`` (the flag), else ``$env`` when set; None: off. Exits (status 2) naming the flag or
+    the variable when it is not a port number."""
+    if value is None and os.environ.get(env, "").strip():
+        try:
+            value = int(os.environ[env])
+        except ValueError:
+            parser.error(f"{env} must be a port number, not {os.environ[env]!r}")
+    if value is not None and not 0 <= value <= 65535:
+        parser.error(f"{flag} must be between 0 and 65535, not {value}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_engine") -> NodeConfig:
@@ -122,14 +142,8 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_en
         parser.error("--link-probe-interval must be positive")
     if args.threads < 0:
         parser.error("--threads must be >= 0")
-    v2_port = args.v2_port
-    if v2_port is None and os.environ.get(V2_PORT_ENV, "").strip():
-        try:
-            v2_port = int(os.environ[V2_PORT_ENV])
-        except ValueError:
-            parser.error(f"{V2_PORT_ENV} must be a port number, not {os.environ[V2_PORT_ENV]!r}")
-    if v2_port is not None and not 0 <= v2_port <= 65535:
-        parser.error(f"--v2-port must be between 0 and 65535, not {v2_port}")
+    v2_port = _port_option(parser, args.v2_port, V2_PORT_ENV, "--v2-port")
+    metrics_port = _port_option(parser, args.metrics_port, METRICS_PORT_ENV, "--metrics-port")
     profile = get_profile(args.profile)
     if args.memory_limit_mb is not None:
         if args.memory_limit_mb <= 0:
@@ -152,4 +166,5 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_en
         mqtt_tls=args.mqtt_tls,
         mqtt_tls_files=TlsFiles(args.mqtt_ca, args.mqtt_cert, args.mqtt_key),
         v2_port=v2_port,
+        metrics_port=metrics_port,
     )

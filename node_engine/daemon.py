@@ -39,12 +39,13 @@ from node_engine.data_plane.server import DataPlaneServer
 from node_engine.emulation import Emulator
 from node_engine.identity import curve_secret_key
 from node_engine.links import LinkMonitor
+from node_engine.metrics import NodeMetrics, make_runner
 from node_engine.mqtt_link import MqttLink
 from node_engine.profiling import ProfileWorker
 from node_engine.refusals import MIB
 from node_engine.registration import register
 from node_engine.runtime import load_partition
-from node_engine.stages import Session, StageRunner, StageTable
+from node_engine.stages import Session, StageTable
 from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemetry, registration_body
 from node_engine.v2_http import V2Server, start_v2
 from treeline_common import topics
@@ -220,7 +221,8 @@ class NodeEngine:
     def run(self) -> int:
         own_dir = self.config.data_dir is None
         data_dir = Path(self.config.data_dir or tempfile.mkdtemp(prefix="treeline-node-"))
-        runner = StageRunner(Emulator.from_profile(self.config.profile, self.stop), self.clock)
+        metrics = NodeMetrics(self.stages) if self.config.metrics_port is not None else None  # --metrics-port
+        runner = make_runner(metrics, Emulator.from_profile(self.config.profile, self.stop), self.clock)
         # An emulated device computes one request at a time (a second worker would double its
         # emulated throughput); a real host overlaps two. Either way, requests waiting on a
         # downstream stage do not hold a worker, so the pipeline still has many in flight.
@@ -242,8 +244,11 @@ class NodeEngine:
                 v2 = start_v2(self.config.v2_port, self.stages, endpoint, host=self.config.host,
                               cluster_url=self.config.cluster_url, name=self.config.name,
                               runner=None if self.config.profile.emulated else runner)
+                if metrics is not None:
+                    metrics.serve(self.config.metrics_port or 0, self.config.host, server)
             except OSError as exc:
-                log.error("cannot serve the v2 REST API on port %s: %s", self.config.v2_port, exc)
+                log.error("cannot serve the v2 REST API (port %s) or /metrics (port %s): %s",
+                          self.config.v2_port, self.config.metrics_port, exc)
                 return 2
             body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
                                      self.instance_id)
@@ -302,6 +307,8 @@ class NodeEngine:
                 profiler.stop()
             if v2 is not None:
                 v2.close()
+            if metrics is not None:
+                metrics.close()
             server.close()
             for stage in self.stages.clear():
                 stage.session.close()

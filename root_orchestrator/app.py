@@ -38,6 +38,7 @@ from root_orchestrator.dryrun import DryRun
 from root_orchestrator.failover import ClusterFailover
 from root_orchestrator.identity import PROCESS_INSTANCE_ID
 from root_orchestrator.instances import InstanceManager
+from root_orchestrator.metrics import RootMetrics, install_metrics
 from root_orchestrator.ranking import DEFAULT_ACTIVE_WINDOW_S
 from root_orchestrator.stores import Stores
 from root_orchestrator.uploads import body_limits, model_limit_mb
@@ -72,6 +73,8 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
     install(app, RootContext(stores, clock, cluster_client, public_url, active_window_s, manager,
                              Applier(stores, manager), DryRun(stores, manager, cluster_client, public_url),
                              instance_id, ClusterFailover(manager)))
+    # GET /metrics (internal access) and every request timed, refusals included: before the guard
+    install_metrics(app, RootMetrics(stores, clock.now, active_window_s))
     install_guard(app, AuthService(stores.users, clock,
                                    security or SecurityConfig(jwt_secret=secrets.token_hex(32))))
     for bp in BLUEPRINTS:

@@ -25,6 +25,8 @@ ROUTES: tuple[Route, ...] = (
           "Liveness and identity: {status: ok, instance_id (made at process start), name: root, version}"),
     Route("GET", "/api/openapi.json", "This document"),
     Route("GET", "/api/docs", "A browsable HTML page listing the routes of this document"),
+    Route("GET", "/metrics", "Prometheus text exposition of this root (root_orchestrator.metrics)",
+          None, (200, 401, 403)),
     Route("POST", "/api/auth/login", "{username, password} -> {token, refresh_token} (Oakestra's login)",
           "json", (200, 400, 401)),
     Route("POST", "/api/auth/refresh",

@@ -85,7 +85,8 @@ class StageChain:
         try:
             return self._run(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-            log.warning("stage %s failed: %s", job.stage, exc)
+            log.warning("stage failed: request_id=%s deployment_id=%s stage=%s: %s", job.request_id,
+                        job.stage.split("/", 1)[0], job.stage, exc)  # keys: <deployment_id>/<gen>/<stage>
             return Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}", code=STAGE_FAILED)
 
     def _run(self, job: Job) -> Result:

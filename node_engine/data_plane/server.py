@@ -147,6 +147,7 @@ class DataPlaneServer:
         self._clock = clock or SystemClock()
         self._name = name
         self._ledger = Ledger(max_entries=reply_cache, ttl=reply_ttl)
+        self._errors: dict[str, int] = {}  # error answers sent, by code; only the poll thread writes
         self._ctx: zmq.Context[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
         self._curve_router: zmq.Socket[Any] | None = None
@@ -170,6 +171,10 @@ class DataPlaneServer:
         downstream = self._downstream
         return Held(len(self._ledger), downstream.pending() if downstream is not None else 0,
                     len(self._answers))
+
+    def errors(self) -> dict[str, int]:
+        """Error answers this node sent, by code, since start (a copy; read from any thread)."""
+        return self._errors.copy()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -265,11 +270,13 @@ class DataPlaneServer:
             header, arrays = unpack(body)
         except FramingError as exc:
             log.warning("dropping malformed data-plane message: %s", exc)
+            self._errors[BAD_REQUEST] = self._errors.get(BAD_REQUEST, 0) + 1
             self._send(envelope, pack("error", "", {}, error=f"malformed message: {exc}", code=BAD_REQUEST))
             return
         rid = header.request_id
 
         def refuse(message: str, code: str) -> None:
+            self._errors[code] = self._errors.get(code, 0) + 1
             self._send(envelope, pack("error", rid, {}, stage=header.stage, error=message, code=code))
 
         if header.kind == "answer":
@@ -284,7 +291,8 @@ class DataPlaneServer:
         stage = self._stages.get(header.stage)
         refusal = stage.access.refusal(header, body[1:], over_curve) if stage is not None else ""
         if refusal:
-            log.warning("refusing a request on %s: %s", "CURVE" if over_curve else "plain TCP", refusal)
+            log.warning("refusing request_id=%s stage=%s on %s: %s", rid, header.stage,
+                        "CURVE" if over_curve else "plain TCP", refusal)
             refuse(refusal, UNAUTHORIZED)
             return
         reply_to = header.reply_to
@@ -374,6 +382,9 @@ class DataPlaneServer:
     def _finish(self, request_id: str, frames: list[Any], kind: str) -> None:
         """The one way a request in flight ends: answer every caller waiting on its id."""
         self._answers.forget(request_id)
+        if kind == "error":  # counted once per request (an error answer carries no tensors)
+            code = unpack(frames)[0].code or "unknown"
+            self._errors[code] = self._errors.get(code, 0) + 1
         now = self._clock.monotonic()
         envelopes = self._ledger.finish(request_id, frames, store=kind == "reply", now=now)
         if not envelopes:

@@ -33,7 +33,8 @@ FORBIDDEN = ("flask", "werkzeug", "waitress", "jinja2", "torch", "onnx", "onnxsc
              "dns")  # dnspython: paho-mqtt uses it when present (pymongo brings it), a node goes without
 # Import names of the node's distributions and of what they pull in.
 ALLOWED_THIRD_PARTY = {"numpy", "onnxruntime", "paho", "zmq", "psutil", "requests", "urllib3", "idna",
-                       "charset_normalizer", "certifi", "pynvml", "flatbuffers", "packaging", "google"}
+                       "charset_normalizer", "certifi", "pynvml", "flatbuffers", "packaging", "google",
+                       "prometheus_client"}  # the node's /metrics (--metrics-port): pure Python, no dependencies
 
 # The probe refuses every FORBIDDEN import, imports the node's entry points and prints the
 # third-party top-level modules that got loaded (those living under a site-packages directory).
