@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster_orchestrator.metrics import ClusterMetrics, cause_kind, node_series
+from node_engine.config import METRICS_PORT_ENV, parse_args
 from node_engine.data_plane.server import Held
 from node_engine.metrics import NodeMetrics
 from node_engine.stages import LoadedStage, StageTable
@@ -152,6 +153,23 @@ def test_node_metrics_serve_on_a_free_port() -> None:
     finally:
         metrics.close()
     metrics.close()  # idempotent
+
+
+def test_the_metrics_port_option(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--cluster-url", "http://c:1", "--name", "n1"]
+    monkeypatch.delenv(METRICS_PORT_ENV, raising=False)
+    assert parse_args(base).metrics_port is None  # off unless asked for
+    assert parse_args([*base, "--metrics-port", "0"]).metrics_port == 0
+    monkeypatch.setenv(METRICS_PORT_ENV, "9464")
+    assert parse_args(base).metrics_port == 9464
+    assert parse_args([*base, "--metrics-port", "9100"]).metrics_port == 9100  # the flag wins
+    for bad_env, bad_args, named in (("ninety", [], METRICS_PORT_ENV), ("", ["--metrics-port", "-1"],
+                                                                          "--metrics-port")):
+        monkeypatch.setenv(METRICS_PORT_ENV, bad_env)
+        with pytest.raises(SystemExit) as stopped:
+            parse_args([*base, *bad_args])
+        assert stopped.value.code == 2
+        assert named in capsys.readouterr().err
 
 
 # -- root ---------------------------------------------------------------------------------------
