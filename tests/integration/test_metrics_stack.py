@@ -18,12 +18,15 @@ import numpy as np
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from treeline_test_helpers import running_stack
+from treeline_test_helpers import mqtt_client, running_stack
 
+from cluster_orchestrator.mqtt_bus import MqttBus
 from node_engine.data_plane.client import DataPlaneError, TensorClient
 from tests.e2e.test_model_intake_stack import conv_model, sla
+from treeline_cli.broker import BrokerProcess
 from treeline_cli.root_client import DEV_ACCOUNT, RootClient, login
 from treeline_cli.stack import Stack
+from treeline_common import messages, topics
 from treeline_common.tensor_wire import UNKNOWN_STAGE
 
 pytestmark = pytest.mark.integration
@@ -127,3 +130,34 @@ def test_each_process_serves_its_metrics_and_they_move(stack: Stack) -> None:
     moved = scrape(f"{stack.root_url}/metrics", token)
     counted = total(moved, "treeline_root_http_request_duration_seconds_count", route="/api/health")
     assert counted == health + 3
+
+
+class _FailingHandler:
+    """A bus handler whose status handler fails (the other handlers are never reached here)."""
+
+    def on_node_status(self, node_id: str, status: messages.NodeStatus) -> None:
+        raise RuntimeError("handler broke")
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+def test_the_cluster_bus_counts_what_it_drops(mqtt_broker: BrokerProcess) -> None:
+    """A real broker: a payload that does not decode and one whose handler fails are counted by
+    reason (``treeline_cluster_mqtt_dropped_messages_total``)."""
+    bus = MqttBus(mqtt_broker.url, _FailingHandler())
+    bus.start()
+    try:
+        assert bus.wait_connected(10)
+        client = mqtt_client(mqtt_broker)
+        client.publish(topics.information("n-bad"), b"{not json", qos=1).wait_for_publish(5)
+        good = messages.encode(messages.NodeStatus("n-ok", "online", 1, 1.0))
+        client.publish(topics.status("n-ok"), good, qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + DEADLINE
+        while bus.dropped() != {"bad_payload": 1, "handler_error": 1} and time.monotonic() < deadline:
+            time.sleep(0.05)  # paho's thread counts; poll with a deadline
+        assert bus.dropped() == {"bad_payload": 1, "handler_error": 1}
+        client.loop_stop()
+        client.disconnect()
+    finally:
+        bus.stop()
