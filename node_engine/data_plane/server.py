@@ -43,15 +43,11 @@ Contract with callers (a request is identified by its caller-chosen request id):
 A next stage on this same node (either of its endpoints) is run in-process: the arrays are
 handed over without touching a socket.
 
-Security: with ``curve_secret_key`` the node binds a second ROUTER, ``curve_endpoint``, a
-CURVE server (:attr:`curve_public_key` is what senders need), served by the same poll
-thread; replies go back on the socket the request came in on (:mod:`.replies`). Before the
-ledger sees a request, its stage's :class:`~.security.StageAccess` applies the rule of
-:mod:`.security` (a refusal is an ``unauthorized`` error). Forwards are signed with the
-stage's data key and go to the next stage's CURVE endpoint when the route names a
-``curve_server_key`` (``reply_to`` is then this node's CURVE endpoint). A request with
-``reply_to`` is refused at an entry stage (callers do not choose where answers go); an inner
-stage of a keyed deployment admits it only signed with the data key, which covers ``reply_to``.
+Security (:mod:`.security`, :mod:`.replies`): with ``curve_secret_key`` a second ROUTER,
+``curve_endpoint``, is a CURVE server on the same poll thread; replies leave on the socket the
+request came in on. A stage's :class:`~.security.StageAccess` is applied before the ledger
+(``unauthorized``); forwards are signed with the data key. An entry stage refuses a request
+carrying ``reply_to``; an inner stage of a keyed deployment admits it only signed.
 
 An emulated node charges its uplink before a forward leaves (:mod:`.uplink`), while the
 workers go on computing.
