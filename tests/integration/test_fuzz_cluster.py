@@ -19,6 +19,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -64,9 +65,32 @@ class _Bus:
         pass
 
 
+@contextmanager
+def artifactless_root() -> Iterator[str]:
+    """A root that answers 404 for every artifact: a fuzzed job naming a model the cluster has not
+    cached is then the caller's mistake (400 naming model.sha256), not an unreachable root (503)."""
+    def no_artifacts(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+        return [b'{"error": {"code": "NOT_FOUND", "message": "no such artifact", "details": []}}']
+
+    root = make_server("127.0.0.1", 0, no_artifacts, threaded=True)
+    thread = threading.Thread(target=root.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{root.port}"
+    finally:
+        root.shutdown()
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def cluster_url() -> Iterator[str]:
-    config = ClusterConfig(name="fuzz", root_url="http://127.0.0.1:9", public_url="http://127.0.0.1:10100",
+    with artifactless_root() as root_url:
+        yield from _cluster(root_url)
+
+
+def _cluster(root_url: str) -> Iterator[str]:
+    config = ClusterConfig(name="fuzz", root_url=root_url, public_url="http://127.0.0.1:10100",
                            mqtt_host="127.0.0.1", mqtt_port=1883)
     store = InMemoryClusterStateStore()
     store.set_setting("cluster_id", "cid-fuzz")
@@ -167,7 +191,12 @@ EXAMPLES = 12  # per operation and mode: about 330 requests
 def secured_cluster_url() -> Iterator[str]:
     """A cluster with the credential checks of ``python -m cluster_orchestrator`` (the root's token,
     join tokens with a given initial one) and an online node, served by the production server."""
-    config = ClusterConfig(name="fuzz", root_url="http://127.0.0.1:9", public_url="http://127.0.0.1:10100",
+    with artifactless_root() as root_url:
+        yield from _secured_cluster(root_url)
+
+
+def _secured_cluster(root_url: str) -> Iterator[str]:
+    config = ClusterConfig(name="fuzz", root_url=root_url, public_url="http://127.0.0.1:10100",
                            mqtt_host="127.0.0.1", mqtt_port=1883)
     store = InMemoryClusterStateStore()
     store.set_setting("cluster_id", "cid-fuzz")
@@ -207,16 +236,8 @@ def test_schemathesis_finds_no_server_error(secured_cluster_url: str) -> None:
 
 def test_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> None:
     """Found by the schemathesis run with more examples: a valid job whose model digest the cluster
-    does not cache and the root answers 404 for. Kept out of the run above by its fixed seed."""
-    def no_artifacts(environ: Any, start_response: Any) -> list[bytes]:
-        start_response("404 NOT FOUND", [("Content-Type", "application/json")])
-        return [b'{"error": {"code": "NOT_FOUND", "message": "no such artifact", "details": []}}']
-
-    root = make_server("127.0.0.1", 0, no_artifacts, threaded=True)
-    thread = threading.Thread(target=root.serve_forever, daemon=True)
-    thread.start()
-    try:
-        root_url = f"http://127.0.0.1:{root.port}"
+    does not cache and the root answers 404 for (the fuzz runs above use such a root too)."""
+    with artifactless_root() as root_url:
         config = ClusterConfig(name="fuzz", root_url=root_url, public_url="http://127.0.0.1:10100",
                                mqtt_host="127.0.0.1", mqtt_port=1883)
         store = InMemoryClusterStateStore()
@@ -226,6 +247,3 @@ def test_plan_of_a_model_the_root_lacks_is_not_a_server_error() -> None:
         answer = create_app(core).test_client().post("/api/plan", json=job)
         assert answer.status_code == 400, answer.get_json()
         assert answer.get_json()["error"]["details"][0]["path"] == "model.sha256"
-    finally:
-        root.shutdown()
-        thread.join(timeout=10)
