@@ -40,7 +40,7 @@ from model_zoo.tiny import tiny_dag_bytes
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = 10  # per operation and mode: about 900 requests, 10 s
+EXAMPLES = 6  # per operation and mode: about 600 requests (each a real HTTP call to a root on the embedded MongoDB)
 
 
 @pytest.fixture(scope="module")
