@@ -44,6 +44,7 @@ from root_orchestrator.stores import Stores
 from root_orchestrator.uploads import body_limits, model_limit_mb
 from treeline_common.clock import Clock
 from treeline_common.http import JSON_BODY_LIMIT, install_body_limits, install_error_handlers
+from treeline_common.request_context import install_request_ids
 
 BLUEPRINTS = (system.bp, auth.bp, users.bp, models.bp, model_lifecycle.bp, profiles.bp, applications.bp,
               declarative.bp,
@@ -80,4 +81,5 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
     install_error_handlers(app)
+    install_request_ids(app)  # X-Request-ID echoed; request/deployment ids in every log line
     return app
