@@ -46,6 +46,7 @@ from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from treeline_common.errors import InvalidInput, NotFound, Unauthorized
 from treeline_common.health import health_body
 from treeline_common.http import JSON_BODY_LIMIT, install_error_handlers, json_body
+from treeline_common.request_context import install_request_ids
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def create_app(core: ClusterOrchestrator, instance_id: str | None = None,
     app = Flask("cluster_orchestrator")
     app.config["MAX_CONTENT_LENGTH"] = JSON_BODY_LIMIT  # every body here is a small JSON document
     install_error_handlers(app)
+    install_request_ids(app)  # X-Request-ID echoed; request/deployment ids in every log line
     identity = health_body(instance_id or str(uuid.uuid4()), core.config.name)
     guard = access or ClusterAccess()
     served_metrics = metrics or core_metrics(core)
