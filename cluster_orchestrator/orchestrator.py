@@ -233,7 +233,14 @@ class ClusterOrchestrator:
         return data
 
     def get_deployment(self, service_id: str, instance: str) -> dict[str, Any]:
-        return deployment_view(self.book.require(deployment_id_of(service_id, instance)))
+        doc = self.book.require(deployment_id_of(service_id, instance))
+        view = deployment_view(doc)
+        deployment_id, generation = str(doc.get("deployment_id")), int(doc.get("generation") or 0)
+        measured = self.stage_stats.measured(deployment_id, generation)
+        for row in measured:  # the drift tracker's last window (None until MIN_WINDOW_REQUESTS served)
+            row["compute_ms_window"] = self.drift.measured_ms(deployment_id, generation, int(row["stage"]))
+        view["measured"] = measured
+        return view
 
     def status(self) -> dict[str, Any]:
         nodes = self.nodes.list_nodes()

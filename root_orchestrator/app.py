@@ -26,6 +26,7 @@ from root_orchestrator.api import (
     models,
     profiles,
     system,
+    ui,
     users,
 )
 from root_orchestrator.api.context import RootContext, install
@@ -80,6 +81,7 @@ def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,
                                    security or SecurityConfig(jwt_secret=secrets.token_hex(32))))
     for bp in BLUEPRINTS:
         app.register_blueprint(bp)
+    ui.install_ui(app)  # the operator web UI at /ui/ and the views it polls (root_orchestrator.api.ui)
     install_error_handlers(app)
     install_request_ids(app)  # X-Request-ID echoed; request/deployment ids in every log line
     return app

@@ -50,6 +50,16 @@ class ClusterClient(ABC):
         """``POST {url}/api/models/profile`` with ``{name, version, sha256, device_class}``: the
         cluster re-measures the model's op times in the background (202) and PUTs them back."""
 
+    def nodes(self, cluster_url: str) -> list[dict[str, Any]]:
+        """The cluster's nodes with their latest telemetry (``GET /api/nodes``; the web UI's fleet).
+        Not every client reads clusters: the default raises Unavailable."""
+        raise Unavailable(f"{type(self).__name__} does not read nodes of {cluster_url}")
+
+    def deployment(self, cluster_url: str, service_id: str, instance: int) -> dict[str, Any]:
+        """The cluster's view of one deployment, with per-stage measured figures
+        (``GET /api/deployments/<service_id>/<instance>``); the default raises Unavailable."""
+        raise Unavailable(f"{type(self).__name__} does not read deployments of {cluster_url}")
+
 
 def _job_url(cluster_url: str, service_id: str, instance: int) -> str:
     return f"{cluster_url.rstrip('/')}/api/service/{quote(service_id, safe='')}/{int(instance)}"
@@ -102,6 +112,20 @@ class HttpClusterClient(ClusterClient):
         return _object(call_json("POST", f"{cluster_url.rstrip('/')}/api/models/profile", json=request,
                                  timeout=self.timeout, session=self.session,
                                  headers=self._headers(cluster_url)), cluster_url)
+
+    def nodes(self, cluster_url: str) -> list[dict[str, Any]]:
+        url = f"{cluster_url.rstrip('/')}/api/nodes"
+        answer = call_json("GET", url, timeout=min(self.timeout, 3.0), session=self.session)
+        body = _object(answer, cluster_url)
+        found = body.get("nodes")
+        if not isinstance(found, list):
+            raise Unavailable(f"cluster {cluster_url} answered /api/nodes without a nodes list")
+        return [n for n in found if isinstance(n, dict)]
+
+    def deployment(self, cluster_url: str, service_id: str, instance: int) -> dict[str, Any]:
+        url = f"{cluster_url.rstrip('/')}/api/deployments/{quote(service_id, safe='')}/{int(instance)}"
+        answer = call_json("GET", url, timeout=min(self.timeout, 3.0), session=self.session)
+        return _object(answer, cluster_url)
 
 
 def _object(body: Any, cluster_url: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The operator web UI's static files (served by :mod:`root_orchestrator.api.ui`)."""

@@ -1,0 +1,79 @@
+// Time series of one deployment while its page is open, drawn with uPlot. The root keeps no
+// history: the dashboard samples GET /api/ui/service/<id> every period and keeps the last
+// MAX_POINTS samples (10 minutes at 2 s). A new placement (another generation or other nodes)
+// starts new series, since stage i of one plan is not stage i of the next.
+"use strict";
+
+const MAX_POINTS = 300;
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#7f7f7f"];
+
+class SeriesChart {
+  // el: the container; labels: one per line; dashed: labels drawn dashed (predictions)
+  constructor(el, labels, colours, dashed) {
+    this.el = el;
+    this.labels = labels;
+    this.data = [[]].concat(labels.map(() => []));
+    const width = Math.max(280, Math.floor(el.clientWidth || 360));
+    const series = [{}].concat(labels.map((label, k) => ({
+      label, stroke: colours[k] || PALETTE[k % PALETTE.length], width: 2,
+      dash: dashed.includes(label) ? [6, 4] : undefined, spanGaps: true,
+    })));
+    this.plot = new uPlot({width, height: 180, series, scales: {x: {time: true}},
+                           axes: [{}, {size: 50}], legend: {live: false}}, this.data, el);
+  }
+  push(t, values) {
+    this.data[0].push(t);
+    values.forEach((v, k) => this.data[k + 1].push(v == null ? null : v));
+    if (this.data[0].length > MAX_POINTS) { this.data.forEach(col => col.shift()); }
+    this.plot.setData(this.data);
+  }
+  destroy() { this.plot.destroy(); this.el.innerHTML = ""; }
+}
+
+// The three charts of one deployment; `key` names the placement they were made for.
+class DeploymentCharts {
+  constructor() { this.key = null; this.charts = []; this.lastRequests = null; }
+
+  // detail: the /api/ui/service answer; colourOf(node_id) -> css colour
+  update(detail, colourOf) {
+    const strip = detail.strip || {stages: []};
+    const stages = strip.stages || [];
+    const key = detail.service.service_id + "/" + strip.generation + "/" + stages.map(s => s.node_id).join(",");
+    if (key !== this.key) { this.reset(key, stages, colourOf); }
+    const now = Date.now() / 1000;
+    const measured = detail.measured || {stages: []};
+    const perStage = stages.map(s => {
+      const m = (measured.stages || []).find(x => x.index === s.index);
+      return m ? m.measured_ms : null;
+    });
+    const predicted = ((strip.predicted || {}).latency_ms) ?? null;
+    this.charts[0].push(now, perStage.concat([measured.compute_ms, predicted]));
+    const requests = measured.requests || 0;
+    let rate = null;
+    if (this.lastRequests && requests >= this.lastRequests.n && now > this.lastRequests.t) {
+      rate = (requests - this.lastRequests.n) / (now - this.lastRequests.t);
+    }
+    this.lastRequests = {n: requests, t: now};
+    this.charts[1].push(now, [rate, (strip.predicted || {}).throughput_rps ?? null]);
+    this.charts[2].push(now, [measured.energy_mj, (strip.predicted || {}).energy_mj ?? null]);
+  }
+
+  reset(key, stages, colourOf) {
+    this.destroy();
+    this.key = key;
+    this.lastRequests = null;
+    const stageLabels = stages.map(s => "stage " + s.index + " " + (s.node_name || ""));
+    const colours = stages.map(s => colourOf(s.node_id)).concat(["#222", "#888"]);
+    this.charts = [
+      new SeriesChart(document.getElementById("chart-latency"),
+                      stageLabels.concat(["measured compute", "predicted end to end"]), colours, ["predicted end to end"]),
+      new SeriesChart(document.getElementById("chart-throughput"), ["measured", "predicted (pipelined)"],
+                      ["#222", "#888"], ["predicted (pipelined)"]),
+      new SeriesChart(document.getElementById("chart-energy"), ["measured (node power × compute)", "predicted"],
+                      ["#222", "#888"], ["predicted"]),
+    ];
+  }
+
+  destroy() { this.charts.forEach(c => c.destroy()); this.charts = []; this.key = null; }
+}
