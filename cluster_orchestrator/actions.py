@@ -14,6 +14,7 @@ workers remove themselves from it.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from cluster_orchestrator.reconcile import Action, Delete, DesiredDeployment, Pl
 from cluster_orchestrator.store import Doc
 from treeline_common import topics
 from treeline_common.jobs import JobStatus
+from treeline_common.logs import log_context
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,12 @@ class ActionRunner:
             return list(self._workers.values())
 
     def apply(self, action: Action, desired: Mapping[str, DesiredDeployment], now: float) -> None:
-        """Carry out one action; exceptions propagate (the caller isolates each action)."""
+        """Carry out one action; exceptions propagate (the caller isolates each action). Every line
+        logged meanwhile, the worker's it starts included, carries the action's deployment id."""
+        with log_context(deployment_id=action.deployment_id):
+            self._apply(action, desired, now)
+
+    def _apply(self, action: Action, desired: Mapping[str, DesiredDeployment], now: float) -> None:
         if isinstance(action, Plan):
             self._start_attempt(action, desired[action.deployment_id])
         elif isinstance(action, Redeploy):
@@ -145,7 +152,8 @@ class ActionRunner:
                         del self._workers[plan.deployment_id]
                 self._kick.set()
 
-        thread = threading.Thread(target=work, name=f"deploy-{plan.deployment_id}-{epoch}", daemon=True)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(work,),  # the log context
+                                  name=f"deploy-{plan.deployment_id}-{epoch}", daemon=True)
         with self._workers_lock:
             self._workers[plan.deployment_id] = thread
         thread.start()

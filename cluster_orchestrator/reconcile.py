@@ -126,6 +126,11 @@ class Delete:
     command: DeleteCommand
     reason: str
 
+    @property
+    def deployment_id(self) -> str:
+        """The deployment the stage belonged to (every action names one: its logs carry it)."""
+        return self.command.deployment_id
+
 
 Action = Plan | Redeploy | Delete
 
