@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from node_engine.stages import LoadedStage, StageRunner, StageTable
+from treeline_common.request_context import stage_log_context
 from treeline_common.tensor_wire import STAGE_FAILED, UNKNOWN_STAGE, ReplyTo
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ class StageChain:
         try:
             return self._run(job)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
-            log.warning("stage failed: request_id=%s deployment_id=%s stage=%s: %s", job.request_id,
-                        job.stage.split("/", 1)[0], job.stage, exc)  # keys: <deployment_id>/<gen>/<stage>
+            with stage_log_context(job.request_id, job.stage):  # the line ends request_id=.. deployment_id=..
+                log.warning("stage %s failed: %s", job.stage, exc)
             return Result(job, "error", {}, error=f"stage {job.stage} failed: {exc}", code=STAGE_FAILED)
 
     def _run(self, job: Job) -> Result:

@@ -74,6 +74,7 @@ from node_engine.data_plane.uplink import Uplink
 from node_engine.data_plane.workers import Workers
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.clock import Clock, SystemClock
+from treeline_common.request_context import stage_log_context
 from treeline_common.tensor_wire import (
     BAD_REQUEST,
     OVERLOADED,
@@ -287,8 +288,9 @@ class DataPlaneServer:
         stage = self._stages.get(header.stage)
         refusal = stage.access.refusal(header, body[1:], over_curve) if stage is not None else ""
         if refusal:
-            log.warning("refusing request_id=%s stage=%s on %s: %s", rid, header.stage,
-                        "CURVE" if over_curve else "plain TCP", refusal)
+            with stage_log_context(rid, header.stage):  # a refusal only: never on the accepted path
+                log.warning("refusing stage %s on %s: %s", header.stage,
+                            "CURVE" if over_curve else "plain TCP", refusal)
             refuse(refusal, UNAUTHORIZED)
             return
         reply_to = header.reply_to

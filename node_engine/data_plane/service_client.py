@@ -49,6 +49,8 @@ import zmq
 from node_engine.data_plane.client import DataPlaneError, Outputs, Timings, new_request_id, reply_result
 from node_engine.data_plane.entry import EntryConnection
 from treeline_common.clock import Clock, SystemClock
+from treeline_common.logs import current_log_context
+from treeline_common.request_context import stage_log_context
 from treeline_common.tensor_wire import OVERLOADED, RETRYABLE, FramingError, pack, unpack
 
 log = logging.getLogger(__name__)
@@ -331,8 +333,10 @@ class ServiceClient:
              outputs: Outputs | None = None, timings: Timings | None = None,
              error: InferenceError | None = None) -> None:
         del active[request.request_id]
-        if error is not None:
-            log.warning("%s", error)
+        if error is not None:  # the caller's own request id (a cluster's v2 HTTP request) wins over ours
+            mine = "" if current_log_context().request_id else request.request_id
+            with stage_log_context(mine, self._stage_key):
+                log.warning("%s", error)
         done[request.index] = Outcome(request.index, request.request_id, outputs or {}, timings or {},
                                       now - request.started, request.attempts, error)
 
