@@ -34,6 +34,22 @@ def record(message: str = "stage %s failed", *args: object, exc: bool = False) -
                              exc_info)
 
 
+class Records(logging.Handler):
+    """Every record it sees, stamped by the filter every process uses."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(ContextFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def ids_of(self, start: str) -> list[tuple[str, str, str]]:
+        """(request_id, deployment_id, thread) of each record whose message starts with ``start``."""
+        return [(*ids(r), str(r.threadName)) for r in self.records if r.getMessage().startswith(start)]
+
+
 def ids(rec: logging.LogRecord) -> tuple[str, str]:
     """The ids the filter put on ``rec``."""
     return rec.__dict__["request_id"], rec.__dict__["deployment_id"]

@@ -9,19 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.unit.test_cluster_api import Cluster
-from treeline_common.logs import ContextFilter
-
-
-class Records(logging.Handler):
-    """Every record of the process, stamped by the filter every process uses."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.addFilter(ContextFilter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from tests.unit.test_log_context import Records
 
 
 @pytest.fixture

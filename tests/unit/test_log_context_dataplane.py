@@ -15,26 +15,9 @@ from node_engine.data_plane.client import DataPlaneError, TensorClient
 from node_engine.data_plane.server import DataPlaneServer
 from node_engine.stages import LoadedStage, StageTable
 from tests.unit.test_data_plane_security import SECRET, X, _deploy, _endpoints, _placement, _raw_request
-from treeline_common.logs import ContextFilter
+from tests.unit.test_log_context import Records
 from treeline_common.messages import stage_key
 from treeline_common.tensor_wire import STAGE_FAILED, UNAUTHORIZED, pack
-
-
-class Records(logging.Handler):
-    """The data plane's records, stamped by the filter every process uses."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.addFilter(ContextFilter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def ids_of(self, start: str) -> list[tuple[str, str, str]]:
-        """(request_id, deployment_id, thread) of each record whose message starts with ``start``."""
-        return [(r.__dict__["request_id"], r.__dict__["deployment_id"], str(r.threadName))
-                for r in self.records if r.getMessage().startswith(start)]
 
 
 @pytest.fixture
