@@ -138,6 +138,18 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/clusters/<cluster_id>", "One cluster", None, (200, 404)),
     Route("POST", "/api/information/<cluster_id>", "Cluster push: {aggregate, jobs: [...]}",
           "json", (200, 400, 404), "ClusterPush"),
+    # the operator web UI (root_orchestrator.api.ui): its page, files and the views it polls
+    Route("GET", "/", "Redirects to the web UI (/ui/)", None, (302,)),
+    Route("GET", "/ui", "The operator web UI (HTML; signs in with /api/auth/login)"),
+    Route("GET", "/ui/static/<path:name>", "The web UI's scripts, styles and vendored libraries", None,
+          (200, 404)),
+    Route("GET", "/ui/examples/<name>", "An example SLA the web UI's form loads", None, (200, 404)),
+    Route("GET", "/api/ui/overview",
+          "{now, clusters: [...], nodes: [node row with latest readings], services: [deployment row]}",
+          None, (200, 401)),
+    Route("GET", "/api/ui/service/<service_id>",
+          "{service, strip, nodes, links, measured, events, explanation, problem}: one deployment for the UI",
+          None, (200, 401, 404)),
 )
 
 def body_schemas() -> dict[str, Any]:

@@ -26,7 +26,9 @@ from root_orchestrator.stores import open_stores
 from treeline_common.errors import InvalidInput
 
 PUBLIC_ROUTES = {("GET", "/api/health"), ("GET", "/api/openapi.json"), ("GET", "/api/docs"),
-                 ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh")}
+                 ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh"),
+                 # the web UI's page and files hold no data (it signs in like any client)
+                 ("GET", "/"), ("GET", "/ui"), ("GET", "/ui/static/<path:name>"), ("GET", "/ui/examples/<name>")}
 
 
 @pytest.fixture

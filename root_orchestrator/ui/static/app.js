@@ -335,8 +335,20 @@ function treeline() {
         return;
       }
       const apps = (r.body && r.body.applications) || [];
+      // as `treeline apply` does: ask for an instance of every service that has none yet
+      let started = 0;
+      for (const app of apps) {
+        for (const id of app.microservices || []) {
+          const service = await this.api("GET", "/api/service/" + encodeURIComponent(id));
+          if (!service.ok || (service.body.instances || []).length || service.body.status !== "REQUESTED") { continue; }
+          const deployed = await this.api("POST", "/api/service/" + encodeURIComponent(id) + "/instance");
+          if (deployed.ok) { started += 1; }
+          else { this.error = "deploying " + id + ": " + ((deployed.body && deployed.body.error && deployed.body.error.message) || deployed.status); }
+        }
+      }
       this.slaResult = apps.map(a => `${a.application_name}: ${a.action}` +
-                                (a.failures && a.failures.length ? ` (${a.failures.length} failures)` : "")).join("; ");
+                                (a.failures && a.failures.length ? ` (${a.failures.length} failures)` : "")).join("; ") +
+                       (started ? `; deploying ${started} service(s)` : "");
       await this.poll();
       this.show("deployments");
     },
