@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 PACKAGES := treeline_common ml_scheduler node_engine cluster_orchestrator root_orchestrator \
             deployment_descriptors model_zoo treeline_cli benchmarks
 
-.PHONY: demo test install broker lint clean benchmarks
+.PHONY: demo test install broker browser lint clean benchmarks
 
 demo: install broker
 	$(VENV)/bin/treeline demo $(DEMO_ARGS)
 
-test: install broker lint
+test: install broker browser lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 install: $(STAMP)
@@ -48,6 +48,19 @@ broker:
 			|| echo "broker: mosquitto install failed; using the embedded amqtt broker"; \
 	else \
 		echo "broker: mosquitto not installed; using the embedded amqtt broker"; \
+	fi
+
+# Debian's Chromium for the web UI's browser tests (Playwright drives /usr/bin/chromium; it cannot
+# download its own browsers here). Installed where apt-get can; otherwise those tests skip, saying so.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium; then \
+		echo "browser: chromium found"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "browser: installing chromium (for the web UI's browser tests)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "browser: chromium install failed; the browser tests will skip"; \
+	else \
+		echo "browser: chromium not installed; the browser tests will skip"; \
 	fi
 
 benchmarks: install
