@@ -22,6 +22,7 @@ shorter windows). Needs Mosquitto and Chromium (``make browser``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 import tempfile
@@ -111,13 +112,13 @@ def measure(nodes: int, deployments: int, *, paints: int, window_s: float) -> di
                     busy = _cpu(pids, window_s)
                     # the page's own resource timings (ms since its navigation) of each overview answer
                     answers = [t / 1000.0 for t in page.evaluate(
-                        "performance.getEntriesByType('resource').filter(e => e.name.includes('/api/ui/overview'))"
-                        ".map(e => e.responseEnd)")]
+                        "performance.getEntriesByType('resource')"
+                        ".filter(e => e.name.includes('/api/ui/overview')).map(e => e.responseEnd)")]
                 finally:
                     browser.close()
         finally:
             fleet.kill()
-    gaps = [b - a for a, b in zip(answers, answers[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(answers)]
     return {
         "nodes": nodes, "deployments": deployments, "paints": paints, "window_s": window_s,
         "first_paint_ms": round(statistics.median(paint), 1), "first_paint_ms_max": round(max(paint), 1),
