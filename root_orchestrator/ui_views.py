@@ -120,6 +120,7 @@ def strip(service: Doc, version: Doc | None) -> dict[str, Any]:
 
     Operator ranges come from the scheduler's plan (``explanation.plan.stages[].start/end``, in
     the planner's topological order) and, failing that, the registry's recorded partitions.
+    A stage's ``cut_bytes`` are the bytes of its ``outputs`` sent to the next stage (0 for the last).
     ``links``: the link each cut crosses, with the sending node's measured figures when it
     reports them (``measured`` False: the planner's declared figures were used).
     """
@@ -139,6 +140,7 @@ def strip(service: Doc, version: Doc | None) -> dict[str, Any]:
             "index": index, "node_id": stage.get("node_id"), "node_name": stage.get("node_name"),
             "profile": stage.get("profile"), "state": stage.get("state"), "relay": not stage.get("sha256"),
             "start": ops[0], "end": ops[1], "inputs": list(stage.get("inputs") or []),
+            "outputs": list(stage.get("outputs") or []),
             "cut_bytes": stage.get("cut_bytes"), "flops": stage.get("flops"),
             "predicted_compute_ms": _rounded(stage.get("predicted_compute_ms"), 3),
             "predicted_transfer_in_ms": _rounded(stage.get("predicted_transfer_in_ms"), 3),
@@ -171,7 +173,7 @@ def links_of(stages: Sequence[Doc], nodes: Iterable[Doc]) -> list[dict[str, Any]
                         if link.get("peer") == after.get("node_id")), None)
         found.append({"from": before.get("node_name") or before.get("node_id"),
                       "to": after.get("node_name") or after.get("node_id"),
-                      "cut_bytes": after.get("cut_bytes"), "measured": reading is not None,
+                      "cut_bytes": before.get("cut_bytes"), "measured": reading is not None,
                       "mbps": (reading or {}).get("mbps"), "rtt_ms": (reading or {}).get("rtt_ms")})
     return found
 
@@ -190,7 +192,8 @@ def measured_view(stages: Sequence[Doc], measured: Sequence[Doc], nodes: Iterabl
     for stage in stages:
         report: Doc = by_stage.get(int(stage.get("index", -1))) or {}
         value = _number(report.get("compute_ms_window"))
-        value = value if value is not None else _number(report.get("compute_ms_mean"))
+        if value is None and int(report.get("requests") or 0) > 0:  # no request served: no figure, not 0
+            value = _number(report.get("compute_ms_mean"))
         node: Doc = power.get(str(stage.get("node_id"))) or {}
         watts = _number(node.get("power_w"))
         rows.append({"index": stage.get("index"), "node_name": stage.get("node_name"),

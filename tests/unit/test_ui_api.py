@@ -135,10 +135,10 @@ def _deployed(root: Root, owner_http: Any = None) -> str:
     sid = r.get_json()[0]["microservices"][0]
     assert http.post(f"/api/service/{sid}/instance").status_code == 200
     stages = [{"index": 0, "node_id": "n-a", "node_name": "rpi4-1", "endpoint": "tcp://x:1", "stage_key": "k0",
-               "inputs": ["x"], "outputs": ["r"], "sha256": "a" * 64, "flops": 8, "cut_bytes": 0,
+               "inputs": ["x"], "outputs": ["r"], "sha256": "a" * 64, "flops": 8, "cut_bytes": 4096,
                "predicted_compute_ms": 2.0},
               {"index": 1, "node_id": "n-b", "node_name": "server-1", "endpoint": "tcp://x:2", "stage_key": "k1",
-               "inputs": ["r"], "outputs": ["y"], "sha256": "b" * 64, "flops": 8, "cut_bytes": 4096,
+               "inputs": ["r"], "outputs": ["y"], "sha256": "b" * 64, "flops": 8, "cut_bytes": 0,
                "predicted_compute_ms": 1.0}]
     placement = {"deployment_id": f"{sid}-0", "generation": 3, "strategy": "optimal", "stages": stages,
                  "predicted": {"latency_ms": 3.5, "throughput_rps": 500.0, "energy_mj": 9.0}}
@@ -199,6 +199,9 @@ def test_views_keep_absent_readings_absent() -> None:
                                         "telemetry_age_s"))
     empty = ui_views.measured_view([{"index": 0, "node_id": "x", "predicted_compute_ms": 1.0}], [], [])
     assert empty["compute_ms"] is None and empty["energy_mj"] is None
+    unserved = ui_views.measured_view([{"index": 0, "node_id": "x"}], [{"stage": 0, "requests": 0,
+                                                                      "compute_ms_mean": 0.0}], [])
+    assert unserved["stages"][0]["measured_ms"] is None  # a stage that served nothing measured nothing
     assert ui_views.strip({}, None) == {"total_ops": 0, "stages": [], "strategy": None, "generation": None,
                                         "predicted": {}}
     assert Path(STATIC_DIR / "index.html").exists()

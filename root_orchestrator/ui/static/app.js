@@ -151,10 +151,11 @@ function treeline() {
                    `width="${w}" height="${h}" fill="${fill}"><title>stage ${s.index} on ${esc(s.node_name)}: ` +
                    `operators ${start}–${end}, ${ms(s.predicted_compute_ms)} predicted</title></rect>`);
         parts.push(`<text x="${x + 4}" y="${top + 20}" class="strip-label">${esc(s.node_name)}</text>`);
-        if (k > 0) {
+        if (k > 0) {  // the cut: what the stage before sends (its outputs and their bytes)
+          const sender = strip.stages[k - 1];
           parts.push(`<line x1="${x}" x2="${x}" y1="${top - 14}" y2="${top + h + 6}" class="cut"/>`);
-          parts.push(`<text x="${x + 3}" y="${top - 6}" class="cut-label">${esc((s.inputs || []).join(", "))} ` +
-                     `${bytes(s.cut_bytes)}</text>`);
+          parts.push(`<text x="${x + 3}" y="${top - 6}" class="cut-label" data-cut="${k}">` +
+                     `${esc((sender.outputs || []).join(", "))} ${bytes(sender.cut_bytes)}</text>`);
         }
       });
       for (let op = 0; op <= total; op += Math.max(1, Math.ceil(total / 10))) {

@@ -19,7 +19,7 @@ class SeriesChart {
       label, stroke: colours[k] || PALETTE[k % PALETTE.length], width: 2,
       dash: dashed.includes(label) ? [6, 4] : undefined, spanGaps: true,
     })));
-    this.plot = new uPlot({width, height: 180, series, scales: {x: {time: true}},
+    this.plot = new uPlot({width, height: 180, series, scales: {x: {time: true, range: (u, lo, hi) => (lo === hi ? [lo - 60, hi + 1] : [lo, hi])}},
                            axes: [{}, {size: 50}], legend: {live: false}}, this.data, el);
   }
   push(t, values) {
