@@ -146,13 +146,14 @@ class StageStatsBoard:
 
     def measured(self, deployment_id: str, generation: int) -> list[dict[str, Any]]:
         """The newest report of each stage of one generation, by stage index: ``{stage, requests,
-        compute_ms_mean, ts}`` (requests and mean compute ms since the stage started; ``ts`` in
-        epoch seconds, the node's clock). Empty before the first report."""
+        compute_ms_mean, e2e_requests, e2e_ms_mean, ts}`` (since the stage started; end to end at
+        the entry only; ``ts`` in epoch seconds, the node's clock). Empty before the first report."""
         with self._cond:
             found = sorted((k[2], s) for k, s in self._latest.items()
                            if k[0] == deployment_id and k[1] == generation)
         return [{"stage": index, "requests": s.requests, "compute_ms_mean": round(s.compute_ms_mean, 4),
-                 "ts": s.ts} for index, s in found]
+                 "e2e_requests": s.e2e_requests, "e2e_ms_mean": round(s.e2e_ms_mean, 4), "ts": s.ts}
+                for index, s in found]
 
     def forget(self, deployment_id: str) -> None:
         with self._cond:

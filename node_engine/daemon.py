@@ -339,9 +339,10 @@ class NodeEngine:
         link.publish(topics.information(self.node_id), encode(sample))
         for stage in self.stages.all():
             requests, mean_ms = stage.counters.snapshot()
+            e2e_requests, e2e_ms = stage.counters.end_to_end()
             stats = StageStats(node_id=self.node_id, deployment_id=stage.deployment_id, stage=stage.index,
                                requests=requests, compute_ms_mean=mean_ms, ts=self.clock.now(),
-                               generation=stage.generation)
+                               generation=stage.generation, e2e_requests=e2e_requests, e2e_ms_mean=e2e_ms)
             link.publish(topics.job_resources(self.node_id), encode(stats))
 
     def _go_offline(self, link: MqttLink, liveness: Liveness) -> None:

@@ -59,16 +59,30 @@ class Session(Protocol):
 
 @dataclass
 class StageCounters:
-    """Requests served and compute time of one stage; shared across re-deploys."""
+    """Requests served and compute time of one stage; shared across re-deploys. At a service's
+    entry also the end-to-end time of each request it answered: from its arrival here to its
+    answer leaving here, every later stage and link included (``add_end_to_end``)."""
 
     requests: int = 0
     compute_ms_total: float = 0.0
+    e2e_requests: int = 0
+    e2e_ms_total: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, compute_ms: float) -> None:
         with self.lock:
             self.requests += 1
             self.compute_ms_total += compute_ms
+
+    def add_end_to_end(self, ms: float) -> None:
+        with self.lock:
+            self.e2e_requests += 1
+            self.e2e_ms_total += ms
+
+    def end_to_end(self) -> tuple[int, float]:
+        """``(requests answered as the entry, their mean end-to-end ms)``."""
+        with self.lock:
+            return self.e2e_requests, self.e2e_ms_total / self.e2e_requests if self.e2e_requests else 0.0
 
     def snapshot(self) -> tuple[int, float]:
         """``(requests, mean compute ms)``."""

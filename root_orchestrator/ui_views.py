@@ -185,6 +185,8 @@ def measured_view(stages: Sequence[Doc], measured: Sequence[Doc], nodes: Iterabl
     requests of the last report window, else ``compute_ms_mean`` since the stage started).
     Energy per inference (mJ) is the stage's node power (W) times its measured compute ms,
     summed over stages; it says ``estimated`` where the node's power is itself estimated.
+    ``e2e_requests``/``e2e_ms_mean``: requests the entry answered and their mean end-to-end ms
+    since it started (links and waits included), as the entry reports them.
     """
     by_stage = {int(m.get("stage", -1)): m for m in measured}
     power = {str(n.get("node_id")): n for n in nodes}
@@ -205,6 +207,10 @@ def measured_view(stages: Sequence[Doc], measured: Sequence[Doc], nodes: Iterabl
         total += value
         energy += watts * value  # W * ms = mJ
         estimated = estimated or bool(node.get("power_estimated"))
+    entry = max(measured, key=lambda m: int(m.get("e2e_requests") or 0), default={})
+    answered = int(entry.get("e2e_requests") or 0)
     return {"stages": rows, "compute_ms": round(total, 3) if complete else None,
             "energy_mj": round(energy, 2) if complete else None, "energy_estimated": estimated,
-            "requests": sum(int(r["requests"] or 0) for r in rows[:1])}
+            "requests": sum(int(r["requests"] or 0) for r in rows[:1]),
+            "e2e_requests": answered,
+            "e2e_ms_mean": _rounded(entry.get("e2e_ms_mean"), 3) if answered else None}

@@ -221,7 +221,9 @@ STAGE_STATES = ("DOWNLOADING", "LOADING", "READY", "FAILED", "REMOVED")
 
 @dataclass(frozen=True)
 class StageStats:
-    """Per-stage serving statistics on ``nodes/<id>/jobs/resources``."""
+    """Per-stage serving statistics on ``nodes/<id>/jobs/resources``: requests served and their
+    mean compute ms since the stage started; at a service's entry also the requests it answered
+    and their mean end-to-end ms (arrival at the entry to the answer leaving it; 0 elsewhere)."""
 
     node_id: str
     deployment_id: str
@@ -230,6 +232,8 @@ class StageStats:
     compute_ms_mean: float = field(metadata=_NONNEG)
     ts: float = 0.0
     generation: int = 0
+    e2e_requests: int = field(default=0, metadata=_NONNEG)
+    e2e_ms_mean: float = field(default=0.0, metadata=_NONNEG)
 
 
 # ---------------------------------------------------------------- cluster -> node

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,8 @@ class Admission(enum.Enum):
 class _Flight:
     envelopes: list[Envelope]
     storable: bool = True  # keep the reply for retries of the id (False: reply_to requests)
+    started: float = 0.0  # monotonic s of admission
+    timer: Callable[[float], None] | None = None  # told the ms from admission to a reply
 
 
 @dataclass
@@ -76,13 +79,14 @@ class Ledger:
         """Replies held for retries."""
         return len(self._answered)
 
-    def admit(self, request_id: str, envelope: Envelope, now: float,
-              storable: bool = True) -> tuple[Admission, Frames | None]:
+    def admit(self, request_id: str, envelope: Envelope, now: float, storable: bool = True,
+              timer: Callable[[float], None] | None = None) -> tuple[Admission, Frames | None]:
         """Classify an arriving request; NEW requests are recorded as in flight.
 
         Returns ``(admission, stored reply frames or None)``. The caller checks its own
         in-flight bound only for NEW (a duplicate costs nothing) and calls :meth:`reject`
         if it then refuses the request. With ``storable=False`` its reply is not kept.
+        ``timer`` (NEW only) is called by :meth:`finish` with the ms from ``now`` to a reply.
         """
         flight = self._flights.get(request_id)
         if flight is not None:
@@ -93,7 +97,7 @@ class Ledger:
         answered = self._answered.get(request_id)
         if answered is not None:
             return Admission.CACHED, answered.frames
-        self._flights[request_id] = _Flight([envelope], storable)
+        self._flights[request_id] = _Flight([envelope], storable, now, timer)
         return Admission.NEW, None
 
     def reject(self, request_id: str) -> None:
@@ -118,6 +122,8 @@ class Ledger:
             return []
         if store and flight.storable:
             self._store(request_id, frames, now)
+        if store and flight.timer is not None:
+            flight.timer((now - flight.started) * 1000.0)
         return flight.envelopes
 
     def drain(self) -> dict[str, list[Envelope]]:

@@ -300,8 +300,9 @@ class DataPlaneServer:
         # a forwarded request's caller is its entry: the answer goes there, signed, and is not stored here
         waiting = envelope if reply_to is None or stage is None \
             else answer_envelope(reply_to, stage.access.signing_key)
-        admission, stored = self._ledger.admit(rid, waiting, self._clock.monotonic(),
-                                               storable=reply_to is None)
+        admission, stored = self._ledger.admit(
+            rid, waiting, self._clock.monotonic(), storable=reply_to is None,
+            timer=stage.counters.add_end_to_end if reply_to is None and stage is not None else None)
         if admission is Admission.ATTACHED:
             log.debug("request %s is already in flight here; the retry waits for it", rid)
             self._ack(envelope, header)

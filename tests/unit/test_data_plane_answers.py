@@ -275,3 +275,29 @@ def test_losing_the_node_that_was_to_answer_fails_at_once(
     assert (got.kind, got.code) == ("error", code)
     assert time.monotonic() - started < (1.5 if last else DEADLINE)
     caller.close(0)
+
+
+def test_the_entry_times_each_answered_request_end_to_end(servers: list[DataPlaneServer]) -> None:
+    """The entry's counters hold the time from a request's arrival to its answer leaving (every
+    later stage included); inner stages time nothing end to end; an error is not timed."""
+    gate = threading.Event()
+    gate.set()
+    tables = [StageTable(), StageTable()]
+    last_node = _server(servers, tables[1], "n1")
+    last = _stage("d/1", Doubling(gate))
+    tables[1].put(last)
+    entry_node = _server(servers, tables[0], "n0")
+    entry = _stage("d/0", Doubling(), NextStage("n1", last_node.endpoint, "d/1"))
+    tables[0].put(entry)
+    with TensorClient(entry_node.endpoint) as client:
+        started = time.monotonic()
+        for _ in range(3):
+            client.infer("d/0", {"x": X}, timeout=DEADLINE)
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        answered, mean_ms = entry.counters.end_to_end()
+        assert answered == 3 and 0.0 < mean_ms * 3 <= elapsed_ms
+        assert last.counters.end_to_end() == (0, 0.0)  # answers the entry, not a caller
+        last_node.close()
+        with pytest.raises(DataPlaneError):
+            client.infer("d/0", {"x": X}, timeout=DEADLINE)
+    assert entry.counters.end_to_end()[0] == 3

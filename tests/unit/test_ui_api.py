@@ -155,7 +155,8 @@ def _deployed(root: Root, owner_http: Any = None) -> str:
 def test_service_detail_draws_the_strip_and_sets_measured_against_predicted(root: Root) -> None:
     clusters: Any = root.clusters
     clusters.node_answers = {"http://a:1": [NODE_A, NODE_B]}
-    clusters.view = {"measured": [{"stage": 0, "requests": 40, "compute_ms_mean": 2.5, "compute_ms_window": 2.2},
+    clusters.view = {"measured": [{"stage": 0, "requests": 40, "compute_ms_mean": 2.5, "compute_ms_window": 2.2,
+                                   "e2e_requests": 40, "e2e_ms_mean": 9.5},
                                   {"stage": 1, "requests": 40, "compute_ms_mean": 1.1}]}
     sid = _deployed(root)
     body = root.http.get(f"/api/ui/service/{sid}").get_json()
@@ -167,6 +168,7 @@ def test_service_detail_draws_the_strip_and_sets_measured_against_predicted(root
     measured = body["measured"]
     assert [m["measured_ms"] for m in measured["stages"]] == [2.2, 1.1]  # the window wins over the mean
     assert measured["compute_ms"] == 3.3 and measured["requests"] == 40
+    assert (measured["e2e_requests"], measured["e2e_ms_mean"]) == (40, 9.5)  # the entry's own timing
     assert measured["energy_mj"] == round(4.2 * 2.2 + 100.0 * 1.1, 2) and measured["energy_estimated"]
     assert "replan" in [e["kind"] for e in body["events"]] and body["problem"] is None
 

@@ -171,6 +171,13 @@ function treeline() {
       return `generation ${s.generation}, strategy ${s.strategy}, ${s.total_ops} operators, predicted ` +
              `${ms(p.latency_ms)} end to end, ${p.throughput_rps ?? "–"} req/s pipelined`;
     },
+    e2eText() {
+      const m = this.detail && this.detail.measured;
+      const p = ((this.detail && this.detail.strip && this.detail.strip.predicted) || {}).latency_ms;
+      if (!m || m.e2e_ms_mean == null) { return "End to end: not measured yet (no request answered)."; }
+      return `End to end at the entry: ${ms(m.e2e_ms_mean)} mean over ${m.e2e_requests} requests ` +
+             `(links and queues included), ${ms(p)} predicted.`;
+    },
     energyText() {
       const m = this.detail && this.detail.measured;
       if (!m || m.energy_mj == null) { return "Energy per inference: not measured yet (needs requests and node power)."; }

@@ -33,7 +33,7 @@ class SeriesChart {
 
 // The three charts of one deployment; `key` names the placement they were made for.
 class DeploymentCharts {
-  constructor() { this.key = null; this.charts = []; this.lastRequests = null; }
+  constructor() { this.key = null; this.charts = []; this.lastRequests = null; this.lastE2e = null; }
 
   // detail: the /api/ui/service answer; colourOf(node_id) -> css colour
   update(detail, colourOf) {
@@ -48,7 +48,14 @@ class DeploymentCharts {
       return m ? m.measured_ms : null;
     });
     const predicted = ((strip.predicted || {}).latency_ms) ?? null;
-    this.charts[0].push(now, perStage.concat([measured.compute_ms, predicted]));
+    // end to end at the entry: the mean over the requests answered since the last sample
+    let e2e = null;
+    const n = measured.e2e_requests || 0, mean = measured.e2e_ms_mean || 0;
+    if (this.lastE2e && n > this.lastE2e.n) {
+      e2e = (n * mean - this.lastE2e.n * this.lastE2e.mean) / (n - this.lastE2e.n);
+    }
+    if (n) { this.lastE2e = {n, mean}; }
+    this.charts[0].push(now, perStage.concat([measured.compute_ms, e2e, predicted]));
     const requests = measured.requests || 0;
     let rate = null;
     if (this.lastRequests && requests >= this.lastRequests.n && now > this.lastRequests.t) {
@@ -63,11 +70,13 @@ class DeploymentCharts {
     this.destroy();
     this.key = key;
     this.lastRequests = null;
+    this.lastE2e = null;
     const stageLabels = stages.map(s => "stage " + s.index + " " + (s.node_name || ""));
-    const colours = stages.map(s => colourOf(s.node_id)).concat(["#222", "#888"]);
+    const colours = stages.map(s => colourOf(s.node_id)).concat(["#555", "#d62728", "#888"]);
     this.charts = [
       new SeriesChart(document.getElementById("chart-latency"),
-                      stageLabels.concat(["measured compute", "predicted end to end"]), colours, ["predicted end to end"]),
+                      stageLabels.concat(["sum of stage compute", "measured end to end", "predicted end to end"]),
+                      colours, ["predicted end to end"]),
       new SeriesChart(document.getElementById("chart-throughput"), ["measured", "predicted (pipelined)"],
                       ["#222", "#888"], ["predicted (pipelined)"]),
       new SeriesChart(document.getElementById("chart-energy"), ["measured (node power × compute)", "predicted"],
