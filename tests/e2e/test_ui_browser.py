@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from treeline_test_helpers import running_stack
 
 from treeline_cli.broker import BrokerProcess
 from treeline_cli.root_client import RootClient
-from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
+from treeline_cli.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +48,9 @@ def browser_path() -> str:
 
 @pytest.fixture(scope="module")
 def stack(mqtt_broker: BrokerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = pick_ports(StackConfig(data_dir=tmp_path_factory.mktemp("ui-stack"), nodes=3,
-                                    mqtt_url=mqtt_broker.url, telemetry_interval=1.0))
-    running = start_stack(config)
-    try:
-        running.wait_ready(timeout=60)
+    with running_stack(tmp_path_factory.mktemp("ui-stack"), nodes=3, mqtt_url=mqtt_broker.url,
+                       telemetry_interval=1.0) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
