@@ -21,6 +21,8 @@ node reports it in telemetry and refuses a partition that does not fit in it
 Inference Protocol for the deployments whose entry is on this node (:mod:`node_engine.v2_http`).
 ``--metrics-port`` (default ``$TREELINE_NODE_METRICS_PORT``, else off; 0: a free port) serves
 Prometheus ``/metrics`` (:mod:`node_engine.metrics`).
+``--battery-wh`` (default ``$TREELINE_NODE_BATTERY_WH``, else the profile's ``battery_wh``) sets
+the capacity of an emulated profile's battery (:mod:`node_engine.sources.battery_emulated`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from treeline_common.profiles import PROFILES, DeviceProfile, get_profile
 JOIN_TOKEN_ENV = "TREELINE_JOIN_TOKEN"
 V2_PORT_ENV = "TREELINE_NODE_V2_PORT"
 METRICS_PORT_ENV = "TREELINE_NODE_METRICS_PORT"
+BATTERY_WH_ENV = "TREELINE_NODE_BATTERY_WH"
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,25 @@ def build_parser(settings: Settings, prog: str = "python -m node_engine") -> arg
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help=f"serve Prometheus /metrics on PORT (0: a free one; "
                              f"default ${METRICS_PORT_ENV}, else off)")
+    parser.add_argument("--battery-wh", type=float, default=None, metavar="WH",
+                        help=f"capacity of the emulated battery of a profile that declares one "
+                             f"(default ${BATTERY_WH_ENV}, else the profile's)")
     return parser
+
+
+def _battery_wh(parser: argparse.ArgumentParser, value: float | None) -> float | None:
+    """``--battery-wh``, else ``$TREELINE_NODE_BATTERY_WH``; None: the profile's. Exits naming the
+    flag or the variable when it is not a positive number."""
+    source = "--battery-wh"
+    if value is None and os.environ.get(BATTERY_WH_ENV, "").strip():
+        source = BATTERY_WH_ENV
+        try:
+            value = float(os.environ[BATTERY_WH_ENV])
+        except ValueError:
+            parser.error(f"{BATTERY_WH_ENV} must be a number of Wh, not {os.environ[BATTERY_WH_ENV]!r}")
+    if value is not None and not 0.0 < value < float("inf"):
+        parser.error(f"{source} must be a positive number of Wh, not {value}")
+    return value
 
 
 def _port_option(parser: argparse.ArgumentParser, value: int | None, env: str, flag: str) -> int | None:
@@ -150,6 +171,9 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m node_en
             parser.error("--memory-limit-mb must be positive")
         cap = min(args.memory_limit_mb, profile.memory_limit_mb or args.memory_limit_mb)
         profile = dataclasses.replace(profile, memory_limit_mb=cap)
+    battery_wh = _battery_wh(parser, args.battery_wh)
+    if battery_wh is not None and profile.battery is not None:
+        profile = dataclasses.replace(profile, battery_wh=battery_wh)
     return NodeConfig(
         cluster_url=args.cluster_url.rstrip("/"),
         profile=profile,

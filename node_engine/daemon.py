@@ -45,6 +45,7 @@ from node_engine.profiling import ProfileWorker
 from node_engine.refusals import MIB
 from node_engine.registration import register
 from node_engine.runtime import load_partition
+from node_engine.sources.battery_emulated import BatteryEmulation, EmulatedBattery
 from node_engine.stages import Session, StageTable
 from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemetry, registration_body
 from node_engine.v2_http import V2Server, start_v2
@@ -215,6 +216,7 @@ class NodeEngine:
         self._link: MqttLink | None = None
         self._links: LinkMonitor | None = None
         self._telemetry: TelemetryReader | None = None
+        self._battery: BatteryEmulation | None = None  # an emulated battery and its charger file
 
     # ------------------------------------------------------------------ main flow
 
@@ -222,7 +224,10 @@ class NodeEngine:
         own_dir = self.config.data_dir is None
         data_dir = Path(self.config.data_dir or tempfile.mkdtemp(prefix="treeline-node-"))
         metrics = NodeMetrics(self.stages) if self.config.metrics_port is not None else None  # --metrics-port
-        runner = make_runner(metrics, Emulator.from_profile(self.config.profile, self.stop), self.clock)
+        battery = EmulatedBattery.from_profile(self.config.profile, self.clock.monotonic)  # None: no battery
+        self._battery = BatteryEmulation(battery, data_dir) if battery is not None else None
+        emulator = Emulator.from_profile(self.config.profile, self.stop, battery)
+        runner = make_runner(metrics, emulator, self.clock)
         # An emulated device computes one request at a time (a second worker would double its
         # emulated throughput); a real host overlaps two. Either way, requests waiting on a
         # downstream stage do not hold a worker, so the pipeline still has many in flight.
@@ -336,6 +341,8 @@ class NodeEngine:
                                 reader=self._telemetry)
         if self._links is not None:  # measured links (node_engine.links)
             sample = dataclasses.replace(sample, links=self._links.readings() or None)
+        if self._battery is not None:  # the emulated charge (node_engine.sources.battery_emulated)
+            sample = dataclasses.replace(sample, battery=self._battery.reading())
         link.publish(topics.information(self.node_id), encode(sample))
         for stage in self.stages.all():
             requests, mean_ms = stage.counters.snapshot()

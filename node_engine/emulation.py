@@ -14,6 +14,11 @@ docs/contracts.md "Scheduler v2 additions") before it sends tensors to another n
 data plane waits that out on a timer, not in a compute worker (see
 :mod:`node_engine.data_plane.forwarding`), and the real bytes are still sent. Native nodes
 have no emulated link and never wait.
+
+Battery: an emulated profile with a battery and a capacity (``battery_wh``) gets an
+:class:`~node_engine.sources.battery_emulated.EmulatedBattery`; every stage run draws the
+profile's ``power_w`` for the emulated compute time (``elapsed / speed_factor``) from it, so
+its charge falls with the work the node does (the model: that module's docstring).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from node_engine.sources.battery_emulated import EmulatedBattery, emulated_compute_s
 from treeline_common.profiles import DeviceProfile
 
 BYTES_PER_MS_PER_MBIT = 125.0  # 1 Mbit/s = 1e6 bits / 8 / 1000 ms
@@ -59,24 +65,31 @@ class Emulator:
     """Applies a profile's slowdown after real work; ``stop`` interrupts the wait.
 
     ``link`` is the emulated uplink, or None for a node whose sends go out as fast as the
-    host allows (every native node).
+    host allows (every native node). ``battery``: the emulated battery stage runs draw from
+    (None: the node has none).
     """
 
     def __init__(self, speed_factor: float, stop: threading.Event | None = None,
-                 link: EmulatedLink | None = None) -> None:
+                 link: EmulatedLink | None = None, battery: EmulatedBattery | None = None) -> None:
         self.speed_factor = speed_factor
         self.link = link
+        self.battery = battery
         self._stop = stop or threading.Event()
 
     @classmethod
-    def from_profile(cls, profile: DeviceProfile, stop: threading.Event | None = None) -> Emulator:
+    def from_profile(cls, profile: DeviceProfile, stop: threading.Event | None = None,
+                     battery: EmulatedBattery | None = None) -> Emulator:
         """The emulation a profile asks for: none at all for a native (real) device."""
         if not profile.emulated:
             return cls(1.0, stop)
-        return cls(profile.speed_factor, stop, EmulatedLink(profile.uplink_mbps, profile.link_rtt_ms))
+        link = EmulatedLink(profile.uplink_mbps, profile.link_rtt_ms)
+        return cls(profile.speed_factor, stop, link, battery)
 
     def slow_down(self, elapsed_s: float) -> float:
-        """Wait out the emulated difference for work that took ``elapsed_s``; return the wait."""
+        """Wait out the emulated difference for work that took ``elapsed_s``; return the wait.
+        The emulated battery (if any) is drawn for the emulated compute time first."""
+        if self.battery is not None:
+            self.battery.draw(emulated_compute_s(elapsed_s, self.speed_factor))
         extra = slowdown_seconds(elapsed_s, self.speed_factor)
         if extra > 0.0:
             self._stop.wait(extra)  # device emulation: the real compute already ran

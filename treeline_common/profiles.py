@@ -30,6 +30,9 @@ class DeviceProfile:
     radio_nj_per_byte: float = 20.0
     uplink_mbps: float = 1000.0
     link_rtt_ms: float = 0.5
+    # Capacity of the declared battery (Wh): an emulated node's charge falls by the energy its
+    # stages draw (node_engine.sources.battery_emulated); None: no battery, or not emulated.
+    battery_wh: float | None = None
 
     @property
     def device_class(self) -> str:
@@ -54,10 +57,11 @@ PROFILES: dict[str, DeviceProfile] = {
         link_rtt_ms=2.0,
     ),
     "rpi4": DeviceProfile("rpi4", 0.25, 4096, arch="aarch64", battery=Battery(percent=80.0), labels=("rpi",),
-                          power_w=6.0, radio_nj_per_byte=50.0, uplink_mbps=50.0, link_rtt_ms=5.0),
+                          power_w=6.0, radio_nj_per_byte=50.0, uplink_mbps=50.0, link_rtt_ms=5.0,
+                          battery_wh=37.0),  # a 10 Ah, 3.7 V power bank
     "rpi-zero": DeviceProfile(
         "rpi-zero", 0.05, 512, arch="armv6l", battery=Battery(percent=60.0), labels=("rpi",),
-        power_w=1.2, radio_nj_per_byte=80.0, uplink_mbps=10.0, link_rtt_ms=10.0,
+        power_w=1.2, radio_nj_per_byte=80.0, uplink_mbps=10.0, link_rtt_ms=10.0, battery_wh=3.7,
     ),
 }
 
