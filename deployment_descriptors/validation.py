@@ -20,6 +20,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from treeline_common.cascade import CascadeError, CascadeSpec
+
 from .inputs import declaration_problems
 
 SCHEMA_FILE = "sla_v2.schema.json"
@@ -168,6 +170,7 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
         for end in ("source", "sink"):
             if end in model:
                 yield from _selector_problems(model[end], path + ["model", end])
+        yield from _cascade_problems(model, path + ["model"])
     constraints = ms.get("constraints")
     if not isinstance(constraints, list):
         return
@@ -184,6 +187,19 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
                        f"duplicate '{kind}' constraint (first at constraints[{first_at[kind]}])")
             else:
                 first_at[kind] = index
+
+
+def _cascade_problems(model: Mapping[str, Any], path: list[PathPart]) -> Iterator[tuple[list[PathPart], str]]:
+    """``model.cascade``: the rules the schema cannot state (:meth:`CascadeSpec.from_sla`)."""
+    block = model.get("cascade")
+    if not isinstance(block, Mapping):
+        return
+    if "edge" in block:
+        yield from _selector_problems(block["edge"], path + ["cascade", "edge"])
+    try:
+        CascadeSpec.from_sla(model)
+    except CascadeError as exc:
+        yield path + [int(p) if p.isdigit() else p for p in exc.path.split(".")], exc.message
 
 
 def _duplicate_names(items: Any, key: str, base: list[PathPart],

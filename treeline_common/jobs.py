@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from treeline_common import wire
 from treeline_common.aggregate_schema import aggregate_problems
+from treeline_common.cascade import CascadeJob
 from treeline_common.errors import InvalidInput
 
 SCHEMA_VERSION = 1
@@ -89,6 +90,7 @@ class JobRequest:
     microservice: dict[str, Any]
     model: ModelRef
     root_url: str = ""
+    cascade: CascadeJob | None = None  # SLA model.cascade: the small edge model, resolved (.cascade)
 
     @property
     def deployment_id(self) -> str:
@@ -162,10 +164,12 @@ class Placement:
     inputs: tuple[dict[str, Any], ...] = ()
     relay: StagePlacement | None = None
     predicted: dict[str, Any] | None = None
+    cascade: StagePlacement | None = None  # the small model's edge stage (the entry), SLA model.cascade
 
     def all_stages(self) -> tuple[StagePlacement, ...]:
-        """The stages plus the relay entry stage, if any."""
-        return (*self.stages, *((self.relay,) if self.relay else ()))
+        """The stages plus the relay entry stage and the cascade's edge stage, if any."""
+        extra = (self.relay, self.cascade)
+        return (*self.stages, *(s for s in extra if s is not None))
 
     def node_ids(self) -> frozenset[str]:
         return frozenset(s.node_id for s in self.all_stages())
@@ -173,7 +177,8 @@ class Placement:
     def with_states(self, state: str) -> Placement:
         """A copy with every stage (and the relay) in ``state``."""
         return replace(self, stages=tuple(replace(s, state=state) for s in self.stages),
-                       relay=replace(self.relay, state=state) if self.relay else None)
+                       relay=replace(self.relay, state=state) if self.relay else None,
+                       cascade=replace(self.cascade, state=state) if self.cascade else None)
 
     def to_dict(self) -> dict[str, Any]:
         return _encode(self)

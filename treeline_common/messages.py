@@ -300,8 +300,18 @@ class DeployCommand:
     # and hands them on to its ``next`` (the new version's entry) instead.
     divert_from: str = ""
     divert_share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    # Confidence cascade (treeline_common.cascade; None: none): the last stage of a small model
+    # answers when its confidence is at least ``cascade_threshold`` and otherwise forwards its
+    # ORIGINAL inputs to ``escalate_to`` (the large model's entry), awaiting that answer.
+    escalate_to: NextStage | None = None
+    cascade_threshold: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    cascade_confidence: str = field(default="", metadata={
+        "pattern": "(softmax_top1|output:[A-Za-z0-9_.:/-]{1,128})?",
+        "pattern_message": "must be 'softmax_top1', 'output:<name>' or empty"})
 
     def __post_init__(self) -> None:
+        if self.escalate_to is not None and (self.relay or self.next is not None):
+            raise ValueError("escalate_to: only a model's last stage (no next, not a relay) may escalate")
         if not self.divert_from:
             return
         if not self.relay:
