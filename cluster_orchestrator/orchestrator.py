@@ -36,9 +36,11 @@ from cluster_orchestrator.deployments import (
     desired_of,
     job_report,
     job_sha,
+    placement_of,
     status_of,
 )
 from cluster_orchestrator.drift import DriftTracker
+from cluster_orchestrator.energy_rule import EnergyWatch, energy_view
 from cluster_orchestrator.jobs import parse_job
 from cluster_orchestrator.liveness import heartbeat_timeout
 from cluster_orchestrator.models import ModelCache
@@ -91,6 +93,7 @@ class ClusterOrchestrator:
         self.profiles = ProfileCollector()
         self.models = ModelCache()
         self.drift = DriftTracker(config.replan_margin)
+        self.energy = EnergyWatch(self.drift.measured_ms)  # battery/energy re-plans (.energy_rule)
         self.stage_stats = StageStatsBoard()  # newest stage figures, for canaries (.rollout_checks)
         self.rules = Settings(drift_window=config.drift_window)
         self._bus = bus
@@ -240,6 +243,7 @@ class ClusterOrchestrator:
         for row in measured:  # the drift tracker's last window (None until MIN_WINDOW_REQUESTS served)
             row["compute_ms_window"] = self.drift.measured_ms(deployment_id, generation, int(row["stage"]))
         view["measured"] = measured
+        view["energy"] = energy_view(placement_of(doc), self.nodes.list_nodes(), self.drift.measured_ms)
         return view
 
     def status(self) -> dict[str, Any]:
@@ -320,12 +324,14 @@ class ClusterOrchestrator:
             # is read, so a deployment it just finished never looks unattended (a spurious re-plan)
             observed = self.observed()
             desired = {}
-            for doc in self.book.list_deployments():
+            docs = self.book.list_deployments()
+            for doc in docs:
                 want = desired_of(doc)
                 if want.status is JobStatus.RUNNING and want.placement is not None:
                     want = replace(want, drift_since=self.drift.since(want.placement, now))
                 desired[want.deployment_id] = want
             actions = reconcile(desired, observed, now, self.rules)
+            actions += self.energy.plans(docs, desired, observed, self.nodes.list_nodes(), actions)
             for action in actions:
                 try:
                     self.actions.apply(action, desired, now)
