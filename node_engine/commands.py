@@ -50,6 +50,7 @@ from node_engine.refusals import (
     unknown_fields,
 )
 from node_engine.stages import LoadedStage, Session, StageCounters, StageTable, relay_stage
+from treeline_common.cascade import Escalation
 from treeline_common.clock import Clock
 from treeline_common.errors import BAD_COMMAND
 from treeline_common.messages import (
@@ -211,6 +212,7 @@ class CommandHandler:
             outputs=tuple(cmd.outputs),
             access=StageAccess.from_command(cmd),
             memory_bytes=loaded_bytes(path.stat().st_size),
+            cascade=Escalation.of_command(cmd),
         )
         previous = self._stages.put(stage)
         if previous is not None:

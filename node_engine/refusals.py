@@ -57,6 +57,8 @@ def deploy_problems(cmd: DeployCommand) -> list[str]:
         problems += [f"{what}[{i}]: must not be empty" for i, name in enumerate(names) if not name]
     if cmd.next is not None:
         problems += next_stage_problems(cmd.next)
+    if cmd.escalate_to is not None:  # a cascade's edge stage: the same rule for its escalation route
+        problems += [f"escalate_to.{p.removeprefix('next.')}" for p in next_stage_problems(cmd.escalate_to)]
     return problems
 
 

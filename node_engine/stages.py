@@ -42,6 +42,7 @@ import numpy as np
 from node_engine.data_plane.security import OPEN, StageAccess
 from node_engine.emulation import Emulator
 from treeline_common import tensor_codec
+from treeline_common.cascade import Escalation
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.messages import DeployCommand, NextStage, stage_key
 
@@ -109,6 +110,7 @@ class LoadedStage:
     memory_bytes: int = 0  # what the stage is charged against the node's memory limit (node_engine.refusals)
     diverts: str = ""  # a canary router: the stage key whose requests it takes a share of
     share: float = 0.0  # the share (0..1) of ``diverts``' requests this router takes
+    cascade: Escalation | None = None  # a cascade's edge stage (node_engine.data_plane.cascade)
 
     def select_outputs(self, inputs: Mapping[str, np.ndarray],
                        produced: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -147,7 +147,8 @@ class LocalLane:
 
     def run(self, stage: LoadedStage, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The stage's outputs, or None when this request is not for the lane (see the class)."""
-        if stage.relay or stage.next is not None or not self._free.acquire(blocking=False):
+        if stage.relay or stage.next is not None or stage.cascade is not None \
+                or not self._free.acquire(blocking=False):
             return None
         try:
             produced, _ = self._runner.run(stage, inputs)

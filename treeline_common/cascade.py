@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from treeline_common.messages import DeployCommand, NextStage
+
 SOFTMAX_TOP1 = "softmax_top1"
 OUTPUT_PREFIX = "output:"
 ESCALATED_TIMING = "cascade:escalated"  # answer timings: 1.0 escalated to the large model, 0.0 not
@@ -256,3 +258,21 @@ def calibrate(conf: Sequence[float] | np.ndarray, small_correct: Sequence[bool] 
                        accuracy=accuracy, escalated_share=share, small_accuracy=float(np.mean(s)),
                        large_accuracy=float(np.mean(large)), probe_size=int(c.size), reference=reference,
                        expected_mean_ms=expected)
+
+
+CASCADE_STAGE = 900  # stage index of the cascade's edge stage (the large model's stages are 0..15)
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A node's view of an edge stage: the rule and where uncertain requests go (the large entry)."""
+
+    rule: EdgeRule
+    to: NextStage
+
+    @classmethod
+    def of_command(cls, cmd: DeployCommand) -> Escalation | None:
+        """The escalation a deploy command asks for (None when it has no ``escalate_to``)."""
+        if cmd.escalate_to is None:
+            return None
+        return cls(EdgeRule(cmd.cascade_threshold, cmd.cascade_confidence or SOFTMAX_TOP1), cmd.escalate_to)

@@ -3,7 +3,9 @@
 :class:`StageChain` runs the addressed stage and every following stage served by this same
 node (the arrays are handed over in-process, never through a socket), and stops at the
 first stage whose next stage is on another node (a ``forward``), at the last stage (a
-``reply``) or at a failure (an ``error`` with a code). It never raises.
+``reply``, or, for a cascade's edge stage below its confidence threshold, a ``forward`` of
+its original inputs to the large model: :mod:`.cascade`) or at a failure (an ``error`` with
+a code). It never raises.
 
 Threading model: :meth:`StageChain.run` is called on worker threads (and, for relay stages,
 on the poll thread); it only reads the thread-safe :class:`~node_engine.stages.StageTable`.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node_engine.data_plane.cascade import escalation
 from node_engine.stages import LoadedStage, StageRunner, StageTable
 from treeline_common.request_context import stage_log_context
 from treeline_common.tensor_wire import STAGE_FAILED, UNKNOWN_STAGE, ReplyTo
@@ -100,7 +103,12 @@ class StageChain:
             job.timings[key] = compute_ms
             outputs = stage.select_outputs(inputs, produced)
             if stage.next is None:
-                return Result(job, "reply", outputs)
+                escalate = escalation(stage, outputs, job.timings)  # a cascade's edge stage (.cascade)
+                if escalate is None:
+                    return Result(job, "reply", outputs)
+                return Result(job, "forward", dict(inputs), stage=escalate.stage_key,
+                              endpoint=escalate.endpoint, source=key, key=stage.access.signing_key,
+                              curve_server_key=escalate.curve_server_key)
             if not self._local(stage):
                 return Result(job, "forward", outputs, stage=stage.next.stage_key,
                               endpoint=stage.next.endpoint, source=key, key=stage.access.signing_key,

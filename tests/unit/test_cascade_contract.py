@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from deployment_descriptors import validate_sla
+from node_engine.refusals import deploy_problems
 from treeline_common import wire
 from treeline_common.cascade import (
     CascadeError,
@@ -130,3 +131,10 @@ def test_calibration_picks_the_lowest_threshold_meeting_the_floor() -> None:
     assert not unmet.met and unmet.threshold == 1.0
     with pytest.raises(ValueError):
         calibrate([], [], [], 0.5)
+
+
+def test_a_node_refuses_a_bad_escalation_route() -> None:
+    route = NextStage("n2", "udp://nowhere", "")
+    cmd = DeployCommand("d-0", 900, "http://x/a", "a" * 64, ["x"], ["y"], escalate_to=route)
+    assert deploy_problems(cmd) == ["escalate_to.endpoint: must be tcp://host:port, not 'udp://nowhere'",
+                                    "escalate_to.stage_key: must not be empty"]
