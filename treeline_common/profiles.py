@@ -63,6 +63,21 @@ PROFILES: dict[str, DeviceProfile] = {
         "rpi-zero", 0.05, 512, arch="armv6l", battery=Battery(percent=60.0), labels=("rpi",),
         power_w=1.2, radio_nj_per_byte=80.0, uplink_mbps=10.0, link_rtt_ms=10.0, battery_wh=3.7,
     ),
+    # The collaboration scenarios' devices (treeline_cli/scenarios): an edge board whose memory
+    # budget (64 MB) is below a small transformer's weights (MiniLM: 90 MB), on a LAN ...
+    "edge-64": DeviceProfile("edge-64", 0.5, 64, arch="aarch64", labels=("edge",), power_w=5.0,
+                             radio_nj_per_byte=30.0, uplink_mbps=100.0, link_rtt_ms=2.0),
+    # ... a cloud server behind a WAN: links are charged to their sender, so the WAN's 20 Mbit/s
+    # and 40 ms RTT are paid on what the cloud sends ...
+    "cloud": DeviceProfile("cloud", 1.0, 65536, labels=("cloud", "server"), power_w=200.0,
+                           radio_nj_per_byte=5.0, uplink_mbps=20.0, link_rtt_ms=40.0),
+    # ... a slow board on gigabit Ethernet (pipelined serving: compute, not links, is the cost) ...
+    "edge-board": DeviceProfile("edge-board", 0.125, 2048, arch="aarch64", labels=("edge-board",),
+                                power_w=8.0, radio_nj_per_byte=10.0, uplink_mbps=1000.0, link_rtt_ms=0.5),
+    # ... and a battery camera: slow compute, a Wi-Fi uplink, frames arrive on it.
+    "camera": DeviceProfile("camera", 0.1, 1024, arch="aarch64", battery=Battery(percent=70.0),
+                            labels=("camera",), power_w=3.0, radio_nj_per_byte=60.0, uplink_mbps=40.0,
+                            link_rtt_ms=5.0),
 }
 
 DEFAULT_DEMO_PROFILES = ("server", "jetson-nano", "rpi4")
