@@ -35,6 +35,7 @@ from typing import Any
 
 from cluster_orchestrator import planning
 from cluster_orchestrator.artifacts import ArtifactCache
+from cluster_orchestrator.cascade import selector_of, with_edge_stage
 from cluster_orchestrator.deployments import (
     DeploymentBook,
     Superseded,
@@ -57,6 +58,7 @@ from deployment_descriptors import load_profile
 from ml_scheduler.binding import BindingError
 from ml_scheduler.costmodel import CostModel
 from treeline_common import topics
+from treeline_common.cascade import CascadeJob
 from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError
 from treeline_common.jobs import JobStatus, Placement, event
@@ -164,6 +166,10 @@ class Deployer:
             planning.input_specs_for(spec, outcome.input_names, model),
             spec.output_names or outcome.output_names, outcome.partitions, outcome.node_ids,
             {n["node_id"]: n for n in nodes}, outcome.predicted, outcome.relay_node_id)
+        if job.cascade is not None:  # SLA model.cascade: the small model's edge stage becomes the entry
+            placement, why = with_edge_stage(placement, job.cascade, self._small_model(job.cascade), nodes,
+                                             selector_of(spec.microservice.model.source))
+            outcome = dataclasses.replace(outcome, explanation={**outcome.explanation, "cascade": why})
         self._publish(outcome)
         record_partitions(self._root, spec.model_name, spec.model_version, deployment_id, outcome.partitions,
                           outcome.predicted)
@@ -207,6 +213,12 @@ class Deployer:
         """The model from this cluster's artifact cache, else from the root (then cached)."""
         return self._artifacts.fetch(spec.model_sha256,
                                      lambda: self._root.download(spec.model_url, spec.model_sha256))
+
+    def _small_model(self, cascade: CascadeJob) -> bytes:
+        """A cascade's small model from this cluster's artifact cache, else from the root (then cached)."""
+        sha = cascade.small_sha256.lower()
+        return self._artifacts.fetch(sha, lambda: self._root.download(
+            planning.artifact_url(self._settings.root_url, sha), sha))
 
     def _node_url(self, sha256: str) -> str:
         """Where nodes fetch an artifact: this cluster's cache (the root when none is configured)."""

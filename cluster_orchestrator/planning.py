@@ -334,7 +334,9 @@ def build_placement(
 def deploy_commands(placement: Placement, root_url: str,
                     security: DataPlaneSecurity | None = None) -> list[tuple[str, DeployCommand]]:
     """One (node_id, DeployCommand) per stage; stage i's ``next`` is stage i+1, the last has none.
-    A relay entry stage (no artifact) forwards the raw inputs to stage 0; it comes first.
+    A relay entry stage (no artifact) forwards the raw inputs to stage 0; it comes first. A
+    cascade's edge stage (``placement.cascade``, :mod:`.cascade`) comes last and is the entry: it
+    runs the small model and escalates to the relay, else stage 0.
 
     With ``security`` carrying a secret, every command carries the generation's
     :func:`data_key`; the entry (the relay, else the first stage) is marked ``entry`` and,
@@ -354,6 +356,8 @@ def deploy_commands(placement: Placement, root_url: str,
     stages = sorted(placement.stages, key=lambda s: s.index)
     relay = placement.relay
     entry_key = relay.stage_key if relay is not None else (stages[0].stage_key if stages else "")
+    edge = placement.cascade  # a cascade's edge stage is the entry; it escalates to the one above
+    entry_key = edge.stage_key if edge is not None else entry_key
 
     codecs = route_codecs(placement.predicted)  # boundary compression, on routes to another node only
 
@@ -387,6 +391,13 @@ def deploy_commands(placement: Placement, root_url: str,
         commands.insert(0, (relay.node_id, command(
             relay, route(relay.node_id, stages[0]), artifact_url="", sha256="", outputs=list(relay.inputs),
             relay=True)))
+    if edge is not None and placement.cascade_rule is not None and commands:
+        target = relay or stages[0]
+        commands.append((edge.node_id, command(
+            edge, None, artifact_url=artifact_url(root_url, edge.sha256), sha256=edge.sha256,
+            outputs=list(edge.outputs), escalate_to=route(edge.node_id, target),
+            cascade_threshold=placement.cascade_rule.threshold,
+            cascade_confidence=placement.cascade_rule.confidence)))
     return commands
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from deployment_descriptors.views import callers_must_sign
 from root_orchestrator.auth.principals import Role
+from root_orchestrator.cascade import cascade_job
 from root_orchestrator.cluster_choice import ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.cluster_filter import filter_clusters, needs_of
@@ -24,6 +25,7 @@ from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
 from root_orchestrator.variants import BASELINE, choose_variant, derived_from, fleet_device_class
+from treeline_common.cascade import CascadeJob
 from treeline_common.clock import Clock
 from treeline_common.errors import (
     Conflict,
@@ -196,13 +198,17 @@ class InstanceManager:
                     for name in sorted((needs.allowed or set()) - known)]
         raise Unschedulable(message, details)
 
-    def job_for(self, service: dict[str, Any], number: int, version: dict[str, Any]) -> dict[str, Any]:
-        """The :class:`JobRequest` (as a dict) of instance ``number`` of ``service``."""
+    def job_for(self, service: dict[str, Any], number: int, version: dict[str, Any],
+                cascade: CascadeJob | None = None) -> dict[str, Any]:
+        """The :class:`JobRequest` (as a dict) of instance ``number`` of ``service``; a cascade
+        (SLA ``model.cascade``) is resolved here unless given (:mod:`.cascade`)."""
+        if cascade is None:
+            cascade = cascade_job(self.stores, service.get("model"), version)
         return JobRequest(service_id=str(service["service_id"]), instance=number,
                           microservice=service.get("microservice") or {},
                           model=ModelRef(name=str(version["name"]), version=int(version["version"]),
                                          sha256=str(version["sha256"]), signature=version.get("signature")),
-                          root_url=self.public_url).to_dict()
+                          root_url=self.public_url, cascade=cascade).to_dict()
 
     def create_instance(self, service_id: str) -> dict[str, Any]:
         service = self.stores.applications.get_service(service_id)
@@ -212,6 +218,7 @@ class InstanceManager:
         except NotFound:
             owner = ""
         version = self.resolve_model(service, owner)
+        cascade = cascade_job(self.stores, service.get("model"), version)  # refused before an instance exists
         try:
             candidates, rejected = self.candidates(service.get("microservice") or {}, version)
         except Unschedulable as exc:  # say so on the service: `describe` shows why nothing runs
@@ -235,7 +242,7 @@ class InstanceManager:
 
         service = self._update(service_id, reserve)
         number = reserved["n"]
-        job = self.job_for(service, number, version)
+        job = self.job_for(service, number, version, cascade)
         choice = self.chooser.choose(candidates, job, objective_of(service), rejected)
         failures: list[dict[str, Any]] = []
         for cluster in choice.order:

@@ -150,8 +150,8 @@ class CascadeJob:
 class EdgeRule:
     """What the edge stage applies per request: escalate iff confidence < ``threshold``."""
 
-    threshold: float
-    confidence: str = SOFTMAX_TOP1
+    threshold: float = field(metadata=UNIT)
+    confidence: str = field(default=SOFTMAX_TOP1, metadata=CONFIDENCE_RULE)
 
     def escalates(self, outputs: Mapping[str, np.ndarray]) -> tuple[bool, float]:
         """``(escalate?, confidence)`` for the small model's ``outputs`` (see :func:`confidence`)."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from treeline_common import wire
 from treeline_common.aggregate_schema import aggregate_problems
-from treeline_common.cascade import CascadeJob
+from treeline_common.cascade import CascadeJob, EdgeRule
 from treeline_common.errors import InvalidInput
 
 SCHEMA_VERSION = 1
@@ -165,6 +165,7 @@ class Placement:
     relay: StagePlacement | None = None
     predicted: dict[str, Any] | None = None
     cascade: StagePlacement | None = None  # the small model's edge stage (the entry), SLA model.cascade
+    cascade_rule: EdgeRule | None = None  # when the edge stage escalates (with ``cascade``)
 
     def all_stages(self) -> tuple[StagePlacement, ...]:
         """The stages plus the relay entry stage and the cascade's edge stage, if any."""
