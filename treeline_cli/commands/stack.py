@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +145,16 @@ def check_stack_ports(config: StackConfig) -> None:
 
 @contextlib.contextmanager
 def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float,
-                layout: dict[str, Any] | None = None) -> Iterator[Stack]:
-    """Start the stack from the settings, wait until it is ready, stop it afterwards."""
+                layout: dict[str, Any] | None = None,
+                adjust: Callable[[StackConfig], StackConfig] | None = None,
+                prepare: Callable[[Stack], None] | None = None) -> Iterator[Stack]:
+    """Start the stack from the settings, wait until it is ready, stop it afterwards.
+
+    ``adjust`` rewrites the configuration first (a scenario's own devices and data dir);
+    ``prepare`` runs on the started stack before the wait (it may add node engines)."""
     config = stack_config(settings(), node_labels, bool(out.verbose), layout)
+    if adjust is not None:
+        config = adjust(config)
     if config.mqtt_url and config.clusters > 1:
         raise UsageError(f"--mqtt-url names one broker and each of {config.clusters} clusters needs its own",
                          "leave --mqtt-url (TREELINE_BROKER_URL) unset: `up` starts one broker per cluster")
@@ -170,8 +177,10 @@ def ready_stack(out: Output, node_labels: tuple[str, ...], timeout: float,
             raise Failure(f"could not start the stack: {str(exc).splitlines()[0]}",
                           f"see the logs in {logs}") from exc
     try:
+        if prepare is not None:
+            prepare(stack)
         clusters = "the cluster" if config.clusters == 1 else f"{config.clusters} clusters"
-        with out.step(f"waiting until {clusters} and {plural(config.total_nodes, 'node')} are online"):
+        with out.step(f"waiting until {clusters} and {plural(len(stack.node_names), 'node')} are online"):
             try:
                 stack.wait_ready(timeout=timeout)
             except (RuntimeError, TimeoutError) as exc:
@@ -224,12 +233,21 @@ def up(node_labels: tuple[str, ...], timeout: float, clusters: int | None,
 @click.option("--keep", is_flag=True, help="leave the stack running afterwards (until Ctrl-C)")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="write the HTML report here  [default: <data dir>/report.html]")
+@click.option("--scenario", "scenario_names", default=None, metavar="NAME[,NAME]",
+              help="instead of the MobileNetV2 demo, run collaboration scenarios, each on its own devices: "
+                   "too-big, throughput, camera, ... or all (figures in <data dir>/scenarios/NAME.json)")
+@click.option("--quick", is_flag=True, help="with --scenario: fewer requests per alternative")
 def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, node_counts: tuple[int, ...],
-         mongo_url: str | None, requests: int, keep: bool, report: Path | None) -> None:
-    """up + register MobileNetV2 + deploy it three ways + send requests + print a table."""
+         mongo_url: str | None, requests: int, keep: bool, report: Path | None, scenario_names: str | None,
+         quick: bool) -> None:
+    """up + register MobileNetV2 + deploy it three ways + send requests + print a table
+    (--scenario NAME: where edge-cloud collaboration wins, see README)."""
     from treeline_cli.demo import run_demo  # imports torch-free model_zoo and numpy: only here
 
     out = output()
+    if scenario_names is not None:
+        run_scenarios(out, scenario_names, quick, timeout, mongo_url)
+        return
     layout = {**cluster_layout(clusters, node_counts), "mongo_url": mongo_url}
     with ready_stack(out, node_labels, timeout, layout) as stack:
         out.line(f"Stack ready: root {stack.root_url}, cluster {stack.cluster_url}, broker {stack.mqtt_url}")
@@ -238,3 +256,22 @@ def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, nod
             out.line("--keep: the stack keeps running. Ctrl-C stops every process.")
             sys.stdout.flush()
             wait_for_signal(stack, out)
+
+
+def run_scenarios(out: Output, names: str, quick: bool, timeout: float, mongo_url: str | None) -> None:
+    """``demo --scenario``: each scenario on a stack of its own devices, one after the other."""
+    from treeline_cli.scenarios import select  # numpy, onnx and onnxruntime: only here
+    from treeline_cli.scenarios.base import add_nodes
+    from treeline_cli.scenarios.runner import results_path, run_scenario, scenario_config
+
+    try:
+        chosen = select(names)
+    except ValueError as exc:
+        raise UsageError(f"--scenario: {exc}", "e.g. --scenario too-big or --scenario all") from exc
+    data_dir = settings().data_dir.resolve()
+    for scenario in chosen:
+        with ready_stack(out, (), timeout, {"mongo_url": mongo_url},
+                         adjust=lambda config, s=scenario: scenario_config(config, s),  # type: ignore[misc]
+                         prepare=lambda stack, s=scenario: add_nodes(stack, s.stack)) as stack:  # type: ignore[misc]
+            run_scenario(scenario, stack, sys.stdout, quick, results_path(data_dir, scenario))
+            sys.stdout.flush()
