@@ -1,0 +1,70 @@
+"""Scenario ``cascade`` end to end: a real stack (broker, root, cluster, an emulated rpi4 ``edge``
+and a ``cloud`` node, as processes), the digits pair of :mod:`model_zoo.digits_pair`.
+
+The SLA asks for an accuracy floor; the root calibrates the threshold on the digits' held-out
+split, the cluster puts the small model on the edge (the entry) and the large one in the cloud.
+Every probe image is then one request: the escalated ones are exactly those whose small-model
+confidence is below the calibrated threshold, each answer equals the small model's (answered
+at the edge) or the large model's (escalated) output within 1e-5, the escalated share is the
+calibration's, and the cascade's accuracy on the probe set is at least the floor.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from model_zoo.cascade_probes import digits_probe, run_model
+from treeline_cli.scenarios.base import add_nodes
+from treeline_cli.scenarios.cascade import CLOUD, EDGE, STACK, Answers, cascade_sla, register_pair, send_probe
+from treeline_cli.scenarios.common import deploy_all
+from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
+
+pytestmark = pytest.mark.integration
+
+FLOOR = 0.95
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = pick_ports(StackConfig(data_dir=tmp_path_factory.mktemp("stack"), nodes=0,
+                                    telemetry_interval=0.5, node_threads=1, node_labels={}))
+    running = start_stack(config)
+    try:
+        add_nodes(running, STACK)
+        running.wait_ready(timeout=60)
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_cascade_answers_at_the_edge_when_confident_and_meets_its_floor(stack: Stack) -> None:
+    small, large = register_pair(stack)
+    sla = cascade_sla("cascade-e2e", accuracy_floor=FLOOR)
+    service = deploy_all(stack, {"cascade": sla}, io.StringIO())["cascade"]
+    placement, why = service["placement"], service["explanation"]["cascade"]
+    assert placement["cascade"]["node_name"] == EDGE and placement["entry"]["stage_key"].endswith("/900")
+    assert [s["node_name"] for s in placement["stages"]] == [CLOUD]
+    calibration = why["calibration"]
+    threshold = calibration["threshold"]
+    assert calibration["met"] and calibration["accuracy"] >= FLOOR and 0.0 < threshold < 1.0, why
+    assert placement["cascade_rule"]["threshold"] == threshold
+
+    probe = digits_probe()
+    answers = Answers()
+    send_probe(stack.root_url, service, probe.inputs, answers)
+    edge_run, cloud_run = run_model(small, probe), run_model(large, probe)
+    expected = edge_run.confidence < threshold
+    escalated = np.asarray(answers.escalated)
+    near = np.abs(edge_run.confidence - threshold) < 1e-6  # float noise at the boundary may go either way
+    assert np.array_equal(escalated[~near], expected[~near])
+    assert abs(escalated.mean() - calibration["escalated_share"]) <= 0.01 + near.mean()
+    assert 0.05 < escalated.mean() < 0.6, escalated.mean()
+    for i, output in enumerate(answers.outputs):
+        reference = cloud_run.outputs[i] if escalated[i] else edge_run.outputs[i]
+        np.testing.assert_allclose(output, reference, atol=1e-5, err_msg=f"probe input {i}")
+    accuracy = float(np.mean([int(np.argmax(o)) for o in answers.outputs] == probe.labels))
+    assert accuracy >= FLOOR, accuracy
