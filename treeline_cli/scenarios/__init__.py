@@ -10,13 +10,14 @@ its entry in ``REGISTERED`` below.
 
 from __future__ import annotations
 
-from treeline_cli.scenarios import battery, camera, throughput, too_big
+from treeline_cli.scenarios import battery, camera, cascade, throughput, too_big
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 
 REGISTERED: tuple[Scenario, ...] = (
     too_big.SCENARIO,
     throughput.SCENARIO,
     camera.SCENARIO,
+    cascade.SCENARIO,
     battery.SCENARIO,
 )
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in REGISTERED}
