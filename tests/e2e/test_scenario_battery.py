@@ -13,10 +13,11 @@ import pytest
 
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios.base import add_nodes
-from treeline_cli.scenarios.battery import BATTERY_NODE, MAINS_NODE, MIN_PERCENT, STACK, run
+from treeline_cli.scenarios.battery import BATTERY_NODE, MAINS_NODE, MIN_PERCENT, report, stack_spec
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
 
 pytestmark = pytest.mark.integration
+BATTERY_WH = 0.002  # the demo's 5 mWh would drain for longer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                                     telemetry_interval=0.5, node_threads=1, node_labels={}))
     running = start_stack(config)
     try:
-        add_nodes(running, STACK)
+        add_nodes(running, stack_spec(BATTERY_WH))
         running.wait_ready(timeout=60)
         yield running
     finally:
@@ -35,7 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def test_a_draining_battery_moves_the_deployment_off_without_failures_and_charging_brings_it_back(
         stack: Stack) -> None:
     out = io.StringIO()
-    result = run(stack, out, quick=True)
+    result = report(stack, out, BATTERY_WH)
     figures, plans = result["figures"], list(result["plans"].values())
     assert [p["nodes"] for p in plans] == [[BATTERY_NODE], [MAINS_NODE], [BATTERY_NODE]], plans
     assert figures["battery_replan_failed_requests"] == 0

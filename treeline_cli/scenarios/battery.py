@@ -49,7 +49,7 @@ from treeline_common.wire import to_dict
 log = logging.getLogger(__name__)
 
 BATTERY_NODE, MAINS_NODE = "rpi4-1", "server-1"
-DEMO_BATTERY_WH = 0.002  # 7.2 J: a few thousand requests of the MLP below drain it
+DEMO_BATTERY_WH = 0.005  # 18 J: a few thousand requests of the MLP below drain it
 MIN_PERCENT = 50.0  # the SLA's battery.min_percent (the emulated rpi4 starts at 80 %)
 CHARGE_PERCENT_PER_S = 25.0
 MODEL, INPUT, OUTPUT, WIDTH = "battery-mlp", "x", "y", 32
@@ -67,7 +67,21 @@ class BatteryNodeSpec(NodeSpec):
         return [*super().args(stack), "--battery-wh", repr(self.battery_wh)]
 
 
-STACK = StackSpec((NodeSpec("server", MAINS_NODE), BatteryNodeSpec("rpi4", BATTERY_NODE)))
+def stack_spec(battery_wh: float = DEMO_BATTERY_WH) -> StackSpec:
+    """The scenario's devices: a mains server and the battery node holding ``battery_wh``."""
+    return StackSpec((NodeSpec("server", MAINS_NODE),
+                      BatteryNodeSpec("rpi4", BATTERY_NODE, battery_wh=battery_wh)))
+
+
+STACK = stack_spec()
+
+
+def capacity_wh(spec: StackSpec) -> float:
+    """The battery node's capacity in ``spec`` (ValueError when it has no battery node)."""
+    for node in spec.nodes:
+        if node.name == BATTERY_NODE and isinstance(node, BatteryNodeSpec):
+            return node.battery_wh
+    raise ValueError(f"the stack has no battery node {BATTERY_NODE}")
 
 
 def battery_model(seed: int = 0) -> bytes:
@@ -209,7 +223,7 @@ def _battery_cause(e: Mapping[str, Any]) -> bool:
     return cause_kind(str(e.get("cause") or "")) == "battery"
 
 
-def drive(stack: Stack, timeout: float = PHASE_TIMEOUT_S) -> dict[str, Any]:
+def drive(stack: Stack, battery_wh: float, timeout: float = PHASE_TIMEOUT_S) -> dict[str, Any]:
     """Deploy, drain, re-plan, charge, re-plan back (the module docstring); the phases, events and
     failed requests. Raises TimeoutError when a step does not happen within ``timeout``."""
     root = RootClient(stack.root_url)
@@ -243,7 +257,7 @@ def drive(stack: Stack, timeout: float = PHASE_TIMEOUT_S) -> dict[str, Any]:
         sender.finish()
     first = phases[0]
     if first.battery_from is not None and first.battery_to is not None and first.answered:
-        lost_j = (first.battery_from - first.battery_to) / 100.0 * DEMO_BATTERY_WH * 3600.0
+        lost_j = (first.battery_from - first.battery_to) / 100.0 * battery_wh * 3600.0
         first.battery_mj = lost_j * 1000.0 / first.answered
     return {"service_id": service_id, "phases": phases, "events": watcher.events, "failures": sender.failures}
 
@@ -253,8 +267,14 @@ def _mj(value: float | None) -> float:
 
 
 def run(stack: Stack, out: TextIO, quick: bool) -> dict[str, Any]:
-    """The scenario (``quick`` changes nothing: it is a few thousand requests either way)."""
-    result = drive(stack)
+    """The scenario on :data:`STACK` (``quick`` changes nothing: a few thousand requests either way)."""
+    return report(stack, out, capacity_wh(STACK))
+
+
+def report(stack: Stack, out: TextIO, battery_wh: float) -> dict[str, Any]:
+    """Drive the scenario on ``stack`` (its battery node holds ``battery_wh``), print its table and
+    return its record (figures, plans, events)."""
+    result = drive(stack, battery_wh)
     phases: list[Phase] = result["phases"]
     columns = [Column(p.label, " + ".join(stage_nodes(p.service)), {
         "predicted mJ/inference": _mj(p.predicted_mj),
@@ -266,7 +286,7 @@ def run(stack: Stack, out: TextIO, quick: bool) -> dict[str, Any]:
     }) for p in phases]
     failed = len(result["failures"])
     notes = [f"SLA battery.min_percent {MIN_PERCENT:g}, back at {MIN_PERCENT + DEFAULT_HYSTERESIS:g} "
-             f"(hysteresis {DEFAULT_HYSTERESIS:g} points); emulated battery {DEMO_BATTERY_WH * 1000:g} mWh, "
+             f"(hysteresis {DEFAULT_HYSTERESIS:g} points); emulated battery {battery_wh * 1000:g} mWh, "
              f"charging at {CHARGE_PERCENT_PER_S:g} %/s",
              f"failed requests during both moves: {failed}",
              *(f"re-plan (generation {e.get('generation')}): {e.get('cause')}" for e in result["events"])]
