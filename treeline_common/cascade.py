@@ -27,6 +27,7 @@ output (values in 0..1). With a batch, the request's confidence is its *least* c
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -215,7 +216,9 @@ class Calibration:
     expected_mean_ms: float | None = None  # small_ms + share * escalation_ms, when timings were given
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        """The figures as JSON; floats rounded to 6 digits except the threshold (applied as is)."""
+        return {k: (round(v, 6) if isinstance(v, float) and k != "threshold" else v)
+                for k, v in self.__dict__.items()}
 
 
 def cascade_accuracy(conf: np.ndarray, small_correct: np.ndarray, large_correct: np.ndarray,
@@ -232,9 +235,9 @@ def calibrate(conf: Sequence[float] | np.ndarray, small_correct: Sequence[bool] 
     """The lowest threshold whose cascade accuracy on the probe set is at least ``floor``.
 
     Inputs, one entry per probe example: the small model's confidence, whether the small and
-    the large model answered it correctly. Candidates are 0 (never escalate) and every
-    distinct confidence (escalate the examples strictly below it), then 1.0 (escalate all but
-    the fully certain): the escalated set, and with it the mean latency
+    the large model answered it correctly. Candidates are 0 (never escalate), the points midway
+    between neighbouring distinct confidences (escalate the examples below), then 1.0
+    (escalate all but the fully certain): the escalated set, and with it the mean latency
     ``small_ms + share * escalation_ms``, grows with the threshold, so the lowest threshold that
     meets the floor is also the fastest one that does. Not met even at 1.0: ``met`` False and
     threshold 1.0. ValueError on empty or unequal inputs.
@@ -244,7 +247,11 @@ def calibrate(conf: Sequence[float] | np.ndarray, small_correct: Sequence[bool] 
     large = np.asarray(large_correct, dtype=bool)
     if c.size == 0 or not c.shape == s.shape == large.shape:
         raise ValueError(f"calibrate: need equal, non-empty arrays, got {c.shape}, {s.shape}, {large.shape}")
-    candidates = sorted({0.0, *(min(1.0, max(0.0, float(v))) for v in c), 1.0})
+    seen = sorted({min(1.0, max(0.0, float(v))) for v in c})
+    # midway between neighbouring confidences: the same escalated set as the upper one, with a
+    # margin either side (a node's float noise must not flip the probe's boundary examples)
+    candidates = [0.0, *((a + b) / 2.0 for a, b in itertools.pairwise(seen)),
+                  *([(seen[-1] + 1.0) / 2.0] if seen[-1] < 1.0 else []), 1.0]
     chosen, met = 1.0, False
     for threshold in candidates:
         if cascade_accuracy(c, s, large, threshold)[0] >= floor - 1e-12:

@@ -19,7 +19,16 @@ import pytest
 
 from model_zoo.cascade_probes import digits_probe, run_model
 from treeline_cli.scenarios.base import add_nodes
-from treeline_cli.scenarios.cascade import CLOUD, EDGE, STACK, Answers, cascade_sla, register_pair, send_probe
+from treeline_cli.scenarios.cascade import (
+    CLOUD,
+    EDGE,
+    STACK,
+    Answers,
+    cascade_sla,
+    probe_client,
+    register_pair,
+    send_probe,
+)
 from treeline_cli.scenarios.common import deploy_all
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
 
@@ -55,7 +64,8 @@ def test_the_cascade_answers_at_the_edge_when_confident_and_meets_its_floor(stac
 
     probe = digits_probe()
     answers = Answers()
-    send_probe(stack.root_url, service, probe.inputs, answers)
+    with probe_client(stack.root_url, service, probe.inputs[:1]) as client:
+        send_probe(client, probe.inputs, answers)
     edge_run, cloud_run = run_model(small, probe), run_model(large, probe)
     expected = edge_run.confidence < threshold
     escalated = np.asarray(answers.escalated)

@@ -119,11 +119,11 @@ def test_calibration_picks_the_lowest_threshold_meeting_the_floor() -> None:
     small = np.array([False, False, True, True, True, True])
     large = np.array([True, True, True, True, True, False])
     result = calibrate(conf, small, large, 5 / 6, small_ms=1.0, escalation_ms=10.0)
-    assert result.met and result.threshold == pytest.approx(0.4)  # escalate only 0.2: 5/6 correct
+    assert result.met and result.threshold == pytest.approx(0.3)  # escalate only 0.2: 5/6 correct
     assert result.escalated_share == pytest.approx(1 / 6) and result.accuracy == pytest.approx(5 / 6)
     assert result.expected_mean_ms == pytest.approx(1.0 + 10.0 / 6)
     full = calibrate(conf, small, large, 1.0)
-    assert full.met and full.threshold == pytest.approx(0.6)  # escalate 0.2 and 0.4: all right
+    assert full.met and full.threshold == pytest.approx(0.5)  # escalate 0.2 and 0.4: all right
     accuracy, share = cascade_accuracy(conf, small, large, full.threshold)
     assert accuracy == 1.0 and share == pytest.approx(2 / 6)
     assert calibrate(conf, small, large, 0.5).threshold == 0.0  # the small model alone meets it
