@@ -28,12 +28,11 @@ from urllib.parse import urlsplit
 from treeline_common import wire
 from treeline_common.errors import MEMORY_LIMIT
 from treeline_common.messages import DeleteCommand, DeployCommand, NextStage
+from treeline_common.profiles import LOAD_MEMORY_FACTOR
 
 MIB = 1024 * 1024
-# Resident memory of a loaded partition per byte of its artifact: measured on onnxruntime 1.32, a
-# 13.5 MB MobileNetV2 partition added 30 MB RSS after loading and one run (weights, prepacked
-# copies, activation arena); the first session of a process adds about 20 MB more (ORT set-up).
-LOAD_MEMORY_FACTOR = 2.0
+# LOAD_MEMORY_FACTOR (treeline_common.profiles, shared with the planner): resident memory of a loaded
+# partition per byte of its artifact; the first session of a process adds about 20 MB more (ORT set-up).
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")

@@ -22,6 +22,7 @@ from ml_scheduler.costmodel.links import link_matrices
 from ml_scheduler.costmodel.model import CostModel
 from ml_scheduler.graph import ModelGraph
 from ml_scheduler.problem import OBJECTIVES, PlanningProblem
+from treeline_common.profiles import LOAD_MEMORY_FACTOR
 
 MIB = 1024 * 1024
 # NodeView fields added by scheduler v2, with the defaults of treeline_common.profiles.DeviceProfile.
@@ -65,7 +66,9 @@ def build_problem(
         {c: float(d.speed_factor) for c, d in zip(classes, devices, strict=True) if c})
     op_ms = np.vstack([cost_model.op_ms(graph, c, float(d.speed_factor))[0]
                        for c, d in zip(classes, devices, strict=True)])
-    param_bytes = np.array([op.param_bytes for op in graph.ops], dtype=float)
+    # a node admits a stage only if LOAD_MEMORY_FACTOR x its weights fit (node_engine/refusals.py):
+    # charged alike here, so the planner never chooses a stage its node would refuse
+    param_bytes = np.array([op.param_bytes for op in graph.ops], dtype=float) * LOAD_MEMORY_FACTOR
     cut_bytes = np.array([np.inf if p in graph.uncuttable else graph.cut_bytes(p) for p in range(n + 1)],
                          dtype=float)  # an uncuttable position costs an infinite transfer: never chosen
     live_bytes = np.array([graph.cut_bytes(i) + op.output_bytes for i, op in enumerate(graph.ops)],

@@ -24,6 +24,7 @@ from ml_scheduler.graph import ModelGraph, analyze_model
 from ml_scheduler.problem import evaluate
 from ml_scheduler.snapshot import NodeView
 from model_zoo.tiny import tiny_dag_bytes
+from treeline_common.profiles import LOAD_MEMORY_FACTOR
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,8 @@ def test_build_problem_shapes_and_values(graph: ModelGraph) -> None:
     assert problem.cut_bytes[0] == 1 * 3 * 16 * 16 * 4  # graph input
     assert problem.cut_bytes[n] == 10 * 4  # graph output
     np.testing.assert_array_equal(problem.cut_bytes, [graph.cut_bytes(p) for p in range(n + 1)])
-    np.testing.assert_array_equal(problem.param_bytes, [op.param_bytes for op in graph.ops])
+    np.testing.assert_array_equal(problem.param_bytes,  # charged as the node admits a stage
+                                  [LOAD_MEMORY_FACTOR * op.param_bytes for op in graph.ops])
     np.testing.assert_array_equal(problem.live_bytes,
                                   [graph.cut_bytes(i) + op.output_bytes for i, op in enumerate(graph.ops)])
     assert math.isinf(problem.mem_bytes[0]) and problem.mem_bytes[1] == 4096 * 1024 * 1024

@@ -1,14 +1,17 @@
 """``too-big``: a transformer that fits no single edge device.
 
-MiniLM (``model_zoo.minilm``: 90 MB of weights, exported once and cached) on three ``edge-64``
-boards that each offer 64 MB, with a ``cloud`` server whose uplink is a WAN (20 Mbit/s, 40 ms).
-Requests arrive on ``edge-64-1`` (the SLA's ``source``). Compared:
+MiniLM (``model_zoo.minilm``: 91 MB of weights, exported once and cached) on three ``edge-128``
+boards that each offer 128 MB, with a ``cloud`` server whose uplink is a WAN (20 Mbit/s, 40 ms).
+A node admits a partition only if ``LOAD_MEMORY_FACTOR`` (2) times its artifact fits, and the
+planner charges weights alike: MiniLM needs about 182 MB loaded, more than any board offers,
+while its embedding table (47 MB, 94 MB loaded) and the layers after it fit two boards.
+Requests arrive on ``edge-128-1`` (the SLA's ``source``). Compared:
 
 - **ours**: the exact planner, up to 3 stages: it splits over the edge boards or offloads to the
   cloud, whichever it predicts faster, and the explanation gives both predictions;
 - **edge split**: a ``direct`` constraint naming the edge boards (the cloud is not allowed);
 - **cloud offload**: ``max_partitions: 1``: one device, and only the cloud holds the model;
-- **one edge board**: ``max_partitions: 1`` and ``direct`` to ``edge-64-1``: what a single-device
+- **one edge board**: ``max_partitions: 1`` and ``direct`` to ``edge-128-1``: what a single-device
   runtime answers; a dry run, refused with the planner's reasons.
 
 What the emulation charges: a link costs its SENDER's uplink (``node_engine/emulation.py``) and
@@ -47,9 +50,9 @@ from treeline_cli.scenarios.common import (
 from treeline_cli.stack import Stack
 
 MODEL = "minilm"
-EDGES = ("edge-64-1", "edge-64-2", "edge-64-3")
+EDGES = ("edge-128-1", "edge-128-2", "edge-128-3")
 CLOUD = "cloud-1"
-STACK = StackSpec((*(NodeSpec("edge-64", name) for name in EDGES), NodeSpec("cloud", CLOUD)))
+STACK = StackSpec((*(NodeSpec("edge-128", name) for name in EDGES), NodeSpec("cloud", CLOUD)))
 OURS, SPLIT, OFFLOAD, ONE_EDGE = "ours: planner decides", "edge split", "cloud offload", "one edge board"
 
 
@@ -155,5 +158,5 @@ def run(stack: Stack, out: TextIO, quick: bool) -> dict[str, Any]:
     return measure(stack, out, cached_minilm(DEFAULT_SEQ_LEN), DEFAULT_SEQ_LEN, requests=24 if quick else 60)
 
 
-SCENARIO = Scenario("too-big", "a 90 MB transformer on edge boards of 64 MB each, a cloud behind a WAN",
+SCENARIO = Scenario("too-big", "a 90 MB transformer on edge boards of 128 MB each, a cloud behind a WAN",
                     STACK, run)
