@@ -349,12 +349,16 @@ def tiny_mlp(seed: int, input_name: str = "input") -> bytes:
 # ---------------------------------------------------------------- a whole stack (treeline up, in-process)
 
 @contextmanager
-def running_stack(data_dir: Path, timeout: float = 60.0, **config: Any) -> Iterator[Any]:
-    """``start_stack`` of a :class:`~treeline_cli.stack.StackConfig` on free ports, ready, stopped on exit."""
+def running_stack(data_dir: Path, timeout: float = 60.0, prepare: Callable[[Any], object] | None = None,
+                  **config: Any) -> Iterator[Any]:
+    """``start_stack`` of a :class:`~treeline_cli.stack.StackConfig` on free ports, ready, stopped on exit.
+    ``prepare(stack)`` runs before the wait (e.g. a scenario's ``add_nodes`` on a stack of ``nodes=0``)."""
     from treeline_cli.stack import StackConfig, pick_ports, start_stack
 
     running = start_stack(pick_ports(StackConfig(data_dir=data_dir, **config)))
     try:
+        if prepare is not None:
+            prepare(running)
         running.wait_ready(timeout=timeout)
         yield running
     finally:

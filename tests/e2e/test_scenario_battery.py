@@ -1,5 +1,5 @@
 """Scenario ``battery`` end to end: a real stack (broker, root, cluster, a server and an emulated
-rpi4 with a 1 mWh battery, as processes). Traffic drains the rpi4 below the SLA's
+rpi4 with a 2 mWh battery, as processes). Traffic drains the rpi4 below the SLA's
 ``battery.min_percent``: the deployment is re-planned off it with no failed request while a client
 sends the whole time; put on charge, the rpi4 gets the deployment back once past the hysteresis.
 Both moves are events with a ``battery:`` cause at the root."""
@@ -10,11 +10,12 @@ import io
 from collections.abc import Iterator
 
 import pytest
+from treeline_test_helpers import running_stack
 
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios.base import add_nodes
 from treeline_cli.scenarios.battery import BATTERY_NODE, MAINS_NODE, MIN_PERCENT, report, stack_spec
-from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
+from treeline_cli.stack import Stack
 
 pytestmark = pytest.mark.integration
 BATTERY_WH = 0.002  # the demo's 5 mWh would drain for longer
@@ -22,15 +23,9 @@ BATTERY_WH = 0.002  # the demo's 5 mWh would drain for longer
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    config = pick_ports(StackConfig(data_dir=tmp_path_factory.mktemp("stack"), nodes=0,
-                                    telemetry_interval=0.5, node_threads=1, node_labels={}))
-    running = start_stack(config)
-    try:
-        add_nodes(running, stack_spec(BATTERY_WH))
-        running.wait_ready(timeout=60)
+    with running_stack(tmp_path_factory.mktemp("stack"), nodes=0, telemetry_interval=0.5, node_threads=1,
+                       node_labels={}, prepare=lambda s: add_nodes(s, stack_spec(BATTERY_WH))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_a_draining_battery_moves_the_deployment_off_without_failures_and_charging_brings_it_back(
