@@ -29,11 +29,14 @@ def _rounded(value: Any, digits: int = 1) -> float | None:
     return None if number is None else round(number, digits)
 
 
-def node_row(node: Doc, cluster: Doc, now: float) -> dict[str, Any]:
-    """One node for the fleet table: identity, online state and its latest readings.
+def node_row(node: Doc, cluster: Doc, now: float, reachable: bool = True) -> dict[str, Any]:
+    """One node for the fleet table: identity, state and its latest readings.
 
-    ``telemetry_age_s``: seconds since the cluster last heard the node (None: never).
-    ``links``: measured links ``[{peer, rtt_ms, mbps, source}]`` (empty: none measured).
+    ``state``: ``online`` | ``offline`` (the cluster says so) | ``unknown`` (its cluster cannot
+    be asked: the row is what it answered last). The readings of a node that is not online are
+    its last ones (the UI greys them). ``telemetry_age_s``: seconds since the cluster last heard
+    the node (None: never). ``links``: the newest measurement per peer ``[{peer, rtt_ms, mbps,
+    source}]`` (empty: none measured).
     """
     t: Doc = node.get("telemetry") or {}
     sources: Doc = t.get("sources") or {}
@@ -56,7 +59,9 @@ def node_row(node: Doc, cluster: Doc, now: float) -> dict[str, Any]:
     return {
         "node_id": node.get("node_id"), "name": node.get("name"),
         "cluster_id": cluster.get("cluster_id"), "cluster_name": cluster.get("cluster_name"),
-        "profile": node.get("profile"), "arch": node.get("arch"), "online": bool(node.get("online")),
+        "profile": node.get("profile"), "arch": node.get("arch"),
+        "online": bool(node.get("online")) and reachable,
+        "state": ("online" if node.get("online") else "offline") if reachable else "unknown",
         "emulated": bool(node.get("emulated")), "emulated_readings": emulated,
         "cpu_percent": _rounded(t.get("cpu_percent")), "cpu_count": node.get("cpu_count"),
         "memory_percent": _rounded(t.get("memory_percent")),
@@ -67,12 +72,47 @@ def node_row(node: Doc, cluster: Doc, now: float) -> dict[str, Any]:
         "battery_percent": _rounded(battery.get("percent")), "charging": battery.get("charging"),
         "temperature_c": None if hottest is None else round(hottest, 1),
         "power_w": _rounded(power.get("watts"), 2), "power_estimated": bool(power.get("estimated")),
-        "links": [{"peer": link.get("peer"), "rtt_ms": _rounded(link.get("rtt_ms"), 2),
-                   "mbps": _rounded(link.get("mbps"), 1), "source": link.get("source")}
-                  for link in t.get("links") or [] if isinstance(link, Mapping)],
+        "links": _newest_links(t.get("links") or []),
         "stages": len(t.get("stages") or []),
         "telemetry_age_s": None if last_seen is None else round(max(0.0, now - last_seen), 1),
     }
+
+
+def _newest_links(links: Iterable[Any]) -> list[dict[str, Any]]:
+    """One link per peer: the newest measurement (a node reports probe and passive figures)."""
+    newest: dict[str, Doc] = {}
+    for link in links:
+        if not isinstance(link, Mapping):
+            continue
+        peer = str(link.get("peer"))
+        known = newest.get(peer)
+        at = _number(link.get("measured_at")) or 0.0
+        if known is None or at > (_number(known.get("measured_at")) or 0.0):
+            newest[peer] = link
+    return [{"peer": peer, "rtt_ms": _rounded(link.get("rtt_ms"), 2), "mbps": _rounded(link.get("mbps"), 1),
+             "source": link.get("source")} for peer, link in sorted(newest.items())]
+
+
+def plain_problem(message: str) -> str:
+    """A connection error in plain words (``connection refused``, ``timed out``), else the message
+    cut to one line of at most 160 characters."""
+    lowered = message.lower()
+    for needle, plain in (("connection refused", "not reachable (connection refused)"),
+                          ("errno 111", "not reachable (connection refused)"),
+                          ("timed out", "not reachable (timed out)"),
+                          ("timeout", "not reachable (timed out)"),
+                          ("name or service not known", "not reachable (unknown host)"),
+                          ("no route to host", "not reachable (no route to host)")):
+        if needle in lowered:
+            return plain
+    line = message.splitlines()[0] if message else "unknown error"
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def silent_for(cluster: Doc, now: float) -> str:
+    """Why a cluster is inactive: how long it has not pushed."""
+    last = _number(cluster.get("last_push")) or _number(cluster.get("registered_at"))
+    return "inactive: never pushed" if last is None else f"inactive: no push for {max(0.0, now - last):.0f} s"
 
 
 def cluster_row(cluster: Doc, active: bool, problem: str | None) -> dict[str, Any]:

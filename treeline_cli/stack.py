@@ -158,7 +158,9 @@ class Stack:
         instance_id = uuid.uuid4().hex
         started_at = time.time()
         process = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            # -P: not the current directory first on sys.path, so a stray checkout (or a folder
+            # named like a package) where `treeline up` is run cannot shadow the installed code
+            [sys.executable, "-P", "-m", *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -40,5 +40,8 @@ def apply() -> Any:
 @access(OWNER)
 def plan() -> Any:
     """200 ``{services: [{microservice_name, cluster_id, cluster_name, schedulable, strategy,
-    predicted, stages, reasons, ...}]}``; nothing is deployed."""
-    return jsonify({"services": ctx().dryrun.plan(_callers_sla())})
+    predicted, stages, reasons, ...}]}``; nothing is deployed. Declared model inputs are checked
+    against the registered signatures first, as apply does (400 at the field, not a cluster's 503)."""
+    sla = _callers_sla()
+    ctx().applier.check_inputs(sla)
+    return jsonify({"services": ctx().dryrun.plan(sla)})

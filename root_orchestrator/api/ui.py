@@ -33,7 +33,7 @@ from werkzeug.wrappers import Response
 from root_orchestrator import ui_views
 from root_orchestrator.api.context import context_of, ctx
 from root_orchestrator.api.guard import access, principal, visible_service
-from root_orchestrator.auth.principals import CLUSTER_READ, OWNER, PUBLIC
+from root_orchestrator.auth.principals import OWNER, PUBLIC, SIGNED_IN
 from root_orchestrator.ranking import is_active
 from treeline_common.errors import NotFound, TreelineError
 
@@ -48,9 +48,10 @@ EXTENSION = "treeline_ui_fleet"
 class FleetCache:
     """The clusters' node lists, fetched in parallel and kept for ``ttl_s`` seconds.
 
-    ``fetch(cluster_url)`` returns one cluster's node documents or raises a TreelineError (its
-    message becomes the cluster's ``problem``). Thread-safe: concurrent callers within the TTL
-    share one fan-out.
+    ``fetch(cluster_url)`` returns one cluster's node documents or raises (the error, in plain
+    words, becomes the cluster's ``problem``). A cluster that cannot be asked keeps the nodes it
+    last answered, marked stale (``{url: (nodes, problem)}`` with a problem set), so an
+    operator still sees which nodes it had. Thread-safe: callers within the TTL share one fan-out.
     """
 
     def __init__(self, fetch: Callable[[str], list[dict[str, Any]]], ttl_s: float = FLEET_TTL_S,
@@ -62,6 +63,7 @@ class FleetCache:
         self._at = -float("inf")
         self._key: tuple[str, ...] = ()
         self._found: dict[str, tuple[list[dict[str, Any]], str | None]] = {}
+        self._last_good: dict[str, list[dict[str, Any]]] = {}
 
     def nodes(self, urls: list[str]) -> dict[str, tuple[list[dict[str, Any]], str | None]]:
         """``{url: (nodes, problem)}`` for every url (problem None when it answered)."""
@@ -70,6 +72,11 @@ class FleetCache:
             if key == self._key and self._monotonic() - self._at < self._ttl:
                 return self._found
             found = self._ask(list(key))
+            for url, (nodes, problem) in found.items():
+                if problem is None:
+                    self._last_good[url] = nodes
+                else:
+                    found[url] = (self._last_good.get(url, []), problem)
             self._found, self._key, self._at = found, key, self._monotonic()
             return found
 
@@ -81,10 +88,10 @@ class FleetCache:
             try:
                 return self._fetch(url), None
             except TreelineError as exc:
-                return [], exc.message
+                return [], ui_views.plain_problem(exc.message)
             except Exception as exc:  # noqa: BLE001 - a broken cluster must not break the dashboard
                 log.warning("web UI: nodes of %s: %s", url, exc)
-                return [], f"{type(exc).__name__}: {exc}"
+                return [], ui_views.plain_problem(f"{type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max_workers=min(8, len(urls)), thread_name_prefix="ui-fleet") as pool:
             return dict(zip(urls, pool.map(one, urls), strict=True))
@@ -145,7 +152,7 @@ def _active_clusters() -> list[tuple[dict[str, Any], bool]]:
 
 def _visible_services() -> list[dict[str, Any]]:
     stores, who = ctx().stores, principal()
-    if who.is_admin or who.kind == "cluster":
+    if who.is_admin:
         return stores.applications.list_services()
     found: list[dict[str, Any]] = []
     for app_doc in stores.applications.list_applications(who.id):
@@ -165,14 +172,16 @@ def _fleet_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     cluster_rows: list[dict[str, Any]] = []
     node_rows: list[dict[str, Any]] = []
     for doc, active in clusters:
-        nodes, problem = answers.get(str(doc.get("url")), ([], None if active else "inactive"))
+        nodes, problem = answers.get(str(doc.get("url")), ([], None))
+        if not active:
+            problem = ui_views.silent_for(doc, now)
         cluster_rows.append(ui_views.cluster_row(doc, active, problem))
-        node_rows.extend(ui_views.node_row(n, doc, now) for n in nodes)
+        node_rows.extend(ui_views.node_row(n, doc, now, reachable=problem is None) for n in nodes)
     return cluster_rows, node_rows
 
 
 @bp.get("/api/ui/overview")
-@access(CLUSTER_READ)
+@access(SIGNED_IN)
 def overview() -> Any:
     """``{now, clusters: [...], nodes: [...], services: [...]}`` (module docstring)."""
     clusters, nodes = _fleet_rows()

@@ -100,5 +100,6 @@ PROFILES = Access("profiles", _APP_USERS, clusters=True, legacy=True,
                   summary="cluster token, or the model's owner (404 for others), or admin")
 CLUSTER_READ = Access("cluster-read", ALL_ROLES, clusters=True, legacy=True,
                       summary="any token")
+SIGNED_IN = Access("signed-in", ALL_ROLES, summary="any signed-in user (no cluster, no anonymous caller)")
 INFRASTRUCTURE = Access("infrastructure", _INFRA, summary="admin or infrastructure provider")
 ADMIN = Access("admin", frozenset({Role.ADMIN}), summary="admin")

@@ -205,7 +205,7 @@ def test_apply_refuses_inputs_the_registered_model_does_not_take(root: Root) -> 
     model = sla["applications"][0]["microservices"][0]["model"]
     del model["input"]
     model["inputs"] = [IDS, {**MASK, "dtype": "float32"}]
-    for url in ("/api/apply", "/api/application/"):
+    for url in ("/api/apply", "/api/application/", "/api/plan"):  # a dry run too: 400 at the field
         answer = root.http.post(url, json=sla)
         assert answer.status_code == 400, answer.get_json()
         details = {d["path"]: d["message"] for d in answer.get_json()["error"]["details"]}

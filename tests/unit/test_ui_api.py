@@ -207,3 +207,36 @@ def test_views_keep_absent_readings_absent() -> None:
     assert ui_views.strip({}, None) == {"total_ops": 0, "stages": [], "strategy": None, "generation": None,
                                         "predicted": {}}
     assert Path(STATIC_DIR / "index.html").exists()
+
+
+def test_an_unreachable_cluster_keeps_its_last_nodes_as_unknown(root: Root) -> None:
+    clusters: Any = root.clusters
+    clusters.node_answers = {"http://a:1": [NODE_A]}
+    root.register_cluster("a", "http://a:1", active_nodes=1)
+    assert root.http.get("/api/ui/overview").get_json()["nodes"][0]["state"] == "online"
+    clusters.node_answers = {"http://a:1": Unavailable("HTTPConnectionPool(host='a', port=1): Max retries "
+                                                       "exceeded ([Errno 111] Connection refused)")}
+    root.clock.advance(2.0)
+    fleet: Any = root.app.extensions["treeline_ui_fleet"]
+    fleet._ttl = 0.0  # the next call asks again
+    body = root.http.get("/api/ui/overview").get_json()
+    [node] = body["nodes"]
+    assert (node["name"], node["state"], node["online"]) == ("rpi4-1", "unknown", False)
+    assert body["clusters"][0]["problem"] == "not reachable (connection refused)"
+
+
+def test_links_show_the_newest_measurement_per_peer() -> None:
+    links = [{"peer": "b", "rtt_ms": 5.0, "mbps": 40.0, "source": "probe", "measured_at": 10.0},
+             {"peer": "b", "rtt_ms": 4.0, "mbps": 47.5, "source": "passive", "measured_at": 12.0},
+             {"peer": "a", "rtt_ms": 1.0, "mbps": 900.0, "source": "probe", "measured_at": 1.0}]
+    row = ui_views.node_row({"node_id": "x", "online": True, "telemetry": {"links": links}}, {}, now=20.0)
+    assert row["links"] == [{"peer": "a", "rtt_ms": 1.0, "mbps": 900.0, "source": "probe"},
+                            {"peer": "b", "rtt_ms": 4.0, "mbps": 47.5, "source": "passive"}]
+
+
+def test_the_overview_admits_no_cluster_token() -> None:
+    from root_orchestrator.api.ui import overview
+    from root_orchestrator.api.guard import access_of
+
+    rule = access_of(overview)
+    assert rule is not None and not rule.clusters and not rule.legacy and not rule.public
