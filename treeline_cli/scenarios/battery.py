@@ -41,7 +41,7 @@ from treeline_cli.demo import deploy_sla, register_once
 from treeline_cli.inference import service_resolver
 from treeline_cli.root_client import RootClient, http_call
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
-from treeline_cli.scenarios.common import Column, ml_sla, render_table, stage_nodes
+from treeline_cli.scenarios.common import Column, ml_sla, predicted, relative_error, render_table, stage_nodes
 from treeline_cli.stack import Stack
 from treeline_common.charge import CHARGE_FILE, ChargeControl
 from treeline_common.wire import to_dict
@@ -124,6 +124,7 @@ class Sender:
         self._lock = threading.Lock()
         self.answered = 0
         self.failures: list[str] = []
+        self._latencies_ms: list[float] = []  # of every answer, in order
         self._thread = threading.Thread(target=self._run, name="battery-sender", daemon=True)
 
     def start(self) -> Sender:
@@ -137,6 +138,7 @@ class Sender:
     def _run(self) -> None:
         with ServiceClient(self._resolve, policy=RetryPolicy(deadline=20.0, attempt_timeout=3.0)) as client:
             while not self._stop.is_set():
+                started = time.perf_counter()
                 try:
                     client.infer(self._inputs)
                 except Exception as exc:  # noqa: BLE001 - every failed request is counted
@@ -145,10 +147,17 @@ class Sender:
                     continue
                 with self._lock:
                     self.answered += 1
+                    self._latencies_ms.append((time.perf_counter() - started) * 1000.0)
 
     def count(self) -> int:
         with self._lock:
             return self.answered
+
+    def p50_ms(self, first: int, count: int) -> float | None:
+        """Median latency (ms, retries included) of answers ``first`` .. ``first + count - 1``."""
+        with self._lock:
+            window = self._latencies_ms[first:first + count]
+        return float(np.median(window)) if window else None
 
 
 @dataclass
@@ -163,6 +172,7 @@ class Phase:
     battery_from: float | None = None
     battery_to: float | None = None
     battery_mj: float | None = None  # what the battery node's charge lost per answered request
+    p50_ms: float | None = None  # measured latency of its answers
 
     @property
     def generation(self) -> int:
@@ -172,6 +182,11 @@ class Phase:
     def predicted_mj(self) -> float | None:
         value = ((self.service.get("placement") or {}).get("predicted") or {}).get("energy_mj")
         return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def error(self) -> float:
+        """Predicted against measured p50 latency (:func:`.common.relative_error`; NaN: unknown)."""
+        return relative_error(predicted(self.service), _mj(self.p50_ms))
 
 
 @dataclass
@@ -200,6 +215,13 @@ class Watcher:
         measured = (view.get("energy") or {}).get("measured_mj")
         if serving == phase.generation and measured is not None:
             phase.measured_mj = float(measured)
+
+    def settle(self, phase: Phase, timeout: float) -> None:
+        """Keep ``phase`` serving until the cluster measured its energy (at most ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while phase.measured_mj is None and time.monotonic() < deadline:
+            self.measure(phase)
+            time.sleep(0.2)
 
     def replan(self, since: float, want: Callable[[dict[str, Any]], bool], phase: Phase, sender: Sender,
                timeout: float = PHASE_TIMEOUT_S) -> dict[str, Any]:
@@ -242,19 +264,19 @@ def drive(stack: Stack, battery_wh: float, timeout: float = PHASE_TIMEOUT_S) -> 
                                phases[0], sender, timeout)
         phases.append(Phase(f"re-planned to {'+'.join(stage_nodes(moved))}", moved, sender.count(),
                             battery_from=watcher.battery()))
+        watcher.settle(phases[1], min(timeout, SETTLE_S))
         since = time.time()
         set_charger(stack, BATTERY_NODE, charging=True)
         back = watcher.replan(since, lambda e: _battery_cause(e) and "charged" in str(e.get("cause")),
                               phases[1], sender, timeout)
         phases.append(Phase(f"back on {'+'.join(stage_nodes(back))}", back, sender.count(),
                             battery_from=watcher.battery()))
-        deadline = time.monotonic() + min(timeout, SETTLE_S)  # until the plan back is measured too
-        while phases[2].measured_mj is None and time.monotonic() < deadline:
-            watcher.measure(phases[2])
-            time.sleep(0.2)
+        watcher.settle(phases[2], min(timeout, SETTLE_S))
         phases[2].answered, phases[2].battery_to = sender.count() - phases[2].answered_from, watcher.battery()
     finally:
         sender.finish()
+    for phase in phases:
+        phase.p50_ms = sender.p50_ms(phase.answered_from, phase.answered)
     first = phases[0]
     if first.battery_from is not None and first.battery_to is not None and first.answered:
         lost_j = (first.battery_from - first.battery_to) / 100.0 * battery_wh * 3600.0
@@ -282,6 +304,9 @@ def report(stack: Stack, out: TextIO, battery_wh: float) -> dict[str, Any]:
         "battery drained mJ/answer": _mj(p.battery_mj),
         "battery % at start": _mj(p.battery_from),
         "battery % at the next re-plan (or end)": _mj(p.battery_to),
+        "predicted latency ms": predicted(p.service),
+        "p50 latency ms": _mj(p.p50_ms),
+        "prediction error": p.error,
         "requests answered": float(p.answered),
     }) for p in phases]
     failed = len(result["failures"])
@@ -297,21 +322,20 @@ def report(stack: Stack, out: TextIO, battery_wh: float) -> dict[str, Any]:
         "figures": {
             "battery_replan_failed_requests": failed,
             "battery_replans": sum(1 for e in result["events"] if _battery_cause(e)),
-            "battery_energy_mj_per_inference_on_battery_node": _figure(on_battery),
-            "battery_energy_mj_per_inference_after_replan": _figure(after),
+            # predicted by the plans; measured (stage time x power) beside them, None if not measured
+            "battery_energy_mj_per_inference_on_battery_node": on_battery.predicted_mj,
+            "battery_energy_mj_per_inference_after_replan": after.predicted_mj,
+            "battery_energy_mj_per_inference_on_battery_node_measured": on_battery.measured_mj,
+            "battery_energy_mj_per_inference_after_replan_measured": after.measured_mj,
         },
-        "prediction_errors": [],
+        "prediction_errors": [p.error for p in phases if math.isfinite(p.error)],
         "plans": {p.label: {"nodes": stage_nodes(p.service), "predicted_mj": p.predicted_mj,
-                            "measured_mj": p.measured_mj, "battery_mj": p.battery_mj, "answered": p.answered}
+                            "measured_mj": p.measured_mj, "battery_mj": p.battery_mj, "answered": p.answered,
+                            "predicted_latency_ms": predicted(p.service), "p50_latency_ms": p.p50_ms}
                   for p in phases},
         "events": [{k: e.get(k) for k in ("ts", "kind", "cause", "generation", "nodes")}
                    for e in result["events"]],
     }
-
-
-def _figure(phase: Phase) -> float | None:
-    """A plan's measured energy per inference, else its predicted one."""
-    return phase.measured_mj if phase.measured_mj is not None else phase.predicted_mj
 
 
 SCENARIO = Scenario("battery", "a battery node's charge moves work off it and back (energy per inference, "
