@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from model_zoo.cascade_pairs import digits_sklearn
 from model_zoo.cascade_probes import digits_probe, run_model
 from treeline_cli.scenarios.base import add_nodes
 from treeline_cli.scenarios.cascade import (
@@ -51,8 +52,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_the_cascade_answers_at_the_edge_when_confident_and_meets_its_floor(stack: Stack) -> None:
-    small, large = register_pair(stack)
-    sla = cascade_sla("cascade-e2e", accuracy_floor=FLOOR)
+    pair = digits_sklearn()
+    register_pair(stack, pair)
+    sla = cascade_sla("cascade-e2e", pair, accuracy_floor=FLOOR)
     service = deploy_all(stack, {"cascade": sla}, io.StringIO())["cascade"]
     placement, why = service["placement"], service["explanation"]["cascade"]
     assert placement["cascade"]["node_name"] == EDGE and placement["entry"]["stage_key"].endswith("/900")
@@ -64,9 +66,9 @@ def test_the_cascade_answers_at_the_edge_when_confident_and_meets_its_floor(stac
 
     probe = digits_probe()
     answers = Answers()
-    with probe_client(stack.root_url, service, probe.inputs[:1]) as client:
-        send_probe(client, probe.inputs, answers)
-    edge_run, cloud_run = run_model(small, probe), run_model(large, probe)
+    with probe_client(stack.root_url, service, {pair.input_name: probe.inputs[:1]}) as client:
+        send_probe(client, pair, probe.inputs, answers)
+    edge_run, cloud_run = run_model(pair.small, probe), run_model(pair.large, probe)
     expected = edge_run.confidence < threshold
     escalated = np.asarray(answers.escalated)
     near = np.abs(edge_run.confidence - threshold) < 1e-6  # float noise at the boundary may go either way
