@@ -33,15 +33,16 @@ function treeline() {
     sla: "",
     slaErrors: [],
     slaResult: "",
-    planText: "",
+    plan: [],
+    gone: "",
     scrollTop: 0,
     lineHeight: 18,
     timer: null,
 
     start() {
       this.charts = new DeploymentCharts();
-      const hash = location.hash.replace("#", "");
-      if (this.tabs.some(t => t.id === hash)) { this.tab = hash; }
+      this.route();
+      window.addEventListener("hashchange", () => this.route());
       if (this.token) { this.poll(); }
       setInterval(() => { this.now = Date.now(); this.stale = this.token && this.now - this.updatedAt > 3 * PERIOD_MS; }, 1000);
     },
@@ -58,7 +59,9 @@ function treeline() {
       sessionStorage.setItem("treeline.refresh", this.refresh);
       sessionStorage.setItem("treeline.user", this.username);
       this.form.password = "";
+      this.loginError = "";
       this.poll();
+      this.route();
     },
     logout() {
       sessionStorage.clear();
@@ -72,7 +75,11 @@ function treeline() {
                                                        "Content-Type": "application/json"},
                                      body: body === undefined ? undefined : JSON.stringify(body)});
         if (r.status === 401 && attempt === 0 && await this.renew()) { continue; }
-        if (r.status === 401) { this.logout(); throw new Error("signed out: " + r.status); }
+        if (r.status === 401) {
+          this.logout();
+          this.loginError = "your session expired or was refused: sign in again";
+          throw new Error("signed out");
+        }
         const text = await r.text();
         let parsed = null;
         try { parsed = text ? JSON.parse(text) : null; } catch (e) { parsed = {error: {message: text}}; }
@@ -99,13 +106,24 @@ function treeline() {
         else { this.error = (r.body && r.body.error && r.body.error.message) || ("HTTP " + r.status); }
         if (this.selected) { await this.loadDetail(); }
       } catch (e) {
-        this.error = String(e.message || e);
+        const text = String(e.message || e);
+        this.error = /fetch|network/i.test(text) ? "the root is not reachable (" + text + "); retrying" : text;
       }
       if (this.token) { this.timer = setTimeout(() => this.poll(), Math.max(250, PERIOD_MS - (Date.now() - started))); }
     },
+    // #fleet, #deployments[/<service id>], #registry[/<model>], #submit: reload-proof, linkable
+    route() {
+      const [tab, ref] = decodeURIComponent(location.hash.replace("#", "")).split("/");
+      if (!this.tabs.some(t => t.id === tab)) { return; }
+      this.tab = tab;
+      if (!this.token) { return; }
+      if (tab === "deployments" && ref && ref !== this.selected) { this.select(ref); }
+      if (tab === "registry") { this.loadModels().then(() => { if (ref && ref !== this.model?.name) { this.selectModel(ref); } }); }
+    },
     show(id) {
       this.tab = id;
-      location.hash = id;
+      const ref = id === "deployments" ? this.selected : id === "registry" ? this.model?.name : null;
+      history.replaceState(null, "", "#" + id + (ref ? "/" + encodeURIComponent(ref) : ""));
       if (id === "registry") { this.loadModels(); }
     },
     updatedText() {
@@ -121,20 +139,42 @@ function treeline() {
     async select(id) {
       if (this.selected !== id) { this.charts.destroy(); }
       this.selected = id;
+      this.gone = "";
+      history.replaceState(null, "", "#deployments/" + encodeURIComponent(id));
       await this.loadDetail();
     },
     async loadDetail() {
-      const r = await this.api("GET", "/api/ui/service/" + encodeURIComponent(this.selected));
-      if (!r.ok) { this.detail = null; this.selected = null; this.charts.destroy(); return; }
+      const id = this.selected;
+      const r = await this.api("GET", "/api/ui/service/" + encodeURIComponent(id));
+      if (r.status === 404) {
+        const name = (this.detail && this.detail.service && this.detail.service.microservice_name) || id;
+        this.gone = `deployment ${name} is gone (deleted, or not yours)`;
+      }
+      if (!r.ok) {
+        if (r.status !== 404) { this.error = "deployment " + id + ": " + ((r.body && r.body.error && r.body.error.message) || ("HTTP " + r.status)); return; }
+        this.detail = null; this.selected = null; this.charts.destroy();
+        history.replaceState(null, "", "#deployments");
+        return;
+      }
       this.detail = r.body;
       await this.$nextTick();
       this.charts.update(this.detail, id => this.colour(id));
     },
+    // a node's colour: its place among every node id known (sorted), so every tab agrees
     colour(nodeId) {
-      if (!(nodeId in this.colours)) {
-        this.colours[nodeId] = NODE_COLOURS[Object.keys(this.colours).length % NODE_COLOURS.length];
-      }
-      return this.colours[nodeId];
+      const ids = new Set(this.overview.nodes.map(n => n.node_id));
+      ((this.detail && this.detail.strip && this.detail.strip.stages) || []).forEach(s => ids.add(s.node_id));
+      ids.add(nodeId);
+      return NODE_COLOURS[Array.from(ids).sort().indexOf(nodeId) % NODE_COLOURS.length];
+    },
+    async deleteApplication() {
+      const service = this.detail && this.detail.service;
+      if (!service || !confirm(`Delete application ${service.application_id} and all its services?`)) { return; }
+      const r = await this.api("DELETE", "/api/application/" + encodeURIComponent(service.application_id));
+      if (!r.ok) { this.error = (r.body && r.body.error && r.body.error.message) || ("HTTP " + r.status); return; }
+      this.gone = `application deleted (${(r.body.services || []).length} service(s))`;
+      this.detail = null; this.selected = null; this.charts.destroy();
+      await this.poll();
     },
     stripSvg() {
       const strip = this.detail && this.detail.strip;
@@ -246,6 +286,8 @@ function treeline() {
           ms(Object.values((p && p.op_ms) || {}).reduce((a, b) => a + Number(b || 0), 0))).join(", ");
       });
       this.model = {name, versions: list};
+      history.replaceState(null, "", "#registry/" + encodeURIComponent(name));
+      this.loadModels();  // the list's aliases may have moved since
     },
     aliasText(aliases) {
       if (!aliases) { return ""; }
@@ -257,13 +299,14 @@ function treeline() {
       return `${lineage.operation} of ${lineage.parent.name} v${lineage.parent.version}`;
     },
     metricsText(metrics) {
+      const fmt = v => (typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(4)) : v);
       return Object.entries(metrics || {}).map(([cls, m]) => cls + ": " +
-        Object.entries(m || {}).map(([k, v]) => k + " " + v).join(", ")).join(" | ") || "–";
+        Object.entries(m || {}).map(([k, v]) => k + " " + fmt(v)).join(", ")).join(" | ") || "–";
     },
     lineageSvg() {
       const versions = (this.model && this.model.versions) || [];
       if (!versions.length) { return ""; }
-      const W = 150, H = 56, pos = {};
+      const W = 200, H = 56, pos = {};
       const depth = v => { let d = 0, cur = v; const seen = new Set();
         while (cur && cur.lineage && cur.lineage.parent && !seen.has(cur.version)) {
           seen.add(cur.version);
@@ -280,7 +323,7 @@ function treeline() {
         if (p && p.name === this.model.name && pos[p.version]) {
           const [a, b] = pos[p.version], [c, d] = pos[v.version];
           out.push(`<line x1="${a * W + 110}" y1="${b * H + 22}" x2="${c * W + 10}" y2="${d * H + 22}" class="edge"/>`);
-          out.push(`<text x="${(a * W + c * W) / 2 + 60}" y="${(b * H + d * H) / 2 + 16}" class="tick">${esc(v.lineage.operation)}</text>`);
+          out.push(`<text x="${a * W + 114}" y="${d * H + 16}" class="tick">${esc(v.lineage.operation)}</text>`);
         }
       });
       versions.forEach(v => {
@@ -296,11 +339,16 @@ function treeline() {
     async loadExample() {
       const r = await fetch("/ui/examples/mobilenet_v2.json");
       this.sla = await r.text();
-      this.slaErrors = []; this.slaResult = ""; this.planText = "";
+      this.slaErrors = []; this.slaResult = ""; this.plan = [];
     },
     upload(event) {
       const file = event.target.files[0];
       if (!file) { return; }
+      if (file.size > 1048576) {  // the root's JSON body limit (treeline_common.http.JSON_BODY_LIMIT)
+        this.slaErrors = [{path: "(file)", message: `${bytes(file.size)} is over the 1 MiB limit of an SLA`, line: 1}];
+        event.target.value = "";
+        return;
+      }
       file.text().then(text => { this.sla = text; this.slaErrors = []; this.slaResult = ""; });
     },
     gutterText() {
@@ -311,16 +359,15 @@ function treeline() {
       this.scrollTop = this.$refs.sla.scrollTop;
       this.$refs.gutter.scrollTop = this.scrollTop;
     },
-    goToLine(line) {
+    goToLine(line, focus = true) {
       const ta = this.$refs.sla;
       const offset = this.sla.split("\n").slice(0, line - 1).join("\n").length + (line > 1 ? 1 : 0);
-      ta.focus();
-      ta.setSelectionRange(offset, offset);
+      if (focus) { ta.focus(); ta.setSelectionRange(offset, offset); }
       ta.scrollTop = Math.max(0, (line - 3) * this.lineHeight);
       this.syncScroll();
     },
     async submitSla(kind) {
-      this.slaErrors = []; this.slaResult = ""; this.planText = "";
+      this.slaErrors = []; this.slaResult = ""; this.plan = [];
       let body;
       try {
         body = JSON.parse(this.sla);
@@ -336,10 +383,11 @@ function treeline() {
         const details = err.details && err.details.length ? err.details : [{path: "", message: err.message || ("HTTP " + r.status)}];
         this.slaErrors = details.map(d => ({path: d.path || "(SLA)", message: d.message, line: slaLineOf(lines, d.path)}));
         this.slaResult = (err.message || "refused") + " (HTTP " + r.status + ")";
+        this.goToLine(Math.min(...this.slaErrors.map(e => e.line)), false);
         return;
       }
       if (kind === "plan") {
-        this.planText = JSON.stringify(r.body, null, 2);
+        this.plan = (r.body && r.body.services) || [];
         this.slaResult = "dry run: nothing deployed";
         return;
       }

@@ -14,7 +14,8 @@ class SeriesChart {
     this.el = el;
     this.labels = labels;
     this.data = [[]].concat(labels.map(() => []));
-    const width = Math.max(280, Math.floor(el.clientWidth || 360));
+    // the card's width (the charts sit in a grid that wraps on narrow windows)
+    const width = Math.max(240, Math.floor(((el.parentElement && el.parentElement.clientWidth) || 376) - 16));
     const series = [{}].concat(labels.map((label, k) => ({
       label, stroke: colours[k] || PALETTE[k % PALETTE.length], width: 2,
       dash: dashed.includes(label) ? [6, 4] : undefined, spanGaps: true,
