@@ -70,6 +70,9 @@ def explanation_lines(service: Doc, node_names: Mapping[str, str], indent: str =
     compression = explanation.get("compression")
     if isinstance(compression, Mapping):
         lines.append(f"{indent}{compression_line(compression)}")
+    cascade = explanation.get("cascade")
+    if isinstance(cascade, Mapping):
+        lines.append(f"{indent}{cascade_line(cascade)}")
     used = {s.get("node_id") for s in stages_of(service)}
     if service.get("status") != "FAILED":
         for node_id, reason in sorted((explanation.get("filtered_or_unused") or {}).items()):
@@ -94,6 +97,20 @@ def compression_line(entry: Mapping[str, Any]) -> str:
     return (f"{where}: {entry.get('bytes_before')} -> {entry.get('bytes_after')} bytes, "
             f"{entry.get('predicted_ms_saved')} ms saved (predicted), outputs changed by "
             f"{float(entry.get('output_max_abs_diff') or 0.0):.3g}" + (f" (max {bound:g})" if bound else ""))
+
+
+def cascade_line(entry: Mapping[str, Any]) -> str:
+    """One line for the explanation's ``cascade`` (cluster_orchestrator.cascade): the small model,
+    its edge node, the threshold and, when calibrated, what the probe set said."""
+    line = (f"cascade: {entry.get('small')} on {entry.get('edge_node')} ({entry.get('edge_why')}), "
+            f"escalates below {entry.get('confidence')} {float(entry.get('threshold') or 0.0):.4g}")
+    calibration = entry.get("calibration")
+    if isinstance(calibration, Mapping):
+        share = 100.0 * float(calibration.get("escalated_share") or 0.0)
+        line += (f"; calibrated for accuracy floor {calibration.get('floor')} on {calibration.get('probe')} "
+                 f"({calibration.get('probe_size')} inputs, reference {calibration.get('reference')}): "
+                 f"accuracy {calibration.get('accuracy')}, {share:.1f} % escalated")
+    return line
 
 
 def history_lines(events: list[Doc], indent: str = "  ") -> list[str]:

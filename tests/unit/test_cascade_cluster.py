@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from cluster_orchestrator.cascade import edge_node, with_edge_stage
 from cluster_orchestrator.keys import DataPlaneSecurity
 from cluster_orchestrator.planning import deploy_commands
+from treeline_cli.describe import cascade_line
 from treeline_common.cascade import CASCADE_STAGE, CascadeJob
 from treeline_common.errors import Unschedulable
 from treeline_common.jobs import Entry, Placement, StagePlacement
@@ -80,3 +81,12 @@ def test_a_small_model_with_other_inputs_is_unschedulable() -> None:
         with_edge_stage(_placement(), _job(), _model("pixels"), NODES)
     assert raised.value.details[0]["path"] == "model.cascade.small"
 
+
+
+def test_describe_shows_the_cascade_and_its_calibration() -> None:
+    calibration = {"floor": 0.97, "probe": "digits", "probe_size": 450, "reference": "labels",
+                   "accuracy": 0.9711, "escalated_share": 0.2378}
+    _, why = with_edge_stage(_placement(), _job(calibration=calibration), _model(), NODES)
+    line = cascade_line(why)
+    assert line.startswith("cascade: digits v2 on pi (the slowest online node running none of the large")
+    assert "escalates below softmax_top1 0.8" in line and "accuracy 0.9711, 23.8 % escalated" in line
