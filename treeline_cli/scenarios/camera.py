@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from treeline_cli.demo import measure_interleaved, register_once
-from treeline_cli.inference import run_requests, service_resolver
+from treeline_cli.inference import run_requests, static_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios import linkbytes
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
@@ -71,7 +71,7 @@ def camera_bytes_per_request(stack: Stack, service: Mapping[str, Any], windows: 
     pids = {CAMERA: stack.node(CAMERA).process.pid}
     endpoints = node_endpoints(stack)
     ports = {name: [linkbytes.endpoint_port(endpoints[name])] for name in names if name in endpoints}
-    resolver = service_resolver(stack.root_url, str(service["service_id"]))
+    resolver = static_resolver(service["placement"])
     samples: dict[str, list[float]] = {}
     for window in range(windows):
         before = linkbytes.snapshot()
@@ -90,13 +90,13 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, size: int, requests: i
     register_once(RootClient(stack.root_url), MODEL, onnx_bytes, "camera scenario model")
     services = deploy_all(stack, slas(size), out)
     out.write(f"Sending {requests} requests to each, interleaved ...\n")
-    results = measure_interleaved(services, requests, stack.root_url)
+    results = measure_interleaved(services, requests)  # bare placements: see common.py
     link = {label: camera_bytes_per_request(stack, svc, windows, per_window)
             for label, svc in services.items()}
     frame_bytes = 3 * size * size * 4
     uplink = {label: sum(v for k, v in link[label].items() if k.startswith(f"{CAMERA}->"))
               for label in services}
-    diff = whole_model_difference(services, onnx_bytes, stack.root_url)
+    diff = whole_model_difference(services, onnx_bytes)
     columns = [measured_column(label, services[label], results[label]) for label in services]
     for column in columns:
         column.figures["camera uplink KB/request (measured)"] = uplink[column.label] / 1024

@@ -60,8 +60,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, channels: int, size: i
     services = deploy_all(stack, slas(channels, size), out)
     out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} in "
               "flight to each, interleaved ...\n")
-    results = measure_interleaved(services, requests, stack.root_url)
-    diff = whole_model_difference(services, onnx_bytes, stack.root_url)
+    results = measure_interleaved(services, requests)  # bare placements: see common.py
+    diff = whole_model_difference(services, onnx_bytes)
     ours_rps = results[OURS]["throughput"].throughput_rps
     single_rps = results[SINGLE]["throughput"].throughput_rps
     bound = predicted(services[OURS], "throughput_rps")

@@ -102,8 +102,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
                                      max_partitions=1, constraints=[direct(edges[0])]))
     wan_answer = dry_run(client, with_sink(chosen[OURS], edges[0]))
     out.write(f"Sending {requests} requests to each, interleaved ...\n")
-    results = measure_interleaved(services, requests, stack.root_url)
-    diff = whole_model_difference(services, onnx_bytes, stack.root_url)
+    results = measure_interleaved(services, requests)  # bare placements: see common.py
+    diff = whole_model_difference(services, onnx_bytes)
     split_ms, offload_ms = predicted(services[SPLIT]), predicted(services[OFFLOAD])
     ours_shape = shape_of(stage_nodes(services[OURS]), edges)
     why = (f"the planner chose {ours_shape}: predicted {predicted(services[OURS]):.1f} ms; "
