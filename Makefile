@@ -1,5 +1,6 @@
 # Two commands do the whole set-up on a fresh machine:
 #   make demo   -> .venv + install + broker check + `treeline demo`
+#   make demo-scenarios -> the collaboration scenarios (`treeline demo --scenario all --quick`)
 #   make test   -> .venv + install + broker check + lint (ruff, mypy) + the whole test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -10,10 +11,14 @@ PYTEST_ARGS ?=
 PACKAGES := treeline_common ml_scheduler node_engine cluster_orchestrator root_orchestrator \
             deployment_descriptors model_zoo treeline_cli benchmarks
 
-.PHONY: demo test install broker browser lint clean benchmarks
+.PHONY: demo demo-scenarios test install broker browser lint clean benchmarks
 
 demo: install broker
 	$(VENV)/bin/treeline demo $(DEMO_ARGS)
+
+# where edge-cloud collaboration wins: every scenario on its own devices, one table each (README)
+demo-scenarios: install broker
+	$(VENV)/bin/treeline demo --scenario all --quick $(DEMO_ARGS)
 
 test: install broker browser lint
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

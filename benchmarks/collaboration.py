@@ -1,0 +1,94 @@
+"""Where edge-cloud collaboration wins: every registered scenario, measured, figures merged.
+
+Run ``python -m benchmarks.collaboration [--quick] [--scenario NAME[,NAME]] [--json PATH]``.
+Each scenario of :data:`treeline_cli.scenarios.REGISTERED` runs on a stack of its own devices
+(real processes on free loopback ports, a temporary data directory) exactly as
+``treeline demo --scenario NAME`` runs it; the table is the union of their ``figures``
+(each scenario's keys are its own, e.g. ``too_big_latency_ms_split``, ``throughput_gain_vs_best_single``,
+``pipeline_efficiency``, ``camera_speedup_vs_ship_frame``, ``camera_raw_bytes_left_device``, the
+cascade's and the battery's), plus:
+
+- ``prediction_error_p50`` [goal <= 0.15]: the median over every deployed plan of every scenario of
+  ``|measured p50 - predicted| / measured p50`` (each scenario's ``prediction_errors``);
+- ``scenario_seconds_<name>``: wall time of each scenario, its stack's start included.
+
+The JSON keeps each scenario's record (plans, explanations) under ``scenarios``. Figures measured
+on a loaded 2-core host vary from run to run: emulated slow devices multiply any contention.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import add_json_option, benchmark_parser, report
+from treeline_cli.scenarios import ALL, select
+from treeline_cli.scenarios.base import Scenario, add_nodes, merge_figures
+from treeline_cli.scenarios.runner import run_scenario
+from treeline_cli.stack import StackConfig, pick_ports, start_stack
+
+log = logging.getLogger(__name__)
+GOALS = {"prediction_error_p50": "<= 0.15", "throughput_gain_vs_best_single": ">= 1.5",
+         "pipeline_efficiency": ">= 0.9"}
+
+
+def run_one(scenario: Scenario, quick: bool, echo: bool) -> dict[str, Any]:
+    """One scenario on a fresh stack of its devices (free ports, temporary data dir); its record."""
+    out = sys.stdout if echo else io.StringIO()
+    with tempfile.TemporaryDirectory(prefix=f"treeline-{scenario.name}-") as tmp:
+        stack = start_stack(pick_ports(StackConfig(data_dir=Path(tmp), nodes=0, node_labels={},
+                                                   log_level="WARNING")))
+        try:
+            add_nodes(stack, scenario.stack)
+            stack.wait_ready(timeout=90)
+            path = Path(tmp) / f"{scenario.name}.json"
+            run_scenario(scenario, stack, out, quick, path)
+            record: dict[str, Any] = json.loads(path.read_text())  # as written: plain JSON values
+            return record
+        finally:
+            stack.stop()
+
+
+def run(quick: bool, names: str = ALL, echo: bool = True) -> dict[str, Any]:
+    """Every chosen scenario, one after the other; merged figures (see the module docstring)."""
+    records: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for scenario in select(names):
+        started = time.monotonic()
+        records[scenario.name] = run_one(scenario, quick, echo)
+        seconds[f"scenario_seconds_{scenario.name.replace('-', '_')}"] = time.monotonic() - started
+    errors = [float(e) for r in records.values() for e in r.get("prediction_errors") or []
+              if isinstance(e, int | float) and math.isfinite(e)]
+    return {**merge_figures(records), **seconds,
+            "prediction_error_p50": statistics.median(errors) if errors else math.nan,
+            "prediction_errors_count": len(errors), "goals": GOALS,
+            "scenarios": {name: {k: v for k, v in r.items() if k != "figures"}
+                          for name, r in records.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = benchmark_parser(__doc__, "fewer requests per alternative (the scenarios' quick mode)")
+    parser.add_argument("--scenario", default=ALL, metavar="NAME[,NAME]",
+                        help="only these scenarios (default: every registered one)")
+    add_json_option(parser, "collaboration")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        select(args.scenario)
+    except ValueError as exc:
+        parser.error(f"--scenario: {exc}")
+    report({**run(args.quick, args.scenario), "quick": args.quick}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
