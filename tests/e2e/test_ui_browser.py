@@ -122,6 +122,8 @@ def test_operator_journey_in_chromium(browser_path: str, stack: Stack, registere
             assert len(set(nodes)) == 3 and len(set(fills)) == 3, (nodes, fills)  # one colour per node
             expect(page.locator("#explanation tbody tr")).to_have_count(3)
             _shot(page, "2-deployment")
+            page.reload()  # the open deployment is in the URL: a reload (or a shared link) keeps it
+            expect(page.locator("#placement-strip rect.stage")).to_have_count(3, timeout=30_000)
 
             # a broken SLA: the error sits beside the line of the field it names
             text = _set_sla(page, lambda svc: svc["model"].update(objective="fastest"))
