@@ -38,29 +38,19 @@ class Probe:
     labels: np.ndarray | None
 
 
-@dataclass(frozen=True)
-class DigitsSplit:
-    """``x_*``: [N, 1, 8, 8] float32 in [0, 1]; ``y_*``: [N] int64 (1,347 train / 450 test)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-def digits_split(seed: int = 0) -> DigitsSplit:
-    """scikit-learn's digits, split as :func:`model_zoo.optimize.digits.load_split` does."""
+def digits_split(seed: int = 0) -> tuple[Probe, Probe]:
+    """scikit-learn's digits split as :func:`model_zoo.optimize.digits.load_split` does, without
+    torch: ``(train, test)``, inputs [N, 1, 8, 8] float32 in [0, 1], labels [N] int64 (1,347 / 450)."""
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
     x_train, x_test, y_train, y_test = train_test_split(x, digits.target.astype(np.int64), test_size=0.25,
                                                         stratify=digits.target, random_state=seed)
-    return DigitsSplit(x_train, y_train, x_test, y_test)
+    return Probe("digits-train", x_train, y_train), Probe("digits", x_test, y_test)
 
 
 def digits_probe(seed: int = 0) -> Probe:
     """The digits' held-out split (module docstring)."""
-    split = digits_split(seed)
-    return Probe("digits", split.x_test, split.y_test)
+    return digits_split(seed)[1]
 
 
 def sample_images_probe() -> Probe:

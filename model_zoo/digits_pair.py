@@ -52,19 +52,20 @@ def _onnx(layers: list[tuple[np.ndarray, np.ndarray]], name: str) -> bytes:
 
 def small_model(seed: int = 0) -> bytes:
     """The edge model (module docstring)."""
-    split = digits_split(seed)
-    x, y = split.x_train[:300].reshape(300, -1), split.y_train[:300]
+    train, _ = digits_split(seed)
+    assert train.labels is not None
+    x, y = train.inputs[:300].reshape(300, -1), train.labels[:300]
     fitted = LogisticRegression(C=0.05, max_iter=300).fit(x, y)
     return _onnx([(fitted.coef_.T, fitted.intercept_)], "digits_small")
 
 
 def large_model(seed: int = 0) -> bytes:
     """The cloud model (module docstring)."""
-    split = digits_split(seed)
-    x = split.x_train.reshape(len(split.x_train), -1)
+    train, _ = digits_split(seed)
+    x = train.inputs.reshape(len(train.inputs), -1)
     with warnings.catch_warnings():  # stopping at max_iter is the point: seconds, not minutes
         warnings.simplefilter("ignore", ConvergenceWarning)
         fitted = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed)
-        fitted.fit(x, split.y_train)
+        fitted.fit(x, train.labels)
     return _onnx([(fitted.coefs_[0], fitted.intercepts_[0]), (fitted.coefs_[1], fitted.intercepts_[1])],
                  "digits_large")
