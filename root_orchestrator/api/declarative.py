@@ -14,6 +14,8 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from deployment_descriptors import Sla, parse_sla
+from deployment_descriptors.unknown_fields import unknown_fields
+from deployment_descriptors.validation import sla_schema
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, principal
 from root_orchestrator.auth.principals import OWNER
@@ -32,8 +34,10 @@ def _callers_sla() -> Sla:
 @access(OWNER)
 def apply() -> Any:
     """200 ``{applications: [{applicationID, application_name, action, changes, microservices,
-    redeployed, failures}]}``; ``action`` is created, updated or unchanged."""
-    return jsonify({"applications": ctx().applier.apply(_callers_sla())})
+    redeployed, failures}], warnings: [{path, message}]}``; ``action`` is created, updated or
+    unchanged; ``warnings`` name fields the schema does not know (ignored: a typo?)."""
+    applied = ctx().applier.apply(_callers_sla())
+    return jsonify({"applications": applied, "warnings": unknown_fields(json_body(request), sla_schema())})
 
 
 @bp.post("/api/plan")
@@ -44,4 +48,5 @@ def plan() -> Any:
     against the registered signatures first, as apply does (400 at the field, not a cluster's 503)."""
     sla = _callers_sla()
     ctx().applier.check_inputs(sla)
-    return jsonify({"services": ctx().dryrun.plan(sla)})
+    warnings = unknown_fields(json_body(request), sla_schema())
+    return jsonify({"services": ctx().dryrun.plan(sla), "warnings": warnings})

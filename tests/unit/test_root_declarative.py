@@ -253,7 +253,18 @@ def test_plan_bad_inputs(root: Root) -> None:
 def test_plan_of_containers_only_is_empty(root: Root) -> None:
     sla = ml_sla()
     sla["applications"][0]["microservices"] = [container("web")]
-    assert root.http.post("/api/plan", json=sla).get_json() == {"services": []}
+    assert root.http.post("/api/plan", json=sla).get_json() == {"services": [], "warnings": []}
+
+
+def test_apply_and_plan_warn_of_unknown_fields(root: Root) -> None:
+    sla = ml_sla()
+    sla["applications"][0]["microservices"] = [container("web")]
+    sla["applications"][0]["microservices"][0]["memroy"] = 5
+    warning = [{"path": "applications[0].microservices[0].memroy",
+                "message": "unknown field, ignored; did you mean 'memory'?"}]
+    assert root.http.post("/api/plan", json=sla).get_json()["warnings"] == warning
+    applied = root.http.post("/api/apply", json=sla)
+    assert applied.status_code == 200 and applied.get_json()["warnings"] == warning
 
 
 # -- profiles ---------------------------------------------------------------------------------------

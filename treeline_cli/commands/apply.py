@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from deployment_descriptors.unknown_fields import unknown_fields
+from deployment_descriptors.validation import sla_schema
 from treeline_cli.commands.common import output, output_option, root_client, root_options
 from treeline_cli.describe import placement_lines
 from treeline_cli.errors import Failure, UsageError
@@ -135,6 +137,8 @@ def _failure(client: RootClient, name: str, exc: DeploymentFailed) -> Failure:
 def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool) -> None:
     sla = read_sla(file)
     out = output()
+    for unknown in unknown_fields(sla, sla_schema()):  # Oakestra's objects are open: a typo passes silently
+        out.warn(f"{file}: {unknown['path']}: {unknown['message']}")
     client = root_client()
     if dry_run:
         with out.step("planning (dry run)"):

@@ -366,6 +366,7 @@ function treeline() {
       ta.scrollTop = Math.max(0, (line - 3) * this.lineHeight);
       this.syncScroll();
     },
+    // errors refuse the SLA; warnings (unknown fields, ignored) do not: both sit beside their line
     async submitSla(kind) {
       this.slaErrors = []; this.slaResult = ""; this.plan = [];
       let body;
@@ -386,6 +387,9 @@ function treeline() {
         this.goToLine(Math.min(...this.slaErrors.map(e => e.line)), false);
         return;
       }
+      const lines = slaFieldLines(this.sla);
+      this.slaErrors = ((r.body && r.body.warnings) || []).map(w => ({path: w.path, message: w.message, warning: true,
+                                                                      line: slaLineOf(lines, w.path)}));
       if (kind === "plan") {
         this.plan = (r.body && r.body.services) || [];
         this.slaResult = "dry run: nothing deployed";
@@ -407,7 +411,7 @@ function treeline() {
                                 (a.failures && a.failures.length ? ` (${a.failures.length} failures)` : "")).join("; ") +
                        (started ? `; deploying ${started} service(s)` : "");
       await this.poll();
-      this.show("deployments");
+      if (!this.slaErrors.length) { this.show("deployments"); }  // warnings stay in sight
     },
 
     // -- formatting --------------------------------------------------------------------------
