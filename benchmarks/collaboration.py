@@ -10,7 +10,8 @@ cascade's and the battery's), plus:
 
 - ``prediction_error_p50`` [goal <= 0.15]: the median over every deployed plan of every scenario of
   ``|measured p50 - predicted| / measured p50`` (each scenario's ``prediction_errors``);
-- ``scenario_seconds_<name>``: wall time of each scenario, its stack's start included.
+- ``scenario_seconds_<name>``: wall time of each scenario, its stack's start included;
+  ``scenario_failed_<name>``: the error of a scenario that failed (the others still run).
 
 The JSON keeps each scenario's record (plans, explanations) under ``scenarios``. Figures measured
 on a loaded 2-core host vary from run to run: emulated slow devices multiply any contention.
@@ -62,13 +63,19 @@ def run(quick: bool, names: str = ALL, echo: bool = True) -> dict[str, Any]:
     """Every chosen scenario, one after the other; merged figures (see the module docstring)."""
     records: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
     for scenario in select(names):
         started = time.monotonic()
-        records[scenario.name] = run_one(scenario, quick, echo)
-        seconds[f"scenario_seconds_{scenario.name.replace('-', '_')}"] = time.monotonic() - started
+        key = scenario.name.replace("-", "_")
+        try:
+            records[scenario.name] = run_one(scenario, quick, echo)
+        except Exception as exc:  # one broken scenario must not lose the others' figures: reported
+            log.exception("scenario %s failed", scenario.name)
+            failed[f"scenario_failed_{key}"] = f"{type(exc).__name__}: {exc}"
+        seconds[f"scenario_seconds_{key}"] = time.monotonic() - started
     errors = [float(e) for r in records.values() for e in r.get("prediction_errors") or []
               if isinstance(e, int | float) and math.isfinite(e)]
-    return {**merge_figures(records), **seconds,
+    return {**merge_figures(records), **seconds, **failed,
             "prediction_error_p50": statistics.median(errors) if errors else math.nan,
             "prediction_errors_count": len(errors), "goals": GOALS,
             "scenarios": {name: {k: v for k, v in r.items() if k != "figures"}
