@@ -6,7 +6,8 @@ split, the cluster puts the small model on the edge (the entry) and the large on
 Every probe image is then one request: the escalated ones are exactly those whose small-model
 confidence is below the calibrated threshold, each answer equals the small model's (answered
 at the edge) or the large model's (escalated) output within 1e-5, the escalated share is the
-calibration's, and the cascade's accuracy on the probe set is at least the floor.
+calibration's, and the cascade's accuracy on the probe set is at least the floor. The cluster's
+Open Inference Protocol URL answers through the cascade too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import requests
 
 from model_zoo.cascade_pairs import digits_sklearn
 from model_zoo.cascade_probes import digits_probe, run_model
@@ -80,3 +82,13 @@ def test_the_cascade_answers_at_the_edge_when_confident_and_meets_its_floor(stac
         np.testing.assert_allclose(output, reference, atol=1e-5, err_msg=f"probe input {i}")
     accuracy = float(np.mean([int(np.argmax(o)) for o in answers.outputs] == probe.labels))
     assert accuracy >= FLOOR, accuracy
+
+    # the cluster's Open Inference Protocol URL fronts the cascade too (its entry is the edge stage)
+    first = int(np.argmax(escalated))  # an input the edge escalates
+    body = {"inputs": [{"name": pair.input_name, "shape": list(pair.input_shape), "datatype": "FP32",
+                        "data": probe.inputs[first].ravel().tolist()}]}
+    url = f"{stack.cluster_url}/v2/models/{service['service_id']}/infer"
+    reply = requests.post(url, json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    output = np.asarray(reply.json()["outputs"][0]["data"], dtype=np.float32)
+    np.testing.assert_allclose(output, cloud_run.outputs[first].ravel(), atol=1e-5)
