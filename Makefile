@@ -20,8 +20,11 @@ demo: install broker
 demo-scenarios: install broker
 	$(VENV)/bin/treeline demo --scenario all --quick $(DEMO_ARGS)
 
+# two worker processes (pytest-xdist), one test file per worker at a time: a file's module-scoped
+# broker and stacks start once; most tests wait on processes, brokers and deadlines, not the CPU
+PYTEST_WORKERS ?= 2
 test: install broker browser lint
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 install: $(STAMP)
 
