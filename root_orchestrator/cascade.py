@@ -23,13 +23,18 @@ from root_orchestrator.stores import Stores
 from treeline_common.cascade import CascadeError, CascadeJob, CascadeSpec
 from treeline_common.errors import InvalidInput, NotFound
 
-cascade_probes: ModuleType | None
-try:
-    from model_zoo import cascade_probes
-except ImportError:  # scikit-learn (the export extra) is not installed: thresholds only
-    cascade_probes = None
-
 log = logging.getLogger(__name__)
+
+
+def _probes() -> ModuleType | None:
+    """:mod:`model_zoo.cascade_probes`, or None without scikit-learn (the export extra). Imported
+    here, not at the top: scikit-learn costs the root 1.4 s at start-up, and only a calibration
+    needs it."""
+    try:
+        from model_zoo import cascade_probes
+    except ImportError:
+        return None
+    return cascade_probes
 
 
 def _invalid(path: str, message: str) -> InvalidInput:
@@ -68,6 +73,7 @@ def cascade_job(stores: Stores, model: Any, large: Mapping[str, Any]) -> Cascade
 def _calibrate(stores: Stores, spec: CascadeSpec, small_sha: str, large_sha: str) -> dict[str, Any]:
     """The calibration's figures for ``spec.accuracy_floor`` (module docstring)."""
     assert spec.accuracy_floor is not None
+    cascade_probes = _probes()
     if cascade_probes is None:
         raise _invalid("cascade.accuracy_floor", "calibration needs scikit-learn at the root (the export "
                        "extra); give cascade.threshold instead")
