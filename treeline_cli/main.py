@@ -21,6 +21,7 @@ from treeline_cli import root_client
 from treeline_cli.commands.apply import apply, delete, deploy
 from treeline_cli.commands.auth import admin, login, logout
 from treeline_cli.commands.common import Invocation, invocation, setting, verbose_option
+from treeline_cli.commands.data import data
 from treeline_cli.commands.export import export_images
 from treeline_cli.commands.get import describe, get
 from treeline_cli.commands.infer import infer
@@ -75,7 +76,7 @@ def cli() -> None:
 
 
 for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version,
-                login, logout, admin, node, export_images):
+                login, logout, admin, node, export_images, data):
     cli.add_command(command)
 model.add_command(optimize)  # `treeline model optimize`: its own module (torch only when it runs)
 
