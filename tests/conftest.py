@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymongo
@@ -17,6 +18,27 @@ from treeline_test_helpers import Observer
 
 from treeline_cli.broker import BrokerProcess, start_broker
 from treeline_common.mongo_server import MongoServerProcess, start_mongo_server
+
+# `make test` runs two workers, one file at a time each (pytest-xdist --dist loadfile), files handed
+# out in collection order: the files that run longest go first and the many short unit files last,
+# so both workers finish together instead of one waiting on a long file that started last.
+LONGEST_FILES = ("test_fuzz_root.py", "test_faults_control_plane.py", "test_node_simulator.py",
+                 "test_faults_nodes.py", "test_fuzz_cluster.py", "test_root_process.py")
+FOLDER_ORDER = ("e2e", "integration", "contract", "unit")
+
+
+def _run_order(item: pytest.Item) -> tuple[int, int]:
+    path = Path(str(item.fspath))
+    if path.name in LONGEST_FILES:
+        return 0, LONGEST_FILES.index(path.name)
+    folder = path.parent.name
+    return 1, FOLDER_ORDER.index(folder) if folder in FOLDER_ORDER else len(FOLDER_ORDER)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first, then e2e, integration, contract and unit tests (a stable sort: the
+    tests of one file stay together and in their order)."""
+    items.sort(key=_run_order)
 
 
 @pytest.fixture(scope="module")
