@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from treeline_common.cascade import CascadeError, CascadeSpec
+from treeline_common.training import TRAINING_VIRTUALIZATION, TrainingError, TrainingSpec
 
 from .inputs import declaration_problems
 
@@ -164,6 +165,7 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
     model = ms.get("model")
     if "model" in ms and ms.get("virtualization") != ML_VIRTUALIZATION:
         yield path + ["model"], f"is only allowed when virtualization is '{ML_VIRTUALIZATION}'"
+    yield from _training_problems(ms, path)
     if isinstance(model, Mapping):
         for parts, message in declaration_problems(model):
             yield path + ["model", *parts], message
@@ -187,6 +189,22 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
                        f"duplicate '{kind}' constraint (first at constraints[{first_at[kind]}])")
             else:
                 first_at[kind] = index
+
+
+def _training_problems(ms: Mapping[str, Any], path: list[PathPart]) -> Iterator[tuple[list[PathPart], str]]:
+    """``training``: only on ``ml-training`` services; its rules beyond the schema
+    (:meth:`TrainingSpec.from_sla`), reported only when the schema found the block well typed."""
+    if "training" in ms and ms.get("virtualization") != TRAINING_VIRTUALIZATION:
+        yield path + ["training"], f"is only allowed when virtualization is '{TRAINING_VIRTUALIZATION}'"
+        return
+    block = ms.get("training")
+    if not isinstance(block, Mapping) or not _validator("training").is_valid(block):
+        return
+    try:
+        TrainingSpec.from_sla(block)
+    except TrainingError as exc:
+        parts = [int(p) if p.isdigit() else p for p in exc.path.split(".") if p]
+        yield path + ["training", *parts], exc.message
 
 
 def _cascade_problems(model: Mapping[str, Any], path: list[PathPart]) -> Iterator[tuple[list[PathPart], str]]:
