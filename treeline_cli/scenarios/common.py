@@ -66,11 +66,16 @@ def predicted(service: Mapping[str, Any], key: str = "latency_ms") -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
+def ordered_stages(service: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The placement's stages in pipeline order."""
+    stages = (service.get("placement") or {}).get("stages") or []
+    return sorted((dict(s) for s in stages), key=lambda s: int(s.get("index", 0)))
+
+
 def stage_nodes(service: Mapping[str, Any]) -> list[str]:
     """The node name of each stage, in order (a relay on the source node is not a stage)."""
-    stages = sorted((service.get("placement") or {}).get("stages") or [],
-                    key=lambda s: int(s.get("index", 0)))
-    return [str(s.get("node_name") or s.get("node_id")) for s in stages if int(s.get("index", 0)) >= 0]
+    return [str(s.get("node_name") or s.get("node_id")) for s in ordered_stages(service)
+            if int(s.get("index", 0)) >= 0]
 
 
 def plan_summary(service: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,10 +91,21 @@ def plan_summary(service: Mapping[str, Any]) -> dict[str, Any]:
         "stages": [{"node": s.get("node_name") or s.get("node_id"), "profile": s.get("profile"),
                     "index": s.get("index"), "cut_bytes": s.get("cut_bytes"),
                     "predicted_compute_ms": s.get("predicted_compute_ms")}
-                   for s in sorted(placement.get("stages") or [], key=lambda s: int(s.get("index", 0)))],
+                   for s in ordered_stages(service)],
         "predicted": placement.get("predicted") or {},
         "not_used": {names.get(k, k): v for k, v in sorted(unused.items()) if k not in used},
     }
+
+
+def plan_breakdown(service: Mapping[str, Any]) -> str:
+    """The plan's predicted ms stage by stage: ``cloud-1 9.4 ms (2.0 ms in)`` joined by `` -> ``."""
+    parts = []
+    for stage in ordered_stages(service):
+        moved = float(stage.get("predicted_transfer_in_ms") or 0.0)
+        parts.append(f"{stage.get('node_name') or stage.get('node_id')} "
+                     f"{float(stage.get('predicted_compute_ms') or 0.0):.1f} ms"
+                     + (f" ({moved:.1f} ms in)" if moved else ""))
+    return " -> ".join(parts)
 
 
 def relative_error(predicted_ms: float, measured_ms: float) -> float:

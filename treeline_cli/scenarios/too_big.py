@@ -40,6 +40,7 @@ from treeline_cli.scenarios.common import (
     direct,
     measured_column,
     ml_sla,
+    plan_breakdown,
     plan_summary,
     predicted,
     relative_error,
@@ -106,8 +107,9 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
     diff = whole_model_difference(services, onnx_bytes)
     split_ms, offload_ms = predicted(services[SPLIT]), predicted(services[OFFLOAD])
     ours_shape = shape_of(stage_nodes(services[OURS]), edges)
-    why = (f"the planner chose {ours_shape}: predicted {predicted(services[OURS]):.1f} ms; "
-           f"edge split {split_ms:.1f} ms, cloud offload {offload_ms:.1f} ms")
+    why = (f"the planner chose {ours_shape}: predicted {predicted(services[OURS]):.1f} ms; edge split "
+           f"{split_ms:.1f} ms ({plan_breakdown(services[SPLIT])}), cloud offload {offload_ms:.1f} ms "
+           f"({plan_breakdown(services[OFFLOAD])})")
     reasons = refused.get("reasons") or {}
     refusal = str(reasons.get(edges[0]) or refused.get("message") or "refused")
     wan_nodes = [str(s.get("node_name")) for s in wan_answer.get("stages") or []]
