@@ -17,6 +17,7 @@ also get a parent-death signal.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -271,7 +272,7 @@ def run_scenarios(out: Output, names: str, quick: bool, timeout: float, mongo_ur
     data_dir = settings().data_dir.resolve()
     for scenario in chosen:
         with ready_stack(out, (), timeout, {"mongo_url": mongo_url},
-                         adjust=lambda config, s=scenario: scenario_config(config, s),  # type: ignore[misc]
-                         prepare=lambda stack, s=scenario: add_nodes(stack, s.stack)) as stack:  # type: ignore[misc]
+                         adjust=functools.partial(scenario_config, scenario=scenario),
+                         prepare=functools.partial(add_nodes, spec=scenario.stack)) as stack:
             run_scenario(scenario, stack, sys.stdout, quick, results_path(data_dir, scenario))
             sys.stdout.flush()
