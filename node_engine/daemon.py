@@ -48,6 +48,7 @@ from node_engine.runtime import load_partition
 from node_engine.sources.battery_emulated import BatteryEmulation, EmulatedBattery
 from node_engine.stages import Session, StageTable
 from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemetry, registration_body
+from node_engine.training.handler import TrainingHandler, attach
 from node_engine.v2_http import V2Server, start_v2
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
@@ -240,6 +241,7 @@ class NodeEngine:
                                  curve_secret_key=curve_secret_key(data_dir), on_transfer=links.on_transfer)
         commands: CommandHandler | None = None
         profiler: ProfileWorker | None = None
+        training: TrainingHandler | None = None  # Flower processes of training jobs (node_engine.training)
         v2: V2Server | None = None  # the Open Inference Protocol of the entries here (--v2-port)
         # one reader for the node's life: rates (disk, network, RAPL) need the previous sample
         self._telemetry = TelemetryReader(self.config.profile, self.clock, disk_path=str(data_dir))
@@ -289,6 +291,7 @@ class NodeEngine:
                                      speed_factor=profile.speed_factor if profile.emulated else 1.0,
                                      join_token=self.config.join_token)
             link.subscribe(topics.control_profile(self.node_id), profiler.on_profile)
+            training = attach(link, self.node_id, data_dir, self.clock, self.config.join_token)
             self._link = link
             commands.start()
             links.start()
@@ -310,6 +313,8 @@ class NodeEngine:
                 self._telemetry.close()
             if profiler is not None:
                 profiler.stop()
+            if training is not None:
+                training.close()
             if v2 is not None:
                 v2.close()
             if metrics is not None:

@@ -40,7 +40,7 @@ PASSWORD_ENV = "TREELINE_MQTT_PASSWORD"  # the cluster's own MQTT password (neve
 _ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
 _SALT_BYTES = 12
 # node -> cluster topics a node may publish under its own id (treeline_common.topics)
-NODE_PUBLISHES = ("status", "information", "job", "jobs/resources", "profile")
+NODE_PUBLISHES = ("status", "information", "job", "jobs/resources", "profile", "training")
 
 
 def new_password() -> str:

@@ -50,12 +50,23 @@ def profile_result(node_id: str) -> str:
     return f"{PREFIX}/{node_id}/profile"
 
 
+def control_train(node_id: str) -> str:
+    """Cluster -> node: start or stop a Flower server/client of a training job (treeline_common.training)."""
+    return f"{PREFIX}/{node_id}/control/train"
+
+
+def training(node_id: str) -> str:
+    """Node -> cluster: a training job's state and per-round progress (treeline_common.training)."""
+    return f"{PREFIX}/{node_id}/training"
+
+
 # Wildcard subscriptions used by the cluster orchestrator.
 ALL_INFORMATION = f"{PREFIX}/+/information"
 ALL_STATUS = f"{PREFIX}/+/status"
 ALL_JOB = f"{PREFIX}/+/job"
 ALL_JOB_RESOURCES = f"{PREFIX}/+/jobs/resources"
 ALL_PROFILE_RESULTS = f"{PREFIX}/+/profile"
+ALL_TRAINING = f"{PREFIX}/+/training"
 
 
 def node_id_of(topic: str) -> str:

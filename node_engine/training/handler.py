@@ -1,0 +1,219 @@
+"""Train commands on a node: start and stop the Flower processes of training jobs.
+
+Threading: :meth:`TrainingHandler.on_train` runs on paho's network thread, so it only decodes
+and hands the command to a short-lived worker thread (a server first downloads the starting
+model). Each Flower process is a child of the engine (``python -m node_engine.training.server``
+or ``.client`` with a job file); a reader thread per child turns its progress lines into
+:class:`~treeline_common.training.TrainReport` s. :meth:`close` kills every child (engine shutdown).
+
+Contract (:mod:`treeline_common.training`):
+
+- a start is answered ``STARTED``, or ``REFUSED`` with the reason and nothing started: the train
+  extra missing (:func:`node_engine.training.missing_extra`), no data file for the selector in
+  the data directory (client), a starting model that cannot be fetched or fails its digest
+  (server), a job already running here in that role;
+- ``ROUND`` per round (server: loss/accuracy on ``<data dir>/test.npz`` when present, clients
+  aggregated; client: local loss, ``bytes_sent``), ``DONE`` at the end (server: the ONNX inline),
+  ``FAILED`` when the process reports a failure or exits non-zero, ``STOPPED`` after a stop;
+- a payload that does not decode is logged and dropped (no job id to answer to).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from node_engine.artifacts import ArtifactError, fetch_artifact
+from node_engine.mqtt_link import MqttLink
+from node_engine.training import missing_extra
+from node_engine.training.job import JobFile, parse_progress
+from treeline_common import topics
+from treeline_common.clock import Clock
+from treeline_common.messages import PayloadError, decode, encode
+from treeline_common.training import MAX_RESULT_BYTES, RoundProgress, TrainCommand, TrainReport
+
+log = logging.getLogger(__name__)
+
+TEST_FILE = "test.npz"  # the held-out split an aggregator node evaluates on (treeline data split)
+Reporter = Callable[[TrainReport], None]
+
+
+@dataclass
+class _Child:
+    role: str
+    process: subprocess.Popen[str]
+    stopping: bool = False
+
+
+class TrainingHandler:
+    """Starts/stops this node's Flower processes; see the module docstring."""
+
+    def __init__(self, node_id: str, data_dir: Path, report: Reporter, clock: Clock, *,
+                 join_token: str | None = None, python: str = sys.executable) -> None:
+        self.node_id = node_id
+        self.data_dir = data_dir
+        self._report = report
+        self._clock = clock
+        self._token = join_token
+        self._python = python
+        self._lock = threading.Lock()
+        self._children: dict[tuple[str, str], _Child] = {}
+        self._closed = False
+
+    def on_train(self, payload: bytes) -> None:
+        """MQTT handler of ``control/train``: decode, then act on a worker thread."""
+        try:
+            command = decode(TrainCommand, payload)
+        except PayloadError as exc:
+            log.warning("dropping bad train command: %s", exc)
+            return
+        threading.Thread(target=self._apply, args=(command,), name=f"train-{command.job_id}",
+                         daemon=True).start()
+
+    def _apply(self, command: TrainCommand) -> None:
+        try:
+            if command.action == "stop":
+                self._stop(command.job_id)
+            else:
+                self._start(command)
+        except Exception as exc:  # a command must never take the engine down
+            log.exception("train command %s failed", command.job_id)
+            self._send(command.job_id, command.role, "FAILED", reason=f"node error: {exc}")
+
+    def _send(self, job_id: str, role: str, state: str, **fields: object) -> None:
+        self._report(TrainReport(self.node_id, job_id, role, state, ts=self._clock.now(), **fields))  # type: ignore[arg-type]
+
+    def refusal(self, command: TrainCommand) -> str:
+        """Why this node cannot take ``command`` ('' when it can); checks only, starts nothing."""
+        missing = missing_extra()
+        if missing:
+            return missing
+        assert command.spec is not None
+        if command.role == "client" and not (self.data_dir / command.spec.data_file).is_file():
+            return (f"no data for {command.spec.data} here: {command.spec.data_file} is not in the node's "
+                    f"data directory {self.data_dir}")
+        with self._lock:
+            if (command.job_id, command.role) in self._children:
+                return f"job {command.job_id} already runs here as {command.role}"
+        return ""
+
+    def _start(self, command: TrainCommand) -> None:
+        assert command.spec is not None
+        reason = self.refusal(command)
+        if reason:
+            self._send(command.job_id, command.role, "REFUSED", reason=reason)
+            return
+        job_dir = self.data_dir / "training" / command.job_id / command.role
+        job_dir.mkdir(parents=True, exist_ok=True)
+        model_path = ""
+        if command.role == "server" and command.model_url:
+            try:
+                model_path = str(fetch_artifact(command.model_url, command.model_sha256, job_dir,
+                                                token=self._token))
+            except ArtifactError as exc:
+                self._send(command.job_id, command.role, "REFUSED", reason=f"starting model: {exc}")
+                return
+        data = self.data_dir / (TEST_FILE if command.role == "server" else command.spec.data_file)
+        job = JobFile(command.spec, command.server_address, str(data), model_path,
+                      str(job_dir / "result.onnx"), command.clients,
+                      seed=int(hashlib.sha256(self.node_id.encode()).hexdigest()[:6], 16))
+        path = job.write(job_dir / "job.json")
+        with (job_dir / "flower.log").open("w") as log_file:
+            argv = [self._python, "-m", f"node_engine.training.{command.role}", str(path)]
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1)
+        child = _Child(command.role, process)
+        with self._lock:
+            if self._closed:
+                process.kill()
+                return
+            self._children[(command.job_id, command.role)] = child
+        log.info("training job %s: %s started (pid %s)", command.job_id, command.role, process.pid)
+        self._send(command.job_id, command.role, "STARTED")
+        threading.Thread(target=self._follow, args=(command.job_id, child, job_dir), daemon=True,
+                         name=f"train-{command.role}-{command.job_id}").start()
+
+    def _follow(self, job_id: str, child: _Child, job_dir: Path) -> None:
+        """Progress lines -> reports until the child exits; then FAILED/STOPPED if nothing final came."""
+        final = False
+        assert child.process.stdout is not None
+        for line in child.process.stdout:
+            progress = parse_progress(line)
+            if progress is not None:
+                final = self._forward(job_id, child.role, progress) or final
+        code = child.process.wait()
+        with self._lock:
+            self._children.pop((job_id, child.role), None)
+        if child.stopping:
+            self._send(job_id, child.role, "STOPPED")
+        elif not final:
+            tail = (job_dir / "flower.log").read_text(errors="replace")[-300:].strip().replace("\n", " | ")
+            self._send(job_id, child.role, "FAILED",
+                       reason=f"flower {child.role} exited with code {code}: {tail}")
+
+    def _forward(self, job_id: str, role: str, progress: RoundProgress) -> bool:
+        """One progress line as a report; True when it was final (done/failed)."""
+        figures = {"round": progress.round, "loss": progress.loss, "accuracy": progress.accuracy,
+                   "clients": progress.clients, "bytes_sent": progress.bytes_sent,
+                   "seconds": progress.seconds, "epsilon": progress.epsilon}
+        if progress.event == "round":
+            self._send(job_id, role, "ROUND", **figures)
+            return False
+        if progress.event == "failed":
+            self._send(job_id, role, "FAILED", reason=progress.reason)
+            return True
+        result = Path(progress.result_path).read_bytes() if progress.result_path else b""
+        if len(result) > MAX_RESULT_BYTES:
+            self._send(job_id, role, "FAILED", reason=f"result of {len(result)} bytes is over the "
+                                                        f"{MAX_RESULT_BYTES}-byte inline limit")
+            return True
+        self._send(job_id, role, "DONE", round=progress.round,
+                   result_onnx_b64=base64.b64encode(result).decode() if result else "",
+                   result_sha256=hashlib.sha256(result).hexdigest() if result else "")
+        return True
+
+    def _stop(self, job_id: str) -> None:
+        with self._lock:
+            children = [c for (job, _), c in self._children.items() if job == job_id]
+        for child in children:
+            child.stopping = True
+            child.process.kill()
+
+    def running(self) -> list[tuple[str, str]]:
+        """``(job_id, role)`` of the children running now."""
+        with self._lock:
+            return sorted(self._children)
+
+    def close(self) -> None:
+        """Kill and reap every child (the engine is stopping); no more starts after this."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children.values())
+        for child in children:
+            child.stopping = True
+            child.process.kill()
+        for child in children:
+            try:
+                child.process.wait(5)
+            except subprocess.TimeoutExpired:
+                log.warning("training child %s did not exit", child.process.pid)
+
+
+def attach(link: MqttLink, node_id: str, data_dir: Path, clock: Clock,
+           join_token: str | None = None) -> TrainingHandler:
+    """A handler for this node, subscribed to its ``control/train`` topic, reporting on ``training``."""
+
+    def publish(report: TrainReport) -> None:
+        link.publish(topics.training(node_id), encode(report), qos=1)
+        log.info("training %s/%s -> %s%s", report.job_id, report.role, report.state,
+                 f" ({report.reason})" if report.reason else "")
+
+    handler = TrainingHandler(node_id, data_dir, publish, clock, join_token=join_token)
+    link.subscribe(topics.control_train(node_id), handler.on_train)
+    return handler

@@ -1,0 +1,138 @@
+"""The Flower server of one training job: ``python -m node_engine.training.server JOBFILE``.
+
+Flower does the federated work: its strategy (``FedAvg``, ``FedProx``, ``FedAdam``; wrapped in
+``DifferentialPrivacyClientSideFixedClipping`` / ``…ServerSideFixedClipping`` when the SLA asks
+for privacy) samples the clients, aggregates their parameters and calls our evaluation after
+every round; ``flwr.server.start_server`` runs the rounds over gRPC. Only parameters travel.
+
+This module adds: the starting parameters (read from the registry version's ONNX), the
+evaluation on the held-out split the aggregator node holds (``test.npz``; none: loss/accuracy
+null), one :class:`~treeline_common.training.RoundProgress` line per round on stdout, and the
+ONNX export of the final parameters (``out_path``) announced by a ``done`` line.
+Exit code 0 after ``done``; 1 after a ``failed`` line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flwr.server
+import numpy as np
+from flwr.common import ndarrays_to_parameters
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
+
+from model_zoo.federated import load_shard
+from node_engine.training import model as mlp
+from node_engine.training.job import JobFile, emit
+from treeline_common.training import RoundProgress, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+
+
+class RoundTracker:
+    """Per-round figures: clients from the fit metrics, loss/accuracy from the evaluation."""
+
+    def __init__(self, evaluate: Callable[[list[np.ndarray]], tuple[float | None, float | None]]) -> None:
+        self._evaluate = evaluate
+        self.clients = 0
+        self.latest: list[np.ndarray] = []
+        self.started = time.monotonic()
+
+    def fit_metrics(self, results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        """Flower's ``fit_metrics_aggregation_fn``: remembers how many clients were aggregated."""
+        self.clients = len(results)
+        total = sum(n for n, _ in results) or 1
+        return {"train_loss": sum(n * float(m.get("train_loss", 0.0)) for n, m in results) / total}
+
+    def evaluate_fn(self, server_round: int, arrays: list[np.ndarray],
+                    config: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
+        """Flower's ``evaluate_fn``: called with the aggregated parameters after every round (0: start)."""
+        self.latest = [np.asarray(a) for a in arrays]
+        loss, accuracy = self._evaluate(self.latest)
+        now = time.monotonic()
+        emit(RoundProgress("round", server_round, loss, accuracy, self.clients if server_round else 0,
+                           seconds=now - self.started))
+        self.started = now
+        return (loss, {"accuracy": accuracy}) if loss is not None else None
+
+
+def build_strategy(spec: TrainingSpec, initial: list[np.ndarray], tracker: RoundTracker,
+                   clients: int) -> Strategy:
+    """The Flower strategy the SLA names, with its parameters, wrapped for differential privacy."""
+    extra: dict[str, Any] = spec.strategy_parameters()
+    strategy: Strategy = STRATEGIES[spec.strategy](
+        fraction_fit=spec.fraction_fit, fraction_evaluate=0.0, min_fit_clients=spec.min_clients,
+        min_evaluate_clients=0, min_available_clients=spec.min_clients, evaluate_fn=tracker.evaluate_fn,
+        on_fit_config_fn=lambda rnd: {"round": rnd, "local_epochs": spec.local_epochs,
+                                      "batch_size": spec.batch_size, "learning_rate": spec.learning_rate},
+        initial_parameters=ndarrays_to_parameters(initial), fit_metrics_aggregation_fn=tracker.fit_metrics,
+        **extra)
+    if spec.privacy is not None:
+        sampled = max(spec.min_clients, round(clients * spec.fraction_fit))
+        wrapper = (DifferentialPrivacyClientSideFixedClipping if spec.privacy.side == "client"
+                   else DifferentialPrivacyServerSideFixedClipping)
+        strategy = wrapper(strategy, noise_multiplier=spec.privacy.noise_multiplier,
+                           clipping_norm=spec.privacy.clipping_norm, num_sampled_clients=sampled)
+    return strategy
+
+
+def run(job: JobFile) -> int:
+    """Run the job's rounds; write the trained ONNX; emit progress. Returns the exit code."""
+    spec = job.spec
+    net = mlp.new_model(job.seed)
+    names = list(net.state_dict())
+    try:
+        initial = (mlp.parameters_from_onnx(Path(job.model_path).read_bytes(), names) if job.model_path
+                   else mlp.get_parameters(net))
+        mlp.set_parameters(net, initial)
+    except (OSError, ValueError) as exc:
+        emit(RoundProgress("failed", reason=f"starting model: {exc}"))
+        return 1
+    test = load_shard(Path(job.data_path)) if job.data_path and Path(job.data_path).exists() else None
+
+    def evaluate(arrays: list[np.ndarray]) -> tuple[float | None, float | None]:
+        if test is None:
+            return None, None
+        mlp.set_parameters(net, arrays)
+        return mlp.evaluate(net, test.x, test.y)
+
+    tracker = RoundTracker(evaluate)
+    strategy = build_strategy(spec, initial, tracker, job.clients)
+    rounds = flwr.server.ServerConfig(num_rounds=spec.rounds)
+    flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy)
+    if not tracker.latest:
+        emit(RoundProgress("failed", reason="no round completed"))
+        return 1
+    mlp.set_parameters(net, tracker.latest)
+    Path(job.out_path).write_bytes(mlp.to_onnx(net))
+    emit(RoundProgress("done", spec.rounds, result_path=job.out_path))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        job = JobFile.read(Path(args[0]))
+    except (IndexError, OSError, ValueError) as exc:
+        emit(RoundProgress("failed", reason=f"job file: {exc}"))
+        return 1
+    return run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
