@@ -216,8 +216,8 @@ def _privacy(raw: Any) -> PrivacySpec | None:
 class TrainCommand:
     """``nodes/<id>/control/train``: start or stop this node's part of a training job.
 
-    ``server_address``: ``host:port`` of the Flower server (the server binds it; clients dial
-    it). ``model_url``/``model_sha256``: the starting model (server only; the node MUST check
+    ``server_address``: ``host:port`` of the Flower server; for a server start the port may be
+    0 (the node picks a free one and reports the address in its ``STARTED``), clients dial it. ``model_url``/``model_sha256``: the starting model (server only; the node MUST check
     the digest). ``clients``: how many clients the cluster started (the server waits for
     ``spec.min_clients`` of them each round).
     """
@@ -282,6 +282,7 @@ class TrainReport:
     result_sha256: str = ""
     epsilon: float | None = None
     ts: float = 0.0
+    server_address: str = ""  # a server's STARTED: the host:port its clients dial
 
     def __post_init__(self) -> None:
         if self.state not in REPORT_STATES:

@@ -37,6 +37,7 @@ from node_engine.training.job import JobFile, parse_progress
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, decode, encode
+from treeline_common.netutil import free_port
 from treeline_common.training import MAX_RESULT_BYTES, RoundProgress, TrainCommand, TrainReport
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ class TrainingHandler:
                 self._send(command.job_id, command.role, "REFUSED", reason=f"starting model: {exc}")
                 return
         data = self.data_dir / (TEST_FILE if command.role == "server" else command.spec.data_file)
-        job = JobFile(command.spec, command.server_address, str(data), model_path,
+        address = command.server_address
+        host, _, port = address.rpartition(":")
+        if command.role == "server" and port == "0":
+            address = f"{host}:{free_port(host)}"
+        job = JobFile(command.spec, address, str(data), model_path,
                       str(job_dir / "result.onnx"), command.clients,
                       seed=int(hashlib.sha256(self.node_id.encode()).hexdigest()[:6], 16))
         path = job.write(job_dir / "job.json")
@@ -135,7 +140,7 @@ class TrainingHandler:
                 return
             self._children[(command.job_id, command.role)] = child
         log.info("training job %s: %s started (pid %s)", command.job_id, command.role, process.pid)
-        self._send(command.job_id, command.role, "STARTED")
+        self._send(command.job_id, command.role, "STARTED", server_address=address)
         threading.Thread(target=self._follow, args=(command.job_id, child, job_dir), daemon=True,
                          name=f"train-{command.role}-{command.job_id}").start()
 
