@@ -6,6 +6,8 @@ import base64
 import hashlib
 from typing import Any
 
+from treeline_test_helpers import node_view
+
 from cluster_orchestrator.training import (
     REASON_NO_DATA,
     TrainingRequirements,
@@ -21,7 +23,6 @@ from ml_scheduler.plugins.filters import (
     REASON_OFFLINE,
 )
 from ml_scheduler.snapshot import ClusterSnapshot
-from tests.treeline_test_helpers import node_view
 from treeline_common import topics
 from treeline_common.training import TrainCommand, TrainingSpec, TrainReport
 
