@@ -217,8 +217,9 @@ class TrainCommand:
     """``nodes/<id>/control/train``: start or stop this node's part of a training job.
 
     ``server_address``: ``host:port`` of the Flower server; for a server start the port may be
-    0 (the node picks a free one and reports the address in its ``STARTED``), clients dial it. ``model_url``/``model_sha256``: the starting model (server only; the node MUST check
-    the digest). ``clients``: how many clients the cluster started (the server waits for
+    0 (the node picks a free one and reports the address in its ``STARTED``), clients dial it.
+    ``model_url``/``model_sha256``: the starting model (server only; the node MUST check the
+    digest). ``clients``: how many clients the cluster started (the server waits for
     ``spec.min_clients`` of them each round).
     """
 
@@ -289,3 +290,19 @@ class TrainReport:
             raise ValueError(f"state must be one of {', '.join(REPORT_STATES)}, not {self.state!r}")
         if self.role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+
+
+def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float = 1e-5) -> float | None:
+    """Client-level (ε, δ) of ``rounds`` Gaussian mechanisms with every client in every round.
+
+    Flower's fixed-clipping wrappers bound one client's effect on the aggregate by the clipping
+    norm and add Gaussian noise of ``noise_multiplier`` times that bound, so each round is a
+    Gaussian mechanism of noise multiplier ``z``. Rényi DP (Mironov 2017): one round has
+    ``ε_α = α / (2 z²)``, ``rounds`` compose additively, and ``ε = min_α T·α/(2z²) + log(1/δ)/(α−1)``
+    over α in 1.01..256. Conservative: no amplification by sampling is credited (``fraction_fit``
+    below 1 would lower it). None when ``noise_multiplier`` is 0 (no privacy).
+    """
+    if noise_multiplier <= 0 or rounds < 1:
+        return None
+    alphas = [1.01 + 0.01 * i for i in range(100)] + [float(a) for a in range(3, 257)]
+    return min(rounds * a / (2 * noise_multiplier ** 2) + math.log(1 / delta) / (a - 1) for a in alphas)

@@ -7,7 +7,8 @@ every round; ``flwr.server.start_server`` runs the rounds over gRPC. Only parame
 
 This module adds: the starting parameters (read from the registry version's ONNX), the
 evaluation on the held-out split the aggregator node holds (``test.npz``; none: loss/accuracy
-null), one :class:`~treeline_common.training.RoundProgress` line per round on stdout, and the
+null), one :class:`~treeline_common.training.RoundProgress` line per round on stdout (with the
+privacy spent so far, :func:`~treeline_common.training.gaussian_epsilon`, δ = 1e-5), and the
 ONNX export of the final parameters (``out_path``) announced by a ``done`` line.
 Exit code 0 after ``done``; 1 after a ``failed`` line.
 """
@@ -36,7 +37,7 @@ from flwr.server.strategy import (
 from model_zoo.federated import load_shard
 from node_engine.training import model as mlp
 from node_engine.training.job import JobFile, emit
-from treeline_common.training import RoundProgress, TrainingSpec
+from treeline_common.training import RoundProgress, TrainingSpec, gaussian_epsilon
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fe
 class RoundTracker:
     """Per-round figures: clients from the fit metrics, loss/accuracy from the evaluation."""
 
-    def __init__(self, evaluate: Callable[[list[np.ndarray]], tuple[float | None, float | None]]) -> None:
+    def __init__(self, evaluate: Callable[[list[np.ndarray]], tuple[float | None, float | None]],
+                 epsilon: Callable[[int], float | None] = lambda _round: None) -> None:
         self._evaluate = evaluate
+        self._epsilon = epsilon
         self.clients = 0
         self.latest: list[np.ndarray] = []
         self.started = time.monotonic()
@@ -65,7 +68,7 @@ class RoundTracker:
         loss, accuracy = self._evaluate(self.latest)
         now = time.monotonic()
         emit(RoundProgress("round", server_round, loss, accuracy, self.clients if server_round else 0,
-                           seconds=now - self.started))
+                           seconds=now - self.started, epsilon=self._epsilon(server_round)))
         self.started = now
         return (loss, {"accuracy": accuracy}) if loss is not None else None
 
@@ -110,7 +113,9 @@ def run(job: JobFile) -> int:
         mlp.set_parameters(net, arrays)
         return mlp.evaluate(net, test.x, test.y)
 
-    tracker = RoundTracker(evaluate)
+    privacy = spec.privacy
+    tracker = RoundTracker(evaluate, lambda rnd: gaussian_epsilon(privacy.noise_multiplier, rnd)
+                           if privacy is not None and rnd > 0 else None)
     strategy = build_strategy(spec, initial, tracker, job.clients)
     rounds = flwr.server.ServerConfig(num_rounds=spec.rounds)
     flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy)

@@ -123,3 +123,14 @@ def test_commands_and_reports_round_trip_and_are_checked_on_decode() -> None:
         decode(TrainReport, encode(report).replace(b'"ROUND"', b'"DANCING"'))
     with pytest.raises(PayloadError, match="server_address"):
         decode(TrainCommand, encode(command).replace(b'"127.0.0.1:9092"', b'"nowhere"'))
+
+
+def test_epsilon_grows_with_rounds_and_shrinks_with_noise() -> None:
+    from treeline_common.training import gaussian_epsilon
+
+    assert gaussian_epsilon(0.0, 5) is None
+    one, five, quiet = gaussian_epsilon(1.0, 1), gaussian_epsilon(1.0, 5), gaussian_epsilon(4.0, 5)
+    assert one is not None and five is not None and quiet is not None
+    assert one < five and quiet < five
+    # RDP of the Gaussian mechanism: T rounds at z equal one round at z / sqrt(T)
+    assert abs(gaussian_epsilon(2.0, 4) - gaussian_epsilon(1.0, 1)) < 1e-9  # type: ignore[operator]
