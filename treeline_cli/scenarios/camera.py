@@ -23,10 +23,10 @@ import statistics
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+import treeline_cli.scenarios.linkbytes as linkbytes
 from treeline_cli.demo import measure_interleaved, register_once
 from treeline_cli.inference import run_requests, static_resolver
 from treeline_cli.root_client import RootClient
-from treeline_cli.scenarios import linkbytes
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 from treeline_cli.scenarios.common import (
     deploy_all,
