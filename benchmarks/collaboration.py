@@ -9,7 +9,8 @@ Each scenario of :data:`treeline_cli.scenarios.REGISTERED` runs on a stack of it
 cascade's and the battery's), plus:
 
 - ``prediction_error_p50`` [goal <= 0.15]: the median over every deployed plan of every scenario of
-  ``|measured p50 - predicted| / measured p50`` (each scenario's ``prediction_errors``);
+  ``|measured p50 - predicted| / measured p50`` (each scenario's ``prediction_errors``), and
+  ``prediction_error_p50_<name>`` over one scenario's plans;
 - ``scenario_seconds_<name>``: wall time of each scenario, its stack's start included;
   ``scenario_failed_<name>``: the error of a scenario that failed (the others still run).
 
@@ -59,6 +60,12 @@ def run_one(scenario: Scenario, quick: bool, echo: bool) -> dict[str, Any]:
             stack.stop()
 
 
+def finite_errors(record: dict[str, Any]) -> list[float]:
+    """A scenario's ``prediction_errors`` that are numbers (a plan without a prediction has NaN)."""
+    return [float(e) for e in record.get("prediction_errors") or []
+            if isinstance(e, int | float) and math.isfinite(e)]
+
+
 def run(quick: bool, names: str = ALL, echo: bool = True) -> dict[str, Any]:
     """Every chosen scenario, one after the other; merged figures (see the module docstring)."""
     records: dict[str, dict[str, Any]] = {}
@@ -73,11 +80,13 @@ def run(quick: bool, names: str = ALL, echo: bool = True) -> dict[str, Any]:
             log.exception("scenario %s failed", scenario.name)
             failed[f"scenario_failed_{key}"] = f"{type(exc).__name__}: {exc}"
         seconds[f"scenario_seconds_{key}"] = time.monotonic() - started
-    errors = [float(e) for r in records.values() for e in r.get("prediction_errors") or []
-              if isinstance(e, int | float) and math.isfinite(e)]
-    return {**merge_figures(records), **seconds, **failed,
-            "prediction_error_p50": statistics.median(errors) if errors else math.nan,
-            "prediction_errors_count": len(errors), "goals": GOALS,
+    errors = {name: finite_errors(r) for name, r in records.items()}
+    every = [e for values in errors.values() for e in values]
+    per_scenario = {f"prediction_error_p50_{name.replace('-', '_')}": statistics.median(values)
+                    for name, values in errors.items() if values}
+    return {**merge_figures(records), **seconds, **failed, **per_scenario,
+            "prediction_error_p50": statistics.median(every) if every else math.nan,
+            "prediction_errors_count": len(every), "goals": GOALS,
             "scenarios": {name: {k: v for k, v in r.items() if k != "figures"}
                           for name, r in records.items()}}
 
