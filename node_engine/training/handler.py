@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -37,11 +38,12 @@ from node_engine.training.job import JobFile, parse_progress
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, decode, encode
-from treeline_common.netutil import free_port
+from treeline_common.netutil import free_port, poll_until
 from treeline_common.training import MAX_RESULT_BYTES, RoundProgress, TrainCommand, TrainReport
 
 log = logging.getLogger(__name__)
 
+LISTEN_TIMEOUT_S = 60.0  # torch + flwr imports on a slow device
 TEST_FILE = "test.npz"  # the held-out split an aggregator node evaluates on (treeline data split)
 Reporter = Callable[[TrainReport], None]
 
@@ -140,6 +142,14 @@ class TrainingHandler:
                 return
             self._children[(command.job_id, command.role)] = child
         log.info("training job %s: %s started (pid %s)", command.job_id, command.role, process.pid)
+        if command.role == "server" and not _listening(address, process):
+            child.stopping = True  # it is reported FAILED below, not STOPPED
+            process.kill()
+            with self._lock:
+                self._children.pop((command.job_id, command.role), None)
+            self._send(command.job_id, command.role, "FAILED",
+                       reason=f"the Flower server did not listen on {address} within {LISTEN_TIMEOUT_S:g} s")
+            return
         self._send(command.job_id, command.role, "STARTED", server_address=address)
         threading.Thread(target=self._follow, args=(command.job_id, child, job_dir), daemon=True,
                          name=f"train-{command.role}-{command.job_id}").start()
@@ -208,6 +218,24 @@ class TrainingHandler:
                 child.process.wait(5)
             except subprocess.TimeoutExpired:
                 log.warning("training child %s did not exit", child.process.pid)
+
+
+def _listening(address: str, process: subprocess.Popen[str]) -> bool:
+    """Wait (polling with a deadline) until the server accepts connections at ``address``, so its
+    clients connect at once instead of backing off; False when it exits or the deadline passes."""
+    host, _, port = address.rpartition(":")
+
+    def probe() -> str:
+        if process.poll() is not None:
+            return "exited"
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return "listening"
+
+    try:
+        state = poll_until(probe, LISTEN_TIMEOUT_S, interval=0.1, what=f"the Flower server on {address}")
+    except TimeoutError:
+        return False
+    return state == "listening"
 
 
 def attach(link: MqttLink, node_id: str, data_dir: Path, clock: Clock,
