@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 import treeline_cli.scenarios.linkbytes as linkbytes
-from treeline_cli.demo import measure_interleaved, register_once
-from treeline_cli.inference import run_requests, static_resolver
+from treeline_cli.demo import register_once
+from treeline_cli.inference import run_requests, service_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 from treeline_cli.scenarios.common import (
     deploy_all,
+    measure_services,
     measured_column,
     ml_sla,
     node_endpoints,
@@ -37,6 +38,8 @@ from treeline_cli.scenarios.common import (
     predicted,
     relative_error,
     render_table,
+    replanned_note,
+    shared_login,
     stage_nodes,
     whole_model_difference,
 )
@@ -71,7 +74,7 @@ def camera_bytes_per_request(stack: Stack, service: Mapping[str, Any], windows: 
     pids = {CAMERA: stack.node(CAMERA).process.pid}
     endpoints = node_endpoints(stack)
     ports = {name: [linkbytes.endpoint_port(endpoints[name])] for name in names if name in endpoints}
-    resolver = static_resolver(service["placement"])
+    resolver = service_resolver(stack.root_url, str(service["service_id"]))
     samples: dict[str, list[float]] = {}
     for window in range(windows):
         before = linkbytes.snapshot()
@@ -90,13 +93,14 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, size: int, requests: i
     register_once(RootClient(stack.root_url), MODEL, onnx_bytes, "camera scenario model")
     services = deploy_all(stack, slas(size), out)
     out.write(f"Sending {requests} requests to each, interleaved ...\n")
-    results = measure_interleaved(services, requests)  # bare placements: see common.py
-    link = {label: camera_bytes_per_request(stack, svc, windows, per_window)
-            for label, svc in services.items()}
+    with shared_login(stack.root_url):
+        results, replanned = measure_services(stack.root_url, services, requests)
+        link = {label: camera_bytes_per_request(stack, svc, windows, per_window)
+                for label, svc in services.items()}
+        diff = whole_model_difference(services, onnx_bytes, stack.root_url)
     frame_bytes = 3 * size * size * 4
     uplink = {label: sum(v for k, v in link[label].items() if k.startswith(f"{CAMERA}->"))
               for label in services}
-    diff = whole_model_difference(services, onnx_bytes)
     columns = [measured_column(label, services[label], results[label]) for label in services]
     for column in columns:
         column.figures["camera uplink KB/request (measured)"] = uplink[column.label] / 1024
@@ -109,7 +113,7 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, size: int, requests: i
              f"privacy pin: the camera's sockets carried {uplink[PINNED] / 1024:.1f} KB per request "
              "(" + ("the frame left the camera" if pinned_raw
                     else "less than one frame: the raw frame never left it") + ")",
-             f"max |pipeline - whole model| over every output: {diff:.1e}"]
+             f"max |pipeline - whole model| over every output: {diff:.1e}", *replanned_note(replanned)]
     out.write(render_table("camera: the frame arrives on a battery camera", columns, notes))
     return {
         "figures": {"camera_speedup_vs_ship_frame": ship / ours, "camera_raw_bytes_left_device": pinned_raw,
@@ -122,7 +126,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, size: int, requests: i
                           "measured_p50_ms": results[label]["latency"].p50_ms,
                           "measured_p99_ms": results[label]["latency"].p99_ms,
                           "measured_throughput_rps": results[label]["throughput"].throughput_rps,
-                          "link_bytes_per_request": link[label]} for label, svc in services.items()},
+                          "link_bytes_per_request": link[label], "replanned_while_measured": replanned[label]}
+                  for label, svc in services.items()},
         "max_abs_output_difference": diff,
     }
 

@@ -5,15 +5,19 @@ Deploying and measuring reuse :mod:`treeline_cli.demo` (``deploy_sla``, ``regist
 arguments, the plan's explanation in a few lines, predicted against measured latency, outputs
 against the whole model, and the one comparison table each scenario prints.
 
-Scenarios measure their deployments as bare placements (``measure_interleaved`` without a root
-URL): nothing re-plans them meanwhile, and a service resolver makes a new root client per round
-whose first request then includes a log-in at the root (0.7-1.0 s measured here).
+Scenarios measure their services through the root (``measure_interleaved`` with its URL), so a
+request follows a re-plan (the cluster re-plans a deployment whose stages drift from their
+predictions) instead of failing on a stage that is gone. That makes a root client per round and
+deployment; :func:`shared_login` gives them one token, else each would log in inside its round's
+first request (0.7-1.0 s measured here, all of it in the p99 and the throughput).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -21,11 +25,12 @@ import numpy as np
 import onnxruntime as ort
 
 from node_engine.data_plane.service_client import ServiceClient
-from treeline_cli.demo import deploy_sla
-from treeline_cli.inference import InferenceReport, static_resolver
+from treeline_cli.demo import deploy_sla, measure_interleaved
+from treeline_cli.inference import InferenceReport, service_resolver
 from treeline_cli.input_values import placement_inputs, random_inputs
-from treeline_cli.root_client import RootClient
+from treeline_cli.root_client import DEV_ACCOUNT, TOKEN_ENV, RootClient, login
 from treeline_cli.stack import Stack
+from treeline_common.errors import TreelineError
 from treeline_common.http import call_json
 
 NAMESPACE = "scenarios"
@@ -164,6 +169,50 @@ def _shown(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
 
 
+@contextlib.contextmanager
+def shared_login(root_url: str) -> Iterator[None]:
+    """Root clients made meanwhile use one token (``TREELINE_TOKEN``, restored afterwards): the
+    caller's own when set, else one log-in as the development account (a development root only;
+    elsewhere each client finds its credentials as the CLI's do)."""
+    try:
+        token = None if os.environ.get(TOKEN_ENV) else login(root_url, *DEV_ACCOUNT)["token"]
+    except TreelineError:
+        token = None
+    if token is None:
+        yield
+        return
+    os.environ[TOKEN_ENV] = token
+    try:
+        yield
+    finally:
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def generations(root_url: str, services: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Each service's current placement generation (a re-plan raises it)."""
+    client = RootClient(root_url)
+    return {label: int((client.service(str(svc["service_id"])).get("placement") or {}).get("generation") or 0)
+            for label, svc in services.items()}
+
+
+def measure_services(root_url: str, services: Mapping[str, dict[str, Any]],
+                     requests: int) -> tuple[dict[str, dict[str, InferenceReport]], dict[str, bool]]:
+    """:func:`treeline_cli.demo.measure_interleaved` through the root (call it under
+    :func:`shared_login`), and per service whether it was re-planned meanwhile."""
+    before = {label: int((svc.get("placement") or {}).get("generation") or 0)
+              for label, svc in services.items()}
+    results = measure_interleaved(dict(services), requests, root_url)
+    after = generations(root_url, services)
+    return results, {label: after[label] != before[label] for label in services}
+
+
+def replanned_note(replanned: Mapping[str, bool]) -> list[str]:
+    """A note naming the alternatives re-planned while measured (their figures mix two plans)."""
+    moved = [label for label, flag in replanned.items() if flag]
+    return [f"re-planned while measured (the cluster re-plans stages that drift from their predictions; "
+            f"figures cover both plans): {', '.join(moved)}"] if moved else []
+
+
 def deploy_all(stack: Stack, slas: Mapping[str, dict[str, Any]], out: TextIO) -> dict[str, dict[str, Any]]:
     """Deploy each labelled SLA (:func:`treeline_cli.demo.deploy_sla`: idempotent) until RUNNING;
     ``{label: service document}`` in the order given."""
@@ -182,7 +231,7 @@ def node_endpoints(stack: Stack) -> dict[str, str]:
             for n in nodes if n.get("name") and n.get("data_endpoint")}
 
 
-def whole_model_difference(services: Mapping[str, Mapping[str, Any]], onnx_bytes: bytes,
+def whole_model_difference(services: Mapping[str, Mapping[str, Any]], onnx_bytes: bytes, root_url: str,
                            samples: int = 2) -> float:
     """Max |pipeline - whole model| over every output of every deployment, for ``samples`` valid
     inputs (onnxruntime on the whole model is the reference)."""
@@ -190,7 +239,7 @@ def whole_model_difference(services: Mapping[str, Mapping[str, Any]], onnx_bytes
     worst = 0.0
     for service in services.values():
         specs = placement_inputs(service["placement"])
-        resolver = static_resolver(service["placement"])
+        resolver = service_resolver(root_url, str(service["service_id"]))
         with ServiceClient(resolver, service=str(service["service_id"])) as client:
             for sample in random_inputs(specs, samples, seed=11):
                 outputs, _ = client.infer(sample)

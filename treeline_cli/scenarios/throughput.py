@@ -29,18 +29,21 @@ import math
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from treeline_cli.demo import THROUGHPUT_IN_FLIGHT, measure_interleaved, register_once
+from treeline_cli.demo import THROUGHPUT_IN_FLIGHT, register_once
 from treeline_cli.inference import InferenceReport
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 from treeline_cli.scenarios.common import (
     deploy_all,
+    measure_services,
     measured_column,
     ml_sla,
     plan_summary,
     predicted,
     relative_error,
     render_table,
+    replanned_note,
+    shared_login,
     stage_nodes,
     whole_model_difference,
 )
@@ -74,8 +77,9 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, channels: int, size: i
     services = deploy_all(stack, slas(channels, size), out)
     out.write(f"Sending {requests} requests one at a time and {requests} with {THROUGHPUT_IN_FLIGHT} in "
               "flight to each, interleaved ...\n")
-    results = measure_interleaved(services, requests)  # bare placements: see common.py
-    diff = whole_model_difference(services, onnx_bytes)
+    with shared_login(stack.root_url):
+        results, replanned = measure_services(stack.root_url, services, requests)
+        diff = whole_model_difference(services, onnx_bytes, stack.root_url)
     ours_rps, single_rps = best_rps(results[OURS]), best_rps(results[SINGLE])
     bound = predicted(services[OURS], "throughput_rps")
     gain = ours_rps / single_rps if single_rps > 0 else math.nan
@@ -88,7 +92,7 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, channels: int, size: i
              f"pipeline efficiency (measured / bound): {efficiency:.2f} (goal 0.9)",
              "the emulated devices share this host's cores: time a stage's real compute loses to other "
              "processes is multiplied by the device's slowdown (8x here)",
-             f"max |pipeline - whole model| over every output: {diff:.1e}"]
+             f"max |pipeline - whole model| over every output: {diff:.1e}", *replanned_note(replanned)]
     out.write(render_table(f"throughput: {DEVICES} edge boards on gigabit links", columns, notes))
     return {
         "figures": {"throughput_gain_vs_best_single": gain, "pipeline_efficiency": efficiency,
@@ -99,7 +103,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, channels: int, size: i
         "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
                           "measured_p50_ms": results[label]["latency"].p50_ms,
                           "measured_p99_ms": results[label]["latency"].p99_ms,
-                          "measured_throughput_rps": results[label]["throughput"].throughput_rps}
+                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
+                          "replanned_while_measured": replanned[label]}
                   for label, svc in services.items()},
         "max_abs_output_difference": diff,
     }

@@ -31,13 +31,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from model_zoo.minilm import DEFAULT_SEQ_LEN, cached_minilm
-from treeline_cli.demo import measure_interleaved, register_once
+from treeline_cli.demo import register_once
 from treeline_cli.root_client import RootClient
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 from treeline_cli.scenarios.common import (
     Column,
     deploy_all,
     direct,
+    measure_services,
     measured_column,
     ml_sla,
     plan_breakdown,
@@ -45,6 +46,8 @@ from treeline_cli.scenarios.common import (
     predicted,
     relative_error,
     render_table,
+    replanned_note,
+    shared_login,
     stage_nodes,
     whole_model_difference,
 )
@@ -103,8 +106,9 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
                                      max_partitions=1, constraints=[direct(edges[0])]))
     wan_answer = dry_run(client, with_sink(chosen[OURS], edges[0]))
     out.write(f"Sending {requests} requests to each, interleaved ...\n")
-    results = measure_interleaved(services, requests)  # bare placements: see common.py
-    diff = whole_model_difference(services, onnx_bytes)
+    with shared_login(stack.root_url):
+        results, replanned = measure_services(stack.root_url, services, requests)
+        diff = whole_model_difference(services, onnx_bytes, stack.root_url)
     split_ms, offload_ms = predicted(services[SPLIT]), predicted(services[OFFLOAD])
     ours_shape = shape_of(stage_nodes(services[OURS]), edges)
     why = (f"the planner chose {ours_shape}: predicted {predicted(services[OURS]):.1f} ms; edge split "
@@ -123,7 +127,7 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
              f"{shape_of(wan_nodes, edges)} on {' + '.join(wan_nodes) or '-'}, {wan_ms:.1f} ms",
              "links are charged to their sender and answers return unemulated: the offload measured here "
              "crosses no WAN (see treeline_cli/scenarios/too_big.py)",
-             f"max |pipeline - whole model| over every output: {diff:.1e}"]
+             f"max |pipeline - whole model| over every output: {diff:.1e}", *replanned_note(replanned)]
     out.write(render_table(f"too-big: {len(onnx_bytes) / 1e6:.0f} MB model, edge boards of "
                            f"{'/'.join(str(n) for n in _budgets(stack, edges))} MB", columns, notes))
     return {
@@ -142,7 +146,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
         "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
                           "measured_p50_ms": results[label]["latency"].p50_ms,
                           "measured_p99_ms": results[label]["latency"].p99_ms,
-                          "measured_throughput_rps": results[label]["throughput"].throughput_rps}
+                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
+                          "replanned_while_measured": replanned[label]}
                   for label, svc in services.items()},
         "max_abs_output_difference": diff,
     }
