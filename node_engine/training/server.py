@@ -25,6 +25,7 @@ from typing import Any
 import flwr.server
 import numpy as np
 from flwr.common import ndarrays_to_parameters
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -42,6 +43,28 @@ from treeline_common.training import RoundProgress, TrainingSpec, gaussian_epsil
 log = logging.getLogger(__name__)
 
 STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+JOIN_GRACE_S = 30  # how long the first round waits for every started client (then: those connected)
+
+
+class StartedClientsManager(SimpleClientManager):
+    """Flower's client manager, except that the first round waits (up to ``grace_s``) for all the
+    ``expected`` clients the cluster started, so round 1 does not begin with the first
+    ``min_clients`` to connect. Later rounds take whoever is connected (at least ``min_clients``:
+    the strategy's own wait), so a client that died does not stall training."""
+
+    def __init__(self, expected: int, grace_s: int = JOIN_GRACE_S) -> None:
+        super().__init__()
+        self._expected = expected
+        self._grace_s = grace_s
+        self._waited = False
+
+    def num_available(self) -> int:
+        if not self._waited:
+            self._waited = True
+            if not self.wait_for(self._expected, timeout=self._grace_s):
+                log.warning("only %s of %s clients joined within %s s", super().num_available(),
+                            self._expected, self._grace_s)
+        return super().num_available()
 
 
 class RoundTracker:
@@ -118,7 +141,9 @@ def run(job: JobFile) -> int:
                            if privacy is not None and rnd > 0 else None)
     strategy = build_strategy(spec, initial, tracker, job.clients)
     rounds = flwr.server.ServerConfig(num_rounds=spec.rounds)
-    flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy)
+    manager = StartedClientsManager(max(job.clients, spec.min_clients))
+    flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy,
+                             client_manager=manager)
     if not tracker.latest:
         emit(RoundProgress("failed", reason="no round completed"))
         return 1
