@@ -42,8 +42,9 @@ def test_a_model_no_edge_board_holds_is_split_over_the_boards_or_offloaded(stack
     split, offload = plans[too_big.SPLIT]["stage_nodes"], plans[too_big.OFFLOAD]["stage_nodes"]
     assert len(split) >= 2 and set(split) <= set(too_big.EDGES), split
     assert offload == [too_big.CLOUD], offload
-    assert plans[too_big.OURS]["stage_nodes"] in (split, offload), plans[too_big.OURS]
-    assert figures["too_big_planner_choice"] in ("split", "offload")
+    ours = result["ours"]
+    assert figures["too_big_planner_choice"] == ours["shape"] in ("split", "offload"), ours
+    assert ours["measured_as"] == (too_big.SPLIT if ours["shape"] == "split" else too_big.OFFLOAD)
     assert figures["too_big_single_edge_refused"] is True
     assert "no_feasible_plan" in str(result["single_edge_refusal"]["reasons"]), result["single_edge_refusal"]
     assert result["max_abs_output_difference"] <= 1e-5
