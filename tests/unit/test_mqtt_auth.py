@@ -53,7 +53,8 @@ def test_acl_gives_the_cluster_everything_and_each_node_its_own_prefix() -> None
     patterns = [line for line in lines if line.startswith("pattern")]
     assert patterns == ["pattern write nodes/%u/status", "pattern write nodes/%u/information",
                         "pattern write nodes/%u/job", "pattern write nodes/%u/jobs/resources",
-                        "pattern write nodes/%u/profile", "pattern read nodes/%u/status",
+                        "pattern write nodes/%u/profile", "pattern write nodes/%u/training",
+                        "pattern read nodes/%u/status",
                         "pattern read nodes/%u/control/#"]
     assert not any("control" in line and "write" in line for line in lines)
 
