@@ -96,8 +96,8 @@ class TensorClient:
         Raises DataPlaneError (a RuntimeError) for an error reply and TimeoutError when none
         comes in time.
         """
-        request_id = self._send(stage_key, inputs, request_id)
         deadline = self._clock.monotonic() + timeout
+        request_id = self._send(stage_key, inputs, request_id, timeout)
         while True:
             header, outputs = self._receive(deadline, stage_key, timeout)
             if header.request_id == request_id:
@@ -135,7 +135,7 @@ class TensorClient:
                     exhausted = True
                     break
                 chosen = next(ids, None) if ids is not None else None
-                in_flight[self._send(stage_key, item, chosen)] = (sent, self._clock.monotonic())
+                in_flight[self._send(stage_key, item, chosen, timeout)] = (sent, self._clock.monotonic())
                 sent += 1
             if not in_flight:
                 return [results[i] for i in range(sent)]
@@ -158,10 +158,23 @@ class TensorClient:
             raise RuntimeError("TensorClient is closed")
         return self._socket
 
-    def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> str:
+    def _send(self, stage_key: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None,
+              timeout: float = 10.0) -> str:
+        """Queue one request; TimeoutError when it cannot leave within ``timeout`` s (a DEALER
+        with no connection, e.g. a refused CURVE handshake, would block a plain send for ever)."""
         request_id = request_id or new_request_id()
         frames = pack("request", request_id, inputs, stage=stage_key, key=self._key)
-        self._require_socket().send_multipart(frames, copy=False)
+        sock = self._require_socket()
+        try:
+            sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)  # the usual case: queued at once
+        except zmq.Again:
+            try:
+                if not sock.poll(int(timeout * 1000) + 1, zmq.POLLOUT):
+                    raise zmq.Again()
+                sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise TimeoutError(f"could not send to {self.endpoint} (stage {stage_key}) within "
+                                   f"{timeout:.1f}s: no connection takes it") from None
         return request_id
 
     def _receive(self, deadline: float, stage_key: str, timeout: float) -> tuple[TensorHeader, Outputs]:
