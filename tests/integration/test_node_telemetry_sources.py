@@ -73,6 +73,7 @@ def test_emulated_node_keeps_its_profile_battery(nodes: tuple[NodeProcess, NodeP
     _, rpi4 = nodes
     sample = samples(observer, rpi4, 1)[-1]
     assert sample.emulated and sample.profile == "rpi4"
-    assert sample.battery == Battery(percent=80.0, emulated=True)
+    # the profile's charge, idle (no stage drew from it), and known to be off the charger
+    assert sample.battery == Battery(percent=80.0, charging=False, plugged=False, emulated=True)
     assert sample.sources["battery"] == "emulated" and sample.sources["cpu"] == "ok"
     assert sample.power is not None and sample.power.estimated and sample.power.source == "profile"
