@@ -1,7 +1,9 @@
 """Federated learning end to end on loopback, with real processes.
 
 Mosquitto, 3 node engines (``python -m node_engine``, labelled ``data:digits``) each with a
-non-IID Dirichlet(0.5) share of digits in its data directory, the embedded MongoDB registry.
+non-IID Dirichlet(0.5) share of digits in its data directory, a fourth labelled one on an
+emulated battery below the SLA's ``battery.min_percent`` (not selected, with its reason), the
+embedded MongoDB registry.
 The cluster side (placement + :class:`TrainingJob`) sends train commands over MQTT; every node
 starts a Flower client, the chosen one also the Flower server; 3 rounds of FedAvg with
 ``min_clients`` 2. One client's Flower process is killed during its first round: training goes
@@ -31,8 +33,9 @@ pytest.importorskip("flwr")
 pytest.importorskip("torch")
 
 from cluster_orchestrator.planning import build_snapshot
-from cluster_orchestrator.training import place_training, server_host
+from cluster_orchestrator.training import place_training, requirements_of, server_host
 from cluster_orchestrator.training_job import TrainingJob
+from ml_scheduler.plugins.filters import REASON_BATTERY
 from model_zoo import federated
 from node_engine.training import model as mlp
 from node_engine.training.client import parameter_bytes
@@ -45,6 +48,7 @@ from treeline_common.training import TrainingSpec, TrainReport
 pytestmark = pytest.mark.integration
 
 NODES = ("fl-a", "fl-b", "fl-c")
+BATTERY_NODE = "fl-bat"  # labelled data:digits too, on an emulated rpi4 at 80 %: below the SLA's 90 %
 ROUNDS = 3
 
 
@@ -64,16 +68,20 @@ def data_dirs(tmp_path: Path) -> list[Path]:
 def nodes(mqtt_broker: Any, observer: Observer, data_dirs: list[Path], tmp_path: Path,
           cluster: FakeCluster) -> Iterator[list[dict[str, Any]]]:
     procs = []
+    specs = [(name, d, "native") for name, d in zip(NODES, data_dirs, strict=True)]
+    specs.append((BATTERY_NODE, tmp_path / BATTERY_NODE, "rpi4"))
     try:
-        for name, data_dir in zip(NODES, data_dirs, strict=True):
+        for name, data_dir, profile in specs:
             log = (tmp_path / f"{name}.log").open("wb")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "node_engine", "--cluster-url", cluster.url, "--name", name,
-                 "--labels", "data:digits", "--data-dir", str(data_dir), "--threads", "1"],
+                 "--labels", "data:digits", "--data-dir", str(data_dir), "--threads", "1",
+                 "--profile", profile],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
-        for name in NODES:
+        for name, _, _ in specs:
             observer.wait_for(topics.status(f"node-{name}"), NodeStatus, lambda s: s.state == "online", 60)
-        yield [{**cluster.registrations[name], "node_id": f"node-{name}", "online": True} for name in NODES]
+        yield [{**cluster.registrations[name], "node_id": f"node-{name}", "online": True}
+               for name, _, _ in specs]
     finally:
         for proc in procs:
             proc.kill()
@@ -111,8 +119,10 @@ def test_fedavg_on_three_nodes_registers_a_better_model_with_lineage(
                                   "min_clients": 2,
                                   "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1,
                                   "data": "data:digits", "model": f"digits-fl:{parent['version']}"})
-    placement = place_training(build_snapshot(nodes), spec)
+    needs = requirements_of({"constraints": [{"type": "battery", "min_percent": 90}]})
+    placement = place_training(build_snapshot(nodes), spec, needs)
     assert placement.clients == tuple(f"node-{n}" for n in NODES), placement.explanation()
+    assert placement.rejected[f"node-{BATTERY_NODE}"][0] == REASON_BATTERY, placement.explanation()
     server_doc = next(n for n in nodes if n["node_id"] == placement.server)
 
     events: list[dict[str, Any]] = []
