@@ -69,24 +69,27 @@ def install_request_ids(app: Any) -> None:
     (metrics, the guard: a refusal is logged with the id too); the echo reads the id the hook
     chose, or chooses it when an earlier failure skipped the hook.
     """
-    from flask import g, request
+    from flask import request
 
+    # kept in the request's own environ, not in ``g``: a request made while another is handled
+    # in the same thread (a test client inside a view) shares the outer one's app context and
+    # ``g``, and would otherwise take over its id and leave its ids bound after it ended
     def bind() -> None:
         rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
         rule = request.url_rule.rule if request.url_rule is not None else ""
-        setattr(g, _G_REQUEST_ID, rid)
-        setattr(g, _G_BOUND, bind_log_context(rid, deployment_of_route(rule, request.view_args or {})))
+        request.environ[_G_REQUEST_ID] = rid
+        request.environ[_G_BOUND] = bind_log_context(rid, deployment_of_route(rule, request.view_args or {}))
 
     def echo(response: Any) -> Any:
-        rid = g.get(_G_REQUEST_ID)
+        rid = request.environ.get(_G_REQUEST_ID)
         if rid is None:
             rid = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-            setattr(g, _G_REQUEST_ID, rid)
+            request.environ[_G_REQUEST_ID] = rid
         response.headers[REQUEST_ID_HEADER] = rid
         return response
 
     def unbind(_exc: BaseException | None) -> None:
-        bound: BoundIds | None = g.pop(_G_BOUND, None)
+        bound: BoundIds | None = request.environ.pop(_G_BOUND, None)
         if bound is not None:
             unbind_log_context(bound)
 

@@ -116,3 +116,31 @@ def test_the_cluster_echoes_ids_and_logs_the_deployment(cluster: FlaskClient, li
     assert lines.text().splitlines() == [
         f"INFO {PROBE}: probe view ['0', 's1'] request_id=c-2 deployment_id=s1-0",
         f"INFO {PROBE}: probe view ['3', 's2'] request_id={generated} deployment_id=s2-3"]
+
+
+def test_a_request_made_inside_another_leaves_no_ids_behind() -> None:
+    """A test client call inside a view shares the outer request's app context (and ``g``): each
+    keeps its own id, and both are unbound when they end."""
+    from flask import Flask
+
+    from treeline_common.logs import current_log_context
+    from treeline_common.request_context import install_request_ids
+
+    app = Flask("nested")
+    install_request_ids(app)
+    seen: dict[str, str] = {}
+
+    @app.get("/inner")
+    def inner() -> str:
+        return current_log_context().request_id
+
+    @app.get("/outer")
+    def outer() -> str:
+        seen["inner"] = app.test_client().get("/inner", headers={"X-Request-ID": "in-1"}).get_data(as_text=True)
+        seen["after_inner"] = current_log_context().request_id
+        return "ok"
+
+    answer = app.test_client().get("/outer", headers={"X-Request-ID": "out-1"})
+    assert answer.headers["X-Request-ID"] == "out-1"
+    assert seen == {"inner": "in-1", "after_inner": "out-1"}
+    assert current_log_context().request_id == "" and current_log_context().deployment_id == ""
