@@ -21,6 +21,14 @@ def test_an_unknown_scenario_is_a_usage_error_listing_the_known_ones(tmp_path: P
     assert not (tmp_path / "data" / "scenarios").exists()
 
 
+def test_keep_is_refused_with_scenarios(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TREELINE_")}
+    env["TREELINE_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, "-m", "treeline_cli", "demo", "--scenario", "camera", "--keep"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--keep applies to the MobileNetV2 demo" in done.stderr, done.stderr
+
+
 def test_select_keeps_the_order_asked_and_all_means_every_registered_one() -> None:
     assert [s.name for s in select("camera, too-big,camera")] == ["camera", "too-big"]
     assert [s.name for s in select(ALL)] == list(SCENARIOS)

@@ -247,6 +247,10 @@ def demo(node_labels: tuple[str, ...], timeout: float, clusters: int | None, nod
 
     out = output()
     if scenario_names is not None:
+        if keep or report is not None:
+            flag = "--keep" if keep else "--report"
+            raise UsageError(f"{flag} applies to the MobileNetV2 demo, not to --scenario",
+                             "each scenario stops its own stack; figures: <data dir>/scenarios/NAME.json")
         run_scenarios(out, scenario_names, quick, timeout, mongo_url)
         return
     layout = {**cluster_layout(clusters, node_counts), "mongo_url": mongo_url}
