@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from treeline_cli.commands.common import invocation, output, setting, settings, verbose_option
-from treeline_cli.errors import Failure, UsageError
+from treeline_cli.errors import Failure, UsageError, classify
 from treeline_cli.output import Output, plural
 from treeline_cli.stack import PortInUse, Stack, StackConfig, check_ports, start_stack
 from treeline_common.config import OPTIONS_BY_NAME, Settings
@@ -274,9 +274,18 @@ def run_scenarios(out: Output, names: str, quick: bool, timeout: float, mongo_ur
     except ValueError as exc:
         raise UsageError(f"--scenario: {exc}", "e.g. --scenario too-big or --scenario all") from exc
     data_dir = settings().data_dir.resolve()
+    failed: list[str] = []
     for scenario in chosen:
         with ready_stack(out, (), timeout, {"mongo_url": mongo_url},
                          adjust=functools.partial(scenario_config, scenario=scenario),
                          prepare=functools.partial(add_nodes, spec=scenario.stack)) as stack:
-            run_scenario(scenario, stack, sys.stdout, quick, results_path(data_dir, scenario))
+            try:
+                run_scenario(scenario, stack, sys.stdout, quick, results_path(data_dir, scenario))
+            except Exception as exc:  # noqa: BLE001 - reported as main() would; the next scenarios still run
+                line = (classify(exc).line() or type(exc).__name__).splitlines()[0]
+                out.warn(f"scenario {scenario.name} failed: {line}")
+                failed.append(scenario.name)
             sys.stdout.flush()
+    if failed:
+        raise Failure(f"{plural(len(failed), 'scenario')} failed: {', '.join(failed)}",
+                      f"see the warnings above and the logs under {data_dir / 'scenarios'}")
