@@ -103,7 +103,8 @@ class Deployer:
                  nodes: Callable[[], list[dict[str, Any]]], on_change: Callable[[str], None],
                  settings: DeployerSettings, stop: threading.Event, clock: Clock,
                  profiles: ProfileCollector | None = None, models: ModelCache | None = None,
-                 artifacts: ArtifactCache | None = None, rollouts: RolloutRunner | None = None) -> None:
+                 artifacts: ArtifactCache | None = None, rollouts: RolloutRunner | None = None,
+                 training: Callable[[str, int], None] | None = None) -> None:
         self._book = book
         self._bus = bus
         self._root = root
@@ -117,6 +118,7 @@ class Deployer:
         self._models = models or ModelCache()
         self._artifacts = artifacts or ArtifactCache()
         self._rollouts = rollouts  # None: a new model version switches as soon as it is READY
+        self._training = training  # runs an ml-training job (.training_runner); None: refused
 
     def _commit(self, deployment_id: str, epoch: int, **fields: Any) -> dict[str, Any]:
         doc = self._book.commit(deployment_id, epoch, **fields)
@@ -127,7 +129,12 @@ class Deployer:
         """One attempt; every outcome is committed (or the run was superseded)."""
         started = self._clock.monotonic()
         try:
-            self._attempt(deployment_id, epoch, attempt, started)
+            if (self._book.require(deployment_id).get("job") or {}).get("training"):
+                if self._training is None:
+                    raise AttemptFailed("this cluster cannot run training jobs")
+                self._training(deployment_id, epoch)  # blocks this worker until the job ends
+            else:
+                self._attempt(deployment_id, epoch, attempt, started)
         except Superseded:
             log.info("deployment %s epoch %s superseded; worker stops", deployment_id, epoch)
         except Exception as exc:  # anything else is a failed attempt, retried

@@ -29,7 +29,11 @@ def parse_job(service_id: str, instance: str, body: Any) -> JobRequest:
         details.append({"path": "instance", "message": f"differs from the path ({instance})"})
     if not instance.isdigit():
         details.append({"path": "instance", "message": "must be a non-negative integer"})
-    job = planning.parse_job_body(
-        {**body, "service_id": service_id, "instance": int(instance) if instance.isdigit() else 0}, details)
+    fields = {**body, "service_id": service_id, "instance": int(instance) if instance.isdigit() else 0}
+    if body.get("training") is not None:  # an ml-training job: no model block, nothing served
+        if details:
+            raise InvalidInput("invalid job", details)
+        return JobRequest.from_dict(fields)
+    job = planning.parse_job_body(fields, details)
     planning.check_job_inputs(job)
     return job

@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from treeline_common import messages, topics
 from treeline_common.messages import NodeStatus, NodeTelemetry, ProfileResult, StageState, StageStats
 from treeline_common.mqtt_acl import TlsFiles
+from treeline_common.training import TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class BusHandler(Protocol):
     def on_stage_stats(self, node_id: str, stats: StageStats) -> None: ...
 
     def on_profile_result(self, node_id: str, result: ProfileResult) -> None: ...
+
+    def on_training_report(self, node_id: str, report: TrainReport) -> None: ...
 
     # optional: ``on_bus_state(connected: bool)``, called when the broker connection drops or returns
 
@@ -69,6 +72,7 @@ _SUBSCRIPTIONS = (
     (topics.ALL_JOB, StageState, "on_stage_state"),
     (topics.ALL_JOB_RESOURCES, StageStats, "on_stage_stats"),
     (topics.ALL_PROFILE_RESULTS, ProfileResult, "on_profile_result"),
+    (topics.ALL_TRAINING, TrainReport, "on_training_report"),
 )
 
 

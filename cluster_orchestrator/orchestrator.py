@@ -54,6 +54,7 @@ from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.rootsync import RootSync
 from cluster_orchestrator.store import ClusterStateStore, Doc
 from cluster_orchestrator.tracker import StageTracker
+from cluster_orchestrator.training_runner import TrainingRunner
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import NotFound, TreelineError
@@ -66,6 +67,7 @@ from treeline_common.messages import (
     StageState,
     StageStats,
 )
+from treeline_common.training import TrainReport
 
 # ClusterConfig and parse_job are imported from here by callers (app, tests): keep them importable.
 __all__ = ["DATA_SECRET_KEY", "ClusterConfig", "ClusterOrchestrator", "parse_job"]
@@ -109,6 +111,9 @@ class ClusterOrchestrator:
                              aggregate=self.aggregate,
                              on_release=self.release_job)
         self.cluster_registered = self.sync.registered
+        self.training = TrainingRunner(self.book, self._publish, self.nodes.list_nodes, root, self.artifacts,
+                                       config.root_url, config.public_url, self._changed, self._stop,
+                                       self.clock)
 
     # ---------------------------------------------------------------- wiring
     def set_bus(self, bus: MessageBus) -> None:
@@ -130,7 +135,7 @@ class ClusterOrchestrator:
                                  self._stop, self._changed)
         return Deployer(self.book, self._bus, self.root, self.tracker, self.nodes.list_nodes, self._changed,
                         settings, self._stop, self.clock, profiles=self.profiles, models=self.models,
-                        artifacts=self.artifacts, rollouts=rollouts)
+                        artifacts=self.artifacts, rollouts=rollouts, training=self.training.run)
 
     def data_secret(self) -> bytes:
         """The cluster's data-plane secret, made once and kept in its store (data keys of running
@@ -285,6 +290,9 @@ class ClusterOrchestrator:
 
     def on_profile_result(self, node_id: str, result: ProfileResult) -> None:
         self.profiles.report(result)
+
+    def on_training_report(self, node_id: str, report: TrainReport) -> None:
+        self.training.on_report(node_id, report)
 
     # ---------------------------------------------------------------- liveness
     def check_liveness(self) -> list[tuple[str, bool]]:

@@ -104,5 +104,16 @@ class RootClient:
         call_json("PUT", target, json=record, headers=self._headers(target), timeout=self.timeout,
                   session=self._session)
 
+    def post_training_result(self, service_id: str, instance: int, name: str, onnx: bytes,
+                             lineage: dict[str, Any], bytes_per_client_round: dict[str, list[int]]) -> Any:
+        """A trained model to the root: its bytes (``PUT /api/artifacts``), then ``POST
+        /api/training/<service_id>/<instance>/result``; the registered version doc."""
+        sha256 = hashlib.sha256(onnx).hexdigest()
+        self.put_artifact(sha256, onnx)
+        target = f"{self.root_url}/api/training/{service_id}/{instance}/result"
+        return call_json("POST", target, json={"name": name, "sha256": sha256, "lineage": lineage,
+                                               "bytes_per_client_round": bytes_per_client_round},
+                         headers=self._headers(target), timeout=self.timeout, session=self._session)
+
     def close(self) -> None:
         self._session.close()

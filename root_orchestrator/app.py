@@ -26,6 +26,7 @@ from root_orchestrator.api import (
     models,
     profiles,
     system,
+    training,
     ui,
     users,
 )
@@ -49,7 +50,7 @@ from treeline_common.request_context import install_request_ids
 
 BLUEPRINTS = (system.bp, auth.bp, users.bp, models.bp, model_lifecycle.bp, profiles.bp, applications.bp,
               declarative.bp,
-              clusters.bp)
+              clusters.bp, training.bp)
 
 
 def create_app(stores: Stores, clock: Clock, cluster_client: ClusterClient, *,

@@ -18,7 +18,7 @@ from typing import Any
 from deployment_descriptors.views import callers_must_sign
 from root_orchestrator.auth.principals import Role
 from root_orchestrator.cascade import cascade_job
-from root_orchestrator.cluster_choice import ClusterChooser
+from root_orchestrator.cluster_choice import Choice, ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.cluster_filter import filter_clusters, needs_of
 from root_orchestrator.ranking import is_active, last_seen, rank_clusters
@@ -36,6 +36,7 @@ from treeline_common.errors import (
     Unschedulable,
 )
 from treeline_common.jobs import JobRequest, ModelRef
+from treeline_common.training import TRAINING_VIRTUALIZATION, TrainingError, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ def find_instance(instances: list[dict[str, Any]], instance: int) -> dict[str, A
 def add_event(inst: dict[str, Any], event: dict[str, Any]) -> None:
     """Append one root-side event to an instance's history (newest :data:`MAX_EVENTS` kept)."""
     inst["events"] = (list(inst.get("events") or []) + [event])[-MAX_EVENTS:]
+
+
+def training_spec_of(service: dict[str, Any]) -> TrainingSpec:
+    """The training block of an ``ml-training`` service; InvalidInput naming ``training.<field>``."""
+    try:
+        return TrainingSpec.from_sla((service.get("microservice") or {}).get("training"))
+    except TrainingError as exc:
+        path = f"training.{exc.path}" if exc.path else "training"
+        raise InvalidInput(f"invalid training block: {path}: {exc.message}",
+                           [{"path": path, "message": exc.message}]) from None
 
 
 def objective_of(service: dict[str, Any]) -> str:
@@ -129,11 +140,14 @@ class InstanceManager:
         """The model version a service names; with ``owner`` (the application's user) a model that
         user may not use is NotFound, exactly like a missing one."""
         model = service.get("model")
-        if service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
-            raise InvalidInput("only ml-model microservices can be deployed by Treeline",
+        if service.get("virtualization") == TRAINING_VIRTUALIZATION:  # training starts from a version
+            spec = training_spec_of(service)
+            model = {"name": spec.model_name, "version": spec.model_version}
+        elif service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
+            raise InvalidInput("only ml-model and ml-training microservices can be deployed by Treeline",
                                [{"path": "virtualization",
-                                 "message": f"is {service.get('virtualization')!r}, "
-                                            f"expected {ML_VIRTUALIZATION!r}"}])
+                                 "message": f"is {service.get('virtualization')!r}, expected "
+                                            f"{ML_VIRTUALIZATION!r} or {TRAINING_VIRTUALIZATION!r}"}])
         name = str(model.get("name"))
         # ``latest``: the newest version that is not an optimised variant of another (the store's rule)
         version = self.stores.models.get_version(name, model.get("version", "latest"))
@@ -208,7 +222,9 @@ class InstanceManager:
                           microservice=service.get("microservice") or {},
                           model=ModelRef(name=str(version["name"]), version=int(version["version"]),
                                          sha256=str(version["sha256"]), signature=version.get("signature")),
-                          root_url=self.public_url, cascade=cascade).to_dict()
+                          root_url=self.public_url, cascade=cascade,
+                          training=training_spec_of(service)
+                          if service.get("virtualization") == TRAINING_VIRTUALIZATION else None).to_dict()
 
     def create_instance(self, service_id: str) -> dict[str, Any]:
         service = self.stores.applications.get_service(service_id)
@@ -238,12 +254,15 @@ class InstanceManager:
                     "placement": None, "model": resolved}
             reserved["n"] = number
             return mirror({"instances": instances + [inst], "next_instance": number + 1,
-                            "model": {**doc["model"], "resolved": resolved}}, inst)
+                            "model": {**(doc.get("model") or {}), "resolved": resolved}}, inst)
 
         service = self._update(service_id, reserve)
         number = reserved["n"]
         job = self.job_for(service, number, version, cascade)
-        choice = self.chooser.choose(candidates, job, objective_of(service), rejected)
+        if job.get("training"):  # no dry-run plan for a training job: the coarse order decides
+            choice = Choice(tuple(candidates), rejected=rejected)
+        else:
+            choice = self.chooser.choose(candidates, job, objective_of(service), rejected)
         failures: list[dict[str, Any]] = []
         for cluster in choice.order:
             try:

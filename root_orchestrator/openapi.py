@@ -92,6 +92,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/artifacts/<sha256>", "Artifact bytes (streamed)", None, (200, 404)),
     Route("PUT", "/api/artifacts/<sha256>", "Store bytes under their sha256 (422 if they differ)",
           "bytes", (200, 201, 422)),
+    Route("POST", "/api/training/<service_id>/<int:instance>/result",
+          "{name, sha256 (PUT to /api/artifacts first), lineage, bytes_per_client_round}: register a "
+          "federated training result as a new version (cluster token) -> version doc",
+          "json", (201, 400, 404)),
     Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400),
           "Sla"),
     Route("POST", "/api/apply",

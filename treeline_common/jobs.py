@@ -22,6 +22,7 @@ from treeline_common import wire
 from treeline_common.aggregate_schema import aggregate_problems
 from treeline_common.cascade import CascadeJob, EdgeRule
 from treeline_common.errors import InvalidInput
+from treeline_common.training import TrainingSpec
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -91,6 +92,8 @@ class JobRequest:
     model: ModelRef
     root_url: str = ""
     cascade: CascadeJob | None = None  # SLA model.cascade: the small edge model, resolved (.cascade)
+    # an ``ml-training`` microservice: its training block (``model`` above is the starting version)
+    training: TrainingSpec | None = None
 
     @property
     def deployment_id(self) -> str:

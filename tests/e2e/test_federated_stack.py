@@ -1,0 +1,92 @@
+"""Federated training through ``treeline apply`` against a real stack (root, cluster, broker, 3 node engines).
+
+The stack's 3 node engines are labelled ``data:digits``; each gets a non-IID Dirichlet(0.5)
+share of digits and the held-out split in its data directory. The parent version is
+registered at the root, an ``ml-training`` SLA (FedAvg, 2 rounds) applied and deployed with
+the root client: the root resolves the starting version and forwards the job; the cluster
+places the Flower server and clients, runs the job in a worker, records the rounds as service
+events and posts the result to the root, which registers it. Checked: the service ends with
+the cluster's terminal status (DELETED, "training done: registered ..."), the new version's
+lineage names its parent, strategy, rounds, clients and the accuracy per round, and the rounds
+appear as the service's events at the root.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from treeline_test_helpers import running_stack
+
+pytest.importorskip("flwr")
+pytest.importorskip("torch")
+
+from model_zoo import federated
+from node_engine.training import model as mlp
+from treeline_cli.root_client import RootClient
+from treeline_cli.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+NODES = ("server-1", "server-2", "server-3")
+ROUNDS = 2
+DEADLINE_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("fl-stack")
+    dirs = [data / "nodes" / name for name in NODES]  # the stack's node data directories
+    split = federated.split(federated.load_digits(), len(NODES), alpha=0.5, seed=3)
+    federated.write_split(split, data, dirs)
+    for d in dirs:
+        (d / federated.TEST_FILE).write_bytes((data / federated.TEST_FILE).read_bytes())
+    with running_stack(data, nodes=len(NODES), profiles=("server",), telemetry_interval=0.5, node_threads=1,
+                       node_labels=dict.fromkeys(NODES, "data:digits")) as running:
+        yield running
+
+
+def training_sla(parent: str) -> dict[str, Any]:
+    return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "applicationID": "", "application_name": "fl", "application_namespace": "demo",
+        "application_desc": "federated", "microservices": [{
+            "microserviceID": "", "microservice_name": "fl", "microservice_namespace": "demo",
+            "virtualization": "ml-training", "memory": 128, "vcpus": 1,
+            "training": {"framework": "flower", "strategy": "fedavg", "rounds": ROUNDS, "min_clients": 2,
+                         "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1,
+                         "data": "data:digits", "model": parent},
+            "constraints": [], "connectivity": []}]}]}
+
+
+def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack: Stack) -> None:
+    root = RootClient(stack.root_url)
+    parent = root.register_model("digits-fl", mlp.to_onnx(mlp.new_model(0)))
+    [application] = root.apply(training_sla(f"digits-fl:{parent['version']}"))
+    [service_id] = application["microservices"]
+    root.deploy_service(service_id)
+    deadline = time.monotonic() + DEADLINE_S
+    service = root.service(service_id)
+    while service.get("status") not in ("DELETED", "FAILED") and time.monotonic() < deadline:
+        time.sleep(0.5)  # polling the root with a deadline
+        service = root.service(service_id)
+    events = root.service_events(service_id)
+    assert service.get("status") == "DELETED", (service.get("status_detail"), events)
+    assert "training done: registered digits-fl:" in service["status_detail"]
+
+    version = root.model_version("digits-fl", "latest")
+    assert version["version"] == parent["version"] + 1
+    lineage = version["lineage"]
+    assert lineage["parent"] == {"name": "digits-fl", "version": parent["version"]}
+    params = lineage["parameters"]
+    assert (params["strategy"], params["rounds"]) == ("fedavg", ROUNDS)
+    assert params["data_selector"] == "data:digits"
+    assert len(params["clients"]) == len(NODES)
+    accuracies = params["accuracy_per_round"]
+    assert len(accuracies) == ROUNDS + 1 and accuracies[-1] > accuracies[0], accuracies
+
+    rounds = [e for e in events if e.get("kind") == "training_round"]
+    assert [e["round"] for e in rounds] == list(range(ROUNDS + 1)), events
+    assert [e["accuracy"] for e in rounds] == accuracies
+    assert any(e.get("kind") == "training_registered" for e in events), events
