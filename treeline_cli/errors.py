@@ -65,11 +65,29 @@ def _details(exc: TreelineError, limit: int = 3) -> str:
     return "; ".join(parts)
 
 
+
+class MissingCommand(click.UsageError):
+    """A command group called without a command. click 8.2 raises ``NoArgsIsHelpError`` for it;
+    click 8.1 (what a stack with flwr's pins resolves to) printed the help and exited 0."""
+
+
+class TreelineGroup(click.Group):
+    """A click group that refuses a missing command the same way under every click version."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            raise MissingCommand("missing command", ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+_NO_COMMAND: tuple[type[BaseException], ...] = tuple(
+    t for t in (MissingCommand, getattr(click.exceptions, "NoArgsIsHelpError", None)) if isinstance(t, type))
+
 def classify(exc: BaseException) -> CliError:
     """The one-line report and exit code of any exception a command can raise."""
     if isinstance(exc, CliError):
         return exc
-    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+    if isinstance(exc, _NO_COMMAND) and isinstance(exc, click.UsageError):
         commands = ", ".join(getattr(exc.ctx.command, "commands", {})) if exc.ctx is not None else ""
         return UsageError(f"missing command{' (one of: ' + commands + ')' if commands else ''}",
                           "see `treeline --help`")

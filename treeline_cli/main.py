@@ -30,7 +30,7 @@ from treeline_cli.commands.model import model
 from treeline_cli.commands.node import node
 from treeline_cli.commands.optimize import optimize
 from treeline_cli.commands.stack import demo, up
-from treeline_cli.errors import INTERRUPTED, classify
+from treeline_cli.errors import INTERRUPTED, TreelineGroup, classify
 from treeline_common.config import OPTIONS
 
 
@@ -56,7 +56,8 @@ def _global_settings(f: click.decorators.FC) -> click.decorators.FC:
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=TreelineGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="print the version and exit")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, expose_value=False,

@@ -31,7 +31,7 @@ from treeline_cli.commands.common import (
     settings,
     verbose_option,
 )
-from treeline_cli.errors import Failure
+from treeline_cli.errors import Failure, TreelineGroup
 from treeline_common.clock import SystemClock
 from treeline_common.mongo_server import ROOT_DATABASE, database_url, running_url, start_mongo_server
 
@@ -73,7 +73,7 @@ def logout() -> None:
     output().line(f"Logged out of {url}")
 
 
-@click.group()
+@click.group(cls=TreelineGroup)
 def admin() -> None:
     """Accounts made directly in a root's store (the first admin of a production root)."""
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 
 from treeline_cli.commands.common import verbose_option
-from treeline_cli.errors import UsageError
+from treeline_cli.errors import TreelineGroup, UsageError
 
 DATASETS = ("digits",)
 
 
-@click.group()
+@click.group(cls=TreelineGroup)
 def data() -> None:
     """Prepare local data sets for training at the edge."""
 

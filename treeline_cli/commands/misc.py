@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from treeline_cli.commands.common import invocation, output, output_option, setting, settings, verbose_option
-from treeline_cli.errors import Failure
+from treeline_cli.errors import Failure, TreelineGroup
 from treeline_cli.output import Column
 from treeline_common.config import OPTIONS, config_candidates
 
@@ -87,7 +87,7 @@ def version() -> None:
     out.result(doc, lambda: out.line(f"treeline {doc['treeline']} (python {doc['python']})"))
 
 
-@click.group()
+@click.group(cls=TreelineGroup)
 def config() -> None:
     """The settings every command uses (flag > TREELINE_* environment > treeline.toml > default)."""
 

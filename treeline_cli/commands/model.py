@@ -12,7 +12,7 @@ import click
 
 import model_zoo
 from treeline_cli.commands.common import output, output_option, root_client, root_options, setting, settings
-from treeline_cli.errors import Failure, UsageError
+from treeline_cli.errors import Failure, TreelineGroup, UsageError
 from treeline_cli.model_client import NO_EXPECTATION
 from treeline_cli.model_files import external_data_files, upload_body
 from treeline_cli.model_views import (
@@ -30,7 +30,7 @@ from treeline_common.errors import PayloadTooLarge
 PROFILE_POLL_S = 0.5
 
 
-@click.group()
+@click.group(cls=TreelineGroup)
 def model() -> None:
     """Register models in the root's registry and measure them."""
 
