@@ -149,6 +149,7 @@ class ClusterOrchestrator:
     def start(self) -> None:
         """Start the loops; unfinished deployments resume through the reconcile rule."""
         self.nodes.grant_grace()
+        self.training.resume()  # a training job cut short by a restart starts again
         self.sync.start()
         for target, name in ((self._liveness_loop, "liveness"), (self._reconcile_loop, "reconcile")):
             thread = threading.Thread(target=target, name=f"cluster-{name}", daemon=True)

@@ -34,10 +34,11 @@ from cluster_orchestrator.deployments import DeploymentBook, Superseded
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.training import place_training, requirements_of, server_host
 from cluster_orchestrator.training_job import TrainingJob, TrainingResult
+from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError
 from treeline_common.jobs import JobRequest, JobStatus, event
-from treeline_common.training import TrainReport
+from treeline_common.training import TrainCommand, TrainReport
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,36 @@ class TrainingRunner:
         if job is not None:
             job.on_report(node_id, report)
 
+    def resume(self) -> list[str]:
+        """At start: a training deployment left RUNNING by a previous process has no worker (the
+        reconcile rule re-plans only in-progress ones), so it is requested again and the Flower
+        processes of its old job are told to stop; the deployment ids resumed."""
+        return [str(doc["deployment_id"]) for doc in self._book.list_deployments()
+                if (doc.get("job") or {}).get("training") and doc.get("status") == JobStatus.RUNNING.value
+                and self._resume_one(doc)]
+
+    def _resume_one(self, doc: Mapping[str, Any]) -> bool:
+        deployment_id = str(doc["deployment_id"])
+        old_job = str(doc.get("training_job") or "")
+        for node_id in (doc.get("training_nodes") or ()) if old_job else ():
+            self._publish(topics.control_train(str(node_id)), TrainCommand(old_job, "stop"))
+        changed = False
+
+        def again(current: dict[str, Any] | None) -> dict[str, Any] | None:
+            nonlocal changed
+            changed = current is not None and current.get("status") == JobStatus.RUNNING.value
+            if current is None or not changed:
+                return None
+            return dict(current, status=JobStatus.REQUESTED.value, retry_at=None,
+                        status_detail="resumed after a restart: training starts again")
+
+        self._book.request(deployment_id, again)
+        if changed:
+            self._book.add_event(deployment_id, event(
+                self._clock.now(), "training_restarted", "restart",
+                message=f"job {old_job or '(unknown)'} stopped; training starts again"))
+        return changed
+
     def run(self, deployment_id: str, epoch: int) -> None:
         """One training attempt, in the deployment's worker thread; every outcome is committed.
         Raises Superseded when the deployment was deleted or re-requested meanwhile."""
@@ -105,7 +136,8 @@ class TrainingRunner:
                           on_event=on_event)
         self._commit(deployment_id, epoch, status=JobStatus.DEPLOYING,
                      status_detail=f"starting the Flower server on {placement.server}",
-                     explanation=placement.explanation(), failed_capacity=None, retry_at=None)
+                     explanation=placement.explanation(), failed_capacity=None, retry_at=None,
+                     training_job=job_id, training_nodes=sorted({placement.server, *placement.clients}))
         with self._lock:
             self._jobs[job_id] = job
         try:
