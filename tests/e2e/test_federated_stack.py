@@ -2,8 +2,8 @@
 
 The stack's 3 node engines are labelled ``data:digits``; each gets a non-IID Dirichlet(0.5)
 share of digits and the held-out split in its data directory. The parent version is
-registered at the root, an ``ml-training`` SLA (FedAvg, 2 rounds) applied and deployed with
-the root client: the root resolves the starting version and forwards the job; the cluster
+registered at the root, an ``ml-training`` SLA (FedAvg, 2 rounds) applied with ``treeline
+apply`` (the CLI as a process): the root resolves the starting version and forwards the job; the cluster
 places the Flower server and clients, runs the job in a worker, records the rounds as service
 events and posts the result to the root, which registers it. Checked: the service ends with
 the cluster's terminal status (DELETED, "training done: registered ..."), the new version's
@@ -13,12 +13,14 @@ appear as the service's events at the root.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from treeline_test_helpers import running_stack
+from treeline_test_helpers import run_cli, running_stack
 
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
@@ -60,12 +62,15 @@ def training_sla(parent: str) -> dict[str, Any]:
             "constraints": [], "connectivity": []}]}]}
 
 
-def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack: Stack) -> None:
+def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack: Stack,
+                                                                          tmp_path: Path) -> None:
     root = RootClient(stack.root_url)
     parent = root.register_model("digits-fl", mlp.to_onnx(mlp.new_model(0)))
-    [application] = root.apply(training_sla(f"digits-fl:{parent['version']}"))
-    [service_id] = application["microservices"]
-    root.deploy_service(service_id)
+    sla = tmp_path / "fl.json"
+    sla.write_text(json.dumps(training_sla(f"digits-fl:{parent['version']}")))
+    code, out, err = run_cli(stack, tmp_path, "apply", str(sla))  # `treeline apply`: submit + an instance
+    assert code == 0, (out, err)
+    service_id = str(root.find_service("fl")["service_id"])
     deadline = time.monotonic() + DEADLINE_S
     service = root.service(service_id)
     while service.get("status") not in ("DELETED", "FAILED") and time.monotonic() < deadline:
@@ -90,3 +95,5 @@ def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack:
     assert [e["round"] for e in rounds] == list(range(ROUNDS + 1)), events
     assert [e["accuracy"] for e in rounds] == accuracies
     assert any(e.get("kind") == "training_registered" for e in events), events
+    code, out, err = run_cli(stack, tmp_path, "describe", "service", service_id)
+    assert code == 0 and "training_round" in out, (out, err)
