@@ -1,13 +1,16 @@
 """The cluster's training worker (cluster_orchestrator.training_runner) without processes.
 
 Too few nodes with the data: FAILED with the online nodes as ``failed_capacity`` (retried when
-another comes online) and the placement's reasons. A deployment a previous process left
-RUNNING: requested again at start, its old job's Flower processes told to stop.
+another comes online) and the placement's reasons. A deletion while training stops every Flower
+process of the job and ends the worker. A deployment a previous process left RUNNING: requested
+again at start, its old job's Flower processes told to stop.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from typing import Any
 
 from cluster_orchestrator.artifacts import ArtifactCache
@@ -20,14 +23,17 @@ from treeline_common.clock import FakeClock
 from treeline_common.jobs import JobRequest, JobStatus, ModelRef
 from treeline_common.training import TrainCommand, TrainingSpec
 
-SHA = "ab" * 32
+MODEL = b"starting model"
+SHA = hashlib.sha256(MODEL).hexdigest()
 
 
 def make_runner(nodes: list[dict[str, Any]]) -> tuple[TrainingRunner, DeploymentBook, list[tuple[str, Any]]]:
     book = DeploymentBook(InMemoryClusterStateStore(), FakeClock())
     sent: list[tuple[str, Any]] = []
+    artifacts = ArtifactCache()
+    artifacts.put(SHA, MODEL)  # the starting model is held: nothing is downloaded
     runner = TrainingRunner(book, lambda topic, msg: sent.append((topic, msg)), lambda: nodes,
-                            RootClient("http://root.invalid"), ArtifactCache(), "http://root.invalid",
+                            RootClient("http://root.invalid"), artifacts, "http://root.invalid",
                             "http://cluster.invalid", lambda _d: None, threading.Event(), FakeClock())
     return runner, book, sent
 
@@ -68,3 +74,31 @@ def test_a_deployment_left_running_is_requested_again_and_its_old_job_stopped() 
     assert sent == [(topics.control_train("a"), TrainCommand("svc-0.3", "stop")),
                     (topics.control_train("b"), TrainCommand("svc-0.3", "stop"))]
     assert runner.resume() == []  # nothing left RUNNING
+
+
+def test_a_deletion_while_training_stops_the_job_and_ends_the_worker() -> None:
+    runner, book, sent = make_runner([node("a", ["data:digits"]), node("b", ["data:digits"])])
+    deployment_id, epoch = submit(book, JobStatus.REQUESTED)
+    outcome: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            runner.run(deployment_id, epoch)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not sent and time.monotonic() < deadline:  # poll with a deadline for the server's start
+        time.sleep(0.01)
+    [(topic, start)] = sent
+    assert topic in (topics.control_train("a"), topics.control_train("b"))
+    assert start.action == "start" and start.role == "server" and start.model_sha256 == SHA
+    assert book.require(deployment_id)["status"] == "DEPLOYING"
+    book.request(deployment_id, lambda current: dict(current or {}, status=JobStatus.DELETED.value))
+    worker.join(10)
+    assert not worker.is_alive()
+    assert [type(e).__name__ for e in outcome] == ["Superseded"]
+    stops = sorted(t for t, m in sent if m.action == "stop")
+    assert stops == [topics.control_train("a"), topics.control_train("b")], sent
