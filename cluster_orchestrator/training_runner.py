@@ -36,7 +36,7 @@ from cluster_orchestrator.training import place_training, requirements_of, serve
 from cluster_orchestrator.training_job import TrainingJob, TrainingResult
 from treeline_common import topics
 from treeline_common.clock import Clock
-from treeline_common.errors import TreelineError
+from treeline_common.errors import TreelineError, Unavailable
 from treeline_common.jobs import JobRequest, JobStatus, event
 from treeline_common.training import TrainCommand, TrainReport
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often the worker checks for a deletion or a stop while training runs
 DEFAULT_TIMEOUT_S = 3600.0
+REGISTER_RETRY_S = (1.0, 2.0, 4.0, 8.0)  # waits between posts of a result while the root is unreachable
 
 
 class TrainingRunner:
@@ -52,7 +53,8 @@ class TrainingRunner:
     def __init__(self, book: DeploymentBook, publish: Callable[[str, Any], None],
                  nodes: Callable[[], list[dict[str, Any]]], root: RootClient, artifacts: ArtifactCache,
                  root_url: str, artifact_base_url: str, on_change: Callable[[str], None],
-                 stop: threading.Event, clock: Clock, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 stop: threading.Event, clock: Clock, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 register_retry_s: tuple[float, ...] = REGISTER_RETRY_S) -> None:
         self._book = book
         self._publish = publish
         self._nodes = nodes
@@ -64,6 +66,7 @@ class TrainingRunner:
         self._stop = stop
         self._clock = clock
         self._timeout_s = timeout_s
+        self._retry_s = register_retry_s
         self._jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()
 
@@ -167,11 +170,25 @@ class TrainingRunner:
             if self._clock.monotonic() > deadline:
                 job.stop(f"no result within {self._timeout_s:.0f} s")
 
+    def _post(self, request: JobRequest, result: TrainingResult) -> Any:
+        """The result to the root, retried while it is unreachable (the route takes repeats)."""
+        waits = list(self._retry_s)
+        while True:
+            try:
+                return self._root.post_training_result(request.service_id, request.instance,
+                                                       spec_name(request), result.onnx,
+                                                       result.lineage(), result.bytes_per_client_round)
+            except Unavailable as exc:
+                if not waits:
+                    raise
+                log.warning("training result of %s/%s: root unavailable (%s); retrying in %.0f s",
+                            request.service_id, request.instance, exc.message, waits[0])
+                if self._stop.wait(waits.pop(0)):
+                    raise
+
     def _register(self, deployment_id: str, epoch: int, request: JobRequest, result: TrainingResult) -> None:
         try:
-            version = self._root.post_training_result(request.service_id, request.instance,
-                                                      spec_name(request), result.onnx,
-                                                      result.lineage(), result.bytes_per_client_round)
+            version = self._post(request, result)
         except TreelineError as exc:
             self._book.add_event(deployment_id, event(self._clock.now(), "training_register_failed",
                                                       "training", message=exc.message))

@@ -5,8 +5,9 @@ then posts ``{name, sha256, lineage, bytes_per_client_round}`` here (cluster tok
 infrastructure provider). The root registers a new version of ``name`` owned by the service's
 application owner, with the lineage and metrics of
 :func:`root_orchestrator.training.register_result` (the lineage's parent must exist). 400 names
-each bad field; 404 for an unknown service, instance or artifact. Not idempotent: each post is
-a new version (the cluster posts once per finished job).
+each bad field; 404 for an unknown service, instance or artifact. A repeat (same digest, same
+service instance) answers the version it made (200), so the cluster may retry a post whose
+answer it lost.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def post_result(service_id: str, instance: int) -> Any:
                                              for v in sent.values()):
         raise InvalidInput("bytes_per_client_round must map node ids to lists of integers",
                            [{"path": "bytes_per_client_round", "message": "must be {node_id: [int]}"}])
+    description = f"federated training of service {service_id}/{instance}"
+    for known in _versions(name):  # a repeated post (the cluster retries): the version it made
+        if known.get("sha256") == sha256 and known.get("description") == description:
+            return jsonify(known), 200
     onnx = stores.artifacts.get(sha256)
     try:
         app = stores.applications.get_application(str(service["application_id"]))
@@ -65,7 +70,14 @@ def post_result(service_id: str, instance: int) -> Any:
     except NotFound:
         owner = None
     doc = register_result(stores, name, onnx, lineage, training_metrics(lineage, sent),
-                          description=f"federated training of service {service_id}/{instance}",
+                          description=description,
                           owner=owner, now=ctx().clock.now())
     log.info("service %s/%s: training result registered as %s:%s", service_id, instance, name, doc["version"])
     return jsonify(doc), 201
+
+
+def _versions(name: str) -> list[dict[str, Any]]:
+    try:
+        return ctx().stores.models.list_versions(name)
+    except NotFound:
+        return []

@@ -83,6 +83,8 @@ def test_a_training_service_is_forwarded_with_its_spec_and_its_result_registered
     assert doc["lineage"]["parent"] == {"name": "digits", "version": parent["version"]}
     assert doc["metrics"]["quality"]["accuracy"] == 0.7
     assert doc["metrics"]["training"]["bytes_per_client_round"] == 10152
+    again = cluster.post(path, json=good)  # a retried post: the same version, no new one
+    assert again.status_code == 200 and again.get_json()["version"] == doc["version"]
 
 
 def test_a_training_block_the_root_cannot_use_is_refused_naming_the_field(root: Root) -> None:

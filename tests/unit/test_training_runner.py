@@ -13,13 +13,17 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployments import DeploymentBook
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import InMemoryClusterStateStore
+from cluster_orchestrator.training_job import TrainingResult
 from cluster_orchestrator.training_runner import TrainingRunner
 from treeline_common import topics
 from treeline_common.clock import FakeClock
+from treeline_common.errors import Unavailable
 from treeline_common.jobs import JobRequest, JobStatus, ModelRef
 from treeline_common.training import TrainCommand, TrainingSpec
 
@@ -27,14 +31,16 @@ MODEL = b"starting model"
 SHA = hashlib.sha256(MODEL).hexdigest()
 
 
-def make_runner(nodes: list[dict[str, Any]]) -> tuple[TrainingRunner, DeploymentBook, list[tuple[str, Any]]]:
+def make_runner(nodes: list[dict[str, Any]], root: RootClient | None = None,
+                ) -> tuple[TrainingRunner, DeploymentBook, list[tuple[str, Any]]]:
     book = DeploymentBook(InMemoryClusterStateStore(), FakeClock())
     sent: list[tuple[str, Any]] = []
     artifacts = ArtifactCache()
     artifacts.put(SHA, MODEL)  # the starting model is held: nothing is downloaded
     runner = TrainingRunner(book, lambda topic, msg: sent.append((topic, msg)), lambda: nodes,
-                            RootClient("http://root.invalid"), artifacts, "http://root.invalid",
-                            "http://cluster.invalid", lambda _d: None, threading.Event(), FakeClock())
+                            root or RootClient("http://root.invalid"), artifacts, "http://root.invalid",
+                            "http://cluster.invalid", lambda _d: None, threading.Event(), FakeClock(),
+                            register_retry_s=(0.0, 0.0))
     return runner, book, sent
 
 
@@ -102,3 +108,35 @@ def test_a_deletion_while_training_stops_the_job_and_ends_the_worker() -> None:
     assert [type(e).__name__ for e in outcome] == ["Superseded"]
     stops = sorted(t for t, m in sent if m.action == "stop")
     assert stops == [topics.control_train("a"), topics.control_train("b")], sent
+
+
+class FlakyRoot(RootClient):
+    """Answers ``post_training_result`` with Unavailable ``failures`` times, then a version doc."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__("http://root.invalid")
+        self.failures = failures
+        self.posts = 0
+
+    def post_training_result(self, *args: Any) -> Any:
+        self.posts += 1
+        if self.posts <= self.failures:
+            raise Unavailable("the root is down")
+        return {"name": "m", "version": 2}
+
+
+@pytest.mark.parametrize(("failures", "status", "detail"), [
+    (2, "DELETED", "training done: registered m:2"),  # two retries are allowed
+    (3, "FAILED", "trained, but the root did not register the result: the root is down"),
+])
+def test_the_result_post_is_retried_while_the_root_is_unavailable(failures: int, status: str,
+                                                                  detail: str) -> None:
+    root = FlakyRoot(failures)
+    runner, book, _ = make_runner([], root)
+    deployment_id, epoch = submit(book, JobStatus.RUNNING)
+    request = JobRequest.from_dict(book.require(deployment_id)["job"])
+    result = TrainingResult("j", request.training, 1, b"onnx", "0" * 64, [], ["a", "b"], "a")
+    runner._register(deployment_id, epoch, request, result)
+    doc = book.require(deployment_id)
+    assert (doc["status"], doc["status_detail"]) == (status, detail)
+    assert root.posts == min(failures, 2) + 1
