@@ -149,6 +149,8 @@ class TrainingRunner:
         finally:
             with self._lock:
                 self._jobs.pop(job_id, None)
+        if job.result is not None:
+            job.stop("done")  # whatever Flower process is left on a node ends (the job stays done)
         if job.result is None:
             self._commit(deployment_id, epoch, status=JobStatus.FAILED,
                          status_detail=f"training failed: {job.failure}", failed_capacity=None)

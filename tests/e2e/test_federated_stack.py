@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from treeline_test_helpers import run_cli, running_stack
 
@@ -50,6 +51,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
+def flower_processes(stack: Stack) -> list[int]:
+    """Pids of the Flower processes (``python -m node_engine.training.*``) the stack's nodes run."""
+    nodes_dir = str(stack.config.data_dir / "nodes")
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        flower = any(a.startswith("node_engine.training") for a in cmdline)
+        if flower and any(nodes_dir in a for a in cmdline):
+            found.append(proc.pid)
+    return found
+
+
 def training_sla(parent: str) -> dict[str, Any]:
     return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "fl", "application_namespace": "demo",
@@ -73,7 +86,9 @@ def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack:
     service_id = str(root.find_service("fl")["service_id"])
     deadline = time.monotonic() + DEADLINE_S
     service = root.service(service_id)
+    seen: set[int] = set()  # Flower processes seen while it trains
     while service.get("status") not in ("DELETED", "FAILED") and time.monotonic() < deadline:
+        seen.update(flower_processes(stack))
         time.sleep(0.5)  # polling the root with a deadline
         service = root.service(service_id)
     events = root.service_events(service_id)
@@ -95,5 +110,9 @@ def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack:
     assert [e["round"] for e in rounds] == list(range(ROUNDS + 1)), events
     assert [e["accuracy"] for e in rounds] == accuracies
     assert any(e.get("kind") == "training_registered" for e in events), events
+    deadline = time.monotonic() + 15
+    while flower_processes(stack) and time.monotonic() < deadline:  # the cluster stopped every part
+        time.sleep(0.2)
+    assert len(seen) >= len(NODES) and flower_processes(stack) == [], seen
     code, out, err = run_cli(stack, tmp_path, "describe", "service", service_id)
     assert code == 0 and "training_round" in out, (out, err)
