@@ -342,8 +342,9 @@ class RootClient(ModelCalls):
     ) -> dict[str, Any]:
         """Poll the service until RUNNING; raise DeploymentFailed (with the service document) on FAILED.
 
-        ``on_change`` sees the service document each time its status or detail changes,
-        which is how ``treeline deploy`` shows progress.
+        A training service (``ml-training``) that already finished (DELETED: its job ended and its
+        result is registered) also ends the wait. ``on_change`` sees the service document each
+        time its status or detail changes, which is how ``treeline deploy`` shows progress.
         """
         deadline = time.monotonic() + timeout
         last: tuple[str, str] | None = None
@@ -354,6 +355,8 @@ class RootClient(ModelCalls):
                 on_change(doc)
             last = state
             if state[0] == JobStatus.RUNNING.value:
+                return doc
+            if state[0] == JobStatus.DELETED.value and doc.get("virtualization") == "ml-training":
                 return doc
             if state[0] == JobStatus.FAILED.value:
                 raise DeploymentFailed(f"service {service_id} failed: {state[1] or 'no reason given'}",
