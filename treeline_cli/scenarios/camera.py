@@ -34,13 +34,10 @@ from treeline_cli.scenarios.common import (
     measured_column,
     ml_sla,
     node_endpoints,
-    plan_summary,
-    predicted,
-    relative_error,
+    plans_record,
     render_table,
     replanned_note,
     shared_login,
-    stage_nodes,
     whole_model_difference,
 )
 from treeline_cli.scenarios.models import camera_net
@@ -120,14 +117,8 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, size: int, requests: i
                     "camera_uplink_bytes_per_request_ours": uplink[OURS],
                     "camera_uplink_bytes_per_request_ship_frame": uplink[SHIP],
                     "camera_frame_bytes": float(frame_bytes)},
-        "prediction_errors": [relative_error(predicted(svc), results[label]["latency"].p50_ms)
-                              for label, svc in services.items()],
-        "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
-                          "measured_p50_ms": results[label]["latency"].p50_ms,
-                          "measured_p99_ms": results[label]["latency"].p99_ms,
-                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
-                          "link_bytes_per_request": link[label], "replanned_while_measured": replanned[label]}
-                  for label, svc in services.items()},
+        **plans_record(services, results, replanned,
+                       {label: {"link_bytes_per_request": link[label]} for label in services}),
         "max_abs_output_difference": diff,
     }
 

@@ -120,6 +120,24 @@ def relative_error(predicted_ms: float, measured_ms: float) -> float:
     return abs(measured_ms - predicted_ms) / measured_ms
 
 
+def plans_record(services: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Any]],
+                 replanned: Mapping[str, Any],
+                 extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A scenario record's ``prediction_errors`` (p50 latency against the plan's prediction, per
+    alternative) and ``plans`` (each alternative's plan summary, nodes and measured figures, plus
+    ``extra[label]``). ``results[label]`` holds ``latency`` and ``throughput`` InferenceReports."""
+    return {
+        "prediction_errors": [relative_error(predicted(svc), results[label]["latency"].p50_ms)
+                              for label, svc in services.items()],
+        "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
+                          "measured_p50_ms": results[label]["latency"].p50_ms,
+                          "measured_p99_ms": results[label]["latency"].p99_ms,
+                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
+                          **(extra or {}).get(label, {}), "replanned_while_measured": replanned[label]}
+                  for label, svc in services.items()},
+    }
+
+
 @dataclass
 class Column:
     """One alternative in a scenario's table: its label, plan text and figures by row name."""

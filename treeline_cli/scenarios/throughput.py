@@ -38,13 +38,11 @@ from treeline_cli.scenarios.common import (
     measure_services,
     measured_column,
     ml_sla,
-    plan_summary,
+    plans_record,
     predicted,
-    relative_error,
     render_table,
     replanned_note,
     shared_login,
-    stage_nodes,
     whole_model_difference,
 )
 from treeline_cli.scenarios.models import pipeline_net
@@ -98,14 +96,7 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, channels: int, size: i
         "figures": {"throughput_gain_vs_best_single": gain, "pipeline_efficiency": efficiency,
                     "throughput_rps_pipeline": ours_rps, "throughput_rps_best_single": single_rps,
                     "throughput_rps_bound": bound},
-        "prediction_errors": [relative_error(predicted(svc), results[label]["latency"].p50_ms)
-                              for label, svc in services.items()],
-        "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
-                          "measured_p50_ms": results[label]["latency"].p50_ms,
-                          "measured_p99_ms": results[label]["latency"].p99_ms,
-                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
-                          "replanned_while_measured": replanned[label]}
-                  for label, svc in services.items()},
+        **plans_record(services, results, replanned),
         "max_abs_output_difference": diff,
     }
 

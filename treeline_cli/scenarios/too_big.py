@@ -45,13 +45,11 @@ from treeline_cli.scenarios.common import (
     measured_column,
     ml_sla,
     plan_breakdown,
-    plan_summary,
+    plans_record,
     predicted,
-    relative_error,
     render_table,
     replanned_note,
     shared_login,
-    stage_nodes,
     whole_model_difference,
 )
 from treeline_cli.stack import Stack
@@ -153,14 +151,7 @@ def measure(stack: Stack, out: TextIO, onnx_bytes: bytes, seq_len: int, requests
         "single_edge_refusal": {"schedulable": refused.get("schedulable"), "reasons": refused.get("reasons"),
                                 "message": refused.get("message")},
         "wan_answer_dry_run": {"stages": wan_nodes, "predicted": wan_answer.get("predicted")},
-        "prediction_errors": [relative_error(predicted(svc), results[label]["latency"].p50_ms)
-                              for label, svc in services.items()],
-        "plans": {label: {**plan_summary(svc), "stage_nodes": stage_nodes(svc),
-                          "measured_p50_ms": results[label]["latency"].p50_ms,
-                          "measured_p99_ms": results[label]["latency"].p99_ms,
-                          "measured_throughput_rps": results[label]["throughput"].throughput_rps,
-                          "replanned_while_measured": replanned[label]}
-                  for label, svc in services.items()},
+        **plans_record(services, results, replanned),
         "max_abs_output_difference": diff,
     }
 
