@@ -35,11 +35,19 @@ def _digits_cnn() -> bytes:
     return digits_cnn_onnx(seed=0)
 
 
+def _digits_mlp() -> bytes:
+    from node_engine.training.model import new_model, to_onnx
+
+    return to_onnx(new_model(seed=0))
+
+
 # name -> zero-argument builder returning serialised, self-contained ONNX bytes.
 BUILTIN_MODELS: dict[str, Callable[[], bytes]] = {
     "mobilenet_v2": _mobilenet_v2,
     "tiny_dag": _tiny_dag,
     "digits_cnn": _digits_cnn,  # trained on scikit-learn's digits (model_zoo.optimize), a few seconds
+    # untrained: the starting point federated training accepts (node_engine.training.model.DigitsMlp)
+    "digits_mlp": _digits_mlp,
 }
 
 
