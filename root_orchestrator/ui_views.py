@@ -251,6 +251,6 @@ def measured_view(stages: Sequence[Doc], measured: Sequence[Doc], nodes: Iterabl
     answered = int(entry.get("e2e_requests") or 0)
     return {"stages": rows, "compute_ms": round(total, 3) if complete else None,
             "energy_mj": round(energy, 2) if complete else None, "energy_estimated": estimated,
-            "requests": sum(int(r["requests"] or 0) for r in rows[:1]),
+            "requests": int(rows[0]["requests"] or 0) if rows else 0,  # requests entering: stage 0's
             "e2e_requests": answered,
             "e2e_ms_mean": _rounded(entry.get("e2e_ms_mean"), 3) if answered else None}

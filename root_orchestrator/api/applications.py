@@ -21,7 +21,13 @@ from flask import Blueprint, jsonify, request
 
 from deployment_descriptors import parse_sla
 from root_orchestrator.api.context import ctx
-from root_orchestrator.api.guard import access, principal, visible_application, visible_service
+from root_orchestrator.api.guard import (
+    access,
+    principal,
+    visible_application,
+    visible_service,
+    visible_services,
+)
 from root_orchestrator.api.oakestra import application_view, listing, service_view
 from root_orchestrator.auth.principals import OWNER
 from treeline_common.errors import InvalidInput, NotFound
@@ -110,9 +116,7 @@ def _services_of(application_id: str | None) -> list[dict[str, Any]]:
     if application_id is not None:
         visible_application(stores, application_id)
         return stores.applications.list_services(application_id)
-    if principal().is_admin:
-        return stores.applications.list_services()
-    return [s for a in _visible_apps() for s in stores.applications.list_services(a["applicationID"])]
+    return visible_services(stores)
 
 
 @bp.get("/api/services/")

@@ -124,6 +124,15 @@ def visible_application(stores: Stores, application_id: str) -> dict[str, Any]:
     return doc
 
 
+def visible_services(stores: Stores) -> list[dict[str, Any]]:
+    """Every service the caller may see: all for admins, else those of the caller's applications."""
+    who = principal()
+    if who.is_admin:
+        return stores.applications.list_services()
+    return [s for a in stores.applications.list_applications(who.id)
+            for s in stores.applications.list_services(a["applicationID"])]
+
+
 def visible_service(stores: Stores, service_id: str) -> dict[str, Any]:
     doc = stores.applications.get_service(service_id)
     try:

@@ -32,7 +32,7 @@ from werkzeug.wrappers import Response
 
 from root_orchestrator import ui_views
 from root_orchestrator.api.context import context_of, ctx
-from root_orchestrator.api.guard import access, principal, visible_service
+from root_orchestrator.api.guard import access, principal, visible_service, visible_services
 from root_orchestrator.auth.principals import OWNER, PUBLIC, SIGNED_IN
 from root_orchestrator.ranking import is_active
 from treeline_common.errors import NotFound, TreelineError
@@ -150,19 +150,11 @@ def _active_clusters() -> list[tuple[dict[str, Any], bool]]:
     return [(d, is_active(d, now, c.active_window_s)) for d in c.stores.clusters.list()]
 
 
-def _visible_services() -> list[dict[str, Any]]:
-    stores, who = ctx().stores, principal()
-    if who.is_admin:
-        return stores.applications.list_services()
-    found: list[dict[str, Any]] = []
-    for app_doc in stores.applications.list_applications(who.id):
-        found.extend(stores.applications.list_services(app_doc["applicationID"]))
-    return found
-
-
 def _application_names() -> dict[str, str]:
+    """Names of the applications the caller may see (all for admins)."""
+    who = principal()
     return {str(a.get("applicationID")): str(a.get("application_name"))
-            for a in ctx().stores.applications.list_applications(None)}
+            for a in ctx().stores.applications.list_applications(None if who.is_admin else who.id)}
 
 
 def _fleet_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -186,7 +178,7 @@ def overview() -> Any:
     """``{now, clusters: [...], nodes: [...], services: [...]}`` (module docstring)."""
     clusters, nodes = _fleet_rows()
     names = _application_names()
-    services = [ui_views.service_row(s, names) for s in _visible_services()]
+    services = [ui_views.service_row(s, names) for s in visible_services(ctx().stores)]
     return jsonify({"now": ctx().clock.now(), "clusters": clusters, "nodes": nodes, "services": services})
 
 
