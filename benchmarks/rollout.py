@@ -26,9 +26,8 @@ refused versions answered while their canary ran (the exposure a canary accepts)
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,9 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.report import add_json_option, benchmark_parser, report
-from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
-from treeline_cli.inference import service_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack, StackConfig, pick_ports, start_stack
+from treeline_cli.traffic import ServiceTraffic
 from treeline_common.netutil import poll_until
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -90,39 +88,18 @@ def rollout_sla(share: float, min_requests: int, max_latency_ms: float | None = 
             "constraints": [], "connectivity": []}]}]}
 
 
-class Traffic:
-    """Sends ``x = [1, 2, 3, 4]`` to a service from a thread until :meth:`finish`; counts the
-    answers per factor (``y[0] / x[0]``) and every request that ended in an error."""
+class Traffic(ServiceTraffic):
+    """Sends ``x = [1, 2, 3, 4]`` to a service until :meth:`finish`; counts the answers per factor
+    (``y[0] / x[0]``) and every request that ended in an error."""
 
     def __init__(self, root_url: str, service_id: str) -> None:
-        self._resolve = service_resolver(root_url, service_id)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        super().__init__(root_url, service_id, {"x": np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)},
+                         "rollout-traffic")
         self.answered: dict[float, int] = {}
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="rollout-traffic", daemon=True)
 
-    def start(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def finish(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        sample = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
-        with ServiceClient(self._resolve, policy=RetryPolicy(deadline=20.0, attempt_timeout=3.0)) as client:
-            while not self._stop.is_set():
-                try:
-                    outputs, _ = client.infer({"x": sample})
-                except Exception as exc:  # noqa: BLE001 - every failed request is counted
-                    with self._lock:
-                        self.failures.append(str(exc))
-                    continue
-                factor = round(float(outputs["y"][0, 0]), 3)
-                with self._lock:
-                    self.answered[factor] = self.answered.get(factor, 0) + 1
+    def _answered(self, outputs: Mapping[str, Any], latency_ms: float) -> None:
+        factor = round(float(outputs["y"][0, 0]), 3)
+        self.answered[factor] = self.answered.get(factor, 0) + 1
 
     def total(self) -> int:
         with self._lock:

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,13 +35,12 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from cluster_orchestrator.energy_rule import DEFAULT_HYSTERESIS, cause_kind
-from node_engine.data_plane.service_client import RetryPolicy, ServiceClient
 from treeline_cli.demo import deploy_sla, register_once
-from treeline_cli.inference import service_resolver
 from treeline_cli.root_client import RootClient, http_call
 from treeline_cli.scenarios.base import NodeSpec, Scenario, StackSpec
 from treeline_cli.scenarios.common import Column, ml_sla, predicted, relative_error, render_table, stage_nodes
 from treeline_cli.stack import Stack
+from treeline_cli.traffic import ServiceTraffic
 from treeline_common.charge import CHARGE_FILE, ChargeControl
 from treeline_common.wire import to_dict
 
@@ -112,42 +110,18 @@ def set_charger(stack: Stack, node: str, charging: bool, percent_per_s: float = 
     path.write_text(json.dumps(to_dict(ChargeControl(charging=charging, percent_per_s=percent_per_s))))
 
 
-class Sender:
-    """Sends ``inputs`` to a service again and again from a thread until :meth:`finish`, following
-    re-plans (the root resolves the entry, the client retries within its deadline); counts answers
-    and every request that ended in an error (a failed request)."""
+class Sender(ServiceTraffic):
+    """Sends ``inputs`` to a service again and again until :meth:`finish`, following re-plans;
+    counts answers, their latencies, and every request that ended in an error (a failed request)."""
 
     def __init__(self, root_url: str, service_id: str, inputs: Mapping[str, np.ndarray]) -> None:
-        self._inputs = dict(inputs)
-        self._resolve = service_resolver(root_url, service_id)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
+        super().__init__(root_url, service_id, inputs, "battery-sender")
         self.answered = 0
-        self.failures: list[str] = []
         self._latencies_ms: list[float] = []  # of every answer, in order
-        self._thread = threading.Thread(target=self._run, name="battery-sender", daemon=True)
 
-    def start(self) -> Sender:
-        self._thread.start()
-        return self
-
-    def finish(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        with ServiceClient(self._resolve, policy=RetryPolicy(deadline=20.0, attempt_timeout=3.0)) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    client.infer(self._inputs)
-                except Exception as exc:  # noqa: BLE001 - every failed request is counted
-                    with self._lock:
-                        self.failures.append(str(exc))
-                    continue
-                with self._lock:
-                    self.answered += 1
-                    self._latencies_ms.append((time.perf_counter() - started) * 1000.0)
+    def _answered(self, outputs: Mapping[str, Any], latency_ms: float) -> None:
+        self.answered += 1
+        self._latencies_ms.append(latency_ms)
 
     def count(self) -> int:
         with self._lock:
