@@ -113,10 +113,10 @@ class Fleet:
         self._profiler.start()
         remaining = max(1.0, timeout - (time.monotonic() - started))
         if not self._transport.wait_connected(remaining):
-            connected = self._transport.connected_count()
-            self.kill()
-            raise TimeoutError(f"only {connected} of {self._transport.session_count} MQTT sessions "
-                               f"connected within {timeout:.0f} s")
+            connected, sessions = self._transport.connected_count(), self._transport.session_count
+            self.kill()  # drops the transport: read its counts first
+            raise TimeoutError(f"only {connected} of {sessions} MQTT sessions connected "
+                               f"within {timeout:.0f} s")
         self._scheduler = threading.Thread(target=self._telemetry_loop, name="sim-telemetry", daemon=True)
         self._scheduler.start()
         log.info("fleet up: %d nodes, %d MQTT sessions, telemetry every %.1f s", len(self.nodes),
