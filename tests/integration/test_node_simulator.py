@@ -58,7 +58,9 @@ def placed_nodes(stack: Stack, service_id: str, instance: int) -> set[str]:
 def test_a_thousand_virtual_nodes_online_deployed_and_killed_without_a_replan_storm(stack: Stack) -> None:
     fleet = Fleet(fleet_config(stack, 1000))
     try:
-        fleet.start(timeout=120)
+        # setup, not the figure under test (benchmarks.hierarchy_cluster measures connect times): 1,000
+        # MQTT sessions took over 120 s to connect once in CI while the other xdist worker was busy
+        fleet.start(timeout=240)
         wait_online_count(stack, 1000, timeout=90)
         assert node_states(stack) == (1000, 1000)
 
