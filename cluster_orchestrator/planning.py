@@ -31,6 +31,7 @@ from ml_scheduler.costmodel.links import link_figures_of, sender_figures
 from ml_scheduler.extract import extract_partitions
 from ml_scheduler.scheduler import MlScheduler
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+from treeline_common.capabilities import capabilities_of
 from treeline_common.errors import InvalidInput
 from treeline_common.jobs import Entry, JobRequest, Placement, StagePlacement, deployment_id_of
 from treeline_common.messages import DeployCommand, NextStage, stage_key
@@ -81,6 +82,7 @@ def node_view_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
         "accelerators": _accelerator_kinds(doc),
         "battery_percent": battery_percent,
         "labels": tuple(str(label) for label in doc.get("labels") or ()),
+        "capabilities": capabilities_of(str(label) for label in doc.get("labels") or ()),
         **_device_figures(doc, telemetry),
     }
 

@@ -12,10 +12,12 @@ the job's :class:`~treeline_common.training.TrainingSpec`, :func:`place_training
   constants of the ML scheduler's filters (:mod:`ml_scheduler.plugins.filters`) plus
   :data:`REASON_NO_DATA`; the same explanation a model deployment gets.
 
-Filters: online; memory (the SLA's ``memory`` MB against the node's limit); arch (the SLA's
-``arch`` list); battery (a ``battery`` constraint's ``min_percent``: nodes below it are not
-selected). Fewer eligible clients than ``min_clients`` is a result (``unschedulable`` set, with
-the reasons), never an exception.
+Filters: online; train (:data:`REASON_NO_TRAIN_EXTRA`: the node advertised its capabilities,
+:mod:`treeline_common.capabilities`, without ``train``; a node that did not advertise is kept);
+memory (the SLA's ``memory`` MB against the node's limit); arch (the SLA's ``arch`` list);
+battery (a ``battery`` constraint's ``min_percent``: nodes below it are not selected). Fewer
+eligible clients than ``min_clients`` is a result (``unschedulable`` set, with the reasons),
+never an exception.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from ml_scheduler.plugins.filters import (
     REASON_OFFLINE,
 )
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
+from treeline_common.capabilities import TRAIN
 from treeline_common.training import TrainingSpec
 
 REASON_NO_DATA = "no_data"
+REASON_NO_TRAIN_EXTRA = "no_train_extra"  # the node advertised capabilities without ``train``
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ def _filter(node: NodeView, needs: TrainingRequirements) -> tuple[str, str] | No
     """The first filter ``node`` fails, or None."""
     if not node.online:
         return REASON_OFFLINE, f"node {node.name} is not online"
+    if node.capabilities is not None and TRAIN not in node.capabilities:
+        return (REASON_NO_TRAIN_EXTRA, f"node {node.name} cannot train: its node engine has no training "
+                                       "extra (flwr, torch; pip install 'treeline[train]')")
     if needs.arch and node.arch not in needs.arch:
         return REASON_ARCH, f"arch {node.arch or '(unknown)'} not in allowed {list(needs.arch)}"
     if needs.memory_mb and node.memory_limit_mb is not None and node.memory_limit_mb < needs.memory_mb:

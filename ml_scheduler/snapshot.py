@@ -48,6 +48,9 @@ class NodeView:
     the one towards a stage's actual next node where there is one); ``link_figures`` says
     where ``uplink_mbps`` / ``link_rtt_ms`` come from: ``measured`` (the median of ``links``)
     or ``declared`` (the profile's figures).
+
+    ``capabilities``: what the node advertised it can run (``("infer", "train")``, from its
+    ``treeline:`` labels, :mod:`treeline_common.capabilities`); None: it did not say (unknown).
     """
 
     node_id: str
@@ -71,6 +74,7 @@ class NodeView:
     emulated: bool = False
     links: tuple[LinkFigure, ...] = ()
     link_figures: str = LINK_DECLARED
+    capabilities: tuple[str, ...] | None = None
 
 
 def _index(keys_per_node: Iterable[tuple[str, ...]]) -> Mapping[str, tuple[int, ...]]:

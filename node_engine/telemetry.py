@@ -23,6 +23,8 @@ import psutil
 from node_engine.sources import REQUIRED, SOURCES, Sample, SourceContext, SourceSet
 from node_engine.sources.power import estimate_power
 from node_engine.sources.registry import SourceFactory
+from node_engine.training import missing_extra
+from treeline_common.capabilities import capability_labels
 from treeline_common.clock import Clock
 from treeline_common.messages import Accelerator, Battery, NodeTelemetry, PowerReading
 from treeline_common.profiles import DeviceProfile
@@ -69,12 +71,18 @@ def emulated_accelerators(profile: DeviceProfile) -> list[Accelerator]:
 
 
 def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
-                      labels: tuple[str, ...] = (), instance_id: str = "") -> dict[str, Any]:
+                      labels: tuple[str, ...] = (), instance_id: str = "",
+                      can_train: bool | None = None) -> dict[str, Any]:
     """Body of ``POST /api/node/register`` (docs/contracts.md, Cluster REST).
 
     ``instance_id`` names this process: the cluster refuses the name while another live
     process holds it (two stacks, or two nodes started with one name, never share it).
+    ``labels`` end with the capability labels (:mod:`treeline_common.capabilities`):
+    ``treeline:infer`` always, ``treeline:train`` when ``can_train`` (None: this install has
+    the ``train`` extra, :func:`node_engine.training.missing_extra`, found without importing torch).
     """
+    if can_train is None:
+        can_train = not missing_extra()
     return {
         "name": name,
         "instance_id": instance_id,
@@ -88,7 +96,7 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
         # the registration contract's battery is {percent, charging}; telemetry carries the rest
         "battery": ({"percent": profile.battery.percent, "charging": profile.battery.charging}
                     if profile.battery else None),
-        "labels": list(dict.fromkeys([*profile.labels, *labels])),
+        "labels": list(dict.fromkeys([*profile.labels, *labels, *capability_labels(can_train)])),
         "data_endpoint": data_endpoint,
         # Declared device figures for the planner's energy and link costs (docs/contracts.md,
         # "Scheduler v2 additions"); emulated links charge the same uplink figures.
