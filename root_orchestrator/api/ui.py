@@ -11,7 +11,8 @@
 - ``GET /api/ui/service/<service_id>`` (its owner or an admin): the service document, its
   placement strip (:func:`root_orchestrator.ui_views.strip`), the cluster's per-stage measured
   figures against the predictions, energy per inference, the cut links' measured bandwidth and
-  the events, oldest first.
+  the events, oldest first; for an ``ml-training`` service its ``training`` section
+  (:func:`root_orchestrator.ui_training.training_view`: Flower placement, rounds, result).
 
 Everything else the UI shows comes from the public REST API (models, aliases, profiles,
 ``POST /api/plan`` and ``POST /api/apply`` for the SLA form).
@@ -30,7 +31,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, redirect, send_from_directory
 from werkzeug.wrappers import Response
 
-from root_orchestrator import ui_views
+from root_orchestrator import ui_training, ui_views
 from root_orchestrator.api.context import context_of, ctx
 from root_orchestrator.api.guard import access, principal, visible_service, visible_services
 from root_orchestrator.auth.principals import OWNER, PUBLIC, SIGNED_IN
@@ -185,8 +186,9 @@ def overview() -> Any:
 @bp.get("/api/ui/service/<service_id>")
 @access(OWNER)
 def service_detail(service_id: str) -> Any:
-    """``{service, strip, links, measured, events, problem}``; ``problem`` says why measured
-    figures are missing (the cluster could not be asked)."""
+    """``{service, strip, links, measured, events, explanation, training, problem}``; ``problem``
+    says why measured figures are missing (the cluster could not be asked); ``training`` is None
+    unless the service is an ``ml-training`` one."""
     c = ctx()
     service = visible_service(c.stores, service_id)
     version = _model_version(service)
@@ -194,14 +196,18 @@ def service_detail(service_id: str) -> Any:
     _, nodes = _fleet_rows()
     measured_reports, problem = _measured(service)
     instance: dict[str, Any] = next(iter(service.get("instances") or []), {})
+    events = sorted(({**e, "instance": i.get("instance")} for i in service.get("instances") or []
+                     for e in i.get("events") or []), key=lambda e: float(e.get("ts") or 0.0))
+    explanation = instance.get("explanation") or service.get("explanation")
+    names = {str(n["node_id"]): str(n.get("name") or n["node_id"]) for n in nodes}
     return jsonify({
         "service": service, "strip": strip, "nodes": [n for n in nodes if n["node_id"] in
                                                      {s["node_id"] for s in strip["stages"]}],
         "links": ui_views.links_of(strip["stages"], nodes),
         "measured": ui_views.measured_view(strip["stages"], measured_reports, nodes),
-        "events": sorted(({**e, "instance": i.get("instance")} for i in service.get("instances") or []
-                          for e in i.get("events") or []), key=lambda e: float(e.get("ts") or 0.0)),
-        "explanation": instance.get("explanation") or service.get("explanation"),
+        "events": events,
+        "explanation": explanation,
+        "training": ui_training.training_view(service, events, names, explanation),
         "problem": problem,
     })
 

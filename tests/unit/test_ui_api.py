@@ -171,6 +171,7 @@ def test_service_detail_draws_the_strip_and_sets_measured_against_predicted(root
     assert (measured["e2e_requests"], measured["e2e_ms_mean"]) == (40, 9.5)  # the entry's own timing
     assert measured["energy_mj"] == round(4.2 * 2.2 + 100.0 * 1.1, 2) and measured["energy_estimated"]
     assert "replan" in [e["kind"] for e in body["events"]] and body["problem"] is None
+    assert body["training"] is None  # an ml-model service has no training section
 
 
 def test_service_detail_says_why_measured_figures_are_missing(root: Root) -> None:

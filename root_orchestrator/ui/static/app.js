@@ -27,6 +27,7 @@ function treeline() {
     selected: null,
     detail: null,
     charts: null,
+    trainingCharts: null,
     colours: {},
     models: [],
     model: null,
@@ -41,6 +42,7 @@ function treeline() {
 
     start() {
       this.charts = new DeploymentCharts();
+      this.trainingCharts = new TrainingCharts();
       this.route();
       window.addEventListener("hashchange", () => this.route());
       if (this.token) { this.poll(); }
@@ -67,8 +69,9 @@ function treeline() {
       sessionStorage.clear();
       this.token = ""; this.refresh = ""; this.detail = null; this.selected = null;
       if (this.timer) { clearTimeout(this.timer); this.timer = null; }
-      this.charts.destroy();
+      this.destroyCharts();
     },
+    destroyCharts() { this.charts.destroy(); this.trainingCharts.destroy(); },
     async api(method, path, body) {
       for (let attempt = 0; attempt < 2; attempt += 1) {
         const r = await fetch(path, {method, headers: {"Authorization": "Bearer " + this.token,
@@ -137,7 +140,7 @@ function treeline() {
 
     // -- deployments -------------------------------------------------------------------------
     async select(id) {
-      if (this.selected !== id) { this.charts.destroy(); }
+      if (this.selected !== id) { this.destroyCharts(); }
       this.selected = id;
       this.gone = "";
       history.replaceState(null, "", "#deployments/" + encodeURIComponent(id));
@@ -152,13 +155,19 @@ function treeline() {
       }
       if (!r.ok) {
         if (r.status !== 404) { this.error = "deployment " + id + ": " + ((r.body && r.body.error && r.body.error.message) || ("HTTP " + r.status)); return; }
-        this.detail = null; this.selected = null; this.charts.destroy();
+        this.detail = null; this.selected = null; this.destroyCharts();
         history.replaceState(null, "", "#deployments");
         return;
       }
       this.detail = r.body;
       await this.$nextTick();
-      this.charts.update(this.detail, id => this.colour(id));
+      if (this.detail.training) {  // a training service: rounds over the round number, no stages
+        this.charts.destroy();
+        this.trainingCharts.update(id, this.detail.training.rounds || []);
+      } else {
+        this.trainingCharts.destroy();
+        this.charts.update(this.detail, id => this.colour(id));
+      }
     },
     // a node's colour: its place among every node id known (sorted), so every tab agrees
     colour(nodeId) {
@@ -173,7 +182,7 @@ function treeline() {
       const r = await this.api("DELETE", "/api/application/" + encodeURIComponent(service.application_id));
       if (!r.ok) { this.error = (r.body && r.body.error && r.body.error.message) || ("HTTP " + r.status); return; }
       this.gone = `application deleted (${(r.body.services || []).length} service(s))`;
-      this.detail = null; this.selected = null; this.charts.destroy();
+      this.detail = null; this.selected = null; this.destroyCharts();
       await this.poll();
     },
     stripSvg() {
@@ -240,6 +249,28 @@ function treeline() {
                 reason: Array.isArray(reason) ? reason.join("; ") : (reason || "used")};
       }).sort((a, b) => (Number(b.total) || -1) - (Number(a.total) || -1));
     },
+    // -- a training service (detail.training: GET /api/ui/service/<id>, root_orchestrator/ui_training.py)
+    trainingText() {
+      const t = this.detail && this.detail.training;
+      if (!t) { return ""; }
+      const s = t.spec || {};
+      const dp = s.differential_privacy ? `, differential privacy (${s.differential_privacy.side || "client"} side)` : "";
+      return `Flower ${s.strategy}, round ${t.progress.round} of ${s.rounds ?? "?"}, data ${s.data || "–"}, ` +
+             `from ${s.model || "–"}${s.trainable === "head" ? " (head only)" : ""}${dp}`;
+    },
+    // one row per node: the server, each client, each rejected node with its reason
+    trainingPlacementRows() {
+      const p = this.detail && this.detail.training && this.detail.training.placement;
+      if (!p) { return []; }
+      const lost = new Set(((this.detail.training.clients_lost) || []).map(c => c.node_id));
+      const rows = [];
+      if (p.server) { rows.push({node_id: p.server.node_id, name: p.server.name, role: "server", note: "Flower SuperLink + ServerApp (aggregates)"}); }
+      p.clients.forEach(c => rows.push({node_id: c.node_id, name: c.name, role: "client",
+                                        note: lost.has(c.node_id) ? "lost during training" : "SuperNode + ClientApp on its local data"}));
+      p.rejected.forEach(r => rows.push({node_id: r.node_id, name: r.name, role: "not used", reason: r.reason, note: r.message}));
+      return rows;
+    },
+    roundValue(v, digits = 3) { return v == null ? "–" : Number(v).toFixed(digits); },
     eventText(e) {
       const bits = [];
       if (e.cause) { bits.push(e.cause); }

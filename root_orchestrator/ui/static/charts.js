@@ -87,3 +87,54 @@ class DeploymentCharts {
 
   destroy() { this.charts.forEach(c => c.destroy()); this.charts = []; this.key = null; }
 }
+
+// The two charts of a training service, over the round number (not time): accuracy and loss
+// of the server's evaluation per round (accuracy on the left axis, 0–1; loss on the right) and
+// the clients that took part in each round. The rows come whole from the root on every poll
+// (GET /api/ui/service/<id> -> training.rounds), so the data is replaced, not appended.
+class TrainingCharts {
+  constructor() { this.key = null; this.plots = []; }
+
+  // key: the service id (a new one starts new charts); rounds: [{round, accuracy, loss, clients}]
+  update(key, rounds) {
+    const xs = rounds.map(r => r.round);
+    const data = [[xs, rounds.map(r => r.accuracy), rounds.map(r => r.loss)],
+                  [xs, rounds.map(r => r.clients)]];
+    if (key !== this.key) { this.reset(key); }
+    this.plots.forEach((p, k) => p.setData(data[k]));
+  }
+
+  reset(key) {
+    this.destroy();
+    this.key = key;
+    const el = [document.getElementById("chart-training"), document.getElementById("chart-clients")];
+    const width = e => Math.max(240, Math.floor(((e.parentElement && e.parentElement.clientWidth) || 376) - 16));
+    const x = {time: false, range: (u, lo, hi) => [Math.min(0, lo), Math.max(hi, lo + 1)]};
+    const roundAxis = {label: "round", incrs: [1, 2, 5, 10, 20, 50, 100]};
+    const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({size: [0.6, 40]}) : undefined;
+    this.plots = [
+      new uPlot({width: width(el[0]), height: 200, legend: {live: false},
+                 scales: {x, acc: {range: [0, 1]}, loss: {auto: true}},
+                 series: [{label: "round"},
+                          {label: "accuracy", scale: "acc", stroke: "#2ca02c", width: 2, spanGaps: true,
+                           points: {show: true}},
+                          {label: "loss", scale: "loss", stroke: "#d62728", width: 2, dash: [6, 4], spanGaps: true,
+                           points: {show: true}}],
+                 axes: [roundAxis, {scale: "acc", size: 44}, {scale: "loss", side: 1, size: 44, grid: {show: false}}]},
+                [[], [], []], el[0]),
+      new uPlot({width: width(el[1]), height: 200, legend: {live: false},
+                 scales: {x, n: {range: (u, lo, hi) => [0, Math.max(1, hi)]}},
+                 series: [{label: "round"},
+                          {label: "clients", scale: "n", stroke: "#1f77b4", fill: "#1f77b455", width: 1, paths: bars,
+                           points: {show: !bars}}],
+                 axes: [roundAxis, {scale: "n", size: 36, incrs: [1, 2, 5, 10, 20, 50]}]},
+                [[], []], el[1]),
+    ];
+  }
+
+  destroy() {
+    this.plots.forEach(p => { const root = p.root; p.destroy(); if (root && root.parentElement) { root.parentElement.innerHTML = ""; } });
+    this.plots = [];
+    this.key = null;
+  }
+}
