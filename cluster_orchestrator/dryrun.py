@@ -1,7 +1,8 @@
 """Operator requests the cluster serves without deploying: a dry-run plan, a profile re-measure.
 
 **Plan** (``POST /api/plan``, body a :class:`~treeline_common.jobs.JobRequest`): the decide
-step of a deployment and nothing after it. The model is fetched (through the orchestrator's
+step of a deployment and nothing after it (a training job's: its placement,
+:func:`training_summary`). The model is fetched (through the orchestrator's
 :class:`~cluster_orchestrator.deployer.ModelCache`, so a later real deployment does not download
 it again; its bytes land in the cluster's artifact cache as the deployer's would, since nodes
 fetch the model there), the nodes are snapshotted, the cost model is built from the profiles the root keeps
@@ -30,6 +31,7 @@ from cluster_orchestrator import planning
 from cluster_orchestrator.models import declared_shapes, profiles_for
 from cluster_orchestrator.orchestrator import ClusterOrchestrator
 from cluster_orchestrator.profiler import classes_to_profile
+from cluster_orchestrator.training import place_training, requirements_of
 from deployment_descriptors import load_profile
 from ml_scheduler.binding import BindingError
 from ml_scheduler.costmodel import CostModel
@@ -53,9 +55,39 @@ DRYRUN_DEPLOYMENT = "dryrun"
 def parse_plan_job(body: Any) -> JobRequest:
     """The JobRequest of a plan request; InvalidInput names every bad field (as a deploy does),
     declared model inputs that disagree with the job's model signature included."""
+    if isinstance(body, Mapping) and body.get("training") is not None:  # as a deployment reads one
+        return JobRequest.from_dict(dict(body))  # (cluster_orchestrator.jobs): no model block to check
     job = planning.parse_job_body(body)
     planning.check_job_inputs(job)
     return job
+
+
+def training_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
+    """The dry run of a training job: :func:`~cluster_orchestrator.training.place_training` over the
+    nodes now, exactly as the training worker will place it (no model is fetched, nothing sent).
+
+    ``{schedulable, strategy: "federated <strategy>", message, predicted: {}, stages: [],
+    reasons: {node name: "code: message"}, training: {server, clients, rejected: [{node_id,
+    node_name, reason, message}], unschedulable, field, rounds, min_clients, data}}`` (node
+    names beside the ids); ``message``/``field`` name the SLA field when it cannot be scheduled.
+    """
+    spec = job.training
+    if spec is None:
+        raise ValueError("training_summary needs a training job")
+    nodes = core.nodes.list_nodes()
+    placement = place_training(planning.build_snapshot(nodes), spec, requirements_of(job.microservice))
+    names = {str(n["node_id"]): str(n.get("name") or n["node_id"]) for n in nodes}
+    explanation = placement.explanation()
+    explanation["rejected"] = [dict(r, node_name=names.get(r["node_id"], r["node_id"]))
+                               for r in explanation["rejected"]]
+    explanation.update(server_name=names.get(placement.server, placement.server),
+                       client_names=[names.get(c, c) for c in placement.clients],
+                       rounds=spec.rounds, min_clients=spec.min_clients, data=spec.data)
+    log.info("dry run of training %s: %s", job.service_id, placement.unschedulable or "schedulable")
+    return {"schedulable": not placement.unschedulable, "strategy": f"federated {spec.strategy}",
+            "message": placement.unschedulable, "predicted": {}, "stages": [],
+            "reasons": {names.get(n, n): f"{code}: {text}" for n, (code, text) in placement.rejected.items()},
+            "training": explanation}
 
 
 def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
@@ -63,8 +95,11 @@ def plan_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, Any]:
 
     ``{schedulable, strategy, message, predicted, stages: [{index, node_name, node_id, flops,
     param_bytes, cut_bytes, predicted_compute_ms, predicted_transfer_in_ms}], relay_node_name,
-    reasons: {node name: reason}, profiles: {stored: [class], missing: [class]}}``.
+    reasons: {node name: reason}, profiles: {stored: [class], missing: [class]}}``; a training
+    job's is :func:`training_summary`.
     """
+    if job.training is not None:
+        return training_summary(core, job)
     spec = planning.job_spec(job, core.config.root_url)
 
     def model_bytes() -> bytes:

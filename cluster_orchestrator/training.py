@@ -17,7 +17,9 @@ Filters: online; train (:data:`REASON_NO_TRAIN_EXTRA`: the node advertised its c
 memory (the SLA's ``memory`` MB against the node's limit); arch (the SLA's ``arch`` list);
 battery (a ``battery`` constraint's ``min_percent``: nodes below it are not selected). Fewer
 eligible clients than ``min_clients`` is a result (``unschedulable`` set, with the reasons),
-never an exception.
+never an exception; its text and ``sla_field`` name the SLA field to change: ``training.data``
+when no node at all carries the label (with the ``data:`` labels seen), ``training.min_clients``
+when too few of those carrying it pass the filters.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from treeline_common.capabilities import TRAIN
 from treeline_common.training import TrainingSpec
 
 REASON_NO_DATA = "no_data"
+# The SLA fields an unschedulable placement names (relative to the microservice, as the SLA's paths are).
+FIELD_DATA = "training.data"
+FIELD_MIN_CLIENTS = "training.min_clients"
 REASON_NO_TRAIN_EXTRA = "no_train_extra"  # the node advertised capabilities without ``train``
 
 
@@ -67,12 +72,13 @@ class TrainingPlacement:
     clients: tuple[str, ...] = ()
     rejected: dict[str, tuple[str, str]] = field(default_factory=dict)
     unschedulable: str = ""
+    sla_field: str = ""  # the SLA field an unschedulable placement is due to (``training.min_clients``, ...)
 
     def explanation(self) -> dict[str, Any]:
         """JSON-able explanation for the API/UI: the choice and every rejected node's reason."""
         rejected = [{"node_id": n, "reason": r, "message": m} for n, (r, m) in sorted(self.rejected.items())]
         return {"server": self.server, "clients": list(self.clients), "unschedulable": self.unschedulable,
-                "rejected": rejected}
+                "field": self.sla_field, "rejected": rejected}
 
 
 def _filter(node: NodeView, needs: TrainingRequirements) -> tuple[str, str] | None:
@@ -117,11 +123,17 @@ def place_training(snapshot: ClusterSnapshot, spec: TrainingSpec,
         else:
             rejected[node.node_id] = (REASON_NO_DATA, f"node {node.name} has no label {spec.data}: "
                                                       "it can aggregate but holds no data")
+    if not any(spec.data in node.labels for node in snapshot.nodes):
+        seen = sorted({label for node in snapshot.nodes for label in node.labels
+                       if label.startswith("data:")})
+        return TrainingPlacement(rejected=rejected, sla_field=FIELD_DATA, unschedulable=(
+            f"{FIELD_DATA}: no node carries label {spec.data}; labels seen: {', '.join(seen) or 'none'}"))
     if not eligible:
         return TrainingPlacement(rejected=rejected, unschedulable="no node passes the filters")
     if len(clients) < spec.min_clients:
-        return TrainingPlacement(rejected=rejected, unschedulable=(
-            f"{len(clients)} node(s) with {spec.data} pass the filters; min_clients is {spec.min_clients}"))
+        return TrainingPlacement(rejected=rejected, sla_field=FIELD_MIN_CLIENTS, unschedulable=(
+            f"{len(clients)} node(s) with {spec.data} pass the filters; {FIELD_MIN_CLIENTS} is "
+            f"{spec.min_clients}"))
     server = min(eligible, key=_server_rank)
     rejected.pop(server.node_id, None)  # it aggregates: not rejected, even without data
     return TrainingPlacement(server.node_id, tuple(sorted(clients)), rejected)

@@ -12,7 +12,11 @@ unschedulable answer is a result, not an error (it is what a real deployment wou
 
 Errors in the SLA or its models are the caller's (4xx, paths prefixed with
 ``applications[i].microservices[j].``); no active cluster is 422; no cluster answering is 503.
-Other microservices (containers) are not Treeline's to plan and are left out.
+An ``ml-training`` microservice is planned as its deployment goes: the first cluster of the
+coarse order (:mod:`.cluster_filter`) that answers gives its training placement (server, clients,
+every rejected node with its reason code, or why it cannot be scheduled naming
+``training.data``/``training.min_clients``; the row's ``training``). Other microservices
+(containers) are not Treeline's to plan and are left out.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ import logging
 from typing import Any
 
 from deployment_descriptors import Sla
+from root_orchestrator.cluster_choice import Choice
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.dryrun_summary import summary_of
 from root_orchestrator.instances import ML_VIRTUALIZATION, InstanceManager, objective_of
 from root_orchestrator.stores import Stores
+from root_orchestrator.training_sla import training_spec_of
 from treeline_common.errors import TreelineError, Unavailable
 from treeline_common.jobs import JobRequest, ModelRef
+from treeline_common.training import TRAINING_VIRTUALIZATION
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +62,13 @@ class DryRun:
                         for s in self.stores.applications.list_services(stored[0]["applicationID"])
                         } if len(stored) == 1 else {}
             for m_index, ms in enumerate(app.microservices):
-                if ms.virtualization != ML_VIRTUALIZATION:
+                if ms.virtualization not in (ML_VIRTUALIZATION, TRAINING_VIRTUALIZATION):
                     continue
                 prefix = f"applications[{a_index}].microservices[{m_index}]"
                 try:
                     version = self.instances.resolve_model(ms.raw, sla.customer_id)
+                    training = (training_spec_of(ms.raw)
+                                if ms.virtualization == TRAINING_VIRTUALIZATION else None)
                 except TreelineError as exc:
                     raise _prefixed(exc, prefix) from None
                 service_id = existing.get(ms.name)
@@ -68,7 +77,7 @@ class DryRun:
                                  model=ModelRef(name=str(version["name"]), version=int(version["version"]),
                                                 sha256=str(version["sha256"]),
                                                 signature=version.get("signature")),
-                                 root_url=self.public_url).to_dict()
+                                 root_url=self.public_url, training=training).to_dict()
                 row = {"application_name": app.name, "microservice_name": ms.name, "service_id": service_id,
                        "model": {"name": version["name"], "version": version["version"],
                                  "sha256": version["sha256"]}}
@@ -80,8 +89,11 @@ class DryRun:
         """The plan of the cluster a deployment would go to (:mod:`.cluster_choice`), with every
         candidate's answer (``candidates``) and why the other clusters were filtered (``rejected``)."""
         candidates, rejected = self.instances.candidates(microservice, version)
-        choice = self.instances.chooser.choose(candidates, job, objective_of({"microservice": microservice}),
-                                               rejected)
+        if job.get("training"):  # as create_instance: the coarse order decides, no cost comparison
+            choice = Choice(tuple(candidates), rejected=rejected)
+        else:
+            objective = objective_of({"microservice": microservice})
+            choice = self.instances.chooser.choose(candidates, job, objective, rejected)
         extra = {"candidates": list(choice.answers), "rejected": dict(choice.rejected)}
         for cluster in choice.order:
             summary = choice.summaries.get(str(cluster["cluster_id"]))

@@ -32,4 +32,7 @@ def summary_of(answer: Any) -> dict[str, Any]:
     profiles = answer.get("profiles")
     if isinstance(profiles, Mapping):
         summary["profiles"] = dict(profiles)
+    training = answer.get("training")  # a training job's placement (cluster_orchestrator.dryrun)
+    if isinstance(training, Mapping):
+        summary["training"] = dict(training)
     return summary

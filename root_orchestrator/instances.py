@@ -24,6 +24,7 @@ from root_orchestrator.cluster_filter import filter_clusters, needs_of
 from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
+from root_orchestrator.training_sla import training_model_error, training_spec_of
 from root_orchestrator.variants import BASELINE, choose_variant, derived_from, fleet_device_class
 from treeline_common.cascade import CascadeJob
 from treeline_common.clock import Clock
@@ -36,7 +37,7 @@ from treeline_common.errors import (
     Unschedulable,
 )
 from treeline_common.jobs import JobRequest, ModelRef
-from treeline_common.training import TRAINING_VIRTUALIZATION, TrainingError, TrainingSpec
+from treeline_common.training import TRAINING_VIRTUALIZATION
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,6 @@ def find_instance(instances: list[dict[str, Any]], instance: int) -> dict[str, A
 def add_event(inst: dict[str, Any], event: dict[str, Any]) -> None:
     """Append one root-side event to an instance's history (newest :data:`MAX_EVENTS` kept)."""
     inst["events"] = (list(inst.get("events") or []) + [event])[-MAX_EVENTS:]
-
-
-def training_spec_of(service: dict[str, Any]) -> TrainingSpec:
-    """The training block of an ``ml-training`` service; InvalidInput naming ``training.<field>``."""
-    try:
-        return TrainingSpec.from_sla((service.get("microservice") or {}).get("training"))
-    except TrainingError as exc:
-        path = f"training.{exc.path}" if exc.path else "training"
-        raise InvalidInput(f"invalid training block: {path}: {exc.message}",
-                           [{"path": path, "message": exc.message}]) from None
 
 
 def objective_of(service: dict[str, Any]) -> str:
@@ -138,16 +129,23 @@ class InstanceManager:
 
     def resolve_model(self, service: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
         """The model version a service names; with ``owner`` (the application's user) a model that
-        user may not use is NotFound, exactly like a missing one."""
+        user may not use is NotFound, exactly like a missing one. A training service's starting
+        version that does not resolve is NotFound naming ``training.model`` (:mod:`.training_sla`)."""
         model = service.get("model")
         if service.get("virtualization") == TRAINING_VIRTUALIZATION:  # training starts from a version
             spec = training_spec_of(service)
-            model = {"name": spec.model_name, "version": spec.model_version}
-        elif service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
+            try:
+                return self._resolve({"name": spec.model_name, "version": spec.model_version}, owner)
+            except NotFound as exc:
+                raise training_model_error(exc, spec) from None
+        if service.get("virtualization") != ML_VIRTUALIZATION or not isinstance(model, dict):
             raise InvalidInput("only ml-model and ml-training microservices can be deployed by Treeline",
                                [{"path": "virtualization",
                                  "message": f"is {service.get('virtualization')!r}, expected "
                                             f"{ML_VIRTUALIZATION!r} or {TRAINING_VIRTUALIZATION!r}"}])
+        return self._resolve(model, owner)
+
+    def _resolve(self, model: dict[str, Any], owner: str | None) -> dict[str, Any]:
         name = str(model.get("name"))
         # ``latest``: the newest version that is not an optimised variant of another (the store's rule)
         version = self.stores.models.get_version(name, model.get("version", "latest"))

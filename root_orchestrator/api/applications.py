@@ -30,6 +30,7 @@ from root_orchestrator.api.guard import (
 )
 from root_orchestrator.api.oakestra import application_view, listing, service_view
 from root_orchestrator.auth.principals import OWNER
+from root_orchestrator.training_sla import check_training_models
 from treeline_common.errors import InvalidInput, NotFound
 from treeline_common.http import json_body
 
@@ -45,8 +46,10 @@ _UPDATABLE = ("application_name", "application_namespace", "application_desc")
 @access(OWNER)
 def create_applications() -> Any:
     """200 with the created applications (Oakestra's array); 409 when the caller already has an
-    application of one of the names."""
+    application of one of the names; 404 naming ``...training.model`` when a training service's
+    starting model does not resolve (nothing is stored)."""
     sla = replace(parse_sla(json_body(request)), customer_id=principal().id)
+    check_training_models(sla, ctx().instances.resolve_model)
     return jsonify([application_view(doc) for doc in ctx().applier.create(sla)])
 
 

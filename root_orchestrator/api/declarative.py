@@ -19,6 +19,7 @@ from deployment_descriptors.validation import sla_schema
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access, principal
 from root_orchestrator.auth.principals import OWNER
+from root_orchestrator.training_sla import check_training_models
 from treeline_common.http import json_body
 
 bp = Blueprint("declarative", __name__)
@@ -26,8 +27,13 @@ bp = Blueprint("declarative", __name__)
 
 def _callers_sla() -> Sla:
     """The body's SLA, owned by the caller: its ``customerID`` is replaced by the caller's user id,
-    so applications are keyed by ``(caller, application_name)`` and models resolve as the caller's."""
-    return replace(parse_sla(json_body(request)), customer_id=principal().id)
+    so applications are keyed by ``(caller, application_name)`` and models resolve as the caller's.
+    A training service whose starting model does not resolve is refused here, before any write
+    (404 naming ``applications[i].microservices[j].training.model``;
+    :mod:`~root_orchestrator.training_sla`)."""
+    sla = replace(parse_sla(json_body(request)), customer_id=principal().id)
+    check_training_models(sla, ctx().instances.resolve_model)
+    return sla
 
 
 @bp.post("/api/apply")

@@ -88,6 +88,7 @@ def test_a_training_service_is_forwarded_with_its_spec_and_its_result_registered
 
 
 def test_a_training_block_the_root_cannot_use_is_refused_naming_the_field(root: Root) -> None:
-    service_id = root.submit(training_sla("nosuch:1"))
-    error = _error(root.http.post(f"/api/service/{service_id}/instance"), 404, "NOT_FOUND")
+    # refused at submit, before anything is stored (tests/unit/test_training_operator.py has the rest)
+    error = _error(root.http.post("/api/application/", json=training_sla("nosuch:1")), 404, "NOT_FOUND")
     assert "nosuch" in error["message"], error
+    assert error["details"][0]["path"] == "applications[0].microservices[0].training.model", error
