@@ -19,6 +19,9 @@ Every :class:`TrainingJob` event becomes a deployment event (``kind`` = its type
 ``training``) pushed to the root like the others. Reports from ``nodes/+/training`` reach the
 running job through :meth:`TrainingRunner.on_report` (called on the MQTT thread). A deletion
 (the epoch moves on) or the orchestrator's stop stops every Flower process of the job.
+While it trains, the worker calls :meth:`TrainingJob.tick` every :data:`POLL_S` with the online
+nodes: the job moves its Flower server off a node that went offline (resuming from the last
+round's checkpoint) and re-sends the start of clients whose back-off has passed.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ class TrainingRunner:
         self._artifacts.fetch(model.sha256, lambda: self._root.download(
             planning.artifact_url(self._root_url, model.sha256), model.sha256))
         server = next(n for n in nodes if n["node_id"] == placement.server)
+        used = {placement.server, *placement.clients}
+        hosts = {str(n["node_id"]): server_host(n) for n in nodes if n["node_id"] in used}
         job_id = f"{deployment_id}.{epoch}"  # a new attempt never meets an old one's reports
 
         def on_event(_job: str, item: Mapping[str, Any]) -> None:
@@ -136,7 +141,7 @@ class TrainingRunner:
         job = TrainingJob(job_id, spec, placement, server_host=server_host(server),
                           model_url=planning.artifact_url(self._node_base, model.sha256),
                           model_sha256=model.sha256, parent_version=model.version, publish=self._publish,
-                          on_event=on_event)
+                          on_event=on_event, hosts=hosts, clock=self._clock)
         self._commit(deployment_id, epoch, status=JobStatus.DEPLOYING,
                      status_detail=f"starting the Flower server on {placement.server}",
                      explanation=placement.explanation(), failed_capacity=None, retry_at=None,
@@ -171,6 +176,10 @@ class TrainingRunner:
                 raise Superseded(deployment_id)
             if self._clock.monotonic() > deadline:
                 job.stop(f"no result within {self._timeout_s:.0f} s")
+            try:
+                job.tick(online_nodes(self._nodes()))
+            except Exception:  # one bad look at the nodes must not end the worker: next poll
+                log.exception("training %s: reconcile failed", deployment_id)
 
     def _post(self, request: JobRequest, result: TrainingResult) -> Any:
         """The result to the root, retried while it is unreachable (the route takes repeats)."""
@@ -220,6 +229,11 @@ class TrainingRunner:
     def _commit(self, deployment_id: str, epoch: int, **fields: Any) -> None:
         self._book.commit(deployment_id, epoch, **fields)
         self._on_change(deployment_id)
+
+
+def online_nodes(nodes: list[dict[str, Any]]) -> set[str]:
+    """The ids of the node documents marked online."""
+    return {str(n["node_id"]) for n in nodes if n.get("online")}
 
 
 def spec_name(request: JobRequest) -> str:

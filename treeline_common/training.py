@@ -17,7 +17,16 @@ Over MQTT (topics in :mod:`treeline_common.topics`), each payload JSON through
   (``ROUND``: round, loss, accuracy on the held-out split, clients that took part), per round on a
   client (``ROUND`` with ``bytes_sent``: the serialized parameters it sent), ``DONE`` on the
   server with the trained model (ONNX, base64; small models only, see :data:`MAX_RESULT_BYTES`),
-  or ``FAILED`` with the reason.
+  or ``FAILED`` with the reason (one line; the full log stays in the node's ``flower.log``).
+
+Faults (issue 14): a server ``ROUND`` report carries the checkpoint of the aggregated
+parameters after that round (``checkpoint_b64``: an ``.npz`` of the arrays in the model's
+``state_dict`` order, with its SHA-256; omitted above :data:`MAX_CHECKPOINT_BYTES`). When the
+server fails, the cluster starts a new one with that checkpoint and ``start_round`` (the rounds
+already completed; it runs ``rounds - start_round`` more and numbers them on), then restarts
+the clients on its new address. A start of a job that already runs on the node in that role is
+idempotent for the same ``server_address`` (answered ``STARTED`` again) and replaces the
+running process for another one (the old one ends ``STOPPED``).
 
 The Flower processes a node starts print :class:`RoundProgress` JSON lines on stdout, one per
 event; the node engine turns them into reports (:mod:`node_engine.training`).
@@ -53,6 +62,8 @@ ROLES = ("server", "client")
 ACTIONS = ("start", "stop")
 REPORT_STATES = ("STARTED", "REFUSED", "ROUND", "DONE", "FAILED", "STOPPED")
 MAX_RESULT_BYTES = 8 * 1024 * 1024  # a DONE report carries the ONNX inline up to this size
+MAX_CHECKPOINT_BYTES = MAX_RESULT_BYTES  # a ROUND report carries the checkpoint inline up to this size
+DP_DELTA = 1e-5  # the δ of the (ε, δ) every job reports (gaussian_epsilon)
 
 
 class TrainingError(ValueError):
@@ -220,7 +231,10 @@ class TrainCommand:
     0 (the node picks a free one and reports the address in its ``STARTED``), clients dial it.
     ``model_url``/``model_sha256``: the starting model (server only; the node MUST check the
     digest). ``clients``: how many clients the cluster started (the server waits for
-    ``spec.min_clients`` of them each round).
+    ``spec.min_clients`` of them each round). ``start_round`` (server): rounds already completed
+    by an earlier server of this job; with ``checkpoint_b64`` (the parameters after that round,
+    ``.npz``; the node MUST check ``checkpoint_sha256``) the server resumes from there and runs
+    the remaining ``spec.rounds - start_round`` rounds.
     """
 
     job_id: str = field(metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
@@ -235,12 +249,20 @@ class TrainCommand:
     model_sha256: str = field(default="", metadata={"pattern": "([0-9a-f]{64})?",
                                                     "pattern_message": "must be 64 lowercase hex digits"})
     clients: int = field(default=0, metadata={"min": 0})
+    start_round: int = field(default=0, metadata={"min": 0})
+    checkpoint_b64: str = field(default="", repr=False)
+    checkpoint_sha256: str = field(default="", metadata={
+        "pattern": "([0-9a-f]{64})?", "pattern_message": "must be 64 lowercase hex digits"})
 
     def __post_init__(self) -> None:
         if self.action == "start" and self.spec is None:
             raise ValueError("spec: a start command needs the training spec")
         if self.action == "start" and not self.server_address:
             raise ValueError("server_address: a start command needs the server's host:port")
+        if self.spec is not None and self.start_round > self.spec.rounds:
+            raise ValueError(f"start_round: {self.start_round} is past the job's {self.spec.rounds} rounds")
+        if bool(self.checkpoint_b64) != bool(self.checkpoint_sha256):
+            raise ValueError("checkpoint_sha256: a checkpoint and its digest go together")
 
 
 @dataclass(frozen=True)
@@ -250,6 +272,8 @@ class RoundProgress:
     ``round`` 0 is the starting model's evaluation. ``loss``/``accuracy``: on the held-out split
     (server) or the local training loss (client). ``clients``: how many clients' updates the
     server aggregated. ``bytes_sent``: bytes of serialized parameters a client sent this round.
+    ``checkpoint_path`` (server rounds): the ``.npz`` of the aggregated parameters after it.
+    ``epsilon``: the privacy spent up to this round (δ = :data:`DP_DELTA`), None without DP.
     """
 
     event: str  # "round" | "done" | "failed"
@@ -262,6 +286,7 @@ class RoundProgress:
     reason: str = ""
     result_path: str = ""
     epsilon: float | None = None
+    checkpoint_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -284,6 +309,8 @@ class TrainReport:
     epsilon: float | None = None
     ts: float = 0.0
     server_address: str = ""  # a server's STARTED: the host:port its clients dial
+    checkpoint_b64: str = field(default="", repr=False)  # a server's ROUND: the parameters after it
+    checkpoint_sha256: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in REPORT_STATES:
@@ -292,7 +319,7 @@ class TrainReport:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
 
 
-def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float = 1e-5) -> float | None:
+def gaussian_epsilon(noise_multiplier: float, rounds: int, delta: float = DP_DELTA) -> float | None:
     """Client-level (ε, δ) of ``rounds`` Gaussian mechanisms with every client in every round.
 
     Flower's fixed-clipping wrappers bound one client's effect on the aggregate by the clipping

@@ -11,10 +11,17 @@ Contract (:mod:`treeline_common.training`):
 - a start is answered ``STARTED``, or ``REFUSED`` with the reason and nothing started: the train
   extra missing (:func:`node_engine.training.missing_extra`), no data file for the selector in
   the data directory (client), a starting model that cannot be fetched or fails its digest
-  (server), a job already running here in that role;
+  (server), a resume checkpoint that fails its digest;
+- a client start for a job whose client runs here with the same ``server_address`` is
+  answered ``STARTED`` again and nothing else happens (level-triggered senders repeat it); any
+  other start for a job and role running here (a client for a moved server, a server resumed
+  from a checkpoint) kills the running process (it ends ``STOPPED``) and starts a new one;
 - ``ROUND`` per round (server: loss/accuracy on ``<data dir>/test.npz`` when present, clients
-  aggregated; client: local loss, ``bytes_sent``), ``DONE`` at the end (server: the ONNX inline),
-  ``FAILED`` when the process reports a failure or exits non-zero, ``STOPPED`` after a stop;
+  aggregated, the round's checkpoint inline; client: local loss, ``bytes_sent``), ``DONE`` at
+  the end (server: the ONNX inline), ``FAILED`` when the process reports a failure (its own
+  reason, e.g. a starting model it cannot train, even when it exits before listening) or exits
+  non-zero (one line, :func:`~node_engine.training.failure.exit_reason`; the full text stays in
+  the job directory's ``flower.log``, appended to across restarts), ``STOPPED`` after a stop;
 - a payload that does not decode is logged and dropped (no job id to answer to).
 """
 
@@ -34,12 +41,19 @@ from pathlib import Path
 from node_engine.artifacts import ArtifactError, fetch_artifact
 from node_engine.mqtt_link import MqttLink
 from node_engine.training import missing_extra
+from node_engine.training.failure import exit_reason
 from node_engine.training.job import JobFile, parse_progress
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, decode, encode
 from treeline_common.netutil import free_port, poll_until
-from treeline_common.training import MAX_RESULT_BYTES, RoundProgress, TrainCommand, TrainReport
+from treeline_common.training import (
+    MAX_CHECKPOINT_BYTES,
+    MAX_RESULT_BYTES,
+    RoundProgress,
+    TrainCommand,
+    TrainReport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +66,8 @@ Reporter = Callable[[TrainReport], None]
 class _Child:
     role: str
     process: subprocess.Popen[str]
+    address: str = ""  # the server address it was started with
+    log_offset: int = 0  # where this run's text starts in flower.log
     stopping: bool = False
 
 
@@ -102,10 +118,27 @@ class TrainingHandler:
         if command.role == "client" and not (self.data_dir / command.spec.data_file).is_file():
             return (f"no data for {command.spec.data} here: {command.spec.data_file} is not in the node's "
                     f"data directory {self.data_dir}")
-        with self._lock:
-            if (command.job_id, command.role) in self._children:
-                return f"job {command.job_id} already runs here as {command.role}"
         return ""
+
+    def _running_as(self, command: TrainCommand) -> bool:
+        """True when ``command`` is already being served (answered STARTED again); a child of the
+        job and role started for another address is stopped and reaped first (the server moved)."""
+        key = (command.job_id, command.role)
+        with self._lock:
+            child = self._children.get(key)
+        if child is None:
+            return False
+        if child.process.poll() is None and (command.role == "client" and
+                                             child.address == command.server_address):
+            self._send(command.job_id, command.role, "STARTED", server_address=child.address)
+            return True
+        child.stopping = True
+        child.process.kill()
+        child.process.wait()
+        with self._lock:
+            if self._children.get(key) is child:
+                del self._children[key]
+        return False
 
     def _start(self, command: TrainCommand) -> None:
         assert command.spec is not None
@@ -113,8 +146,19 @@ class TrainingHandler:
         if reason:
             self._send(command.job_id, command.role, "REFUSED", reason=reason)
             return
+        if self._running_as(command):
+            return
         job_dir = self.data_dir / "training" / command.job_id / command.role
         job_dir.mkdir(parents=True, exist_ok=True)
+        resume_path = ""
+        if command.role == "server" and command.checkpoint_b64:
+            resume = base64.b64decode(command.checkpoint_b64)
+            if hashlib.sha256(resume).hexdigest() != command.checkpoint_sha256:
+                self._send(command.job_id, command.role, "REFUSED",
+                           reason=f"checkpoint: sha256 mismatch, expected {command.checkpoint_sha256[:12]}")
+                return
+            resume_path = str(job_dir / f"resume-{command.start_round}.npz")
+            Path(resume_path).write_bytes(resume)
         model_path = ""
         if command.role == "server" and command.model_url:
             try:
@@ -130,12 +174,14 @@ class TrainingHandler:
             address = f"{host}:{free_port(host)}"
         job = JobFile(command.spec, address, str(data), model_path,
                       str(job_dir / "result.onnx"), command.clients,
-                      seed=int(hashlib.sha256(self.node_id.encode()).hexdigest()[:6], 16))
+                      seed=int(hashlib.sha256(self.node_id.encode()).hexdigest()[:6], 16),
+                      start_round=command.start_round, resume_path=resume_path, checkpoint_dir=str(job_dir))
         path = job.write(job_dir / "job.json")
-        with (job_dir / "flower.log").open("w") as log_file:
+        with (job_dir / "flower.log").open("a") as log_file:
+            offset = log_file.tell()
             argv = [self._python, "-m", f"node_engine.training.{command.role}", str(path)]
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1)
-        child = _Child(command.role, process)
+        child = _Child(command.role, process, address, offset)
         with self._lock:
             if self._closed:
                 process.kill()
@@ -143,12 +189,16 @@ class TrainingHandler:
             self._children[(command.job_id, command.role)] = child
         log.info("training job %s: %s started (pid %s)", command.job_id, command.role, process.pid)
         if command.role == "server" and not _listening(address, process):
-            child.stopping = True  # it is reported FAILED below, not STOPPED
-            process.kill()
-            with self._lock:
-                self._children.pop((command.job_id, command.role), None)
-            self._send(command.job_id, command.role, "FAILED",
-                       reason=f"the Flower server did not listen on {address} within {LISTEN_TIMEOUT_S:g} s")
+            if process.poll() is None:  # alive but deaf: killed and reported FAILED, not STOPPED
+                child.stopping = True
+                process.kill()
+                process.wait()
+                with self._lock:
+                    self._children.pop((command.job_id, command.role), None)
+                self._send(command.job_id, command.role, "FAILED", reason=f"the Flower server did not "
+                           f"listen on {address} within {LISTEN_TIMEOUT_S:g} s")
+            else:  # it exited first: its own failed (or done) line says why
+                self._follow(command.job_id, child, job_dir)
             return
         self._send(command.job_id, command.role, "STARTED", server_address=address)
         threading.Thread(target=self._follow, args=(command.job_id, child, job_dir), daemon=True,
@@ -164,13 +214,15 @@ class TrainingHandler:
                 final = self._forward(job_id, child.role, progress) or final
         code = child.process.wait()
         with self._lock:
-            self._children.pop((job_id, child.role), None)
+            if self._children.get((job_id, child.role)) is child:  # not a successor's entry
+                del self._children[(job_id, child.role)]
         if child.stopping:
             self._send(job_id, child.role, "STOPPED")
         elif not final:
-            tail = (job_dir / "flower.log").read_text(errors="replace")[-300:].strip().replace("\n", " | ")
-            self._send(job_id, child.role, "FAILED",
-                       reason=f"flower {child.role} exited with code {code}: {tail}")
+            with (job_dir / "flower.log").open("rb") as log_file:
+                log_file.seek(child.log_offset)
+                text = log_file.read().decode(errors="replace")
+            self._send(job_id, child.role, "FAILED", reason=exit_reason(child.role, code, text))
 
     def _forward(self, job_id: str, role: str, progress: RoundProgress) -> bool:
         """One progress line as a report; True when it was final (done/failed)."""
@@ -178,7 +230,7 @@ class TrainingHandler:
                    "clients": progress.clients, "bytes_sent": progress.bytes_sent,
                    "seconds": progress.seconds, "epsilon": progress.epsilon}
         if progress.event == "round":
-            self._send(job_id, role, "ROUND", **figures)
+            self._send(job_id, role, "ROUND", **figures, **_checkpoint_fields(progress.checkpoint_path))
             return False
         if progress.event == "failed":
             self._send(job_id, role, "FAILED", reason=progress.reason)
@@ -218,6 +270,19 @@ class TrainingHandler:
                 child.process.wait(5)
             except subprocess.TimeoutExpired:
                 log.warning("training child %s did not exit", child.process.pid)
+
+
+def _checkpoint_fields(path: str) -> dict[str, str]:
+    """A round's checkpoint file as report fields (none when absent, unreadable or too big)."""
+    try:
+        data = Path(path).read_bytes() if path else b""
+    except OSError as exc:
+        log.warning("checkpoint %s unreadable: %s", path, exc)
+        return {}
+    if not data or len(data) > MAX_CHECKPOINT_BYTES:
+        return {}
+    return {"checkpoint_b64": base64.b64encode(data).decode(),
+            "checkpoint_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _listening(address: str, process: subprocess.Popen[str]) -> bool:

@@ -20,7 +20,9 @@ from treeline_common.training import RoundProgress, TrainingSpec
 class JobFile:
     """``address``: the server's ``host:port``; ``model_path``: the starting ONNX (server);
     ``data_path``: the client's local shard, or the server's held-out split (may not exist);
-    ``out_path``: where the server writes the trained ONNX; ``clients``: clients started."""
+    ``out_path``: where the server writes the trained ONNX; ``clients``: clients started.
+    Server resume: ``start_round`` rounds are done and ``resume_path`` holds the parameters after
+    them (a :mod:`.checkpoint`); ``checkpoint_dir``: where the server writes one per round."""
 
     spec: TrainingSpec
     address: str
@@ -29,6 +31,9 @@ class JobFile:
     out_path: str = ""
     clients: int = 0
     seed: int = 0
+    start_round: int = 0
+    resume_path: str = ""
+    checkpoint_dir: str = ""
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(wire.to_dict(self)))

@@ -11,6 +11,15 @@ null), one :class:`~treeline_common.training.RoundProgress` line per round on st
 privacy spent so far, :func:`~treeline_common.training.gaussian_epsilon`, δ = 1e-5), and the
 ONNX export of the final parameters (``out_path``) announced by a ``done`` line.
 Exit code 0 after ``done``; 1 after a ``failed`` line.
+
+Faults: the starting model (or checkpoint) is read and checked against the model before the
+server listens, so a model it cannot train fails with its reason (a ``failed`` line) rather than
+a silent exit. After every completed round the aggregated parameters are written as a
+checkpoint (``checkpoint-<round>.npz`` in ``checkpoint_dir``; the one two rounds back is
+deleted) and named in the round's line. A resumed server (``start_round`` > 0, ``resume_path``)
+starts from that checkpoint, runs the remaining rounds and numbers them on from
+``start_round + 1``; it does not report round 0 again. What a resume cannot restore: a stateful
+strategy's server-side optimizer state (FedAdam's moments start again from zero).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from flwr.server.strategy import (
 )
 
 from model_zoo.federated import load_shard
+from node_engine.training import checkpoint
 from node_engine.training import model as mlp
 from node_engine.training.job import JobFile, emit
 from treeline_common.training import RoundProgress, TrainingSpec, gaussian_epsilon
@@ -68,12 +78,19 @@ class StartedClientsManager(SimpleClientManager):
 
 
 class RoundTracker:
-    """Per-round figures: clients from the fit metrics, loss/accuracy from the evaluation."""
+    """Per-round figures: clients from the fit metrics, loss/accuracy from the evaluation.
+
+    ``offset``: rounds an earlier server of the job completed (Flower's round r is the job's
+    round ``offset + r``); ``save(round, arrays)`` keeps a checkpoint and returns its path.
+    """
 
     def __init__(self, evaluate: Callable[[list[np.ndarray]], tuple[float | None, float | None]],
-                 epsilon: Callable[[int], float | None] = lambda _round: None) -> None:
+                 epsilon: Callable[[int], float | None] = lambda _round: None, *, offset: int = 0,
+                 save: Callable[[int, list[np.ndarray]], str] = lambda _round, _arrays: "") -> None:
         self._evaluate = evaluate
         self._epsilon = epsilon
+        self.offset = offset
+        self._save = save
         self.clients = 0
         self.latest: list[np.ndarray] = []
         self.started = time.monotonic()
@@ -90,8 +107,12 @@ class RoundTracker:
         self.latest = [np.asarray(a) for a in arrays]
         loss, accuracy = self._evaluate(self.latest)
         now = time.monotonic()
-        emit(RoundProgress("round", server_round, loss, accuracy, self.clients if server_round else 0,
-                           seconds=now - self.started, epsilon=self._epsilon(server_round)))
+        job_round = self.offset + server_round
+        if server_round or not self.offset:  # a resumed server's round 0 is the last reported round
+            path = self._save(job_round, self.latest) if server_round else ""
+            emit(RoundProgress("round", job_round, loss, accuracy, self.clients if server_round else 0,
+                               seconds=now - self.started, epsilon=self._epsilon(job_round),
+                               checkpoint_path=path))
         self.started = now
         return (loss, {"accuracy": accuracy}) if loss is not None else None
 
@@ -103,7 +124,7 @@ def build_strategy(spec: TrainingSpec, initial: list[np.ndarray], tracker: Round
     strategy: Strategy = STRATEGIES[spec.strategy](
         fraction_fit=spec.fraction_fit, fraction_evaluate=0.0, min_fit_clients=spec.min_clients,
         min_evaluate_clients=0, min_available_clients=spec.min_clients, evaluate_fn=tracker.evaluate_fn,
-        on_fit_config_fn=lambda rnd: {"round": rnd, "local_epochs": spec.local_epochs,
+        on_fit_config_fn=lambda rnd: {"round": tracker.offset + rnd, "local_epochs": spec.local_epochs,
                                       "batch_size": spec.batch_size, "learning_rate": spec.learning_rate},
         initial_parameters=ndarrays_to_parameters(initial), fit_metrics_aggregation_fn=tracker.fit_metrics,
         **extra)
@@ -121,13 +142,20 @@ def run(job: JobFile) -> int:
     spec = job.spec
     net = mlp.new_model(job.seed)
     names = list(net.state_dict())
+    what = "checkpoint" if job.resume_path else "starting model"
     try:
-        initial = (mlp.parameters_from_onnx(Path(job.model_path).read_bytes(), names) if job.model_path
-                   else mlp.get_parameters(net))
+        if job.resume_path:
+            initial = checkpoint.read(Path(job.resume_path))
+        elif job.model_path:
+            initial = mlp.parameters_from_onnx(Path(job.model_path).read_bytes(), names)
+        else:
+            initial = mlp.get_parameters(net)
         mlp.set_parameters(net, initial)
-    except (OSError, ValueError) as exc:
-        emit(RoundProgress("failed", reason=f"starting model: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - any unreadable model is this job's failure, with its reason
+        emit(RoundProgress("failed", reason=f"{what}: {exc}"))
         return 1
+    if job.start_round >= spec.rounds:  # every round was done before the crash: only the export is left
+        return _export(net, job, initial)
     test = load_shard(Path(job.data_path)) if job.data_path and Path(job.data_path).exists() else None
 
     def evaluate(arrays: list[np.ndarray]) -> tuple[float | None, float | None]:
@@ -138,18 +166,34 @@ def run(job: JobFile) -> int:
 
     privacy = spec.privacy
     tracker = RoundTracker(evaluate, lambda rnd: gaussian_epsilon(privacy.noise_multiplier, rnd)
-                           if privacy is not None and rnd > 0 else None)
+                           if privacy is not None and rnd > 0 else None,
+                           offset=job.start_round, save=lambda rnd, arrays: _checkpoint(job, rnd, arrays))
     strategy = build_strategy(spec, initial, tracker, job.clients)
-    rounds = flwr.server.ServerConfig(num_rounds=spec.rounds)
+    rounds = flwr.server.ServerConfig(num_rounds=spec.rounds - job.start_round)
     manager = StartedClientsManager(max(job.clients, spec.min_clients))
     flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy,
                              client_manager=manager)
     if not tracker.latest:
         emit(RoundProgress("failed", reason="no round completed"))
         return 1
-    mlp.set_parameters(net, tracker.latest)
+    return _export(net, job, tracker.latest)
+
+
+def _checkpoint(job: JobFile, rnd: int, arrays: list[np.ndarray]) -> str:
+    """Write round ``rnd``'s checkpoint (none without ``checkpoint_dir``); drop the one of ``rnd - 2``."""
+    if not job.checkpoint_dir:
+        return ""
+    folder = Path(job.checkpoint_dir)
+    path = checkpoint.write(arrays, folder / f"checkpoint-{rnd}.npz")
+    (folder / f"checkpoint-{rnd - 2}.npz").unlink(missing_ok=True)
+    return str(path)
+
+
+def _export(net: Any, job: JobFile, arrays: list[np.ndarray]) -> int:
+    """The final parameters as ONNX at ``out_path``, announced by the ``done`` line; exit code 0."""
+    mlp.set_parameters(net, arrays)
     Path(job.out_path).write_bytes(mlp.to_onnx(net))
-    emit(RoundProgress("done", spec.rounds, result_path=job.out_path))
+    emit(RoundProgress("done", job.spec.rounds, result_path=job.out_path))
     return 0
 
 

@@ -15,7 +15,7 @@ from cluster_orchestrator.training import (
     requirements_of,
     server_host,
 )
-from cluster_orchestrator.training_job import TrainingJob
+from cluster_orchestrator.training_job import CLIENT_RETRIES, TrainingJob
 from ml_scheduler.plugins.filters import (
     REASON_ARCH,
     REASON_BATTERY,
@@ -124,6 +124,10 @@ def test_job_fails_and_stops_everything_below_min_clients() -> None:
     job.start()
     for node in ("a", "b"):
         job.on_report(node, TrainReport(node, "job-1", "client", "FAILED", reason="killed"))
+    assert not job.wait(0)  # a failed client is started again after a back-off (rejoin)
+    for _ in range(CLIENT_RETRIES):  # until its retries are spent
+        for node in ("a", "b"):
+            job.on_report(node, TrainReport(node, "job-1", "client", "FAILED", reason="killed"))
     assert job.wait(0) and "1 client(s) left" in job.failure
     stops = [m for _, m in sent if m.action == "stop"]
     assert len(stops) == 4 - 1  # server + 3 clients, the server node is also a client: 3 distinct nodes
