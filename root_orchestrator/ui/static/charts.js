@@ -88,6 +88,11 @@ class DeploymentCharts {
   destroy() { this.charts.forEach(c => c.destroy()); this.charts = []; this.key = null; }
 }
 
+// a chart's width: its card's (the charts sit in a grid that wraps on narrow windows)
+function chartWidth(el) {
+  return Math.max(240, Math.floor(((el && el.parentElement && el.parentElement.clientWidth) || 376) - 16));
+}
+
 // The two charts of a training service, over the round number (not time): accuracy and loss
 // of the server's evaluation per round (accuracy on the left axis, 0–1; loss on the right) and
 // the clients that took part in each round. The rows come whole from the root on every poll
@@ -101,15 +106,20 @@ class TrainingCharts {
     const data = [[xs, rounds.map(r => r.accuracy), rounds.map(r => r.loss)],
                   [xs, rounds.map(r => r.clients)]];
     if (key !== this.key) { this.reset(key); }
-    this.plots.forEach((p, k) => p.setData(data[k]));
+    this.plots.forEach((p, k) => {
+      const width = chartWidth(p.root.parentElement);  // made while hidden: follow the card's width
+      if (Math.abs(width - p.width) > 8) { p.setSize({width, height: 200}); }
+      p.setData(data[k]);
+    });
   }
 
   reset(key) {
     this.destroy();
     this.key = key;
     const el = [document.getElementById("chart-training"), document.getElementById("chart-clients")];
-    const width = e => Math.max(240, Math.floor(((e.parentElement && e.parentElement.clientWidth) || 376) - 16));
+    const width = e => chartWidth(e);
     const x = {time: false, range: (u, lo, hi) => [Math.min(0, lo), Math.max(hi, lo + 1)]};
+    const xBars = {time: false, range: (u, lo, hi) => [Math.min(0, lo) - 0.5, Math.max(hi, lo + 1) + 0.5]};
     const roundAxis = {label: "round", incrs: [1, 2, 5, 10, 20, 50, 100]};
     const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({size: [0.6, 40]}) : undefined;
     this.plots = [
@@ -123,7 +133,7 @@ class TrainingCharts {
                  axes: [roundAxis, {scale: "acc", size: 44}, {scale: "loss", side: 1, size: 44, grid: {show: false}}]},
                 [[], [], []], el[0]),
       new uPlot({width: width(el[1]), height: 200, legend: {live: false},
-                 scales: {x, n: {range: (u, lo, hi) => [0, Math.max(1, hi)]}},
+                 scales: {x: xBars, n: {range: (u, lo, hi) => [0, Math.max(1, hi)]}},
                  series: [{label: "round"},
                           {label: "clients", scale: "n", stroke: "#1f77b4", fill: "#1f77b455", width: 1, paths: bars,
                            points: {show: !bars}}],
