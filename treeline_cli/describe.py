@@ -3,6 +3,9 @@
 A service (or deployment) shows where it runs and why: its placement (each stage with its
 node, cut bytes and predicted ms), the scheduler's explanation (profile, weights, scores and
 the reason for every node it filtered or did not use) and its history (the service's events).
+A training service shows its Flower placement (server, clients, rejected nodes with their
+reasons), each round's accuracy, loss and clients in its history, and the registered result
+(:mod:`treeline_cli.training_view`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 from treeline_cli.output import plural
 from treeline_cli.reasons import reason_lines
 from treeline_cli.resolve import Doc, app_id
+from treeline_cli.training_view import is_training, registered_model, training_placement_lines
 from treeline_cli.views import World, age, event_detail, model_ref, ms, stages_of, yes_no
 
 
@@ -140,6 +144,13 @@ def describe_service(world: World, service: Doc) -> tuple[Doc, list[str]]:
     events = world.client.service_events(str(service.get("service_id")))
     names = world.node_names()
     app = world.app_names().get(str(service.get("application_id")), "?")
+    if is_training(service):
+        placement = ["Placement:", *training_placement_lines(service.get("explanation"), names)]
+        result = registered_model(events)
+        placement += [f"Result:       {result or '(none yet)'}" + (" (registered)" if result else "")]
+    else:
+        placement = ["Placement:", *placement_lines(service.get("placement") or {}),
+                     "Scheduler:", *explanation_lines(service, names)]
     lines = [
         f"Service:      {service.get('microservice_name')} ({service.get('service_id')})",
         f"Application:  {app} ({service.get('application_id')})",
@@ -149,8 +160,7 @@ def describe_service(world: World, service: Doc) -> tuple[Doc, list[str]]:
         f"Model:        {model_ref(service)}",
         *rollout_lines(events),
         f"Cluster:      {service.get('cluster_id') or '-'}",
-        "Placement:", *placement_lines(service.get("placement") or {}),
-        "Scheduler:", *explanation_lines(service, names),
+        *placement,
         "History:", *history_lines(events),
     ]
     return {**service, "events": events}, lines

@@ -110,8 +110,10 @@ def classify(exc: BaseException) -> CliError:
     if isinstance(exc, InvalidInput):
         detail = _details(exc)
         return UsageError(f"{exc.message}{': ' + detail if detail else ''}", "fix the input and retry")
-    if isinstance(exc, NotFound):
-        return Failure(exc.message, "list what exists with `treeline get`")
+    if isinstance(exc, NotFound):  # with the field that named it (``...training.model``) unless said
+        detail = _details(exc) if exc.details and str(exc.details[0].get("path")) not in exc.message else ""
+        return Failure(f"{exc.message}{': ' + detail if detail else ''}",
+                       "list what exists with `treeline get`")
     if isinstance(exc, DeploymentFailed):
         return Failure(exc.message, "see `treeline describe service <name>`")
     if isinstance(exc, TreelineError):

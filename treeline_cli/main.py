@@ -1,8 +1,9 @@
 """The ``treeline`` console script.
 
 Commands: ``up``, ``demo``, ``apply``, ``deploy``, ``delete``, ``get``, ``describe``, ``infer``,
-``logs``, ``model register|profile``, ``config show``, ``version``, ``login``, ``logout``,
-``admin create``. ``--token`` (or ``$TREELINE_TOKEN``) sends that bearer token to the root. Settings come from
+``logs``, ``model register|profile``, ``training watch``, ``config show``, ``version``, ``login``,
+``logout``, ``admin create``. ``--token`` (or ``$TREELINE_TOKEN``) sends that bearer token to the
+root. Settings come from
 :mod:`treeline_common.config` (flag > ``TREELINE_*`` environment > ``treeline.toml`` > default);
 what goes to stdout and stderr is fixed by :mod:`treeline_cli.output`; every error ends as one
 line on stderr with exit code 2 (usage) or 1 (failure), see :mod:`treeline_cli.errors`.
@@ -30,6 +31,7 @@ from treeline_cli.commands.model import model
 from treeline_cli.commands.node import node
 from treeline_cli.commands.optimize import optimize
 from treeline_cli.commands.stack import demo, up
+from treeline_cli.commands.training import training
 from treeline_cli.errors import INTERRUPTED, TreelineGroup, classify
 from treeline_common.config import OPTIONS
 
@@ -77,7 +79,7 @@ def cli() -> None:
 
 
 for command in (up, demo, apply, deploy, delete, get, describe, infer, logs, model, config, version,
-                login, logout, admin, node, export_images, data):
+                login, logout, admin, node, export_images, data, training):
     cli.add_command(command)
 model.add_command(optimize)  # `treeline model optimize`: its own module (torch only when it runs)
 

@@ -323,6 +323,7 @@ def event_detail(event: Doc) -> str:
     if event.get("kind") == "failover_blocked" and isinstance(event.get("reasons"), dict):
         parts += [f"{path.removeprefix('clusters.')}: {reason}" for path, reason in event["reasons"].items()]
     parts += rollout_detail(event)
+    parts += training_detail(event)
     if event.get("nodes"):
         parts.append("on " + ",".join(str(n) for n in event["nodes"]))
     old, new = event.get("old_cost_ms"), event.get("new_cost_ms")
@@ -336,6 +337,24 @@ def event_detail(event: Doc) -> str:
     if event.get("detail"):
         parts.append(str(event["detail"]))
     return "; ".join(parts)
+
+
+def training_detail(event: Doc) -> list[str]:
+    """A training event's text (``cluster_orchestrator.training_job``): a round's accuracy, loss and
+    clients; otherwise its message (placement, server start, a lost client, the registered model)."""
+    kind = str(event.get("kind") or "")
+    if not kind.startswith("training_"):
+        return []
+    if kind == "training_round":
+        clients = event.get("clients")
+        figures = [f"round {event.get('round')}"]
+        for key in ("accuracy", "loss"):
+            if isinstance(event.get(key), int | float):
+                figures.append(f"{key} {float(event[key]):.3f}")
+        if isinstance(clients, int):
+            figures.append(f"{clients} client(s)")
+        return [", ".join(figures)]
+    return [str(event["message"])] if event.get("message") else []
 
 
 def rollout_detail(event: Doc) -> list[str]:

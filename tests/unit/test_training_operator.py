@@ -87,6 +87,7 @@ def _placement(unschedulable: str = "", field: str = "") -> dict[str, Any]:
             "reasons": {"n3": "battery: battery 10% below the SLA's minimum 30%"},
             "training": {"server": "id1", "server_name": "n1", "clients": ["id1", "id2"],
                          "client_names": ["n1", "n2"], "unschedulable": unschedulable, "field": field,
+                         "rounds": 3, "min_clients": 2, "data": "data:digits",
                          "rejected": [{"node_id": "id3", "node_name": "n3", "reason": "battery",
                                        "message": "battery 10% below the SLA's minimum 30%"}]}}
 

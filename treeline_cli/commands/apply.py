@@ -2,10 +2,13 @@
 
 ``apply FILE`` sends the SLA to the root's idempotent ``POST /api/apply`` (the same file twice
 gives one application, ``unchanged`` the second time) and asks for an instance of every
-service that has none yet; ``--dry-run`` asks ``POST /api/plan`` what the scheduler would do
-and changes nothing. ``deploy FILE`` is ``apply --wait``: it follows each service until it is
-RUNNING and prints its placement; on a root without ``/api/apply`` it falls back to creating
-the applications anew (and says so).
+service that has none yet (a deployment refused for the SLA's fault, e.g. a model that does
+not resolve, names the SLA field and removes what this apply created); ``--dry-run`` asks
+``POST /api/plan`` what the scheduler would do (a training service: the Flower placement, or
+why it cannot be scheduled) and changes nothing. ``deploy FILE`` is ``apply --wait``: it
+follows each service until it is RUNNING and prints its placement (a training service: a
+progress bar of its rounds until the result is registered); on a root without ``/api/apply``
+it falls back to creating the applications anew (and says so).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
 from treeline_cli.reasons import reason_lines
 from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
+from treeline_cli.training_view import is_training, registered_model, training_placement_lines, watch_training
 from treeline_cli.views import World, cluster_costs, kind_named, ms
+from treeline_common.errors import InvalidInput, NotFound, TreelineError
 from treeline_common.jobs import JobStatus
 
 DEFAULT_TIMEOUT = 180.0
@@ -63,18 +68,52 @@ def _submit(client: RootClient, sla: dict[str, Any], out: Output, fallback: bool
     return [{**app, "action": "created", "changes": []} for app in client.submit_sla(sla)]
 
 
-def _ensure_instances(client: RootClient, applications: list[dict[str, Any]], out: Output) -> list[str]:
-    """Ask for an instance of every service that has none; returns their ids."""
+def _ensure_instances(client: RootClient, applications: list[dict[str, Any]], out: Output,
+                      sla: dict[str, Any]) -> list[str]:
+    """Ask for an instance of every service that has none; returns their ids.
+
+    A deployment the root refuses for the SLA's own fault (400/404: a model that does not
+    resolve) raises that error naming the SLA field (``applications[0].microservices[0].model.name``)
+    after removing what this apply created (:func:`_undo`): nothing half-made is left behind.
+    """
     started = []
-    for app in applications:
+    for a_index, app in enumerate(applications):
         for service_id in app.get("microservices") or []:
             service = client.service(str(service_id))
             if service.get("instances") or service.get("status") != JobStatus.REQUESTED.value:
                 continue
-            with out.step(f"deploying {service.get('microservice_name')}"):
-                client.deploy_service(str(service_id))
+            name = str(service.get("microservice_name"))
+            try:
+                with out.step(f"deploying {name}"):
+                    client.deploy_service(str(service_id))
+            except (InvalidInput, NotFound) as exc:
+                _undo(client, app, name, str(service_id), out)
+                raise _at_field(exc, sla, a_index, name) from None
             started.append(str(service_id))
     return started
+
+
+def _undo(client: RootClient, app: dict[str, Any], name: str, service_id: str, out: Output) -> None:
+    """Remove what this apply made for a refused service: the application if it created it, the
+    service if it added it; an updated service is left as the SLA now describes it."""
+    if app.get("action") == "created":
+        client.delete_application(str(app.get("applicationID")))
+        out.warn(f"application {app.get('application_name')} was not kept (nothing left behind)")
+    elif any(c.get("path") == f"microservices[{name}]" and c.get("old") is None
+             for c in app.get("changes") or [] if isinstance(c, dict)):
+        client.delete_service(service_id)
+        out.warn(f"service {name} was not kept (nothing left behind)")
+
+
+def _at_field(exc: TreelineError, sla: dict[str, Any], a_index: int, name: str) -> TreelineError:
+    """``exc`` (paths relative to the service) with paths into the SLA file, in the same class."""
+    services = ((sla.get("applications") or [{}])[a_index] or {}).get("microservices") or []
+    m_index = next((i for i, ms in enumerate(services) if isinstance(ms, dict)
+                    and ms.get("microservice_name") == name), 0)
+    prefix = f"applications[{a_index}].microservices[{m_index}]."
+    details = [dict(d, path=prefix + str(d.get("path") or "")) for d in exc.details] or [
+        {"path": prefix.rstrip("."), "message": exc.message}]
+    return type(exc)(f"{details[0]['path']}: {details[0].get('message')}", details)
 
 
 def _print_applied(out: Output, applications: list[dict[str, Any]], started: list[str]) -> None:
@@ -104,11 +143,17 @@ def _change_text(change: Any) -> str:
 
 def _wait_all(client: RootClient, applications: list[dict[str, Any]], out: Output,
               timeout: float) -> list[dict[str, Any]]:
-    """Wait until every service is RUNNING; a FAILED one raises Failure with its reasons grouped."""
+    """Wait until every service is RUNNING; a FAILED one raises Failure with its reasons grouped.
+    A training service is followed round by round until its result is registered (DELETED) or it
+    fails (:func:`~treeline_cli.training_view.watch_training`)."""
     services = []
     for app in applications:
         for service_id in app.get("microservices") or []:
-            name = client.service(str(service_id)).get("microservice_name") or service_id
+            current = client.service(str(service_id))
+            name = current.get("microservice_name") or service_id
+            if is_training(current):
+                services.append(watch_training(client, current, out.err, timeout=timeout))
+                continue
             with out.step(f"{name}: waiting until RUNNING") as update:
                 def show(doc: dict[str, Any], name: str = str(name)) -> None:
                     status = str(doc.get("status"))
@@ -146,7 +191,7 @@ def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool
         out.result({"services": plans}, lambda: _print_plans(out, plans))
         return
     applications = _submit(client, sla, out, fallback)
-    started = _ensure_instances(client, applications, out)
+    started = _ensure_instances(client, applications, out, sla)
     if not wait:
         out.result({"applications": applications, "deploying": started},
                    lambda: _print_applied(out, applications, started))
@@ -159,6 +204,10 @@ def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool
     def render() -> None:
         _print_applied(out, applications, [])
         for service in services:
+            if is_training(service):
+                out.line(f"\n{service.get('microservice_name')} ({service['service_id']}) trained: "
+                         f"registered {registered_model(service.get('events') or []) or '?'}")
+                continue
             out.line(f"\n{service.get('microservice_name')} ({service['service_id']}) RUNNING")
             for line in placement_lines(service.get("placement") or {}):
                 out.line(line)
@@ -171,6 +220,15 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
         predicted = plan.get("predicted") or {}
         name = f"{plan.get('application_name', '?')}/{plan.get('microservice_name')}"
         cluster = plan.get("cluster_name") or plan.get("cluster") or plan.get("cluster_id") or "?"
+        training = plan.get("training")
+        if isinstance(training, dict):
+            what = "schedulable" if plan.get("schedulable") else "NOT schedulable"
+            out.line(f"{name}: training {what} on {cluster} ({plan.get('strategy') or 'federated'}, "
+                     f"{training.get('rounds', '?')} rounds, min_clients {training.get('min_clients', '?')}, "
+                     f"data {training.get('data', '?')})")
+            for line in training_placement_lines(training, {}) + _cluster_lines(plan):
+                out.line(line)
+            continue
         if plan.get("schedulable"):
             out.line(f"{name}: schedulable on {cluster}, {plural(len(stages), 'stage')}, "
                      f"strategy {plan.get('strategy') or '?'}, "
@@ -205,9 +263,10 @@ def _cluster_lines(plan: dict[str, Any]) -> list[str]:
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="show what the scheduler would do; change nothing")
-@click.option("--wait", is_flag=True, help="wait until every service is RUNNING and show the placements")
+@click.option("--wait", is_flag=True, help="wait until every service is RUNNING and show the placements; "
+                                          "follow a training service's rounds until its result is registered")
 @click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
-              help="seconds to wait for RUNNING (with --wait)")
+              help="seconds to wait for RUNNING, or for a training service's result (with --wait)")
 @output_option
 @root_options
 def apply(file: Path, dry_run: bool, wait: bool, timeout: float) -> None:
