@@ -81,7 +81,7 @@ def training_summary(core: ClusterOrchestrator, job: JobRequest) -> dict[str, An
     explanation["rejected"] = [dict(r, node_name=names.get(r["node_id"], r["node_id"]))
                                for r in explanation["rejected"]]
     explanation.update(server_name=names.get(placement.server, placement.server),
-                       client_names=[names.get(c, c) for c in placement.clients],
+                       client_names=sorted(names.get(c, c) for c in placement.clients),
                        rounds=spec.rounds, min_clients=spec.min_clients, data=spec.data)
     log.info("dry run of training %s: %s", job.service_id, placement.unschedulable or "schedulable")
     return {"schedulable": not placement.unschedulable, "strategy": f"federated {spec.strategy}",
