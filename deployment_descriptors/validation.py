@@ -201,10 +201,13 @@ def _training_problems(ms: Mapping[str, Any], path: list[PathPart]) -> Iterator[
     if not isinstance(block, Mapping) or not _validator("training").is_valid(block):
         return
     try:
-        TrainingSpec.from_sla(block)
+        spec = TrainingSpec.from_sla(block)
     except TrainingError as exc:
         parts = [int(p) if p.isdigit() else p for p in exc.path.split(".") if p]
         yield path + ["training", *parts], exc.message
+        return
+    if spec.model_version.isdigit() and int(spec.model_version) < 1:  # versions count from 1
+        yield path + ["training", "model"], f"version must be >= 1, got {_show(block.get('model'))}"
 
 
 def _cascade_problems(model: Mapping[str, Any], path: list[PathPart]) -> Iterator[tuple[list[PathPart], str]]:

@@ -123,3 +123,16 @@ def test_plan_of_an_unschedulable_training_sla_names_the_field(root: Root) -> No
     root.clusters.plans["http://a:1"] = garbled
     [row] = root.http.post("/api/plan", json=training_sla("tiny:1")).get_json()["services"]
     assert "training" not in row
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("tiny:0", 'version must be >= 1, got "tiny:0"'),
+    ("", "must be a registry model as name or name:version"),
+])
+def test_a_malformed_starting_model_is_400_at_its_field_on_every_route(root: Root, model: str,
+                                                                       message: str) -> None:
+    root.register_model()
+    for route in ("/api/apply", "/api/application/", "/api/plan"):
+        err = _error(root.http.post(route, json=training_sla(model)), 400, "INVALID_INPUT")
+        assert [d["path"] for d in err["details"]] == [PATH] and message in err["details"][0]["message"], err
+    assert root.http.get("/api/applications/").get_json() == []
