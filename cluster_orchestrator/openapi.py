@@ -106,7 +106,8 @@ ROUTES: tuple[Route, ...] = (
           None, (200, 404)),
     Route("POST", "/api/plan",
           "Dry run of a JobRequest: {schedulable, strategy, message, predicted, stages, relay_node_name, "
-          "reasons, profiles}; nothing deployed", "json", (200, 400, 401, 503), "JobRequest"),
+          "reasons, profiles, training (a training job: server, clients, rejected, unschedulable, field)}; "
+          "nothing deployed", "json", (200, 400, 401, 503), "JobRequest"),
     Route("POST", "/api/models/profile",
           "{name, version, sha256, device_class|null}: re-measure op times in the background -> "
           "{name, version, device_classes, nodes}", "json", (202, 400, 401, 422), "ProfileRequest"),

@@ -96,16 +96,18 @@ ROUTES: tuple[Route, ...] = (
           "{name, sha256 (PUT to /api/artifacts first), lineage, bytes_per_client_round}: register a "
           "federated training result as a new version (cluster token) -> version doc",
           "json", (201, 400, 404)),
-    Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}", "json", (201, 400),
-          "Sla"),
+    Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}; 404 naming "
+          "...training.model when a training service's starting model does not resolve", "json",
+          (201, 400, 404), "Sla"),
     Route("POST", "/api/apply",
           "Apply an SLA v2.0 idempotently by (customerID, application_name) -> {applications: "
           "[{applicationID, application_name, action, changes, microservices, redeployed, failures}]}",
-          "json", (200, 400, 409), "Sla"),
+          "json", (200, 400, 404, 409), "Sla"),
     Route("POST", "/api/plan",
           "Dry run of an SLA: each ML microservice planned by the best active cluster, nothing "
           "deployed -> {services: [{microservice_name, cluster_id, cluster_name, schedulable, "
-          "strategy, predicted, stages, reasons}]}",
+          "strategy, predicted, stages, reasons, training (ml-training: server, clients, rejected, "
+          "unschedulable, field)}]}",
           "json", (200, 400, 404, 422, 503), "Sla"),
     Route("GET", "/api/applications/", "[application doc]: the caller's (every user's for admins)"),
     Route("GET", "/api/applications/<user_id>", "[application doc] of one user (oneself unless admin)",
