@@ -26,8 +26,13 @@ from treeline_test_helpers import run_cli, running_stack
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
 
+import numpy as np
+import onnxruntime as ort
+
 from model_zoo import federated
+from node_engine.data_plane.service_client import ServiceClient
 from node_engine.training import model as mlp
+from treeline_cli.inference import service_resolver
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack
 
@@ -43,9 +48,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("fl-stack")
     dirs = [data / "nodes" / name for name in NODES]  # the stack's node data directories
     split = federated.split(federated.load_digits(), len(NODES), alpha=0.5, seed=3)
-    federated.write_split(split, data, dirs)
+    federated.write_split(split, data / "fl-split", dirs)
     for d in dirs:
-        (d / federated.TEST_FILE).write_bytes((data / federated.TEST_FILE).read_bytes())
+        (d / federated.TEST_FILE).write_bytes((data / "fl-split" / federated.TEST_FILE).read_bytes())
     with running_stack(data, nodes=len(NODES), profiles=("server",), telemetry_interval=0.5, node_threads=1,
                        node_labels=dict.fromkeys(NODES, "data:digits")) as running:
         yield running
@@ -116,3 +121,35 @@ def test_apply_of_a_training_sla_registers_a_trained_version_with_lineage(stack:
     assert len(seen) >= len(NODES) and flower_processes(stack) == [], seen
     code, out, err = run_cli(stack, tmp_path, "describe", "service", service_id)
     assert code == 0 and "training_round" in out, (out, err)
+    test = federated.load_shard(stack.config.data_dir / "fl-split" / federated.TEST_FILE)
+    trained = root.artifact(version["sha256"])
+    _deploy_and_compare(stack, f"digits-fl:{version['version']}", trained, test.x[:8])
+
+
+def serving_sla(model: str) -> dict[str, Any]:
+    name, version = model.split(":")
+    return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "applicationID": "", "application_name": "fl-serve", "application_namespace": "demo",
+        "application_desc": "the trained version, served", "microservices": [{
+            "microserviceID": "", "microservice_name": "digits", "microservice_namespace": "demo",
+            "virtualization": "ml-model", "memory": 128, "vcpus": 1,
+            "model": {"name": name, "version": int(version),
+                      "inputs": [{"name": mlp.INPUT_NAME, "shape": [1, mlp.FEATURES], "dtype": "float32"}]},
+            "constraints": [], "connectivity": []}]}]}
+
+
+def _deploy_and_compare(stack: Stack, model: str, onnx_bytes: bytes, rows: np.ndarray) -> None:
+    """The registered result deploys like any version; its answers equal the exported model's
+    (onnxruntime on the registered artifact, the bytes the server's export wrote)."""
+    root = RootClient(stack.root_url)
+    [application] = root.apply(serving_sla(model))
+    [service_id] = application["microservices"]
+    root.deploy_service(service_id)
+    root.wait_deployed(service_id, timeout=DEADLINE_S)
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    with ServiceClient(service_resolver(stack.root_url, service_id)) as client:
+        for row in rows:
+            x = row.reshape(1, mlp.FEATURES).astype(np.float32)
+            outputs, _ = client.infer({mlp.INPUT_NAME: x})
+            expected = session.run([mlp.OUTPUT_NAME], {mlp.INPUT_NAME: x})[0]
+            np.testing.assert_allclose(outputs[mlp.OUTPUT_NAME], expected, rtol=1e-5, atol=1e-5)
