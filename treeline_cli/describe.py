@@ -156,7 +156,7 @@ def describe_service(world: World, service: Doc) -> tuple[Doc, list[str]]:
         f"Application:  {app} ({service.get('application_id')})",
         f"Status:       {service.get('status')}"
         + (f" - {service.get('status_detail')}" if service.get("status_detail")
-           and service.get("status") != "FAILED" else ""),
+           and (service.get("status") != "FAILED" or is_training(service)) else ""),
         f"Model:        {model_ref(service)}",
         *rollout_lines(events),
         f"Cluster:      {service.get('cluster_id') or '-'}",

@@ -190,6 +190,8 @@ def test_watch_follows_rounds_to_the_result_or_fails_with_the_reason(
     assert code == 1, (out, err)
     assert err[-1].startswith("error: training fl failed: not scheduled: 1 node(s) with data:digits pass "
                               "the filters; training.min_clients is 2; see `treeline describe service"), err
+    code, out, err = served.cli(capsys, "describe", "service", "fl")
+    assert code == 0 and "Status:       FAILED - not scheduled: 1 node(s) with data:digits" in out, (out, err)
 
 
 def test_apply_wait_follows_a_training_service_until_its_result(
