@@ -62,7 +62,8 @@ def check_training_models(sla: Sla, resolve: Resolver) -> None:
             try:
                 resolve(ms.raw, sla.customer_id)
             except NotFound as exc:
-                problems += [dict(d, path=prefix + str(d.get("path"))) for d in exc.details]
+                problems += [dict(d, path=prefix + str(d.get("path"))) for d in exc.details] or [
+                    {"path": prefix + MODEL_PATH, "message": exc.message}]
             except InvalidInput as exc:
                 raise InvalidInput(exc.message, [dict(d, path=prefix + str(d.get("path")))
                                                  for d in exc.details]) from None
