@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from root_orchestrator.stores.artifact_base import ArtifactStore
 from root_orchestrator.stores.base import (
     ApplicationStore,
-    ArtifactStore,
     ClusterStore,
     ModelRegistry,
     UserStore,
@@ -61,12 +61,12 @@ class Stores:
 def _mongo_stores(client: pymongo.MongoClient[dict[str, Any]], db_name: str, url: str) -> Stores:
     from root_orchestrator.stores.mongo import (
         MongoApplicationStore,
-        MongoArtifactStore,
         MongoClusterStore,
         MongoModelRegistry,
         MongoUserStore,
         ensure_indexes,
     )
+    from root_orchestrator.stores.mongo_artifacts import MongoArtifactStore
 
     db = client[db_name]
     ensure_indexes(db)

@@ -18,7 +18,7 @@ import pymongo
 import pytest
 from pymongo import monitoring
 
-from root_orchestrator.stores.mongo import MongoArtifactStore
+from root_orchestrator.stores.mongo_artifacts import MongoArtifactStore
 from treeline_common.errors import CorruptArtifact
 
 CHUNKS = "artifacts.chunks"

@@ -19,7 +19,7 @@ import pytest
 from cluster_orchestrator.artifacts import ArtifactCache
 from node_engine.artifacts import ArtifactError, DigestMismatch, fetch_artifact
 from root_orchestrator.stores import Stores, open_stores
-from root_orchestrator.stores.base import ArtifactStore
+from root_orchestrator.stores.artifact_base import ArtifactStore
 from treeline_common.errors import SHA256_MISMATCH, CorruptArtifact, IntegrityError, NotFound, http_status
 
 DATA = bytes(range(256)) * 1024  # 256 KiB: several store chunks
