@@ -23,7 +23,9 @@ with what the reports say and acts):
   ``start_round`` = its round (from the starting model when no round completed), then restarts
   every client on the new address. The round history continues: rounds after the checkpoint are
   dropped and each round is recorded once. At most :data:`MAX_SERVER_RESTARTS` restarts, then
-  the job fails naming the last reason. A ``REFUSED`` server fails the job at once.
+  the job fails naming the last reason. A server that fails before it reports ``STARTED`` (a
+  starting model or checkpoint it cannot train, a node that cannot run it) or is ``REFUSED``
+  fails the job at once with the node's reason: starting it again would fail the same way.
 - **Clients.** A client that ``FAILED`` is dropped for the round (Flower aggregates the others
   when ``min_clients`` answered) and its start is sent again after a back-off
   (:func:`client_backoff_s`), at most :data:`CLIENT_RETRIES` times in a row (a server restart
@@ -274,6 +276,8 @@ class TrainingJob:
             self._done(report)
         elif report.state == "REFUSED":
             self.stop(f"server refused: {one_line(report.reason)}")
+        elif report.state == "FAILED" and not self._address:
+            self.stop(f"server failed to start: {one_line(report.reason)}")
         elif report.state == "FAILED":
             self._restart_server(f"server failed: {one_line(report.reason)}")
 

@@ -114,11 +114,22 @@ def test_server_restarts_are_bounded() -> None:
     h = Harness()
     h.job.start()
     for attempt in range(MAX_SERVER_RESTARTS + 1):
+        h.report("a", "server", "STARTED", server_address=f"127.0.0.1:{4000 + attempt}")
         h.report("a", "server", "FAILED", reason=f"crash {attempt}")
     assert h.job.wait(0) and h.job.result is None
     assert h.job.failure == f"server failed: crash {MAX_SERVER_RESTARTS}; gave up after " \
                            f"{MAX_SERVER_RESTARTS} server restart(s)"
     assert len(h.starts("server")) == 1 + MAX_SERVER_RESTARTS
+
+
+def test_a_server_that_fails_before_it_starts_fails_the_job_with_its_reason() -> None:
+    h = Harness()
+    h.job.start()
+    h.report("a", "server", "FAILED", reason="starting model: the starting model has no initializer "
+             "'fc1.weight': not a DigitsMlp")
+    assert h.job.wait(0) and len(h.starts("server")) == 1  # not started again: it would fail the same way
+    assert h.job.failure == ("server failed to start: starting model: the starting model has no "
+                             "initializer 'fc1.weight': not a DigitsMlp")
 
 
 def test_a_server_whose_node_goes_offline_moves_to_another_placement_node() -> None:
