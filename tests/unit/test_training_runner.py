@@ -3,11 +3,13 @@
 Too few nodes with the data: FAILED with the online nodes as ``failed_capacity`` (retried when
 another comes online) and the placement's reasons. A deletion while training stops every Flower
 process of the job and ends the worker. A deployment a previous process left RUNNING: requested
-again at start, its old job's Flower processes told to stop.
+again at start, its old job's Flower processes told to stop. A server whose node goes offline
+while training: the worker's reconcile tick starts it on another node of the placement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from cluster_orchestrator.artifacts import ArtifactCache
-from cluster_orchestrator.deployments import DeploymentBook
+from cluster_orchestrator.deployments import DeploymentBook, Superseded
 from cluster_orchestrator.root_client import RootClient
 from cluster_orchestrator.store import InMemoryClusterStateStore
 from cluster_orchestrator.training_job import TrainingResult
@@ -25,7 +27,7 @@ from treeline_common import topics
 from treeline_common.clock import FakeClock
 from treeline_common.errors import Unavailable
 from treeline_common.jobs import JobRequest, JobStatus, ModelRef
-from treeline_common.training import TrainCommand, TrainingSpec
+from treeline_common.training import TrainCommand, TrainingSpec, TrainReport
 
 MODEL = b"starting model"
 SHA = hashlib.sha256(MODEL).hexdigest()
@@ -140,3 +142,38 @@ def test_the_result_post_is_retried_while_the_root_is_unavailable(failures: int,
     doc = book.require(deployment_id)
     assert (doc["status"], doc["status_detail"]) == (status, detail)
     assert root.posts == min(failures, 2) + 1
+
+
+def test_the_worker_moves_the_server_off_a_node_that_went_offline() -> None:
+    nodes = [node("a", ["data:digits"]), node("b", ["data:digits"])]
+    runner, book, sent = make_runner(nodes)
+    deployment_id, epoch = submit(book, JobStatus.REQUESTED)
+    worker = threading.Thread(target=lambda: _run_quietly(runner, deployment_id, epoch), daemon=True)
+    worker.start()
+
+    def server_starts() -> list[tuple[str, Any]]:
+        return [(t, m) for t, m in sent if m.action == "start" and m.role == "server"]
+
+    deadline = time.monotonic() + 10
+    while not server_starts() and time.monotonic() < deadline:  # poll with a deadline
+        time.sleep(0.01)
+    [(topic, first)] = server_starts()
+    server = topic.split("/")[1]
+    job_id = first.job_id
+    runner.on_report(server, TrainReport(server, job_id, "server", "STARTED",
+                                         server_address="127.0.0.1:4000"))
+    next(n for n in nodes if n["node_id"] == server)["online"] = False  # its node goes silent
+    deadline = time.monotonic() + 10
+    while len(server_starts()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = ({"a", "b"} - {server}).pop()
+    assert [t for t, _ in server_starts()] == [topic, topics.control_train(other)]
+    assert any(e["kind"] == "training_server_restarted" for e in book.require(deployment_id)["events"])
+    book.request(deployment_id, lambda current: dict(current or {}, status=JobStatus.DELETED.value))
+    worker.join(10)
+    assert not worker.is_alive()
+
+
+def _run_quietly(runner: TrainingRunner, deployment_id: str, epoch: int) -> None:
+    with contextlib.suppress(Superseded):  # the test deletes the deployment to end the worker
+        runner.run(deployment_id, epoch)
