@@ -16,8 +16,9 @@ accuracy per round, and the registered ONNX scores on the held-out split what th
 reported for the last round.
 
 The second test kills the Flower server process after its first round: the job resumes it
-from that round's checkpoint, the clients follow it to its new address, and the job ends with
-every round once and a registered result.
+from that round's checkpoint and the clients follow it to its new address; then it kills a
+client after round 3: its start is sent again after a back-off and it rejoins (the server waits
+for ``min_clients``, here both); the job ends with every round once and a registered result.
 """
 
 from __future__ import annotations
@@ -242,16 +243,18 @@ def test_fedavg_on_three_nodes_registers_a_better_model_with_lineage(
     stores.close()
 
 
-def test_a_killed_flower_server_resumes_from_its_checkpoint_and_finishes_every_round(
+def test_a_killed_flower_server_resumes_from_its_checkpoint_and_a_killed_client_rejoins(
         mqtt_broker: Any, nodes: list[dict[str, Any]], cluster: FakeCluster, parent_model: bytes,
         mongo_url: str, data_dirs: list[Path]) -> None:
-    rounds = 3
+    rounds = 5
     stores = open_stores(mongo_url)
     parent = _parent_version(stores, parent_model)
     spec = TrainingSpec.from_sla({"rounds": rounds, "min_clients": 2, "batch_size": 16, "local_epochs": 2,
                                   "data": "data:digits", "model": f"digits-fl:{parent}"})
     placement = place_training(build_snapshot(nodes[:2]), spec, requirements_of({}))  # 2 clients: quicker
     server_dir = data_dirs[NODES.index(placement.server.removeprefix("node-"))]
+    victim = next(n for n in placement.clients if n != placement.server)
+    victim_dir = data_dirs[NODES.index(victim.removeprefix("node-"))]
     events: list[dict[str, Any]] = []
     publisher = mqtt_client(mqtt_broker)
     job = TrainingJob("fl-job-2", spec, placement, server_host="127.0.0.1",
@@ -259,26 +262,38 @@ def test_a_killed_flower_server_resumes_from_its_checkpoint_and_finishes_every_r
                       model_sha256=hashlib.sha256(parent_model).hexdigest(), parent_version=parent,
                       publish=lambda topic, msg: publisher.publish(topic, encode(msg), qos=1),
                       on_event=lambda _job, event: events.append(dict(event)))
-    killed: list[int] = []
+    killed: list[str] = []
 
-    def kill_after_round_1(report: TrainReport) -> None:  # on the MQTT thread, before the job sees it
-        if report.role == "server" and report.state == "ROUND" and report.round == 1 and not killed:
+    def kill(report: TrainReport) -> None:  # on the MQTT thread, before the job sees the report
+        if report.role != "server" or report.state != "ROUND":
+            return
+        if report.round == 1 and not killed:
             assert report.checkpoint_b64, "a server round must carry its checkpoint"
-            killed.append(report.round)
+            killed.append("server")
             _kill_flower(server_dir, "fl-job-2", "server")
+        elif report.round == 3 and killed == ["server"]:
+            killed.append("client")
+            _kill_flower(victim_dir, "fl-job-2", "client")
 
     try:
-        _run_job(job, mqtt_broker, kill_after_round_1, 120)
+        _run_job(job, mqtt_broker, kill, 150)
     finally:
         publisher.disconnect()
         publisher.loop_stop()
-    assert killed == [1] and job.result is not None, (job.failure, events)
+    assert killed == ["server", "client"] and job.result is not None, (job.failure, events)
     result = job.result
     assert [r.round for r in result.rounds] == list(range(rounds + 1)), result.rounds  # once each
     [restart] = result.server_restarts
     assert restart["node"] == placement.server and 1 <= restart["round"] < rounds, restart
     restarted = [e for e in events if e["type"] == "training_server_restarted"]
     assert len(restarted) == 1 and "killed by SIGKILL" in restarted[0]["message"], restarted
+    kinds = [(e["type"], e["message"]) for e in events]
+    lost = kinds.index(("training_client_lost", f"client {victim} failed: flower client exited with code -9 "
+                                                "(killed by SIGKILL)"))
+    back = [e["round"] for e in events[lost:]
+            if e["type"] == "training_client_rejoined" and e["node_id"] == victim]
+    assert len(back) == 1 and 3 < back[0] <= rounds, kinds
+    assert len(result.bytes_per_client_round[victim]) >= 2, result.bytes_per_client_round
     accuracies = [r.accuracy for r in result.rounds]
     assert accuracies[-1] is not None and accuracies[0] is not None
     assert accuracies[-1] > accuracies[0] + 0.3, accuracies
