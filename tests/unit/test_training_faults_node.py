@@ -188,3 +188,31 @@ def test_a_resume_checkpoint_that_fails_its_digest_is_refused(tmp_path: Path,
     [refused] = reports.wait("REFUSED", timeout=10)
     assert refused.reason == "checkpoint: sha256 mismatch, expected 000000000000"
     assert handler.running() == []
+
+
+def test_a_server_resumed_after_the_last_round_only_exports_the_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("flwr")
+    pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from node_engine.training import model as mlp
+    from node_engine.training.job import JobFile
+    from node_engine.training.server import run
+
+    trained = mlp.get_parameters(mlp.new_model(5))
+    resume = checkpoint.write(trained, tmp_path / "resume-3.npz")
+    job = JobFile(SPEC, "127.0.0.1:1", "", out_path=str(tmp_path / "out.onnx"), start_round=SPEC.rounds,
+                  resume_path=str(resume))
+    assert run(job) == 0  # nothing listens on port 1 and nothing needs to: no round is left
+    [done] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (done["event"], done["round"]) == ("done", SPEC.rounds)
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    net = mlp.new_model(0)
+    mlp.set_parameters(net, trained)
+    got = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {mlp.INPUT_NAME: x})[0]
+    import torch
+
+    with torch.no_grad():
+        assert np.allclose(got, net(torch.from_numpy(x)).numpy(), atol=1e-5)
