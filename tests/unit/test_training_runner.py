@@ -137,6 +137,7 @@ def test_the_result_post_is_retried_while_the_root_is_unavailable(failures: int,
     runner, book, _ = make_runner([], root)
     deployment_id, epoch = submit(book, JobStatus.RUNNING)
     request = JobRequest.from_dict(book.require(deployment_id)["job"])
+    assert request.training is not None
     result = TrainingResult("j", request.training, 1, b"onnx", "0" * 64, [], ["a", "b"], "a")
     runner._register(deployment_id, epoch, request, result)
     doc = book.require(deployment_id)
