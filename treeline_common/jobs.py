@@ -23,6 +23,7 @@ from treeline_common.aggregate_schema import aggregate_problems
 from treeline_common.cascade import CascadeJob, EdgeRule
 from treeline_common.errors import InvalidInput
 from treeline_common.training import TrainingSpec
+from treeline_common.training_hierarchy import TrainingPart
 
 SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -94,6 +95,8 @@ class JobRequest:
     cascade: CascadeJob | None = None  # SLA model.cascade: the small edge model, resolved (.cascade)
     # an ``ml-training`` microservice: its training block (``model`` above is the starting version)
     training: TrainingSpec | None = None
+    # a hierarchical training job (training.hierarchical): the part this instance runs
+    training_part: TrainingPart | None = None
 
     @property
     def deployment_id(self) -> str:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treeline_common.cascade import CascadeError, parse_model_ref
+from treeline_common.training_hierarchy import HierarchyError, HierarchySpec, parse_hierarchy
 
 TRAINING_VIRTUALIZATION = "ml-training"
 FRAMEWORKS = ("flower",)
@@ -58,7 +59,7 @@ _PARAMETER_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "beta_1": (0.0, 1.0, True), "beta_2": (0.0, 1.0, True), "tau": (0.0, 1.0, False),
 }
 
-ROLES = ("server", "client")
+ROLES = ("server", "client", "aggregator")  # aggregator: a hierarchical job's cluster aggregator
 ACTIONS = ("start", "stop")
 REPORT_STATES = ("STARTED", "REFUSED", "ROUND", "DONE", "FAILED", "STOPPED")
 MAX_RESULT_BYTES = 8 * 1024 * 1024  # a DONE report carries the ONNX inline up to this size
@@ -115,6 +116,7 @@ class TrainingSpec:
     trainable: str = "all"
     privacy: PrivacySpec | None = None
     output_name: str = ""
+    hierarchical: HierarchySpec | None = None  # :mod:`treeline_common.training_hierarchy`; None: flat
 
     @property
     def data_file(self) -> str:
@@ -152,6 +154,7 @@ class TrainingSpec:
             name, version = parse_model_ref(block.get("model", ""), "model")
         except CascadeError as exc:
             raise TrainingError("model", exc.message) from None
+        hierarchical = _hierarchy(block.get("hierarchical"))
         trainable = block.get("trainable", "all")
         if trainable not in TRAINABLE:
             raise TrainingError("trainable", f"must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
@@ -162,8 +165,8 @@ class TrainingSpec:
                    batch_size=_integer(block, "batch_size", 1, 4096, 32),
                    learning_rate=_number(block, "learning_rate", 0.1, low=0.0, high=100.0,
                                          low_inclusive=False),
-                   trainable=trainable, privacy=_privacy(block.get("differential_privacy")),
-                   output_name=str(block.get("output_name") or name))
+                   trainable=trainable, privacy=_privacy_for(block.get("differential_privacy"), hierarchical),
+                   output_name=str(block.get("output_name") or name), hierarchical=hierarchical)
 
 
 def _integer(block: Mapping[str, Any], key: str, low: int, high: int, default: int | None) -> int:
@@ -201,6 +204,23 @@ def _parameters(raw: Any, strategy: str) -> dict[str, float]:
     return out
 
 
+def _hierarchy(raw: Any) -> HierarchySpec | None:
+    try:
+        return parse_hierarchy(raw)
+    except HierarchyError as exc:
+        raise TrainingError(f"hierarchical.{exc.path}" if exc.path else "hierarchical", exc.message) from None
+
+
+def _privacy_for(raw: Any, hierarchical: HierarchySpec | None) -> PrivacySpec | None:
+    """The DP block; client-side DP is refused in hierarchical mode (the cluster aggregators,
+    the root's Flower clients, would have to clip: they do not)."""
+    privacy = _privacy(raw)
+    if privacy is not None and hierarchical is not None and privacy.side == "client":
+        raise TrainingError("differential_privacy.side", "client-side differential privacy is not supported "
+                                                         "with hierarchical; use side 'server'")
+    return privacy
+
+
 def _privacy(raw: Any) -> PrivacySpec | None:
     if raw is None:
         return None
@@ -234,14 +254,18 @@ class TrainCommand:
     ``spec.min_clients`` of them each round). ``start_round`` (server): rounds already completed
     by an earlier server of this job; with ``checkpoint_b64`` (the parameters after that round,
     ``.npz``; the node MUST check ``checkpoint_sha256``) the server resumes from there and runs
-    the remaining ``spec.rounds - start_round`` rounds.
+    the remaining ``spec.rounds - start_round`` rounds. Role ``aggregator`` (a hierarchical job's
+    cluster aggregator, :mod:`node_engine.training.aggregator`): ``server_address`` is its local
+    address (port 0: the node picks), ``upstream_address`` the root aggregator it connects to as
+    a Flower client; its ``STARTED`` carries the local address its clients dial.
     """
 
     job_id: str = field(metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
                                   "pattern_message": "must be a job id"})
     action: str = field(metadata={"pattern": "start|stop", "pattern_message": "must be 'start' or 'stop'"})
-    role: str = field(default="client", metadata={"pattern": "server|client",
-                                                   "pattern_message": "must be 'server' or 'client'"})
+    role: str = field(default="client", metadata={
+        "pattern": "server|client|aggregator",
+        "pattern_message": "must be 'server', 'client' or 'aggregator'"})
     spec: TrainingSpec | None = None
     server_address: str = field(default="", metadata={"pattern": r"([A-Za-z0-9.\-]+:\d{1,5})?",
                                                        "pattern_message": "must be host:port"})
@@ -253,8 +277,12 @@ class TrainCommand:
     checkpoint_b64: str = field(default="", repr=False)
     checkpoint_sha256: str = field(default="", metadata={
         "pattern": "([0-9a-f]{64})?", "pattern_message": "must be 64 lowercase hex digits"})
+    upstream_address: str = field(default="", metadata={"pattern": r"([A-Za-z0-9.\-]+:\d{1,5})?",
+                                                         "pattern_message": "must be host:port"})
 
     def __post_init__(self) -> None:
+        if self.action == "start" and self.role == "aggregator" and not self.upstream_address:
+            raise ValueError("upstream_address: an aggregator start needs the root aggregator's host:port")
         if self.action == "start" and self.spec is None:
             raise ValueError("spec: a start command needs the training spec")
         if self.action == "start" and not self.server_address:
