@@ -8,14 +8,19 @@ the server's client-side DP wrapper sends ``clipping_norm``, and returns the new
 Per round it prints a :class:`~treeline_common.training.RoundProgress` line with its local loss
 and ``bytes_sent``: the bytes of the serialized parameters it returns (what crosses the
 network besides gRPC framing). ``flwr.client.start_client`` connects, retrying until the
-server is up, and returns when the server ends the job.
+server is up, and returns when the server ends the job. In a hierarchical job (its server is a
+cluster aggregator, :mod:`.aggregator`, whose Flower server lives for one global round) the
+client connects again after each session, until the engine stops it or no aggregator answers
+for :data:`RECONNECT_WAIT_S`.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,11 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_
 from model_zoo.federated import Shard, load_shard
 from node_engine.training import model as mlp
 from node_engine.training.job import JobFile, emit
+from treeline_common.netutil import poll_until
 from treeline_common.training import RoundProgress, TrainingSpec
 
 log = logging.getLogger(__name__)
+RECONNECT_WAIT_S = 120.0  # hierarchical mode: how long a client waits for its aggregator's next session
 
 
 def parameter_bytes(arrays: list[np.ndarray]) -> int:
@@ -73,6 +80,30 @@ class ShardClient(flwr.client.NumPyClient):
         return loss, len(self.shard.y), {"accuracy": accuracy}
 
 
+def _listening(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=0.5):
+        return "listening"
+
+
+def serve_sessions(address: str, session: Callable[[], object], wait_s: float = RECONNECT_WAIT_S) -> int:
+    """Hierarchical mode: run ``session`` (one Flower client session) each time the aggregator's
+    local server at ``address`` accepts connections (polled, at most ``wait_s`` each time);
+    returns the sessions run when none comes within ``wait_s`` (the job is over, or the engine
+    kills this process first). A session that fails (the server went away under it) counts too."""
+    sessions = 0
+    while True:
+        try:
+            poll_until(lambda: _listening(address), wait_s, interval=0.2, what=f"the aggregator at {address}")
+        except TimeoutError:
+            return sessions
+        try:
+            session()
+        except Exception as exc:  # noqa: BLE001 - the local server ended under us: wait for the next one
+            log.info("session with %s ended: %s", address, exc)
+        sessions += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -83,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         emit(RoundProgress("failed", reason=str(exc)))
         return 1
     client = ShardClient(job.spec, shard, job.seed).to_client()
-    flwr.client.start_client(server_address=job.address, client=client, insecure=True, max_wait_time=60.0)
+    if job.spec.hierarchical is not None:
+        serve_sessions(job.address, lambda: flwr.client.start_client(
+            server_address=job.address, client=client, insecure=True, max_wait_time=10.0))
+    else:
+        flwr.client.start_client(server_address=job.address, client=client, insecure=True, max_wait_time=60.0)
     emit(RoundProgress("done"))
     return 0
 

@@ -23,6 +23,11 @@ Contract (:mod:`treeline_common.training`):
   non-zero (one line, :func:`~node_engine.training.failure.exit_reason`; the full text stays in
   the job directory's ``flower.log``, appended to across restarts), ``STOPPED`` after a stop;
 - a payload that does not decode is logged and dropped (no job id to answer to).
+
+Role ``aggregator`` (a hierarchical job's cluster aggregator, :mod:`.aggregator`): its local
+address is picked like a server's (port 0), but there is no listening check (its local Flower
+server starts only when the root aggregator asks it to fit): ``STARTED`` carries that address at
+once; a repeated start while it runs is answered ``STARTED`` again.
 """
 
 from __future__ import annotations
@@ -128,8 +133,9 @@ class TrainingHandler:
             child = self._children.get(key)
         if child is None:
             return False
-        if child.process.poll() is None and (command.role == "client" and
-                                             child.address == command.server_address):
+        if child.process.poll() is None and ((command.role == "client" and
+                                              child.address == command.server_address)
+                                             or command.role == "aggregator"):  # its address is its own
             self._send(command.job_id, command.role, "STARTED", server_address=child.address)
             return True
         child.stopping = True
@@ -167,15 +173,16 @@ class TrainingHandler:
             except ArtifactError as exc:
                 self._send(command.job_id, command.role, "REFUSED", reason=f"starting model: {exc}")
                 return
-        data = self.data_dir / (TEST_FILE if command.role == "server" else command.spec.data_file)
+        data = self.data_dir / (command.spec.data_file if command.role == "client" else TEST_FILE)
         address = command.server_address
         host, _, port = address.rpartition(":")
-        if command.role == "server" and port == "0":
+        if command.role in ("server", "aggregator") and port == "0":
             address = f"{host}:{free_port(host)}"
         job = JobFile(command.spec, address, str(data), model_path,
                       str(job_dir / "result.onnx"), command.clients,
                       seed=int(hashlib.sha256(self.node_id.encode()).hexdigest()[:6], 16),
-                      start_round=command.start_round, resume_path=resume_path, checkpoint_dir=str(job_dir))
+                      start_round=command.start_round, resume_path=resume_path, checkpoint_dir=str(job_dir),
+                      upstream_address=command.upstream_address)
         path = job.write(job_dir / "job.json")
         with (job_dir / "flower.log").open("a") as log_file:
             offset = log_file.tell()

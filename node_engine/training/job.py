@@ -34,6 +34,7 @@ class JobFile:
     start_round: int = 0
     resume_path: str = ""
     checkpoint_dir: str = ""
+    upstream_address: str = ""  # an aggregator (hierarchical job): the root aggregator's host:port
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(wire.to_dict(self)))
