@@ -115,5 +115,13 @@ class RootClient:
                                                "bytes_per_client_round": bytes_per_client_round},
                          headers=self._headers(target), timeout=self.timeout, session=self._session)
 
+    def training_aggregator(self, service_id: str, instance: int) -> str:
+        """``GET /api/training/<service_id>/<instance>/aggregator``: the ``host:port`` of a
+        hierarchical job's root aggregator; NotFound while it has not started."""
+        target = f"{self.root_url}/api/training/{service_id}/{instance}/aggregator"
+        body = call_json("GET", target, headers=self._headers(target), timeout=self.timeout,
+                         session=self._session)
+        return str((body or {}).get("address") or "")
+
     def close(self) -> None:
         self._session.close()

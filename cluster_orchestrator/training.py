@@ -139,6 +139,18 @@ def place_training(snapshot: ClusterSnapshot, spec: TrainingSpec,
     return TrainingPlacement(server.node_id, tuple(sorted(clients)), rejected)
 
 
+def place_aggregator(snapshot: ClusterSnapshot, needs: TrainingRequirements = TrainingRequirements()
+                     ) -> TrainingPlacement:
+    """A hierarchical job's root aggregator: a Flower server and no local clients (its clients are
+    the clusters' aggregators), on the best node passing the filters (ranked as a flat server).
+    Pure; unschedulable when no node passes."""
+    rejected = {n.node_id: r for n in snapshot.nodes if (r := _filter(n, needs)) is not None}
+    eligible = [n for n in snapshot.nodes if n.node_id not in rejected]
+    if not eligible:
+        return TrainingPlacement(rejected=rejected, unschedulable="no node passes the filters")
+    return TrainingPlacement(min(eligible, key=_server_rank).node_id, (), rejected)
+
+
 def server_host(doc: Mapping[str, Any]) -> str:
     """The host clients dial for a node's Flower server: its data endpoint's (``tcp://host:port``)."""
     endpoint = str(doc.get("data_endpoint") or "")

@@ -158,7 +158,8 @@ class TrainingJob:
                  server_host: str,
                  model_url: str, model_sha256: str, parent_version: int, publish: Publish,
                  on_event: EventSink, on_result: Callable[[TrainingResult], None] | None = None,
-                 hosts: Mapping[str, str] | None = None, clock: Clock | None = None) -> None:
+                 hosts: Mapping[str, str] | None = None, clock: Clock | None = None,
+                 expected_clients: int = 0) -> None:
         if placement.unschedulable:
             raise ValueError(f"placement is unschedulable: {placement.unschedulable}")
         self.job_id = job_id
@@ -183,6 +184,7 @@ class TrainingJob:
         self._rounds: list[RoundFigures] = []
         self._bytes: dict[str, list[int]] = {}
         self._finished = threading.Event()
+        self._expected = expected_clients  # Flower clients not of the placement (a root's clusters)
         self.result: TrainingResult | None = None
         self.failure = ""
 
@@ -200,7 +202,7 @@ class TrainingJob:
         """The start of the server on ``self._server``: from the latest checkpoint when there is one."""
         url, sha = self._model
         done, b64, digest = self._checkpoint or (0, "", "")
-        active = sum(1 for c in self._clients.values() if c.state != "gone")
+        active = max(sum(1 for c in self._clients.values() if c.state != "gone"), self._expected)
         command = TrainCommand(self.job_id, "start", "server", self.spec,
                                f"{self._hosts.get(self._server, self._default_host)}:0", url, sha, active,
                                start_round=done, checkpoint_b64=b64, checkpoint_sha256=digest)
@@ -264,7 +266,8 @@ class TrainingJob:
     def _server_report(self, report: TrainReport) -> None:
         if report.state == "STARTED":
             self._address = report.server_address
-            self._event("training_server_started", f"Flower server at {report.server_address}")
+            self._event("training_server_started", f"Flower server at {report.server_address}",
+                        address=report.server_address)
             for node, client in sorted(self._clients.items()):
                 if client.state != "gone":
                     client.state, client.attempts = "starting", 0

@@ -22,6 +22,12 @@ running job through :meth:`TrainingRunner.on_report` (called on the MQTT thread)
 While it trains, the worker calls :meth:`TrainingJob.tick` every :data:`POLL_S` with the online
 nodes: the job moves its Flower server off a node that went offline (resuming from the last
 round's checkpoint) and re-sends the start of clients whose back-off has passed.
+
+A hierarchical job's part (``JobRequest.training_part``, :mod:`.training_hierarchy`): role
+``root`` runs the root aggregator (a server-only placement, ``min_clients`` = ``min_clusters``,
+the result registered with ``hierarchical`` in its lineage); role ``cluster`` first asks the root
+for the root aggregator's address, then runs a :class:`~.training_hierarchy.ClusterPartJob` and
+ends DELETED ("cluster part done, aggregated into <service>/<root instance>") registering nothing.
 """
 
 from __future__ import annotations
@@ -35,13 +41,20 @@ from cluster_orchestrator import planning
 from cluster_orchestrator.artifacts import ArtifactCache
 from cluster_orchestrator.deployments import DeploymentBook, Superseded
 from cluster_orchestrator.root_client import RootClient
-from cluster_orchestrator.training import place_training, requirements_of, server_host
+from cluster_orchestrator.training import place_aggregator, place_training, requirements_of, server_host
+from cluster_orchestrator.training_hierarchy import (
+    ClusterPartJob,
+    lineage_of,
+    root_spec,
+    wait_for_root_aggregator,
+)
 from cluster_orchestrator.training_job import TrainingJob, TrainingResult
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.errors import TreelineError, Unavailable
 from treeline_common.jobs import JobRequest, JobStatus, event
 from treeline_common.training import TrainCommand, TrainReport
+from treeline_common.training_hierarchy import ROLE_CLUSTER, ROLE_ROOT, TrainingPart
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +83,7 @@ class TrainingRunner:
         self._clock = clock
         self._timeout_s = timeout_s
         self._retry_s = register_retry_s
-        self._jobs: dict[str, TrainingJob] = {}
+        self._jobs: dict[str, TrainingJob | ClusterPartJob] = {}
         self._lock = threading.Lock()
 
     def on_report(self, node_id: str, report: TrainReport) -> None:
@@ -120,7 +133,12 @@ class TrainingRunner:
             raise ValueError(f"deployment {deployment_id} is not a training job")
         nodes = self._nodes()
         needs = requirements_of(request.microservice)
-        placement = place_training(planning.build_snapshot(nodes), spec, needs)
+        part = request.training_part  # a hierarchical job's part (.training_hierarchy); None: flat
+        if part is not None and part.role == ROLE_ROOT:
+            spec = root_spec(spec)
+            placement = place_aggregator(planning.build_snapshot(nodes), needs)
+        else:
+            placement = place_training(planning.build_snapshot(nodes), spec, needs)
         if placement.unschedulable:
             online = sorted(n["node_id"] for n in nodes if n.get("online"))
             self._commit(deployment_id, epoch, status=JobStatus.FAILED,
@@ -138,10 +156,19 @@ class TrainingRunner:
         def on_event(_job: str, item: Mapping[str, Any]) -> None:
             self._on_event(deployment_id, epoch, dict(item))
 
-        job = TrainingJob(job_id, spec, placement, server_host=server_host(server),
-                          model_url=planning.artifact_url(self._node_base, model.sha256),
-                          model_sha256=model.sha256, parent_version=model.version, publish=self._publish,
-                          on_event=on_event, hosts=hosts, clock=self._clock)
+        job: TrainingJob | ClusterPartJob
+        if part is not None and part.role == ROLE_CLUSTER:
+            upstream = self._root_aggregator(deployment_id, epoch, request, part)
+            if not upstream:
+                return
+            job = ClusterPartJob(job_id, spec, placement, part, upstream=upstream, hosts=hosts,
+                                 publish=self._publish, on_event=on_event, service=request.service_id)
+        else:
+            job = TrainingJob(job_id, spec, placement, server_host=server_host(server),
+                              model_url=planning.artifact_url(self._node_base, model.sha256),
+                              model_sha256=model.sha256, parent_version=model.version, publish=self._publish,
+                              on_event=on_event, hosts=hosts, clock=self._clock,
+                              expected_clients=len(part.clusters) if part is not None else 0)
         self._commit(deployment_id, epoch, status=JobStatus.DEPLOYING,
                      status_detail=f"starting the Flower server on {placement.server}",
                      explanation=placement.explanation(), failed_capacity=None, retry_at=None,
@@ -154,15 +181,35 @@ class TrainingRunner:
         finally:
             with self._lock:
                 self._jobs.pop(job_id, None)
-        if job.result is not None:
+        if job.result is not None or (isinstance(job, ClusterPartJob) and job.done):
             job.stop("done")  # whatever Flower process is left on a node ends (the job stays done)
+        if isinstance(job, ClusterPartJob) and job.done:
+            self._commit(deployment_id, epoch, status=JobStatus.DELETED, failed_capacity=None,
+                         status_detail=f"cluster part done, aggregated into {request.service_id}/"
+                                       f"{job.part.root_instance}")
+            return
         if job.result is None:
             self._commit(deployment_id, epoch, status=JobStatus.FAILED,
                          status_detail=f"training failed: {job.failure}", failed_capacity=None)
             return
         self._register(deployment_id, epoch, request, job.result)
 
-    def _follow(self, deployment_id: str, epoch: int, job: TrainingJob) -> None:
+    def _root_aggregator(self, deployment_id: str, epoch: int, request: JobRequest,
+                         part: TrainingPart) -> str:
+        """A cluster part's upstream: the root aggregator's address, asked of the root until it has
+        started; '' (the deployment committed FAILED) when it does not in time."""
+        try:
+            return wait_for_root_aggregator(
+                lambda: self._root.training_aggregator(request.service_id, part.root_instance),
+                self._stop, self._clock)
+        except InterruptedError:
+            raise Superseded(deployment_id) from None
+        except (TimeoutError, TreelineError) as exc:
+            self._commit(deployment_id, epoch, status=JobStatus.FAILED, failed_capacity=None,
+                         status_detail=f"training failed: {exc}")
+            return ""
+
+    def _follow(self, deployment_id: str, epoch: int, job: TrainingJob | ClusterPartJob) -> None:
         """Wait for the job's end; stop it when the deployment goes, the cluster stops or time runs out."""
         deadline = self._clock.monotonic() + self._timeout_s
         while not job.wait(POLL_S):
@@ -188,7 +235,8 @@ class TrainingRunner:
             try:
                 return self._root.post_training_result(request.service_id, request.instance,
                                                        spec_name(request), result.onnx,
-                                                       result.lineage(), result.bytes_per_client_round)
+                                                       lineage_of(result.lineage(), request),
+                                                       result.bytes_per_client_round)
             except Unavailable as exc:
                 if not waits:
                     raise
