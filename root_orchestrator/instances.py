@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import root_orchestrator.training_hierarchy as hierarchy  # a module import: it imports this module too
 from deployment_descriptors.views import callers_must_sign
 from root_orchestrator.auth.principals import Role
 from root_orchestrator.cascade import cascade_job
@@ -242,6 +243,8 @@ class InstanceManager:
             raise
         resolved = {"name": version["name"], "version": version["version"], "sha256": version["sha256"],
                     **({"variant_choice": version["variant_choice"]} if "variant_choice" in version else {})}
+        if hierarchy.is_hierarchical(service):  # a root part and one part per participating cluster
+            return hierarchy.create_hierarchical(self, service, version, resolved, candidates, rejected)
         reserved: dict[str, int] = {}
 
         def reserve(doc: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,9 @@ ROUTES: tuple[Route, ...] = (
           "{name, sha256 (PUT to /api/artifacts first), lineage, bytes_per_client_round}: register a "
           "federated training result as a new version (cluster token) -> version doc",
           "json", (201, 400, 404)),
+    Route("GET", "/api/training/<service_id>/<int:instance>/aggregator",
+          "A hierarchical training job's root aggregator (cluster token) -> {address}; 404 until it started",
+          None, (200, 404)),
     Route("POST", "/api/application/", "Submit an SLA v2.0 -> {applications: [...]}; 404 naming "
           "...training.model when a training service's starting model does not resolve", "json",
           (201, 400, 404), "Sla"),

@@ -1,5 +1,8 @@
 """``POST /api/training/<service_id>/<instance>/result``: a cluster hands the root a trained model.
 
+``GET /api/training/<service_id>/<instance>/aggregator`` (internal): a hierarchical job's root
+aggregator address, which its cluster parts poll (:mod:`root_orchestrator.training_hierarchy`).
+
 The cluster first stores the ONNX bytes with ``PUT /api/artifacts/<sha256>`` (digest checked),
 then posts ``{name, sha256, lineage, bytes_per_client_round}`` here (cluster token, or an admin /
 infrastructure provider). The root registers a new version of ``name`` owned by the service's
@@ -23,6 +26,7 @@ from root_orchestrator.auth.principals import INTERNAL
 from root_orchestrator.instances import find_instance
 from root_orchestrator.stores.base import check_model_name, check_sha256
 from root_orchestrator.training import register_result, training_metrics
+from root_orchestrator.training_hierarchy import aggregator_address
 from treeline_common.errors import InvalidInput, NotFound
 from treeline_common.training import TRAINING_VIRTUALIZATION
 
@@ -74,6 +78,15 @@ def post_result(service_id: str, instance: int) -> Any:
                           owner=owner, now=ctx().clock.now())
     log.info("service %s/%s: training result registered as %s:%s", service_id, instance, name, doc["version"])
     return jsonify(doc), 201
+
+
+@bp.get("/api/training/<service_id>/<int:instance>/aggregator")
+@access(INTERNAL)
+def get_aggregator(service_id: str, instance: int) -> Any:
+    """A hierarchical job's root aggregator address ``{address}`` for the cluster parts (cluster
+    token); 404 while the root instance has not reported ``training_server_started``."""
+    service = ctx().stores.applications.get_service(service_id)
+    return jsonify({"address": aggregator_address(service, instance)}), 200
 
 
 def _versions(name: str) -> list[dict[str, Any]]:

@@ -1,0 +1,166 @@
+"""The root's fan-out of a hierarchical training service (:mod:`treeline_common.training_hierarchy`).
+
+One call of :meth:`~root_orchestrator.instances.InstanceManager.create_instance` on an
+``ml-training`` service whose ``training`` block has ``hierarchical`` creates, in one write:
+
+- instance N, role ``root``: the root aggregator, sent to the first cluster of the coarse order
+  (it needs no data: it is a Flower server whose clients are the cluster aggregators, expecting
+  one per participating cluster, ``min_clients`` = ``min_clusters``);
+- instances N+1.., role ``cluster``: one per *participating* cluster, each running a cluster
+  aggregator and its local clients.
+
+Participating: the clusters (of the coarse order) whose dry run (``POST /api/plan``, which
+answers a training job's placement) says the flat job is schedulable there, i.e. enough nodes
+with the data pass the filters. Fewer than ``min_clusters`` is Unschedulable naming
+``training.hierarchical.min_clusters`` (with each cluster's reason) before anything is written.
+
+Decide, then commit: the participation is decided from the dry runs first, the instances are
+reserved in one guarded write, then the jobs are forwarded (root first, so that the cluster
+parts find its address sooner). A cluster that refuses its part marks that instance FAILED; a
+refused root part is Unavailable (the cluster parts then fail on their deadline for the root
+aggregator's address). The root learns the root aggregator's address from the root instance's
+``training_server_started`` event (:func:`aggregator_address`), which the cluster parts poll.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import root_orchestrator.instances as instance_book  # a module import: instances imports this module too
+from root_orchestrator.training_sla import training_spec_of
+from treeline_common.errors import NotFound, TreelineError, Unavailable, Unschedulable
+from treeline_common.jobs import JobRequest, event
+from treeline_common.training import TRAINING_VIRTUALIZATION
+from treeline_common.training_hierarchy import ROLE_CLUSTER, ROLE_ROOT, TrainingPart
+
+log = logging.getLogger(__name__)
+
+MIN_CLUSTERS_PATH = "training.hierarchical.min_clusters"
+STARTED_EVENT = "training_server_started"
+
+
+def is_hierarchical(service: Mapping[str, Any]) -> bool:
+    """Whether ``service`` is an ``ml-training`` service with a ``training.hierarchical`` block."""
+    if service.get("virtualization") != TRAINING_VIRTUALIZATION:
+        return False
+    return training_spec_of(dict(service)).hierarchical is not None
+
+
+def participating(manager: instance_book.InstanceManager, candidates: Sequence[dict[str, Any]],
+                  job: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The candidates whose dry run of the flat ``job`` is schedulable (in order), and why the
+    others are not (cluster name -> reason)."""
+    chosen: list[dict[str, Any]] = []
+    reasons: dict[str, str] = {}
+    for cluster in candidates:
+        name = str(cluster.get("cluster_name"))
+        try:
+            answer = manager.client.plan(str(cluster["url"]), job)
+        except TreelineError as exc:
+            reasons[name] = f"dry run failed: {exc.code}: {exc.message}"
+            continue
+        if answer.get("schedulable"):
+            chosen.append(cluster)
+        else:
+            reasons[name] = str(answer.get("message") or "not schedulable")
+    return chosen, reasons
+
+
+def create_hierarchical(manager: instance_book.InstanceManager, service: dict[str, Any],
+                        version: dict[str, Any], resolved: dict[str, Any],
+                        candidates: Sequence[dict[str, Any]], rejected: Mapping[str, str]) -> dict[str, Any]:
+    """Create the root part and one cluster part per participating cluster (module docstring).
+    Returns the root instance's ``{service_id, instance, cluster_id, cluster_name, parts}``."""
+    service_id = str(service["service_id"])
+    spec = training_spec_of(service)
+    assert spec.hierarchical is not None
+    minimum = spec.hierarchical.min_clusters
+    clusters, reasons = participating(manager, candidates, manager.job_for(service, 0, version))
+    if len(clusters) < minimum:
+        details = [{"path": MIN_CLUSTERS_PATH, "message": f"{len(clusters)} cluster(s) can train "
+                    f"{spec.data}; min_clusters is {minimum}"}]
+        details += [{"path": f"clusters.{name}", "message": reason}
+                    for name, reason in sorted({**rejected, **reasons}.items())]
+        raise Unschedulable(f"{MIN_CLUSTERS_PATH}: {details[0]['message']}", details)
+    names = tuple(str(c["cluster_name"]) for c in clusters)
+    root_cluster = candidates[0]
+    numbers: list[int] = []
+
+    def reserve(doc: dict[str, Any]) -> dict[str, Any]:
+        instances = list(doc.get("instances") or [])
+        first = max([int(i["instance"]) + 1 for i in instances] + [int(doc.get("next_instance") or 0)])
+        numbers[:] = list(range(first, first + 1 + len(clusters)))
+        new = [{"instance": n, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
+                "placement": None, "model": resolved,
+                "training_part": ROLE_ROOT if n == first else ROLE_CLUSTER} for n in numbers]
+        return instance_book.mirror({"instances": instances + new, "next_instance": numbers[-1] + 1,
+                       "model": {**(doc.get("model") or {}), "resolved": resolved}}, new[0])
+
+    service = manager.update_service(service_id, reserve)
+    root_number = numbers[0]
+    parts = [(root_number, root_cluster, TrainingPart(ROLE_ROOT, root_number, names))]
+    parts += [(n, c, TrainingPart(ROLE_CLUSTER, root_number, names))
+              for n, c in zip(numbers[1:], clusters, strict=True)]
+    sent = []
+    for number, cluster, part in parts:
+        job = JobRequest.from_dict(manager.job_for(service, number, version))
+        body = JobRequest(**{**job.__dict__, "training_part": part}).to_dict()
+        try:
+            manager.client.deploy(str(cluster["url"]), service_id, number, body)
+        except TreelineError as exc:
+            log.warning("cluster %s refused part %s/%s: %s", cluster["cluster_name"], service_id, number, exc)
+            _mark(manager, service_id, number, None, f"the cluster refused the {part.role} part: {exc}")
+            if part.role == ROLE_ROOT:
+                raise Unavailable(f"cluster {cluster['cluster_name']} refused the root aggregator",
+                                  [{"path": f"clusters.{cluster['cluster_name']}",
+                                    "message": f"{exc.code}: {exc}"}]) from None
+            continue
+        _mark(manager, service_id, number, cluster, "")
+        sent.append({"instance": number, "role": part.role, "cluster_name": cluster["cluster_name"]})
+    log.info("hierarchical training %s: root aggregator %s on %s, cluster parts on %s", service_id,
+             root_number, root_cluster["cluster_name"], ", ".join(names))
+    return {"service_id": service_id, "instance": root_number, "cluster_id": root_cluster["cluster_id"],
+            "cluster_name": root_cluster["cluster_name"], "parts": sent}
+
+
+def _mark(manager: instance_book.InstanceManager, service_id: str, number: int,
+          cluster: Mapping[str, Any] | None, failure: str) -> None:
+    """Instance ``number`` SCHEDULED on ``cluster`` (or FAILED with ``failure``), with an event."""
+    now = manager.clock.now()
+
+    def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
+        instances = [dict(i) for i in doc.get("instances") or []]
+        inst = instance_book.find_instance(instances, number)
+        if inst is None:
+            return None
+        if cluster is not None:
+            if inst.get("cluster_id") is None:
+                inst["cluster_id"] = cluster["cluster_id"]
+            if inst["status"] == "REQUESTED":
+                inst["status"] = "SCHEDULED"
+            message = f"{inst.get('training_part')} part sent to {cluster['cluster_name']}"
+            instance_book.add_event(inst, event(now, "cluster_choice", "deploy",
+                                                chosen=cluster["cluster_name"], message=message))
+        else:
+            inst.update(status="FAILED", status_detail=failure)
+            instance_book.add_event(inst, event(now, "cluster_choice", "deploy", chosen=None,
+                                                message=failure))
+        return instance_book.mirror({"instances": instances}, inst)
+
+    manager.update_service(service_id, mutate)
+
+
+def aggregator_address(service: Mapping[str, Any], number: int) -> str:
+    """The root aggregator's ``host:port`` from instance ``number``'s newest
+    ``training_server_started`` event; NotFound naming the instance when there is none yet."""
+    inst = instance_book.find_instance(list(service.get("instances") or []), number)
+    if inst is None:
+        raise NotFound(f"service {service.get('service_id')} has no instance {number}",
+                       [{"path": "instance", "message": "unknown instance"}])
+    started = [e for e in inst.get("events") or [] if e.get("kind") == STARTED_EVENT and e.get("address")]
+    if not started:
+        raise NotFound(f"the root aggregator of {service.get('service_id')}/{number} has not started yet",
+                       [{"path": "instance", "message": "not started yet"}])
+    return str(started[-1]["address"])
