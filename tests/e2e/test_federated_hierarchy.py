@@ -1,0 +1,121 @@
+"""Hierarchical federated learning on a real two-cluster stack (FLOps-style, issue 14).
+
+Real processes on loopback: root, 2 cluster orchestrators with their own brokers, 2 node engines
+per cluster, all labelled ``data:digits``; digits split non-IID (Dirichlet 0.5) over the 4 nodes,
+the held-out split on each. A ``training.hierarchical`` SLA (FedAvg, 2 global rounds x 1 cluster
+round) makes one root part (the root aggregator, a Flower server on cluster 1) and one cluster
+part per cluster (a cluster aggregator, a Flower client of the root aggregator that runs its
+cluster's local rounds, and 2 local clients). Checked: every part ends DELETED (the root part
+having registered the result, the cluster parts "aggregated into <service>/<root instance>"),
+the accuracy on the held-out split rises over the global rounds, the new version's lineage
+records the hierarchy, and no Flower process is left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from treeline_test_helpers import running_stack
+
+pytest.importorskip("flwr")
+pytest.importorskip("torch")
+
+from model_zoo import federated
+from node_engine.training import model as mlp
+from treeline_cli.root_client import RootClient
+from treeline_cli.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+NODES = ("server-1", "server-2", "server-3", "server-4")  # cluster 1: 1-2, cluster 2: 3-4
+ROUNDS = 2
+DEADLINE_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("hfl-stack")
+    dirs = [data / "nodes" / name for name in NODES]
+    split = federated.split(federated.load_digits(), len(NODES), alpha=0.5, seed=3)
+    federated.write_split(split, data / "fl-split", dirs)
+    for d in dirs:
+        (d / federated.TEST_FILE).write_bytes((data / "fl-split" / federated.TEST_FILE).read_bytes())
+    with running_stack(data, clusters=2, nodes=2, profiles=("server",), telemetry_interval=0.5,
+                       node_threads=1, node_labels=dict.fromkeys(NODES, "data:digits")) as running:
+        yield running
+
+
+def flower_processes(stack: Stack) -> list[int]:
+    nodes_dir = str(stack.config.data_dir / "nodes")
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(a.startswith("node_engine.training") for a in p.info["cmdline"] or [])
+            and any(nodes_dir in a for a in p.info["cmdline"] or [])]
+
+
+def hierarchical_sla(parent: str) -> dict[str, Any]:
+    return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
+        "applicationID": "", "application_name": "hfl", "application_namespace": "demo",
+        "application_desc": "hierarchical federated", "microservices": [{
+            "microserviceID": "", "microservice_name": "hfl", "microservice_namespace": "demo",
+            "virtualization": "ml-training", "memory": 128, "vcpus": 1,
+            "training": {"framework": "flower", "strategy": "fedavg", "rounds": ROUNDS, "min_clients": 2,
+                         "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1,
+                         "data": "data:digits", "model": parent,
+                         "hierarchical": {"cluster_rounds": 1, "min_clusters": 2}},
+            "constraints": [], "connectivity": []}]}]}
+
+
+def test_a_hierarchical_job_trains_across_two_clusters_and_registers_its_result(stack: Stack,
+                                                                                tmp_path: Path) -> None:
+    started = time.monotonic()
+    root = RootClient(stack.root_url)
+    parent = root.register_model("digits-hfl", mlp.to_onnx(mlp.new_model(0)))
+    [application] = root.apply(hierarchical_sla(f"digits-hfl:{parent['version']}"))
+    [service_id] = application["microservices"]
+    created = root.deploy_service(service_id)
+    assert [p["role"] for p in created["parts"]] == ["root", "cluster", "cluster"], created
+    assert {p["cluster_name"] for p in created["parts"] if p["role"] == "cluster"} == {
+        c.name for c in stack.clusters}
+    root_instance = created["instance"]
+    deadline = time.monotonic() + DEADLINE_S
+    seen: set[int] = set()
+
+    def statuses() -> dict[int, tuple[str, str]]:
+        return {int(i["instance"]): (str(i["status"]), str(i.get("status_detail") or ""))
+                for i in root.service(service_id).get("instances") or []}
+
+    while (any(s not in ("DELETED", "FAILED") for s, _ in statuses().values())
+           and time.monotonic() < deadline):
+        seen.update(flower_processes(stack))
+        time.sleep(0.5)  # polling the root with a deadline
+    final = statuses()
+    events = root.service_events(service_id)
+    assert {s for s, _ in final.values()} == {"DELETED"}, (final, [e for e in events if "fail" in e["kind"]])
+    assert final[root_instance][1].startswith("training done: registered digits-hfl:"), final
+    for number, (_, detail) in final.items():
+        if number != root_instance:
+            assert detail == f"cluster part done, aggregated into {service_id}/{root_instance}", final
+
+    version = root.model_version("digits-hfl", "latest")
+    assert version["version"] == parent["version"] + 1
+    params = version["lineage"]["parameters"]
+    assert params["hierarchical"] == {"cluster_rounds": 1, "min_clusters": 2,
+                                      "clusters": sorted(c.name for c in stack.clusters)}, params
+    accuracies = params["accuracy_per_round"]
+    assert len(accuracies) == ROUNDS + 1 and accuracies[-1] > accuracies[0] + 0.2, accuracies
+    rounds = [e for e in events if e.get("kind") == "training_round" and e.get("instance") == root_instance]
+    assert [e["clients"] for e in rounds] == [0, 2, 2], rounds  # 2 cluster aggregators per global round
+    local = [e for e in events if e.get("kind") == "training_cluster_round"]
+    assert len(local) == 2 * ROUNDS and {e["clients"] for e in local} == {2}, local
+
+    deadline = time.monotonic() + 15
+    while flower_processes(stack) and time.monotonic() < deadline:  # every part stopped its processes
+        time.sleep(0.2)
+    assert len(seen) >= 7 and flower_processes(stack) == [], seen  # 1 root + 2 aggregators + 4 clients
+    print(f"hierarchical e2e: accuracy per global round {accuracies}, "
+          f"{time.monotonic() - started:.1f} s (measured under load)")
