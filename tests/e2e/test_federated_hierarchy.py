@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from test_federated_stack import flower_processes
 from treeline_test_helpers import running_stack
 
 pytest.importorskip("flwr")
@@ -50,24 +50,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def flower_processes(stack: Stack) -> list[int]:
-    nodes_dir = str(stack.config.data_dir / "nodes")
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if any(a.startswith("node_engine.training") for a in p.info["cmdline"] or [])
-            and any(nodes_dir in a for a in p.info["cmdline"] or [])]
-
-
 def hierarchical_sla(parent: str) -> dict[str, Any]:
+    training = {"framework": "flower", "strategy": "fedavg", "rounds": ROUNDS, "min_clients": 2,
+                "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1, "data": "data:digits",
+                "model": parent, "hierarchical": {"cluster_rounds": 1, "min_clusters": 2}}
+    microservice = {"microserviceID": "", "microservice_name": "hfl", "microservice_namespace": "demo",
+                    "virtualization": "ml-training", "memory": 128, "vcpus": 1, "training": training,
+                    "constraints": [], "connectivity": []}
     return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "hfl", "application_namespace": "demo",
-        "application_desc": "hierarchical federated", "microservices": [{
-            "microserviceID": "", "microservice_name": "hfl", "microservice_namespace": "demo",
-            "virtualization": "ml-training", "memory": 128, "vcpus": 1,
-            "training": {"framework": "flower", "strategy": "fedavg", "rounds": ROUNDS, "min_clients": 2,
-                         "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1,
-                         "data": "data:digits", "model": parent,
-                         "hierarchical": {"cluster_rounds": 1, "min_clusters": 2}},
-            "constraints": [], "connectivity": []}]}]}
+        "application_desc": "hierarchical federated", "microservices": [microservice]}]}
 
 
 def test_a_hierarchical_job_trains_across_two_clusters_and_registers_its_result(stack: Stack,
