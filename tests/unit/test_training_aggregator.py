@@ -1,8 +1,10 @@
-"""The cluster aggregator of a hierarchical job (fake local run) and the clients' session loop."""
+"""The cluster aggregator of a hierarchical job: its fit (fake local run), the clients' session
+loop, and the node's start of an aggregator process (STARTED at once, idempotent, stopped)."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,11 +13,16 @@ import pytest
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
 
+from test_training_faults_node import Reports
+
 from node_engine.training.aggregator import ClusterAggregator, LocalRun
 from node_engine.training.client import serve_sessions
+from node_engine.training.handler import TrainingHandler
 from node_engine.training.job import JobFile
+from treeline_common.clock import SystemClock
+from treeline_common.messages import encode
 from treeline_common.netutil import free_port
-from treeline_common.training import TrainingSpec
+from treeline_common.training import TrainCommand, TrainingSpec
 
 SPEC = TrainingSpec.from_sla({"rounds": 3, "data": "data:digits", "model": "m:1", "min_clients": 2,
                               "hierarchical": {"cluster_rounds": 4}})
@@ -64,3 +71,28 @@ def test_a_client_runs_a_session_each_time_its_aggregator_listens_and_ends_when_
 
     assert serve_sessions(f"127.0.0.1:{port}", session, wait_s=1.0) == 3
 
+
+
+def test_the_node_starts_an_aggregator_at_once_on_a_picked_port_and_repeats_idempotently(
+        tmp_path: Path) -> None:
+    reports = Reports()
+    handler = TrainingHandler("n1", tmp_path, reports, SystemClock())
+    start = TrainCommand("job-a", "start", "aggregator", SPEC, "127.0.0.1:0", clients=2,
+                         upstream_address="127.0.0.1:9")  # no root aggregator: it keeps trying
+    try:
+        handler.on_train(encode(start))
+        [started] = reports.wait("STARTED")
+        host, _, port = started.server_address.rpartition(":")
+        assert host == "127.0.0.1" and int(port) > 0  # reported before its local server exists
+        job = JobFile.read(tmp_path / "training" / "job-a" / "aggregator" / "job.json")
+        assert (job.upstream_address, job.address, job.clients) == ("127.0.0.1:9", started.server_address, 2)
+        pid = handler._children[("job-a", "aggregator")].process.pid
+        handler.on_train(encode(start))
+        [_, again] = reports.wait("STARTED", 2)
+        assert again.server_address == started.server_address
+        assert handler._children[("job-a", "aggregator")].process.pid == pid
+        handler.on_train(encode(TrainCommand("job-a", "stop")))
+        reports.wait("STOPPED")
+        assert not [r for r in reports.items if r.state in ("FAILED", "REFUSED")], reports.items
+    finally:
+        handler.close()
