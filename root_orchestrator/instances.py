@@ -50,7 +50,9 @@ Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
 def mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
-    """Service-level status fields follow the most recently changed instance."""
+    """Service-level status fields follow the most recently changed instance (for a hierarchical
+    training service: its root part, :func:`.training_hierarchy.speaker`)."""
+    inst = hierarchy.speaker(fields.get("instances") or [], inst)
     if inst is None:
         fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None,
                       explanation=None, caller_key="")

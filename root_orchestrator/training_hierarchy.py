@@ -152,6 +152,16 @@ def _mark(manager: instance_book.InstanceManager, service_id: str, number: int,
     manager.update_service(service_id, mutate)
 
 
+def speaker(instances: Sequence[Mapping[str, Any]], changed: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The instance whose status a service shows when ``changed`` changed: ``changed`` itself,
+    except that a cluster part never speaks for the service while its root part is there (the
+    service is done when the result is registered, not when a cluster's part ends)."""
+    if changed is None or changed.get("training_part") != ROLE_CLUSTER:
+        return changed
+    roots = [i for i in instances if i.get("training_part") == ROLE_ROOT]
+    return dict(roots[-1]) if roots else changed
+
+
 def aggregator_address(service: Mapping[str, Any], number: int) -> str:
     """The root aggregator's ``host:port`` from instance ``number``'s newest
     ``training_server_started`` event; NotFound naming the instance when there is none yet."""

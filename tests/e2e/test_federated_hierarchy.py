@@ -89,6 +89,7 @@ def test_a_hierarchical_job_trains_across_two_clusters_and_registers_its_result(
     events = root.service_events(service_id)
     assert {s for s, _ in final.values()} == {"DELETED"}, (final, [e for e in events if "fail" in e["kind"]])
     assert final[root_instance][1].startswith("training done: registered digits-hfl:"), final
+    assert root.service(service_id)["status_detail"] == final[root_instance][1]  # the root part speaks
     for number, (_, detail) in final.items():
         if number != root_instance:
             assert detail == f"cluster part done, aggregated into {service_id}/{root_instance}", final

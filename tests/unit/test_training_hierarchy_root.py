@@ -95,3 +95,11 @@ def test_the_aggregator_address_is_served_once_the_root_part_reported_it(root: R
     assert root.http.post(f"/api/information/{c1}", json=push).status_code == 200  # as c1 registered
     r = cluster.get(path)
     assert r.status_code == 200 and r.get_json() == {"address": "127.0.0.1:7000"}, r.get_json()
+
+    # a cluster part that ends does not speak for the service: its root part does
+    done = {"service_id": service_id, "instance": 1, "status": "DELETED",
+            "status_detail": f"cluster part done, aggregated into {service_id}/0"}
+    assert root.http.post(f"/api/information/{c1}", json={"aggregate": {}, "jobs": [done]}).status_code == 200
+    service = root.http.get(f"/api/service/{service_id}").get_json()
+    assert [i["status"] for i in service["instances"]][:2] == ["RUNNING", "DELETED"], service["instances"]
+    assert service["status"] == "RUNNING", service
