@@ -135,11 +135,18 @@ def load_shard(path: Path) -> Shard:
 
 
 def write_split(result: Split, out: Path, node_dirs: Sequence[Path] | None = None) -> list[Path]:
-    """``out/test.npz`` and one ``digits.npz`` per node directory (default ``out/node-<i>``);
-    returns the node files. ValueError when ``node_dirs`` does not have one entry per shard."""
+    """``out/test.npz`` and, in every node directory (default ``out/node-<i>``), the node's
+    ``digits.npz`` and a copy of ``test.npz``: the Flower server may be placed on any node and
+    evaluates on the held-out split in its own data directory (none: accuracy is not measured).
+    Returns the nodes' ``digits.npz`` files. ValueError when ``node_dirs`` does not have one
+    entry per shard."""
     count = len(result.shards)
     dirs = list(node_dirs) if node_dirs is not None else [out / f"node-{i}" for i in range(count)]
     if len(dirs) != len(result.shards):
         raise ValueError(f"{len(result.shards)} shards but {len(dirs)} node directories")
     save_shard(result.test, out / TEST_FILE)
-    return [save_shard(shard, d / DATA_FILE) for shard, d in zip(result.shards, dirs, strict=True)]
+    files = []
+    for shard, node_dir in zip(result.shards, dirs, strict=True):
+        files.append(save_shard(shard, node_dir / DATA_FILE))
+        save_shard(result.test, node_dir / TEST_FILE)
+    return files

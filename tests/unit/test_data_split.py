@@ -79,6 +79,9 @@ def test_cli_writes_node_files_and_test_split(tmp_path: Path) -> None:
     test = federated.load_shard(tmp_path / "test.npz")
     assert sum(len(s.y) for s in shards) + len(test.y) == 1797
     assert [len(s.y) for s in shards] == [row["samples"] for row in summary["nodes"]]
+    for i in range(3):  # whichever node the Flower server lands on evaluates on the held-out split
+        copy = federated.load_shard(tmp_path / f"node-{i}" / "test.npz")
+        assert np.array_equal(copy.x, test.x) and np.array_equal(copy.y, test.y)
 
 
 def test_cli_refuses_mismatched_node_dirs(tmp_path: Path) -> None:

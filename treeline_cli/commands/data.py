@@ -1,8 +1,9 @@
 """``treeline data split digits``: scikit-learn's digits shared out into node data directories.
 
-The held-out test split goes to ``OUT/test.npz`` (for the aggregator's evaluation); every node
-gets ``digits.npz`` in its directory (``OUT/node-<i>`` or each ``--node-dir``), the file a node
-engine labelled ``data:digits`` trains on (:mod:`node_engine.training`). See
+The held-out test split goes to ``OUT/test.npz``; every node gets ``digits.npz`` in its
+directory (``OUT/node-<i>`` or each ``--node-dir``), the file a node engine labelled
+``data:digits`` trains on (:mod:`node_engine.training`), and a copy of ``test.npz``: the Flower
+server may land on any node and evaluates there. See
 :mod:`model_zoo.federated` for the partition (IID, or Dirichlet(ALPHA) over labels).
 """
 
@@ -63,6 +64,7 @@ def split_command(dataset: str, nodes: int, alpha: float | None, seed: int, test
         click.echo(json.dumps(summary, indent=2))
         return
     held_out = len(result.test.y)
-    click.echo(f"{dataset}: {partition}, seed {seed}; held-out test: {held_out} samples in {test_file}")
+    click.echo(f"{dataset}: {partition}, seed {seed}; held-out test: {held_out} samples in {test_file} "
+               "(and copied into each node directory, for whichever node aggregates)")
     for row in rows:
         click.echo(f"  {row['file']}: {row['samples']} samples, per label {row['labels']}")
