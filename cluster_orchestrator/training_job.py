@@ -351,6 +351,9 @@ class TrainingJob:
             left = sum(1 for c in self._clients.values() if c.state != "gone")
             if left < self.spec.min_clients:
                 self.stop(f"{left} client(s) left, min_clients is {self.spec.min_clients}")
+            elif client.state == "gone" and self._server:  # round 1 need not wait for it any more
+                self._publish(topics.control_train(self._server),
+                              TrainCommand(self.job_id, "expect", "server", clients=left))
 
     def _done(self, report: TrainReport) -> None:
         onnx = base64.b64decode(report.result_onnx_b64) if report.result_onnx_b64 else b""

@@ -257,12 +257,16 @@ class TrainCommand:
     the remaining ``spec.rounds - start_round`` rounds. Role ``aggregator`` (a hierarchical job's
     cluster aggregator, :mod:`node_engine.training.aggregator`): ``server_address`` is its local
     address (port 0: the node picks), ``upstream_address`` the root aggregator it connects to as
-    a Flower client; its ``STARTED`` carries the local address its clients dial.
+    a Flower client; its ``STARTED`` carries the local address its clients dial. Action
+    ``expect`` (role ``server``): the running server's first round now waits for only ``clients``
+    clients (the cluster sends it when a client refused for good, so round 1 does not sit out the
+    join grace waiting for a client that will never connect); no answer.
     """
 
     job_id: str = field(metadata={"pattern": r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}",
                                   "pattern_message": "must be a job id"})
-    action: str = field(metadata={"pattern": "start|stop", "pattern_message": "must be 'start' or 'stop'"})
+    action: str = field(metadata={"pattern": "start|stop|expect",
+                                  "pattern_message": "must be 'start', 'stop' or 'expect'"})
     role: str = field(default="client", metadata={
         "pattern": "server|client|aggregator",
         "pattern_message": "must be 'server', 'client' or 'aggregator'"})

@@ -47,7 +47,7 @@ from node_engine.artifacts import ArtifactError, fetch_artifact
 from node_engine.mqtt_link import MqttLink
 from node_engine.training import missing_extra
 from node_engine.training.failure import exit_reason
-from node_engine.training.job import JobFile, parse_progress
+from node_engine.training.job import EXPECTED_FILE, JobFile, parse_progress
 from treeline_common import topics
 from treeline_common.clock import Clock
 from treeline_common.messages import PayloadError, decode, encode
@@ -105,11 +105,24 @@ class TrainingHandler:
         try:
             if command.action == "stop":
                 self._stop(command.job_id)
+            elif command.action == "expect":
+                self._expect(command)
             else:
                 self._start(command)
         except Exception as exc:  # a command must never take the engine down
             log.exception("train command %s failed", command.job_id)
             self._send(command.job_id, command.role, "FAILED", reason=f"node error: {exc}")
+
+    def _expect(self, command: TrainCommand) -> None:
+        """The cluster's ``expect``: the running server's first round waits for ``clients`` only
+        (written beside its job file, where :class:`~.server.StartedClientsManager` re-reads it)."""
+        job_dir = self.data_dir / "training" / command.job_id / "server"
+        if not (job_dir / "job.json").is_file():
+            log.info("expect for job %s: no server of it here", command.job_id)
+            return
+        (job_dir / EXPECTED_FILE).write_text(str(command.clients))
+        log.info("training job %s: the server's first round now waits for %s client(s)", command.job_id,
+                 command.clients)
 
     def _send(self, job_id: str, role: str, state: str, **fields: object) -> None:
         self._report(TrainReport(self.node_id, job_id, role, state, ts=self._clock.now(), **fields))  # type: ignore[arg-type]

@@ -15,6 +15,10 @@ from pathlib import Path
 from treeline_common import wire
 from treeline_common.training import RoundProgress, TrainingSpec
 
+# Beside a server's job file: the clients its first round waits for, written by the node engine on
+# the cluster's ``expect`` command (a client refused for good) and re-read by the server.
+EXPECTED_FILE = "expected"
+
 
 @dataclass(frozen=True)
 class JobFile:

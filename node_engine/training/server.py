@@ -47,33 +47,50 @@ from flwr.server.strategy import (
 from model_zoo.federated import load_shard
 from node_engine.training import checkpoint
 from node_engine.training import model as mlp
-from node_engine.training.job import JobFile, emit
+from node_engine.training.job import EXPECTED_FILE, JobFile, emit
 from treeline_common.training import RoundProgress, TrainingSpec, gaussian_epsilon
 
 log = logging.getLogger(__name__)
 
 STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
 JOIN_GRACE_S = 30  # how long the first round waits for every started client (then: those connected)
+EXPECT_POLL_S = 0.25  # how often that wait re-reads the expected count (the cluster's `expect` command)
 
 
 class StartedClientsManager(SimpleClientManager):
     """Flower's client manager, except that the first round waits (up to ``grace_s``) for all the
-    ``expected`` clients the cluster started, so round 1 does not begin with the first
-    ``min_clients`` to connect. Later rounds take whoever is connected (at least ``min_clients``:
-    the strategy's own wait), so a client that died does not stall training."""
+    ``expected`` clients the cluster started (fewer once the cluster says a client refused:
+    ``expected_file``), so round 1 does not begin with the first ``min_clients`` to connect.
+    Later rounds take whoever is connected (at least ``min_clients``: the strategy's own wait),
+    so a client that died does not stall training."""
 
-    def __init__(self, expected: int, grace_s: int = JOIN_GRACE_S) -> None:
+    def __init__(self, expected: int, grace_s: float = JOIN_GRACE_S,
+                 expected_file: Path | None = None) -> None:
         super().__init__()
         self._expected = expected
         self._grace_s = grace_s
+        self._expected_file = expected_file
         self._waited = False
+
+    def expected(self) -> int:
+        """The clients round 1 waits for: ``expected``, or fewer once the node engine wrote the
+        cluster's ``expect`` command into ``expected_file`` (a client refused for good)."""
+        try:
+            return min(self._expected, int(self._expected_file.read_text())) if self._expected_file else \
+                self._expected
+        except (OSError, ValueError):
+            return self._expected
 
     def num_available(self) -> int:
         if not self._waited:
             self._waited = True
-            if not self.wait_for(self._expected, timeout=self._grace_s):
+            deadline = time.monotonic() + self._grace_s
+            while super().num_available() < self.expected() and time.monotonic() < deadline:
+                with self._cv:  # woken by a client's registration, or re-reads the expected count
+                    self._cv.wait(min(EXPECT_POLL_S, max(deadline - time.monotonic(), 0.0)))
+            if super().num_available() < self.expected():
                 log.warning("only %s of %s clients joined within %s s", super().num_available(),
-                            self._expected, self._grace_s)
+                            self.expected(), self._grace_s)
         return super().num_available()
 
 
@@ -137,7 +154,7 @@ def build_strategy(spec: TrainingSpec, initial: list[np.ndarray], tracker: Round
     return strategy
 
 
-def run(job: JobFile) -> int:
+def run(job: JobFile, job_dir: Path | None = None) -> int:
     """Run the job's rounds; write the trained ONNX; emit progress. Returns the exit code."""
     spec = job.spec
     net = mlp.new_model(job.seed)
@@ -170,7 +187,8 @@ def run(job: JobFile) -> int:
                            offset=job.start_round, save=lambda rnd, arrays: _checkpoint(job, rnd, arrays))
     strategy = build_strategy(spec, initial, tracker, job.clients)
     rounds = flwr.server.ServerConfig(num_rounds=spec.rounds - job.start_round)
-    manager = StartedClientsManager(max(job.clients, spec.min_clients))
+    manager = StartedClientsManager(max(job.clients, spec.min_clients),
+                                    expected_file=job_dir / EXPECTED_FILE if job_dir else None)
     flwr.server.start_server(server_address=job.address, config=rounds, strategy=strategy,
                              client_manager=manager)
     if not tracker.latest:
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IndexError, OSError, ValueError) as exc:
         emit(RoundProgress("failed", reason=f"job file: {exc}"))
         return 1
-    return run(job)
+    return run(job, Path(args[0]).parent)
 
 
 if __name__ == "__main__":
