@@ -139,12 +139,20 @@ def service_row(service: Doc, application_names: Mapping[str, str]) -> dict[str,
         "application": application_names.get(str(service.get("application_id")), ""),
         "status": service.get("status"), "status_detail": service.get("status_detail") or "",
         "cluster_id": service.get("cluster_id"),
-        "model": f"{model.get('name', '?')} v{resolved.get('version', model.get('version', '?'))}",
+        "model": _model_label(service, model, resolved),
         "stages": len(stages), "nodes": [s.get("node_name") or s.get("node_id") for s in stages],
         "predicted_latency_ms": _rounded(predicted.get("latency_ms"), 2),
         "predicted_throughput_rps": _rounded(predicted.get("throughput_rps"), 1),
         "events": len(events), "last_event": events[-1] if events else None,
     }
+
+
+def _model_label(service: Doc, model: Doc, resolved: Doc) -> str:
+    """``name vN`` of what a deployment serves; a training service's starting version (its SLA
+    names it in ``training.model``, so the service's ``model`` holds only ``resolved``)."""
+    name = model.get("name") or resolved.get("name") or "?"
+    label = f"{name} v{resolved.get('version', model.get('version', '?'))}"
+    return f"trains from {label}" if service.get("virtualization") == "ml-training" else label
 
 
 def _events(service: Doc) -> list[Doc]:

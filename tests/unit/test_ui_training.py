@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from root_orchestrator import ui_training
 from root_orchestrator.stores import open_stores
-from tests.unit.test_root_api import Root, tiny_onnx
+from tests.unit.test_root_api import Root
 from tests.unit.test_ui_api import UiClusters
 
 EXPLANATION = {"server": "n-a", "clients": ["n-a", "n-b"], "unschedulable": "",
@@ -96,6 +98,15 @@ def root(mongo_url: str) -> Iterator[Root]:
     stores.close()
 
 
+def digits_shaped_onnx() -> bytes:
+    """``x`` float32 [N, 64] -> Gemm -> ``logits`` [N, 10]: the signature the Flower client trains."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
+    w = numpy_helper.from_array(np.zeros((64, 10), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["logits"])], "digits", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def training_sla(model: str) -> dict[str, Any]:
     return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "fl", "application_namespace": "demo",
@@ -110,7 +121,7 @@ def test_the_service_route_has_a_training_section_for_a_training_service(root: R
     clusters: Any = root.clusters
     clusters.node_answers = {"http://a:1": [{"node_id": "n-a", "name": "server-1", "online": True},
                                             {"node_id": "n-b", "name": "rpi4-1", "online": True}]}
-    version = root.register_model("tiny", tiny_onnx())
+    version = root.register_model("tiny", digits_shaped_onnx())
     cid = root.register_cluster("a", "http://a:1", active_nodes=2)
     sid = root.submit(training_sla(f"tiny:{version['version']}"))
     started = root.http.post(f"/api/service/{sid}/instance")
@@ -125,3 +136,14 @@ def test_the_service_route_has_a_training_section_for_a_training_service(root: R
     assert [r["round"] for r in training["rounds"]] == [0, 1, 2]
     assert training["result"]["name"] == "digits" and training["progress"]["of"] == 3
     assert body["strip"]["stages"] == []  # nothing of an inference placement to draw
+
+
+def test_the_deployments_list_names_a_training_services_starting_model() -> None:
+    from root_orchestrator.ui_views import service_row
+
+    resolved = {"name": "digits_mlp", "version": 1, "sha256": "0" * 64}
+    training = {"service_id": "s1", "virtualization": "ml-training", "model": {"resolved": resolved}}
+    assert service_row(training, {})["model"] == "trains from digits_mlp v1"  # was "? v1"
+    serving = {"service_id": "s2", "virtualization": "ml-model",
+               "model": {"name": "digits_mlp", "version": "latest", "resolved": {**resolved, "version": 2}}}
+    assert service_row(serving, {})["model"] == "digits_mlp v2"

@@ -286,8 +286,12 @@ function treeline() {
       if (/rollout|canary|promot/.test(kind)) { return "ev-rollout"; }
       return "";
     },
-    statusClass(status) {
-      if (status === "RUNNING") { return "ok"; }
+    trainingDone(status, detail) {  // a training service ends DELETED once its result is registered
+      return status === "DELETED" && /^training done/.test(detail || "");
+    },
+    statusLabel(status, detail) { return this.trainingDone(status, detail) ? "DONE" : status; },
+    statusClass(status, detail) {
+      if (status === "RUNNING" || this.trainingDone(status, detail)) { return "ok"; }
       if (status === "FAILED") { return "bad"; }
       return "warn";
     },
