@@ -28,7 +28,7 @@ def test_absent_block_is_flat_and_an_empty_one_takes_the_defaults() -> None:
     ({"cluster_rounds": 0}, "training.hierarchical.cluster_rounds", "must be an integer in 1..100, got 0"),
     ({"cluster_rounds": 101}, "training.hierarchical.cluster_rounds", "must be an integer in 1..100"),
     ({"min_clusters": 0}, "training.hierarchical.min_clusters", "must be an integer in 1..1000"),
-    ({"cluster_round": 2}, "training.hierarchical.cluster_round", "not a field of hierarchical"),
+    ({"cluster_round": 2}, "training.hierarchical.cluster_round", "cluster_rounds"),  # the field it meant
 ])
 def test_bad_blocks_are_refused_naming_the_field(block: dict[str, Any], path: str, words: str) -> None:
     problems = validate_microservice(service(hierarchical=block))
