@@ -12,7 +12,7 @@ list is sorted, so the same document always yields the same list.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -24,13 +24,14 @@ from treeline_common.cascade import CascadeError, CascadeSpec
 from treeline_common.training import TRAINING_VIRTUALIZATION, TrainingError, TrainingSpec
 
 from .inputs import declaration_problems
+from .unknown_fields import PathPart, refused_in_definition
+from .unknown_fields import dotted as format_path  # ``applications[0].model``; the document is ""
 
 SCHEMA_FILE = "sla_v2.schema.json"
 ML_VIRTUALIZATION = "ml-model"
 # Constraint types that configure one value each; a second one would be ambiguous.
 SINGLE_ML_CONSTRAINTS = ("e2e_latency", "energy", "battery", "privacy_pin", "boundary_compression")
 
-PathPart = str | int
 Problem = dict[str, str]
 
 
@@ -49,17 +50,6 @@ def _validator(definition: str | None) -> Draft202012Validator:
     if definition is not None:
         schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
     return Draft202012Validator(schema)
-
-
-def format_path(parts: Sequence[PathPart]) -> str:
-    """``("applications", 0, "model")`` -> ``"applications[0].model"``; the document itself is ``""``."""
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _show(value: Any) -> str:
@@ -192,13 +182,18 @@ def _microservice_problems(ms: Any, path: list[PathPart]) -> Iterator[tuple[list
 
 
 def _training_problems(ms: Mapping[str, Any], path: list[PathPart]) -> Iterator[tuple[list[PathPart], str]]:
-    """``training``: only on ``ml-training`` services; its rules beyond the schema
+    """``training``: only on ``ml-training`` services; unknown keys anywhere inside it are errors
+    (:func:`.unknown_fields.refused_fields`); its rules beyond the schema
     (:meth:`TrainingSpec.from_sla`), reported only when the schema found the block well typed."""
     if "training" in ms and ms.get("virtualization") != TRAINING_VIRTUALIZATION:
         yield path + ["training"], f"is only allowed when virtualization is '{TRAINING_VIRTUALIZATION}'"
         return
     block = ms.get("training")
     if not isinstance(block, Mapping) or not _validator("training").is_valid(block):
+        return
+    refused = refused_in_definition(block, sla_schema(), "training")  # a typo must not train on a default
+    if refused:  # the rules below would only restate them (``is not a field of hierarchical``)
+        yield from ((path + ["training", *parts], message) for parts, message in refused)
         return
     try:
         spec = TrainingSpec.from_sla(block)

@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from onnx import TensorProto, helper
 from test_root_api import Root, _error
 
 from root_orchestrator.stores import open_stores
 from treeline_common.errors import Unavailable
 from treeline_common.jobs import JobRequest
+from treeline_common.trainable import TRAINABLE_CLASSES, TRAINABLE_FEATURES
 
 PATH = "applications[0].microservices[0].training.model"
 
@@ -29,6 +31,22 @@ def root(mongo_url: str) -> Iterator[Root]:
     stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
+
+
+def trainable_onnx() -> bytes:
+    """A torch-free model with the digits MLP's signature: x float32 [N, 64] -> logits [N, 10]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", TRAINABLE_FEATURES])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", TRAINABLE_CLASSES])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [TRAINABLE_FEATURES, TRAINABLE_CLASSES],
+                           [0.0] * (TRAINABLE_FEATURES * TRAINABLE_CLASSES))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "mlp", [x], [y],
+                              initializer=[w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def register_trainable(root: Root, name: str = "tiny") -> dict[str, Any]:
+    """A version the Flower client can train, registered as ``name`` (``tiny:1`` first)."""
+    return root.register_model(name, trainable_onnx())
 
 
 def training_sla(model: str, data: str = "data:digits", min_clients: int = 2) -> dict[str, Any]:
@@ -51,7 +69,7 @@ def training_sla(model: str, data: str = "data:digits", min_clients: int = 2) ->
 ])
 def test_a_missing_starting_model_is_refused_at_its_field_and_nothing_is_stored(
         root: Root, route: str, model: str, why: str) -> None:
-    root.register_model()
+    register_trainable(root)
     root.register_cluster("c1", "http://c1:1")
     err = _error(root.http.post(route, json=training_sla(model)), 404, "NOT_FOUND")
     assert [d["path"] for d in err["details"]] == [PATH], err
@@ -63,7 +81,7 @@ def test_a_missing_starting_model_is_refused_at_its_field_and_nothing_is_stored(
 
 
 def test_another_users_model_is_missing_too(root: Root) -> None:
-    root.register_model()  # the admin's
+    register_trainable(root)  # the admin's
     bob = root.login_as(root.add_user("bob"))
     err = _error(bob.post("/api/apply", json=training_sla("tiny:1")), 404, "NOT_FOUND")
     assert err["details"][0]["path"] == PATH and "tiny" in err["details"][0]["message"]
@@ -72,7 +90,7 @@ def test_another_users_model_is_missing_too(root: Root) -> None:
 
 def test_the_instance_route_names_training_model_and_reserves_nothing(root: Root) -> None:
     root.register_cluster("c1", "http://c1:1")
-    version = root.register_model()
+    version = register_trainable(root)
     sid = root.submit(training_sla(f"tiny:{version['version']}"))
     root.stores.models.delete_model("tiny")  # gone between submit and deploy
     err = _error(root.http.post(f"/api/service/{sid}/instance"), 404, "NOT_FOUND")
@@ -93,7 +111,7 @@ def _placement(unschedulable: str = "", field: str = "") -> dict[str, Any]:
 
 
 def test_plan_of_a_training_sla_answers_the_first_clusters_training_placement(root: Root) -> None:
-    version = root.register_model()
+    version = register_trainable(root)
     root.register_cluster("a", "http://a:1", active_nodes=5)
     root.register_cluster("b", "http://b:1", active_nodes=1)
     root.clusters.fail["http://a:1"] = Unavailable("connection refused")  # skipped for the next one
@@ -110,7 +128,7 @@ def test_plan_of_a_training_sla_answers_the_first_clusters_training_placement(ro
 
 
 def test_plan_of_an_unschedulable_training_sla_names_the_field(root: Root) -> None:
-    root.register_model()
+    register_trainable(root)
     root.register_cluster("a", "http://a:1")
     why = "training.data: no node carries label data:digitz; labels seen: data:digits"
     root.clusters.plans["http://a:1"] = _placement(why, "training.data")
@@ -131,7 +149,7 @@ def test_plan_of_an_unschedulable_training_sla_names_the_field(root: Root) -> No
 ])
 def test_a_malformed_starting_model_is_400_at_its_field_on_every_route(root: Root, model: str,
                                                                        message: str) -> None:
-    root.register_model()
+    register_trainable(root)
     for route in ("/api/apply", "/api/application/", "/api/plan"):
         err = _error(root.http.post(route, json=training_sla(model)), 400, "INVALID_INPUT")
         assert [d["path"] for d in err["details"]] == [PATH] and message in err["details"][0]["message"], err

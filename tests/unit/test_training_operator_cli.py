@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 from test_root_api import Root, ml_sla
-from test_training_operator import _placement, training_sla
+from test_training_operator import _placement, register_trainable, training_sla
 from werkzeug.serving import make_server
 
 from root_orchestrator.stores import open_stores
@@ -111,7 +111,7 @@ def test_apply_of_a_missing_served_model_is_undone_naming_the_field(
 
 def test_dry_run_shows_the_training_placement_or_the_field_it_fails_on(
         served: Served, capsys: pytest.CaptureFixture[str]) -> None:
-    served.root.register_model()
+    register_trainable(served.root)
     served.root.register_cluster("c1", "http://c1:1")
     served.root.clusters.plans["http://c1:1"] = _placement()
     code, out, err = served.cli(capsys, "apply", "--dry-run", served.sla_file(training_sla("tiny:1")))
@@ -123,7 +123,7 @@ def test_dry_run_shows_the_training_placement_or_the_field_it_fails_on(
     served.root.clusters.plans["http://c1:1"] = _placement(why, "training.data")
     code, out, err = served.cli(capsys, "apply", "--dry-run",
                                 served.sla_file(training_sla("tiny:1", data="data:digitz")))
-    assert code == 0 and "training NOT schedulable on c1" in out and f"not schedulable: {why}" in out, out
+    assert code == 1 and "training NOT schedulable on c1" in out and f"not schedulable: {why}" in out, out
     assert served.root.http.get("/api/applications/").get_json() == []
 
 
@@ -139,7 +139,7 @@ def _explanation() -> dict[str, Any]:
 
 
 def _deployed(served: Served) -> tuple[str, str]:
-    served.root.register_model()
+    register_trainable(served.root)
     cluster_id = served.root.register_cluster("c1", "http://c1:1")
     service_id = served.root.submit(training_sla("tiny:1"))
     assert served.root.http.post(f"/api/service/{service_id}/instance").status_code == 200
@@ -178,10 +178,11 @@ def test_watch_follows_rounds_to_the_result_or_fails_with_the_reason(
     code, out, err = served.cli(capsys, "training", "watch", service_id, "--timeout", "60")
     pusher.join()
     assert code == 0, (out, err)
-    assert [line for line in err if line.startswith("round ")] == [
-        "round 0/3: accuracy 0.100, loss 2.000, 2 clients",
+    assert [line for line in out.splitlines() if line.startswith("round ")] == [  # once, on stdout
+        "round 0 (starting model): accuracy 0.100, loss 2.000",
         "round 1/3: accuracy 0.400, loss 1.500, 2 clients",
-        "round 2/3: accuracy 0.700, loss 1.000, 2 clients"], err
+        "round 2/3: accuracy 0.700, loss 1.000, 2 clients"], out
+    assert not [line for line in err if line.startswith("round ")], err
     assert "fl (" in out and "trained: registered tiny:2" in out, out
 
     served.push(cluster_id, service_id, "FAILED",
@@ -196,7 +197,7 @@ def test_watch_follows_rounds_to_the_result_or_fails_with_the_reason(
 
 def test_apply_wait_follows_a_training_service_until_its_result(
         served: Served, capsys: pytest.CaptureFixture[str]) -> None:
-    served.root.register_model()
+    register_trainable(served.root)
     cluster_id = served.root.register_cluster("c1", "http://c1:1")
 
     def cluster() -> None:  # answers the deployment as a cluster would, once the CLI follows it
@@ -212,7 +213,8 @@ def test_apply_wait_follows_a_training_service_until_its_result(
     code, out, err = served.cli(capsys, "apply", "--wait", "--timeout", "60", sla)
     pusher.join()
     assert code == 0, (out, err)
-    assert "round 2/3: accuracy 0.700, loss 1.000, 2 clients" in err, err
+    assert out.count("round 2/3: accuracy 0.700, loss 1.000, 2 clients") == 1, out
+    assert not [line for line in err if line.startswith("round ")], err
     assert "trained: registered tiny:2" in out, out
 
 
@@ -234,13 +236,13 @@ class _Script:
 
 
 def test_on_a_terminal_the_rounds_are_a_rich_progress_bar() -> None:
-    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    console = Console(file=io.StringIO(), force_terminal=True, width=120, color_system=None)
     script = _Script(["DEPLOYING", "RUNNING", "DELETED"])
     doc = watch_training(script, {"service_id": "s1"}, console,  # type: ignore[arg-type]
                          interval=0.0, sleep=lambda _s: None)
     assert doc["status"] == "DELETED" and script.calls == 3
     drawn = console.file.getvalue()  # type: ignore[attr-defined]
-    assert "training fl" in drawn and "2/2" in drawn and "accuracy 0.700" in drawn, drawn
+    assert "fl ━" in drawn and "2/2" in drawn and "acc 0.700 loss 1.000 2 cl" in drawn, drawn
     with pytest.raises(Failure, match="still RUNNING after 5 s"):
         now = iter(range(0, 100, 10))
         watch_training(_Script(["RUNNING"]), {"service_id": "s1"}, console,  # type: ignore[arg-type]

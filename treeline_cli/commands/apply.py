@@ -5,7 +5,10 @@ gives one application, ``unchanged`` the second time) and asks for an instance o
 service that has none yet (a deployment refused for the SLA's fault, e.g. a model that does
 not resolve, names the SLA field and removes what this apply created); ``--dry-run`` asks
 ``POST /api/plan`` what the scheduler would do (a training service: the Flower placement, or
-why it cannot be scheduled) and changes nothing. ``deploy FILE`` is ``apply --wait``: it
+why it cannot be scheduled) and changes nothing; its exit code is 1 when any service (ml-model or
+ml-training) cannot be scheduled. An unchanged training service whose last run ended is not
+trained again (the ``unchanged`` line says so): ``deploy SERVICE`` starts a new run of it (a new
+instance), followed like ``apply --wait``. ``deploy FILE`` is ``apply --wait``: it
 follows each service until it is RUNNING and prints its placement (a training service: a
 progress bar of its rounds until the result is registered); on a root without ``/api/apply``
 it falls back to creating the applications anew (and says so).
@@ -14,6 +17,7 @@ it falls back to creating the applications anew (and says so).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,22 @@ from treeline_cli.describe import placement_lines
 from treeline_cli.errors import Failure, UsageError
 from treeline_cli.output import Output, plural
 from treeline_cli.reasons import reason_lines
+from treeline_cli.resolve import resolve_service
 from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
-from treeline_cli.training_view import is_training, registered_model, training_placement_lines, watch_training
+from treeline_cli.training_view import (
+    is_training,
+    progress_lines,
+    registered_model,
+    training_placement_lines,
+    watch_training,
+)
 from treeline_cli.views import World, cluster_costs, kind_named, ms
 from treeline_common.errors import InvalidInput, NotFound, TreelineError
 from treeline_common.jobs import JobStatus
 
 DEFAULT_TIMEOUT = 180.0
+DRY_RUN_UNSCHEDULABLE = 1  # `apply --dry-run`'s exit code when a service cannot be scheduled
+RUN_ENDED = (JobStatus.DELETED.value, JobStatus.FAILED.value)  # a training service's last run is over
 
 
 def read_sla(path: Path) -> dict[str, Any]:
@@ -116,11 +129,15 @@ def _at_field(exc: TreelineError, sla: dict[str, Any], a_index: int, name: str) 
     return type(exc)(f"{details[0]['path']}: {details[0].get('message')}", details)
 
 
-def _print_applied(out: Output, applications: list[dict[str, Any]], started: list[str]) -> None:
+def _print_applied(out: Output, applications: list[dict[str, Any]], started: list[str],
+                   ended: Sequence[str] = ()) -> None:
     for app in applications:
         services = app.get("microservices") or []
         out.line(f"application {app.get('application_name')} ({app.get('applicationID')}): "
                  f"{app.get('action', 'created')}, {plural(len(services), 'service')}")
+        if app.get("action") == "unchanged":
+            for name in ended:
+                out.line(f"  {name}: its last training run ended; run it again: treeline deploy {name}")
         for change in app.get("changes") or []:
             out.line(f"  {_change_text(change)}")
         for redeployed in app.get("redeployed") or []:
@@ -152,7 +169,8 @@ def _wait_all(client: RootClient, applications: list[dict[str, Any]], out: Outpu
             current = client.service(str(service_id))
             name = current.get("microservice_name") or service_id
             if is_training(current):
-                services.append(watch_training(client, current, out.err, timeout=timeout))
+                services.append(watch_training(client, current, out.err, lines=progress_lines(out) or out.err,
+                                               timeout=timeout))
                 continue
             with out.step(f"{name}: waiting until RUNNING") as update:
                 def show(doc: dict[str, Any], name: str = str(name)) -> None:
@@ -179,7 +197,8 @@ def _failure(client: RootClient, name: str, exc: DeploymentFailed) -> Failure:
                    f"see `treeline describe service {service.get('service_id')}`", extra=lines)
 
 
-def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool) -> None:
+def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool) -> int:
+    """The exit code: 0, or 1 for a dry run with a service that cannot be scheduled."""
     sla = read_sla(file)
     out = output()
     for unknown in unknown_fields(sla, sla_schema()):  # Oakestra's objects are open: a typo passes silently
@@ -189,20 +208,21 @@ def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool
         with out.step("planning (dry run)"):
             plans = client.plan(sla)
         out.result({"services": plans}, lambda: _print_plans(out, plans))
-        return
+        return DRY_RUN_UNSCHEDULABLE if any(not p.get("schedulable") for p in plans) else 0
     applications = _submit(client, sla, out, fallback)
     started = _ensure_instances(client, applications, out, sla)
+    ended = _ended_trainings(client, applications, started)
     if not wait:
         out.result({"applications": applications, "deploying": started},
-                   lambda: _print_applied(out, applications, started))
-        return
+                   lambda: _print_applied(out, applications, started, ended))
+        return 0
     services = _wait_all(client, applications, out, timeout)
     doc = {"applications": applications,
            "services": [{k: s.get(k) for k in ("service_id", "microservice_name", "status", "placement",
                                                "explanation")} for s in services]}
 
     def render() -> None:
-        _print_applied(out, applications, [])
+        _print_applied(out, applications, [], ended)
         for service in services:
             if is_training(service):
                 out.line(f"\n{service.get('microservice_name')} ({service['service_id']}) trained: "
@@ -212,6 +232,21 @@ def _apply(file: Path, dry_run: bool, wait: bool, timeout: float, fallback: bool
             for line in placement_lines(service.get("placement") or {}):
                 out.line(line)
     out.result(doc, render)
+    return 0
+
+
+def _ended_trainings(client: RootClient, applications: list[dict[str, Any]], started: list[str]) -> list[str]:
+    """Names of the training services this apply left alone whose last run has ended (an
+    unchanged SLA does not train again: ``treeline deploy <service>`` does)."""
+    ended = []
+    for app in applications:
+        for service_id in app.get("microservices") or []:
+            if str(service_id) in started:
+                continue
+            service = client.service(str(service_id))
+            if is_training(service) and service.get("status") in RUN_ENDED:
+                ended.append(str(service.get("microservice_name") or service_id))
+    return ended
 
 
 def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
@@ -262,27 +297,60 @@ def _cluster_lines(plan: dict[str, Any]) -> list[str]:
 
 @click.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--dry-run", is_flag=True, help="show what the scheduler would do; change nothing")
+@click.option("--dry-run", is_flag=True,
+              help="show what the scheduler would do; change nothing. Exit code 1 when a service "
+                   "(ml-model or ml-training) cannot be scheduled, 0 when all can")
 @click.option("--wait", is_flag=True, help="wait until every service is RUNNING and show the placements; "
                                           "follow a training service's rounds until its result is registered")
 @click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
               help="seconds to wait for RUNNING, or for a training service's result (with --wait)")
 @output_option
 @root_options
-def apply(file: Path, dry_run: bool, wait: bool, timeout: float) -> None:
-    """Create or update the applications of an SLA file (idempotent) and deploy new services."""
-    _apply(file, dry_run, wait, timeout, fallback=False)
+def apply(file: Path, dry_run: bool, wait: bool, timeout: float) -> int:
+    """Create or update the applications of an SLA file (idempotent) and deploy new services.
+
+    An unchanged training service is not trained again: `treeline deploy SERVICE` starts a new run.
+    Ctrl-C while following a training leaves it training (exit code 130)."""
+    return _apply(file, dry_run, wait, timeout, fallback=False)
 
 
 @click.command()
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("target")
 @click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
-              help="seconds to wait for RUNNING")
+              help="seconds to wait for RUNNING (a training service: for its result)")
 @output_option
 @root_options
-def deploy(file: Path, timeout: float) -> None:
-    """`apply FILE --wait`: submit an SLA, show progress until RUNNING, print the placement."""
-    _apply(file, False, True, timeout, fallback=True)
+def deploy(target: str, timeout: float) -> int:
+    """`apply FILE --wait` for an SLA file; for the name or id of a training service, a new
+    training run of it (a new instance, from its SLA's starting model), followed until its
+    result is registered."""
+    path = Path(target)
+    if path.exists() or path.suffix.lower() in (".json", ".yaml", ".yml"):  # else a service's name or id
+        return _apply(path, False, True, timeout, fallback=True)
+    return _train_again(target, timeout)
+
+
+def _train_again(ref: str, timeout: float) -> int:
+    """A new instance of training service ``ref``, followed (:func:`watch_training`)."""
+    out = output()
+    client = root_client()
+    world = World(client)
+    found = resolve_service(ref, world.services, world.apps)
+    name = str(found.get("microservice_name") or ref)
+    if not is_training(found):
+        raise UsageError(f"no such file: {ref}, and service {name} is not a training service",
+                         "deploy an SLA file (`treeline deploy FILE`) or a training service by name")
+    if found.get("status") not in RUN_ENDED:
+        raise UsageError(f"training service {name} is {found.get('status')}: its run has not ended",
+                         f"follow it with `treeline training watch {name}`")
+    with out.step(f"starting a new training run of {name}"):
+        client.deploy_service(str(found["service_id"]))
+    doc = watch_training(client, client.service(str(found["service_id"])), out.err,
+                         lines=progress_lines(out) or out.err, timeout=timeout)
+    result = registered_model(doc.get("events") or [])
+    out.result({"service_id": doc.get("service_id"), "status": doc.get("status"), "result": result},
+               lambda: out.line(f"{name} ({doc.get('service_id')}) trained: registered {result or '?'}"))
+    return 0
 
 
 @click.command()

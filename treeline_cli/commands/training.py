@@ -1,9 +1,11 @@
 """``treeline training watch SERVICE``: follow a training service's rounds until it ends.
 
 The same view as ``treeline apply --wait`` gives a training service
-(:func:`treeline_cli.training_view.watch_training`): a progress bar of rounds on stderr (one line
-per round off a terminal), then the result on stdout. Exit code 0 once the trained version is
-registered; 1 with the one-line reason when the training fails or the timeout passes.
+(:func:`treeline_cli.training_view.watch_training`): a progress bar of rounds on stderr, then the
+rounds and the result on stdout; off a terminal one line per round on stdout as it comes (each
+round once, also with ``2>&1``), then the result. Exit code 0 once the trained version is
+registered; 1 with the one-line reason when the training fails, the service is deleted or the
+timeout passes; 130 on Ctrl-C, after one line saying the training goes on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from treeline_cli.training_view import (
     DEFAULT_WATCH_TIMEOUT_S,
     is_training,
     planned_rounds,
+    progress_lines,
     registered_model,
     round_text,
     rounds_of,
@@ -45,13 +48,14 @@ def watch(service: str, timeout: float) -> None:
         raise UsageError(f"service {service} is not a training service ({found.get('virtualization')})",
                          "watch an ml-training service; follow others with `treeline describe service`")
     current = world.client.service(str(found["service_id"]))
-    doc = watch_training(world.client, current, out.err, timeout=timeout)
+    streamed = progress_lines(out)
+    doc = watch_training(world.client, current, out.err, lines=streamed or out.err, timeout=timeout)
     rounds = rounds_of(doc.get("events") or [])
     result = registered_model(doc.get("events") or [])
 
     def render() -> None:
         total = planned_rounds(doc)
-        for event in rounds:
+        for event in rounds if streamed is None else []:  # each round once on stdout
             out.line(round_text(event, total))
         out.line(f"{doc.get('microservice_name')} ({doc.get('service_id')}) trained: "
                  f"registered {result or '?'}")
