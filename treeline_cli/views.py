@@ -347,12 +347,15 @@ def training_detail(event: Doc) -> list[str]:
         return []
     if kind == "training_round":
         clients = event.get("clients")
-        figures = [f"round {event.get('round')}"]
+        start = event.get("round") == 0  # the starting model, evaluated before any client trained
+        figures = ["round 0 (starting model)" if start else f"round {event.get('round')}"]
         for key in ("accuracy", "loss"):
             if isinstance(event.get(key), int | float):
                 figures.append(f"{key} {float(event[key]):.3f}")
-        if isinstance(clients, int):
+        if isinstance(clients, int) and not start:
             figures.append(f"{clients} client(s)")
+        if isinstance(event.get("epsilon"), int | float):
+            figures.append(f"epsilon {float(event['epsilon']):.2f}")
         return [", ".join(figures)]
     return [str(event["message"])] if event.get("message") else []
 

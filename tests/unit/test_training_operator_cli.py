@@ -158,6 +158,7 @@ def test_describe_shows_placement_rounds_and_the_registered_result(
     assert "server:   id1" in out and "clients:  id1, id2 (2 clients)" in out, out
     assert "rejected id3: battery: battery 10% below 30%" in out, out
     assert "training_round  training  (round 2, accuracy 0.700, loss 1.000, 2 client(s))" in out, out
+    assert "(round 0 (starting model), accuracy 0.100, loss 2.000)" in out, out
     assert "training_registered  training  (registered as tiny:2)" in out, out
     assert "Result:       tiny:2 (registered)" in out and "(none)" not in out, out
 
