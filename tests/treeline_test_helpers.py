@@ -28,6 +28,7 @@ from ml_scheduler.framework import PlacementRequest
 from ml_scheduler.snapshot import NodeView
 from treeline_common import topics
 from treeline_common.messages import NodeStatus, PayloadError, decode
+from treeline_common.trainable import TRAINABLE_CLASSES, TRAINABLE_FEATURES
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE = 20.0  # seconds an integration test waits for a message before failing
@@ -344,6 +345,17 @@ def tiny_mlp(seed: int, input_name: str = "input") -> bytes:
              helper.make_node("MatMul", ["r", "w2"], ["output"], name="mm2")]
     return onnx_bytes(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 8])],
                       [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], [w1, w2])
+
+
+def trainable_onnx() -> bytes:
+    """A torch-free model with the digits MLP's signature: x float32 [N, 64] -> logits [N, 10]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", TRAINABLE_FEATURES])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", TRAINABLE_CLASSES])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [TRAINABLE_FEATURES, TRAINABLE_CLASSES],
+                           [0.0] * (TRAINABLE_FEATURES * TRAINABLE_CLASSES))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "mlp", [x], [y],
+                              initializer=[w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 # ---------------------------------------------------------------- a whole stack (treeline up, in-process)

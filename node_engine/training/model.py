@@ -21,7 +21,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-FEATURES, CLASSES, HIDDEN = 64, 10, 32
+from treeline_common.trainable import TRAINABLE_CLASSES, TRAINABLE_FEATURES
+
+FEATURES, CLASSES, HIDDEN = TRAINABLE_FEATURES, TRAINABLE_CLASSES, 32  # the signature the root admits
 INPUT_NAME, OUTPUT_NAME = "x", "logits"
 
 

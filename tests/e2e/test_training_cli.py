@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treeline_test_helpers import run_cli, running_stack
+from treeline_test_helpers import run_cli, running_stack, trainable_onnx
 
-from model_zoo.tiny import tiny_dag_bytes
 from treeline_cli.root_client import RootClient
 from treeline_cli.stack import Stack
 
@@ -51,7 +50,7 @@ def sla(tmp: Path, model: str, data: str = "data:digits", min_clients: int = 2) 
 
 def test_dry_run_and_refusals_of_training_slas(stack: Stack, tmp_path: Path) -> None:
     root = RootClient(stack.root_url)
-    parent = root.register_model("digits-cli", tiny_dag_bytes(0))
+    parent = root.register_model("digits-cli", trainable_onnx())
     model = f"digits-cli:{parent['version']}"
     code, out, err = run_cli(stack, tmp_path, "apply", "--dry-run", sla(tmp_path, model))
     assert code == 0, (out, err)
@@ -59,11 +58,12 @@ def test_dry_run_and_refusals_of_training_slas(stack: Stack, tmp_path: Path) -> 
     assert "clients:  server-1, server-2 (2 clients)" in out, out
 
     code, out, err = run_cli(stack, tmp_path, "apply", "--dry-run", sla(tmp_path, model, data="data:digitz"))
-    assert code == 0 and "training NOT schedulable" in out, (out, err)
+    assert code == 1 and "training NOT schedulable" in out, (out, err)  # a dry run that cannot schedule: 1
     why = "training.data: no node carries label data:digitz; labels seen: data:digits"
     assert f"not schedulable: {why}" in out, out
 
     code, out, err = run_cli(stack, tmp_path, "apply", "--dry-run", sla(tmp_path, model, min_clients=3))
+    assert code == 1
     assert "not schedulable: 2 node(s) with data:digits pass the filters; training.min_clients is 3" in out, (
         out, err)
 

@@ -15,13 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from onnx import TensorProto, helper
 from test_root_api import Root, _error
+from treeline_test_helpers import trainable_onnx
 
 from root_orchestrator.stores import open_stores
 from treeline_common.errors import Unavailable
 from treeline_common.jobs import JobRequest
-from treeline_common.trainable import TRAINABLE_CLASSES, TRAINABLE_FEATURES
 
 PATH = "applications[0].microservices[0].training.model"
 
@@ -31,17 +30,6 @@ def root(mongo_url: str) -> Iterator[Root]:
     stores = open_stores(mongo_url)
     yield Root(stores)
     stores.close()
-
-
-def trainable_onnx() -> bytes:
-    """A torch-free model with the digits MLP's signature: x float32 [N, 64] -> logits [N, 10]."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", TRAINABLE_FEATURES])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", TRAINABLE_CLASSES])
-    w = helper.make_tensor("w", TensorProto.FLOAT, [TRAINABLE_FEATURES, TRAINABLE_CLASSES],
-                           [0.0] * (TRAINABLE_FEATURES * TRAINABLE_CLASSES))
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "mlp", [x], [y],
-                              initializer=[w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 def register_trainable(root: Root, name: str = "tiny") -> dict[str, Any]:

@@ -98,11 +98,12 @@ def test_training_block_needs_its_virtualization_and_vice_versa() -> None:
     assert any(p["path"] == "training" and "ml-training" in p["message"] for p in problems)
 
 
-def test_a_typo_is_a_warning_naming_the_nearest_field() -> None:
+def test_a_typo_in_the_training_block_is_an_error_naming_the_nearest_field() -> None:
     ms = service()
     ms["training"]["rouns"] = 3
-    warnings = unknown_fields(sla(ms), sla_schema())
-    assert any(w["path"].endswith("training.rouns") and "rounds" in w["message"] for w in warnings), warnings
+    problems = validate_sla(sla(ms))
+    assert {"path": "applications[0].microservices[0].training.rouns",
+            "message": "unknown field; did you mean 'rounds'?"} in problems, problems
 
 
 def test_spec_error_carries_the_path() -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from treeline_test_helpers import trainable_onnx
 
 from root_orchestrator import ui_training
 from root_orchestrator.stores import open_stores
@@ -98,15 +97,6 @@ def root(mongo_url: str) -> Iterator[Root]:
     stores.close()
 
 
-def digits_shaped_onnx() -> bytes:
-    """``x`` float32 [N, 64] -> Gemm -> ``logits`` [N, 10]: the signature the Flower client trains."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
-    w = numpy_helper.from_array(np.zeros((64, 10), dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["logits"])], "digits", [x], [y], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
 def training_sla(model: str) -> dict[str, Any]:
     return {"sla_version": "v2.0", "customerID": "Admin", "applications": [{
         "applicationID": "", "application_name": "fl", "application_namespace": "demo",
@@ -121,7 +111,7 @@ def test_the_service_route_has_a_training_section_for_a_training_service(root: R
     clusters: Any = root.clusters
     clusters.node_answers = {"http://a:1": [{"node_id": "n-a", "name": "server-1", "online": True},
                                             {"node_id": "n-b", "name": "rpi4-1", "online": True}]}
-    version = root.register_model("tiny", digits_shaped_onnx())
+    version = root.register_model("tiny", trainable_onnx())
     cid = root.register_cluster("a", "http://a:1", active_nodes=2)
     sid = root.submit(training_sla(f"tiny:{version['version']}"))
     started = root.http.post(f"/api/service/{sid}/instance")
