@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from cluster_orchestrator import planning
@@ -162,7 +163,10 @@ class TrainingRunner:
             if not upstream:
                 return
             job = ClusterPartJob(job_id, spec, placement, part, upstream=upstream, hosts=hosts,
-                                 publish=self._publish, on_event=on_event, service=request.service_id)
+                                 publish=self._publish, on_event=on_event, service=request.service_id,
+                                 root_address=partial(self._root.training_aggregator, request.service_id,
+                                                      part.root_instance),
+                                 clock=self._clock)
         else:
             job = TrainingJob(job_id, spec, placement, server_host=server_host(server),
                               model_url=planning.artifact_url(self._node_base, model.sha256),
