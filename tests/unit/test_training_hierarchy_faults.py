@@ -39,7 +39,7 @@ class Harness:
         self.events: list[dict[str, Any]] = []
         self.root_answer = "10.0.0.9:9000"
         self.job = ClusterPartJob("j1", SPEC, PLACEMENT, TrainingPart("cluster", 0, ("c1", "c2")),
-                                  upstream="10.0.0.9:9000", hosts={n: "127.0.0.1" for n in ALL},
+                                  upstream="10.0.0.9:9000", hosts=dict.fromkeys(ALL, "127.0.0.1"),
                                   publish=lambda topic, cmd: self.sent.append((topic, cmd)),
                                   on_event=lambda _job, item: self.events.append(dict(item)),
                                   service="svc", root_address=self.ask, clock=self.clock)
