@@ -345,6 +345,7 @@ class InstanceManager:
             return mirror({"instances": remaining}, remaining[-1] if remaining else None)
 
         self._update(service_id, remove)
+        hierarchy.delete_cluster_parts(self, service, number)  # a hierarchical training root part's
         return {"service_id": service_id, "instance": number, "deleted": True}
 
     def redeploy(self, service_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -19,11 +19,15 @@ reserved in one guarded write, then the jobs are forwarded (root first, so that 
 parts find its address sooner). A cluster that refuses its part marks that instance FAILED; a
 refused root part is Unavailable (the cluster parts then fail on their deadline for the root
 aggregator's address). The root learns the root aggregator's address from the root instance's
-``training_server_started`` event (:func:`aggregator_address`), which the cluster parts poll.
+``training_server_started`` event (:func:`aggregator_address`), which the cluster parts poll
+(again while they run: a root aggregator restarted from its checkpoint reports a new address).
+Deleting the root part deletes its cluster parts too (:func:`cluster_parts`; each instance
+records its ``root_instance``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -94,7 +98,8 @@ def create_hierarchical(manager: instance_book.InstanceManager, service: dict[st
         numbers[:] = list(range(first, first + 1 + len(clusters)))
         new = [{"instance": n, "status": "REQUESTED", "status_detail": "", "cluster_id": None,
                 "placement": None, "model": resolved,
-                "training_part": ROLE_ROOT if n == first else ROLE_CLUSTER} for n in numbers]
+                "training_part": ROLE_ROOT if n == first else ROLE_CLUSTER, "root_instance": first}
+               for n in numbers]
         return instance_book.mirror({"instances": instances + new, "next_instance": numbers[-1] + 1,
                        "model": {**(doc.get("model") or {}), "resolved": resolved}}, new[0])
 
@@ -160,6 +165,26 @@ def speaker(instances: Sequence[Mapping[str, Any]], changed: dict[str, Any] | No
         return changed
     roots = [i for i in instances if i.get("training_part") == ROLE_ROOT]
     return dict(roots[-1]) if roots else changed
+
+
+def cluster_parts(instances: Sequence[Mapping[str, Any]], number: int) -> list[int]:
+    """The cluster parts of root part ``number`` (deleted with it: without their root aggregator
+    they could only fail); [] when ``number`` is not a root part."""
+    roots = [i for i in instances if i.get("instance") == number and i.get("training_part") == ROLE_ROOT]
+    if not roots:
+        return []
+    return [int(i["instance"]) for i in instances
+            if i.get("training_part") == ROLE_CLUSTER and i.get("root_instance") == number]
+
+
+def delete_cluster_parts(manager: instance_book.InstanceManager, service: Mapping[str, Any],
+                         number: int) -> None:
+    """After root part ``number`` of ``service`` was deleted: delete its cluster parts (each
+    undeployed from its cluster; one already gone is skipped; Unavailable propagates, leaving
+    that part for the operator to delete again)."""
+    for part in cluster_parts(list(service.get("instances") or []), number):
+        with contextlib.suppress(NotFound):
+            manager.delete_instance(str(service["service_id"]), part)
 
 
 def aggregator_address(service: Mapping[str, Any], number: int) -> str:

@@ -103,3 +103,30 @@ def test_the_aggregator_address_is_served_once_the_root_part_reported_it(root: R
     service = root.http.get(f"/api/service/{service_id}").get_json()
     assert [i["status"] for i in service["instances"]][:2] == ["RUNNING", "DELETED"], service["instances"]
     assert service["status"] == "RUNNING", service
+
+
+def test_the_route_answers_the_newest_address_of_a_restarted_root_aggregator(root: Root) -> None:
+    service_id = setup(root, 2)
+    assert root.http.post(f"/api/service/{service_id}/instance").status_code in (200, 201)
+    c1 = next(c["cluster_id"] for c in root.http.get("/api/clusters").get_json() if c["cluster_name"] == "c1")
+    events = [{"ts": 5.0, "kind": "training_server_started", "cause": "training", "message": "at :7000",
+               "address": "127.0.0.1:7000"},
+              {"ts": 6.0, "kind": "training_server_restarted", "cause": "training", "message": "resuming"},
+              {"ts": 7.0, "kind": "training_server_started", "cause": "training", "message": "at :7444",
+               "address": "127.0.0.1:7444"}]
+    push = {"aggregate": {}, "jobs": [{"service_id": service_id, "instance": 0, "status": "RUNNING",
+                                       "events": events}]}
+    assert root.http.post(f"/api/information/{c1}", json=push).status_code == 200
+    r = root.cluster_client().get(f"/api/training/{service_id}/0/aggregator")
+    assert r.status_code == 200 and r.get_json() == {"address": "127.0.0.1:7444"}, r.get_json()
+
+
+def test_deleting_the_root_part_deletes_its_cluster_parts(root: Root) -> None:
+    service_id = setup(root, 2)
+    assert root.http.post(f"/api/service/{service_id}/instance").status_code in (200, 201)
+    assert root.http.delete(f"/api/service/{service_id}/instance/1").status_code == 200  # a part alone
+    service = root.http.get(f"/api/service/{service_id}").get_json()
+    assert [i["instance"] for i in service["instances"]] == [0, 2]
+    assert root.http.delete(f"/api/service/{service_id}/instance/0").status_code == 200
+    assert sorted(n for _, _, n in root.clusters.undeployed) == [0, 1, 2], root.clusters.undeployed
+    assert root.http.get(f"/api/service/{service_id}").get_json()["instances"] == []
