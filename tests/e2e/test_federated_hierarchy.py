@@ -8,7 +8,9 @@ part per cluster (a cluster aggregator, a Flower client of the root aggregator t
 cluster's local rounds, and 2 local clients). Checked: every part ends DELETED (the root part
 having registered the result, the cluster parts "aggregated into <service>/<root instance>"),
 the accuracy on the held-out split rises over the global rounds, the new version's lineage
-records the hierarchy, and no Flower process is left.
+records the hierarchy, and no Flower process is left. Fault: one cluster aggregator's process
+is killed after the first local round; its cluster part starts it again
+(``training_aggregator_restarted``) and that cluster still trains the last global round.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from test_federated_stack import flower_processes
 from treeline_test_helpers import running_stack
@@ -81,9 +84,13 @@ def test_a_hierarchical_job_trains_across_two_clusters_and_registers_its_result(
         return {int(i["instance"]): (str(i["status"]), str(i.get("status_detail") or ""))
                 for i in root.service(service_id).get("instances") or []}
 
+    killed = 0
     while (any(s not in ("DELETED", "FAILED") for s, _ in statuses().values())
            and time.monotonic() < deadline):
         seen.update(flower_processes(stack))
+        if not killed and any(e.get("kind") == "training_cluster_round"
+                              for e in root.service_events(service_id)):
+            killed = kill_an_aggregator(stack)
         time.sleep(0.5)  # polling the root with a deadline
     final = statuses()
     events = root.service_events(service_id)
@@ -102,13 +109,31 @@ def test_a_hierarchical_job_trains_across_two_clusters_and_registers_its_result(
     accuracies = params["accuracy_per_round"]
     assert len(accuracies) == ROUNDS + 1 and accuracies[-1] > accuracies[0] + 0.2, accuracies
     rounds = [e for e in events if e.get("kind") == "training_round" and e.get("instance") == root_instance]
-    assert [e["clients"] for e in rounds] == [0, 2, 2], rounds  # 2 cluster aggregators per global round
+    assert len(rounds) == ROUNDS + 1 and rounds[-1]["clients"] == 2, rounds  # both clusters at the end
+    assert killed and [e for e in events if e.get("kind") == "training_aggregator_restarted"], events
     local = [e for e in events if e.get("kind") == "training_cluster_round"]
-    assert len(local) == 2 * ROUNDS and {e["clients"] for e in local} == {2}, local
+    assert {e["clients"] for e in local} == {2}, local
+    last = {e["instance"] for e in local if e.get("round") == ROUNDS}  # every cluster trained the last round
+    assert last == {n for n in final if n != root_instance}, local
 
     deadline = time.monotonic() + 15
     while flower_processes(stack) and time.monotonic() < deadline:  # every part stopped its processes
         time.sleep(0.2)
     assert len(seen) >= 7 and flower_processes(stack) == [], seen  # 1 root + 2 aggregators + 4 clients
-    print(f"hierarchical e2e: accuracy per global round {accuracies}, "
-          f"{time.monotonic() - started:.1f} s (measured under load)")
+    restarts = [e["message"] for e in events if e.get("kind") == "training_aggregator_restarted"]
+    print(f"hierarchical e2e: accuracy per global round {accuracies}, clusters per global round "
+          f"{[e['clients'] for e in rounds]}, {restarts}, {time.monotonic() - started:.1f} s "
+          "(measured under load)")
+
+
+def kill_an_aggregator(stack: Stack) -> int:
+    """SIGKILL one cluster aggregator process of the stack's nodes; its pid (0: none runs yet)."""
+    for pid in flower_processes(stack):
+        try:
+            proc = psutil.Process(pid)
+            if any(a == "node_engine.training.aggregator" for a in proc.cmdline()):
+                proc.kill()
+                return pid
+        except psutil.Error:
+            continue
+    return 0
