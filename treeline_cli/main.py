@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in error.extra:
             print(line, file=sys.stderr)
         return error.exit_code
+    finally:  # `--token` holds for this invocation only, never for a later client in this process
+        root_client.token_override = None
 
 
 if __name__ == "__main__":
