@@ -29,7 +29,8 @@ import threading
 from typing import Any
 
 from root_orchestrator.cluster_choice import Choice
-from root_orchestrator.instances import InstanceManager, add_event, find_instance, mirror, objective_of
+from root_orchestrator.instance_docs import add_event, find_instance, mirror
+from root_orchestrator.instances import InstanceManager, objective_of
 from root_orchestrator.ranking import is_active
 from treeline_common.errors import NotFound, TreelineError
 from treeline_common.jobs import JobStatus

@@ -15,13 +15,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import root_orchestrator.training_hierarchy as hierarchy  # a module import: it imports this module too
+import root_orchestrator.training_hierarchy as hierarchy
 from deployment_descriptors.views import callers_must_sign
 from root_orchestrator.auth.principals import Role
 from root_orchestrator.cascade import cascade_job
 from root_orchestrator.cluster_choice import Choice, ClusterChooser
 from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.cluster_filter import filter_clusters, needs_of
+from root_orchestrator.instance_docs import add_event, find_instance, mirror
 from root_orchestrator.ranking import is_active, last_seen, rank_clusters
 from root_orchestrator.stores import Stores
 from root_orchestrator.stores.base import not_found
@@ -42,40 +43,16 @@ from treeline_common.training import TRAINING_VIRTUALIZATION
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS = 200  # newest events kept per instance
 ML_VIRTUALIZATION = "ml-model"
 _RETRIES = 8
 
 Mutator = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
-def mirror(fields: dict[str, Any], inst: dict[str, Any] | None) -> dict[str, Any]:
-    """Service-level status fields follow the most recently changed instance (for a hierarchical
-    training service: its root part, :func:`.training_hierarchy.speaker`)."""
-    inst = hierarchy.speaker(fields.get("instances") or [], inst)
-    if inst is None:
-        fields.update(status="REQUESTED", status_detail="", cluster_id=None, placement=None,
-                      explanation=None, caller_key="")
-    else:
-        fields.update(status=inst["status"], status_detail=inst.get("status_detail", ""),
-                      cluster_id=inst.get("cluster_id"), placement=inst.get("placement"),
-                      explanation=inst.get("explanation"), caller_key=inst.get("caller_key", ""))
-    return fields
-
-
 def callers_sign(service: dict[str, Any]) -> bool:
     """Whether the service's SLA makes callers sign requests (a ``privacy`` block whose
     ``authenticate_callers`` is not false): only then does its owner need the caller key."""
     return isinstance(service, dict) and callers_must_sign(service.get("microservice"))
-
-
-def find_instance(instances: list[dict[str, Any]], instance: int) -> dict[str, Any] | None:
-    return next((i for i in instances if i.get("instance") == instance), None)
-
-
-def add_event(inst: dict[str, Any], event: dict[str, Any]) -> None:
-    """Append one root-side event to an instance's history (newest :data:`MAX_EVENTS` kept)."""
-    inst["events"] = (list(inst.get("events") or []) + [event])[-MAX_EVENTS:]
 
 
 def objective_of(service: dict[str, Any]) -> str:

@@ -27,14 +27,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from root_orchestrator.instances import (
-    MAX_EVENTS,
-    InstanceManager,
-    add_event,
-    callers_sign,
-    find_instance,
-    mirror,
-)
+from root_orchestrator.instance_docs import MAX_EVENTS, add_event, find_instance, mirror
+from root_orchestrator.instances import InstanceManager, callers_sign
 from treeline_common.errors import NotFound
 from treeline_common.jobs import ClusterPush, JobReport, JobStatus
 

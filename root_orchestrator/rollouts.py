@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from root_orchestrator.instances import InstanceManager, find_instance, mirror
-from root_orchestrator.instances import add_event as add_instance_event
+from root_orchestrator.instance_docs import add_event as add_instance_event
+from root_orchestrator.instance_docs import find_instance, mirror
+from root_orchestrator.instances import InstanceManager
 from treeline_common.errors import NotFound, TreelineError
 
 log = logging.getLogger(__name__)

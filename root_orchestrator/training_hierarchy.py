@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-import root_orchestrator.instances as instance_book  # a module import: instances imports this module too
+from root_orchestrator.cluster_client import ClusterClient
+from root_orchestrator.instance_docs import add_event, find_instance, mirror
 from root_orchestrator.training_sla import training_spec_of
+from treeline_common.clock import Clock
 from treeline_common.errors import NotFound, TreelineError, Unavailable, Unschedulable
 from treeline_common.jobs import JobRequest, event
 from treeline_common.training import TRAINING_VIRTUALIZATION
@@ -45,6 +47,22 @@ MIN_CLUSTERS_PATH = "training.hierarchical.min_clusters"
 STARTED_EVENT = "training_server_started"
 
 
+class InstanceWriter(Protocol):
+    """What this module needs of :class:`root_orchestrator.instances.InstanceManager` (a protocol,
+    so this module does not import the manager that calls it)."""
+
+    client: ClusterClient
+    clock: Clock
+
+    def job_for(self, service: dict[str, Any], number: int,
+                version: dict[str, Any]) -> dict[str, Any]: ...
+
+    def update_service(self, service_id: str,
+                       mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]: ...
+
+    def delete_instance(self, service_id: str, number: int) -> dict[str, Any]: ...
+
+
 def is_hierarchical(service: Mapping[str, Any]) -> bool:
     """Whether ``service`` is an ``ml-training`` service with a ``training.hierarchical`` block."""
     if service.get("virtualization") != TRAINING_VIRTUALIZATION:
@@ -52,7 +70,7 @@ def is_hierarchical(service: Mapping[str, Any]) -> bool:
     return training_spec_of(dict(service)).hierarchical is not None
 
 
-def participating(manager: instance_book.InstanceManager, candidates: Sequence[dict[str, Any]],
+def participating(manager: InstanceWriter, candidates: Sequence[dict[str, Any]],
                   job: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The candidates whose dry run of the flat ``job`` is schedulable (in order), and why the
     others are not (cluster name -> reason)."""
@@ -72,7 +90,7 @@ def participating(manager: instance_book.InstanceManager, candidates: Sequence[d
     return chosen, reasons
 
 
-def create_hierarchical(manager: instance_book.InstanceManager, service: dict[str, Any],
+def create_hierarchical(manager: InstanceWriter, service: dict[str, Any],
                         version: dict[str, Any], resolved: dict[str, Any],
                         candidates: Sequence[dict[str, Any]], rejected: Mapping[str, str]) -> dict[str, Any]:
     """Create the root part and one cluster part per participating cluster (module docstring).
@@ -100,7 +118,7 @@ def create_hierarchical(manager: instance_book.InstanceManager, service: dict[st
                 "placement": None, "model": resolved,
                 "training_part": ROLE_ROOT if n == first else ROLE_CLUSTER, "root_instance": first}
                for n in numbers]
-        return instance_book.mirror({"instances": instances + new, "next_instance": numbers[-1] + 1,
+        return mirror({"instances": instances + new, "next_instance": numbers[-1] + 1,
                        "model": {**(doc.get("model") or {}), "resolved": resolved}}, new[0])
 
     service = manager.update_service(service_id, reserve)
@@ -130,14 +148,14 @@ def create_hierarchical(manager: instance_book.InstanceManager, service: dict[st
             "cluster_name": root_cluster["cluster_name"], "parts": sent}
 
 
-def _mark(manager: instance_book.InstanceManager, service_id: str, number: int,
+def _mark(manager: InstanceWriter, service_id: str, number: int,
           cluster: Mapping[str, Any] | None, failure: str) -> None:
     """Instance ``number`` SCHEDULED on ``cluster`` (or FAILED with ``failure``), with an event."""
     now = manager.clock.now()
 
     def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
         instances = [dict(i) for i in doc.get("instances") or []]
-        inst = instance_book.find_instance(instances, number)
+        inst = find_instance(instances, number)
         if inst is None:
             return None
         if cluster is not None:
@@ -146,25 +164,15 @@ def _mark(manager: instance_book.InstanceManager, service_id: str, number: int,
             if inst["status"] == "REQUESTED":
                 inst["status"] = "SCHEDULED"
             message = f"{inst.get('training_part')} part sent to {cluster['cluster_name']}"
-            instance_book.add_event(inst, event(now, "cluster_choice", "deploy",
+            add_event(inst, event(now, "cluster_choice", "deploy",
                                                 chosen=cluster["cluster_name"], message=message))
         else:
             inst.update(status="FAILED", status_detail=failure)
-            instance_book.add_event(inst, event(now, "cluster_choice", "deploy", chosen=None,
+            add_event(inst, event(now, "cluster_choice", "deploy", chosen=None,
                                                 message=failure))
-        return instance_book.mirror({"instances": instances}, inst)
+        return mirror({"instances": instances}, inst)
 
     manager.update_service(service_id, mutate)
-
-
-def speaker(instances: Sequence[Mapping[str, Any]], changed: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The instance whose status a service shows when ``changed`` changed: ``changed`` itself,
-    except that a cluster part never speaks for the service while its root part is there (the
-    service is done when the result is registered, not when a cluster's part ends)."""
-    if changed is None or changed.get("training_part") != ROLE_CLUSTER:
-        return changed
-    roots = [i for i in instances if i.get("training_part") == ROLE_ROOT]
-    return dict(roots[-1]) if roots else changed
 
 
 def cluster_parts(instances: Sequence[Mapping[str, Any]], number: int) -> list[int]:
@@ -177,7 +185,7 @@ def cluster_parts(instances: Sequence[Mapping[str, Any]], number: int) -> list[i
             if i.get("training_part") == ROLE_CLUSTER and i.get("root_instance") == number]
 
 
-def delete_cluster_parts(manager: instance_book.InstanceManager, service: Mapping[str, Any],
+def delete_cluster_parts(manager: InstanceWriter, service: Mapping[str, Any],
                          number: int) -> None:
     """After root part ``number`` of ``service`` was deleted: delete its cluster parts (each
     undeployed from its cluster; one already gone is skipped; Unavailable propagates, leaving
@@ -190,7 +198,7 @@ def delete_cluster_parts(manager: instance_book.InstanceManager, service: Mappin
 def aggregator_address(service: Mapping[str, Any], number: int) -> str:
     """The root aggregator's ``host:port`` from instance ``number``'s newest
     ``training_server_started`` event; NotFound naming the instance when there is none yet."""
-    inst = instance_book.find_instance(list(service.get("instances") or []), number)
+    inst = find_instance(list(service.get("instances") or []), number)
     if inst is None:
         raise NotFound(f"service {service.get('service_id')} has no instance {number}",
                        [{"path": "instance", "message": "unknown instance"}])

@@ -23,7 +23,7 @@ from flask import Blueprint, jsonify, request
 from root_orchestrator.api.context import ctx
 from root_orchestrator.api.guard import access
 from root_orchestrator.auth.principals import INTERNAL
-from root_orchestrator.instances import find_instance
+from root_orchestrator.instance_docs import find_instance
 from root_orchestrator.stores.base import check_model_name, check_sha256
 from root_orchestrator.training import register_result, training_metrics
 from root_orchestrator.training_hierarchy import aggregator_address
