@@ -123,14 +123,28 @@ def rounds_of(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def watched_instance(doc: Mapping[str, Any], events: Sequence[Mapping[str, Any]]) -> Any:
-    """The instance a watch follows: the service's newest (a run started again is a new
-    instance, its predecessor's rounds are not this run's); else the newest with rounds."""
-    numbers = [n for i in doc.get("instances") or [] if isinstance(i, Mapping)
-               and isinstance(n := i.get("instance"), int)]
-    if numbers:
-        return max(numbers)
+    """The instance a watch follows: the newest root part of a hierarchical run, else the
+    service's newest instance (a run started again is a new instance, its predecessor's rounds
+    are not this run's); else the newest with rounds."""
+    instances = [i for i in doc.get("instances") or []
+                 if isinstance(i, Mapping) and isinstance(i.get("instance"), int)]
+    roots = [int(i["instance"]) for i in instances if i.get("training_part") == "root"]
+    if roots:  # a hierarchical run: its root part has the global rounds and registers the result
+        return max(roots)
+    if instances:
+        return max(int(i["instance"]) for i in instances)
     current = rounds_of(events)
     return current[-1].get("instance") if current else None
+
+
+def instance_state(doc: Mapping[str, Any], instance: Any) -> tuple[str, str]:
+    """``(status, detail)`` of the watched instance (its own, not the service's: an older run's
+    instance re-pushed by a restarted cluster must not end this run's watch); the service's when
+    no instance is watched or the service does not list it."""
+    for inst in doc.get("instances") or []:
+        if instance is not None and isinstance(inst, Mapping) and inst.get("instance") == instance:
+            return str(inst.get("status")), str(inst.get("status_detail") or "")
+    return str(doc.get("status")), str(doc.get("status_detail") or "")
 
 
 def progress_of(events: Sequence[Mapping[str, Any]], instance: Any) -> list[Mapping[str, Any]]:
@@ -230,10 +244,13 @@ def watch_training(client: RootClient, service: Doc, console: Console, *, lines:
     shown: set[tuple[Any, ...]] = set()
     last_status = ""
     deadline = clock() + timeout
+    watched: Any = None
     try:
         while True:
             events = client.service_events(service_id)
-            for event in progress_of(events, watched_instance(doc, events)):
+            if watched is None:  # chosen once: later instances (another run) are not this watch's
+                watched = watched_instance(doc, events)
+            for event in progress_of(events, watched):
                 is_round = event.get("kind") == ROUND_EVENT
                 key = ((event.get("instance"), event.get("round")) if is_round else
                        (event.get("instance"), event.get("ts"), event.get("kind"), event.get("message")))
@@ -243,8 +260,7 @@ def watch_training(client: RootClient, service: Doc, console: Console, *, lines:
                         view.round(event)
                     else:
                         view.notice(notice_text(event))
-            status = str(doc.get("status"))
-            detail = str(doc.get("status_detail") or "")
+            status, detail = instance_state(doc, watched)
             if f"{status} {detail}" != last_status and status != JobStatus.RUNNING.value:
                 view.status(f"{name}: {status}" + (f" - {detail}" if detail else ""), status)
             last_status = f"{status} {detail}"
