@@ -17,6 +17,7 @@ and clusters, in the spirit of the cluster's own :mod:`cluster_orchestrator.reco
 - the old placement keeps serving until the target reports RUNNING, then the instance switches
   over (make-before-break across clusters; :mod:`.pushes`); the old cluster, if it returns, is
   told to release the deployment in the answer to its next push;
+- a hierarchical training part is never moved: it fails (:meth:`ClusterFailover._fail_part`);
 - a move whose target goes inactive or is not RUNNING within ``move_timeout_s`` is abandoned
   (the target releases it on its next push) and tried again on the next pass, at most every
   ``retry_s``.
@@ -28,12 +29,14 @@ import logging
 import threading
 from typing import Any
 
+import root_orchestrator.training_hierarchy as hierarchy
 from root_orchestrator.cluster_choice import Choice
 from root_orchestrator.instance_docs import add_event, find_instance, mirror
 from root_orchestrator.instances import InstanceManager, objective_of
 from root_orchestrator.ranking import is_active
 from treeline_common.errors import NotFound, TreelineError
 from treeline_common.jobs import JobStatus
+from treeline_common.training_hierarchy import ROLE_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,10 @@ class ClusterFailover:
                         why = "timed out" if stuck else "target inactive"
                         done.append(self._abandon(service, inst, why))
                     continue
+                if inst.get("cluster_id") in inactive and inst.get("training_part"):
+                    if inst.get("status") != JobStatus.FAILED.value:  # a hierarchical part is not moved
+                        done.append(self._fail_part(service, inst, clusters[str(inst["cluster_id"])]))
+                    continue
                 if inst.get("cluster_id") in inactive and float(inst.get("failover_retry_at") or 0) <= now:
                     done.append(self._move(service, inst, clusters[str(inst["cluster_id"])]))
         return [d for d in done if d]
@@ -118,6 +125,39 @@ class ClusterFailover:
         except NotFound:
             return False
         return bool(applied)
+
+    def _fail_part(self, service: dict[str, Any], inst: dict[str, Any],
+                   old: dict[str, Any]) -> dict[str, Any]:
+        """A hierarchical training part on an inactive cluster fails instead of moving: a cluster
+        part's data stays on its cluster's nodes (moved, it would train another cluster's data
+        twice, as a flat job, and register a version of its own), and the root part's cluster
+        parts dial its aggregator there. The root carries on without a lost cluster part while
+        ``min_clusters`` answer; a lost root part fails the service and its cluster parts are
+        deleted. A cluster that comes back is told to release what it still holds."""
+        service_id, number, now = str(service["service_id"]), int(inst["instance"]), self.manager.clock.now()
+        role = str(inst.get("training_part"))
+        detail = (f"cluster {old.get('cluster_name')} stopped pushing: a hierarchical training {role} part "
+                  "is not moved to another cluster (its data and aggregator are there)")
+
+        def change(current: dict[str, Any]) -> bool:
+            if current.get("status") == JobStatus.FAILED.value:
+                return False
+            if current.get("cluster_id") != old["cluster_id"]:
+                return False
+            current.update(status=JobStatus.FAILED.value, status_detail=detail)
+            add_event(current, {"ts": now, "kind": "failover_skipped", "cause": "cluster_failover",
+                                "from": old.get("cluster_id"), "message": detail})
+            return True
+
+        if not self._change(service_id, number, change):
+            return {}
+        log.warning("%s/%s: %s", service_id, number, detail)
+        if role == ROLE_ROOT:
+            try:
+                hierarchy.delete_cluster_parts(self.manager, service, number)
+            except TreelineError as exc:  # a part whose cluster is unreachable: released on its next push
+                log.warning("%s/%s: its cluster parts could not all be deleted: %s", service_id, number, exc)
+        return {"action": "fail_part", "service_id": service_id, "instance": number, "role": role}
 
     def _abandon(self, service: dict[str, Any], inst: dict[str, Any], why: str) -> dict[str, Any]:
         target, now = inst.get("moving_to"), self.manager.clock.now()

@@ -130,3 +130,42 @@ def test_deleting_the_root_part_deletes_its_cluster_parts(root: Root) -> None:
     assert root.http.delete(f"/api/service/{service_id}/instance/0").status_code == 200
     assert sorted(n for _, _, n in root.clusters.undeployed) == [0, 1, 2], root.clusters.undeployed
     assert root.http.get(f"/api/service/{service_id}").get_json()["instances"] == []
+
+
+def _push(root: Root, cluster_name: str, *jobs: dict[str, Any]) -> None:
+    clusters = root.http.get("/api/clusters").get_json()
+    cid = next(c["cluster_id"] for c in clusters if c["cluster_name"] == cluster_name)
+    assert root.http.post(f"/api/information/{cid}", json={"aggregate": {"active_nodes": 1},
+                                                           "jobs": list(jobs)}).status_code == 200
+
+
+def test_a_hierarchical_part_on_a_lost_cluster_fails_instead_of_moving_as_a_flat_job(root: Root) -> None:
+    from root_orchestrator.api.context import context_of
+
+    service_id = setup(root, 3)
+    assert root.http.post(f"/api/service/{service_id}/instance").status_code in (200, 201)
+    sent = len(root.clusters.deployed)
+    for name, number in (("c1", 0), ("c1", 1), ("c2", 2), ("c3", 3)):
+        _push(root, name, {"service_id": service_id, "instance": number, "status": "RUNNING"})
+    failover = context_of(root.app).failover
+    root.clock.advance(failover.window_s + 1)
+    _push(root, "c1")
+    _push(root, "c2")  # c3 went silent with its cluster part
+    [action] = failover.reconcile_once()
+    assert (action["action"], action["instance"], action["role"]) == ("fail_part", 3, "cluster"), action
+    assert len(root.clusters.deployed) == sent  # nothing sent anywhere: no flat copy of the part
+    service = root.http.get(f"/api/service/{service_id}").get_json()
+    lost = service["instances"][3]
+    assert lost["status"] == "FAILED" and "is not moved to another cluster" in lost["status_detail"], lost
+    assert service["status"] == "RUNNING"  # the root part speaks for the service and carries on
+    assert failover.reconcile_once() == []  # once
+
+    root.clock.advance(failover.window_s + 1)
+    _push(root, "c2")  # now c1, with the root part (and one cluster part), went silent too
+    actions = failover.reconcile_once()  # the root part fails and takes its cluster parts with it
+    assert [(a["instance"], a["role"]) for a in actions] == [(0, "root")], actions
+    assert len(root.clusters.deployed) == sent
+    service = root.http.get(f"/api/service/{service_id}").get_json()
+    assert service["status"] == "FAILED" and "training root part is not moved" in service["status_detail"]
+    assert [i["instance"] for i in service["instances"]] == [0]
+    assert ("http://c2.test", service_id, 2) in root.clusters.undeployed  # c2 is active: told at once
