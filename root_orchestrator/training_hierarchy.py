@@ -105,7 +105,7 @@ def create_hierarchical(manager: InstanceWriter, service: dict[str, Any],
                     f"{spec.data}; min_clusters is {minimum}"}]
         details += [{"path": f"clusters.{name}", "message": reason}
                     for name, reason in sorted({**rejected, **reasons}.items())]
-        raise Unschedulable(f"{MIN_CLUSTERS_PATH}: {details[0]['message']}", details)
+        raise Unschedulable(str(details[0]["message"]), details)  # the path is the first detail's
     names = tuple(str(c["cluster_name"]) for c in clusters)
     root_cluster = candidates[0]
     numbers: list[int] = []

@@ -57,9 +57,12 @@ class Failure(CliError):
 
 
 def _details(exc: TreelineError, limit: int = 3) -> str:
-    parts = [f"{d.get('path')}: {d.get('message')}" if d.get("path") else str(d.get("message", d))
-             for d in exc.details[:limit]]
-    more = len(exc.details) - limit
+    """The first ``limit`` details as ``path: message``; one the message already says is left out."""
+    rendered = [f"{d.get('path')}: {d.get('message')}" if d.get("path") else str(d.get("message", d))
+                for d in exc.details]
+    fresh = [text for text in rendered if text not in exc.message]
+    parts = fresh[:limit]
+    more = len(fresh) - limit
     if more > 0:
         parts.append(f"and {more} more")
     return "; ".join(parts)

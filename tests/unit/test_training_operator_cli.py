@@ -248,3 +248,21 @@ def test_on_a_terminal_the_rounds_are_a_rich_progress_bar() -> None:
         now = iter(range(0, 100, 10))
         watch_training(_Script(["RUNNING"]), {"service_id": "s1"}, console,  # type: ignore[arg-type]
                        timeout=5, clock=lambda: float(next(now)), sleep=lambda _s: None)
+
+
+def test_apply_of_a_hierarchy_fewer_clusters_can_train_names_min_clusters_and_is_undone(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    served.root.register_cluster("c1", "http://c1:1")
+    served.root.clusters.plans["http://c1:1"] = {"schedulable": True, "message": "",
+                                                 "training": {"clients": ["n1", "n2"]}}
+    register_trainable(served.root)
+    sla = training_sla("tiny:1")
+    sla["applications"][0]["microservices"][0]["training"]["hierarchical"] = {"min_clusters": 3}
+    code, out, err = served.cli(capsys, "apply", served.sla_file(sla))
+    assert code == 1, (out, err)
+    first = next(line for line in err if line.startswith("error: "))
+    assert first == (f"error: {PATH}.training.hierarchical.min_clusters: "
+                     "1 cluster(s) can train data:digits; min_clusters is 3"), err  # once, at the field
+    assert any("was not kept" in line for line in err), err
+    assert served.root.http.get("/api/applications/").get_json() == []  # nothing half-made
+    assert served.root.clusters.deployed == []

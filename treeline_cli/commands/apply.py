@@ -40,7 +40,7 @@ from treeline_cli.training_view import (
     watch_training,
 )
 from treeline_cli.views import World, cluster_costs, kind_named, ms
-from treeline_common.errors import InvalidInput, NotFound, TreelineError
+from treeline_common.errors import InvalidInput, NotFound, TreelineError, Unschedulable
 from treeline_common.jobs import JobStatus
 
 DEFAULT_TIMEOUT = 180.0
@@ -86,8 +86,10 @@ def _ensure_instances(client: RootClient, applications: list[dict[str, Any]], ou
     """Ask for an instance of every service that has none; returns their ids.
 
     A deployment the root refuses for the SLA's own fault (400/404: a model that does not
-    resolve) raises that error naming the SLA field (``applications[0].microservices[0].model.name``)
-    after removing what this apply created (:func:`_undo`): nothing half-made is left behind.
+    resolve; 422 naming a ``training.`` field, e.g. ``training.hierarchical.min_clusters`` above
+    the clusters that can train) raises that error naming the SLA field
+    (``applications[0].microservices[0].model.name``) after removing what this apply created
+    (:func:`_undo`): nothing half-made is left behind.
     """
     started = []
     for a_index, app in enumerate(applications):
@@ -100,6 +102,11 @@ def _ensure_instances(client: RootClient, applications: list[dict[str, Any]], ou
                 with out.step(f"deploying {name}"):
                     client.deploy_service(str(service_id))
             except (InvalidInput, NotFound) as exc:
+                _undo(client, app, name, str(service_id), out)
+                raise _at_field(exc, sla, a_index, name) from None
+            except Unschedulable as exc:  # e.g. training.hierarchical.min_clusters: the SLA asks too much
+                if not exc.details or not str(exc.details[0].get("path") or "").startswith("training."):
+                    raise
                 _undo(client, app, name, str(service_id), out)
                 raise _at_field(exc, sla, a_index, name) from None
             started.append(str(service_id))
@@ -124,7 +131,8 @@ def _at_field(exc: TreelineError, sla: dict[str, Any], a_index: int, name: str) 
     m_index = next((i for i, ms in enumerate(services) if isinstance(ms, dict)
                     and ms.get("microservice_name") == name), 0)
     prefix = f"applications[{a_index}].microservices[{m_index}]."
-    details = [dict(d, path=prefix + str(d.get("path") or "")) for d in exc.details] or [
+    details = [d if str(d.get("path") or "").startswith("clusters.") else  # a cluster's reason, not a field
+               dict(d, path=prefix + str(d.get("path") or "")) for d in exc.details] or [
         {"path": prefix.rstrip("."), "message": exc.message}]
     return type(exc)(f"{details[0]['path']}: {details[0].get('message')}", details)
 
