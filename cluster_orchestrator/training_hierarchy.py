@@ -82,13 +82,15 @@ def root_spec(spec: TrainingSpec) -> TrainingSpec:
 
 
 def lineage_of(lineage: dict[str, Any], request: JobRequest) -> dict[str, Any]:
-    """A root-role result's lineage: its ``clients`` are the participating clusters and
-    ``parameters.hierarchical`` records ``{cluster_rounds, min_clusters, clusters}``."""
+    """A root-role result's lineage: its ``clients`` are the participating clusters,
+    ``min_clients`` the SLA's (each cluster's), and ``parameters.hierarchical`` records
+    ``{cluster_rounds, min_clusters, clusters}``."""
     part, spec = request.training_part, request.training
     if part is None or spec is None or spec.hierarchical is None:
         return lineage
     params = dict(lineage.get("parameters") or {})
     params["clients"] = list(part.clusters)
+    params["min_clients"] = spec.min_clients  # the SLA's, per cluster (the root ran with min_clusters)
     params["hierarchical"] = {"cluster_rounds": spec.hierarchical.cluster_rounds,
                               "min_clusters": spec.hierarchical.min_clusters, "clusters": list(part.clusters)}
     return {**lineage, "parameters": params}

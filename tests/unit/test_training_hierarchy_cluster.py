@@ -158,3 +158,5 @@ def test_the_root_lineage_records_the_hierarchy() -> None:
     assert lineage["parameters"]["hierarchical"] == {"cluster_rounds": 3, "min_clusters": 2,
                                                      "clusters": ["c1", "c2"]}
     assert lineage["parameters"]["clients"] == ["c1", "c2"] and lineage["parameters"]["rounds"] == 2
+    ran_with = {**flat, "parameters": {**flat["parameters"], "min_clients": 9}}  # the root aggregator's own
+    assert lineage_of(ran_with, job)["parameters"]["min_clients"] == SPEC.min_clients  # the SLA's
