@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import root_orchestrator.training_hierarchy as hierarchy
 from deployment_descriptors import Sla
 from root_orchestrator.cluster_choice import Choice
 from root_orchestrator.cluster_client import ClusterClient
@@ -89,6 +90,8 @@ class DryRun:
         """The plan of the cluster a deployment would go to (:mod:`.cluster_choice`), with every
         candidate's answer (``candidates``) and why the other clusters were filtered (``rejected``)."""
         candidates, rejected = self.instances.candidates(microservice, version)
+        if (job.get("training") or {}).get("hierarchical"):
+            return self._ask_hierarchy(row, job, candidates, rejected)
         if job.get("training"):  # as create_instance: the coarse order decides, no cost comparison
             choice = Choice(tuple(candidates), rejected=rejected)
         else:
@@ -117,3 +120,37 @@ class DryRun:
                      for a in choice.answers if not a.get("ok")]
         raise Unavailable(f"no cluster could plan {row['application_name']}/{row['microservice_name']}",
                           failures)
+
+    def _ask_hierarchy(self, row: dict[str, Any], job: dict[str, Any], candidates: list[dict[str, Any]],
+                       rejected: dict[str, str]) -> dict[str, Any]:
+        """A hierarchical training service, planned as :func:`.training_hierarchy.create_hierarchical`
+        deploys it: every candidate cluster is asked for the flat job's placement; the root
+        aggregator goes to the first of the coarse order, a cluster aggregator to each cluster
+        that can place the job; fewer than ``min_clusters`` is unschedulable naming
+        ``training.hierarchical.min_clusters``. The row's ``training`` is the first participating
+        cluster's placement; ``hierarchy`` lists the parts and every other cluster's reason."""
+        spec = JobRequest.from_dict(job).training
+        assert spec is not None and spec.hierarchical is not None
+        chosen, reasons = hierarchy.participating(self.instances, candidates, job)
+        minimum = spec.hierarchical.min_clusters
+        names = [str(c["cluster_name"]) for c in chosen]
+        first = chosen[0] if chosen else (candidates[0] if candidates else {})
+        answer: dict[str, Any] = {}
+        if first:
+            try:
+                answer = summary_of(self.client.plan(str(first["url"]), job))
+            except TreelineError as exc:
+                reasons[str(first.get("cluster_name"))] = f"{exc.code}: {exc}"
+        schedulable = len(chosen) >= minimum
+        message = "" if schedulable else (f"{hierarchy.MIN_CLUSTERS_PATH}: {len(chosen)} cluster(s) can "
+                                          f"train {spec.data}; min_clusters is {minimum}")
+        parts = {"root_cluster": str(candidates[0]["cluster_name"]) if candidates else "",
+                 "clusters": names, "min_clusters": minimum,
+                 "cluster_rounds": spec.hierarchical.cluster_rounds,
+                 "rejected": {**rejected, **reasons}}
+        training = dict(answer.get("training") or {}, rounds=spec.rounds, min_clients=spec.min_clients,
+                        data=spec.data)
+        return {**row, "cluster_id": first.get("cluster_id"), "cluster_name": first.get("cluster_name"),
+                "schedulable": schedulable, "message": message or answer.get("message", ""),
+                "strategy": answer.get("strategy", spec.strategy), "training": training, "hierarchy": parts,
+                "candidates": [], "rejected": dict(rejected)}

@@ -89,6 +89,21 @@ def registered_model(events: Sequence[Mapping[str, Any]]) -> str:
     return str(found[-1]["model"]) if found else ""
 
 
+def hierarchy_plan_lines(plan: Mapping[str, Any]) -> list[str]:
+    """A hierarchical training plan: where the root aggregator goes, the clusters that train and
+    why the others do not (the placement lines below are the first training cluster's)."""
+    parts = plan.get("hierarchy")
+    if not isinstance(parts, Mapping):
+        return []
+    clusters = ", ".join(parts.get("clusters") or []) or "(none)"
+    lines = [f"  root aggregator on {parts.get('root_cluster') or '?'}; cluster aggregators on {clusters} "
+             f"(min_clusters {parts.get('min_clusters')}, {parts.get('cluster_rounds')} cluster round(s) "
+             "per global round)"]
+    lines += [f"  cluster {name} does not take part: {why}"
+              for name, why in sorted((parts.get("rejected") or {}).items())]
+    return lines
+
+
 def training_placement_lines(explanation: Mapping[str, Any] | None, node_names: Mapping[str, str],
                              indent: str = "  ") -> list[str]:
     """Server, clients and each rejected node with its reason code and message; or why the

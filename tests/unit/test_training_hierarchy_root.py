@@ -169,3 +169,25 @@ def test_a_hierarchical_part_on_a_lost_cluster_fails_instead_of_moving_as_a_flat
     assert service["status"] == "FAILED" and "training root part is not moved" in service["status_detail"]
     assert [i["instance"] for i in service["instances"]] == [0]
     assert ("http://c2.test", service_id, 2) in root.clusters.undeployed  # c2 is active: told at once
+
+
+@pytest.mark.parametrize("min_clusters, schedulable", [(2, True), (3, False)])
+def test_the_dry_run_of_a_hierarchy_names_its_parts_or_min_clusters(root: Root, min_clusters: int,
+                                                                   schedulable: bool) -> None:
+    parent = root.register_model("digits", mlp.to_onnx(mlp.new_model(0)))
+    for i in range(1, 4):
+        root.register_cluster(f"c{i}", f"http://c{i}.test", cpu_percent=10 * i, cpu_cores=4, memory_mb=4096)
+        root.clusters.plans[f"http://c{i}.test"] = SCHEDULABLE
+    root.clusters.plans["http://c2.test"] = NO_DATA
+    r = root.http.post("/api/plan", json=hierarchical_sla(f"digits:{parent['version']}", min_clusters))
+    assert r.status_code == 200, r.get_json()
+    [row] = r.get_json()["services"]
+    assert row["schedulable"] is schedulable, row
+    parts = row["hierarchy"]
+    assert (parts["root_cluster"], parts["clusters"]) == ("c1", ["c1", "c3"])
+    assert parts["min_clusters"] == min_clusters
+    assert parts["rejected"]["c2"] == NO_DATA["message"]
+    if not schedulable:
+        assert row["message"] == "training.hierarchical.min_clusters: 2 cluster(s) can train data:digits; " \
+                                 "min_clusters is 3", row
+    assert root.clusters.deployed == []  # a dry run deploys nothing

@@ -74,3 +74,16 @@ def test_a_hierarchical_run_is_followed_through_its_root_part() -> None:
     flat = service([inst(0, "DELETED", "training done"), inst(1, "RUNNING")], "DELETED")
     assert watched_instance(flat, []) == 1 and instance_state(flat, 1) == ("RUNNING", "")
     assert instance_state(flat, 7) == ("DELETED", "")  # not listed: the service's own status
+
+
+def test_a_hierarchical_dry_run_prints_its_parts_and_the_clusters_left_out() -> None:
+    from treeline_cli.training_view import hierarchy_plan_lines
+
+    plan = {"hierarchy": {"root_cluster": "c1", "clusters": ["c1", "c3"], "min_clusters": 2,
+                          "cluster_rounds": 1,
+                          "rejected": {"c2": "training.data: no node carries label data:digits"}}}
+    assert hierarchy_plan_lines(plan) == [
+        "  root aggregator on c1; cluster aggregators on c1, c3 (min_clusters 2, 1 cluster round(s) per "
+        "global round)",
+        "  cluster c2 does not take part: training.data: no node carries label data:digits"]
+    assert hierarchy_plan_lines({"training": {}}) == []

@@ -33,6 +33,7 @@ from treeline_cli.reasons import reason_lines
 from treeline_cli.resolve import resolve_service
 from treeline_cli.root_client import DeploymentFailed, RootClient, UnsupportedByRoot
 from treeline_cli.training_view import (
+    hierarchy_plan_lines,
     is_training,
     progress_lines,
     registered_model,
@@ -269,7 +270,8 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
             out.line(f"{name}: training {what} on {cluster} ({plan.get('strategy') or 'federated'}, "
                      f"{training.get('rounds', '?')} rounds, min_clients {training.get('min_clients', '?')}, "
                      f"data {training.get('data', '?')})")
-            for line in training_placement_lines(training, {}) + _cluster_lines(plan):
+            for line in [*hierarchy_plan_lines(plan), *training_placement_lines(training, {}),
+                         *_cluster_lines(plan)]:
                 out.line(line)
             continue
         if plan.get("schedulable"):
