@@ -120,7 +120,7 @@ def training_placement_lines(explanation: Mapping[str, Any] | None, node_names: 
     else:
         clients = explanation.get("client_names") or [name(c) for c in explanation.get("clients") or []]
         server = explanation.get("server_name") or name(explanation.get("server"))
-        lines.append(f"{indent}server:   {server} (Flower SuperLink + ServerApp)")
+        lines.append(f"{indent}server:   {server} (the Flower server, the aggregator)")
         lines.append(f"{indent}clients:  {', '.join(clients) or '-'} ({plural(len(clients), 'client')})")
     for rejected in explanation.get("rejected") or []:
         who = rejected.get("node_name") or name(rejected.get("node_id"))
