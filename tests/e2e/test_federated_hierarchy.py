@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def hierarchical_sla(parent: str) -> dict[str, Any]:
     training = {"framework": "flower", "strategy": "fedavg", "rounds": ROUNDS, "min_clients": 2,
-                "local_epochs": 2, "batch_size": 16, "learning_rate": 0.1, "data": "data:digits",
+                "local_epochs": 5, "batch_size": 16, "learning_rate": 0.3, "data": "data:digits",
                 "model": parent, "hierarchical": {"cluster_rounds": 1, "min_clusters": 2}}
     microservice = {"microserviceID": "", "microservice_name": "hfl", "microservice_namespace": "demo",
                     "virtualization": "ml-training", "memory": 128, "vcpus": 1, "training": training,
