@@ -35,7 +35,7 @@ from ml_scheduler.plugins.filters import (
     REASON_OFFLINE,
 )
 from ml_scheduler.snapshot import ClusterSnapshot, NodeView
-from treeline_common.capabilities import TRAIN
+from treeline_common.capabilities import EVAL, TRAIN
 from treeline_common.training import TrainingSpec
 
 REASON_NO_DATA = "no_data"
@@ -101,8 +101,11 @@ def _filter(node: NodeView, needs: TrainingRequirements) -> tuple[str, str] | No
 
 
 def _server_rank(node: NodeView) -> tuple[Any, ...]:
+    """Best first: a node holding the held-out split (``treeline:eval``: the server measures
+    accuracy there), mains power, speed, memory headroom, low load, id."""
     headroom = node.memory_available_mb if node.memory_available_mb is not None else float("inf")
-    return (node.battery_percent is not None, -node.speed_factor, -headroom, node.cpu_percent, node.node_id)
+    return (EVAL not in (node.capabilities or ()), node.battery_percent is not None, -node.speed_factor,
+            -headroom, node.cpu_percent, node.node_id)
 
 
 def place_training(snapshot: ClusterSnapshot, spec: TrainingSpec,

@@ -51,6 +51,7 @@ from node_engine.telemetry import TelemetryReader, memory_limit_mb, read_telemet
 from node_engine.training.handler import TrainingHandler, attach
 from node_engine.v2_http import V2Server, start_v2
 from treeline_common import topics
+from treeline_common.capabilities import HELD_OUT_FILE
 from treeline_common.clock import Clock, SystemClock
 from treeline_common.errors import TreelineError
 from treeline_common.messages import (
@@ -258,7 +259,7 @@ class NodeEngine:
                           self.config.v2_port, self.config.metrics_port, exc)
                 return 2
             body = registration_body(self.config.name, self.config.profile, endpoint, self.config.labels,
-                                     self.instance_id)
+                                     self.instance_id, can_evaluate=(data_dir / HELD_OUT_FILE).is_file())
             # the encrypted data plane: where and with which key other nodes reach this one
             body.update(data_curve_endpoint=server.curve_endpoint, curve_public_key=server.curve_public_key)
             try:

@@ -72,7 +72,7 @@ def emulated_accelerators(profile: DeviceProfile) -> list[Accelerator]:
 
 def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
                       labels: tuple[str, ...] = (), instance_id: str = "",
-                      can_train: bool | None = None) -> dict[str, Any]:
+                      can_train: bool | None = None, can_evaluate: bool = False) -> dict[str, Any]:
     """Body of ``POST /api/node/register`` (docs/contracts.md, Cluster REST).
 
     ``instance_id`` names this process: the cluster refuses the name while another live
@@ -96,7 +96,8 @@ def registration_body(name: str, profile: DeviceProfile, data_endpoint: str,
         # the registration contract's battery is {percent, charging}; telemetry carries the rest
         "battery": ({"percent": profile.battery.percent, "charging": profile.battery.charging}
                     if profile.battery else None),
-        "labels": list(dict.fromkeys([*profile.labels, *labels, *capability_labels(can_train)])),
+        "labels": list(dict.fromkeys([*profile.labels, *labels,
+                                      *capability_labels(can_train, can_evaluate)])),
         "data_endpoint": data_endpoint,
         # Declared device figures for the planner's energy and link costs (docs/contracts.md,
         # "Scheduler v2 additions"); emulated links charge the same uplink figures.

@@ -3,7 +3,9 @@
 Contract (docs/contracts.md, "Node capabilities"): a node engine lists its capabilities as
 labels ``treeline:<capability>`` in the ``labels`` of ``POST /api/node/register``. Every
 engine of this version says ``treeline:infer`` (it serves ONNX stages); one with the ``train``
-extra installed (flwr and torch, ``pip install 'treeline[train]'``) also says ``treeline:train``.
+extra installed (flwr and torch, ``pip install 'treeline[train]'``) also says ``treeline:train``,
+and one whose data directory holds the held-out split at start says ``treeline:eval`` (the
+training placement prefers it for the Flower server, which evaluates there).
 
 Why labels rather than a new registration field: labels already flow unchanged from the
 registration into the cluster's node documents, its ``GET /api/nodes`` answer and the
@@ -22,12 +24,16 @@ from collections.abc import Iterable
 CAPABILITY_PREFIX = "treeline:"
 INFER = "infer"
 TRAIN = "train"
+EVAL = "eval"  # holds the held-out split (``<data dir>/test.npz``): a Flower server there measures accuracy
 TRAIN_LABEL = CAPABILITY_PREFIX + TRAIN
+HELD_OUT_FILE = "test.npz"  # what ``treeline data split`` writes into every node directory
 
 
-def capability_labels(can_train: bool) -> list[str]:
-    """The labels a node engine advertises: ``treeline:infer``, plus ``treeline:train`` if ``can_train``."""
-    return [CAPABILITY_PREFIX + INFER, *([TRAIN_LABEL] if can_train else [])]
+def capability_labels(can_train: bool, can_evaluate: bool = False) -> list[str]:
+    """The labels a node engine advertises: ``treeline:infer``, plus ``treeline:train`` if
+    ``can_train`` and ``treeline:eval`` if ``can_evaluate`` (it holds :data:`HELD_OUT_FILE`)."""
+    return [CAPABILITY_PREFIX + INFER, *([TRAIN_LABEL] if can_train else []),
+            *([CAPABILITY_PREFIX + EVAL] if can_evaluate else [])]
 
 
 def capabilities_of(labels: Iterable[str]) -> tuple[str, ...] | None:

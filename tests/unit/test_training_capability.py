@@ -106,3 +106,16 @@ def test_only_nodes_without_the_extra_hold_the_data_is_unschedulable_with_reason
     placement = place_training(snapshot, SPEC)
     assert placement.unschedulable == "no node passes the filters"
     assert {r for r, _ in placement.rejected.values()} == {REASON_NO_TRAIN_EXTRA}
+
+
+def test_a_node_holding_the_held_out_split_advertises_it_and_is_preferred_as_the_server() -> None:
+    profile = get_profile("rpi4")
+    body = registration_body("n", profile, "tcp://127.0.0.1:1", can_train=True, can_evaluate=True)
+    assert body["labels"][-3:] == ["treeline:infer", "treeline:train", "treeline:eval"]
+    assert capabilities_of(body["labels"]) == ("eval", "infer", "train")
+    snapshot = ClusterSnapshot(nodes=(  # the faster node has no test.npz: accuracy would be n/a there
+        node_view("fast", speed_factor=9.0, labels=(DATA,), capabilities=("infer", "train")),
+        node_view("holds-split", speed_factor=0.5, labels=(DATA,), capabilities=("eval", "infer", "train")),
+    ))
+    assert place_training(snapshot, SPEC).server == "holds-split"
+    assert place_training(ClusterSnapshot(nodes=snapshot.nodes[:1]), SPEC).server == "fast"  # else as before
