@@ -33,6 +33,7 @@ ends DELETED ("cluster part done, aggregated into <service>/<root instance>") re
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -173,8 +174,8 @@ class TrainingRunner:
                               model_sha256=model.sha256, parent_version=model.version, publish=self._publish,
                               on_event=on_event, hosts=hosts, clock=self._clock,
                               expected_clients=len(part.clusters) if part is not None else 0)
-        self._commit(deployment_id, epoch, status=JobStatus.DEPLOYING,
-                     status_detail=f"starting the Flower server on {placement.server}",
+        starting = with_node_names(f"starting the Flower server on {placement.server}", nodes)
+        self._commit(deployment_id, epoch, status=JobStatus.DEPLOYING, status_detail=starting,
                      explanation=placement.explanation(), failed_capacity=None, retry_at=None,
                      training_job=job_id, training_nodes=sorted({placement.server, *placement.clients}))
         with self._lock:
@@ -268,6 +269,8 @@ class TrainingRunner:
     def _on_event(self, deployment_id: str, epoch: int, item: dict[str, Any]) -> None:
         """A job event: into the deployment's events; the server's start and each round update the status."""
         kind = str(item.pop("type", "training"))
+        if isinstance(item.get("message"), str):  # operators know their nodes by name, not by id
+            item["message"] = with_node_names(item["message"], self._nodes())
         self._book.add_event(deployment_id, event(self._clock.now(), kind, "training", **item))
         try:
             if kind in ("training_server_started", "training_round"):
@@ -286,6 +289,16 @@ class TrainingRunner:
 def online_nodes(nodes: list[dict[str, Any]]) -> set[str]:
     """The ids of the node documents marked online."""
     return {str(n["node_id"]) for n in nodes if n.get("online")}
+
+
+def with_node_names(message: str, nodes: list[dict[str, Any]]) -> str:
+    """``message`` with every node id of ``nodes`` it names replaced by that node's name
+    (``client node-1e90... failed`` -> ``client rpi4-2 failed``); unknown ids stay as they are."""
+    for doc in nodes:
+        node_id, name = str(doc.get("node_id") or ""), str(doc.get("name") or "")
+        if node_id and name and node_id in message:
+            message = re.sub(rf"(?<![\w-]){re.escape(node_id)}(?![\w-])", name, message)
+    return message
 
 
 def spec_name(request: JobRequest) -> str:

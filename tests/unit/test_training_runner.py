@@ -178,3 +178,13 @@ def test_the_worker_moves_the_server_off_a_node_that_went_offline() -> None:
 def _run_quietly(runner: TrainingRunner, deployment_id: str, epoch: int) -> None:
     with contextlib.suppress(Superseded):  # the test deletes the deployment to end the worker
         runner.run(deployment_id, epoch)
+
+
+def test_event_messages_name_nodes_by_name() -> None:
+    from cluster_orchestrator.training_runner import with_node_names
+
+    nodes = [{"node_id": "node-1e90aa", "name": "rpi4-2"}, {"node_id": "node-1e90", "name": "server-1"}]
+    assert with_node_names("client node-1e90aa failed: exited with code 1", nodes) == \
+        "client rpi4-2 failed: exited with code 1"
+    assert with_node_names("server on node-1e90, clients on node-1e90aa, node-77", nodes) == \
+        "server on server-1, clients on rpi4-2, node-77"  # whole ids only; an unknown one stays
