@@ -29,10 +29,12 @@ def training_metrics(lineage: Mapping[str, Any], bytes_per_client_round: Mapping
     params = lineage.get("parameters") or {}
     accuracies = [a for a in params.get("accuracy_per_round") or [] if a is not None]
     sent = [b for per_client in bytes_per_client_round.values() for b in per_client]
-    metrics: dict[str, dict[str, int | float | str]] = {
-        "training": {"rounds": int(params.get("rounds") or 0), "clients": len(params.get("clients") or []),
-                     "strategy": str(params.get("strategy") or ""),
-                     "bytes_per_client_round": int(max(sent)) if sent else 0}}
+    training: dict[str, int | float | str] = {
+        "rounds": int(params.get("rounds") or 0), "clients": len(params.get("clients") or []),
+        "strategy": str(params.get("strategy") or "")}
+    if sent:  # none for a hierarchy's root part (its clients are clusters): not measured, not 0
+        training["bytes_per_client_round"] = int(max(sent))
+    metrics: dict[str, dict[str, int | float | str]] = {"training": training}
     if accuracies:
         metrics["quality"] = {"accuracy": float(accuracies[-1]), "dataset": dataset}
     return metrics

@@ -266,3 +266,20 @@ def test_apply_of_a_hierarchy_fewer_clusters_can_train_names_min_clusters_and_is
     assert any("was not kept" in line for line in err), err
     assert served.root.http.get("/api/applications/").get_json() == []  # nothing half-made
     assert served.root.clusters.deployed == []
+
+
+def test_dry_run_of_a_hierarchy_too_few_clusters_can_train_says_why(
+        served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    served.root.register_cluster("c1", "http://c1:1")
+    served.root.clusters.plans["http://c1:1"] = {"schedulable": True, "message": "",
+                                                 "training": {"server": "n1", "clients": ["n1", "n2"]}}
+    register_trainable(served.root)
+    sla = training_sla("tiny:1")
+    sla["applications"][0]["microservices"][0]["training"]["hierarchical"] = {"min_clusters": 3}
+    code, out, err = served.cli(capsys, "apply", "--dry-run", served.sla_file(sla))
+    assert code == 1, (out, err)
+    why = "  not schedulable: training.hierarchical.min_clusters: 1 cluster(s) can train data:digits; " \
+          "min_clusters is 3"
+    assert "training NOT schedulable" in out and why in out, out
+    assert "server:" not in out, out  # no placement drawn under NOT schedulable
+    assert served.root.http.get("/api/applications/").get_json() == []

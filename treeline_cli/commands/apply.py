@@ -270,8 +270,11 @@ def _print_plans(out: Output, plans: list[dict[str, Any]]) -> None:
             out.line(f"{name}: training {what} on {cluster} ({plan.get('strategy') or 'federated'}, "
                      f"{training.get('rounds', '?')} rounds, min_clients {training.get('min_clients', '?')}, "
                      f"data {training.get('data', '?')})")
-            for line in [*hierarchy_plan_lines(plan), *training_placement_lines(training, {}),
-                         *_cluster_lines(plan)]:
+            said = plan.get("schedulable") or training.get("unschedulable")  # else: only the plan's message
+            why = "" if said else str(plan.get("message") or "")
+            placement = [] if why else training_placement_lines(training, {})  # no placement to show
+            for line in [*([f"  not schedulable: {why}"] if why else []), *hierarchy_plan_lines(plan),
+                         *placement, *_cluster_lines(plan)]:
                 out.line(line)
             continue
         if plan.get("schedulable"):
