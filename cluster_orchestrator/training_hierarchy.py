@@ -59,7 +59,7 @@ from cluster_orchestrator.training_job import (
 )
 from treeline_common import topics
 from treeline_common.clock import Clock, SystemClock
-from treeline_common.errors import NotFound, TreelineError
+from treeline_common.errors import Conflict, NotFound, TreelineError
 from treeline_common.jobs import JobRequest
 from treeline_common.training import TrainCommand, TrainingSpec, TrainReport
 from treeline_common.training_hierarchy import TrainingPart
@@ -143,6 +143,7 @@ class ClusterPartJob:
         self._lock = threading.RLock()
         self._clients = dict.fromkeys(placement.clients, "starting")
         self._address = ""
+        self._root_finished = False
         self._node = placement.server  # where the aggregator runs (or restarts) now
         self._nodes_used = {placement.server}
         self._state = "starting"  # starting | running | waiting (to start again) | stopping (re-pointed)
@@ -216,7 +217,13 @@ class ClusterPartJob:
             self._restart(f"cluster aggregator failed: {one_line(report.reason)}")
 
     def _restart(self, reason: str, offline: Collection[str] = ()) -> None:
-        """Start the aggregator again after a back-off (bounded), on the same node while online."""
+        """Start the aggregator again after a back-off (bounded), on the same node while online;
+        when the root says its aggregator has finished, the part ends done instead (an aggregator
+        restarted after the root's last round could only fail to connect)."""
+        self._refresh_upstream()
+        if self._root_finished:
+            self._end_with_root()
+            return
         self._attempts += 1
         if self._attempts > AGGREGATOR_RETRIES:
             self.stop(f"{reason}; gave up after {AGGREGATOR_RETRIES} aggregator restart(s)")
@@ -245,6 +252,9 @@ class ClusterPartJob:
             return False
         try:
             address = self._root_address()
+        except Conflict:  # the root part has finished
+            self._root_finished = True
+            return False
         except TreelineError as exc:
             log.info("training part %s: the root did not say where its aggregator is: %s", self.job_id, exc)
             return False
@@ -291,6 +301,15 @@ class ClusterPartJob:
                                 retry_in_s=0.0, upstream=self.upstream)
             if self._state in ("waiting", "stopping") and self._retry_at <= now:
                 self._start_aggregator()
+
+    def _end_with_root(self) -> None:
+        """The root aggregator finished: this part is done; its processes are stopped."""
+        self.done = True
+        self._event("training_cluster_done", f"the root aggregator finished: cluster part done, aggregated "
+                    f"into {self._into}")
+        self._finished.set()
+        for node in sorted({*self._nodes_used, *self.placement.clients}):
+            self._publish(topics.control_train(node), TrainCommand(self.job_id, "stop"))
 
     def wait(self, timeout: float) -> bool:
         return self._finished.wait(timeout)

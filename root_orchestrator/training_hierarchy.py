@@ -36,7 +36,7 @@ from root_orchestrator.cluster_client import ClusterClient
 from root_orchestrator.instance_docs import add_event, find_instance, mirror
 from root_orchestrator.training_sla import training_spec_of
 from treeline_common.clock import Clock
-from treeline_common.errors import NotFound, TreelineError, Unavailable, Unschedulable
+from treeline_common.errors import Conflict, NotFound, TreelineError, Unavailable, Unschedulable
 from treeline_common.jobs import JobRequest, event
 from treeline_common.training import TRAINING_VIRTUALIZATION
 from treeline_common.training_hierarchy import ROLE_CLUSTER, ROLE_ROOT, TrainingPart
@@ -197,11 +197,15 @@ def delete_cluster_parts(manager: InstanceWriter, service: Mapping[str, Any],
 
 def aggregator_address(service: Mapping[str, Any], number: int) -> str:
     """The root aggregator's ``host:port`` from instance ``number``'s newest
-    ``training_server_started`` event; NotFound naming the instance when there is none yet."""
+    ``training_server_started`` event; NotFound naming the instance when there is none yet;
+    Conflict when the root part has finished (DELETED or FAILED)."""
     inst = find_instance(list(service.get("instances") or []), number)
     if inst is None:
         raise NotFound(f"service {service.get('service_id')} has no instance {number}",
                        [{"path": "instance", "message": "unknown instance"}])
+    if inst.get("status") in ("DELETED", "FAILED"):  # its cluster parts end instead of re-dialling it
+        raise Conflict(f"the root aggregator of {service.get('service_id')}/{number} has finished "
+                       f"({inst.get('status')})", [{"path": "instance", "message": "finished"}])
     started = [e for e in inst.get("events") or [] if e.get("kind") == STARTED_EVENT and e.get("address")]
     if not started:
         raise NotFound(f"the root aggregator of {service.get('service_id')}/{number} has not started yet",

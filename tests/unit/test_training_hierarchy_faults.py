@@ -20,7 +20,7 @@ from cluster_orchestrator.training_hierarchy import (
 )
 from treeline_common import topics
 from treeline_common.clock import FakeClock
-from treeline_common.errors import NotFound
+from treeline_common.errors import Conflict, NotFound
 from treeline_common.training import TrainCommand, TrainingSpec, TrainReport
 from treeline_common.training_hierarchy import TrainingPart
 
@@ -45,6 +45,8 @@ class Harness:
                                   service="svc", root_address=self.ask, clock=self.clock)
 
     def ask(self) -> str:
+        if self.root_answer == "finished":
+            raise Conflict("the root aggregator of svc/0 has finished (DELETED)")
         if not self.root_answer:
             raise NotFound("not started yet")
         return self.root_answer
@@ -160,3 +162,18 @@ def test_an_aggregator_that_fails_before_it_started_ends_the_part_at_once() -> N
     h.report("s", "aggregator", "FAILED", reason="no flwr")
     assert h.job.failure == "cluster aggregator failed: no flwr"
     assert not h.kinds("training_aggregator_restarted")
+
+
+def test_an_aggregator_that_fails_after_the_root_finished_ends_the_part_done_not_failed() -> None:
+    h = Harness()
+    h.job.start()
+    started(h)
+    h.report("s", "aggregator", "ROUND", round=1, loss=0.5, clients=2)
+    h.root_answer = "finished"  # the root part registered its result meanwhile
+    h.report("s", "aggregator", "FAILED", reason="flower aggregator exited with code 1 (connection to the "
+                                                 "server lost)")
+    assert h.job.done and not h.job.failure and h.job.wait(0)
+    assert h.kinds("training_aggregator_restarted") == []  # no restart toward a root that is gone
+    [done] = h.kinds("training_cluster_done")
+    assert "the root aggregator finished" in done["message"]
+    assert {t.split("/")[1] for t, c in h.sent if c.action == "stop"} == {"s", "a", "b"}

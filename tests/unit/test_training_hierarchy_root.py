@@ -191,3 +191,17 @@ def test_the_dry_run_of_a_hierarchy_names_its_parts_or_min_clusters(root: Root, 
         assert row["message"] == "training.hierarchical.min_clusters: 2 cluster(s) can train data:digits; " \
                                  "min_clusters is 3", row
     assert root.clusters.deployed == []  # a dry run deploys nothing
+
+
+def test_the_route_says_when_the_root_aggregator_has_finished(root: Root) -> None:
+    service_id = setup(root, 2)
+    assert root.http.post(f"/api/service/{service_id}/instance").status_code in (200, 201)
+    started = {"ts": 5.0, "kind": "training_server_started", "cause": "training",
+               "message": "Flower server at 127.0.0.1:7000", "address": "127.0.0.1:7000"}
+    _push(root, "c1", {"service_id": service_id, "instance": 0, "status": "RUNNING", "events": [started]})
+    path = f"/api/training/{service_id}/0/aggregator"
+    assert root.cluster_client().get(path).get_json() == {"address": "127.0.0.1:7000"}
+    _push(root, "c1", {"service_id": service_id, "instance": 0, "status": "DELETED",
+                       "status_detail": "training done: registered digits:2"})
+    error = _error(root.cluster_client().get(path), 409, "CONFLICT")  # its cluster parts end, not re-dial
+    assert "has finished (DELETED)" in error["message"], error
