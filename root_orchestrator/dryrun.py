@@ -128,22 +128,20 @@ class DryRun:
         aggregator goes to the first of the coarse order, a cluster aggregator to each cluster
         that can place the job; fewer than ``min_clusters`` is unschedulable naming
         ``training.hierarchical.min_clusters``. The row's ``training`` is the first participating
-        cluster's placement; ``hierarchy`` lists the parts and every other cluster's reason."""
+        cluster's placement (from the same answers: no cluster is asked twice); ``hierarchy``
+        lists the parts and every other cluster's reason."""
         spec = JobRequest.from_dict(job).training
         assert spec is not None and spec.hierarchical is not None
-        chosen, reasons = hierarchy.participating(self.instances, candidates, job)
+        answers: dict[str, dict[str, Any]] = {}
+        chosen, reasons = hierarchy.participating(self.instances, candidates, job, answers)
         minimum = spec.hierarchical.min_clusters
         names = [str(c["cluster_name"]) for c in chosen]
         first = chosen[0] if chosen else (candidates[0] if candidates else {})
-        answer: dict[str, Any] = {}
-        if first:
-            try:
-                answer = summary_of(self.client.plan(str(first["url"]), job))
-            except TreelineError as exc:
-                reasons[str(first.get("cluster_name"))] = f"{exc.code}: {exc}"
+        first_answer = answers.get(str(first.get("cluster_name")))
+        answer = summary_of(first_answer) if first_answer is not None else {}
         schedulable = len(chosen) >= minimum
-        message = "" if schedulable else (f"{hierarchy.MIN_CLUSTERS_PATH}: {len(chosen)} cluster(s) can "
-                                          f"train {spec.data}; min_clusters is {minimum}")
+        message = "" if schedulable else \
+            f"{hierarchy.MIN_CLUSTERS_PATH}: {hierarchy.too_few_clusters(len(chosen), spec)}"
         parts = {"root_cluster": str(candidates[0]["cluster_name"]) if candidates else "",
                  "clusters": names, "min_clusters": minimum,
                  "cluster_rounds": spec.hierarchical.cluster_rounds,

@@ -38,7 +38,7 @@ from root_orchestrator.training_sla import training_spec_of
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, NotFound, TreelineError, Unavailable, Unschedulable
 from treeline_common.jobs import JobRequest, event
-from treeline_common.training import TRAINING_VIRTUALIZATION
+from treeline_common.training import TRAINING_VIRTUALIZATION, TrainingSpec
 from treeline_common.training_hierarchy import ROLE_CLUSTER, ROLE_ROOT, TrainingPart
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,12 @@ def is_hierarchical(service: Mapping[str, Any]) -> bool:
     return training_spec_of(dict(service)).hierarchical is not None
 
 
-def participating(manager: InstanceWriter, candidates: Sequence[dict[str, Any]],
-                  job: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def participating(manager: InstanceWriter, candidates: Sequence[dict[str, Any]], job: dict[str, Any],
+                  answers: dict[str, dict[str, Any]] | None = None,
+                  ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The candidates whose dry run of the flat ``job`` is schedulable (in order), and why the
-    others are not (cluster name -> reason)."""
+    others are not (cluster name -> reason). ``answers``, when given, receives each cluster's
+    dry-run answer by cluster name (the dry run shows one without asking again)."""
     chosen: list[dict[str, Any]] = []
     reasons: dict[str, str] = {}
     for cluster in candidates:
@@ -83,11 +85,19 @@ def participating(manager: InstanceWriter, candidates: Sequence[dict[str, Any]],
         except TreelineError as exc:
             reasons[name] = f"dry run failed: {exc.code}: {exc.message}"
             continue
+        if answers is not None:
+            answers[name] = answer
         if answer.get("schedulable"):
             chosen.append(cluster)
         else:
             reasons[name] = str(answer.get("message") or "not schedulable")
     return chosen, reasons
+
+
+def too_few_clusters(count: int, spec: TrainingSpec) -> str:
+    """Why a hierarchy cannot start: ``2 cluster(s) can train data:digits; min_clusters is 3``."""
+    assert spec.hierarchical is not None
+    return f"{count} cluster(s) can train {spec.data}; min_clusters is {spec.hierarchical.min_clusters}"
 
 
 def create_hierarchical(manager: InstanceWriter, service: dict[str, Any],
@@ -101,8 +111,7 @@ def create_hierarchical(manager: InstanceWriter, service: dict[str, Any],
     minimum = spec.hierarchical.min_clusters
     clusters, reasons = participating(manager, candidates, manager.job_for(service, 0, version))
     if len(clusters) < minimum:
-        details = [{"path": MIN_CLUSTERS_PATH, "message": f"{len(clusters)} cluster(s) can train "
-                    f"{spec.data}; min_clusters is {minimum}"}]
+        details = [{"path": MIN_CLUSTERS_PATH, "message": too_few_clusters(len(clusters), spec)}]
         details += [{"path": f"clusters.{name}", "message": reason}
                     for name, reason in sorted({**rejected, **reasons}.items())]
         raise Unschedulable(str(details[0]["message"]), details)  # the path is the first detail's
