@@ -57,9 +57,7 @@ class MongoArtifactStore(ArtifactStore):
                 size += len(chunk)
                 spool.write(chunk)
             sha256 = digest.hexdigest()
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                raise IntegrityError("artifact bytes do not match their sha256", [
-                    {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+            _check_digest(sha256, expected_sha256)
             spool.seek(0)
             return self._place(spool, sha256, size)
 
@@ -74,9 +72,7 @@ class MongoArtifactStore(ArtifactStore):
                 digest.update(chunk)
                 size += len(chunk)
             sha256 = digest.hexdigest()
-            if expected_sha256 is not None and sha256 != expected_sha256:
-                raise IntegrityError("artifact bytes do not match their sha256", [
-                    {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
+            _check_digest(sha256, expected_sha256)
             stream.seek(0)
             return self._place(stream, sha256, size)
 
@@ -141,3 +137,11 @@ class MongoArtifactStore(ArtifactStore):
             return False
         self.fs.delete(sha256)
         return True
+
+
+def _check_digest(sha256: str, expected_sha256: str | None) -> None:
+    """IntegrityError naming ``sha256`` when bytes that hash to ``sha256`` were expected to hash to
+    ``expected_sha256`` (None: nothing expected)."""
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise IntegrityError("artifact bytes do not match their sha256", [
+            {"path": "sha256", "message": f"expected {expected_sha256}, got {sha256}"}])
