@@ -253,20 +253,22 @@ class InstanceManager:
                 failures.append({"path": f"clusters.{cluster['cluster_name']}",
                                  "message": f"{exc.code}: {exc}"})
                 continue
-            self._set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True,
+            self.set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True,
                                event=choice.event(cluster, "deploy", self.clock.now()))
             log.info("service %s instance %s scheduled on cluster %s",
                      service_id, number, cluster["cluster_name"])
             return {"service_id": service_id, "instance": number, "cluster_id": cluster["cluster_id"],
                     "cluster_name": cluster["cluster_name"]}
         detail = "no cluster accepted the job: " + "; ".join(f["message"] for f in failures)
-        self._set_instance(service_id, number, status="FAILED", status_detail=detail,
+        self.set_instance(service_id, number, status="FAILED", status_detail=detail,
                            event=choice.event(None, "deploy", self.clock.now()))
         raise Unavailable("no cluster accepted the job", failures)
 
-    def _set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None,
-                      scheduled: bool = False, status: str | None = None,
-                      status_detail: str | None = None, event: dict[str, Any] | None = None) -> None:
+    def set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None,
+                     scheduled: bool = False, status: str | None = None,
+                     status_detail: str | None = None, event: dict[str, Any] | None = None) -> None:
+        """Instance ``number``: its cluster (if it has none yet), SCHEDULED (if REQUESTED), a status
+        and detail, an event; nothing when it was deleted meanwhile."""
         def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
             instances = [dict(i) for i in doc.get("instances") or []]
             inst = find_instance(instances, number)

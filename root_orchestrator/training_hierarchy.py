@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from root_orchestrator.cluster_client import ClusterClient
-from root_orchestrator.instance_docs import add_event, find_instance, mirror
+from root_orchestrator.instance_docs import find_instance, mirror
 from root_orchestrator.training_sla import training_spec_of
 from treeline_common.clock import Clock
 from treeline_common.errors import Conflict, NotFound, TreelineError, Unavailable, Unschedulable
@@ -61,6 +61,10 @@ class InstanceWriter(Protocol):
                        mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]: ...
 
     def delete_instance(self, service_id: str, number: int) -> dict[str, Any]: ...
+
+    def set_instance(self, service_id: str, number: int, *, cluster_id: str | None = None,
+                     scheduled: bool = False, status: str | None = None,
+                     status_detail: str | None = None, event: dict[str, Any] | None = None) -> None: ...
 
 
 def is_hierarchical(service: Mapping[str, Any]) -> bool:
@@ -143,45 +147,24 @@ def create_hierarchical(manager: InstanceWriter, service: dict[str, Any],
             manager.client.deploy(str(cluster["url"]), service_id, number, body)
         except TreelineError as exc:
             log.warning("cluster %s refused part %s/%s: %s", cluster["cluster_name"], service_id, number, exc)
-            _mark(manager, service_id, number, None, f"the cluster refused the {part.role} part: {exc}")
+            failure = f"the cluster refused the {part.role} part: {exc}"
+            manager.set_instance(service_id, number, status="FAILED", status_detail=failure,
+                                 event=event(manager.clock.now(), "cluster_choice", "deploy", chosen=None,
+                                             message=failure))
             if part.role == ROLE_ROOT:
                 raise Unavailable(f"cluster {cluster['cluster_name']} refused the root aggregator",
                                   [{"path": f"clusters.{cluster['cluster_name']}",
                                     "message": f"{exc.code}: {exc}"}]) from None
             continue
-        _mark(manager, service_id, number, cluster, "")
+        name = cluster["cluster_name"]
+        manager.set_instance(service_id, number, cluster_id=cluster["cluster_id"], scheduled=True,
+                             event=event(manager.clock.now(), "cluster_choice", "deploy", chosen=name,
+                                         message=f"{part.role} part sent to {name}"))
         sent.append({"instance": number, "role": part.role, "cluster_name": cluster["cluster_name"]})
     log.info("hierarchical training %s: root aggregator %s on %s, cluster parts on %s", service_id,
              root_number, root_cluster["cluster_name"], ", ".join(names))
     return {"service_id": service_id, "instance": root_number, "cluster_id": root_cluster["cluster_id"],
             "cluster_name": root_cluster["cluster_name"], "parts": sent}
-
-
-def _mark(manager: InstanceWriter, service_id: str, number: int,
-          cluster: Mapping[str, Any] | None, failure: str) -> None:
-    """Instance ``number`` SCHEDULED on ``cluster`` (or FAILED with ``failure``), with an event."""
-    now = manager.clock.now()
-
-    def mutate(doc: dict[str, Any]) -> dict[str, Any] | None:
-        instances = [dict(i) for i in doc.get("instances") or []]
-        inst = find_instance(instances, number)
-        if inst is None:
-            return None
-        if cluster is not None:
-            if inst.get("cluster_id") is None:
-                inst["cluster_id"] = cluster["cluster_id"]
-            if inst["status"] == "REQUESTED":
-                inst["status"] = "SCHEDULED"
-            message = f"{inst.get('training_part')} part sent to {cluster['cluster_name']}"
-            add_event(inst, event(now, "cluster_choice", "deploy",
-                                                chosen=cluster["cluster_name"], message=message))
-        else:
-            inst.update(status="FAILED", status_detail=failure)
-            add_event(inst, event(now, "cluster_choice", "deploy", chosen=None,
-                                                message=failure))
-        return mirror({"instances": instances}, inst)
-
-    manager.update_service(service_id, mutate)
 
 
 def cluster_parts(instances: Sequence[Mapping[str, Any]], number: int) -> list[int]:
