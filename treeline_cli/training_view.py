@@ -32,6 +32,7 @@ from treeline_cli.root_client import RootClient
 from treeline_common.errors import NotFound
 from treeline_common.jobs import JobStatus
 from treeline_common.training import TRAINING_VIRTUALIZATION
+from treeline_common.training_hierarchy import ROLE_ROOT
 
 Doc = dict[str, Any]
 ROUND_EVENT = "training_round"
@@ -143,7 +144,7 @@ def watched_instance(doc: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
     are not this run's); else the newest with rounds."""
     instances = [i for i in doc.get("instances") or []
                  if isinstance(i, Mapping) and isinstance(i.get("instance"), int)]
-    roots = [int(i["instance"]) for i in instances if i.get("training_part") == "root"]
+    roots = [int(i["instance"]) for i in instances if i.get("training_part") == ROLE_ROOT]
     if roots:  # a hierarchical run: its root part has the global rounds and registers the result
         return max(roots)
     if instances:
