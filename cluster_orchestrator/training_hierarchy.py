@@ -308,8 +308,7 @@ class ClusterPartJob:
         self._event("training_cluster_done", f"the root aggregator finished: cluster part done, aggregated "
                     f"into {self._into}")
         self._finished.set()
-        for node in sorted({*self._nodes_used, *self.placement.clients}):
-            self._publish(topics.control_train(node), TrainCommand(self.job_id, "stop"))
+        self.stop()  # finished first: stop() only ends its processes, the part stays done
 
     def wait(self, timeout: float) -> bool:
         return self._finished.wait(timeout)
