@@ -2,7 +2,7 @@
 
 Real processes on loopback: root, 2 cluster orchestrators with their own brokers, 2 node engines
 per cluster, all labelled ``data:digits``; digits split non-IID (Dirichlet 0.5) over the 4 nodes,
-the held-out split on each. A ``training.hierarchical`` SLA (FedAvg, 2 global rounds x 1 cluster
+the held-out split on each. A ``training.hierarchical`` SLA (FedAvg, 3 global rounds x 1 cluster
 round) makes one root part (the root aggregator, a Flower server on cluster 1) and one cluster
 part per cluster (a cluster aggregator, a Flower client of the root aggregator that runs its
 cluster's local rounds, and 2 local clients). Checked: every part ends DELETED (the root part
@@ -36,7 +36,7 @@ from treeline_cli.stack import Stack
 pytestmark = pytest.mark.integration
 
 NODES = ("server-1", "server-2", "server-3", "server-4")  # cluster 1: 1-2, cluster 2: 3-4
-ROUNDS = 2
+ROUNDS = 3  # the kill lands in round 1 or 2 (the root hears of the first local round late); round 3 after it
 DEADLINE_S = 240.0
 
 
