@@ -225,17 +225,26 @@ class TrainingHandler:
                          name=f"train-{command.role}-{command.job_id}").start()
 
     def _follow(self, job_id: str, child: _Child, job_dir: Path) -> None:
-        """Progress lines -> reports until the child exits; then FAILED/STOPPED if nothing final came."""
-        final = False
+        """Progress lines -> reports until the child exits; then FAILED/STOPPED if nothing final came.
+
+        A final line (done/failed) is reported only once the child has exited and left
+        :meth:`running`: a start the cluster sends on that report is never refused as "already
+        runs here"."""
+        last: RoundProgress | None = None
         assert child.process.stdout is not None
         for line in child.process.stdout:
             progress = parse_progress(line)
-            if progress is not None:
-                final = self._forward(job_id, child.role, progress) or final
+            if progress is None:
+                continue
+            if progress.event in ("done", "failed"):
+                last = progress
+            else:
+                self._forward(job_id, child.role, progress)
         code = child.process.wait()
         with self._lock:
             if self._children.get((job_id, child.role)) is child:  # not a successor's entry
                 del self._children[(job_id, child.role)]
+        final = last is not None and self._forward(job_id, child.role, last)
         if child.stopping:
             self._send(job_id, child.role, "STOPPED")
         elif not final:
